@@ -1,0 +1,1 @@
+"""Shipped per-model GSA configs (JSON), installed as ``gsa.configs``."""
