@@ -49,11 +49,15 @@ def _sum_bytes(x):
 
 
 @triton.jit
-def _bit_counts(k, q, gmask, BIT_W: tl.constexpr, DEFER: tl.constexpr):
+def _bit_counts(k, q, gmask, wsel, MASK_G: tl.constexpr, MASK_W: tl.constexpr, DEFER: tl.constexpr):
     """``k uint32 [T, W]`` XOR ``q uint32 [G, W]`` -> bit count per token ``[T]``
-    over the word lanes where ``BIT_W`` (``[W]`` bool) is set, valid ``g`` only."""
+    over the word lanes where ``wsel`` (``[W]`` bool) is set and the valid ``g``.
+    Padded word lanes hold 0 in both operands (count 0), so they need no mask."""
     cnt = _popcount_bytes(k[:, None, :] ^ q[None, :, :])
-    cnt = tl.where(gmask[None, :, None] & BIT_W[None, None, :], cnt, 0)
+    if MASK_G:
+        cnt = tl.where(gmask[None, :, None], cnt, 0)
+    if MASK_W:
+        cnt = tl.where(wsel[None, None, :], cnt, 0)
     if DEFER:  # at most 31 words summed per byte field: no overflow
         return _sum_bytes(tl.sum(tl.sum(cnt, axis=2), axis=1)).to(tl.int32)
     else:
@@ -96,9 +100,9 @@ def _block_score_kernel(
                 gmask = (g0 + g) < G
                 q_off = b * sq_b + (h * G + g0 + g)[:, None] * sq_h + w[None, :]
                 q = tl.load(q_ptr + q_off, mask=gmask[:, None] & wmask[None, :], other=0).to(tl.uint32, bitcast=True)
-                pc_main += _bit_counts(k, q, gmask, is_main, DEFER)
+                pc_main += _bit_counts(k, q, gmask, is_main, G % BLOCK_G != 0, W_MAIN < W, DEFER)
                 if W_MAIN < W:
-                    pc_rope += _bit_counts(k, q, gmask, is_rope, DEFER)
+                    pc_rope += _bit_counts(k, q, gmask, is_rope, G % BLOCK_G != 0, True, DEFER)
         # S16 = 16 * sum sim_main + w16 * sum sim_rope, sim = bits - 2 * popcount
         s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
         if W_MAIN < W:
