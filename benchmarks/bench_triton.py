@@ -73,10 +73,35 @@ def main(out_dir: str) -> None:
 
         # hash_encode_and_cache at 64K tokens (bf16 keys, fp32 weights)
         t = 65536
+        res["hash_encode_and_cache_64k"] = {"ms": float("nan"), "tbs": float("nan"), "frac_copy": float("nan")}
+        res["hash_encode_and_cache_64k_fp32_ieee"] = {"ms": float("nan")}
         k = torch.randn(t, HKV, D, device=dev).to(torch.bfloat16)
         w = torch.linalg.qr(torch.randn(HKV, D, R, device=dev))[0].contiguous()
         hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device=dev)
         slots = torch.randperm(t, device=dev)
+        try:
+            hash_cache_bench(res, ops, k, w, hc, slots)
+        except Exception as exc:
+            log(f"hash_encode_and_cache benchmark failed: {type(exc).__name__}: {exc}")
+        del k, hc, slots
+        for ctx in CONTEXTS:
+            try:
+                context_bench(res, ctx, dev, ops, tatt, tsc, log)
+            except Exception as exc:
+                log(f"context {ctx} failed: {type(exc).__name__}: {exc}")
+                torch.cuda.empty_cache()
+    res["targets"] = check_targets(res)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench_triton.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(out_dir, "bench_triton.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+def hash_cache_bench(res, ops, k, w, hc, slots):
+    if True:
         ms = bench(lambda: ops.hash_encode_and_cache(k, w, hc, slots))
         nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
         res["hash_encode_and_cache_64k"] = {"ms": ms, "tbs": nbytes / ms / 1e9,
@@ -84,10 +109,12 @@ def main(out_dir: str) -> None:
         kf = k.float()
         ms32 = bench(lambda: ops.hash_encode_and_cache(kf, w, hc, slots))
         res["hash_encode_and_cache_64k_fp32_ieee"] = {"ms": ms32}
-        log("hash_encode_and_cache 64K:", res["hash_encode_and_cache_64k"], "fp32 ieee ms", ms32)
-        del k, kf, hc, slots
+        print("hash_encode_and_cache 64K:", res["hash_encode_and_cache_64k"], "fp32 ieee ms", ms32, flush=True)
 
-        for ctx in CONTEXTS:
+
+def context_bench(res, ctx, dev, ops, tatt, tsc, log):
+    if True:
+        if True:
             r = res["contexts"][str(ctx)] = {}
             m = ctx // BS
             nb = B * m
@@ -169,31 +196,23 @@ def main(out_dir: str) -> None:
             r["select_kernel_ms"] = r["ratios"]["1/8"]["hamming_ms"] - r["score_kernel_ms"]
             del kc, vc, hcache
             torch.cuda.empty_cache()
-    res["targets"] = check_targets(res)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "bench_triton.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    md = markdown(res)
-    with open(os.path.join(out_dir, "bench_triton.md"), "w") as f:
-        f.write(md)
-    print(md)
 
 
 def check_targets(res):
     c32, c128 = res["contexts"].get("32768"), res["contexts"].get("131072")
     out = {}
     for name, c in (("32K", c32), ("128K", c128)):
-        if c:
+        if c and "dense_ms" in c:
             ratio = c["sdpa_ms"] / c["dense_ms"]
             out[f"dense paged decode vs SDPA throughput at {name} (>= 0.9x)"] = (round(ratio, 3), ratio >= 0.9)
-    if c128:
+    if c128 and "1/64" in c128.get("ratios", {}):
         h = c128["ratios"]["1/8"]
         out["hamming_dist_top_k at 128K (<= 0.12 ms)"] = (round(h["hamming_ms"], 4), h["hamming_ms"] <= 0.12)
         out["hamming_dist_top_k code bytes at 128K (>= 2.2 TB/s)"] = (round(h["hamming_tbs"], 3), h["hamming_tbs"] >= 2.2)
         for rn, goal in (("1/8", 5.5), ("1/64", 14.0)):
             sp = c128["ratios"][rn]["speedup_vs_sdpa"]
             out[f"sparse step at 128K ratio {rn} vs SDPA dense (>= {goal}x, graph replay)"] = (round(sp, 2), sp >= goal)
-    hc = res["hash_encode_and_cache_64k"]
+    hc = res.get("hash_encode_and_cache_64k", {"frac_copy": float("nan")})
     out["hash_encode_and_cache 64K tokens (>= 60% of copy bandwidth)"] = (round(hc["frac_copy"], 3), hc["frac_copy"] >= 0.6)
     return out
 
@@ -208,7 +227,7 @@ def markdown(res) -> str:
              "| context | SDPA dense ms | our dense ms | dense/SDPA throughput | query hash ms | score kernel ms | ratio | budget | hamming_top_k ms (TB/s) | kv_select ms | sparse attn ms | step eager ms | step graph ms | speedup vs SDPA |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ctx, c in res["contexts"].items():
-        for rn, rr in c["ratios"].items():
+        for rn, rr in c.get("ratios", {}).items():
             lines.append(
                 f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {c['dense_ms']:.4f} | {c['sdpa_ms'] / c['dense_ms']:.2f}x | "
                 f"{c['hash_query_ms']:.4f} | {c['score_kernel_ms']:.4f} | {rn} | {rr['budget_blocks']} | "
@@ -219,7 +238,7 @@ def markdown(res) -> str:
         lines.append(f"| {name} | {val} | {'yes' if ok else 'NO'} |")
     lines += ["", "Dense-decode launch variants (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: " + ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in c["dense_variants"].items())
-        for ctx, c in res["contexts"].items())]
+        for ctx, c in res["contexts"].items() if "dense_variants" in c)]
     return "\n".join(lines) + "\n"
 
 

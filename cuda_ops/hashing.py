@@ -118,8 +118,9 @@ def _hash_kernel(
 def _blocks(d: int, c: int, split: bool):
     block_c = triton.next_power_of_2(c)
     block_d = max(16, min(128, triton.next_power_of_2(d)))
-    # keep the fp32 tile [BLOCK_M, 8*BLOCK_C] around 64 KB of registers per program
-    block_m = max(16, min(64, 16384 // (8 * block_c)))
+    # keep the fp32 tile [BLOCK_M, 8*BLOCK_C] around 32 KB of registers per program
+    # (the reshape that packs the bits goes through shared memory as well)
+    block_m = max(16, min(64, 8192 // (8 * block_c)))
     return block_m, block_d, block_c
 
 
@@ -141,6 +142,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
             CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            num_warps=4, num_stages=1,
         )
     else:
         nb, _, bs, _ = out.shape
@@ -149,6 +151,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
             CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            num_warps=4, num_stages=1,
         )
 
 
