@@ -137,7 +137,7 @@ def context_bench(res, ctx, dev, ops, tatt, tsc, log):
             r["sdpa_tbs"] = kv_bytes / r["sdpa_ms"] / 1e9
             # launch variants of our kernel (benchmark-only knobs), to see what bounds it
             r["dense_variants"] = {}
-            for bn, nw, ns, ps in ((64, 4, 3, 8), (64, 4, 4, 16), (128, 8, 3, 8), (32, 4, 4, 8), (64, 8, 3, 16)):
+            for bn, nw, ns, ps in ((64, 4, 4, 16), (64, 4, 3, 8), (64, 4, 5, 16), (32, 4, 5, 16), (128, 8, 3, 16), (64, 4, 4, 32)):
                 key = f"bn{bn}_w{nw}_s{ns}_sm{ps}"
                 try:
                     r["dense_variants"][key] = bench(lambda: tatt.paged_decode_attention(
@@ -154,6 +154,8 @@ def context_bench(res, ctx, dev, ops, tatt, tsc, log):
             code_bytes = B * ctx * HKV * (R // 8)
             r["score_kernel_ms"] = bench(lambda: tsc.block_score_keys(q_codes, hcache, table, seq))
             r["score_kernel_w8_ms"] = bench(lambda: tsc.block_score_keys(q_codes, hcache, table, seq, num_warps=8))
+            r["score_kernel_swar_ms"] = bench(lambda: tsc.block_score_keys(q_codes, hcache, table, seq, path="swar"))
+            r["score_kernel_w2_ms"] = bench(lambda: tsc.block_score_keys(q_codes, hcache, table, seq, num_warps=2))
             r["score_kernel_mean_ms"] = bench(lambda: tsc.block_score_keys(q_codes, hcache, table, seq, "mean"))
             r["ratios"] = {}
             new_k = torch.randn(B, HKV, D, device=dev, dtype=torch.bfloat16)
@@ -239,6 +241,10 @@ def markdown(res) -> str:
     lines += ["", "Dense-decode launch variants (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: " + ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in c["dense_variants"].items())
         for ctx, c in res["contexts"].items() if "dense_variants" in c)]
+    lines += ["", "Score kernel alone (ms): " + "; ".join(
+        f"{int(ctx) // 1024}K: Harley-Seal {c['score_kernel_ms']:.4f} (8 warps {c.get('score_kernel_w8_ms', float('nan')):.4f}, "
+        f"2 warps {c.get('score_kernel_w2_ms', float('nan')):.4f}), SWAR per word {c.get('score_kernel_swar_ms', float('nan')):.4f}, "
+        f"mean {c['score_kernel_mean_ms']:.4f}" for ctx, c in res["contexts"].items() if "score_kernel_ms" in c)]
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,7 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
-def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 8):
+def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16):
     """``(splits, tokens_per_split)`` from shapes only: about ``per_sm`` programs per SM."""
     max_tokens = m * bs
     want = max(1, math.ceil(per_sm * _sm_count(device) / max(1, b * hkv)))
@@ -130,7 +130,7 @@ def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n:
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
-                           num_warps=4, num_stages=3, per_sm=8):
+                           num_warps=4, num_stages=4, per_sm=16):
     """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
     The keyword arguments are launch knobs for benchmarks; the op uses the defaults."""

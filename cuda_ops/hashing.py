@@ -61,15 +61,33 @@ def _sign_pack_kernel(x_ptr, out_ptr, N, C, sx_n, so_n,
 
 
 @triton.jit
+def _project_tile(x, w, acc, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc += x @ w`` in fp32: ``x [BM, BD]``, ``w fp32 [BD, 8*BC]`` (see module doc)."""
+    if SPLIT_BF16:
+        w_hi = w.to(tl.bfloat16)
+        w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+        if UPCAST:  # the interpreter's bf16 dot is wrong: same products in fp32
+            acc = tl.dot(x.to(tl.float32), w_hi.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(x.to(tl.float32), w_lo.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w_hi, acc)
+            acc = tl.dot(x, w_lo, acc)
+    else:
+        acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _hash_kernel(
     x_ptr, w_ptr, out_ptr, slot_ptr,
     L, D, C, G, NSLOTS, BS, BYTE_OFF,
     sx_l, sx_h, sw_h, sw_d, sw_r,
     so_l, so_h, sc_n, sc_h, sc_t,
-    CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr,
+    CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Rows ``x[l, h, :]`` for a tile of ``l`` and one head ``h`` (program axis 1).
+    """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1), persistent over
+    tiles along axis 0 so that the weight tile is loaded once per program.
 
     ``x [L, H, D]``; ``w [Hw, D, R]`` (head ``h`` uses ``w[h // G]``);
     codes mode: ``out uint8 [L, H, *]`` at byte ``BYTE_OFF``; cache mode:
@@ -77,42 +95,40 @@ def _hash_kernel(
     (``< 0`` or ``>= NSLOTS``: not written).
     """
     h = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < L
     j = tl.arange(0, 8 * BLOCK_C)
     wcol = (j % BLOCK_C) * 8 + j // BLOCK_C
     cmask = (j % BLOCK_C) < C
     dd = tl.arange(0, BLOCK_D)
-    x_base = x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h
-    w_base = w_ptr + (h // G).to(tl.int64) * sw_h + wcol[None, :] * sw_r
-    acc = tl.zeros((BLOCK_M, 8 * BLOCK_C), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + dd
-        dmask = d < D
-        x = tl.load(x_base + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-        w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        if SPLIT_BF16:
-            w_hi = w.to(tl.bfloat16)
-            w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
-            if UPCAST:  # the interpreter's bf16 dot is wrong: same products in fp32
-                acc = tl.dot(x.to(tl.float32), w_hi.to(tl.float32), acc, input_precision="ieee")
-                acc = tl.dot(x.to(tl.float32), w_lo.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, w_hi, acc)
-                acc = tl.dot(x, w_lo, acc)
-        else:
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
-    packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
     c = tl.arange(0, BLOCK_C)
-    if CACHE:
-        slot = tl.load(slot_ptr + rows, mask=rmask, other=-1).to(tl.int64)
-        keep = rmask & (slot >= 0) & (slot < NSLOTS)
-        slot = tl.where(keep, slot, 0)
-        dst = out_ptr + (slot // BS) * sc_n + h * sc_h + (slot % BS) * sc_t + BYTE_OFF
-        tl.store(dst[:, None] + c[None, :], packed, mask=keep[:, None] & (c < C)[None, :])
-    else:
-        dst = out_ptr + rows.to(tl.int64) * so_l + h * so_h + BYTE_OFF
-        tl.store(dst[:, None] + c[None, :], packed, mask=rmask[:, None] & (c < C)[None, :])
+    w_base = w_ptr + (h // G).to(tl.int64) * sw_h + wcol[None, :] * sw_r
+    if ONE_D:  # the whole projection fits one tile: load it once
+        w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    n_tiles = tl.cdiv(L, BLOCK_M)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < L
+        x_base = x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h
+        acc = tl.zeros((BLOCK_M, 8 * BLOCK_C), dtype=tl.float32)
+        if ONE_D:
+            x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
+            acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + dd
+                dmask = d < D
+                x = tl.load(x_base + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+                w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+                acc = _project_tile(x, w, acc, SPLIT_BF16, UPCAST)
+        packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
+        if CACHE:
+            slot = tl.load(slot_ptr + rows, mask=rmask, other=-1).to(tl.int64)
+            keep = rmask & (slot >= 0) & (slot < NSLOTS)
+            slot = tl.where(keep, slot, 0)
+            dst = out_ptr + (slot // BS) * sc_n + h * sc_h + (slot % BS) * sc_t + BYTE_OFF
+            tl.store(dst[:, None] + c[None, :], packed, mask=keep[:, None] & (c < C)[None, :])
+        else:
+            dst = out_ptr + rows.to(tl.int64) * so_l + h * so_h + BYTE_OFF
+            tl.store(dst[:, None] + c[None, :], packed, mask=rmask[:, None] & (c < C)[None, :])
 
 
 def _blocks(d: int, c: int, split: bool):
@@ -135,13 +151,20 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
     block_m, block_d, block_c = _blocks(d, c, split)
-    grid = (triton.cdiv(l, block_m), h)
+    n_tiles = triton.cdiv(l, block_m)
+    if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
+        sms = torch.cuda.get_device_properties(x3.device).multi_processor_count
+        n_tiles = min(n_tiles, max(1, (8 * sms) // h))
+    else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
+        n_tiles = min(n_tiles, 2)
+    grid = (n_tiles, h)
+    one_d = d <= block_d
     if slots is None:
         _hash_kernel[grid](
             x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
-            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=4, num_stages=1,
         )
     else:
@@ -150,7 +173,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
-            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=4, num_stages=1,
         )
 

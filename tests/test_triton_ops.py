@@ -149,6 +149,21 @@ def test_top_k_tilings(gen, hq, hkv, c, bs, method):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (forced, got, want)
 
 
+@pytest.mark.parametrize("hq,hkv,c,bs", [(8, 2, 16, 8), (3, 3, 12, 5), (6, 2, 4, 4)])
+def test_score_kernel_paths_agree(gen, hq, hkv, c, bs):
+    # GQA codes go through the Harley-Seal kernel; the per-word SWAR kernel
+    # (MLA's path) must give the same block keys on the same input
+    from cuda_ops import scoring
+
+    b, m = 2, 4
+    q, cache, table, seq = _case(gen, b, hq, hkv, c, bs, m)
+    used = torch.arange(m).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
+    for method in ("max", "mean"):
+        hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
+        swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+        assert torch.equal(hs[used], swar[used])
+
+
 @pytest.mark.parametrize("w", [0.0, 0.0625, 1.0, 3.5, 16.0])
 def test_mla_rope_weights(gen, w):
     q, cache, table, seq = _case(gen, 2, 6, 1, 20, 8, 5)
