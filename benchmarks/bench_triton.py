@@ -106,6 +106,17 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
         res["hash_encode_and_cache_64k"] = {"ms": ms, "tbs": nbytes / ms / 1e9,
                                             "frac_copy": nbytes / ms / 1e9 / res["copy_tbs"]}
+        from cuda_ops import hashing as th
+
+        res["hash_cache_variants"] = {}
+        for bm, nw, ns, ps in ((64, 4, 1, 8), (64, 4, 2, 8), (128, 8, 1, 4), (128, 8, 2, 4), (32, 4, 2, 16), (64, 4, 1, 16)):
+            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}"
+            try:
+                res["hash_cache_variants"][key] = bench(lambda: th.hash_encode_and_cache(
+                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps))
+            except Exception as exc:
+                res["hash_cache_variants"][key] = f"{type(exc).__name__}: {str(exc)[:100]}"
+        print("hash cache variants", res["hash_cache_variants"], flush=True)
         kf = k.float()
         ms32 = bench(lambda: ops.hash_encode_and_cache(kf, w, hc, slots))
         res["hash_encode_and_cache_64k_fp32_ieee"] = {"ms": ms32}
@@ -241,6 +252,9 @@ def markdown(res) -> str:
     lines += ["", "Dense-decode launch variants (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: " + ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in c["dense_variants"].items())
         for ctx, c in res["contexts"].items() if "dense_variants" in c)]
+    if res.get("hash_cache_variants"):
+        lines += ["", "hash_encode_and_cache 64K launch variants (ms): " + ", ".join(
+            f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_variants"].items())]
     lines += ["", "Score kernel alone (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: Harley-Seal {c['score_kernel_ms']:.4f} (8 warps {c.get('score_kernel_w8_ms', float('nan')):.4f}, "
         f"2 warps {c.get('score_kernel_w2_ms', float('nan')):.4f}), SWAR per word {c.get('score_kernel_swar_ms', float('nan')):.4f}, "

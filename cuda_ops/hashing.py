@@ -140,7 +140,7 @@ def _blocks(d: int, c: int, split: bool):
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None):
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=4, num_stages=1, per_sm=8):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -150,11 +150,12 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
-    block_m, block_d, block_c = _blocks(d, c, split)
+    bm, block_d, block_c = _blocks(d, c, split)
+    block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
         sms = torch.cuda.get_device_properties(x3.device).multi_processor_count
-        n_tiles = min(n_tiles, max(1, (8 * sms) // h))
+        n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
     grid = (n_tiles, h)
@@ -165,7 +166,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
             CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=4, num_stages=1,
+            num_warps=num_warps, num_stages=num_stages,
         )
     else:
         nb, _, bs, _ = out.shape
@@ -174,7 +175,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
             CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=4, num_stages=1,
+            num_warps=num_warps, num_stages=num_stages,
         )
 
 
@@ -212,14 +213,15 @@ def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], c)
 
 
-def hash_encode_and_cache(k, weight, cache, slot_mapping) -> None:
+def hash_encode_and_cache(k, weight, cache, slot_mapping, **launch) -> None:
     """Spec 3. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``, ``cache uint8
-    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips)."""
+    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips).
+    ``launch``: block_m / num_warps / num_stages / per_sm knobs for benchmarks."""
     if weight.dim() == 2:
         w3, g = weight.unsqueeze(0), k.shape[1]
     else:
         w3, g = weight, k.shape[1] // weight.shape[0]
-    _launch(k, w3, g, cache, 0, slot_mapping)
+    _launch(k, w3, g, cache, 0, slot_mapping, **launch)
 
 
 def mla_hash_encode(x_lora, x_rope, w_lora, w_rope) -> torch.Tensor:
