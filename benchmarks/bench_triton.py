@@ -125,7 +125,7 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         from cuda_ops import hashing as th
 
         res["hash_cache_variants"] = {}
-        for bm, nw, ns, ps in ((128, 8, 1, 4), (64, 4, 1, 8), (128, 8, 1, 2), (128, 8, 1, 8), (256, 8, 1, 2), (128, 4, 1, 4)):
+        for bm, nw, ns, ps in ((128, 8, 1, 2), (128, 8, 1, 1), (128, 8, 2, 2), (64, 4, 1, 4), (128, 4, 1, 2), (256, 8, 1, 1)):
             key = f"bm{bm}_w{nw}_s{ns}_sm{ps}"
             try:
                 res["hash_cache_variants"][key] = gbench(lambda: th.hash_encode_and_cache(
@@ -203,6 +203,13 @@ def context_bench(res, ctx, dev, ops, tatt, tsc, log):
                 rr["kv_select_ms"] = gbench(lambda: ops.kv_select(idx, n, table, seq, BS, 0))
                 st, sl = ops.kv_select(idx, n, table, seq, BS, 0)
                 rr["sparse_attn_ms"] = gbench(lambda: ops.paged_decode_attention(q, kc, vc, st, sl))
+                rr["sparse_attn_variants"] = {}
+                for ps, mt, bn in ((16, 128, 64), (16, 512, 64), (8, 1024, 64), (32, 256, 64), (16, 256, 32)):
+                    try:
+                        rr["sparse_attn_variants"][f"sm{ps}_min{mt}_bn{bn}"] = gbench(lambda: tatt.paged_decode_attention(
+                            q, kc, vc, st, sl, None, block_n=bn, per_sm=ps, min_tokens=mt))
+                    except Exception as exc:
+                        rr["sparse_attn_variants"][f"sm{ps}_min{mt}_bn{bn}"] = f"{type(exc).__name__}: {str(exc)[:80]}"
 
                 def step():
                     ops.hash_encode_and_cache(new_k, wq, hcache, new_slots)
@@ -273,6 +280,9 @@ def markdown(res) -> str:
     lines += ["", "Dense-decode launch variants (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: " + ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in c["dense_variants"].items())
         for ctx, c in res["contexts"].items() if "dense_variants" in c)]
+    lines += ["", "Sparse attention launch variants (ms; default per_sm=16, min_tokens=256, block_n=64): " + "; ".join(
+        f"{int(ctx) // 1024}K {rn}: " + ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in rr.get("sparse_attn_variants", {}).items())
+        for ctx, c in res["contexts"].items() for rn, rr in c.get("ratios", {}).items())]
     if res.get("hash_cache_variants"):
         lines += ["", "hash_encode_and_cache 64K launch variants (ms): " + ", ".join(
             f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_variants"].items())]
