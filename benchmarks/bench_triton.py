@@ -135,6 +135,13 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         print("hash cache variants", res["hash_cache_variants"], flush=True)
         kf = k.float()
         ms32 = gbench(lambda: ops.hash_encode_and_cache(kf, w, hc, slots))
+        res["hash_cache_fp32_variants"] = {}
+        for bm, nw, ps in ((32, 4, 8), (64, 4, 8), (16, 4, 16), (32, 8, 4)):
+            try:
+                res["hash_cache_fp32_variants"][f"bm{bm}_w{nw}_sm{ps}"] = gbench(lambda: th.hash_encode_and_cache(
+                    kf, w, hc, slots, block_m=bm, num_warps=nw, per_sm=ps))
+            except Exception as exc:
+                res["hash_cache_fp32_variants"][f"bm{bm}_w{nw}_sm{ps}"] = f"{type(exc).__name__}: {str(exc)[:80]}"
         res["hash_encode_and_cache_64k_fp32_ieee"] = {"ms": ms32}
         print("hash_encode_and_cache 64K:", res["hash_encode_and_cache_64k"], "fp32 ieee ms", ms32, flush=True)
 
@@ -286,6 +293,9 @@ def markdown(res) -> str:
     if res.get("hash_cache_variants"):
         lines += ["", "hash_encode_and_cache 64K launch variants (ms): " + ", ".join(
             f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_variants"].items())]
+    if res.get("hash_cache_fp32_variants"):
+        lines += ["", "hash_encode_and_cache 64K fp32 keys (ieee FMA product) launch variants (ms): " + ", ".join(
+            f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_fp32_variants"].items())]
     lines += ["", "Score kernel alone (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: Harley-Seal {c['score_kernel_ms']:.4f} (8 warps {c.get('score_kernel_w8_ms', float('nan')):.4f}, "
         f"2 warps {c.get('score_kernel_w2_ms', float('nan')):.4f}), SWAR per word {c.get('score_kernel_swar_ms', float('nan')):.4f}, "

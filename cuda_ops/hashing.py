@@ -138,7 +138,7 @@ def _blocks(d: int, c: int, split: bool):
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num_stages=1, per_sm=2):
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -149,7 +149,11 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
     bm, block_d, block_c = _blocks(d, c, split)
+    if not split:  # the fp32 FMA product: small tiles keep it out of local memory
+        bm = min(bm, 32)
     bm = min(bm, max(16, triton.next_power_of_2(l)))  # a decode step hashes few rows
+    num_warps = (8 if split else 4) if num_warps is None else num_warps
+    per_sm = (2 if split else 8) if per_sm is None else per_sm
     block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
