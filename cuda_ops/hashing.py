@@ -85,8 +85,9 @@ def _hash_kernel(
     CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1), persistent over
-    tiles along axis 0 so that the weight tile is loaded once per program.
+    """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
+    ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
+    that the weight tile is loaded once per program.
 
     ``x [L, H, D]``; ``w [Hw, D, R]`` (head ``h`` uses ``w[h // G]``);
     codes mode: ``out uint8 [L, H, *]`` at byte ``BYTE_OFF``; cache mode:
@@ -94,10 +95,11 @@ def _hash_kernel(
     (``< 0`` or ``>= NSLOTS``: not written).
     """
     h = tl.program_id(1)
-    j = tl.arange(0, 8 * BLOCK_C)
+    c0 = tl.program_id(2) * BLOCK_C  # this program's first code byte (wide codes are split)
+    j = c0 * 8 + tl.arange(0, 8 * BLOCK_C)
     cmask = j < 8 * C
     dd = tl.arange(0, BLOCK_D)
-    c = tl.arange(0, BLOCK_C)
+    c = c0 + tl.arange(0, BLOCK_C)
     w_base = w_ptr + (h // G).to(tl.int64) * sw_h + j[None, :] * sw_r
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
@@ -130,7 +132,9 @@ def _hash_kernel(
 
 
 def _blocks(d: int, c: int, split: bool):
-    block_c = triton.next_power_of_2(c)
+    # at most 128 projection columns a program: the bf16 weight split of a wider
+    # tile (MLA's R_lora = 512) would not fit in shared memory
+    block_c = min(16, triton.next_power_of_2(c))
     block_d = max(16, min(128, triton.next_power_of_2(d)))
     # fp32 tile [BLOCK_M, 8*BLOCK_C] of about 64 KB over 8 warps (H100, R = 128:
     # 128 rows, 8 warps, 2 programs per SM was the fastest launch measured)
@@ -161,7 +165,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
-    grid = (n_tiles, h)
+    grid = (n_tiles, h, triton.cdiv(c, block_c))
     one_d = d <= block_d
     if slots is None:
         _hash_kernel[grid](

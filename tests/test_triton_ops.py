@@ -83,10 +83,13 @@ def test_hash_encode_odd_sizes(gen, dtype):
     assert band_violations(x, w, codes) == 0
 
 
-def test_hash_encode_long_d_loops_over_tiles(gen):
-    x = torch.randn(5, 3, 300, generator=gen)  # MLA-like latent width: 3 D tiles
-    w = torch.randn(300, 64, generator=gen)
-    assert band_violations(x, w, ops.hash_encode(x, w)) == 0
+def test_hash_encode_long_d_and_wide_codes(gen):
+    # MLA-like latent width: 3 D tiles; R = 384 bits: 3 column chunks of 16 bytes
+    x = torch.randn(5, 3, 300, generator=gen).to(torch.bfloat16)
+    w = torch.randn(300, 384, generator=gen)
+    codes = ops.hash_encode(x, w)
+    assert codes.shape == (5, 3, 48)
+    assert band_violations(x, w, codes) == 0
 
 
 def test_hash_encode_and_cache_skips_padding_and_out_of_range(gen):
