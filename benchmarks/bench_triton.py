@@ -125,11 +125,12 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         from cuda_ops import hashing as th
 
         res["hash_cache_variants"] = {}
-        for bm, nw, ns, ps in ((128, 8, 1, 2), (128, 8, 1, 1), (128, 8, 2, 2), (64, 4, 1, 4), (128, 4, 1, 2), (256, 8, 1, 1)):
-            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}"
+        for bm, nw, ns, ps, pd in ((128, 8, 1, 2, False), (128, 8, 1, 2, True), (128, 8, 2, 2, True), (64, 4, 1, 4, True),
+                                   (128, 4, 1, 2, True), (128, 8, 1, 4, True), (64, 4, 2, 8, True)):
+            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}" + ("_packdot" if pd else "_reshape")
             try:
                 res["hash_cache_variants"][key] = gbench(lambda: th.hash_encode_and_cache(
-                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps))
+                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps, pack_dot=pd))
             except Exception as exc:
                 res["hash_cache_variants"][key] = f"{type(exc).__name__}: {str(exc)[:100]}"
         print("hash cache variants", res["hash_cache_variants"], flush=True)

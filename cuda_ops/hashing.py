@@ -27,6 +27,7 @@ import triton.language as tl
 from . import interpreting
 
 INTERPRET = interpreting()
+PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
 
 __all__ = [
     "sign_bits_pack",
@@ -44,6 +45,23 @@ def _pack_cols(bits, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     bits3 = tl.reshape(bits, (BLOCK_M, BLOCK_C, 8))
     weight = 1 << tl.arange(0, 8)
     return tl.sum(bits3 * weight[None, None, :], axis=2)
+
+
+@triton.jit
+def _pack_dot(acc, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
+    """Same result as ``_pack_cols((acc > 0), ...)`` as a matrix product: the 0/1
+    bits ``[BLOCK_M, 8*BLOCK_C]`` times ``P [8*BLOCK_C, BLOCK_C]`` with
+    ``P[8c + i, c] = 2**i``. Exact (bits, powers of two and sums <= 255 are exact
+    in bf16 operands with fp32 accumulation) and it stays in the tensor-core
+    layout instead of reshaping through shared memory."""
+    r = tl.arange(0, 8 * BLOCK_C)
+    cc = tl.arange(0, BLOCK_C)
+    p = tl.where((r // 8)[:, None] == cc[None, :], (1 << (r % 8))[:, None], 0)
+    if UPCAST:
+        out = tl.dot((acc > 0).to(tl.float32), p.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot((acc > 0).to(tl.bfloat16), p.to(tl.bfloat16))
+    return out.to(tl.int32)
 
 
 @triton.jit
@@ -83,7 +101,7 @@ def _hash_kernel(
     sx_l, sx_h, sw_h, sw_d, sw_r,
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    PACK_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
     ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
@@ -119,7 +137,10 @@ def _hash_kernel(
                 x = tl.load(x_base + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
                 w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
                 acc = _project_tile(x, w, acc, SPLIT_BF16, UPCAST)
-        packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
+        if PACK_DOT:
+            packed = _pack_dot(acc, BLOCK_C, UPCAST).to(tl.uint8)
+        else:
+            packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
         if CACHE:
             slot = tl.load(slot_ptr + rows, mask=rmask, other=-1).to(tl.int64)
             keep = rmask & (slot >= 0) & (slot < NSLOTS)
@@ -142,7 +163,8 @@ def _blocks(d: int, c: int, split: bool):
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None):
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
+            pack_dot=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -167,12 +189,15 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         n_tiles = min(n_tiles, 2)
     grid = (n_tiles, h, triton.cdiv(c, block_c))
     one_d = d <= block_d
+    if pack_dot is None:
+        pack_dot = PACK_DOT_DEFAULT
+    pack_dot = pack_dot and block_c >= 16 and block_m >= 16  # tensor-core minimum sizes
     if slots is None:
         _hash_kernel[grid](
             x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
-            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
@@ -181,7 +206,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
             x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
-            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
 

@@ -263,3 +263,18 @@ def test_score_kernel_paths_agree_realistic(gen):
         hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
         swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
         assert torch.equal(hs[used], swar[used])
+
+
+@pytest.mark.parametrize("r", [128, 512])
+def test_hash_bit_pack_by_matmul_equals_reshape_gpu(gen, r):
+    from cuda_ops import hashing
+
+    x = torch.randn(3000, 8, 128, device=DEV, generator=gen).to(torch.bfloat16)
+    w = torch.randn(8, 128, r, device=DEV, generator=gen)
+    x3, w3, g = hashing._as_heads(x, w)
+    a = torch.zeros(3000, 8, r // 8, dtype=torch.uint8, device=DEV)
+    b = torch.zeros_like(a)
+    hashing._launch(x3, w3, g, a, 0, pack_dot=True)
+    hashing._launch(x3, w3, g, b, 0, pack_dot=False)
+    assert torch.equal(a, b)
+    assert band_violations(x, w, a) == 0

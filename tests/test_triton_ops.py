@@ -262,3 +262,18 @@ def test_attention_kernel_clamps_bad_block_ids(gen):
     out = attention.paged_decode_attention(q, kc, vc, table, seq, None)
     want = ref.paged_decode_attention(q, kc, vc, table, seq, None)  # the reference clamps too
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hash_bit_pack_by_matmul_equals_reshape(gen, dtype):
+    from cuda_ops import hashing
+
+    x = torch.randn(20, 2, 48, generator=gen).to(dtype)
+    w = torch.randn(2, 48, 160, generator=gen)  # 20 bytes: two column chunks, the second partial
+    x3, w3, g = hashing._as_heads(x, w)
+    a = torch.zeros(20, 2, 20, dtype=torch.uint8)
+    b = torch.zeros_like(a)
+    hashing._launch(x3, w3, g, a, 0, pack_dot=True)
+    hashing._launch(x3, w3, g, b, 0, pack_dot=False)
+    assert torch.equal(a, b)
+    assert band_violations(x, w, a) == 0
