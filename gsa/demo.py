@@ -9,6 +9,8 @@ attention) and prints:
 
 * recall: the fraction of planted blocks the selection kept;
 * attention error: ``||sparse - dense|| / ||dense||`` of the decode output;
+* the same error for the oracle selection of equal size (blocks ranked by
+  true attention mass), the floor any selection of that size can reach;
 * whether the selection is bit-identical to the reference backend's;
 * time of the selection and of sparse vs dense attention.
 
@@ -102,6 +104,28 @@ def make_workload(cfg, batch: int, seq_len: int, planted: int, strength: float, 
     }
 
 
+def oracle_selection(cfg, w: Dict, n_sel: List[int], k: int):
+    """The best selection of the same size: per row the ``n_sel`` blocks holding the
+    most true attention mass (summed over heads), forced blocks first.
+    Returns ``(indices int32 [B, k], n_sel int32 [B])`` for ``kv_select``."""
+    from gsa.reference import forced_block_mask
+
+    bs, (b, hq, d) = cfg.chunk_size, w["q"].shape
+    hkv = w["k_cache"].shape[2]
+    rows = []
+    for r in range(b):
+        n_blocks = (w["seq_host"][r] + bs - 1) // bs
+        keys = w["k_cache"][w["block_table"][r, :n_blocks].long()].float().reshape(-1, hkv, d)[: w["seq_host"][r]]
+        qr = w["q"][r].float().reshape(hkv, hq // hkv, d)
+        probs = torch.softmax(torch.einsum("kgd,tkd->kgt", qr, keys) / d ** 0.5, dim=-1).sum(dim=(0, 1))
+        mass = torch.zeros(n_blocks * bs).index_add_(0, torch.arange(len(probs)), probs).reshape(n_blocks, bs).sum(1)
+        forced = forced_block_mask(torch.tensor([n_blocks]), n_blocks, cfg.must_select_blocks)[0]
+        mass = torch.where(forced, torch.full_like(mass, float("inf")), mass)
+        top = torch.topk(mass, n_sel[r]).indices.sort().values
+        rows.append(torch.cat([top, torch.full((k - len(top),), -1)]))
+    return torch.stack(rows).to(torch.int32).to(w["q"].device), torch.tensor(n_sel, dtype=torch.int32, device=w["q"].device)
+
+
 def _split_mla(cfg, x: torch.Tensor):
     return x[..., : cfg.kv_lora_rank], x[..., cfg.kv_lora_rank:]
 
@@ -134,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.planted} planted blocks/row, layers {layers}, {args.dtype} on {device}")
     with use_backend("reference"):
         dense = ops.paged_decode_attention(w["q"], w["k_cache"], w["v_cache"], w["block_table"], w["seq_lens"])
-    results, ref_sel = [], {}
+    results, ref_sel, oracle_err = [], {}, None
     for name in names:
         with use_backend(name):
             caches = gs.allocate_hash_caches(w["num_blocks"])
@@ -164,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
                     hits = sum(int(w["block_table"][b, blk]) in chosen for blk in w["planted"][b])
                     recall.append(hits / max(1, len(w["planted"][b])))
                 err.append(float((out.float() - dense.float()).norm() / dense.float().norm()))
+                if oracle_err is None:  # once: the error of the best selection of the same size
+                    with use_backend("reference"):
+                        idx, ns = oracle_selection(cfg, w, step.plan.n_sel[layer].tolist(), step.plan.k)
+                        o_tab, o_len = ops.kv_select(idx, ns, w["block_table"], w["seq_lens"], cfg.chunk_size)
+                        o_out = ops.paged_decode_attention(w["q"], w["k_cache"], w["v_cache"], o_tab, o_len)
+                    oracle_err = float((o_out.float() - dense.float()).norm() / dense.float().norm())
                 if name == "reference":
                     ref_sel[layer] = (table.clone(), lens.clone())
                 elif layer in ref_sel:
@@ -176,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = step.plan
     kept = float(sum(plan.n_sel[layers[-1]])) / float(sum(plan.n_blocks))
-    print(f"blocks kept: {kept:.1%} (k = {plan.k}, budgets {plan.budgets[layers[-1]].tolist()})")
+    print(f"blocks kept: {kept:.1%} (k = {plan.k}, budgets {plan.budgets[layers[-1]].tolist()}); "
+          f"attention error of the oracle selection of the same size (top blocks by true attention mass): "
+          f"{oracle_err:.4f}")
     _print_table(["backend", "recall", "attn_rel_err", "same_as_ref", "select_ms", "sparse_attn_ms", "dense_attn_ms"], results)
     skipped = [n for n, r in report.items() if n not in names]
     if skipped:

@@ -194,8 +194,13 @@ class GSASparse:
             raise ValueError(f"GSA: layer {layer} scores: 'q' is required")
         c = self.config
         if c.is_mla:
+            self._check_query(layer, "q", q, c.kv_lora_rank, "kv_lora_rank")
+        else:
+            self._check_query(layer, "q", q, c.head_dim, "head_dim")
+        if c.is_mla:
             if q_rope is None:
                 raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
+            self._check_query(layer, "q_rope", q_rope, c.qk_rope_head_dim, "qk_rope_head_dim")
             w_lora, w_rope = self.weights(layer)
             q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
         else:
@@ -208,6 +213,13 @@ class GSASparse:
         out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
         step._selections[layer] = out
         return out
+
+    def _check_query(self, layer: int, name: str, q: Tensor, dim: int, dim_key: str) -> None:
+        want = (self.config.num_attention_heads, dim)
+        if not isinstance(q, torch.Tensor) or q.dim() != 3 or tuple(q.shape[1:]) != want:
+            got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+            raise ValueError(f"GSA: layer {layer}: '{name}' must be [B, {want[0]}, {want[1]}] "
+                             f"(num_attention_heads, {dim_key}), got {got}")
 
     def decode_attention(self, layer: int, step: Step, q: Tensor, k_cache: Tensor, v_cache: Tensor,
                          block_table: Tensor, seq_lens: Tensor, hash_cache: Optional[Tensor] = None,

@@ -180,6 +180,8 @@ def test_errors():
         gs.select(1, step, table, seq_lens, caches[1])
     with pytest.raises(ValueError, match=r"'block_table' must be \[B, M\] with B = 5 rows .*got shape \(4, 17\)"):
         gs.select(1, step, table[:4], seq_lens, caches[1], torch.randn(5, 4, 16))
+    with pytest.raises(ValueError, match=r"'q' must be \[B, 4, 16\] \(num_attention_heads, head_dim\), got \(5, 2, 16\)"):
+        gs.select(1, step, table, seq_lens, caches[1], torch.randn(5, 2, 16))
     kc = torch.randn(nb, 8, 2, 16)
     with pytest.raises(ValueError, match="k_cache of layer 1 .*chunk_size = 4"):
         gs.decode_attention(1, step, torch.randn(5, 4, 16), kc, kc, table, seq_lens, caches[1])
@@ -189,3 +191,7 @@ def test_errors():
         m.cache_keys(1, mc[1], slots, torch.randn(slots.numel(), 32))
     with pytest.raises(ValueError, match="'q_rope' .* is required for MLA"):
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32))
+    with pytest.raises(ValueError, match=r"'q_rope' must be \[B, 4, 8\] \(num_attention_heads, qk_rope_head_dim\)"):
+        m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32), torch.randn(5, 4, 9))
+    with pytest.raises(ValueError, match=r"'q' must be \[B, 4, 32\] \(num_attention_heads, kv_lora_rank\)"):
+        m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 40), torch.randn(5, 4, 8))
