@@ -195,3 +195,13 @@ def test_errors():
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32), torch.randn(5, 4, 9))
     with pytest.raises(ValueError, match=r"'q' must be \[B, 4, 32\] \(num_attention_heads, kv_lora_rank\)"):
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 40), torch.randn(5, 4, 8))
+
+
+def test_docs_policy_example_runs(capsys):
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "policy.md"
+    code = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)[0]
+    exec(compile(code, str(doc), "exec"), {})
+    assert capsys.readouterr().out.strip() == "[19, 8] [6, 3] [92, 40] torch.Size([2, 9, 64])"
