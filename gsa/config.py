@@ -389,8 +389,11 @@ class GSAConfig:
 def _configs_dir() -> Optional[Path]:
     import gsa
 
-    src = Path(gsa.__file__).resolve().parent.parent / "configs"
-    if src.is_dir() and any(src.glob("*.json")):
+    # a source checkout: <repo>/gsa/ next to <repo>/configs/ (and <repo>/setup.py, so
+    # that an unrelated site-packages/configs/ folder is never taken for ours)
+    root = Path(gsa.__file__).resolve().parent.parent
+    src = root / "configs"
+    if (root / "setup.py").is_file() and (src / "__init__.py").is_file():
         return src
     try:
         from importlib.resources import files

@@ -1,6 +1,7 @@
 """GSASparse end to end vs a direct composition of the reference ops (GQA and MLA,
 reuse layers, dense layers, mixed prefill/decode rows), plus its errors."""
 import math
+import re
 
 import pytest
 import torch
@@ -180,8 +181,10 @@ def test_errors():
         gs.select(1, step, table, seq_lens, caches[1])
     with pytest.raises(ValueError, match=r"'block_table' must be \[B, M\] with B = 5 rows .*got shape \(4, 17\)"):
         gs.select(1, step, table[:4], seq_lens, caches[1], torch.randn(5, 4, 16))
-    with pytest.raises(ValueError, match=r"'q' must be \[B, 4, 16\] \(num_attention_heads, head_dim\), got \(5, 2, 16\)"):
-        gs.select(1, step, table, seq_lens, caches[1], torch.randn(5, 2, 16))
+    for bad in ((5, 3, 16), (5, 1, 16), (5, 4, 8), (5, 4)):
+        with pytest.raises(ValueError, match=r"'q' must be \[B, H, 16\] \(head_dim\) with H = num_attention_heads = 4 "
+                                             r"\(or a rank's share.*hash cache's 2 heads\), got " + re.escape(str(bad))):
+            gs.select(1, step, table, seq_lens, caches[1], torch.randn(*bad))
     kc = torch.randn(nb, 8, 2, 16)
     with pytest.raises(ValueError, match="k_cache of layer 1 .*chunk_size = 4"):
         gs.decode_attention(1, step, torch.randn(5, 4, 16), kc, kc, table, seq_lens, caches[1])
@@ -191,10 +194,12 @@ def test_errors():
         m.cache_keys(1, mc[1], slots, torch.randn(slots.numel(), 32))
     with pytest.raises(ValueError, match="'q_rope' .* is required for MLA"):
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32))
-    with pytest.raises(ValueError, match=r"'q_rope' must be \[B, 4, 8\] \(num_attention_heads, qk_rope_head_dim\)"):
+    with pytest.raises(ValueError, match=r"'q_rope' must be \[B, H, 8\] \(qk_rope_head_dim\)"):
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32), torch.randn(5, 4, 9))
-    with pytest.raises(ValueError, match=r"'q' must be \[B, 4, 32\] \(num_attention_heads, kv_lora_rank\)"):
+    with pytest.raises(ValueError, match=r"'q' must be \[B, H, 32\] \(kv_lora_rank\)"):
         m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 40), torch.randn(5, 4, 8))
+    with pytest.raises(ValueError, match=r"'q_rope' must have the rows and heads of 'q' \(5, 4\), got \(5, 2, 8\)"):
+        m.select(1, m.begin_step(SEQ, QLEN), table, seq_lens, mc[1], torch.randn(5, 4, 32), torch.randn(5, 2, 8))
 
 
 def test_docs_policy_example_runs(capsys):
@@ -205,3 +210,32 @@ def test_docs_policy_example_runs(capsys):
     code = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)[0]
     exec(compile(code, str(doc), "exec"), {})
     assert capsys.readouterr().out.strip() == "[19, 8] [6, 3] [92, 40] torch.Size([2, 9, 64])"
+
+
+def test_rank_share_of_heads_subclass():
+    """Tensor parallelism as an engine does it: a subclass serving KV head 1 of 2 (and its 2 query heads)."""
+    cfg = GSAConfig(**GQA)
+
+    class LocalHeads(GSASparse):
+        def weights(self, layer):
+            return super().weights(layer)[1:2]
+
+        def hash_cache_shape(self, num_blocks):
+            return (num_blocks, 1, BS, cfg.code_bytes)
+
+    gs = LocalHeads(cfg)
+    nb, table, slots = paged_layout(SEQ)
+    caches = gs.allocate_hash_caches(nb)
+    assert caches[1].shape == (nb, 1, BS, 4)
+    k = torch.randn(slots.numel(), 1, 16)
+    gs.cache_keys(1, caches[1], slots, k)
+    step = gs.begin_step(SEQ, QLEN)
+    seq_lens = torch.tensor(SEQ, dtype=torch.int32)
+    q = torch.randn(5, 2, 16)
+    got = gs.select(1, step, table, seq_lens, caches[1], q)
+    w = random_hash_weight(3, 1, 2, 16, 32)[1:2]
+    cache = torch.zeros(nb, 1, BS, 4, dtype=torch.uint8)
+    R.hash_encode_and_cache(k, w, cache, slots)
+    idx, ns = R.hamming_dist_top_k(R.hash_encode(q, w), cache, table, seq_lens, step.budgets[1], step.plan.k, [0, -2, -1])
+    want = R.kv_select(idx, ns, table, seq_lens, BS)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
