@@ -112,11 +112,12 @@ def oracle_selection(cfg, w: Dict, n_sel: List[int], k: int):
 
     bs, (b, hq, d) = cfg.chunk_size, w["q"].shape
     hkv = w["k_cache"].shape[2]
+    k_cache, table, q_all = w["k_cache"].cpu(), w["block_table"].cpu(), w["q"].cpu()  # outside any step: host is fine
     rows = []
     for r in range(b):
         n_blocks = (w["seq_host"][r] + bs - 1) // bs
-        keys = w["k_cache"][w["block_table"][r, :n_blocks].long()].float().reshape(-1, hkv, d)[: w["seq_host"][r]]
-        qr = w["q"][r].float().reshape(hkv, hq // hkv, d)
+        keys = k_cache[table[r, :n_blocks].long()].float().reshape(-1, hkv, d)[: w["seq_host"][r]]
+        qr = q_all[r].float().reshape(hkv, hq // hkv, d)
         probs = torch.softmax(torch.einsum("kgd,tkd->kgt", qr, keys) / d ** 0.5, dim=-1).sum(dim=(0, 1))
         mass = torch.zeros(n_blocks * bs).index_add_(0, torch.arange(len(probs)), probs).reshape(n_blocks, bs).sum(1)
         forced = forced_block_mask(torch.tensor([n_blocks]), n_blocks, cfg.must_select_blocks)[0]
@@ -124,6 +125,15 @@ def oracle_selection(cfg, w: Dict, n_sel: List[int], k: int):
         top = torch.topk(mass, n_sel[r]).indices.sort().values
         rows.append(torch.cat([top, torch.full((k - len(top),), -1)]))
     return torch.stack(rows).to(torch.int32).to(w["q"].device), torch.tensor(n_sel, dtype=torch.int32, device=w["q"].device)
+
+
+def _now(device: torch.device) -> float:
+    """Wall time after the device's queued work is done (timings of async devices)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "npu":
+        torch.npu.synchronize()  # type: ignore[attr-defined]
+    return time.perf_counter()
 
 
 def _split_mla(cfg, x: torch.Tensor):
@@ -173,13 +183,13 @@ def run(args: argparse.Namespace) -> int:
                     gs.cache_keys(layer, caches[layer], w["slots"], w["keys"])
                     q_hash, q_rope = w["q"], None
                 step = gs.begin_step(w["seq_host"])
-                t0 = time.perf_counter()
+                t0 = _now(device)
                 table, lens = gs.select(layer, step, w["block_table"], w["seq_lens"], caches[layer], q_hash, q_rope)
-                t1 = time.perf_counter()
+                t1 = _now(device)
                 out = ops.paged_decode_attention(w["q"], w["k_cache"], w["v_cache"], table, lens)
-                t2 = time.perf_counter()
+                t2 = _now(device)
                 ops.paged_decode_attention(w["q"], w["k_cache"], w["v_cache"], w["block_table"], w["seq_lens"])
-                t3 = time.perf_counter()
+                t3 = _now(device)
                 t_sel += t1 - t0
                 t_att += t2 - t1
                 t_dense += t3 - t2
