@@ -37,7 +37,6 @@ _INERT_LEGACY_KEYS = {
 # Original key -> our key with the same meaning.
 _ALIASES = {"vllm_hash_attention_topk": "top_k_tokens"}
 
-_GQA_ONLY = ()
 _MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim", "hash_bits_kv_lora", "hash_bits_qk_rope")
 _MLA_OPTIONAL = ("hash_weight_kv_lora", "hash_weight_qk_rope", "rope_score_weight")
 
