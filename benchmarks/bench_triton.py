@@ -100,7 +100,7 @@ def main(out_dir: str) -> None:
         except Exception as exc:
             log(f"hash_encode_and_cache benchmark failed: {type(exc).__name__}: {exc}")
         del k, hc, slots
-        for ctx in CONTEXTS:
+        for ctx in CONTEXTS if not os.environ.get("BENCH_ONLY_HASH") else ():
             try:
                 context_bench(res, ctx, dev, ops, tatt, tsc, log)
             except Exception as exc:
@@ -125,12 +125,13 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         from cuda_ops import hashing as th
 
         res["hash_cache_variants"] = {}
-        for bm, nw, ns, ps, pd in ((128, 8, 1, 2, False), (128, 8, 1, 2, True), (128, 8, 2, 2, True), (64, 4, 1, 4, True),
-                                   (128, 4, 1, 2, True), (128, 8, 1, 4, True), (64, 4, 2, 8, True)):
-            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}" + ("_packdot" if pd else "_reshape")
+        for bm, nw, ns, ps, pd, pf in ((128, 8, 1, 2, False, False), (128, 8, 1, 2, False, True), (128, 8, 1, 2, True, True),
+                                       (64, 4, 1, 4, False, True), (128, 4, 1, 2, False, True), (128, 8, 1, 3, False, True),
+                                       (64, 4, 1, 6, False, True), (64, 8, 1, 4, False, True)):
+            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}" + ("_packdot" if pd else "_reshape") + ("_prefetch" if pf else "")
             try:
                 res["hash_cache_variants"][key] = gbench(lambda: th.hash_encode_and_cache(
-                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps, pack_dot=pd))
+                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps, pack_dot=pd, prefetch=pf))
             except Exception as exc:
                 res["hash_cache_variants"][key] = f"{type(exc).__name__}: {str(exc)[:100]}"
         print("hash cache variants", res["hash_cache_variants"], flush=True)

@@ -28,6 +28,7 @@ from . import interpreting
 
 INTERPRET = interpreting()
 PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
+PREFETCH_DEFAULT = False  # load the next row tile before projecting this one
 
 __all__ = [
     "sign_bits_pack",
@@ -101,7 +102,7 @@ def _hash_kernel(
     sx_l, sx_h, sw_h, sw_d, sw_r,
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
-    PACK_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
     ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
@@ -122,13 +123,24 @@ def _hash_kernel(
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     n_tiles = tl.cdiv(L, BLOCK_M)
-    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+    step = tl.num_programs(0)
+    if ONE_D and PREFETCH:  # software pipelining by hand: the next tile's load is in flight
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        x_next = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h + dd[None, :],
+                         mask=(rows < L)[:, None] & (dd < D)[None, :], other=0.0)
+    for tile in range(tl.program_id(0), n_tiles, step):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < L
         x_base = x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h
         acc = tl.zeros((BLOCK_M, 8 * BLOCK_C), dtype=tl.float32)
         if ONE_D:
-            x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
+            if PREFETCH:
+                x = x_next
+                nrows = rows + step * BLOCK_M
+                x_next = tl.load(x_ptr + nrows[:, None].to(tl.int64) * sx_l + h * sx_h + dd[None, :],
+                                 mask=(nrows < L)[:, None] & (dd < D)[None, :], other=0.0)
+            else:
+                x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
             acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
         else:
             for d0 in range(0, D, BLOCK_D):
@@ -164,7 +176,7 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None):
+            pack_dot=None, prefetch=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -192,12 +204,13 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if pack_dot is None:
         pack_dot = PACK_DOT_DEFAULT
     pack_dot = pack_dot and block_c >= 16 and block_m >= 16  # tensor-core minimum sizes
+    prefetch = PREFETCH_DEFAULT if prefetch is None else prefetch
     if slots is None:
         _hash_kernel[grid](
             x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
-            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
@@ -206,7 +219,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
             x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
-            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
 

@@ -265,15 +265,16 @@ def test_attention_kernel_clamps_bad_block_ids(gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_hash_bit_pack_by_matmul_equals_reshape(gen, dtype):
+def test_hash_launch_options_agree(gen, dtype):
+    # bit pack by matrix product vs reshape; prefetching the next row tile vs not
     from cuda_ops import hashing
 
-    x = torch.randn(20, 2, 48, generator=gen).to(dtype)
+    x = torch.randn(90, 2, 48, generator=gen).to(dtype)
     w = torch.randn(2, 48, 160, generator=gen)  # 20 bytes: two column chunks, the second partial
     x3, w3, g = hashing._as_heads(x, w)
-    a = torch.zeros(20, 2, 20, dtype=torch.uint8)
+    a = torch.zeros(90, 2, 20, dtype=torch.uint8)
     b = torch.zeros_like(a)
-    hashing._launch(x3, w3, g, a, 0, pack_dot=True)
-    hashing._launch(x3, w3, g, b, 0, pack_dot=False)
+    hashing._launch(x3, w3, g, a, 0, pack_dot=True, prefetch=True, block_m=16)  # 6 tiles, 2 programs
+    hashing._launch(x3, w3, g, b, 0, pack_dot=False, prefetch=False, block_m=16)
     assert torch.equal(a, b)
     assert band_violations(x, w, a) == 0
