@@ -28,7 +28,7 @@ from . import interpreting
 
 INTERPRET = interpreting()
 PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
-PREFETCH_DEFAULT = True  # load the next row tile before projecting this one (H100: 0.099 -> 0.094 ms)
+PREFETCH_DEFAULT = True  # load the next row tile before projecting this one (when a program has several)
 
 __all__ = [
     "sign_bits_pack",
@@ -190,7 +190,6 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if not split:  # the fp32 FMA product: small tiles keep it out of local memory
         bm = min(bm, 32)
     bm = min(bm, max(16, triton.next_power_of_2(l)))  # a decode step hashes few rows
-    num_warps = 4 if num_warps is None else num_warps
     per_sm = (2 if split else 8) if per_sm is None else per_sm
     block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
@@ -204,7 +203,13 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if pack_dot is None:
         pack_dot = PACK_DOT_DEFAULT
     pack_dot = pack_dot and block_c >= 16 and block_m >= 16  # tensor-core minimum sizes
-    prefetch = PREFETCH_DEFAULT if prefetch is None else prefetch
+    # Many tiles a program (a prefill, a cache fill): prefetch the next tile, 4 warps.
+    # One tile a program (a decode step's few rows): no prefetch, 8 warps (measured
+    # on the H100: 8 us vs 16 us for 16 rows; 0.094 vs 0.099 ms for 64K rows).
+    many = triton.cdiv(l, block_m) > grid[0]
+    prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
+    if num_warps is None:
+        num_warps = 4 if (many or not split) else 8
     if slots is None:
         _hash_kernel[grid](
             x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
