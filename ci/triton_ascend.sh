@@ -65,7 +65,7 @@ if [[ -f cuda_ops/__init__.py ]]; then
   for f in "${files[@]}"; do [[ -f "$f" ]] && existing+=("$f"); done
   if (( ${#existing[@]} )); then
     echo "== GSA_BACKEND=triton: ${existing[*]}"
-    GSA_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning "${existing[@]}" || status=1
+    GSA_BACKEND=triton GSA_TEST_BACKENDS=triton "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning "${existing[@]}" || status=1
   else
     echo "== no tests/test_ops_*.py or tests/test_triton_ops.py in this checkout"
   fi
