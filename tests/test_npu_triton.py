@@ -180,3 +180,16 @@ def test_kv_select(seed):
                       torch.tensor([[5, 6, 7]], dtype=torch.int32).to(DEV),
                       torch.tensor([9], dtype=torch.int32).to(DEV), 4, -1)
     assert got[0].cpu().tolist() == [[5, 7, -1]] and got[1].cpu().tolist() == [5]
+
+
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_top_k_padding_tokens_never_count(method):
+    # block 2 is partial (2 of 4 tokens): medium valid tokens, perfect-match padding slots
+    q = torch.zeros(1, 2, 4, dtype=torch.uint8)
+    kc = torch.full((3, 1, 4, 4), 0x0F, dtype=torch.uint8)
+    kc[1, 0, 0] = 0x0E
+    kc[2, 0, 2:] = 0x00
+    bt = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+    seq = torch.tensor([10], dtype=torch.int32)
+    idx, n = _check_sel(q, kc, bt, seq, torch.tensor([1], dtype=torch.int32), 3, [], method)
+    assert idx.tolist() == [[1, -1, -1]]
