@@ -242,3 +242,31 @@ def test_conformance_rejects_raising_and_missing_native():
     fn, why = signpack.native_sign_bits_pack(torch.device("cpu"),
                                              types.SimpleNamespace(npu_sign_bits_pack=_native(lambda x: x >= 0)))
     assert fn is not None and "matches spec 1" in why
+
+
+# ----------------------------------------------------------------------------- AscendC build and library
+
+
+def test_ascendc_build_skips_cleanly_without_cann(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "npu_ops" / "ascendc" / "build.sh"
+    env = {k: v for k, v in os.environ.items() if k != "ASCEND_HOME_PATH"}
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and "skipped" in res.stdout and "ASCEND_HOME_PATH" in res.stdout
+    assert not (script.parent / "build").exists()
+
+
+def test_custom_library_load_reports_where_it_looked(monkeypatch, tmp_path):
+    from npu_ops import custom
+
+    monkeypatch.setenv("GSA_NPU_OPS_LIB", str(tmp_path / "nowhere.so"))
+    ok, why = custom.load()
+    assert not ok and "nowhere.so (absent)" in why and "build.sh" in why
+    bad = tmp_path / "libbad.so"
+    bad.write_bytes(b"not a library")
+    monkeypatch.setenv("GSA_NPU_OPS_LIB", str(bad))
+    ok, why = custom.load()
+    assert not ok and "libbad.so (" in why
