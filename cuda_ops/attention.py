@@ -118,19 +118,23 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
-def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16):
-    """``(splits, tokens_per_split)`` from shapes only: about ``per_sm`` programs per SM."""
+def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16,
+               min_tokens: int = 256):
+    """``(splits, tokens_per_split)`` from shapes only: about ``per_sm`` programs per SM,
+    but no split shorter than ``min_tokens`` (short splits are latency-bound)."""
     max_tokens = m * bs
     want = max(1, math.ceil(per_sm * _sm_count(device) / max(1, b * hkv)))
     if INTERPRET or device.type != "cuda":
         want = 2  # exercise the reduce step without slowing the interpreter
     per = max(block_n, math.ceil(max_tokens / want))
+    if not (INTERPRET or device.type != "cuda"):
+        per = max(per, min_tokens)
     per = math.ceil(per / block_n) * block_n
     return math.ceil(max_tokens / per), per
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
-                           num_warps=4, num_stages=4, per_sm=16):
+                           num_warps=4, num_stages=4, per_sm=16, min_tokens=256):
     """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
     The keyword arguments are launch knobs for benchmarks; the op uses the defaults."""
@@ -150,7 +154,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     ieee = q.dtype == torch.float32
     if block_n is None:
         block_n = 32 if (ieee or block_d > 128) else 64
-    splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm)
+    splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
     o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
     ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
     mm, ll = ml[0], ml[1]

@@ -6,10 +6,10 @@ the signs LSB-first, then either stores the codes or scatters them into the
 paged hash cache by slot. The MLA ops call it twice (kv_lora part, then rope
 part at a byte offset), so both parts land in one code.
 
-Column trick: the weight tile is loaded with its columns permuted so that tile
-column ``i * BLOCK_C + c`` is projection column ``8c + i``; after one matrix
-product, a reshape to ``[BLOCK_M, 8, BLOCK_C]`` puts the 8 bits of byte ``c`` on
-axis 1, where a weighted sum packs them (bit ``i`` has weight ``2**i``).
+Packing: after one matrix product ``[BLOCK_M, 8*BLOCK_C]``, a reshape to
+``[BLOCK_M, BLOCK_C, 8]`` puts the 8 bits of byte ``c`` (projection columns
+``8c .. 8c+7``) on the last axis, where a weighted sum packs them (bit ``i``
+has weight ``2**i``). The weight tile is loaded in its natural, coalesced order.
 
 Precision (spec 2: fp32 accumulation, no TF32): fp32 and fp16 inputs use an
 fp32 product with ``input_precision="ieee"``. bf16 inputs are exact in bf16, so
@@ -39,11 +39,11 @@ __all__ = [
 
 @triton.jit
 def _pack_cols(bits, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``bits int32 [BLOCK_M, 8*BLOCK_C]`` (column ``i*BLOCK_C + c`` = bit ``i`` of
-    byte ``c``, 0 or 1) -> ``int32 [BLOCK_M, BLOCK_C]`` packed bytes."""
-    bits3 = tl.reshape(bits, (BLOCK_M, 8, BLOCK_C))
+    """``bits int32 [BLOCK_M, 8*BLOCK_C]`` (column ``8c + i`` = bit ``i`` of byte
+    ``c``, 0 or 1) -> ``int32 [BLOCK_M, BLOCK_C]`` packed bytes."""
+    bits3 = tl.reshape(bits, (BLOCK_M, BLOCK_C, 8))
     weight = 1 << tl.arange(0, 8)
-    return tl.sum(bits3 * weight[None, :, None], axis=1)
+    return tl.sum(bits3 * weight[None, None, :], axis=2)
 
 
 @triton.jit
@@ -51,9 +51,8 @@ def _sign_pack_kernel(x_ptr, out_ptr, N, C, sx_n, so_n,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     j = tl.arange(0, 8 * BLOCK_C)
-    col = (j % BLOCK_C) * 8 + j // BLOCK_C  # element of x behind tile column j
-    mask = (rows[:, None] < N) & ((j % BLOCK_C) < C)[None, :]
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx_n + col[None, :], mask=mask, other=0.0)
+    mask = (rows[:, None] < N) & (j < 8 * C)[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx_n + j[None, :], mask=mask, other=0.0)
     packed = _pack_cols((x.to(tl.float32) > 0).to(tl.int32), BLOCK_M, BLOCK_C)
     c = tl.arange(0, BLOCK_C)
     omask = (rows[:, None] < N) & (c < C)[None, :]
@@ -96,11 +95,10 @@ def _hash_kernel(
     """
     h = tl.program_id(1)
     j = tl.arange(0, 8 * BLOCK_C)
-    wcol = (j % BLOCK_C) * 8 + j // BLOCK_C
-    cmask = (j % BLOCK_C) < C
+    cmask = j < 8 * C
     dd = tl.arange(0, BLOCK_D)
     c = tl.arange(0, BLOCK_C)
-    w_base = w_ptr + (h // G).to(tl.int64) * sw_h + wcol[None, :] * sw_r
+    w_base = w_ptr + (h // G).to(tl.int64) * sw_h + j[None, :] * sw_r
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     n_tiles = tl.cdiv(L, BLOCK_M)
@@ -134,13 +132,13 @@ def _hash_kernel(
 def _blocks(d: int, c: int, split: bool):
     block_c = triton.next_power_of_2(c)
     block_d = max(16, min(128, triton.next_power_of_2(d)))
-    # keep the fp32 tile [BLOCK_M, 8*BLOCK_C] around 32 KB of registers per program
-    # (the reshape that packs the bits goes through shared memory as well)
-    block_m = max(16, min(64, 8192 // (8 * block_c)))
+    # fp32 tile [BLOCK_M, 8*BLOCK_C] of about 64 KB over 8 warps (H100, R = 128:
+    # 128 rows, 8 warps, 2 programs per SM was the fastest launch measured)
+    block_m = max(16, min(128, 16384 // (8 * block_c)))
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None):
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num_stages=1, per_sm=2):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -150,11 +148,13 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
-    block_m, block_d, block_c = _blocks(d, c, split)
+    bm, block_d, block_c = _blocks(d, c, split)
+    bm = min(bm, max(16, triton.next_power_of_2(l)))  # a decode step hashes few rows
+    block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
         sms = torch.cuda.get_device_properties(x3.device).multi_processor_count
-        n_tiles = min(n_tiles, max(1, (8 * sms) // h))
+        n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
     grid = (n_tiles, h)
@@ -165,7 +165,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
             CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=4, num_stages=1,
+            num_warps=num_warps, num_stages=num_stages,
         )
     else:
         nb, _, bs, _ = out.shape
@@ -174,7 +174,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None):
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
             CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=4, num_stages=1,
+            num_warps=num_warps, num_stages=num_stages,
         )
 
 
@@ -212,14 +212,15 @@ def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], c)
 
 
-def hash_encode_and_cache(k, weight, cache, slot_mapping) -> None:
+def hash_encode_and_cache(k, weight, cache, slot_mapping, **launch) -> None:
     """Spec 3. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``, ``cache uint8
-    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips)."""
+    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips).
+    ``launch``: block_m / num_warps / num_stages / per_sm knobs for benchmarks."""
     if weight.dim() == 2:
         w3, g = weight.unsqueeze(0), k.shape[1]
     else:
         w3, g = weight, k.shape[1] // weight.shape[0]
-    _launch(k, w3, g, cache, 0, slot_mapping)
+    _launch(k, w3, g, cache, 0, slot_mapping, **launch)
 
 
 def mla_hash_encode(x_lora, x_rope, w_lora, w_rope) -> torch.Tensor:

@@ -13,7 +13,8 @@ Two kernels, no host sync, CUDA-graph capturable:
    whose signed order is the score's order (float bits are made monotone).
 2. ``_select_kernel``, grid ``(B,)``: one program per row loads the row's keys,
    marks forced blocks (+inf) and blocks past the sequence (-inf), finds the
-   ``n_sel``-th largest key by a 32-step binary search over int32 values, breaks
+   ``n_sel``-th largest key by a binary search between the smallest and largest
+   non-forced key (at most 32 steps; about 12 for ``max`` scores), breaks
    ties at the threshold to the smaller index with a prefix sum, and writes the
    chosen indices ascending by a second prefix sum; ``-1`` after ``n_sel``.
 """
@@ -147,14 +148,9 @@ def _add8(ones, twos, fours, x0, x1, x2, x3, x4, x5, x6, x7):
 
 
 @triton.jit
-def _xor_word(K, wi, q_head, sq_h, S: tl.constexpr, G: tl.constexpr, W: tl.constexpr):
-    """Word ``S`` of a head's (w-major, g-minor) stream: key word ``S // G`` (a column of
-    ``K [T, W]``, picked in registers) XOR query head ``S % G``'s word ``S // G``."""
-    if S < G * W:
-        col = tl.sum(tl.where(wi[None, :] == S // G, K, 0), axis=1)
-        return col ^ tl.load(q_head + (S % G) * sq_h + S // G).to(tl.uint32, bitcast=True)
-    else:  # padding past the stream's end: a zero word counts nothing
-        return tl.zeros((K.shape[0],), dtype=tl.uint32)
+def _qw(q_head, g: tl.constexpr, w: tl.constexpr, sq_h):
+    """Word ``w`` of query head ``g`` of the current KV head (a uniform scalar)."""
+    return tl.load(q_head + g * sq_h + w).to(tl.uint32, bitcast=True)
 
 
 @triton.jit
@@ -162,14 +158,17 @@ def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
-    """GQA fast path of ``_block_score_kernel`` (codes without a rope part).
+    """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
+    ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits).
 
-    Same inputs and output. Instead of a popcount per XOR word, the words of a
-    token (every head and group) are summed in a bit-sliced counter with
-    carry-save adders (Harley-Seal): 8 words cost 7 CSAs (2 three-input logic
-    ops each) and one popcount, about a third of the integer work.
+    Same inputs and output. Instead of a popcount per XOR word, the XOR words of
+    a token (every head and group) are summed in a bit-sliced counter with
+    carry-save adders (Harley-Seal): 8 words cost 7 CSAs (two three-input logic
+    ops each) and one popcount, about a third of the integer work. Each key word
+    is loaded once as its own ``[T]`` vector (4-byte loads; the block's 16 KB
+    stay in L1), so the 8 words of a step are plain registers.
     """
     j = tl.program_id(0)
     b = tl.program_id(1)
@@ -178,29 +177,46 @@ def _block_score_hs_kernel(
         phys = tl.load(bt_ptr + b * sbt_b + j)
         phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)
         t = tl.arange(0, BLOCK_T)
-        wi = tl.arange(0, BLOCK_W)
-        kmask = (t < BS)[:, None] & (wi < W)[None, :]
-        k_base = kc_ptr + phys * skc_n + t[:, None] * skc_t + wi[None, :]
+        tmask = t < BS
         ones = tl.zeros((BLOCK_T,), dtype=tl.uint32)
         twos = tl.zeros((BLOCK_T,), dtype=tl.uint32)
         fours = tl.zeros((BLOCK_T,), dtype=tl.uint32)
         eights = tl.zeros((BLOCK_T,), dtype=tl.int32)
         for h in range(HKV):
-            K = tl.load(k_base + h * skc_h, mask=kmask, other=0).to(tl.uint32, bitcast=True)
+            row = kc_ptr + phys * skc_n + h * skc_h + t * skc_t
             q_head = q_ptr + b * sq_b + h * G * sq_h
-            for c in tl.static_range((G * W + 7) // 8):
-                ones, twos, fours, e8 = _add8(
-                    ones, twos, fours,
-                    _xor_word(K, wi, q_head, sq_h, c * 8 + 0, G, W), _xor_word(K, wi, q_head, sq_h, c * 8 + 1, G, W),
-                    _xor_word(K, wi, q_head, sq_h, c * 8 + 2, G, W), _xor_word(K, wi, q_head, sq_h, c * 8 + 3, G, W),
-                    _xor_word(K, wi, q_head, sq_h, c * 8 + 4, G, W), _xor_word(K, wi, q_head, sq_h, c * 8 + 5, G, W),
-                    _xor_word(K, wi, q_head, sq_h, c * 8 + 6, G, W), _xor_word(K, wi, q_head, sq_h, c * 8 + 7, G, W),
-                )
-                eights += _popcount32(e8).to(tl.int32)
+            k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+            k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+            k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+            k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+            if W == 4:  # two query heads a step
+                for g in tl.static_range(0, G, 2):
+                    ones, twos, fours, e8 = _add8(
+                        ones, twos, fours,
+                        k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
+                        k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
+                        k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
+                        k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
+                    )
+                    eights += _popcount32(e8).to(tl.int32)
+            else:  # W == 8: one query head a step
+                k4 = tl.load(row + 4, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k5 = tl.load(row + 5, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k6 = tl.load(row + 6, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k7 = tl.load(row + 7, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                for g in tl.static_range(G):
+                    ones, twos, fours, e8 = _add8(
+                        ones, twos, fours,
+                        k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
+                        k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
+                        k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
+                        k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
+                    )
+                    eights += _popcount32(e8).to(tl.int32)
         pc = 8 * eights + 4 * _popcount32(fours).to(tl.int32) + 2 * _popcount32(twos).to(tl.int32) \
             + _popcount32(ones).to(tl.int32)
         s16 = 16 * (HKV * G * W * 32 - 2 * pc)
-        valid = (t < BS) & (j * BS + t < seq)
+        valid = tmask & (j * BS + t < seq)
         if MEAN:
             total = tl.sum(tl.where(valid, s16, 0), axis=0)
             count = tl.sum(valid.to(tl.int32), axis=0)
@@ -253,10 +269,16 @@ def _select_kernel(
     key = tl.where(valid, key, -2147483648)
     bud = tl.load(bud_ptr + b)
     nsel = tl.where(bud >= nblk, nblk, tl.maximum(bud, n_forced))
-    # largest threshold T with count(key >= T) >= nsel: the nsel-th largest key
-    lo = tl.full((), -2147483648, tl.int64)
-    hi = tl.full((), 2147483647, tl.int64)
-    for _ in range(32):
+    # largest threshold T with count(key >= T) >= nsel: the nsel-th largest key.
+    # n_sel >= n_forced always, so T is INT32_MAX (only forced blocks) or a
+    # non-forced key: search between the smallest and largest of those.
+    free = valid & (key < 2147483647)
+    lo = tl.min(tl.where(free, key, 2147483647), axis=0)
+    hi = tl.max(tl.where(free, key, -2147483648), axis=0)
+    if nsel <= n_forced:
+        lo = tl.full((), 2147483647, tl.int64)
+        hi = lo
+    while lo < hi:
         mid = lo + (hi - lo + 1) // 2
         enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= nsel
         lo = tl.where(enough, mid, lo)
@@ -285,8 +307,8 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=4, path=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
-    blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal, codes without
-    rope bytes), ``"swar"`` (any shape) or ``None`` (the first
+    blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
+    R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
     that applies). Exposed for benchmarks and tests."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
@@ -297,18 +319,19 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     block_w = triton.next_power_of_2(w)
     block_g = max(1, min(triton.next_power_of_2(g), 16 // block_w))
     keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
-    hs_ok = rope_bytes == 0
+    hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
     if path is None:
         path = "hs" if hs_ok else "swar"
     if path == "hs" and not hs_ok:
-        raise ValueError(f"the Harley-Seal path needs rope_bytes == 0, got {rope_bytes}")
+        raise ValueError(f"the Harley-Seal path needs rope_bytes == 0 and (W == 4, G even) or W == 8; "
+                         f"got rope_bytes={rope_bytes}, W={w}, G={g}")
     if b and m and path == "hs":
         _block_score_hs_kernel[(m, b)](
             q32, kc32, block_table, seq_lens, keys,
             nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
             block_table.stride(0), keys.stride(0),
             BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
-            BLOCK_T=triton.next_power_of_2(bs), BLOCK_W=block_w, num_warps=num_warps,
+            BLOCK_T=triton.next_power_of_2(bs), num_warps=num_warps,
         )
     elif b and m:
         _block_score_kernel[(m, b)](
