@@ -10,18 +10,17 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated (first import)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    # not set here on purpose: the variable is read when kernels are decorated and
+    # when backends register, so flipping it mid-session would change other tests
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 triton = pytest.importorskip("triton")
 
 from gsa import reference  # noqa: E402
 
 T = pytest.importorskip("npu_ops.triton")
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU/NPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True)
