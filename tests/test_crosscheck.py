@@ -126,3 +126,16 @@ def test_compare_rules():
     t = torch.arange(6, dtype=torch.int32)
     assert compare(ex, [t], [t.clone()], [])[0]
     assert not compare(ex, [t.to(torch.int64)], [t], [])[0]  # dtype is part of the contract
+
+
+def test_committed_golden_bundle_verifies_here(capsys):
+    """tests/golden/small is the bundle an Ascend or CUDA machine checks with
+    ``gsa crosscheck --golden tests/golden/small``. It must keep verifying against
+    the reference; after a deliberate spec/reference change, regenerate it with
+    ``gsa crosscheck --size small --save tests/golden/small``."""
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parent / "golden" / "small"
+    rc, out = _run(["--golden", str(bundle), "--backends", "reference"], capsys)
+    assert rc == 0, out
+    assert "reference@cpu" in out and "FAIL" not in out
