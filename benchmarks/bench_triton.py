@@ -100,7 +100,7 @@ def main(out_dir: str) -> None:
         except Exception as exc:
             log(f"hash_encode_and_cache benchmark failed: {type(exc).__name__}: {exc}")
         del k, hc, slots
-        for ctx in CONTEXTS:
+        for ctx in CONTEXTS if not os.environ.get("BENCH_ONLY_HASH") else ():
             try:
                 context_bench(res, ctx, dev, ops, tatt, tsc, log)
             except Exception as exc:
@@ -125,16 +125,25 @@ def hash_cache_bench(res, ops, k, w, hc, slots):
         from cuda_ops import hashing as th
 
         res["hash_cache_variants"] = {}
-        for bm, nw, ns, ps in ((128, 8, 1, 2), (128, 8, 1, 1), (128, 8, 2, 2), (64, 4, 1, 4), (128, 4, 1, 2), (256, 8, 1, 1)):
-            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}"
+        for bm, nw, ns, ps, pd, pf in ((128, 8, 1, 2, False, False), (128, 8, 1, 2, False, True), (128, 8, 1, 2, True, True),
+                                       (64, 4, 1, 4, False, True), (128, 4, 1, 2, False, True), (128, 8, 1, 3, False, True),
+                                       (64, 4, 1, 6, False, True), (64, 8, 1, 4, False, True)):
+            key = f"bm{bm}_w{nw}_s{ns}_sm{ps}" + ("_packdot" if pd else "_reshape") + ("_prefetch" if pf else "")
             try:
                 res["hash_cache_variants"][key] = gbench(lambda: th.hash_encode_and_cache(
-                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps))
+                    k, w, hc, slots, block_m=bm, num_warps=nw, num_stages=ns, per_sm=ps, pack_dot=pd, prefetch=pf))
             except Exception as exc:
                 res["hash_cache_variants"][key] = f"{type(exc).__name__}: {str(exc)[:100]}"
         print("hash cache variants", res["hash_cache_variants"], flush=True)
         kf = k.float()
         ms32 = gbench(lambda: ops.hash_encode_and_cache(kf, w, hc, slots))
+        res["hash_cache_fp32_variants"] = {}
+        for bm, nw, ps in ((32, 4, 8), (64, 4, 8), (16, 4, 16), (32, 8, 4)):
+            try:
+                res["hash_cache_fp32_variants"][f"bm{bm}_w{nw}_sm{ps}"] = gbench(lambda: th.hash_encode_and_cache(
+                    kf, w, hc, slots, block_m=bm, num_warps=nw, per_sm=ps))
+            except Exception as exc:
+                res["hash_cache_fp32_variants"][f"bm{bm}_w{nw}_sm{ps}"] = f"{type(exc).__name__}: {str(exc)[:80]}"
         res["hash_encode_and_cache_64k_fp32_ieee"] = {"ms": ms32}
         print("hash_encode_and_cache 64K:", res["hash_encode_and_cache_64k"], "fp32 ieee ms", ms32, flush=True)
 
@@ -286,6 +295,9 @@ def markdown(res) -> str:
     if res.get("hash_cache_variants"):
         lines += ["", "hash_encode_and_cache 64K launch variants (ms): " + ", ".join(
             f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_variants"].items())]
+    if res.get("hash_cache_fp32_variants"):
+        lines += ["", "hash_encode_and_cache 64K fp32 keys (ieee FMA product) launch variants (ms): " + ", ".join(
+            f"{k}={v if isinstance(v, str) else round(v, 4)}" for k, v in res["hash_cache_fp32_variants"].items())]
     lines += ["", "Score kernel alone (ms): " + "; ".join(
         f"{int(ctx) // 1024}K: Harley-Seal {c['score_kernel_ms']:.4f} (8 warps {c.get('score_kernel_w8_ms', float('nan')):.4f}, "
         f"2 warps {c.get('score_kernel_w2_ms', float('nan')):.4f}), SWAR per word {c.get('score_kernel_swar_ms', float('nan')):.4f}, "

@@ -27,6 +27,8 @@ import triton.language as tl
 from . import interpreting
 
 INTERPRET = interpreting()
+PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
+PREFETCH_DEFAULT = False  # load the next row tile before projecting this one
 
 __all__ = [
     "sign_bits_pack",
@@ -44,6 +46,23 @@ def _pack_cols(bits, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     bits3 = tl.reshape(bits, (BLOCK_M, BLOCK_C, 8))
     weight = 1 << tl.arange(0, 8)
     return tl.sum(bits3 * weight[None, None, :], axis=2)
+
+
+@triton.jit
+def _pack_dot(acc, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
+    """Same result as ``_pack_cols((acc > 0), ...)`` as a matrix product: the 0/1
+    bits ``[BLOCK_M, 8*BLOCK_C]`` times ``P [8*BLOCK_C, BLOCK_C]`` with
+    ``P[8c + i, c] = 2**i``. Exact (bits, powers of two and sums <= 255 are exact
+    in bf16 operands with fp32 accumulation) and it stays in the tensor-core
+    layout instead of reshaping through shared memory."""
+    r = tl.arange(0, 8 * BLOCK_C)
+    cc = tl.arange(0, BLOCK_C)
+    p = tl.where((r // 8)[:, None] == cc[None, :], (1 << (r % 8))[:, None], 0)
+    if UPCAST:
+        out = tl.dot((acc > 0).to(tl.float32), p.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot((acc > 0).to(tl.bfloat16), p.to(tl.bfloat16))
+    return out.to(tl.int32)
 
 
 @triton.jit
@@ -83,10 +102,11 @@ def _hash_kernel(
     sx_l, sx_h, sw_h, sw_d, sw_r,
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1), persistent over
-    tiles along axis 0 so that the weight tile is loaded once per program.
+    """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
+    ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
+    that the weight tile is loaded once per program.
 
     ``x [L, H, D]``; ``w [Hw, D, R]`` (head ``h`` uses ``w[h // G]``);
     codes mode: ``out uint8 [L, H, *]`` at byte ``BYTE_OFF``; cache mode:
@@ -94,21 +114,33 @@ def _hash_kernel(
     (``< 0`` or ``>= NSLOTS``: not written).
     """
     h = tl.program_id(1)
-    j = tl.arange(0, 8 * BLOCK_C)
+    c0 = tl.program_id(2) * BLOCK_C  # this program's first code byte (wide codes are split)
+    j = c0 * 8 + tl.arange(0, 8 * BLOCK_C)
     cmask = j < 8 * C
     dd = tl.arange(0, BLOCK_D)
-    c = tl.arange(0, BLOCK_C)
+    c = c0 + tl.arange(0, BLOCK_C)
     w_base = w_ptr + (h // G).to(tl.int64) * sw_h + j[None, :] * sw_r
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     n_tiles = tl.cdiv(L, BLOCK_M)
-    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+    step = tl.num_programs(0)
+    if ONE_D and PREFETCH:  # software pipelining by hand: the next tile's load is in flight
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        x_next = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h + dd[None, :],
+                         mask=(rows < L)[:, None] & (dd < D)[None, :], other=0.0)
+    for tile in range(tl.program_id(0), n_tiles, step):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < L
         x_base = x_ptr + rows[:, None].to(tl.int64) * sx_l + h * sx_h
         acc = tl.zeros((BLOCK_M, 8 * BLOCK_C), dtype=tl.float32)
         if ONE_D:
-            x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
+            if PREFETCH:
+                x = x_next
+                nrows = rows + step * BLOCK_M
+                x_next = tl.load(x_ptr + nrows[:, None].to(tl.int64) * sx_l + h * sx_h + dd[None, :],
+                                 mask=(nrows < L)[:, None] & (dd < D)[None, :], other=0.0)
+            else:
+                x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
             acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
         else:
             for d0 in range(0, D, BLOCK_D):
@@ -117,7 +149,10 @@ def _hash_kernel(
                 x = tl.load(x_base + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
                 w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
                 acc = _project_tile(x, w, acc, SPLIT_BF16, UPCAST)
-        packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
+        if PACK_DOT:
+            packed = _pack_dot(acc, BLOCK_C, UPCAST).to(tl.uint8)
+        else:
+            packed = _pack_cols((acc > 0).to(tl.int32), BLOCK_M, BLOCK_C).to(tl.uint8)
         if CACHE:
             slot = tl.load(slot_ptr + rows, mask=rmask, other=-1).to(tl.int64)
             keep = rmask & (slot >= 0) & (slot < NSLOTS)
@@ -130,7 +165,9 @@ def _hash_kernel(
 
 
 def _blocks(d: int, c: int, split: bool):
-    block_c = triton.next_power_of_2(c)
+    # at most 128 projection columns a program: the bf16 weight split of a wider
+    # tile (MLA's R_lora = 512) would not fit in shared memory
+    block_c = min(16, triton.next_power_of_2(c))
     block_d = max(16, min(128, triton.next_power_of_2(d)))
     # fp32 tile [BLOCK_M, 8*BLOCK_C] of about 64 KB over 8 warps (H100, R = 128:
     # 128 rows, 8 warps, 2 programs per SM was the fastest launch measured)
@@ -138,7 +175,8 @@ def _blocks(d: int, c: int, split: bool):
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num_stages=1, per_sm=2):
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
+            pack_dot=None, prefetch=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``."""
     l, h, d = x3.shape
@@ -149,7 +187,11 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
     bm, block_d, block_c = _blocks(d, c, split)
+    if not split:  # the fp32 FMA product: small tiles keep it out of local memory
+        bm = min(bm, 32)
     bm = min(bm, max(16, triton.next_power_of_2(l)))  # a decode step hashes few rows
+    num_warps = (8 if split else 4) if num_warps is None else num_warps
+    per_sm = (2 if split else 8) if per_sm is None else per_sm
     block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
@@ -157,14 +199,18 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num
         n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
-    grid = (n_tiles, h)
+    grid = (n_tiles, h, triton.cdiv(c, block_c))
     one_d = d <= block_d
+    if pack_dot is None:
+        pack_dot = PACK_DOT_DEFAULT
+    pack_dot = pack_dot and block_c >= 16 and block_m >= 16  # tensor-core minimum sizes
+    prefetch = PREFETCH_DEFAULT if prefetch is None else prefetch
     if slots is None:
         _hash_kernel[grid](
             x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             out.stride(0), out.stride(1), 0, 0, 0,
-            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
@@ -173,7 +219,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=8, num
             x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
             x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
             0, 0, out.stride(0), out.stride(1), out.stride(2),
-            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
+            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
             num_warps=num_warps, num_stages=num_stages,
         )
 

@@ -230,3 +230,51 @@ def test_decode_step_cuda_graph_replay_equals_eager(gen):
         idx, n = ref.hamming_dist_top_k(q_codes, hc, table, seq, budgets, k, [0, -1], "max")
         sp = ref.kv_select(idx, n, table, seq, bs, 0)
         assert torch.equal(sp[0], eager[1][0]) and torch.equal(sp[1], eager[2][0])
+
+
+def test_mla_hash_encode_and_cache_realistic(gen):
+    # DeepSeek shapes: c_kv [T, 512], k_pe [T, 64]; R_lora = 512, R_rope = 64
+    t, lora, rope, r_l, r_r, bs, nb = 2048, 512, 64, 512, 64, 64, 40
+    c_kv = torch.randn(t, lora, device=DEV, generator=gen).to(torch.bfloat16)
+    k_pe = torch.randn(t, rope, device=DEV, generator=gen).to(torch.bfloat16)
+    w_l = torch.randn(lora, r_l, device=DEV, generator=gen)
+    w_r = torch.randn(rope, r_r, device=DEV, generator=gen)
+    slots = torch.randperm(nb * bs, device=DEV, generator=gen)[:t]
+    slots[5::9] = -1
+    cache = torch.full((nb, 1, bs, (r_l + r_r) // 8), 0xAB, dtype=torch.uint8, device=DEV)
+    ops.mla_hash_encode_and_cache(c_kv, k_pe, w_l, w_r, cache, slots)
+    live = slots >= 0
+    s = slots[live]
+    got = cache[s // bs, 0, s % bs]
+    assert band_violations(c_kv[live], w_l, got[:, : r_l // 8]) == 0
+    assert band_violations(k_pe[live], w_r, got[:, r_l // 8:]) == 0
+    q_codes = ops.mla_hash_encode(c_kv[:64].reshape(4, 16, lora), k_pe[:64].reshape(4, 16, rope), w_l, w_r)
+    assert torch.equal(q_codes.reshape(64, -1)[live[:64]], cache[slots[:64][live[:64]] // bs, 0, slots[:64][live[:64]] % bs])
+
+
+def test_score_kernel_paths_agree_realistic(gen):
+    from cuda_ops import scoring
+
+    b, hq, hkv, r, bs, m = 4, 32, 8, 128, 128, 64
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randint(0, 256, (b, hq, r // 8), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    used = torch.arange(m, device=DEV).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
+    for method in ("max", "mean"):
+        hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
+        swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+        assert torch.equal(hs[used], swar[used])
+
+
+@pytest.mark.parametrize("r", [128, 512])
+def test_hash_bit_pack_by_matmul_equals_reshape_gpu(gen, r):
+    from cuda_ops import hashing
+
+    x = torch.randn(3000, 8, 128, device=DEV, generator=gen).to(torch.bfloat16)
+    w = torch.randn(8, 128, r, device=DEV, generator=gen)
+    x3, w3, g = hashing._as_heads(x, w)
+    a = torch.zeros(3000, 8, r // 8, dtype=torch.uint8, device=DEV)
+    b = torch.zeros_like(a)
+    hashing._launch(x3, w3, g, a, 0, pack_dot=True, prefetch=True)
+    hashing._launch(x3, w3, g, b, 0, pack_dot=False, prefetch=False)
+    assert torch.equal(a, b)
+    assert band_violations(x, w, a) == 0

@@ -83,10 +83,13 @@ def test_hash_encode_odd_sizes(gen, dtype):
     assert band_violations(x, w, codes) == 0
 
 
-def test_hash_encode_long_d_loops_over_tiles(gen):
-    x = torch.randn(5, 3, 300, generator=gen)  # MLA-like latent width: 3 D tiles
-    w = torch.randn(300, 64, generator=gen)
-    assert band_violations(x, w, ops.hash_encode(x, w)) == 0
+def test_hash_encode_long_d_and_wide_codes(gen):
+    # MLA-like latent width: 3 D tiles; R = 384 bits: 3 column chunks of 16 bytes
+    x = torch.randn(5, 3, 300, generator=gen).to(torch.bfloat16)
+    w = torch.randn(300, 384, generator=gen)
+    codes = ops.hash_encode(x, w)
+    assert codes.shape == (5, 3, 48)
+    assert band_violations(x, w, codes) == 0
 
 
 def test_hash_encode_and_cache_skips_padding_and_out_of_range(gen):
@@ -259,3 +262,19 @@ def test_attention_kernel_clamps_bad_block_ids(gen):
     out = attention.paged_decode_attention(q, kc, vc, table, seq, None)
     want = ref.paged_decode_attention(q, kc, vc, table, seq, None)  # the reference clamps too
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hash_launch_options_agree(gen, dtype):
+    # bit pack by matrix product vs reshape; prefetching the next row tile vs not
+    from cuda_ops import hashing
+
+    x = torch.randn(90, 2, 48, generator=gen).to(dtype)
+    w = torch.randn(2, 48, 160, generator=gen)  # 20 bytes: two column chunks, the second partial
+    x3, w3, g = hashing._as_heads(x, w)
+    a = torch.zeros(90, 2, 20, dtype=torch.uint8)
+    b = torch.zeros_like(a)
+    hashing._launch(x3, w3, g, a, 0, pack_dot=True, prefetch=True, block_m=16)  # 6 tiles, 2 programs
+    hashing._launch(x3, w3, g, b, 0, pack_dot=False, prefetch=False, block_m=16)
+    assert torch.equal(a, b)
+    assert band_violations(x, w, a) == 0
