@@ -1,0 +1,277 @@
+// Block scoring (spec 4, v1.1 S16 units) for every popcount code path.
+//
+// One binary carries every path: the SIMD functions carry GCC/Clang target
+// attributes, so the rest of the library stays baseline x86-64 (or whatever the
+// compiler targets) and runs anywhere; the path is picked at run time from
+// __builtin_cpu_supports (which also checks that the OS saves the AVX state).
+//
+// Layout trick: for one (physical block, KV head) the bs token codes are one
+// contiguous run of bs*C bytes in key_cache [NB, Hkv, bs, C]. Seen as a flat
+// array of 64-bit words, word i belongs to token i / W and code word i % W
+// (W = C/8). Query words repeat with period W, so a SIMD register of 4 (AVX2)
+// or 8 (AVX-512) key words is XORed with a query pattern that repeats every
+// lcm(W, 8) words; the per-word popcounts, summed over all (head, group) pairs,
+// land in acc[token * W + word]. Per-token costs are then a short weighted sum.
+// Codes whose size or rope part is not a multiple of 8 bytes use 32-bit units
+// (a scalar loop) instead: MLA layouts with a 32-bit rope part, for example.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "gsa_cpu.h"
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define GSA_X86 1
+#include <immintrin.h>
+#else
+#define GSA_X86 0
+#endif
+
+#define GSA_INLINE inline __attribute__((always_inline))
+
+namespace gsa_cpu {
+namespace {
+
+// acc[s * U + u] = sum over (h, g) of popcount(q[h*G+g] unit u ^ key[h, s] unit u)
+// for tokens s < n of one block. kblk points at key_cache[phys] ([Hkv, bs, C]);
+// qrow at q_codes[b] ([Hq, C]); qrep is the row's query words repeated with
+// period L8 = lcm(W, 8) per (h, g) (64-bit-unit layout only).
+using AccFn = void (*)(const ScoreProblem&, const uint8_t* qrow, const uint64_t* qrep, int64_t L8,
+                       const uint8_t* kblk, int64_t n, uint64_t* acc);
+
+template <int UB>
+GSA_INLINE uint64_t load_unit(const uint8_t* p) {
+  if (UB == 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  }
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+template <int UB>
+GSA_INLINE uint64_t popc(uint64_t x) {
+  return UB == 8 ? static_cast<uint64_t>(__builtin_popcountll(x))
+                 : static_cast<uint64_t>(__builtin_popcount(static_cast<uint32_t>(x)));
+}
+
+// Scalar body, inlined into each path's function so that it gets that path's
+// popcount instruction (baseline: the compiler's bit-trick routine).
+template <int UB>
+GSA_INLINE void acc_scalar_body(const ScoreProblem& p, const uint8_t* qrow, const uint8_t* kblk, int64_t n,
+                                uint64_t* acc) {
+  const int64_t U = p.C / UB, C = p.C, G = p.G, bs = p.bs;
+  std::fill(acc, acc + n * U, uint64_t{0});
+  for (int64_t h = 0; h < p.Hkv; ++h) {
+    const uint8_t* kh = kblk + h * bs * C;
+    const uint8_t* qh = qrow + h * G * C;
+    for (int64_t s = 0; s < n; ++s) {
+      const uint8_t* ks = kh + s * C;
+      uint64_t* as = acc + s * U;
+      for (int64_t u = 0; u < U; ++u) {
+        const uint64_t x = load_unit<UB>(ks + u * UB);
+        uint64_t c = 0;
+        for (int64_t g = 0; g < G; ++g) c += popc<UB>(x ^ load_unit<UB>(qh + g * C + u * UB));
+        as[u] += c;
+      }
+    }
+  }
+}
+
+void acc_portable_u64(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
+                      int64_t n, uint64_t* acc) {
+  acc_scalar_body<8>(p, qrow, kblk, n, acc);
+}
+void acc_portable_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
+                      int64_t n, uint64_t* acc) {
+  acc_scalar_body<4>(p, qrow, kblk, n, acc);
+}
+
+#if GSA_X86
+__attribute__((target("popcnt"))) void acc_popcnt_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*,
+                                                      int64_t, const uint8_t* kblk, int64_t n, uint64_t* acc) {
+  acc_scalar_body<4>(p, qrow, kblk, n, acc);
+}
+
+// AVX2 has no vector popcount: count each nibble with a 16-entry shuffle table
+// (the "Mula" method), add byte counts over up to 31 (h, g) pairs (31 * 8 < 256),
+// then sum bytes into 64-bit lanes with vpsadbw.
+__attribute__((target("avx2,popcnt"))) void acc_avx2_u64(const ScoreProblem& p, const uint8_t*,
+                                                         const uint64_t* qrep, int64_t L8, const uint8_t* kblk,
+                                                         int64_t n, uint64_t* acc) {
+  const int64_t W = p.C / 8, G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
+  const int64_t nw = n * W, nv = nw / 4;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
+                                       2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t off = 0;  // (4 v) % L8
+  for (int64_t v = 0; v < nv; ++v) {
+    __m256i a = zero;
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kblk + h * blk_stride + 32 * v));
+      const uint64_t* qh = qrep + h * G * L8 + off;
+      for (int64_t g0 = 0; g0 < G; g0 += 31) {
+        const int64_t g1 = std::min<int64_t>(G, g0 + 31);
+        __m256i bytes = zero;
+        for (int64_t g = g0; g < g1; ++g) {
+          const __m256i x =
+              _mm256_xor_si256(kv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + g * L8)));
+          const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low));
+          const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+          bytes = _mm256_add_epi8(bytes, _mm256_add_epi8(lo, hi));
+        }
+        a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
+      }
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 4 * v), a);
+    off += 4;
+    if (off == L8) off = 0;
+  }
+  for (int64_t i = 4 * nv; i < nw; ++i) {  // < 4 leftover words
+    uint64_t c = 0;
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const uint64_t x = load_unit<8>(kblk + h * blk_stride + 8 * i);
+      const uint64_t* qh = qrep + h * G * L8 + (i % L8);
+      for (int64_t g = 0; g < G; ++g) c += static_cast<uint64_t>(_mm_popcnt_u64(x ^ qh[g * L8]));
+    }
+    acc[i] = c;
+  }
+}
+
+// AVX-512 VPOPCNTDQ: a native 64-bit lane popcount; masked loads/stores cover
+// the ragged end of a block without reading past it.
+__attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) void acc_avx512_u64(
+    const ScoreProblem& p, const uint8_t*, const uint64_t* qrep, int64_t L8, const uint8_t* kblk, int64_t n,
+    uint64_t* acc) {
+  const int64_t G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
+  const int64_t nw = n * (p.C / 8);
+  int64_t off = 0;  // (8 v) % L8
+  for (int64_t i = 0; i < nw; i += 8) {
+    const int64_t left = nw - i;
+    const __mmask8 m = left >= 8 ? static_cast<__mmask8>(0xff) : static_cast<__mmask8>((1u << left) - 1u);
+    __m512i a = _mm512_setzero_si512();
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const __m512i kv = _mm512_maskz_loadu_epi64(m, kblk + h * blk_stride + 8 * i);
+      const uint64_t* qh = qrep + h * G * L8 + off;
+      for (int64_t g = 0; g < G; ++g)
+        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(kv, _mm512_loadu_si512(qh + g * L8))));
+    }
+    _mm512_mask_storeu_epi64(acc + i, m, a);
+    off += 8;
+    if (off == L8) off = 0;
+  }
+}
+#endif  // GSA_X86
+
+// Shared driver: per block, accumulate unit popcounts, weight them into token
+// costs, reduce to the block key. Integer arithmetic throughout; the only
+// float operation is mean's single float32 division (spec 4, round to nearest).
+void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys, AccFn acc_fn, int UB) {
+  const int64_t U = p.C / UB, C = p.C, Hq = p.Hq, bs = p.bs;
+  const int64_t main_bytes = p.C - p.rope_bytes;
+  const int64_t s16_const = 16 * Hq * 8 * main_bytes + p.w16 * Hq * 8 * p.rope_bytes;
+  std::vector<int64_t> wt(U);
+  for (int64_t u = 0; u < U; ++u) wt[u] = (u * UB < main_bytes) ? 32 : 2 * p.w16;
+  const uint8_t* qrow = p.q + r.b * Hq * C;
+  // query words repeated with period L8 = lcm(W, 8) for the 64-bit SIMD paths
+  std::vector<uint64_t> qrep;
+  int64_t L8 = 0;
+  if (UB == 8) {
+    const int64_t W = C / 8;
+    L8 = std::lcm<int64_t>(W, 8);
+    qrep.resize(static_cast<size_t>(Hq * L8));
+    for (int64_t hg = 0; hg < Hq; ++hg)
+      for (int64_t i = 0; i < L8; ++i) qrep[hg * L8 + i] = load_unit<8>(qrow + hg * C + (i % W) * 8);
+  }
+  std::vector<uint64_t> acc(static_cast<size_t>(bs * U));
+  const int64_t block_bytes = p.Hkv * bs * C;
+  for (int64_t j = r.j0; j < r.j1; ++j) {
+    int64_t phys = p.bt[r.b * p.M + j];
+    phys = std::min<int64_t>(std::max<int64_t>(phys, 0), p.NB - 1);  // never read out of bounds
+    const int64_t n = std::min<int64_t>(bs, r.seq_len - j * bs);
+    acc_fn(p, qrow, qrep.data(), L8, p.kc + phys * block_bytes, n, acc.data());
+    int64_t min_cost = std::numeric_limits<int64_t>::max(), sum_cost = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      int64_t cost = 0;
+      const uint64_t* as = acc.data() + s * U;
+      for (int64_t u = 0; u < U; ++u) cost += wt[u] * static_cast<int64_t>(as[u]);
+      min_cost = std::min(min_cost, cost);
+      sum_cost += cost;
+    }
+    if (mean) {
+      const int64_t total = n * s16_const - sum_cost;
+      const float q = static_cast<float>(total) / static_cast<float>(n);  // IEEE float32, round to nearest
+      keys[j] = static_cast<double>(q);
+    } else {
+      keys[j] = static_cast<double>(s16_const - min_cost);  // |S16| < 2^53: exact
+    }
+  }
+}
+
+bool fast_layout(const ScoreProblem& p) { return p.C % 8 == 0 && p.rope_bytes % 8 == 0; }
+
+void score_portable(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys) {
+  if (fast_layout(p))
+    score_range(p, r, mean, keys, acc_portable_u64, 8);
+  else
+    score_range(p, r, mean, keys, acc_portable_u32, 4);
+}
+
+#if GSA_X86
+void score_avx2(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys) {
+  if (fast_layout(p))
+    score_range(p, r, mean, keys, acc_avx2_u64, 8);
+  else
+    score_range(p, r, mean, keys, acc_popcnt_u32, 4);
+}
+void score_avx512(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys) {
+  if (fast_layout(p))
+    score_range(p, r, mean, keys, acc_avx512_u64, 8);
+  else
+    score_range(p, r, mean, keys, acc_popcnt_u32, 4);
+}
+#endif
+
+}  // namespace
+
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::Avx2: return "avx2";
+    case Path::Avx512: return "avx512";
+    default: return "portable";
+  }
+}
+
+bool path_supported(Path p) {
+  if (p == Path::Portable) return true;
+#if GSA_X86
+  __builtin_cpu_init();
+  if (p == Path::Avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  if (p == Path::Avx512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+#endif
+  return false;
+}
+
+Path best_path() {
+  if (path_supported(Path::Avx512)) return Path::Avx512;
+  if (path_supported(Path::Avx2)) return Path::Avx2;
+  return Path::Portable;
+}
+
+ScoreFn score_fn(Path p) {
+#if GSA_X86
+  if (p == Path::Avx512) return score_avx512;
+  if (p == Path::Avx2) return score_avx2;
+#endif
+  (void)p;
+  return score_portable;
+}
+
+}  // namespace gsa_cpu
