@@ -190,9 +190,19 @@ void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* 
   }
   std::vector<uint64_t> acc(static_cast<size_t>(bs * U));
   const int64_t block_bytes = p.Hkv * bs * C;
+  auto physical = [&](int64_t j) {  // clamped: never read out of bounds
+    return std::min<int64_t>(std::max<int64_t>(p.bt[r.b * p.M + j], 0), p.NB - 1);
+  };
+  // Blocks come in block-table order, i.e. scattered over the cache: the
+  // hardware prefetcher follows each contiguous block but not the jump to the
+  // next one, so fetch the next block (into L2) while this one is scored.
+  const int64_t pf_bytes = std::min<int64_t>(block_bytes, 32768);
   for (int64_t j = r.j0; j < r.j1; ++j) {
-    int64_t phys = p.bt[r.b * p.M + j];
-    phys = std::min<int64_t>(std::max<int64_t>(phys, 0), p.NB - 1);  // never read out of bounds
+    const int64_t phys = physical(j);
+    if (j + 1 < r.j1) {
+      const uint8_t* next = p.kc + physical(j + 1) * block_bytes;
+      for (int64_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(next + off, 0, 2);
+    }
     const int64_t n = std::min<int64_t>(bs, r.seq_len - j * bs);
     acc_fn(p, qrow, qrep.data(), L8, p.kc + phys * block_bytes, n, acc.data());
     int64_t min_cost = std::numeric_limits<int64_t>::max(), sum_cost = 0;
