@@ -38,8 +38,10 @@ namespace {
 // for tokens s < n of one block. kblk points at key_cache[phys] ([Hkv, bs, C]);
 // qrow at q_codes[b] ([Hq, C]); qrep is the row's query words repeated with
 // period L8 = lcm(W, 8) per (h, g) (64-bit-unit layout only).
+// qaux is what the path's PrepFn (if any) derived from qrep once per row range.
 using AccFn = void (*)(const ScoreProblem&, const uint8_t* qrow, const uint64_t* qrep, int64_t L8,
-                       const uint8_t* kblk, int64_t n, uint64_t* acc);
+                       const uint8_t* kblk, int64_t n, uint64_t* acc, const uint64_t* qaux);
+using PrepFn = void (*)(const ScoreProblem&, const uint64_t* qrep, int64_t L8, std::vector<uint64_t>& qaux);
 
 template <int UB>
 GSA_INLINE uint64_t load_unit(const uint8_t* p) {
@@ -83,54 +85,95 @@ GSA_INLINE void acc_scalar_body(const ScoreProblem& p, const uint8_t* qrow, cons
 }
 
 void acc_portable_u64(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
-                      int64_t n, uint64_t* acc) {
+                      int64_t n, uint64_t* acc, const uint64_t*) {
   acc_scalar_body<8>(p, qrow, kblk, n, acc);
 }
 void acc_portable_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
-                      int64_t n, uint64_t* acc) {
+                      int64_t n, uint64_t* acc, const uint64_t*) {
   acc_scalar_body<4>(p, qrow, kblk, n, acc);
 }
 
 #if GSA_X86
 __attribute__((target("popcnt"))) void acc_popcnt_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*,
-                                                      int64_t, const uint8_t* kblk, int64_t n, uint64_t* acc) {
+                                                      int64_t, const uint8_t* kblk, int64_t n, uint64_t* acc,
+                                                      const uint64_t*) {
   acc_scalar_body<4>(p, qrow, kblk, n, acc);
 }
 
 // AVX2 has no vector popcount: count each nibble with a 16-entry shuffle table
 // (the "Mula" method), add byte counts over up to 31 (h, g) pairs (31 * 8 < 256),
-// then sum bytes into 64-bit lanes with vpsadbw.
-__attribute__((target("avx2,popcnt"))) void acc_avx2_u64(const ScoreProblem& p, const uint8_t*,
-                                                         const uint64_t* qrep, int64_t L8, const uint8_t* kblk,
-                                                         int64_t n, uint64_t* acc) {
-  const int64_t W = p.C / 8, G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
-  const int64_t nw = n * W, nv = nw / 4;
+// then sum bytes into 64-bit lanes with vpsadbw. Nibbles commute with XOR, so
+// the query nibbles are split once per block and the key nibbles once per
+// load: each (key vector, query) pair costs 2 XOR, 2 shuffles, 2 adds.
+// Query nibbles, once per row range: qn[((h*G + g) * P + v % P) * 8 + {0..3: low, 4..7: high}]
+// (uint64_t storage and unaligned loads: a std::vector of __m256i would drop its alignment).
+__attribute__((target("avx2,popcnt"))) void prep_avx2_u64(const ScoreProblem& p, const uint64_t* qrep, int64_t L8,
+                                                          std::vector<uint64_t>& qn) {
+  const int64_t P = L8 / 4;
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  qn.resize(static_cast<size_t>(p.Hq * P * 8));
+  for (int64_t i = 0; i < p.Hq * P; ++i) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qrep + (i / P) * L8 + (i % P) * 4));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qn.data() + 8 * i), _mm256_and_si256(x, low));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qn.data() + 8 * i + 4),
+                        _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+  }
+}
+
+// Main loop, with the group size G a compile-time constant for the common
+// values (GT > 0) so the (h, g) loops unroll and the counters stay in registers.
+// Byte counters take up to 31 (h, g) pairs before they are widened.
+template <int GT>
+__attribute__((target("avx2,popcnt"))) GSA_INLINE void avx2_main(const ScoreProblem& p, int64_t nv, int64_t P,
+                                                                 const uint8_t* kblk, uint64_t* acc,
+                                                                 const uint64_t* qn) {
+  const int64_t G = GT > 0 ? GT : p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
                                        2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  int64_t off = 0;  // (4 v) % L8
+  // heads per byte-counter widening: 31 / G (G > 31: widen inside the g loop)
+  const int64_t hc = G <= 31 ? 31 / G : 1;
+  int64_t pv = 0;  // v % P
   for (int64_t v = 0; v < nv; ++v) {
     __m256i a = zero;
-    for (int64_t h = 0; h < Hkv; ++h) {
-      const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kblk + h * blk_stride + 32 * v));
-      const uint64_t* qh = qrep + h * G * L8 + off;
-      for (int64_t g0 = 0; g0 < G; g0 += 31) {
-        const int64_t g1 = std::min<int64_t>(G, g0 + 31);
-        __m256i bytes = zero;
-        for (int64_t g = g0; g < g1; ++g) {
-          const __m256i x =
-              _mm256_xor_si256(kv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + g * L8)));
-          const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low));
-          const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
-          bytes = _mm256_add_epi8(bytes, _mm256_add_epi8(lo, hi));
+    for (int64_t h0 = 0; h0 < Hkv; h0 += hc) {
+      const int64_t h1 = std::min(Hkv, h0 + hc);
+      __m256i bytes = zero;
+      for (int64_t h = h0; h < h1; ++h) {
+        const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kblk + h * blk_stride + 32 * v));
+        const __m256i klo = _mm256_and_si256(kv, low);
+        const __m256i khi = _mm256_and_si256(_mm256_srli_epi16(kv, 4), low);
+        const uint64_t* qh = qn + (h * G * P + pv) * 8;
+        for (int64_t g = 0; g < G; ++g) {
+          if (GT == 0 && G > 31 && g > 0 && g % 31 == 0) {
+            a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
+            bytes = zero;
+          }
+          const __m256i* qg = reinterpret_cast<const __m256i*>(qh + g * P * 8);
+          bytes = _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_xor_si256(klo, _mm256_loadu_si256(qg))));
+          bytes =
+              _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_xor_si256(khi, _mm256_loadu_si256(qg + 1))));
         }
-        a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
       }
+      a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 4 * v), a);
-    off += 4;
-    if (off == L8) off = 0;
+    if (++pv == P) pv = 0;
+  }
+}
+
+__attribute__((target("avx2,popcnt"))) void acc_avx2_u64(const ScoreProblem& p, const uint8_t*,
+                                                         const uint64_t* qrep, int64_t L8, const uint8_t* kblk,
+                                                         int64_t n, uint64_t* acc, const uint64_t* qn) {
+  const int64_t W = p.C / 8, G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
+  const int64_t nw = n * W, nv = nw / 4, P = L8 / 4;
+  switch (G) {
+    case 1: avx2_main<1>(p, nv, P, kblk, acc, qn); break;
+    case 2: avx2_main<2>(p, nv, P, kblk, acc, qn); break;
+    case 4: avx2_main<4>(p, nv, P, kblk, acc, qn); break;
+    case 8: avx2_main<8>(p, nv, P, kblk, acc, qn); break;
+    default: avx2_main<0>(p, nv, P, kblk, acc, qn); break;
   }
   for (int64_t i = 4 * nv; i < nw; ++i) {  // < 4 leftover words
     uint64_t c = 0;
@@ -147,7 +190,7 @@ __attribute__((target("avx2,popcnt"))) void acc_avx2_u64(const ScoreProblem& p, 
 // the ragged end of a block without reading past it.
 __attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) void acc_avx512_u64(
     const ScoreProblem& p, const uint8_t*, const uint64_t* qrep, int64_t L8, const uint8_t* kblk, int64_t n,
-    uint64_t* acc) {
+    uint64_t* acc, const uint64_t*) {
   const int64_t G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
   const int64_t nw = n * (p.C / 8);
   int64_t off = 0;  // (8 v) % L8
@@ -171,7 +214,8 @@ __attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) void acc_avx512_u
 // Shared driver: per block, accumulate unit popcounts, weight them into token
 // costs, reduce to the block key. Integer arithmetic throughout; the only
 // float operation is mean's single float32 division (spec 4, round to nearest).
-void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys, AccFn acc_fn, int UB) {
+void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys, AccFn acc_fn, int UB,
+                 PrepFn prep = nullptr) {
   const int64_t U = p.C / UB, C = p.C, Hq = p.Hq, bs = p.bs;
   const int64_t main_bytes = p.C - p.rope_bytes;
   const int64_t s16_const = 16 * Hq * 8 * main_bytes + p.w16 * Hq * 8 * p.rope_bytes;
@@ -188,6 +232,8 @@ void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* 
     for (int64_t hg = 0; hg < Hq; ++hg)
       for (int64_t i = 0; i < L8; ++i) qrep[hg * L8 + i] = load_unit<8>(qrow + hg * C + (i % W) * 8);
   }
+  std::vector<uint64_t> qaux;
+  if (prep != nullptr) prep(p, qrep.data(), L8, qaux);
   std::vector<uint64_t> acc(static_cast<size_t>(bs * U));
   const int64_t block_bytes = p.Hkv * bs * C;
   auto physical = [&](int64_t j) {  // clamped: never read out of bounds
@@ -204,7 +250,7 @@ void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* 
       for (int64_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(next + off, 0, 2);
     }
     const int64_t n = std::min<int64_t>(bs, r.seq_len - j * bs);
-    acc_fn(p, qrow, qrep.data(), L8, p.kc + phys * block_bytes, n, acc.data());
+    acc_fn(p, qrow, qrep.data(), L8, p.kc + phys * block_bytes, n, acc.data(), qaux.data());
     int64_t min_cost = std::numeric_limits<int64_t>::max(), sum_cost = 0;
     for (int64_t s = 0; s < n; ++s) {
       int64_t cost = 0;
@@ -235,7 +281,7 @@ void score_portable(const ScoreProblem& p, const BlockRange& r, bool mean, doubl
 #if GSA_X86
 void score_avx2(const ScoreProblem& p, const BlockRange& r, bool mean, double* keys) {
   if (fast_layout(p))
-    score_range(p, r, mean, keys, acc_avx2_u64, 8);
+    score_range(p, r, mean, keys, acc_avx2_u64, 8, prep_avx2_u64);
   else
     score_range(p, r, mean, keys, acc_popcnt_u32, 4);
 }
