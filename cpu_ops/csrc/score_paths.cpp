@@ -139,7 +139,8 @@ __attribute__((target("avx2,popcnt"))) GSA_INLINE void avx2_main(const ScoreProb
     __m256i a = zero;
     for (int64_t h0 = 0; h0 < Hkv; h0 += hc) {
       const int64_t h1 = std::min(Hkv, h0 + hc);
-      __m256i bytes = zero;
+      // two byte counters (even / odd g) halve the add dependency chain
+      __m256i b0 = zero, b1 = zero;
       for (int64_t h = h0; h < h1; ++h) {
         const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kblk + h * blk_stride + 32 * v));
         const __m256i klo = _mm256_and_si256(kv, low);
@@ -147,16 +148,20 @@ __attribute__((target("avx2,popcnt"))) GSA_INLINE void avx2_main(const ScoreProb
         const uint64_t* qh = qn + (h * G * P + pv) * 8;
         for (int64_t g = 0; g < G; ++g) {
           if (GT == 0 && G > 31 && g > 0 && g % 31 == 0) {
-            a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
-            bytes = zero;
+            a = _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_add_epi8(b0, b1), zero));
+            b0 = b1 = zero;
           }
           const __m256i* qg = reinterpret_cast<const __m256i*>(qh + g * P * 8);
-          bytes = _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_xor_si256(klo, _mm256_loadu_si256(qg))));
-          bytes =
-              _mm256_add_epi8(bytes, _mm256_shuffle_epi8(lut, _mm256_xor_si256(khi, _mm256_loadu_si256(qg + 1))));
+          const __m256i t =
+              _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(klo, _mm256_loadu_si256(qg))),
+                              _mm256_shuffle_epi8(lut, _mm256_xor_si256(khi, _mm256_loadu_si256(qg + 1))));
+          if (g & 1)
+            b1 = _mm256_add_epi8(b1, t);
+          else
+            b0 = _mm256_add_epi8(b0, t);
         }
       }
-      a = _mm256_add_epi64(a, _mm256_sad_epu8(bytes, zero));
+      a = _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_add_epi8(b0, b1), zero));  // <= 31 pairs: no overflow
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 4 * v), a);
     if (++pv == P) pv = 0;
@@ -187,26 +192,44 @@ __attribute__((target("avx2,popcnt"))) void acc_avx2_u64(const ScoreProblem& p, 
 }
 
 // AVX-512 VPOPCNTDQ: a native 64-bit lane popcount; masked loads/stores cover
-// the ragged end of a block without reading past it.
-__attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) void acc_avx512_u64(
-    const ScoreProblem& p, const uint8_t*, const uint64_t* qrep, int64_t L8, const uint8_t* kblk, int64_t n,
-    uint64_t* acc, const uint64_t*) {
-  const int64_t G = p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
-  const int64_t nw = n * (p.C / 8);
+// the ragged end of a block without reading past it. G is a compile-time
+// constant for common values; two accumulators halve the add chain.
+template <int GT>
+__attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) GSA_INLINE void avx512_main(
+    const ScoreProblem& p, const uint64_t* qrep, int64_t L8, const uint8_t* kblk, int64_t nw, uint64_t* acc) {
+  const int64_t G = GT > 0 ? GT : p.G, Hkv = p.Hkv, blk_stride = p.bs * p.C;
   int64_t off = 0;  // (8 v) % L8
   for (int64_t i = 0; i < nw; i += 8) {
     const int64_t left = nw - i;
     const __mmask8 m = left >= 8 ? static_cast<__mmask8>(0xff) : static_cast<__mmask8>((1u << left) - 1u);
-    __m512i a = _mm512_setzero_si512();
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
     for (int64_t h = 0; h < Hkv; ++h) {
       const __m512i kv = _mm512_maskz_loadu_epi64(m, kblk + h * blk_stride + 8 * i);
       const uint64_t* qh = qrep + h * G * L8 + off;
-      for (int64_t g = 0; g < G; ++g)
-        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(_mm512_xor_si512(kv, _mm512_loadu_si512(qh + g * L8))));
+      for (int64_t g = 0; g < G; ++g) {
+        const __m512i c = _mm512_popcnt_epi64(_mm512_xor_si512(kv, _mm512_loadu_si512(qh + g * L8)));
+        if (g & 1)
+          a1 = _mm512_add_epi64(a1, c);
+        else
+          a0 = _mm512_add_epi64(a0, c);
+      }
     }
-    _mm512_mask_storeu_epi64(acc + i, m, a);
+    _mm512_mask_storeu_epi64(acc + i, m, _mm512_add_epi64(a0, a1));
     off += 8;
     if (off == L8) off = 0;
+  }
+}
+
+__attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt"))) void acc_avx512_u64(
+    const ScoreProblem& p, const uint8_t*, const uint64_t* qrep, int64_t L8, const uint8_t* kblk, int64_t n,
+    uint64_t* acc, const uint64_t*) {
+  const int64_t nw = n * (p.C / 8);
+  switch (p.G) {
+    case 1: avx512_main<1>(p, qrep, L8, kblk, nw, acc); break;
+    case 2: avx512_main<2>(p, qrep, L8, kblk, nw, acc); break;
+    case 4: avx512_main<4>(p, qrep, L8, kblk, nw, acc); break;
+    case 8: avx512_main<8>(p, qrep, L8, kblk, nw, acc); break;
+    default: avx512_main<0>(p, qrep, L8, kblk, nw, acc); break;
   }
 }
 #endif  // GSA_X86
