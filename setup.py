@@ -43,6 +43,7 @@ def _cpu_extension():
             language="c++",
             extra_compile_args=args,
             extra_link_args=["-pthread"] if os.name != "nt" else [],
+            optional=True,  # setuptools: a missing build is not copied in place / into the wheel
         )
     ]
 
@@ -50,11 +51,18 @@ def _cpu_extension():
 class OptionalBuildExt(build_ext):
     """build_ext that warns instead of failing when the C++ backend cannot be built."""
 
-    def _marker(self, ext):
-        return os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), CPU_BUILD_ERROR_FILE)
+    def _markers(self, ext):
+        # next to the built module (wheel / build dir) and in the source package
+        # (editable and in-place installs import cpu_ops from the source tree)
+        here = os.path.dirname(os.path.abspath(__file__))
+        paths = [
+            os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), CPU_BUILD_ERROR_FILE),
+            os.path.join(here, *ext.name.split(".")[:-1], CPU_BUILD_ERROR_FILE),
+        ]
+        return list(dict.fromkeys(os.path.abspath(p) for p in paths))
 
     def build_extension(self, ext):
-        marker = self._marker(ext)
+        markers = self._markers(ext)
         try:
             import pybind11  # noqa: F401  (build requirement; may be absent in odd setups)
 
@@ -67,12 +75,14 @@ class OptionalBuildExt(build_ext):
                   "the package works on the reference backend. Install a C++ compiler and pybind11, then reinstall."
             warnings.warn(msg)
             print("WARNING: " + msg, file=sys.stderr)
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
-            with open(marker, "w", encoding="utf-8") as f:
-                f.write(why[:2000] + "\n")
+            for marker in markers:
+                os.makedirs(os.path.dirname(marker), exist_ok=True)
+                with open(marker, "w", encoding="utf-8") as f:
+                    f.write(why[:2000] + "\n")
         else:
-            if os.path.exists(marker):
-                os.remove(marker)
+            for marker in markers:
+                if os.path.exists(marker):
+                    os.remove(marker)
 
 
 EXTRAS = {
