@@ -9,12 +9,14 @@ reference for it.
 
 Code paths (``portable``, ``avx2``, ``avx512``) are chosen at run time; force
 one with ``GSA_CPU_PATH=<name>`` or :func:`use_path`; threads with
-``GSA_CPU_THREADS=<n>`` or :func:`set_num_threads`. See cpu_ops/README.md.
+``GSA_CPU_THREADS=<n>`` or :func:`set_num_threads` (default: torch's
+``get_num_threads()`` at first use). See cpu_ops/README.md.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Iterator, List, Tuple
 
 __all__ = [
@@ -38,6 +40,9 @@ def _apply_env(ext) -> None:
     threads = os.environ.get("GSA_CPU_THREADS", "").strip()
     if threads:
         ext.set_num_threads(int(threads))
+    elif "torch" in sys.modules:
+        # follow torch's intra-op thread count (it honours OMP_NUM_THREADS and CPU affinity)
+        ext.set_num_threads(max(1, int(sys.modules["torch"].get_num_threads())))
 
 
 def extension():

@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import cpu_ops
 from gsa import dispatch, ops, reference as ref
@@ -409,6 +410,25 @@ def test_threads_give_identical_results(path):
     args = _random_case(g, 5, 2, 4, 16, 16, 40, method="mean")
     for threads in (1, 2, 3, 7):
         _assert_select(args, path, threads=threads)
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 4), hkv=st.integers(1, 3), gq=st.integers(1, 5), words=st.integers(1, 6),
+    rope_words=st.integers(0, 3), bs=st.integers(1, 9), m=st.integers(1, 12), method=st.sampled_from(["max", "mean"]),
+    w16=st.integers(0, 256), forced=st.lists(st.integers(-4, 4), max_size=4), levels=st.sampled_from([2, 256]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_select_property(b, hkv, gq, words, rope_words, bs, m, method, w16, forced, levels, seed):
+    """Random shapes (C = 4 * words bytes, GQA or a rope part), every path: identical to the reference."""
+    c = 4 * words
+    rope = 4 * min(rope_words, words - 1)
+    g = torch.Generator().manual_seed(seed)
+    args = _random_case(g, b, hkv, gq, c, bs, m, method=method, forced=forced, rope_bytes=rope, w=w16 / 16,
+                        key_levels=levels)
+    for path in PATHS:
+        _assert_select(args, path)
 
 
 @needs_ext
