@@ -45,6 +45,12 @@ struct BlockRange {
 using ScoreFn = void (*)(const ScoreProblem&, const BlockRange&, bool mean, double* keys);
 ScoreFn score_fn(Path p);
 
+// Bytes prefetched from the start of each head run of the next block while a
+// block is scored (a tuning knob; 0 turns prefetching off).
+constexpr int64_t kDefaultPrefetchBytes = 2048;
+int64_t prefetch_bytes();
+void set_prefetch_bytes(int64_t n);
+
 // Run fn(begin, end) over [0, n) on up to `threads` std::threads (the caller's
 // thread takes the first share). Used with the GIL released.
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);

@@ -64,6 +64,9 @@ PYBIND11_MODULE(_gsa_cpu, m) {
     g_threads = n;
   });
 
+  m.def("get_prefetch_bytes", &prefetch_bytes);
+  m.def("set_prefetch_bytes", &set_prefetch_bytes, py::arg("n"),
+        "Bytes of each head run of the next block prefetched during scoring (tuning; 0 = off).");
   m.def(
       "hamming_dist_top_k",
       [](uintptr_t q, uintptr_t kc, uintptr_t bt, uintptr_t seq, uintptr_t bud, int64_t B, int64_t Hq, int64_t Hkv,

@@ -15,6 +15,7 @@
 // Codes whose size or rope part is not a multiple of 8 bytes use 32-bit units
 // (a scalar loop) instead: MLA layouts with a 32-bit rope part, for example.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -32,6 +33,13 @@
 #define GSA_INLINE inline __attribute__((always_inline))
 
 namespace gsa_cpu {
+
+namespace {
+std::atomic<int64_t> g_prefetch_bytes{kDefaultPrefetchBytes};
+}  // namespace
+int64_t prefetch_bytes() { return g_prefetch_bytes.load(std::memory_order_relaxed); }
+void set_prefetch_bytes(int64_t n) { g_prefetch_bytes = n < 0 ? 0 : n; }
+
 namespace {
 
 // acc[s * U + u] = sum over (h, g) of popcount(q[h*G+g] unit u ^ key[h, s] unit u)
@@ -263,14 +271,17 @@ void score_range(const ScoreProblem& p, const BlockRange& r, bool mean, double* 
     return std::min<int64_t>(std::max<int64_t>(p.bt[r.b * p.M + j], 0), p.NB - 1);
   };
   // Blocks come in block-table order, i.e. scattered over the cache: the
-  // hardware prefetcher follows each contiguous block but not the jump to the
-  // next one, so fetch the next block (into L2) while this one is scored.
-  const int64_t pf_bytes = std::min<int64_t>(block_bytes, 32768);
+  // hardware prefetcher follows each contiguous head run once it has seen a
+  // few misses, but not the jump to the next block, so the start of each head
+  // run of the next block is prefetched (into L2) while this one is scored.
+  const int64_t run_bytes = bs * C;
+  const int64_t pf_bytes = std::min<int64_t>(run_bytes, prefetch_bytes());
   for (int64_t j = r.j0; j < r.j1; ++j) {
     const int64_t phys = physical(j);
-    if (j + 1 < r.j1) {
+    if (j + 1 < r.j1 && pf_bytes > 0) {
       const uint8_t* next = p.kc + physical(j + 1) * block_bytes;
-      for (int64_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(next + off, 0, 2);
+      for (int64_t h = 0; h < p.Hkv; ++h)
+        for (int64_t off = 0; off < pf_bytes; off += 64) __builtin_prefetch(next + h * run_bytes + off, 0, 2);
     }
     const int64_t n = std::min<int64_t>(bs, r.seq_len - j * bs);
     acc_fn(p, qrow, qrep.data(), L8, p.kc + phys * block_bytes, n, acc.data(), qaux.data());
