@@ -51,8 +51,11 @@ constexpr int64_t kDefaultPrefetchBytes = 128;  // best or near-best on the Inte
 int64_t prefetch_bytes();
 void set_prefetch_bytes(int64_t n);
 
-// Run fn(begin, end) over [0, n) on up to `threads` std::threads (the caller's
-// thread takes the first share). Used with the GIL released.
+// Run fn(c) for every chunk c in [0, n_chunks) on up to `threads` threads of a
+// persistent pool (the caller included; chunks taken from a shared counter).
+// Used with the GIL released.
+void parallel_chunks(int64_t n_chunks, int threads, const std::function<void(int64_t)>& fn);
+// fn(begin, end) over [0, n) split into `threads` equal chunks.
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace gsa_cpu

@@ -3,24 +3,103 @@
 #include "ops.h"
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 #include <cstring>
 #include <thread>
 #include <vector>
 
 namespace gsa_cpu {
 
+namespace {
+
+// A persistent pool of worker threads. A job is n chunks handed out through an
+// atomic counter; the calling thread works on it too and returns as soon as
+// every chunk is done. Workers that wake up late (a busy machine) find no chunk
+// left and go back to sleep, so the caller never waits for a thread that has
+// not started; it waits only for chunks another thread has claimed. The job
+// lives in a shared_ptr, so a late worker never touches freed state. After a
+// fork() the child has no workers, and the caller simply runs every chunk.
+// The pool is never destroyed (workers die with the process).
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = new Pool();
+    return *pool;
+  }
+
+  void run(int64_t n_chunks, int threads, const std::function<void(int64_t)>& fn) {
+    if (n_chunks <= 0) return;
+    const int helpers = static_cast<int>(std::min<int64_t>(threads, n_chunks)) - 1;
+    if (helpers <= 0) {
+      for (int64_t c = 0; c < n_chunks; ++c) fn(c);
+      return;
+    }
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n_chunks;
+    job->seats = helpers;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (static_cast<int>(workers_.size()) < helpers) workers_.emplace_back([this] { loop(); }).detach();
+      job_ = job;
+      ++gen_;
+    }
+    cv_.notify_all();
+    work(*job);
+    while (job->done.load(std::memory_order_acquire) < n_chunks) std::this_thread::yield();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (job_ == job) job_.reset();
+  }
+
+ private:
+  struct Job {
+    const std::function<void(int64_t)>* fn = nullptr;  // valid while chunks remain (the caller waits)
+    int64_t n = 0;
+    std::atomic<int64_t> next{0}, done{0};
+    std::atomic<int> seats{0};
+  };
+
+  static void work(Job& job) {
+    for (int64_t c = job.next.fetch_add(1); c < job.n; c = job.next.fetch_add(1)) {
+      (*job.fn)(c);
+      job.done.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return gen_ != seen; });
+        seen = gen_;
+        job = job_;
+      }
+      if (job && job->seats.fetch_sub(1) > 0) work(*job);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<Job> job_;
+  uint64_t gen_ = 0;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace
+
+void parallel_chunks(int64_t n_chunks, int threads, const std::function<void(int64_t)>& fn) {
+  Pool::get().run(n_chunks, threads, fn);
+}
+
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, n));
-  if (t == 1) {
-    fn(0, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(t - 1));
-  for (int64_t i = 1; i < t; ++i) pool.emplace_back(fn, n * i / t, n * (i + 1) / t);
-  fn(0, n / t);
-  for (auto& th : pool) th.join();
+  parallel_chunks(t, static_cast<int>(t), [&](int64_t c) { fn(n * c / t, n * (c + 1) / t); });
 }
 
 namespace {
@@ -80,20 +159,21 @@ void hamming_dist_top_k(const ScoreProblem& p, const int32_t* seq_lens, const in
   }
   std::vector<double> keys(static_cast<size_t>(B * M));
   const ScoreFn score = score_fn(path);
-  // Scoring: split the concatenated (row, block) list evenly over threads;
-  // each share is a few contiguous block ranges, one per row it touches.
+  // Scoring: the concatenated (row, block) list is cut into chunks (about 8
+  // per thread, at least ~2048 tokens each) that threads take from a shared
+  // counter, so a thread that is descheduled on a busy machine delays only its
+  // own chunk. A chunk is a few contiguous block ranges, one per row it touches.
   const int64_t total = start[B];
-  const int64_t min_blocks_per_thread = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, bs));
-  const int st = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, total / min_blocks_per_thread)));
-  parallel_for(st, st, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t g0 = total * t / st, g1 = total * (t + 1) / st;
-      int64_t b = std::upper_bound(start.begin(), start.end(), g0) - start.begin() - 1;
-      for (int64_t g = g0; g < g1 && b < B; ++b) {
-        const int64_t j0 = g - start[b], j1 = std::min(g1, start[b + 1]) - start[b];
-        if (j1 > j0) score(p, BlockRange{b, j0, j1, seq_lens[b]}, mean, keys.data() + b * M);
-        g = start[b + 1];
-      }
+  const int64_t min_chunk = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, bs));
+  const int st = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, total / min_chunk)));
+  const int64_t n_chunks = st == 1 ? 1 : std::max<int64_t>(st, std::min<int64_t>(8 * st, total / min_chunk));
+  parallel_chunks(n_chunks, st, [&](int64_t c) {
+    const int64_t g0 = total * c / n_chunks, g1 = total * (c + 1) / n_chunks;
+    int64_t b = std::upper_bound(start.begin(), start.end(), g0) - start.begin() - 1;
+    for (int64_t g = g0; g < g1 && b < B; ++b) {
+      const int64_t j0 = g - start[b], j1 = std::min(g1, start[b + 1]) - start[b];
+      if (j1 > j0) score(p, BlockRange{b, j0, j1, seq_lens[b]}, mean, keys.data() + b * M);
+      g = start[b + 1];
     }
   });
   parallel_for(B, B >= 64 ? threads : 1, [&](int64_t b0, int64_t b1) {
