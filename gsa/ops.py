@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from gsa import dispatch
@@ -192,7 +193,8 @@ def _check_slots(op: str, slot_mapping: Tensor, t: int, cache: Tensor) -> None:
     V.size(op, "slot_mapping", slot_mapping, 0, t, "one slot per token")
     if V.range_checks_on(slot_mapping):
         n_slots = cache.shape[0] * cache.shape[2]
-        V.all_in(op, "slot_mapping", slot_mapping[slot_mapping >= 0], 0, n_slots,
+        slots = V.host_values(slot_mapping)
+        V.all_in(op, "slot_mapping", slots[slots >= 0], 0, n_slots,
                  f"slots (or -1 for padding) of the cache's NB*bs = {n_slots} slots:")
 
 
@@ -261,13 +263,25 @@ def _check_rows(op: str, block_table: Tensor, seq_lens: Tensor, b: int) -> None:
     V.size(op, "seq_lens", seq_lens, 0, b, "one length per request")
 
 
-def _check_row_values(op: str, block_table: Tensor, seq_lens: Tensor, bs: int, nb: int) -> None:
-    """seq_len in [1, M*bs] and every block id a row uses in [0, NB)."""
-    m = block_table.shape[1]
-    V.all_in(op, "seq_lens", seq_lens, 1, m * bs + 1, f"lengths >= 1 that fit the block table (M*bs = {m * bs}):")
-    n_blocks = (seq_lens.to(torch.int64) + bs - 1) // bs
-    used = torch.arange(m, device=block_table.device).unsqueeze(0) < n_blocks.unsqueeze(1)
-    V.all_in(op, "block_table", block_table[used], 0, nb, f"physical block ids of the cache's {nb} blocks:")
+def _check_row_values(op: str, block_table: Tensor, seq_lens: Tensor, bs: int, nb: int):
+    """seq_len in [1, M*bs] and every block id a row uses in [0, NB).
+    Returns the rows' ``n_blocks`` (numpy int64) for further checks."""
+    table, lens = V.host_values(block_table), V.host_values(seq_lens).astype(np.int64)
+    m = table.shape[1]
+    V.all_in(op, "seq_lens", lens, 1, m * bs + 1, f"lengths >= 1 that fit the block table (M*bs = {m * bs}):")
+    n_blocks = (lens + bs - 1) // bs
+    used = np.arange(m)[None, :] < n_blocks[:, None]
+    V.all_in(op, "block_table", table[used], 0, nb, f"physical block ids of the cache's {nb} blocks:")
+    return n_blocks
+
+
+def _largest_n_sel(n_blocks: np.ndarray, budgets: np.ndarray, forced: Sequence[int]) -> int:
+    """Spec 5's n_sel from host data: all blocks if budget >= n_blocks, else
+    max(budget, number of distinct in-range forced blocks)."""
+    n_forced = np.array([len({m if m >= 0 else int(n) + m for m in forced} & set(range(int(n))))
+                         for n in n_blocks], dtype=np.int64)
+    n_sel = np.where(budgets >= n_blocks, n_blocks, np.maximum(budgets, n_forced))
+    return int(n_sel.max()) if n_sel.size else 0
 
 
 def hamming_dist_top_k(
@@ -319,13 +333,10 @@ def hamming_dist_top_k(
         V.fail(op, "rope_score_weight", "a multiple of 1/16 in [0, 16]", rope_score_weight)
     forced = [int(m) for m in must_select_blocks]
     if V.range_checks_on(block_table, seq_lens, budgets):
-        _check_row_values(op, block_table, seq_lens, bs, nb)
-        V.all_in(op, "budgets", budgets, 1, 2**31 - 1, "budgets >= 1 block:")
-        from gsa.reference.scoring import forced_block_mask, selection_counts
-
-        n_blocks = (seq_lens.to(torch.int64) + bs - 1) // bs
-        n_forced = forced_block_mask(n_blocks, block_table.shape[1], forced).sum(dim=1)
-        need = int(selection_counts(n_blocks, budgets, n_forced).max())
+        n_blocks = _check_row_values(op, block_table, seq_lens, bs, nb)
+        bud = V.host_values(budgets).astype(np.int64)
+        V.all_in(op, "budgets", bud, 1, 2**31 - 1, "budgets >= 1 block:")
+        need = _largest_n_sel(n_blocks, bud, forced)
         if k < need:
             V.fail(op, "k", f"at least the largest n_sel ({need})", k)
     return torch.ops.gsa.hamming_dist_top_k(
@@ -354,15 +365,17 @@ def kv_select(
         V.fail(op, "block_size", "an int >= 1", block_size)
     if V.range_checks_on(indices, n_sel, seq_lens):
         m = block_table.shape[1]
-        V.all_in(op, "seq_lens", seq_lens, 1, m * block_size + 1, f"lengths >= 1 that fit the block table (M*bs = {m * block_size}):")
-        V.all_in(op, "n_sel", n_sel, 0, kk + 1, f"counts that fit indices' width K = {kk}:")
-        n_blocks = (seq_lens.to(torch.int64) + block_size - 1) // block_size
-        live = torch.arange(kk, device=indices.device).unsqueeze(0) < n_sel.unsqueeze(1)
-        over = (indices.to(torch.int64) >= n_blocks.unsqueeze(1)) | (indices < 0)
-        if bool((live & over).any()):
-            r = int((live & over).any(dim=1).nonzero()[0, 0])
+        lens = V.host_values(seq_lens).astype(np.int64)
+        idx, cnt = V.host_values(indices).astype(np.int64), V.host_values(n_sel).astype(np.int64)
+        V.all_in(op, "seq_lens", lens, 1, m * block_size + 1, f"lengths >= 1 that fit the block table (M*bs = {m * block_size}):")
+        V.all_in(op, "n_sel", cnt, 0, kk + 1, f"counts that fit indices' width K = {kk}:")
+        n_blocks = (lens + block_size - 1) // block_size
+        live = np.arange(kk)[None, :] < cnt[:, None]
+        bad_rows = (live & ((idx >= n_blocks[:, None]) | (idx < 0))).any(axis=1)
+        if bad_rows.any():
+            r = int(np.argmax(bad_rows))
             V.fail(op, "indices", f"logical blocks in [0, n_blocks = {int(n_blocks[r])}) for row {r}",
-                   indices[r, : int(n_sel[r])].tolist())
+                   idx[r, : cnt[r]].tolist())
     return torch.ops.gsa.kv_select(indices, n_sel, block_table, seq_lens, block_size, pad_id)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["GSAInputError", "set_debug", "debug_enabled", "range_checks_on"]
@@ -109,12 +110,21 @@ def code_bytes(op: str, arg: str, c: int) -> None:
         fail(op, arg, "code bytes a positive multiple of 4 (R % 32 == 0)", c)
 
 
-def all_in(op: str, arg: str, values: torch.Tensor, lo: int, hi: int, what: str) -> None:
+def host_values(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array for range checks: zero-copy on the CPU;
+    on an accelerator a device-to-host copy (a sync: range checks only run there
+    in debug mode). numpy keeps each check to microseconds, where a chain of
+    small torch ops costs about a millisecond on the CPU."""
+    return t.detach().cpu().numpy()
+
+
+def all_in(op: str, arg: str, values, lo: int, hi: int, what: str) -> None:
     """Every value in ``[lo, hi)``; report the first offender."""
-    if values.numel() == 0:
+    v = host_values(values) if isinstance(values, torch.Tensor) else np.asarray(values)
+    if v.size == 0:
         return
-    bad = (values < lo) | (values >= hi)
-    if bool(bad.any()):
-        pos = int(bad.reshape(-1).nonzero()[0, 0])
-        flat = values.reshape(-1)
+    flat = v.reshape(-1)
+    bad = (flat < lo) | (flat >= hi)
+    if bad.any():
+        pos = int(np.argmax(bad))
         fail(op, arg, f"{what} in [{lo}, {hi})", f"{int(flat[pos])} at flat position {pos}")
