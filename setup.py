@@ -36,5 +36,7 @@ setup(
             "triton=cuda_ops:register",
             "npu=npu_ops:register",
         ],
+        # vLLM loads general plugins in every process; ours only registers class paths
+        "vllm.general_plugins": ["gsa=gsa.integrations.vllm:register"],
     },
 )
