@@ -91,6 +91,7 @@ class _Counters:
     sparse_steps: int = 0
     decode_rows: int = 0
     sparse_rows: int = 0
+    mixed_steps: int = 0  # sparse steps that also carried prefill rows (kept dense)
     layer_selections: int = 0
     blocks_read: int = 0
     blocks_dense: int = 0
@@ -206,6 +207,8 @@ class GSAVllmRuntime:
             return StepState(step=None)
         c.sparse_steps += 1
         c.sparse_rows += int(step.plan.sparse_rows.sum())
+        if bool((plan_q > 1).any()):
+            c.mixed_steps += 1
         q_rows = (query_start_loc[1:].to(torch.int64) - 1).clamp(min=0)
         self._maybe_log()
         return StepState(step=step, q_rows=q_rows, host_seq_lens=s)
@@ -321,7 +324,7 @@ class GSAVllmRuntime:
 
 def format_stats(s: Dict[str, Any]) -> str:
     return (f"steps={s['steps']} sparse_steps={s['sparse_steps']} sparse_rows={s['sparse_rows']}/"
-            f"{s['decode_rows']} decode rows, blocks read {s['blocks_read']}/{s['blocks_dense']} dense "
+            f"{s['decode_rows']} decode rows, mixed_steps={s['mixed_steps']}, blocks read {s['blocks_read']}/{s['blocks_dense']} dense "
             f"({100 * s['blocks_read_fraction']:.1f}%), selection {s['selection_s'] * 1e3:.1f} ms, "
             f"key hashing {s['hashing_s'] * 1e3:.1f} ms")
 
@@ -341,6 +344,15 @@ def _register(vllm_config: Any, rt: GSAVllmRuntime) -> None:
         _KEEP.clear()  # one engine at a time keeps its runtime alive through this dict
         _KEEP[key] = rt
         _LATEST = weakref.ref(rt)
+
+
+def release_runtimes() -> None:
+    """Drop this process's references to every runtime (their hash caches are freed
+    once the engine is gone too)."""
+    global _LATEST
+    with _LOCK:
+        _KEEP.clear()
+        _LATEST = None
 
 
 def current_runtime() -> Optional[GSAVllmRuntime]:
