@@ -66,9 +66,10 @@ def runtime_at_init(device: Optional[torch.device] = None) -> Optional[GSAVllmRu
         raise GSAVllmConfigError("GSA vLLM plugin: speculative decoding: expected none (GSA plans decode rows of "
                                  "one token; verification rows would be treated as prefill), got "
                                  f"{vc.speculative_config!r}")
-    if int(getattr(pc, "pipeline_parallel_size", 1)) != 1 or int(getattr(pc, "decode_context_parallel_size", 1)) != 1:
-        raise GSAVllmConfigError("GSA vLLM plugin: parallelism: expected pipeline_parallel_size = 1 and "
-                                 "decode_context_parallel_size = 1 (only tensor parallelism is supported)")
+    for what in ("pipeline_parallel_size", "decode_context_parallel_size", "prefill_context_parallel_size"):
+        if int(getattr(pc, what, 1) or 1) != 1:
+            raise GSAVllmConfigError(f"GSA vLLM plugin: {what}: expected 1 (only tensor parallelism is supported "
+                                     f"with GSA), got {getattr(pc, what)}")
     tp_size = int(pc.tensor_parallel_size)
     tp_rank = 0
     if tp_size > 1:
@@ -173,7 +174,7 @@ class GSAImplMixin:
         md = state.derived.get(src)
         if md is None:
             table, lens = rt.select(l, state, query, *self._gsa_table_and_lens(attn_metadata))
-            md = self._sparse_metadata(attn_metadata, table, lens, state)
+            md = self._sparse_metadata(attn_metadata, table, lens, state, src)
             state.derived[src] = md
         out = base_forward(layer, query, key, value, kv_cache, md, output, **kw)
         if rt.capture_layer == l and rt.captured is None:
@@ -186,5 +187,7 @@ class GSAImplMixin:
         """The backend metadata's ``(block_table [B, M], seq_lens [B])``."""
         return md.block_table, md.seq_lens
 
-    def _sparse_metadata(self, md: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState) -> Any:
+    def _sparse_metadata(self, md: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState, layer: int) -> Any:
+        """A ``dataclasses.replace`` copy of ``md`` attending over ``(table [B, K], lens [B])``,
+        the selection made by ``layer``, with the backend's derived fields rebuilt."""
         raise NotImplementedError

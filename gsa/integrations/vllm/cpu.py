@@ -87,7 +87,7 @@ class GSACPUAttentionImpl(GSAImplMixin, CPUAttentionBackendImpl):
         return self._gsa_forward(super().forward, layer, query, key, value, kv_cache, attn_metadata, output,
                                  output_scale=output_scale, output_block_scale=output_block_scale)
 
-    def _sparse_metadata(self, md: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState) -> Any:
+    def _sparse_metadata(self, md: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState, layer: int) -> Any:
         # max_seq_len: an upper bound is enough (the CPU kernel does not read it)
         sched = state.builder.sparse_scheduler_metadata(md, lens)
         return dataclasses.replace(md, block_table=table, seq_lens=lens, scheduler_metadata=sched,

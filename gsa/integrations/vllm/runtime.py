@@ -250,6 +250,19 @@ class GSAVllmRuntime:
         self.counters.selection_s += time.perf_counter() - t0
         return table, lens
 
+    def host_sparse_lens(self, layer: int, state: StepState) -> np.ndarray:
+        """Host-side sparse lengths ``int64 [B]`` of ``layer``'s selection, without
+        reading the device: exact when the last block is forced (``-1`` in
+        ``must_select_blocks``), which backends that take lengths as host lists
+        (Ascend's ``actual_seq_lengths_kv``) require."""
+        plan = state.step.plan
+        src = self.policy.layer(layer).selection_layer
+        s, nb, n_sel = plan.seq_lens, plan.n_blocks, plan.n_sel[src]
+        bs = self.config.chunk_size
+        last = s - (nb - 1) * bs
+        out = np.where(n_sel >= nb, s, (n_sel - 1) * bs + last)
+        return np.where(state.host_seq_lens >= 1, out, state.host_seq_lens)
+
     # ------------------------------------------------------------------ counters
     def stats(self) -> Dict[str, Any]:
         d = self.counters.as_dict()
