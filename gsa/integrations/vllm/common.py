@@ -116,7 +116,13 @@ def host_lengths(common: Any) -> Tuple[np.ndarray, np.ndarray]:
     n = int(common.num_reqs)
     qsl = common.query_start_loc_cpu[: n + 1].numpy().astype(np.int64)
     ql = qsl[1:] - qsl[:-1]
-    sl = getattr(common, "seq_lens_cpu_upper_bound", None)
+    sl = None
+    # vLLM 0.32: seq_lens_cpu_upper_bound (exact without speculative decoding);
+    # vllm-ascend's AscendCommonAttentionMetadata: _seq_lens_cpu / seq_lens_cpu
+    for attr in ("seq_lens_cpu_upper_bound", "_seq_lens_cpu", "seq_lens_cpu"):
+        sl = getattr(common, attr, None)
+        if sl is not None:
+            break
     if sl is None:
         if common.seq_lens.device.type != "cpu":
             raise RuntimeError("GSA: host-side sequence lengths are not available in this vLLM version")
