@@ -1,0 +1,229 @@
+"""The GSA orchestrator an inference engine calls (docs/policy.md).
+
+Per layer: hash the new keys into that layer's hash cache (prefill and
+decode). Per decode step: build a host-side plan (:meth:`GSASparse.begin_step`),
+then per layer select blocks (or reuse an earlier layer's selection of the same
+step) and hand back ``(sparse_block_table, sparse_seq_lens)`` for an unmodified
+paged-attention kernel. Dense layers, dense rows and dense steps get the
+original table and lengths.
+
+No host sync inside a step: the plan is built from host-side lengths, its
+budgets are copied to the device with ``non_blocking=True``, and the per-layer
+work is device ops only (no ``.item()``/``.tolist()``/``.cpu()``).
+
+Shapes: ``B`` rows, ``Hq`` query heads (MLA: ``N``), ``Hkv`` KV heads, ``D``
+head dim, ``bs = chunk_size`` (must equal the KV cache block size), ``NB``
+physical blocks, ``M`` block-table width, ``K = step.plan.k``, ``C`` code bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from gsa import ops
+from gsa.config import GSAConfig
+from gsa.policy import GSAPolicy, HostInts, StepPlan
+from gsa.weights import load_hash_weights
+
+__all__ = ["GSASparse", "Step"]
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One decode step: the host plan plus its budgets on the device.
+
+    ``budgets[l]``: ``int32 [B]`` on the orchestrator's device for each scoring
+    layer (layers with one ratio share a tensor). Selections made during the
+    step are remembered here so that reusing layers can take them.
+    """
+
+    plan: StepPlan
+    budgets: Mapping[int, Tensor]
+    _selections: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
+    t = torch.tensor(a)  # a copy: the plan's arrays are read-only
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()  # a truly asynchronous copy; the caching host allocator keeps it alive
+    return t.to(device, non_blocking=True)
+
+
+class GSASparse:
+    """GSA for one model on one device.
+
+    ``config``: the model's :class:`~gsa.config.GSAConfig`. ``device``: where
+    caches, weights and budgets live (its type picks the ``gpu_*`` or ``npu_*``
+    thresholds). ``block_size``: the KV cache block size, checked against
+    ``config.chunk_size``. ``pad_id``: block id written into unused entries of a
+    sparse block table.
+    """
+
+    def __init__(self, config: GSAConfig, device: Union[str, torch.device] = "cpu",
+                 block_size: Optional[int] = None, pad_id: int = 0):
+        if not isinstance(config, GSAConfig):
+            raise TypeError(f"GSASparse: 'config' must be a GSAConfig, got {type(config).__name__}")
+        self.config = config
+        self.device = torch.device(device)
+        if block_size is not None:
+            self._check_block_size("block_size", block_size)
+        self.policy = GSAPolicy(config, self.device)
+        self.pad_id = int(pad_id)
+
+    # ------------------------------------------------------------------ static facts
+    @property
+    def scoring_layers(self) -> Tuple[int, ...]:
+        """Layers that hash keys and select (the only ones with a hash cache)."""
+        return self.policy.scoring_layers
+
+    def _check_block_size(self, what: str, bs: int) -> None:
+        if bs != self.config.chunk_size:
+            raise ValueError(f"GSA: {what}: the KV cache block size must equal the config's chunk_size = "
+                             f"{self.config.chunk_size} (model {self.config.model_name}), got {bs}")
+
+    def hash_cache_shape(self, num_blocks: int) -> Tuple[int, int, int, int]:
+        """``(NB, Hkv, bs, R/8)`` (GQA) or ``(NB, 1, bs, (R_lora+R_rope)/8)`` (MLA)."""
+        c = self.config
+        return (int(num_blocks), c.cache_heads, c.chunk_size, c.code_bytes)
+
+    def allocate_hash_caches(self, num_blocks: int, device: Union[str, torch.device, None] = None) -> Dict[int, Tensor]:
+        """Zeroed ``uint8`` hash caches, one per scoring layer, keyed by layer index.
+        Layers that do not score (dense or reusing) get none."""
+        if not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ValueError(f"GSA: 'num_blocks' must be an int >= 1, got {num_blocks!r}")
+        dev = self.device if device is None else torch.device(device)
+        shape = self.hash_cache_shape(num_blocks)
+        return {l: torch.zeros(shape, dtype=torch.uint8, device=dev) for l in self.scoring_layers}
+
+    def weights(self, layer: int):
+        """Layer ``layer``'s hash projection on this device: GQA ``float32 [Hkv, D, R]``,
+        MLA ``(w_lora [L, R_lora], w_rope [P, R_rope])`` (see :mod:`gsa.weights`)."""
+        return load_hash_weights(self.config, layer, self.device)
+
+    # ------------------------------------------------------------------ keys
+    def cache_keys(self, layer: int, hash_cache: Optional[Tensor], slot_mapping: Tensor,
+                   key: Tensor, key_rope: Optional[Tensor] = None) -> None:
+        """Hash the new keys of ``layer`` into its hash cache (prefill and decode).
+
+        GQA: ``key [T, Hkv, D]`` (post-RoPE, as cached). MLA: ``key = c_kv [T, L]``
+        (normalised latent) and ``key_rope = k_pe [T, P]``. ``slot_mapping
+        int32/int64 [T]`` (the KV cache's slots; ``-1`` skips a token);
+        ``hash_cache uint8`` from :meth:`allocate_hash_caches`. A layer that does
+        not score is a no-op (``hash_cache`` may be ``None``).
+        """
+        if not self.policy.needs_hash_cache(layer):
+            return
+        self._check_cache(layer, hash_cache)
+        if self.config.is_mla:
+            if key_rope is None:
+                raise ValueError(f"GSA: layer {layer}: 'key_rope' (k_pe [T, qk_rope_head_dim]) is required for MLA")
+            w_lora, w_rope = self.weights(layer)
+            ops.mla_hash_encode_and_cache(key, key_rope, w_lora, w_rope, hash_cache, slot_mapping)
+        else:
+            if key_rope is not None:
+                raise ValueError(f"GSA: layer {layer}: 'key_rope' is only for MLA configs")
+            ops.hash_encode_and_cache(key, self.weights(layer), hash_cache, slot_mapping)
+
+    def _check_cache(self, layer: int, hash_cache: Optional[Tensor]) -> None:
+        if not isinstance(hash_cache, torch.Tensor):
+            raise ValueError(f"GSA: layer {layer} scores and needs its hash cache, got {type(hash_cache).__name__}")
+        if hash_cache.dim() == 4:
+            self._check_block_size(f"hash cache of layer {layer} (shape {tuple(hash_cache.shape)})", hash_cache.shape[2])
+        expected = self.hash_cache_shape(hash_cache.shape[0]) if hash_cache.dim() == 4 else None
+        if expected is None or tuple(hash_cache.shape) != expected or hash_cache.dtype != torch.uint8:
+            raise ValueError(f"GSA: hash cache of layer {layer}: expected uint8 {expected or '[NB, Hkv, bs, C]'}, "
+                             f"got {hash_cache.dtype} {tuple(hash_cache.shape)}")
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self, seq_lens: HostInts, query_lens: Optional[HostInts] = None, k: Optional[int] = None) -> Step:
+        """Plan a step from host-side lengths and copy its budgets to the device.
+
+        ``seq_lens [B]`` (host: list, numpy or CPU tensor): tokens per row in the
+        KV cache including this step's; ``query_lens [B]``: new tokens per row
+        (default all 1 = decode); ``k``: fixed selection width for graph capture
+        (default: the smallest that fits this step). See :class:`~gsa.policy.GSAPolicy`.
+        """
+        plan = self.policy.plan_step(seq_lens, query_lens, k)
+        shared: Dict[int, Tensor] = {}
+        budgets = {}
+        for l, host in plan.budgets.items():
+            if id(host) not in shared:
+                shared[id(host)] = _to_device(host, self.device)
+            budgets[l] = shared[id(host)]
+        return Step(plan=plan, budgets=budgets)
+
+    def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor,
+               hash_cache: Optional[Tensor] = None, q: Optional[Tensor] = None,
+               q_rope: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """The blocks ``layer`` attends to in this step.
+
+        ``block_table int32 [B, M]`` and ``seq_lens int32 [B]`` on the device
+        (the same rows as the step's plan). A scoring layer also needs its
+        ``hash_cache`` (with this step's keys already cached) and the query:
+        GQA ``q [B, Hq, D]``; MLA ``q = q_nope @ W_UK^T [B, N, L]`` and
+        ``q_rope = q_pe [B, N, P]``. A reusing layer takes its source layer's
+        selection of this step (select the source first); a dense layer, or a
+        dense step, returns ``(block_table, seq_lens)`` unchanged.
+
+        Returns ``(sparse_block_table int32 [B, K], sparse_seq_lens int32 [B])``
+        (dense: the inputs, ``[B, M]``). Dense rows of a sparse step come back
+        with their original blocks and length.
+        """
+        lp = self.policy.layer(layer)
+        plan = step.plan
+        if block_table.dim() != 2 or block_table.shape[0] != plan.batch_size:
+            raise ValueError(f"GSA: layer {layer}: 'block_table' must be [B, M] with B = {plan.batch_size} rows "
+                             f"(the step's plan), got shape {tuple(block_table.shape)}")
+        if lp.dense or not plan.sparse:
+            return block_table, seq_lens
+        src = lp.selection_layer
+        if src != layer:
+            if src not in step._selections:
+                raise ValueError(f"GSA: layer {layer} reuses layer {src}'s selection, but layer {src} has not "
+                                 "been selected in this step yet (select layers in order)")
+            return step._selections[src]
+        self._check_cache(layer, hash_cache)
+        if q is None:
+            raise ValueError(f"GSA: layer {layer} scores: 'q' is required")
+        c = self.config
+        if c.is_mla:
+            if q_rope is None:
+                raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
+            w_lora, w_rope = self.weights(layer)
+            q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
+        else:
+            q_codes = ops.hash_encode(q, self.weights(layer))
+        indices, n_sel = ops.hamming_dist_top_k(
+            q_codes, hash_cache, block_table, seq_lens, step.budgets[layer], plan.k,
+            c.must_select_blocks, c.chunk_repre_method, c.rope_bytes,
+            c.rope_score_weight if c.is_mla else 1.0,
+        )
+        out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
+        step._selections[layer] = out
+        return out
+
+    def decode_attention(self, layer: int, step: Step, q: Tensor, k_cache: Tensor, v_cache: Tensor,
+                         block_table: Tensor, seq_lens: Tensor, hash_cache: Optional[Tensor] = None,
+                         scale: Optional[float] = None, q_hash: Optional[Tensor] = None,
+                         q_hash_rope: Optional[Tensor] = None) -> Tensor:
+        """:meth:`select` then :func:`gsa.ops.paged_decode_attention` on the result.
+
+        ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``. The selection
+        hashes ``q`` (GQA) or ``(q_hash, q_hash_rope)`` (MLA: the absorbed latent
+        query and ``q_pe``; ``q`` and the caches are then whatever MQA form the
+        caller attends with). Returns ``[B, Hq, D]`` in ``q.dtype``.
+        """
+        if k_cache.dim() == 4:
+            self._check_block_size(f"k_cache of layer {layer} (shape {tuple(k_cache.shape)})", k_cache.shape[1])
+        if self.config.is_mla:
+            table, lens = self.select(layer, step, block_table, seq_lens, hash_cache, q_hash, q_hash_rope)
+        else:
+            table, lens = self.select(layer, step, block_table, seq_lens, hash_cache, q)
+        return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)

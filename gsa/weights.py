@@ -1,0 +1,247 @@
+"""Hash projection weights: spec section 10 (docs/spec.md, docs/config.md).
+
+One entry point, :func:`load_hash_weights`, returns a layer's projection for a
+config, cached: GQA ``float32 [Hkv, D, R]``; MLA ``(w_lora float32 [L, R_lora],
+w_rope float32 [P, R_rope])``.
+
+Seeded random weights (``hash_weight_type = "random"``): the exact recipe
+(so that any implementation, in any process, on any device reproduces it):
+
+1. One CPU ``torch.Generator`` per ``(seed, layer, part)``, where ``part`` is
+   ``"main"`` (GQA), ``"kv_lora"`` or ``"qk_rope"`` (MLA). Its seed is the first
+   8 bytes, little-endian, of ``sha256(f"gsa-hash-weight/{seed}/{layer}/{part}")``
+   (UTF-8), with the top bit cleared (a value in ``[0, 2**63)``).
+2. For head ``h = 0 .. H-1`` (GQA ``H = Hkv``; MLA ``H = 1``), for column block
+   ``i = 0 .. ceil(R / D) - 1`` with ``c_i = min(D, R - i*D)`` columns, in that
+   order: draw ``G = torch.randn(D, c_i, generator=gen, dtype=torch.float64)``.
+3. ``Q, T = torch.linalg.qr(G, mode="reduced")``; fix signs so the QR is unique:
+   multiply column ``j`` of ``Q`` by ``-1`` where ``T[j, j] < 0``.
+4. Concatenate the blocks along columns: ``W[h] = [Q_0 | Q_1 | ...]`` (``[D, R]``;
+   each block has orthonormal columns; blocks are independent when ``R > D``).
+5. Stack heads (``[H, D, R]``), cast to float32 on the CPU, then move to the
+   device. Everything before the move is CPU-only, so every rank, process and
+   backend of one installation gets identical weights. (Different LAPACK builds
+   may differ in the last float64 bit; after rounding to float32 that is far
+   inside the spec-2 projection band.)
+
+Weight files (``hash_weight_type = "file"``): a path is either a directory in
+HATA's layout, ``hash_weight_layer_{l:02d}.pt`` per layer, or one safetensors
+bundle with one tensor per layer named (see :func:`tensor_name`)
+``layers.{l}.hash_weight`` (GQA ``[Hkv, D, R]``),
+``layers.{l}.hash_weight_kv_lora`` (MLA ``[L, R_lora]``) and
+``layers.{l}.hash_weight_qk_rope`` (MLA ``[P, R_rope]``). An MLA config names
+either one bundle (``hash_weight``) or one source per part
+(``hash_weight_kv_lora``, ``hash_weight_qk_rope``: a directory of per-layer
+``.pt`` files holding that part, or a bundle). :func:`save_hash_weights` writes
+a bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple, Union
+
+import torch
+
+from gsa.config import GSAConfig
+
+__all__ = [
+    "generator_seed",
+    "random_hash_weight",
+    "load_hash_weights",
+    "save_hash_weights",
+    "tensor_name",
+    "hata_file_name",
+    "clear_cache",
+    "HashWeightError",
+]
+
+Weights = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+class HashWeightError(ValueError):
+    """A hash weight source is missing, malformed or does not fit the config."""
+
+
+def generator_seed(seed: int, layer: int, part: str = "main") -> int:
+    """Step 1 of the recipe: the CPU generator seed for ``(seed, layer, part)``."""
+    digest = hashlib.sha256(f"gsa-hash-weight/{seed}/{layer}/{part}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_hash_weight(seed: int, layer: int, heads: int, dim: int, bits: int, part: str = "main") -> torch.Tensor:
+    """Seeded random projection ``float32 [heads, dim, bits]`` on the CPU (module docstring recipe)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(generator_seed(seed, layer, part))
+    out = []
+    for _ in range(heads):
+        blocks = []
+        for start in range(0, bits, dim):
+            cols = min(dim, bits - start)
+            g = torch.randn(dim, cols, generator=gen, dtype=torch.float64)
+            q, t = torch.linalg.qr(g, mode="reduced")
+            sign = torch.where(torch.diagonal(t) < 0, -1.0, 1.0).to(torch.float64)
+            blocks.append(q * sign)
+        out.append(torch.cat(blocks, dim=1))
+    return torch.stack(out).to(torch.float32)
+
+
+def hata_file_name(layer: int) -> str:
+    """HATA's per-layer file name."""
+    return f"hash_weight_layer_{layer:02d}.pt"
+
+
+def tensor_name(layer: int, part: str = "main") -> str:
+    """Tensor name in a safetensors bundle: ``layers.{l}.hash_weight`` (GQA) or
+    ``layers.{l}.hash_weight_kv_lora`` / ``layers.{l}.hash_weight_qk_rope`` (MLA)."""
+    suffix = {"main": "hash_weight", "kv_lora": "hash_weight_kv_lora", "qk_rope": "hash_weight_qk_rope"}[part]
+    return f"layers.{layer}.{suffix}"
+
+
+def _expected_shapes(config: GSAConfig) -> Dict[str, Tuple[int, ...]]:
+    if config.is_mla:
+        return {
+            "kv_lora": (config.kv_lora_rank, config.hash_bits_kv_lora),
+            "qk_rope": (config.qk_rope_head_dim, config.hash_bits_qk_rope),
+        }
+    return {"main": (config.num_key_value_heads, config.head_dim, config.hash_bits)}
+
+
+_SHAPE_NAMES = {"main": "[Hkv, D, R]", "kv_lora": "[kv_lora_rank, R_lora]", "qk_rope": "[qk_rope_head_dim, R_rope]"}
+
+
+def _read_source(path: Path, layer: int, part: str) -> torch.Tensor:
+    """One layer's tensor from a HATA directory or a safetensors bundle (CPU)."""
+    if path.is_dir():
+        f = path / hata_file_name(layer)
+        if not f.is_file():
+            raise HashWeightError(f"hash weights for layer {layer}: {f} does not exist (HATA layout: one "
+                                  f"{hata_file_name(0)!r}-style file per layer)")
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+            if len(tensors) != 1:
+                raise HashWeightError(f"hash weights for layer {layer}: {f} holds a dict with {len(tensors)} tensors; "
+                                      "expected one tensor")
+            obj = tensors[0]
+        if not isinstance(obj, torch.Tensor):
+            raise HashWeightError(f"hash weights for layer {layer}: {f} holds {type(obj).__name__}; expected a tensor")
+        return obj
+    if path.is_file():
+        from safetensors import safe_open
+
+        name = tensor_name(layer, part)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                if name not in fh.keys():
+                    raise HashWeightError(f"hash weights for layer {layer}: {path} has no tensor {name!r} "
+                                          f"(it has {len(list(fh.keys()))} tensors, e.g. {sorted(fh.keys())[:3]})")
+                return fh.get_tensor(name)
+        except HashWeightError:
+            raise
+        except Exception as exc:
+            raise HashWeightError(f"hash weights: cannot read {path} as safetensors: {exc}") from None
+    raise HashWeightError(f"hash weights: {path} does not exist (expected a HATA directory or a .safetensors file)")
+
+
+def _check(t: torch.Tensor, expected: Tuple[int, ...], layer: int, part: str, origin: str) -> torch.Tensor:
+    if part != "main" and t.dim() == 3 and t.shape[0] == 1:
+        t = t[0]  # an MLA part saved with a head axis of 1
+    if not t.is_floating_point():
+        raise HashWeightError(f"hash weight {part!r} of layer {layer} from {origin}: expected a float tensor, got {t.dtype}")
+    if tuple(t.shape) != tuple(expected):
+        raise HashWeightError(f"hash weight {part!r} of layer {layer} from {origin}: expected shape {tuple(expected)} "
+                              f"{_SHAPE_NAMES[part]}, got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise HashWeightError(f"hash weight {part!r} of layer {layer} from {origin}: expected finite values, got NaN/inf")
+    return t.to(torch.float32).contiguous()
+
+
+def _sources(config: GSAConfig) -> Dict[str, Path]:
+    if config.is_mla and config.hash_weight is None:
+        return {"kv_lora": config.resolve_path(config.hash_weight_kv_lora),
+                "qk_rope": config.resolve_path(config.hash_weight_qk_rope)}
+    path = config.resolve_path(config.hash_weight)
+    return {part: path for part in _expected_shapes(config)}
+
+
+def _check_layer(config: GSAConfig, layer: int) -> None:
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < config.num_hidden_layers:
+        raise HashWeightError(f"hash weights: layer must be in [0, {config.num_hidden_layers}), got {layer!r}")
+
+
+_CPU_CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
+_DEV_CACHE: Dict[tuple, Weights] = {}
+_LOCK = threading.Lock()
+
+
+def _cpu_parts(config: GSAConfig, layer: int) -> Dict[str, torch.Tensor]:
+    shapes = _expected_shapes(config)
+    if config.hash_weight_type == "random":
+        key = ("random", config.seed, layer, tuple(shapes.items()))
+    else:
+        key = ("file", tuple((p, str(s.resolve())) for p, s in _sources(config).items()), layer, tuple(shapes.items()))
+    with _LOCK:
+        hit = _CPU_CACHE.get(key)
+    if hit is not None:
+        return hit
+    parts = {}
+    if config.hash_weight_type == "random":
+        for part, shape in shapes.items():
+            if part == "main":
+                parts[part] = random_hash_weight(config.seed, layer, *shape, part="main")
+            else:
+                parts[part] = random_hash_weight(config.seed, layer, 1, *shape, part=part)[0]
+    else:
+        for part, src in _sources(config).items():
+            parts[part] = _check(_read_source(src, layer, part), shapes[part], layer, part, str(src))
+    with _LOCK:
+        _CPU_CACHE[key] = parts
+    return parts
+
+
+def load_hash_weights(config: GSAConfig, layer: int, device: Union[str, torch.device, None] = None) -> Weights:
+    """Layer ``layer``'s hash projection for ``config`` on ``device`` (default CPU), cached.
+
+    GQA: ``float32 [Hkv, D, R]``. MLA: ``(w_lora float32 [kv_lora_rank, R_lora],
+    w_rope float32 [qk_rope_head_dim, R_rope])``. The returned tensors are shared
+    by every caller: do not modify them in place.
+    """
+    _check_layer(config, layer)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    parts = _cpu_parts(config, layer)
+    key = (id(parts), str(dev))
+    with _LOCK:
+        hit = _DEV_CACHE.get(key)
+    if hit is None:
+        moved = {p: t.to(dev) for p, t in parts.items()}
+        hit = (moved["kv_lora"], moved["qk_rope"]) if config.is_mla else moved["main"]
+        with _LOCK:
+            _DEV_CACHE[key] = hit
+    return hit
+
+
+def clear_cache() -> None:
+    """Forget every cached weight (e.g. after rewriting a weight file)."""
+    with _LOCK:
+        _CPU_CACHE.clear()
+        _DEV_CACHE.clear()
+
+
+def save_hash_weights(config: GSAConfig, path: Union[str, Path], layers: Optional[Iterable[int]] = None) -> Path:
+    """Write ``config``'s weights (random or loaded) for ``layers`` (default: every
+    layer) to one safetensors bundle in this module's naming. A config with
+    ``hash_weight_type = "file"`` and ``hash_weight = path`` then loads them."""
+    from safetensors.torch import save_file
+
+    layers = range(config.num_hidden_layers) if layers is None else list(layers)
+    tensors = {}
+    for l in layers:
+        _check_layer(config, l)
+        for part, t in _cpu_parts(config, l).items():
+            tensors[tensor_name(l, part)] = t.contiguous()
+    meta = {"format": "gsa-hash-weights", "model_name": config.model_name, "num_hidden_layers": str(config.num_hidden_layers)}
+    path = Path(path)
+    save_file(tensors, str(path), metadata=meta)
+    return path
