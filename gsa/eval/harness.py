@@ -26,7 +26,7 @@ from gsa.eval.model import PagedRun, TeacherForcedRun, eval_config
 from gsa.policy import GSAPolicy
 from gsa.weights import load_hash_weights
 
-__all__ = ["selection_grid", "end_to_end", "passkey", "make_select", "quest_extra_fraction"]
+__all__ = ["selection_grid", "end_to_end", "passkey", "make_select", "quest_extra_fraction", "PagedRecall"]
 
 
 def quest_extra_fraction(bits: int, head_dim: int, block_size: int) -> float:
@@ -131,7 +131,7 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
     logits = []
     for c0 in range(prefix_len, prefix_len + n_eval, chunk):
         c1 = min(prefix_len + n_eval, c0 + chunk)
-        logits.append(run.feed(ids[c0:c1]).to(torch.bfloat16))
+        logits.append(run.feed(ids[c0:c1]))
         bar.update(c1 - c0)
     bar.close()
     dense_logits = torch.cat(logits)
@@ -208,3 +208,29 @@ def passkey(model, tok, cfgs: Dict[str, GSAConfig], lengths: Sequence[int], dept
                 records.append(rec)
                 print(f"  passkey n={n} depth={depth:.0%} {name}: {rec['found']} ({ans.strip()!r})", flush=True)
     return records
+
+
+class PagedRecall:
+    """A :class:`PagedRun` observer: attention-mass recall of each decode step's
+    selection (dense softmax of the step's query over every cached key, mass
+    inside the selected blocks, mean over heads), per layer."""
+
+    def __init__(self):
+        self.acc = M.Accumulator()
+
+    def __call__(self, layer, step, q, k_cache, v_cache, table, seq_lens, sparse_table, sparse_lens):
+        bs = k_cache.shape[1]
+        n = int(seq_lens[0])
+        nblk = math.ceil(n / bs)
+        phys = table[0, :nblk].long()
+        keys = k_cache[phys].reshape(nblk * bs, *k_cache.shape[2:])[:n]
+        probs = S.dense_probs(q, keys, seq_lens.long().cpu(), q.shape[-1] ** -0.5)  # [1, Hq, n]
+        mass = S.block_mass(probs, bs)  # [1, Hq, nblk]
+        n_sel = math.ceil(int(sparse_lens[0]) / bs)
+        chosen = set(sparse_table[0, :n_sel].tolist())
+        sel = torch.tensor([[int(p) in chosen for p in phys.tolist()]])
+        self.acc.add("mass_recall", layer, M.mass_recall(mass, sel))
+
+    def summary(self) -> dict:
+        return {"mass_recall": self.acc.overall("mass_recall"),
+                "mass_recall_min_layer": min(self.acc.per_layer("mass_recall").values(), default=None)}
