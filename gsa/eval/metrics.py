@@ -57,16 +57,23 @@ _FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. 
            "There and back again. ")
 
 
-def passkey_prompt(tok, n_tokens: int, depth: float, passkey: int, chat: bool = True) -> torch.Tensor:
+def passkey_prompt(tok, n_tokens: int, depth: float, passkey: int, chat: bool = False) -> torch.Tensor:
     """A passkey-retrieval prompt of about ``n_tokens`` tokens: filler text with
     ``"The pass key is {passkey}. Remember it."`` at ``depth`` (0..1) of the filler,
-    then the question. Returns ``int64 [T]`` token ids."""
+    then the question, as plain text (``chat=True`` wraps it in the chat template;
+    SmolLM2-135M answers the plain form more reliably). Returns ``int64 [T]`` token ids."""
+    ids = _passkey_ids(tok, n_tokens, depth, passkey, chat, 0)
+    # re-tokenising decoded filler shifts the count a little: correct once
+    return _passkey_ids(tok, n_tokens, depth, passkey, chat, n_tokens - ids.shape[0])
+
+
+def _passkey_ids(tok, n_tokens, depth, passkey, chat, adjust):
     needle = f" The pass key is {passkey}. Remember it. {passkey} is the pass key. "
     head = "There is important info hidden inside a lot of irrelevant text. Find it and memorize it. "
     question = " What is the pass key? The pass key is"
     fill_ids = tok(_FILLER, add_special_tokens=False).input_ids
     fixed = len(tok(head + needle + question, add_special_tokens=False).input_ids) + 40
-    n_fill = max(0, n_tokens - fixed)
+    n_fill = max(0, n_tokens - fixed + adjust)
     reps = n_fill // len(fill_ids) + 1
     filler = (fill_ids * reps)[:n_fill]
     cut = int(round(depth * len(filler)))
