@@ -12,8 +12,10 @@ Public API:
 from gsa import ops, reference
 from gsa.dispatch import BackendUnavailableError, use_backend
 from gsa.validate import GSAInputError, set_debug
+from gsa.config import GSAConfig, GSAConfigError
+from gsa.sparse import GSASparse
 
 __version__ = "0.1.0"
 SPEC_VERSION = "1.1"
 
-__all__ = ["ops", "reference", "use_backend", "BackendUnavailableError", "GSAInputError", "set_debug", "__version__", "SPEC_VERSION"]
+__all__ = ["GSAConfig", "GSAConfigError", "GSASparse", "ops", "reference", "use_backend", "BackendUnavailableError", "GSAInputError", "set_debug", "__version__", "SPEC_VERSION"]

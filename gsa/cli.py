@@ -187,7 +187,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=f"gsa {name}", description=COMMANDS[name][1])
     cmd.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(cmd.run(args) or 0)
+    try:
+        return int(cmd.run(args) or 0)
+    except BrokenPipeError:  # `gsa configs | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
