@@ -100,8 +100,13 @@ def test_host_sparse_lengths_equal_kv_select(seed):
     """The Ascend adapter's host lengths (no device read) == kv_select's lengths."""
     g = torch.Generator().manual_seed(seed)
     bs = 32
-    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct").replace(chunk_size=bs, gpu_seq_len_threshold=64,
-                                                                must_select_blocks=(0, -1))
+    ratios = [1.0] * 30
+    ratios[2] = ratios[3] = 0.25  # one scoring layer (2) and one reusing it (3): quick weight set-up
+    reuse = [-1] * 30
+    reuse[3] = 2
+    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct").replace(
+        chunk_size=bs, gpu_seq_len_threshold=64, must_select_blocks=(0, -1), top_k_ratio_per_layer=ratios,
+        top_k_index_reuse=reuse)
     rt = _runtime_stub(cfg)
     b = 6
     seq = torch.randint(1, 900, (b,), generator=g)
@@ -121,6 +126,10 @@ def test_host_sparse_lengths_equal_kv_select(seed):
     sparse_table, sparse_lens = rt.select(l, state, q, table, seq.to(torch.int32))
     host = rt.host_sparse_lens(l, state)
     assert host.tolist() == sparse_lens.tolist()
+    # the reusing layer gets the very same selection, without scoring again
+    reused_table, reused_lens = rt.select(3, state, q, table, seq.to(torch.int32))
+    assert reused_table is sparse_table and reused_lens is sparse_lens
+    assert rt.host_sparse_lens(3, state).tolist() == host.tolist()
     # and the selection itself is the reference one
     q_rows = q[qsl[1:] - 1]
     budgets = torch.from_numpy(state.step.plan.budgets[l].astype(np.int32))
@@ -130,7 +139,7 @@ def test_host_sparse_lengths_equal_kv_select(seed):
     assert torch.equal(want_t, sparse_table) and torch.equal(want_l, sparse_lens)
     assert int(sparse_lens[1]) == int(seq[1])  # prefill row: all of it
     st = rt.stats()
-    assert st["sparse_steps"] == 1 and st["sparse_rows"] == int(state.step.plan.sparse_rows.sum()) and st["mixed_steps"] == 1
+    assert st["sparse_steps"] == 1 and st["layer_selections"] == 1 and st["sparse_rows"] == int(state.step.plan.sparse_rows.sum()) and st["mixed_steps"] == 1
 
 
 def test_ascend_hook_on_a_stand_in_platform(monkeypatch):

@@ -141,10 +141,10 @@ class GSAImplMixin:
         self.gsa = None
         if getattr(self, "attn_type", AttentionType.DECODER) != AttentionType.DECODER:
             return
-        if getattr(self, "kv_sharing_target_layer_name", None) is not None:
-            raise GSAVllmConfigError("GSA vLLM plugin: cross-layer KV sharing: expected none (each GSA layer "
-                                     "hashes its own keys)")
         self.gsa = runtime_at_init(device)
+        if self.gsa is not None and getattr(self, "kv_sharing_target_layer_name", None) is not None:
+            raise GSAVllmConfigError("GSA vLLM plugin: kv_sharing_target_layer_name: expected none (each GSA "
+                                     f"layer hashes its own keys), got {self.kv_sharing_target_layer_name!r}")
 
     # -- keys ------------------------------------------------------------
     def _gsa_cache_keys(self, layer: Any, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor,

@@ -44,9 +44,9 @@ class GSACPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
 
     def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
-        md = GSACPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
         rt = runtime_for(self._gsa_vllm_config)
         if rt is not None and not self.is_encoder_only_attention and not self.is_cross_attention:
+            md = GSACPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
             seq_lens, query_lens = host_lengths(common_attn_metadata)
             md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc)
             md.gsa.builder = self
