@@ -200,6 +200,21 @@ def test_entry_point_declared():
     assert [ep.value for ep in eps] == ["gsa.integrations.vllm:register"]
 
 
+def test_backends_registered_through_vllm_registry():
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from gsa.integrations.vllm.cpu import GSACPUAttentionBackend, GSACPUAttentionImpl
+    from gsa.integrations.vllm.cuda import GSAFlashAttentionBackend, GSAFlashAttentionMetadataBuilder
+
+    _ensure_plugin()
+    assert AttentionBackendEnum.CPU_ATTN.get_class() is GSACPUAttentionBackend
+    # the CUDA wrapper is importable on the CPU build; it keeps vLLM's name so the enum lookup works
+    assert AttentionBackendEnum.FLASH_ATTN.get_class() is GSAFlashAttentionBackend
+    assert GSAFlashAttentionBackend.get_name() == "FLASH_ATTN" and GSACPUAttentionBackend.get_name() == "CPU_ATTN"
+    assert issubclass(GSAFlashAttentionBackend.get_builder_cls(), GSAFlashAttentionMetadataBuilder)
+    assert GSACPUAttentionBackend.get_impl_cls() is GSACPUAttentionImpl
+
+
 def test_ratio_one_equals_dense(dense_tokens):
     llm = _start({"config": gsa_config(1.0), "log_every": 0})
     try:

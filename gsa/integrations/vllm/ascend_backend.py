@@ -100,10 +100,8 @@ class GSAAscendImpl(GSAImplMixin, AscendAttentionBackendImpl):
         seq_lens[:b] = torch.from_numpy(host).to(seq_lens.dtype)
         seq_lens_list = list(md.seq_lens_list)
         seq_lens_list[:b] = [int(x) for x in host]
-        block_tables = md.block_tables
-        table_full = block_tables.new_zeros((block_tables.shape[0], table.shape[1]))
-        table_full[:b] = table
-        return dataclasses.replace(md, block_tables=table_full, seq_lens=seq_lens, seq_lens_cpu=seq_lens,
+        # ``table`` already has every (padded) row of md.block_tables (see GSAImplMixin)
+        return dataclasses.replace(md, block_tables=table, seq_lens=seq_lens, seq_lens_cpu=seq_lens,
                                    seq_lens_list=seq_lens_list)
 
 

@@ -179,7 +179,12 @@ class GSAImplMixin:
         src = rt.policy.layer(l).selection_layer
         md = state.derived.get(src)
         if md is None:
-            table, lens = rt.select(l, state, query, *self._gsa_table_and_lens(attn_metadata))
+            full_table, full_lens = self._gsa_table_and_lens(attn_metadata)
+            table, lens = rt.select(l, state, query, full_table, full_lens)
+            if full_lens.shape[0] > lens.shape[0]:  # rows padded past the step's requests keep theirs
+                b = lens.shape[0]
+                lens = torch.cat([lens, full_lens[b:].to(lens.dtype)])
+                table = torch.cat([table, table.new_zeros((full_table.shape[0] - b, table.shape[1]))])
             md = self._sparse_metadata(attn_metadata, table, lens, state, src)
             state.derived[src] = md
         out = base_forward(layer, query, key, value, kv_cache, md, output, **kw)

@@ -209,7 +209,8 @@ class GSAVllmRuntime:
         c.sparse_rows += int(step.plan.sparse_rows.sum())
         if bool((plan_q > 1).any()):
             c.mixed_steps += 1
-        q_rows = (query_start_loc[1:].to(torch.int64) - 1).clamp(min=0)
+        # the step's rows only (a CUDA runner may pad query_start_loc for graphs)
+        q_rows = (query_start_loc[1 : s.shape[0] + 1].to(torch.int64) - 1).clamp(min=0)
         self._maybe_log()
         return StepState(step=step, q_rows=q_rows, host_seq_lens=s)
 
