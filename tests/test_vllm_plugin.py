@@ -113,7 +113,11 @@ def gsa_config(ratio: float, reuse: bool = False) -> dict:
 def _ensure_plugin() -> None:
     from importlib.metadata import entry_points
 
-    if not any(ep.value == "gsa.integrations.vllm:register" for ep in entry_points(group="vllm.general_plugins")):
+    if any(ep.value == "gsa.integrations.vllm:register" for ep in entry_points(group="vllm.general_plugins")):
+        from vllm.plugins import load_general_plugins
+
+        load_general_plugins()  # what every vLLM process does at start (idempotent)
+    else:
         gv.register()  # a source checkout without `pip install -e .`: register by hand
 
 
