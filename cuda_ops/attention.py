@@ -1,0 +1,174 @@
+"""Triton paged decode attention: spec section 7 (docs/spec.md).
+
+Split-KV flash decoding. Kernel 1, grid ``(B, Hkv, S)``: the program for
+(row, KV head, split) keeps the whole GQA group of that KV head (``G`` query
+heads, padded to the 16-row minimum of a tensor-core product) in one tile,
+streams the split's tokens through the block table in tiles of ``BLOCK_N``
+tokens, and keeps an online softmax in fp32 (base-2 exponent). It writes the
+unnormalised partial output and its running max and sum. Kernel 2, grid
+``(B, Hq)``: rescales and sums the ``S`` partials. The split count is a
+function of the table width ``M`` (a shape), never of ``seq_lens`` (device
+data), so the launch is the same on every step: CUDA-graph safe.
+
+Dense and sparse attention are this same kernel on different tables:
+``(block_table, seq_lens)`` or ``kv_select``'s ``(sparse_block_table, sparse_seq_lens)``.
+Block ids are clamped to ``[0, NB)``: a bad id never reads out of bounds.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpreting
+
+__all__ = ["paged_decode_attention", "split_plan"]
+
+INTERPRET = interpreting()
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_split_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, sl_ptr, o_ptr, m_ptr, l_ptr,
+    qk_scale, NB, TOK_PER_SPLIT,
+    sq_b, sq_h, sk_n, sk_t, sk_h, sv_n, sv_t, sv_h, sbt_b,
+    so_b, so_h, so_s, sm_b, sm_h,
+    BS: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    """``q [B, Hq, D]``, ``k/v [NB, BS, Hkv, D]``, ``bt int32 [B, M]``, ``sl int32 [B]``
+    -> ``o fp32 [B, Hq, S, D]`` (unnormalised), ``m, l fp32 [B, Hq, S]`` (base-2 max, sum)."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    seq = tl.load(sl_ptr + b)
+    start = s * TOK_PER_SPLIT
+    end = tl.minimum(start + TOK_PER_SPLIT, seq)
+    gg = tl.arange(0, BLOCK_G)
+    dd = tl.arange(0, BLOCK_D)
+    gmask = gg < G
+    dmask = dd < D
+    heads = h * G + gg
+    q = tl.load(q_ptr + b * sq_b + heads[:, None] * sq_h + dd[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    nn = tl.arange(0, BLOCK_N)
+    for t0 in range(start, end, BLOCK_N):
+        t = t0 + nn
+        tmask = t < end
+        blk = tl.load(bt_ptr + b * sbt_b + t // BS, mask=tmask, other=0)
+        blk = tl.minimum(tl.maximum(blk, 0), NB - 1).to(tl.int64)
+        off = t % BS
+        lmask = tmask[:, None] & dmask[None, :]
+        kt = tl.load(k_ptr + blk[:, None] * sk_n + off[:, None] * sk_t + h * sk_h + dd[None, :], mask=lmask, other=0.0)
+        vt = tl.load(v_ptr + blk[:, None] * sv_n + off[:, None] * sv_t + h * sv_h + dd[None, :], mask=lmask, other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        if IEEE:
+            logits = tl.dot(q, tl.trans(kt), input_precision="ieee")
+        else:
+            logits = tl.dot(q, tl.trans(kt))
+        logits = tl.where(tmask[None, :], logits * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+        p = tl.exp2(logits - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, vt, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m_i = m_new
+    o_off = b * so_b + heads[:, None] * so_h + s * so_s + dd[None, :]
+    tl.store(o_ptr + o_off, acc, mask=gmask[:, None] & dmask[None, :])
+    tl.store(m_ptr + b * sm_b + heads * sm_h + s, m_i, mask=gmask)
+    tl.store(l_ptr + b * sm_b + heads * sm_h + s, l_i, mask=gmask)
+
+
+@triton.jit
+def _attn_reduce_kernel(o_ptr, m_ptr, l_ptr, out_ptr, S,
+                        so_b, so_h, so_s, sm_b, sm_h, sout_b, sout_h,
+                        D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Partials of ``(b, q) = program_id`` -> ``out [B, Hq, D]`` in ``out``'s dtype."""
+    b = tl.program_id(0)
+    hq = tl.program_id(1)
+    ss = tl.arange(0, BLOCK_S)
+    dd = tl.arange(0, BLOCK_D)
+    smask = ss < S
+    m = tl.load(m_ptr + b * sm_b + hq * sm_h + ss, mask=smask, other=float("-inf"))
+    l = tl.load(l_ptr + b * sm_b + hq * sm_h + ss, mask=smask, other=0.0)
+    m_all = tl.max(m, axis=0)  # finite: split 0 holds token 0 (seq_len >= 1)
+    wgt = tl.where(smask & (l > 0), tl.exp2(m - m_all), 0.0)
+    o = tl.load(o_ptr + b * so_b + hq * so_h + ss[:, None] * so_s + dd[None, :],
+                mask=smask[:, None] & (dd < D)[None, :], other=0.0)
+    out = tl.sum(o * wgt[:, None], axis=0) / tl.sum(l * wgt, axis=0)
+    tl.store(out_ptr + b * sout_b + hq * sout_h + dd, out.to(out_ptr.dtype.element_ty), mask=dd < D)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16,
+               min_tokens: int = 256):
+    """``(splits, tokens_per_split)`` from shapes only: about ``per_sm`` programs per SM,
+    but no split shorter than ``min_tokens`` (short splits are latency-bound)."""
+    max_tokens = m * bs
+    want = max(1, math.ceil(per_sm * _sm_count(device) / max(1, b * hkv)))
+    if INTERPRET or device.type != "cuda":
+        want = 2  # exercise the reduce step without slowing the interpreter
+    per = max(block_n, math.ceil(max_tokens / want))
+    if not (INTERPRET or device.type != "cuda"):
+        per = max(per, min_tokens)
+    per = math.ceil(per / block_n) * block_n
+    return math.ceil(max_tokens / per), per
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
+                           num_warps=4, num_stages=4, per_sm=16, min_tokens=256):
+    """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
+    [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
+    The keyword arguments are launch knobs for benchmarks; the op uses the defaults."""
+    b, hq, d = q.shape
+    nb, bs, hkv, _ = k_cache.shape
+    m = block_table.shape[1]
+    g = hq // hkv
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out = torch.empty_like(q)
+    if b == 0:
+        return out
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k_cache = k_cache if k_cache.stride(-1) == 1 else k_cache.contiguous()
+    v_cache = v_cache if v_cache.stride(-1) == 1 else v_cache.contiguous()
+    block_d = max(16, triton.next_power_of_2(d))
+    block_g = max(16, triton.next_power_of_2(g))
+    ieee = q.dtype == torch.float32
+    if block_n is None:
+        block_n = 32 if (ieee or block_d > 128) else 64
+    splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
+    o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
+    mm, ll = ml[0], ml[1]
+    _attn_split_kernel[(b, hkv, splits)](
+        q, k_cache, v_cache, block_table, seq_lens, o, mm, ll,
+        scale * _LOG2E, nb, per,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+        o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
+        BS=bs, G=g, D=d, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n,
+        UPCAST=INTERPRET, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
+    )
+    _attn_reduce_kernel[(b, hq)](
+        o, mm, ll, out, splits, o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
+        out.stride(0), out.stride(1), D=d, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+    )
+    return out

@@ -1,0 +1,67 @@
+/**
+ * Shared device helpers of the GSA AscendC kernels (Atlas A2 / A3, dav-c220).
+ *
+ * Why the kernels look the way they do:
+ *  - A2/A3 have no vector popcount, so Hamming similarity uses an exact scalar
+ *    popcount on 32-bit code words (SWAR, integers only). Scores are integers in
+ *    1/16 units (spec 1.1) held in int32; nothing is ever quantised.
+ *  - Bulk data (codes, weights) moves GM <-> UB with DataCopyPad (any byte count,
+ *    A2/A3 support it); small per-row values (block ids, lengths) are read with
+ *    GlobalTensor::GetValue on the scalar unit.
+ *  - Between an MTE copy and scalar/vector use of the same buffer the kernels
+ *    place a full PipeBarrier<PIPE_ALL>(). It is the coarsest correct sync; finer
+ *    SetFlag/WaitFlag pairs are a later optimisation, after hardware runs.
+ *  - Every kernel strides its work items over GetBlockNum() cores (one launch of
+ *    "number of vector cores" blocks), so the grid never depends on the batch.
+ */
+#ifndef GSA_KERNEL_COMMON_H
+#define GSA_KERNEL_COMMON_H
+
+#include "kernel_operator.h"
+
+namespace gsa {
+
+constexpr int32_t kInt32Min = -2147483647 - 1;
+constexpr int32_t kInt32Max = 2147483647;
+
+/** Set bits of a 32-bit word (SWAR on the scalar unit; unsigned, so shifts are logical). */
+__aicore__ inline int32_t Popc32(uint32_t v)
+{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    v = v + (v >> 8);
+    v = v + (v >> 16);
+    return static_cast<int32_t>(v & 0x3Fu);
+}
+
+/** GM -> UB copy of `bytes` contiguous bytes (no alignment requirement on the length). */
+template <typename T>
+__aicore__ inline void CopyIn(const AscendC::LocalTensor<T>& dst, const AscendC::GlobalTensor<T>& src, uint32_t count)
+{
+    AscendC::DataCopyExtParams p{1, static_cast<uint32_t>(count * sizeof(T)), 0, 0, 0};
+    AscendC::DataCopyPadExtParams<T> pad{false, 0, 0, 0};
+    AscendC::DataCopyPad(dst, src, p, pad);
+}
+
+/** UB -> GM copy of `count` elements (exactly those bytes are written, nothing past them). */
+template <typename T>
+__aicore__ inline void CopyOut(const AscendC::GlobalTensor<T>& dst, const AscendC::LocalTensor<T>& src, uint32_t count)
+{
+    AscendC::DataCopyExtParams p{1, static_cast<uint32_t>(count * sizeof(T)), 0, 0, 0};
+    AscendC::DataCopyPad(dst, src, p);
+}
+
+__aicore__ inline void FullSync()
+{
+    AscendC::PipeBarrier<PIPE_ALL>();
+}
+
+__aicore__ inline int64_t Clamp64(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+}  // namespace gsa
+
+#endif  // GSA_KERNEL_COMMON_H
