@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
     """'shipped' -> the shipped config (seq-len threshold 1 unless ``shipped_threshold``);
-    'dense'; 'r<ratio>-b<bits>[-trained]'."""
+    'dense'; 'r<ratio>-b<bits>[-trained][-bs<block size>]' (the shipped config with every
+    sparse layer at that ratio, bits, weights and block size; seq-len threshold 1)."""
     from gsa.eval.model import eval_config
     from gsa.eval.train import default_bundle
     if name == "shipped":
@@ -52,12 +53,18 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
         return eval_config(cfg, ratio=1.0)
     parts = name.split("-")
     ratio, bits = float(parts[0][1:]), int(parts[1][1:])
-    hw = None
-    if len(parts) > 2 and parts[2] == "trained":
-        hw = default_bundle(model, bits)
-        if not hw.is_file():
-            raise SystemExit(f"gsa eval: {name} needs {hw}: run `gsa train-hash --model {model} --bits {bits}` first")
-    return eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
+    hw, bs = None, None
+    for extra in parts[2:]:
+        if extra == "trained":
+            hw = default_bundle(model, bits)
+            if not hw.is_file():
+                raise SystemExit(f"gsa eval: {name} needs {hw}: run `gsa train-hash --model {model} --bits {bits}` first")
+        elif extra.startswith("bs"):
+            bs = int(extra[2:])
+        else:
+            raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} (expected 'trained' or 'bs<N>')")
+    c = eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
+    return c.replace(chunk_size=bs) if bs else c
 
 
 def run(args) -> int:

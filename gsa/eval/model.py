@@ -96,7 +96,7 @@ def eval_config(cfg: GSAConfig, ratio: Optional[float] = None, bits: Optional[in
     if bits is not None:
         ch["hash_bits"] = int(bits)
     if hash_weight is not None:
-        ch["hash_weight_type"], ch["hash_weight"] = "file", str(hash_weight)
+        ch["hash_weight_type"], ch["hash_weight"], ch["seed"] = "file", str(hash_weight), None
     if threshold is not None:
         ch["gpu_seq_len_threshold"] = int(threshold)
     return cfg.replace(**ch) if ch else cfg

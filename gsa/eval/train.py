@@ -50,7 +50,7 @@ def capture(model, tok, text: str, n_tokens: int) -> Dict[int, tuple]:
     return store
 
 
-def train_head(q: torch.Tensor, k: torch.Tensor, w0: torch.Tensor, steps: int = 60, n_queries: int = 128,
+def train_head(q: torch.Tensor, k: torch.Tensor, w0: torch.Tensor, steps: int = 40, n_queries: int = 96,
                top: int = 32, lr: float = 1e-2, tau: float = 8.0, balance: float = 0.1, decor: float = 0.1,
                seed: int = 0) -> torch.Tensor:
     """One KV head: ``q [T, G, D]`` (its group's query heads), ``k [T, D]``, start
@@ -90,8 +90,8 @@ def train_head(q: torch.Tensor, k: torch.Tensor, w0: torch.Tensor, steps: int = 
     return w.detach().float()
 
 
-def train_hash(model, tok, cfg, text: str, bits: int, out: pathlib.Path, n_tokens: int = 2048,
-               steps: int = 150, captured: Optional[dict] = None, log=print) -> pathlib.Path:
+def train_hash(model, tok, cfg, text: str, bits: int, out: pathlib.Path, n_tokens: int = 1024,
+               steps: int = 40, captured: Optional[dict] = None, log=print) -> pathlib.Path:
     """Train every scoring layer's ``[Hkv, D, R]`` projection at ``bits`` bits and save a bundle."""
     from safetensors.torch import save_file
     from gsa.eval.model import eval_config
@@ -100,24 +100,26 @@ def train_hash(model, tok, cfg, text: str, bits: int, out: pathlib.Path, n_token
     cfg_b = eval_config(cfg, bits=bits, threshold=None)
     store = captured if captured is not None else capture(model, tok, text, n_tokens)
     hkv, d = cfg.num_key_value_heads, cfg.head_dim
-    tensors = {}
     t0 = time.time()
     sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
-    for l in range(cfg.num_hidden_layers):
-        w0 = load_hash_weights(cfg_b, l).clone()
-        if l in sparse:
-            q, k = store[l]
-            g = q.shape[1] // hkv
-            heads = []
-            for h in range(hkv):
-                heads.append(train_head(q[:, h * g:(h + 1) * g], k[:, h], w0[h], steps=steps, seed=l * 131 + h))
-            w0 = torch.stack(heads)
-            log(f"  layer {l}: trained {hkv} heads ({time.time() - t0:.0f}s)")
-        tensors[tensor_name(l)] = w0.contiguous()
+    tensors = {tensor_name(l): load_hash_weights(cfg_b, l).clone().contiguous() for l in range(cfg.num_hidden_layers)}
+    trained = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"format": "gsa-hash-weights", "model_name": cfg.model_name,
-                                           "num_hidden_layers": str(cfg.num_hidden_layers), "hash_bits": str(bits),
-                                           "recipe": "HATA learning-to-hash (gsa.eval.train)"})
+    for l in sparse:
+        q, k = store[l]
+        g = q.shape[1] // hkv
+        w0 = tensors[tensor_name(l)]
+        tensors[tensor_name(l)] = torch.stack([
+            train_head(q[:, h * g:(h + 1) * g], k[:, h], w0[h], steps=steps, seed=l * 131 + h) for h in range(hkv)
+        ]).contiguous()
+        trained.append(l)
+        # saved after every layer: an interrupted run still leaves a usable bundle
+        # (untrained layers keep the seeded random projection; metadata lists the trained ones)
+        save_file(tensors, str(out), metadata={
+            "format": "gsa-hash-weights", "model_name": cfg.model_name, "num_hidden_layers": str(cfg.num_hidden_layers),
+            "hash_bits": str(bits), "recipe": "HATA learning-to-hash (gsa.eval.train)",
+            "trained_layers": ",".join(map(str, trained)), "steps": str(steps)})
+        log(f"  layer {l}: trained {hkv} heads ({time.time() - t0:.0f}s)")
     return out
 
 
@@ -126,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
     parser.add_argument("--bits", type=int, nargs="+", default=[128], help="hash bits (one bundle each)")
     parser.add_argument("--tokens", type=int, default=1024, help="training tokens of Shakespeare to capture")
-    parser.add_argument("--steps", type=int, default=60, help="optimiser steps per layer and KV head")
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per layer and KV head")
     parser.add_argument("--out", default=None, help="output folder (default: the cache's hash_weights/)")
     parser.add_argument("--threads", type=int, default=None)
 
