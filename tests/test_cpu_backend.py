@@ -432,6 +432,51 @@ def test_select_property(b, hkv, gq, words, rope_words, bs, m, method, w16, forc
 
 
 @needs_ext
+def test_concurrent_callers_share_the_pool():
+    """Several Python threads at once (the GIL is released; one worker pool): every result exact."""
+    import threading
+
+    g = torch.Generator().manual_seed(13)
+    cases = [_random_case(g, 3, 2, 4, 16, 8, 30, method=m) for m in ("max", "mean", "max", "mean")]
+    wants = [ref.hamming_dist_top_k(*a) for a in cases]
+    errors = []
+    old = cpu_ops.get_num_threads()
+    cpu_ops.set_num_threads(3)
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                got = _kernels().hamming_dist_top_k(*cases[i])
+                if not (torch.equal(got[0], wants[i][0]) and torch.equal(got[1], wants[i][1])):
+                    errors.append(i)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        cpu_ops.set_num_threads(old)
+    assert not errors
+
+
+@needs_ext
+def test_env_forces_path_and_threads():
+    code = "import torch, cpu_ops; print(cpu_ops.get_path(), cpu_ops.get_num_threads())"
+    env = dict(os.environ, GSA_CPU_PATH="portable", GSA_CPU_THREADS="3", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["portable", "3"]
+    env["GSA_CPU_PATH"] = "sse9"
+    code = "import torch, cpu_ops; ok, why = cpu_ops.probe(); print(ok); print(why)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split("\n")[0] == "False" and "unknown code path" in out.stdout
+
+
+@needs_ext
 def test_public_op_through_dispatch():
     g = torch.Generator().manual_seed(11)
     args = _random_case(g, 4, 2, 2, 16, 8, 10)

@@ -63,15 +63,26 @@ GSA_INLINE uint64_t load_unit(const uint8_t* p) {
   return v;
 }
 
-template <int UB>
+// HW: the caller's target has a popcount instruction. Otherwise, on baseline
+// x86-64 the builtin becomes a libgcc call per word, so count bits with the
+// SWAR bit trick inline instead (other targets' builtins are fine as they are).
+template <int UB, bool HW>
 GSA_INLINE uint64_t popc(uint64_t x) {
+#if GSA_X86 && !defined(__POPCNT__)
+  if (!HW) {
+    x -= (x >> 1) & 0x5555555555555555ull;
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (x * 0x0101010101010101ull) >> 56;
+  }
+#endif
   return UB == 8 ? static_cast<uint64_t>(__builtin_popcountll(x))
                  : static_cast<uint64_t>(__builtin_popcount(static_cast<uint32_t>(x)));
 }
 
 // Scalar body, inlined into each path's function so that it gets that path's
 // popcount instruction (baseline: the compiler's bit-trick routine).
-template <int UB>
+template <int UB, bool HW>
 GSA_INLINE void acc_scalar_body(const ScoreProblem& p, const uint8_t* qrow, const uint8_t* kblk, int64_t n,
                                 uint64_t* acc) {
   const int64_t U = p.C / UB, C = p.C, G = p.G, bs = p.bs;
@@ -85,7 +96,7 @@ GSA_INLINE void acc_scalar_body(const ScoreProblem& p, const uint8_t* qrow, cons
       for (int64_t u = 0; u < U; ++u) {
         const uint64_t x = load_unit<UB>(ks + u * UB);
         uint64_t c = 0;
-        for (int64_t g = 0; g < G; ++g) c += popc<UB>(x ^ load_unit<UB>(qh + g * C + u * UB));
+        for (int64_t g = 0; g < G; ++g) c += popc<UB, HW>(x ^ load_unit<UB>(qh + g * C + u * UB));
         as[u] += c;
       }
     }
@@ -94,18 +105,18 @@ GSA_INLINE void acc_scalar_body(const ScoreProblem& p, const uint8_t* qrow, cons
 
 void acc_portable_u64(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
                       int64_t n, uint64_t* acc, const uint64_t*) {
-  acc_scalar_body<8>(p, qrow, kblk, n, acc);
+  acc_scalar_body<8, false>(p, qrow, kblk, n, acc);
 }
 void acc_portable_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*, int64_t, const uint8_t* kblk,
                       int64_t n, uint64_t* acc, const uint64_t*) {
-  acc_scalar_body<4>(p, qrow, kblk, n, acc);
+  acc_scalar_body<4, false>(p, qrow, kblk, n, acc);
 }
 
 #if GSA_X86
 __attribute__((target("popcnt"))) void acc_popcnt_u32(const ScoreProblem& p, const uint8_t* qrow, const uint64_t*,
                                                       int64_t, const uint8_t* kblk, int64_t n, uint64_t* acc,
                                                       const uint64_t*) {
-  acc_scalar_body<4>(p, qrow, kblk, n, acc);
+  acc_scalar_body<4, true>(p, qrow, kblk, n, acc);
 }
 
 // AVX2 has no vector popcount: count each nibble with a 16-entry shuffle table
