@@ -116,6 +116,8 @@ setup(
             "triton=cuda_ops:register",
             "npu=npu_ops:register",
         ],
+        # vLLM loads general plugins in every process; ours only registers class paths
+        "vllm.general_plugins": ["gsa=gsa.integrations.vllm:register"],
     },
     ext_modules=_cpu_extension(),
     cmdclass={"build_ext": OptionalBuildExt},

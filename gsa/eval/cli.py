@@ -1,0 +1,134 @@
+"""``gsa eval``: run the accuracy harness and write benchmarks/results/accuracy_<tag>.*
+
+Examples (docs/accuracy.md lists the runs behind the published numbers)::
+
+    gsa eval --model smollm2 --parts grid e2e --prefix 4096 --eval-tokens 2048
+    gsa eval --model smollm2 --parts passkey --lengths 2048 4096 8192 --depths 0.1 0.5 0.9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``gsa eval`` arguments."""
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    parser.add_argument("--parts", nargs="+", default=["grid", "e2e", "passkey"], choices=["grid", "e2e", "passkey"])
+    parser.add_argument("--prefix", type=int, default=4096, help="dense prefix tokens before the evaluated ones")
+    parser.add_argument("--eval-tokens", type=int, default=2048, help="teacher-forced decode positions")
+    parser.add_argument("--sample-every", type=int, default=32, help="grid: score every n-th decode position")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 1 / 8, 1 / 16])
+    parser.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--trained", action="store_true", help="also score trained weights (gsa train-hash bundles)")
+    parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
+                        help="e2e configs: 'shipped' or 'r<ratio>-b<bits>[-trained]'")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"])
+    parser.add_argument("--book", default="emma", help="Austen novel for the grid / e2e text")
+    parser.add_argument("--tag", default=None, help="results name (default: the model)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
+    """'shipped' -> the shipped config (seq-len threshold 1 unless ``shipped_threshold``);
+    'dense'; 'r<ratio>-b<bits>[-trained][-bs<block size>]' (the shipped config with every
+    sparse layer at that ratio, bits, weights and block size; seq-len threshold 1)."""
+    from gsa.eval.model import eval_config
+    from gsa.eval.train import default_bundle
+    if name == "shipped":
+        return eval_config(cfg, threshold=None if shipped_threshold else 1)
+    if name == "dense":
+        return eval_config(cfg, ratio=1.0)
+    parts = name.split("-")
+    ratio, bits = float(parts[0][1:]), int(parts[1][1:])
+    hw, bs = None, None
+    for extra in parts[2:]:
+        if extra == "trained":
+            hw = default_bundle(model, bits)
+            if not hw.is_file():
+                raise SystemExit(f"gsa eval: {name} needs {hw}: run `gsa train-hash --model {model} --bits {bits}` first")
+        elif extra.startswith("bs"):
+            bs = int(extra[2:])
+        else:
+            raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} (expected 'trained' or 'bs<N>')")
+    c = eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
+    return c.replace(chunk_size=bs) if bs else c
+
+
+def run(args) -> int:
+    """Run ``gsa eval``; writes JSON, markdown and plots; returns 0."""
+    from gsa.eval import assets, harness
+    from gsa.eval.model import load_model
+    from gsa.eval.report import write_results
+    from gsa.eval.train import default_bundle
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, cfg = load_model(args.model, args.device)
+    tag = args.tag or args.model
+    out_dir = pathlib.Path(args.out)
+    weights = {"random": None}
+    if args.trained:
+        paths = {b: str(default_bundle(args.model, b)) for b in args.bits if default_bundle(args.model, b).is_file()}
+        if paths:
+            weights["trained"] = paths
+    res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
+                    "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratios": args.ratios,
+                    "bits": args.bits, "weights": list(weights), "block_size": cfg.chunk_size,
+                    "must_select_blocks": list(cfg.must_select_blocks), "device": args.device,
+                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "seq_len_threshold": "1 (every decode step sparse) except passkey 'shipped' (2048)"}}
+    t0 = time.time()
+    if "grid" in args.parts or "e2e" in args.parts:
+        text = assets.austen_texts()[args.book]
+        print(f"[gsa eval] grid: {args.prefix} prefix + {args.eval_tokens} tokens of {args.book}", flush=True)
+        g = harness.selection_grid(model, tok, cfg, text, args.prefix, args.eval_tokens, args.ratios, args.bits,
+                                   weights, sample_every=args.sample_every)
+        res["grid"], res["dense_ppl"] = g["grid"], g["dense_ppl"]
+        res["meta"]["sparse_layers"] = g["sparse_layers"]
+        res["meta"]["grid_seconds"] = g["seconds"]
+        write_results(res, out_dir, tag)
+        if "e2e" in args.parts:
+            cfgs = {n: _named_config(cfg, n, args.model) for n in args.e2e}
+            res["e2e"] = {}
+            for n, c in cfgs.items():
+                res["e2e"].update(harness.end_to_end(model, g, {n: c}, args.prefix, args.eval_tokens))
+                write_results(res, out_dir, tag)
+        del g
+    if "passkey" in args.parts:
+        cfgs = {"dense": _named_config(cfg, "dense", args.model)}
+        for n in args.passkey_configs:
+            cfgs[n] = _named_config(cfg, n, args.model, shipped_threshold=True)
+        groups = {}
+        for n, c in cfgs.items():  # one prefill per (bits, weights) group
+            groups.setdefault((c.hash_bits, c.hash_weight), {})[n] = c
+        res["passkey"] = []
+        for n in args.lengths:
+            for d in args.depths:
+                for grp in groups.values():
+                    res["passkey"] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d))
+                write_results(res, out_dir, tag)
+    res["meta"]["total_seconds"] = time.time() - t0
+    paths = write_results(res, out_dir, tag)
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="gsa eval")
+    add_arguments(ap)
+    sys.exit(run(ap.parse_args()))

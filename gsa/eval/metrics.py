@@ -1,0 +1,120 @@
+"""Accuracy metrics (pure torch; tests/test_eval_metrics.py checks them on known answers).
+
+Shapes: ``N`` rows (decode steps), ``Hq`` query heads, ``NBLK`` blocks, ``V`` vocabulary.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["mass_recall", "block_recall", "kl_and_agreement", "perplexity", "passkey_prompt",
+           "passkey_found", "Accumulator"]
+
+
+def mass_recall(mass: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Attention-mass recall per row: the dense softmax mass inside the selected
+    blocks, averaged over heads. ``mass float [N, Hq, NBLK]`` (each head's blocks
+    sum to 1), ``selected bool [N, NBLK]`` -> ``float [N]`` in [0, 1]."""
+    return (mass * selected.unsqueeze(1)).sum(dim=2).mean(dim=1)
+
+
+def block_recall(selected: torch.Tensor, oracle: torch.Tensor, forced: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fraction of the oracle's blocks that ``selected`` also picked, per row,
+    ``bool [N, NBLK]`` each -> ``float [N]``. ``forced`` blocks (picked by both by
+    rule) are left out so they do not inflate the score; a row whose oracle has
+    no free pick scores 1."""
+    if forced is not None:
+        nblk = selected.shape[1]
+        f = forced[:, :nblk] if forced.shape[1] >= nblk else torch.nn.functional.pad(forced, (0, nblk - forced.shape[1]))
+        selected, oracle = selected & ~f, oracle & ~f
+    hit = (selected & oracle).sum(dim=1).double()
+    tot = oracle.sum(dim=1).double()
+    return torch.where(tot > 0, hit / tot.clamp(min=1), torch.ones_like(tot))
+
+
+def kl_and_agreement(dense_logits: torch.Tensor, sparse_logits: torch.Tensor) -> Dict[str, float]:
+    """Teacher-forced comparison over ``N`` positions, logits ``[N, V]`` each:
+    ``kl`` = mean over positions of KL(dense || sparse) in nats; ``agreement`` =
+    fraction of positions with the same argmax."""
+    ld = torch.log_softmax(dense_logits.float(), dim=-1)
+    ls = torch.log_softmax(sparse_logits.float(), dim=-1)
+    kl = (ld.exp() * (ld - ls)).sum(dim=-1)
+    agree = (dense_logits.argmax(dim=-1) == sparse_logits.argmax(dim=-1)).double()
+    return {"kl": float(kl.mean()), "agreement": float(agree.mean()), "n": int(kl.shape[0])}
+
+
+def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """``exp(mean NLL)`` of ``targets int [N]`` under ``logits [N, V]`` (position ``i``
+    predicts ``targets[i]``)."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets.long(), reduction="mean")
+    return float(torch.exp(nll))
+
+
+_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
+           "There and back again. ")
+
+
+def passkey_prompt(tok, n_tokens: int, depth: float, passkey: int, chat: bool = False) -> torch.Tensor:
+    """A passkey-retrieval prompt of about ``n_tokens`` tokens: filler text with
+    ``"The pass key is {passkey}. Remember it."`` at ``depth`` (0..1) of the filler,
+    then the question, as plain text (``chat=True`` wraps it in the chat template;
+    SmolLM2-135M answers the plain form more reliably). Returns ``int64 [T]`` token ids."""
+    ids = _passkey_ids(tok, n_tokens, depth, passkey, chat, 0)
+    # re-tokenising decoded filler shifts the count a little: correct once
+    return _passkey_ids(tok, n_tokens, depth, passkey, chat, n_tokens - ids.shape[0])
+
+
+def _passkey_ids(tok, n_tokens, depth, passkey, chat, adjust):
+    needle = f" The pass key is {passkey}. Remember it. {passkey} is the pass key. "
+    head = "There is important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    question = " What is the pass key? The pass key is"
+    fill_ids = tok(_FILLER, add_special_tokens=False).input_ids
+    fixed = len(tok(head + needle + question, add_special_tokens=False).input_ids) + 40
+    n_fill = max(0, n_tokens - fixed + adjust)
+    reps = n_fill // len(fill_ids) + 1
+    filler = (fill_ids * reps)[:n_fill]
+    cut = int(round(depth * len(filler)))
+    cut -= cut % len(fill_ids) if len(filler) > len(fill_ids) else 0  # cut on a sentence boundary
+    before, after = tok.decode(filler[:cut]), tok.decode(filler[cut:])
+    body = head + before + needle + after
+    if chat and getattr(tok, "chat_template", None):
+        msgs = [{"role": "user", "content": body + "\nWhat is the pass key?"}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + "The pass key is"
+    else:
+        text = body + question
+    return torch.tensor(tok(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+def passkey_found(answer: str, passkey: int) -> bool:
+    """Whether the generated ``answer`` contains the pass key's digits (first number in it)."""
+    import re
+    m = re.search(r"\d+", answer.replace(",", ""))
+    return m is not None and m.group(0) == str(passkey)
+
+
+class Accumulator:
+    """Running means keyed by name, per layer and overall."""
+
+    def __init__(self):
+        self.sum: Dict[str, Dict[int, float]] = {}
+        self.cnt: Dict[str, Dict[int, int]] = {}
+
+    def add(self, name: str, layer: int, values: torch.Tensor) -> None:
+        self.sum.setdefault(name, {}).setdefault(layer, 0.0)
+        self.cnt.setdefault(name, {}).setdefault(layer, 0)
+        self.sum[name][layer] += float(values.double().sum())
+        self.cnt[name][layer] += int(values.numel())
+
+    def per_layer(self, name: str) -> Dict[int, float]:
+        return {l: self.sum[name][l] / self.cnt[name][l] for l in sorted(self.sum.get(name, {}))}
+
+    def overall(self, name: str) -> float:
+        s = sum(self.sum.get(name, {}).values())
+        c = sum(self.cnt.get(name, {}).values())
+        return s / c if c else float("nan")
+
+    def names(self) -> List[str]:
+        return sorted(self.sum)

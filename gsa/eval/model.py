@@ -1,0 +1,315 @@
+"""A Hugging Face causal LM with GSA in its decode path (docs/accuracy.md).
+
+The model runs with ``use_cache=False`` and our own attention function
+(registered with transformers as ``"gsa_eval"``), which owns the KV cache:
+
+* **Paged mode** (:class:`PagedRun`, the serving path): K and V live in paged
+  caches ``[NB, bs, Hkv, D]`` behind a shuffled block table (so the path must
+  follow the table); each new key is hashed into the layer's hash cache as it
+  is produced (``GSASparse.cache_keys`` -> ``gsa.ops.hash_encode_and_cache``);
+  prefill is dense (causal SDPA over the gathered cache, in chunks); each decode
+  step plans with ``GSASparse.begin_step`` and attends with
+  ``GSASparse.decode_attention`` (``hamming_dist_top_k`` -> ``kv_select`` ->
+  ``paged_decode_attention``; dense layers and reuse per the config).
+* **Teacher-forced mode** (:class:`TeacherForcedRun`, for long metric runs):
+  ``N`` known tokens after a prefix go through the model in one pass per chunk;
+  query ``i`` attends to the blocks that the decode step at its position would
+  select (scored with codes from ``gsa.ops.hash_encode``, selection checked
+  against ``gsa.ops.hamming_dist_top_k`` on sampled rows, see
+  :mod:`gsa.eval.selectors`). Causality makes this equal to ``N`` sequential
+  decode steps (tests/test_eval_model.py checks it against the paged path).
+
+Shapes: ``T`` new tokens, ``S`` tokens in the cache, ``Hq``/``Hkv`` heads, ``D``
+head dim, ``bs`` = the config's ``chunk_size``. Batch size is 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from gsa.config import GSAConfig
+from gsa.sparse import GSASparse
+
+__all__ = ["load_model", "eval_config", "PagedRun", "TeacherForcedRun", "ATTN_NAME"]
+
+ATTN_NAME = "gsa_eval"
+_ACTIVE = threading.local()
+_PREFILL_CHUNK = 1024  # query rows per SDPA call: bounds the [Hq, rows, S] score tensor
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention hook: ``query [1, Hq, T, D]``, ``key/value [1, Hkv, T, D]``
+    (post-RoPE, this forward's tokens only) -> ``([1, T, Hq, D], None)``."""
+    run = getattr(_ACTIVE, "run", None)
+    if run is None:  # not inside a run: plain causal attention over what HF passes (batch 1)
+        t, s = query.shape[2], key.shape[2]
+        o = _causal_sdpa(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), s - t,
+                         scaling if scaling is not None else query.shape[-1] ** -0.5)
+        return o.unsqueeze(0), None
+    out = run.attend(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1),
+                     value[0].transpose(0, 1), scaling)
+    return out.unsqueeze(0), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, _attention)
+    AttentionMaskInterface.register(ATTN_NAME, lambda *a, **k: None)  # we build our own masks
+
+
+def load_model(name: str = "smollm2", device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer, GSAConfig)`` for ``"smollm2"`` or ``"qwen"`` from :mod:`gsa.eval.assets`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gsa.eval import assets
+
+    _register()
+    if name == "smollm2":
+        path, cfg = assets.smollm2_hf_dir(), GSAConfig.for_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    elif name == "qwen":
+        path, cfg = assets.qwen_coder_hf_dir(), GSAConfig.for_model("Qwen/Qwen2.5-Coder-0.5B-Instruct")
+    else:
+        raise ValueError(f"load_model: 'name' must be 'smollm2' or 'qwen', got {name!r}")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=ATTN_NAME)
+    model.to(device).eval()
+    return model, tok, cfg
+
+
+def eval_config(cfg: GSAConfig, ratio: Optional[float] = None, bits: Optional[int] = None,
+                hash_weight: Optional[str] = None, threshold: Optional[int] = 1) -> GSAConfig:
+    """The shipped config with the sparse layers' ratio, the hash bits and the
+    weights replaced. ``threshold``: the ``gpu_seq_len_threshold`` to use (default
+    1: every decode step is sparse, so short contexts are measured too; ``None``
+    keeps the shipped value). ``ratio >= 1``: every layer dense."""
+    ch: dict = {}
+    if ratio is not None:
+        old = cfg.top_k_ratio_per_layer
+        ch["top_k_ratio_per_layer"] = [1.0 if (r >= 1 or ratio >= 1) else float(ratio) for r in old] if ratio < 1 \
+            else [1.0] * len(old)
+    if bits is not None:
+        ch["hash_bits"] = int(bits)
+    if hash_weight is not None:
+        ch["hash_weight_type"], ch["hash_weight"], ch["seed"] = "file", str(hash_weight), None
+    if threshold is not None:
+        ch["gpu_seq_len_threshold"] = int(threshold)
+    return cfg.replace(**ch) if ch else cfg
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos0: int, scale: float,
+                 allowed: Optional[Callable[[int, int], torch.Tensor]] = None) -> torch.Tensor:
+    """``q [T, Hq, D]`` at positions ``q_pos0 ..``, ``k/v [S, Hkv, D]`` -> ``[T, Hq, D]``.
+    ``allowed(r0, r1)`` may return a ``bool [r1-r0, S]`` mask (ANDed with causality)."""
+    t, hq, d = q.shape
+    s, hkv, _ = k.shape
+    g = hq // hkv
+    kk = k.transpose(0, 1).repeat_interleave(g, dim=0)  # [Hq, S, D]
+    vv = v.transpose(0, 1).repeat_interleave(g, dim=0)
+    out = torch.empty_like(q)
+    cols = torch.arange(s, device=q.device)
+    for r0 in range(0, t, _PREFILL_CHUNK):
+        r1 = min(t, r0 + _PREFILL_CHUNK)
+        rows = torch.arange(q_pos0 + r0, q_pos0 + r1, device=q.device)
+        mask = cols.unsqueeze(0) <= rows.unsqueeze(1)
+        if allowed is not None:
+            mask = mask & allowed(r0, r1)
+        o = F.scaled_dot_product_attention(q[r0:r1].transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
+        out[r0:r1] = o.transpose(0, 1)
+    return out
+
+
+@contextlib.contextmanager
+def _active(run):
+    prev = getattr(_ACTIVE, "run", None)
+    _ACTIVE.run = run
+    try:
+        yield
+    finally:
+        _ACTIVE.run = prev
+
+
+def _forward(model, run, ids: torch.Tensor, pos: int, logits: str = "last") -> torch.Tensor:
+    """Model forward over ``ids [T]`` at positions ``pos ..``; returns float32 logits
+    ``[V]`` (``logits="last"``) or ``[T, V]`` (``"all"``)."""
+    t = ids.shape[0]
+    position_ids = torch.arange(pos, pos + t, device=ids.device).unsqueeze(0)
+    with _active(run), torch.no_grad():
+        out = model(input_ids=ids.unsqueeze(0), position_ids=position_ids, use_cache=False,
+                    logits_to_keep=1 if logits == "last" else 0)
+    lg = out.logits[0].float()
+    return lg[-1] if logits == "last" else lg
+
+
+class PagedRun:
+    """The serving-shaped decode path for one sequence (batch 1).
+
+    ``model``: loaded with :func:`load_model`; ``cfg``: its GSAConfig;
+    ``max_tokens``: capacity of the paged caches. ``observer(layer, step, q, k_cache,
+    v_cache, table, seq_lens, sparse_table, sparse_lens)`` is called at every
+    decode step of every layer that selects (for metrics); ``None`` to skip.
+    """
+
+    def __init__(self, model, cfg: GSAConfig, max_tokens: int, seed: int = 0,
+                 observer: Optional[Callable] = None):
+        mc = model.config
+        self.model, self.cfg = model, cfg
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.hkv = mc.num_key_value_heads
+        self.d = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+        self.bs = cfg.chunk_size
+        self.nb = max(1, math.ceil(max_tokens / self.bs))
+        self.gsa = GSASparse(cfg, self.device, block_size=self.bs)
+        n_layers = mc.num_hidden_layers
+        shape = (self.nb, self.bs, self.hkv, self.d)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+        self.hash_caches: Dict[int, torch.Tensor] = self.gsa.allocate_hash_caches(self.nb)
+        gen = torch.Generator().manual_seed(seed)
+        self.block_table = torch.randperm(self.nb, generator=gen).to(torch.int32).unsqueeze(0).to(self.device)
+        self.pos = 0
+        self.step = None
+        self.observer = observer
+        self.blocks_read = []  # per decode step: mean blocks attended per layer
+        self._step_blocks = []
+
+    # -------------------------------------------------------------- attention
+    def _slots(self, t: int) -> torch.Tensor:
+        p = torch.arange(self.pos, self.pos + t, device=self.device)
+        return self.block_table[0].to(torch.int64)[p // self.bs] * self.bs + p % self.bs
+
+    def _gather(self, cache: torch.Tensor, n: int) -> torch.Tensor:
+        nblk = math.ceil(n / self.bs)
+        return cache[self.block_table[0, :nblk].to(torch.int64)].reshape(nblk * self.bs, self.hkv, self.d)[:n]
+
+    def attend(self, layer: int, q, k, v, scale):
+        t = q.shape[0]
+        if self.pos + t > self.nb * self.bs:
+            raise ValueError(f"PagedRun: {self.pos + t} tokens exceed max_tokens = {self.nb * self.bs}")
+        slots = self._slots(t)
+        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        kc.view(-1, self.hkv, self.d)[slots] = k.to(self.dtype)
+        vc.view(-1, self.hkv, self.d)[slots] = v.to(self.dtype)
+        self.gsa.cache_keys(layer, self.hash_caches.get(layer), slots, k)
+        n = self.pos + t
+        if t > 1:  # prefill: dense, as in serving
+            return _causal_sdpa(q, self._gather(kc, n), self._gather(vc, n), self.pos, scale)
+        seq_lens = torch.tensor([n], dtype=torch.int32, device=self.device)
+        hc = self.hash_caches.get(layer)
+        table, lens = self.gsa.select(layer, self.step, self.block_table, seq_lens, hc, q)
+        self._step_blocks.append(int(math.ceil(int(lens[0]) / self.bs)) if table is not self.block_table
+                                 else math.ceil(n / self.bs))
+        if self.observer is not None and table is not self.block_table and self.gsa.policy.layer(layer).scores:
+            self.observer(layer, self.step, q, kc, vc, self.block_table, seq_lens, table, lens)
+        return self.gsa_attention(q, kc, vc, table, lens, scale)
+
+    @staticmethod
+    def gsa_attention(q, kc, vc, table, lens, scale):
+        from gsa import ops
+        return ops.paged_decode_attention(q, kc, vc, table, lens, scale)
+
+    # -------------------------------------------------------------- driving
+    def prefill(self, ids: torch.Tensor, chunk: int = 2048, progress=None) -> torch.Tensor:
+        """Dense prefill of ``ids [T]`` in chunks; returns the last position's logits ``[V]``."""
+        ids = ids.to(self.device)
+        logits = None
+        for c0 in range(0, ids.shape[0], chunk):
+            part = ids[c0:c0 + chunk]
+            logits = _forward(self.model, self, part, self.pos)
+            self.pos += part.shape[0]
+            if progress is not None:
+                progress(part.shape[0])
+        return logits
+
+    def decode(self, token: int) -> torch.Tensor:
+        """One decode step for ``token``; returns logits ``[V]`` for the next one."""
+        self.step = self.gsa.begin_step([self.pos + 1])
+        self._step_blocks = []
+        ids = torch.tensor([token], device=self.device)
+        logits = _forward(self.model, self, ids, self.pos)
+        self.pos += 1
+        if self._step_blocks:
+            self.blocks_read.append(sum(self._step_blocks) / len(self._step_blocks))
+        return logits
+
+    def generate(self, first_logits: torch.Tensor, max_new: int, stop_ids=()) -> list:
+        """Greedy decoding from ``first_logits [V]``; returns the new token ids."""
+        out, logits = [], first_logits
+        for _ in range(max_new):
+            tok = int(torch.argmax(logits))
+            out.append(tok)
+            if tok in stop_ids:
+                break
+            logits = self.decode(tok)
+        return out
+
+    def snapshot(self) -> dict:
+        """A copy of the caches and position (restore to rerun decode from the same prefill)."""
+        return {"pos": self.pos, "k": [c.clone() for c in self.k_cache], "v": [c.clone() for c in self.v_cache],
+                "h": {l: c.clone() for l, c in self.hash_caches.items()}}
+
+    def restore(self, snap: dict, cfg: Optional[GSAConfig] = None) -> None:
+        """Back to ``snap``; with ``cfg`` (same hash bits and weights), switch the policy."""
+        if cfg is not None:
+            self.cfg = cfg
+            self.gsa = GSASparse(cfg, self.device, block_size=self.bs)
+        self.pos = snap["pos"]
+        for l in range(len(self.k_cache)):
+            self.k_cache[l].copy_(snap["k"][l])
+            self.v_cache[l].copy_(snap["v"][l])
+        self.hash_caches = {l: c.clone() for l, c in snap["h"].items()}
+        missing = set(self.gsa.scoring_layers) - set(self.hash_caches)
+        if missing:
+            raise ValueError(f"PagedRun.restore: the snapshot has no hash cache for layers {sorted(missing)}")
+        self.blocks_read = []
+
+
+class TeacherForcedRun:
+    """Teacher-forced evaluation: a dense prefix, then known tokens through the
+    sparse decode rule in one pass per chunk (see the module docstring).
+
+    ``select(layer, q [T, Hq, D], k_all [S, Hkv, D], q_pos0) -> bool [T, NBLK]``
+    returns the blocks each query attends to (``None``: dense); ``observer(layer,
+    q, k_all, v_all, q_pos0)`` sees every layer's tensors (for metrics).
+    """
+
+    def __init__(self, model, select: Optional[Callable] = None, observer: Optional[Callable] = None,
+                 block_size: int = 128):
+        self.model = model
+        self.select = select
+        self.observer = observer
+        self.bs = block_size
+        self.k: Dict[int, torch.Tensor] = {}
+        self.v: Dict[int, torch.Tensor] = {}
+        self.pos = 0
+
+    def attend(self, layer: int, q, k, v, scale):
+        k_all = torch.cat([self.k[layer], k]) if layer in self.k else k
+        v_all = torch.cat([self.v[layer], v]) if layer in self.v else v
+        self.k[layer], self.v[layer] = k_all, v_all
+        if self.observer is not None:
+            self.observer(layer, q, k_all, v_all, self.pos)
+        blocks = None if self.select is None else self.select(layer, q, k_all, self.pos)
+        allowed = None
+        if blocks is not None:
+            tok_block = torch.arange(k_all.shape[0], device=q.device) // self.bs
+            allowed = lambda r0, r1: blocks[r0:r1][:, tok_block]  # noqa: E731
+        return _causal_sdpa(q, k_all, v_all, self.pos, scale, allowed)
+
+    def feed(self, ids: torch.Tensor, logits: str = "all") -> torch.Tensor:
+        """Push ``ids [T]``; returns float32 logits ``[T, V]`` (or ``[V]`` with ``"last"``)."""
+        out = _forward(self.model, self, ids, self.pos, logits)
+        self.pos += ids.shape[0]
+        return out
+
+    def fork(self, select: Optional[Callable] = None, observer: Optional[Callable] = None) -> "TeacherForcedRun":
+        """A run sharing this one's cached prefix (tensors are replaced, never written in place)."""
+        r = TeacherForcedRun(self.model, select, observer, self.bs)
+        r.k, r.v, r.pos = dict(self.k), dict(self.v), self.pos
+        return r

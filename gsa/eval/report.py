@@ -1,0 +1,134 @@
+"""Write harness results: JSON, a markdown table and PNG plots (benchmarks/results/)."""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Dict, List
+
+__all__ = ["write_results"]
+
+
+def _fmt(x, nd=3):
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _grid_rows(grid: Dict[str, dict], ratios, bits, weights) -> List[str]:
+    lines = ["| ratio | selector | bits | mass recall | block recall vs oracle |", "|---|---|---|---|---|"]
+    for r in ratios:
+        key = f"r={r:.4g}"
+        o = grid.get(f"oracle/{key}/mass_recall", {}).get("overall")
+        lines.append(f"| {r:.4g} | oracle (exact attention mass) | - | {_fmt(o)} | 1.000 |")
+        q = grid.get(f"quest/{key}/mass_recall", {}).get("overall")
+        qb = grid.get(f"quest/{key}/block_recall", {}).get("overall")
+        lines.append(f"| {r:.4g} | Quest-style, same blocks | - | {_fmt(q)} | {_fmt(qb)} |")
+        for b in bits:
+            q = grid.get(f"quest_eqbytes/{key}/b={b}/mass_recall", {}).get("overall")
+            qb = grid.get(f"quest_eqbytes/{key}/b={b}/block_recall", {}).get("overall")
+            lines.append(f"| {r:.4g} | Quest-style, same bytes as GSA-{b} | - | {_fmt(q)} | {_fmt(qb)} |")
+            for w in weights:
+                m = grid.get(f"gsa/{w}/{key}/b={b}/mass_recall", {}).get("overall")
+                br = grid.get(f"gsa/{w}/{key}/b={b}/block_recall", {}).get("overall")
+                if m is not None:
+                    lines.append(f"| {r:.4g} | GSA {w} | {b} | {_fmt(m)} | {_fmt(br)} |")
+    return lines
+
+
+def write_results(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathlib.Path]:
+    """``res``: the dict built by :mod:`gsa.eval.cli` (``meta``, ``grid``, ``e2e``,
+    ``passkey``). Writes ``accuracy_{tag}.json``, ``accuracy_{tag}.md`` and plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"accuracy_{tag}.json", "md": out_dir / f"accuracy_{tag}.md"}
+    paths["json"].write_text(json.dumps(res, indent=1, default=str))
+    meta = res.get("meta", {})
+    md = [f"# GSA accuracy: {tag}", "", "```", json.dumps(meta, indent=1, default=str), "```", ""]
+    if res.get("grid"):
+        md += ["## Selection quality (dense teacher-forced pass, sampled decode steps, sparse layers)", ""]
+        md += _grid_rows(res["grid"], meta.get("ratios", []), meta.get("bits", []), meta.get("weights", [])) + [""]
+    if res.get("e2e"):
+        md += ["## End to end, teacher-forced against dense", "",
+               "| config | next-token agreement | mean KL (nats) | perplexity | seconds |", "|---|---|---|---|---|"]
+        md.append(f"| dense | 1.000 | 0 | {_fmt(res.get('dense_ppl'))} | - |")
+        for name, r in res["e2e"].items():
+            md.append(f"| {name} | {_fmt(r['agreement'], 4)} | {_fmt(r['kl'], 5)} | {_fmt(r['ppl'])} | {r['seconds']:.0f} |")
+        md.append("")
+    if res.get("passkey"):
+        md += ["## Passkey retrieval (paged GSA decode path)", "",
+               "| tokens | depth | config | found | answer | blocks read / total |", "|---|---|---|---|---|---|"]
+        for p in res["passkey"]:
+            md.append(f"| {p['length']} | {p['depth']:.0%} | {p['config']} | {'yes' if p['found'] else 'NO'} | "
+                      f"{p['answer'][:24]!r} | {_fmt(p['blocks_read'], 1)} / {p['n_blocks']} |")
+        md.append("")
+    paths["md"].write_text("\n".join(md))
+    try:
+        paths.update(_plots(res, out_dir, tag))
+    except ImportError:
+        pass
+    return paths
+
+
+def _plots(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathlib.Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    meta, grid = res.get("meta", {}), res.get("grid") or {}
+    ratios, bits, weights = meta.get("ratios", []), meta.get("bits", []), meta.get("weights", [])
+    if grid and ratios:
+        fig, axes = plt.subplots(1, len(ratios), figsize=(5 * len(ratios), 4), squeeze=False)
+        for ax, r in zip(axes[0], ratios):
+            key = f"r={r:.4g}"
+            for name, style in ([(f"oracle/{key}/mass_recall", "k-"), (f"quest/{key}/mass_recall", "r--")]
+                                + [(f"gsa/{w}/{key}/b={b}/mass_recall", None) for w in weights for b in bits]):
+                if name not in grid:
+                    continue
+                pl = grid[name]["per_layer"]
+                xs = sorted(int(l) for l in pl)
+                label = name.replace(f"/{key}", "").replace("/mass_recall", "")
+                ax.plot(xs, [pl[l] if l in pl else pl[str(l)] for l in xs], style or "-", label=label, marker=".")
+            ax.set_title(f"attention-mass recall per layer, ratio {r:.4g}")
+            ax.set_xlabel("layer")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        out["png_layers"] = out_dir / f"accuracy_{tag}_recall_per_layer.png"
+        fig.savefig(out["png_layers"], dpi=90)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for w in weights:
+            for b in bits:
+                ys = [grid.get(f"gsa/{w}/r={r:.4g}/b={b}/mass_recall", {}).get("overall") for r in ratios]
+                if any(y is not None for y in ys):
+                    ax.plot(ratios, ys, marker="o", label=f"GSA {w} {b} bits")
+        ax.plot(ratios, [grid.get(f"oracle/r={r:.4g}/mass_recall", {}).get("overall") for r in ratios], "k-", marker="s", label="oracle")
+        ax.plot(ratios, [grid.get(f"quest/r={r:.4g}/mass_recall", {}).get("overall") for r in ratios], "r--", marker="^", label="Quest-style (same blocks)")
+        ax.set_xscale("log")
+        ax.set_xlabel("top-k ratio (sparse layers)")
+        ax.set_ylabel("mean attention-mass recall")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out["png_ratio"] = out_dir / f"accuracy_{tag}_recall_vs_ratio.png"
+        fig.savefig(out["png_ratio"], dpi=90)
+        plt.close(fig)
+    if res.get("passkey"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        confs = sorted({p["config"] for p in res["passkey"]})
+        lens = sorted({p["target_length"] for p in res["passkey"]})
+        for c in confs:
+            acc = []
+            for n in lens:
+                rows = [p for p in res["passkey"] if p["config"] == c and p["target_length"] == n]
+                acc.append(sum(p["found"] for p in rows) / len(rows) if rows else None)
+            ax.plot(lens, acc, marker="o", label=c)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("passkey accuracy (over depths)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out["png_passkey"] = out_dir / f"accuracy_{tag}_passkey.png"
+        fig.savefig(out["png_passkey"], dpi=90)
+        plt.close(fig)
+    return out

@@ -1,0 +1,1 @@
+"""Inference-engine integrations of GSA (``gsa.integrations.vllm``: the vLLM plugin)."""

@@ -1,0 +1,72 @@
+"""GSA as a vLLM plugin: sparse decode attention without patching vLLM.
+
+Installed with gsa-ops, the entry point ``vllm.general_plugins: gsa =
+gsa.integrations.vllm:register`` runs in every vLLM process. :func:`register`
+swaps the platform's attention backend class for a GSA wrapper through vLLM's
+own registry (``register_backend``); the wrapper stays inert unless GSA is
+enabled for the engine (``additional_config={"gsa": ...}`` or
+``GSA_VLLM_CONFIG``, see :mod:`.settings` and docs/vllm.md).
+
+Wrapped backends:
+
+* ``CPU_ATTN`` (vLLM's CPU platform): :mod:`.cpu`, exercised in CI;
+* ``FLASH_ATTN`` (CUDA): :mod:`.cuda`, written against vLLM 0.32, not run here;
+* vllm-ascend's ``AscendAttentionBackend``: :mod:`.ascend`, written against
+  vllm-ascend's code, untested on hardware.
+
+Counters: :func:`stats` (in-process engines), and a log line every
+``log_every`` steps from logger ``gsa.vllm``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from .runtime import current_runtime, reset_stats, stats
+from .settings import GSAVllmConfigError
+
+__all__ = ["register", "stats", "reset_stats", "current_runtime", "GSAVllmConfigError", "WRAPPED"]
+
+logger = logging.getLogger("gsa.vllm")
+
+#: vLLM backend enum name -> our wrapper class path
+WRAPPED = {
+    "CPU_ATTN": "gsa.integrations.vllm.cpu.GSACPUAttentionBackend",
+    "FLASH_ATTN": "gsa.integrations.vllm.cuda.GSAFlashAttentionBackend",
+}
+
+_DONE = False
+
+
+def _ensure_log_handler() -> None:
+    # vLLM configures its own "vllm" logger only; give ours a handler at INFO so
+    # that the counters reach the same stream without touching the root logger.
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [gsa.vllm] %(message)s", "%m-%d %H:%M:%S"))
+        logger.addHandler(h)
+        logger.setLevel(os.environ.get("GSA_VLLM_LOG_LEVEL", "INFO"))
+        logger.propagate = False
+
+
+def register() -> None:
+    """vLLM general-plugin entry point (runs in every vLLM process; idempotent, cheap).
+
+    Only class paths are registered here; the wrappers import their backend
+    when vLLM resolves it, so a platform never imports another's kernels.
+    """
+    global _DONE
+    if _DONE or os.environ.get("GSA_VLLM_PLUGIN", "1").strip().lower() in ("0", "false", "off", "no"):
+        return
+    _DONE = True
+    _ensure_log_handler()
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    for name, path in WRAPPED.items():
+        register_backend(AttentionBackendEnum[name], path)
+    try:  # vllm-ascend: its platform names the backend class by path, not through the enum
+        from . import ascend
+
+        ascend.register()
+    except Exception as exc:  # never break a vLLM process over an optional platform
+        logger.debug("GSA: Ascend adapter not registered: %s", exc)

@@ -1,0 +1,106 @@
+"""GSA around vLLM's CPU attention backend (``CPU_ATTN``, vllm 0.32, tested in CI).
+
+The CPU KV cache is ``[NB, Hkv, bs, 2*D]`` with keys in a kernel-specific
+(transposed) layout, so keys are hashed from the ``key`` tensor handed to
+``do_kv_cache_update``, never read back from the cache. The CPU kernel's
+``scheduler_metadata`` is derived from ``seq_lens`` and ``query_start_loc``,
+so a sparse copy of the metadata rebuilds it with
+``cpu_attn_get_scheduler_metadata`` for the new lengths.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from vllm import _custom_ops as vops
+from vllm import envs
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+    CPUAttentionMetadata,
+    CPUAttentionMetadataBuilder,
+)
+
+from .common import GSAImplMixin, host_lengths
+from .runtime import StepState, runtime_for
+
+__all__ = ["GSACPUAttentionBackend", "GSACPUAttentionMetadata", "GSACPUAttentionMetadataBuilder",
+           "GSACPUAttentionImpl"]
+
+
+@dataclass
+class GSACPUAttentionMetadata(CPUAttentionMetadata):
+    #: the step's GSA plan (None: GSA off or a dense step)
+    gsa: Optional[StepState] = None
+
+
+class GSACPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self._gsa_vllm_config = vllm_config
+
+    def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
+        md = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        rt = runtime_for(self._gsa_vllm_config)
+        if rt is not None and not self.is_encoder_only_attention and not self.is_cross_attention:
+            md = GSACPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
+            seq_lens, query_lens = host_lengths(common_attn_metadata)
+            md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc)
+            md.gsa.builder = self
+        return md
+
+    def sparse_scheduler_metadata(self, md: CPUAttentionMetadata, seq_lens: torch.Tensor) -> torch.Tensor:
+        """The CPU kernel's work split for new ``seq_lens`` (same rows and queries)."""
+        return vops.cpu_attn_get_scheduler_metadata(
+            num_reqs=seq_lens.shape[0],
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            seq_lens=seq_lens,
+            dtype=self.dtype,
+            query_start_loc=md.query_start_loc,
+            causal=md.causal,
+            sliding_window_size=self.window_size,
+            isa=self.isa,
+            enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+            dynamic_causal=md.dynamic_causal,
+            kv_cache_dtype=self.kv_cache_dtype,
+        )
+
+
+class GSACPUAttentionImpl(GSAImplMixin, CPUAttentionBackendImpl):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._gsa_init(torch.device("cpu"))
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
+        super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
+        if self.gsa is not None and kv_cache.numel():
+            num_blocks, _, block_size, _ = kv_cache.shape
+            self._gsa_cache_keys(layer, key, value, slot_mapping, num_blocks, block_size)
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
+                output_block_scale=None):
+        return self._gsa_forward(super().forward, layer, query, key, value, kv_cache, attn_metadata, output,
+                                 output_scale=output_scale, output_block_scale=output_block_scale)
+
+    def _sparse_metadata(self, md: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState, layer: int) -> Any:
+        # max_seq_len: an upper bound is enough (the CPU kernel does not read it)
+        sched = state.builder.sparse_scheduler_metadata(md, lens)
+        return dataclasses.replace(md, block_table=table, seq_lens=lens, scheduler_metadata=sched,
+                                   max_seq_len=int(state.host_seq_lens.max()) if state.host_seq_lens.size else 0)
+
+
+class GSACPUAttentionBackend(CPUAttentionBackend):
+    """``CPU_ATTN`` with GSA (same name: vLLM looks backends up by it)."""
+
+    @staticmethod
+    def get_impl_cls():
+        return GSACPUAttentionImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return GSACPUAttentionMetadataBuilder

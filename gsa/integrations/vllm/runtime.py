@@ -1,0 +1,391 @@
+"""Per-engine GSA state inside a vLLM worker: config, hash caches, step plans, counters.
+
+One :class:`GSAVllmRuntime` per vLLM engine instance (per ``VllmConfig``) in
+each worker process. The wrapped attention backends (``cpu.py``, ``cuda.py``,
+``ascend.py``) call it from three places:
+
+* the metadata builder, once per step: :meth:`plan` turns the host-side lengths
+  into a :class:`gsa.sparse.Step` (spec 8: decode rows over the threshold are
+  sparse, prefill rows and short rows dense);
+* ``do_kv_cache_update``, per layer: :meth:`cache_keys` hashes the new keys into
+  the layer's hash cache (same block ids as the KV cache);
+* the attention forward, per layer: :meth:`select` gives the sparse block table
+  and lengths (a reusing layer takes its source layer's selection of the step).
+
+Tensor parallelism: rank ``r`` holds KV heads ``[r*Hkv/tp, (r+1)*Hkv/tp)`` and
+hashes them with exactly those heads' slices of the seeded weights, so codes
+are bit-identical to a TP=1 run; the selection sums scores over the rank's
+heads only (see docs/vllm.md, "Tensor parallelism").
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from gsa.config import GSAConfig
+from gsa.sparse import GSASparse, Step
+
+from .settings import PluginSettings
+
+__all__ = ["GSAVllmRuntime", "StepState", "current_runtime", "runtime_for", "stats", "reset_stats"]
+
+logger = logging.getLogger("gsa.vllm")
+
+Tensor = torch.Tensor
+
+
+class _LocalHeadsSparse(GSASparse):
+    """:class:`GSASparse` over the KV heads this rank holds (all of them at TP=1).
+
+    The hash weights are the config's (seeded or from files) sliced to the
+    rank's heads, so a key's code is the same bit string at every TP size.
+    """
+
+    def __init__(self, config: GSAConfig, device, heads: Tuple[int, int], pad_id: int = 0):
+        super().__init__(config, device=device, pad_id=pad_id)
+        self.heads = heads
+        self._w: Dict[int, Tensor] = {}
+
+    def weights(self, layer: int):
+        w = self._w.get(layer)
+        if w is None:
+            full = super().weights(layer)
+            lo, hi = self.heads
+            w = full if (lo, hi) == (0, full.shape[0]) else full[lo:hi].contiguous()
+            self._w[layer] = w
+        return w
+
+    def hash_cache_shape(self, num_blocks: int):
+        c = self.config
+        return (int(num_blocks), self.heads[1] - self.heads[0], c.chunk_size, c.code_bytes)
+
+
+@dataclass
+class StepState:
+    """What the builder hands the layers for one step (attached to the metadata).
+
+    ``step``: the core plan + device budgets (``None``: dense step, nothing to
+    do). ``q_rows int64 [B]``: index of each row's last query token (the token
+    whose query scores the blocks). ``derived``: backend metadata already rebuilt
+    for a selection, keyed by the layer that made the selection (reusing layers
+    take it as is).
+    """
+
+    step: Optional[Step]
+    q_rows: Optional[Tensor] = None
+    host_seq_lens: Optional[np.ndarray] = None
+    derived: Dict[int, Any] = field(default_factory=dict)
+    builder: Any = None  # the backend's metadata builder (rebuilds derived metadata)
+
+
+@dataclass
+class _Counters:
+    steps: int = 0
+    sparse_steps: int = 0
+    decode_rows: int = 0
+    sparse_rows: int = 0
+    mixed_steps: int = 0  # sparse steps that also carried prefill rows (kept dense)
+    layer_selections: int = 0
+    blocks_read: int = 0
+    blocks_dense: int = 0
+    selection_s: float = 0.0
+    hashing_s: float = 0.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dict(self.__dict__)
+        d["blocks_read_fraction"] = (self.blocks_read / self.blocks_dense) if self.blocks_dense else 1.0
+        return d
+
+
+_LOCK = threading.Lock()
+_RUNTIMES: "weakref.WeakValueDictionary[str, GSAVllmRuntime]" = weakref.WeakValueDictionary()
+_LATEST: Optional["weakref.ReferenceType[GSAVllmRuntime]"] = None
+_KEEP: Dict[str, "GSAVllmRuntime"] = {}  # the engine's config object may be short-lived; keep one per instance
+
+
+class GSAVllmRuntime:
+    """GSA for one vLLM engine in this process (see the module docstring)."""
+
+    def __init__(self, settings: PluginSettings, *, device: torch.device, tp_rank: int = 0, tp_size: int = 1,
+                 num_layers: int, layer_names: Optional[Dict[str, int]] = None):
+        cfg = settings.config
+        self.settings = settings
+        self.config = cfg
+        self.device = torch.device(device)
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        hkv = cfg.num_key_value_heads
+        if tp_size <= hkv:
+            per = hkv // tp_size
+            heads = (tp_rank * per, (tp_rank + 1) * per)
+        else:  # more ranks than KV heads: vLLM replicates each head over tp_size / hkv ranks
+            h = tp_rank * hkv // tp_size
+            heads = (h, h + 1)
+        self.sparse = _LocalHeadsSparse(cfg, self.device, heads)
+        self.policy = self.sparse.policy
+        self.num_layers = num_layers
+        self.hash_caches: Dict[int, Tensor] = {}
+        self.counters = _Counters()
+        self.log_every = settings.log_every
+        self._lock = threading.Lock()
+        # test/debug hook: when set to a layer index, the next sparse step of that
+        # layer is recorded (see :meth:`enable_capture`)
+        self.capture_layer: Optional[int] = None
+        self.captured: Optional[Dict[str, Any]] = None
+        self._shadow: Optional[Tuple[Tensor, Tensor]] = None
+        # build every scoring layer's hash weights now (seeded QR: a few seconds
+        # for a 30-layer model) rather than inside the first sparse step
+        for l in self.policy.scoring_layers:
+            self.sparse.weights(l)
+
+    # ------------------------------------------------------------------ memory
+    def hash_cache_bytes_per_block(self) -> int:
+        """Bytes one KV block costs in hash caches, over every scoring layer of this rank."""
+        _, h, bs, c = self.sparse.hash_cache_shape(1)
+        return len(self.policy.scoring_layers) * h * bs * c
+
+    def hash_cache(self, layer: int, num_blocks: int) -> Tensor:
+        """Layer ``layer``'s hash cache ``uint8 [NB, Hkv_rank, bs, C]``, allocated on
+        first use with the KV cache's block count (block ids are shared)."""
+        hc = self.hash_caches.get(layer)
+        if hc is None or hc.shape[0] != num_blocks:
+            hc = torch.zeros(self.sparse.hash_cache_shape(num_blocks), dtype=torch.uint8, device=self.device)
+            self.hash_caches[layer] = hc
+            if len(self.hash_caches) == len(self.policy.scoring_layers):
+                total = sum(t.numel() for t in self.hash_caches.values())
+                logger.info("GSA: hash caches for %d scoring layers allocated: %.1f MiB (%d blocks)",
+                            len(self.hash_caches), total / 2**20, num_blocks)
+        return hc
+
+    # ------------------------------------------------------------------ keys
+    def cache_keys(self, layer: int, key: Tensor, slot_mapping: Tensor, num_blocks: int) -> None:
+        """Hash ``key [T, Hkv_rank, D]`` into the layer's hash cache at ``slot_mapping [T']``
+        (``T' <= T``: vLLM may pad the token axis; ``-1`` slots are skipped)."""
+        if not self.policy.needs_hash_cache(layer) and layer != self.capture_layer:
+            return
+        t0 = time.perf_counter()
+        n = slot_mapping.shape[0]
+        k = key[:n]
+        if self.policy.needs_hash_cache(layer):
+            self.sparse.cache_keys(layer, self.hash_cache(layer, num_blocks), slot_mapping, k)
+        self.counters.hashing_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ steps
+    def plan(self, host_seq_lens: np.ndarray, host_query_lens: np.ndarray,
+             query_start_loc: Tensor) -> StepState:
+        """Spec-8 plan of one step from host-side lengths (no device read)."""
+        s = np.asarray(host_seq_lens, dtype=np.int64)
+        q = np.asarray(host_query_lens, dtype=np.int64)
+        live = s >= 1  # padded rows (length 0) are never sparse
+        plan_lens = np.where(live, s, 1)
+        plan_q = np.where(live, q, 0)
+        step = self.sparse.begin_step(plan_lens, plan_q)
+        c = self.counters
+        c.steps += 1
+        decode = (plan_q == 1)
+        n_dec = int(decode.sum())
+        c.decode_rows += n_dec
+        if n_dec:
+            nb = step.plan.n_blocks[decode]
+            c.blocks_dense += int(nb.sum()) * self.num_layers
+            read = 0
+            for lp in self.policy.layers:
+                src = lp.selection_layer
+                if step.plan.sparse and src >= 0:
+                    read += int(step.plan.n_sel[src][decode].sum())
+                else:
+                    read += int(nb.sum())
+            c.blocks_read += read
+        if not step.plan.sparse:
+            self._maybe_log()
+            return StepState(step=None)
+        c.sparse_steps += 1
+        c.sparse_rows += int(step.plan.sparse_rows.sum())
+        if bool((plan_q > 1).any()):
+            c.mixed_steps += 1
+        # the step's rows only (a CUDA runner may pad query_start_loc for graphs)
+        q_rows = (query_start_loc[1 : s.shape[0] + 1].to(torch.int64) - 1).clamp(min=0)
+        self._maybe_log()
+        return StepState(step=step, q_rows=q_rows, host_seq_lens=s)
+
+    def is_sparse(self, layer: int, state: Optional[StepState]) -> bool:
+        return state is not None and state.step is not None and not self.policy.is_dense(layer)
+
+    def select(self, layer: int, state: StepState, query: Tensor, block_table: Tensor,
+               seq_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """Sparse ``(block_table int32 [B, K], seq_lens int32 [B])`` of ``layer`` for this
+        step. ``query [T, Hq_rank, D]``: the step's queries (the last token of each row
+        scores); ``block_table [B, M]``, ``seq_lens [B]``: the backend's (int32)."""
+        t0 = time.perf_counter()
+        step = state.step
+        lp = self.policy.layer(layer)
+        b = step.plan.batch_size
+        # the backend's table is as wide as the longest possible request; scoring
+        # reads every column, so cut it to this step's longest row (host-known)
+        width = min(int(step.plan.n_blocks.max()), block_table.shape[1])
+        bt = block_table[:b, :width]
+        sl = seq_lens[:b]
+        if bt.dtype != torch.int32:
+            bt = bt.to(torch.int32)
+        if sl.dtype != torch.int32:
+            sl = sl.to(torch.int32)
+        if lp.scores:
+            sel_lens = sl.clamp(min=1)
+            q = query.index_select(0, state.q_rows.to(query.device))
+            hc = self.hash_caches.get(layer)
+            if hc is None:
+                raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
+                                   "(do_kv_cache_update was not called through the GSA backend)")
+            table, lens = self.sparse.select(layer, step, bt, sel_lens, hash_cache=hc, q=q)
+            lens = torch.where(sl > 0, lens, sl)
+            step._selections[layer] = (table, lens)
+            self.counters.layer_selections += 1
+        else:
+            table, lens = self.sparse.select(layer, step, bt, sl)
+        self.counters.selection_s += time.perf_counter() - t0
+        return table, lens
+
+    def host_sparse_lens(self, layer: int, state: StepState) -> np.ndarray:
+        """Host-side sparse lengths ``int64 [B]`` of ``layer``'s selection, without
+        reading the device: exact when the last block is forced (``-1`` in
+        ``must_select_blocks``), which backends that take lengths as host lists
+        (Ascend's ``actual_seq_lengths_kv``) require."""
+        plan = state.step.plan
+        src = self.policy.layer(layer).selection_layer
+        s, nb, n_sel = plan.seq_lens, plan.n_blocks, plan.n_sel[src]
+        bs = self.config.chunk_size
+        last = s - (nb - 1) * bs
+        out = np.where(n_sel >= nb, s, (n_sel - 1) * bs + last)
+        return np.where(state.host_seq_lens >= 1, out, state.host_seq_lens)
+
+    # ------------------------------------------------------------------ counters
+    def stats(self) -> Dict[str, Any]:
+        d = self.counters.as_dict()
+        d.update(model=self.config.model_name, origin=self.settings.origin, tp_rank=self.tp_rank,
+                 scoring_layers=len(self.policy.scoring_layers))
+        return d
+
+    def reset_stats(self) -> None:
+        self.counters = _Counters()
+
+    def _maybe_log(self) -> None:
+        n = self.log_every
+        if n and self.counters.steps % n == 0:
+            logger.info("GSA stats: %s", format_stats(self.stats()))
+
+    # ------------------------------------------------------------------ debug capture
+    def enable_capture(self, layer: int) -> None:
+        """Record ``layer``'s inputs and output at its next sparse step (tests, debugging).
+
+        Keeps a plain ``[NB, bs, Hkv, D]`` copy of the layer's keys and values as they
+        are written (the backends' own caches use kernel-specific layouts), so that
+        :attr:`captured` can be checked against the reference attention.
+        """
+        self.capture_layer = layer
+        self.captured = None
+        self._shadow = None
+
+    def shadow_write(self, layer: int, key: Tensor, value: Tensor, slot_mapping: Tensor, num_blocks: int) -> None:
+        if layer != self.capture_layer or self.captured is not None:
+            return
+        bs = self.config.chunk_size
+        if self._shadow is None:
+            shape = (num_blocks, bs, key.shape[1], key.shape[2])
+            self._shadow = (torch.zeros(shape, dtype=key.dtype, device=key.device),
+                            torch.zeros(shape, dtype=value.dtype, device=value.device))
+        n = slot_mapping.shape[0]
+        slots = slot_mapping.to(torch.int64)
+        keep = slots >= 0
+        s = slots[keep]
+        self._shadow[0][s // bs, s % bs] = key[:n][keep]
+        self._shadow[1][s // bs, s % bs] = value[:n][keep]
+
+    def maybe_capture(self, layer: int, state: StepState, query: Tensor, output: Tensor, dense: Tuple[Tensor, Tensor],
+                      sparse: Tuple[Tensor, Tensor], scale: float) -> None:
+        if layer != self.capture_layer or self.captured is not None or self._shadow is None:
+            return
+        step = state.step
+        rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0])
+        if rows.numel() == 0:
+            return
+        qi = state.q_rows.index_select(0, rows)
+        hq = query.shape[1]
+        self.captured = {
+            "layer": layer,
+            "rows": rows.clone(),
+            "q": query.index_select(0, qi).clone(),
+            "out": output.view(output.shape[0], hq, -1).index_select(0, qi).clone(),
+            "block_table": dense[0].index_select(0, rows).clone(),
+            "seq_lens": dense[1].index_select(0, rows).clone(),
+            "sparse_block_table": sparse[0].index_select(0, rows).clone(),
+            "sparse_seq_lens": sparse[1].index_select(0, rows).clone(),
+            "budgets": step.budgets[self.policy.layer(layer).selection_layer].index_select(0, rows).clone(),
+            "k": step.plan.k,
+            "k_cache": self._shadow[0].clone(),
+            "v_cache": self._shadow[1].clone(),
+            "hash_cache": self.hash_caches[self.policy.layer(layer).selection_layer].clone(),
+            "weight": self.sparse.weights(self.policy.layer(layer).selection_layer),
+            "scale": scale,
+        }
+        self._shadow = None
+
+
+def format_stats(s: Dict[str, Any]) -> str:
+    return (f"steps={s['steps']} sparse_steps={s['sparse_steps']} sparse_rows={s['sparse_rows']}/"
+            f"{s['decode_rows']} decode rows, mixed_steps={s['mixed_steps']}, blocks read {s['blocks_read']}/{s['blocks_dense']} dense "
+            f"({100 * s['blocks_read_fraction']:.1f}%), selection {s['selection_s'] * 1e3:.1f} ms, "
+            f"key hashing {s['hashing_s'] * 1e3:.1f} ms")
+
+
+# ---------------------------------------------------------------------- registry
+def runtime_for(vllm_config: Any) -> Optional[GSAVllmRuntime]:
+    """The runtime of the engine that owns ``vllm_config`` in this process, if any."""
+    key = getattr(vllm_config, "instance_id", None) or str(id(vllm_config))
+    return _RUNTIMES.get(key)
+
+
+def _register(vllm_config: Any, rt: GSAVllmRuntime) -> None:
+    global _LATEST
+    key = getattr(vllm_config, "instance_id", None) or str(id(vllm_config))
+    with _LOCK:
+        _RUNTIMES[key] = rt
+        _KEEP.clear()  # one engine at a time keeps its runtime alive through this dict
+        _KEEP[key] = rt
+        _LATEST = weakref.ref(rt)
+
+
+def release_runtimes() -> None:
+    """Drop this process's references to every runtime (their hash caches are freed
+    once the engine is gone too)."""
+    global _LATEST
+    with _LOCK:
+        _KEEP.clear()
+        _LATEST = None
+
+
+def current_runtime() -> Optional[GSAVllmRuntime]:
+    """The most recently started GSA runtime in this process (``None`` if none).
+
+    With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the engine runs in the caller's
+    process, so this is the engine's; otherwise it lives in the worker processes
+    and only their log lines show the counters.
+    """
+    return _LATEST() if _LATEST is not None else None
+
+
+def stats() -> Optional[Dict[str, Any]]:
+    """Counters of :func:`current_runtime` (see docs/vllm.md), or ``None``."""
+    rt = current_runtime()
+    return None if rt is None else rt.stats()
+
+
+def reset_stats() -> None:
+    rt = current_runtime()
+    if rt is not None:
+        rt.reset_stats()

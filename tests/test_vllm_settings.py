@@ -1,0 +1,176 @@
+"""The vLLM plugin's settings, host-side length rule and Ascend hook, without vLLM.
+
+These run everywhere (no vLLM, no NPU): settings resolution and checks
+(``gsa.integrations.vllm.settings``), the host-computed sparse lengths that the
+Ascend adapter hands to ``actual_seq_lengths_kv`` against ``kv_select``'s device
+lengths, and the wrapping of vllm-ascend's backend choice on a stand-in module.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from gsa import reference as R
+from gsa.config import GSAConfig
+from gsa.integrations.vllm.settings import GSAVllmConfigError, check_against_model, read_settings
+
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class _ModelConfig:
+    def __init__(self, model="/models/SmolLM2-135M-Instruct", served=None):
+        self.model = model
+        self.served_model_name = served
+        self.tokenizer = model
+        self.hf_config = types.SimpleNamespace(_name_or_path=model)
+
+
+def test_off_unless_enabled():
+    assert read_settings({}, _ModelConfig(), environ={}) is None
+    assert read_settings(None, _ModelConfig(), environ={"GSA_VLLM_CONFIG": "0"}) is None
+    assert read_settings({"gsa": False}, _ModelConfig(), environ={"GSA_VLLM_CONFIG": "auto"}) is None
+
+
+def test_shipped_config_by_model_name():
+    for spec, env in ((True, {}), ("auto", {}), (None, {"GSA_VLLM_CONFIG": "auto"})):
+        extra = {} if spec is None else {"gsa": spec}
+        s = read_settings(extra, _ModelConfig(), environ=env)
+        assert s.config.model_name == SMOL and s.log_every == 100
+    s = read_settings({"gsa": True}, _ModelConfig(model="/x/local-dir", served="SmolLM2-135M-Instruct"), environ={})
+    assert s.config.model_name == SMOL
+    with pytest.raises(GSAVllmConfigError, match="no shipped GSA config matches the served model"):
+        read_settings({"gsa": True}, _ModelConfig(model="/x/my-model"), environ={})
+
+
+def test_inline_path_and_options(tmp_path):
+    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct").replace(chunk_size=32, source=None)
+    path = tmp_path / "gsa.json"
+    cfg.save(path)
+    s = read_settings({"gsa": {"config": str(path), "log_every": 7}}, _ModelConfig(), environ={})
+    assert s.config.chunk_size == 32 and s.log_every == 7 and s.origin == str(path)
+    s = read_settings({}, _ModelConfig(), environ={"GSA_VLLM_CONFIG": str(path), "GSA_VLLM_LOG_EVERY": "0"})
+    assert s.config.chunk_size == 32 and s.log_every == 0
+    s = read_settings({"gsa": cfg.to_dict()}, _ModelConfig(), environ={})
+    assert s.config == cfg
+    with pytest.raises(GSAVllmConfigError, match=r"log_every'\]: expected an integer >= 0"):
+        read_settings({"gsa": {"config": True, "log_every": -1}}, _ModelConfig(), environ={})
+    with pytest.raises(GSAVllmConfigError, match=r"only the keys 'config' and 'log_every'"):
+        read_settings({"gsa": {"config": True, "every": 3}}, _ModelConfig(), environ={})
+    with pytest.raises(GSAVllmConfigError, match="cannot read"):
+        read_settings({"gsa": str(tmp_path / "missing.json")}, _ModelConfig(), environ={})
+    with pytest.raises(GSAVllmConfigError, match=r"unknown key 'chunk'.*did you mean 'chunk_size'"):
+        read_settings({"gsa": {**cfg.to_dict(), "chunk": 3}}, _ModelConfig(), environ={})
+    with pytest.raises(GSAVllmConfigError, match="expected a GSA config path"):
+        read_settings({"gsa": 3}, _ModelConfig(), environ={})
+
+
+def test_checks_against_the_model():
+    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct")
+    ok = dict(num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, block_size=128)
+    check_against_model(cfg, **ok)
+    for key, value, pattern in (
+        ("num_layers", 24, r"'num_hidden_layers': expected 24 \(the served model's value\), got 30"),
+        ("num_heads", 14, r"'num_attention_heads': expected 14"),
+        ("num_kv_heads", 2, r"'num_key_value_heads': expected 2"),
+        ("head_dim", 128, r"'head_dim': expected 128"),
+        ("block_size", 16, r"'chunk_size': expected the vLLM KV cache block size 16 .*--block-size 128"),
+    ):
+        with pytest.raises(GSAVllmConfigError, match=pattern):
+            check_against_model(cfg, **{**ok, key: value})
+    with pytest.raises(GSAVllmConfigError, match="sliding-window"):
+        check_against_model(cfg, **ok, sliding_window=4096)
+    with pytest.raises(GSAVllmConfigError, match="'is_mla'"):
+        check_against_model(cfg, **ok, use_mla=True)
+
+
+def _runtime_stub(cfg):
+    from gsa.integrations.vllm.runtime import GSAVllmRuntime
+    from gsa.integrations.vllm.settings import PluginSettings
+
+    return GSAVllmRuntime(PluginSettings(cfg, 0, "test"), device=torch.device("cpu"), num_layers=cfg.num_hidden_layers)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_host_sparse_lengths_equal_kv_select(seed):
+    """The Ascend adapter's host lengths (no device read) == kv_select's lengths."""
+    g = torch.Generator().manual_seed(seed)
+    bs = 32
+    ratios = [1.0] * 30
+    ratios[2] = ratios[3] = 0.25  # one scoring layer (2) and one reusing it (3): quick weight set-up
+    reuse = [-1] * 30
+    reuse[3] = 2
+    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct").replace(
+        chunk_size=bs, gpu_seq_len_threshold=64, must_select_blocks=(0, -1), top_k_ratio_per_layer=ratios,
+        top_k_index_reuse=reuse)
+    rt = _runtime_stub(cfg)
+    b = 6
+    seq = torch.randint(1, 900, (b,), generator=g)
+    seq[0] = 640  # a whole number of blocks
+    ql = torch.ones(b, dtype=torch.int64)
+    ql[1] = 5  # a prefill row stays dense
+    qsl = torch.cat([torch.zeros(1, dtype=torch.int64), ql.cumsum(0)])
+    state = rt.plan(seq.numpy(), ql.numpy(), qsl)
+    assert state.step is not None and not state.step.plan.sparse_rows[1]
+    m = int((seq.max() + bs - 1) // bs)
+    nb_phys = b * m
+    table = torch.randperm(nb_phys, generator=g)[: b * m].reshape(b, m).to(torch.int32)
+    l = rt.policy.scoring_layers[0]
+    hc = torch.randint(0, 256, (nb_phys, 3, bs, 16), generator=g, dtype=torch.uint8)
+    rt.hash_caches[l] = hc
+    q = torch.randn(int(qsl[-1]), 9, 64, generator=g)
+    sparse_table, sparse_lens = rt.select(l, state, q, table, seq.to(torch.int32))
+    host = rt.host_sparse_lens(l, state)
+    assert host.tolist() == sparse_lens.tolist()
+    # the reusing layer gets the very same selection, without scoring again
+    reused_table, reused_lens = rt.select(3, state, q, table, seq.to(torch.int32))
+    assert reused_table is sparse_table and reused_lens is sparse_lens
+    assert rt.host_sparse_lens(3, state).tolist() == host.tolist()
+    # and the selection itself is the reference one
+    q_rows = q[qsl[1:] - 1]
+    budgets = torch.from_numpy(state.step.plan.budgets[l].astype(np.int32))
+    idx, n_sel = R.hamming_dist_top_k(R.hash_encode(q_rows, rt.sparse.weights(l)), hc, table, seq.to(torch.int32),
+                                      budgets, state.step.plan.k, cfg.must_select_blocks, "max", 0, 1.0)
+    want_t, want_l = R.kv_select(idx, n_sel, table, seq.to(torch.int32), bs, 0)
+    assert torch.equal(want_t, sparse_table) and torch.equal(want_l, sparse_lens)
+    assert int(sparse_lens[1]) == int(seq[1])  # prefill row: all of it
+    st = rt.stats()
+    assert st["sparse_steps"] == 1 and st["layer_selections"] == 1 and st["sparse_rows"] == int(state.step.plan.sparse_rows.sum()) and st["mixed_steps"] == 1
+
+
+def test_ascend_hook_on_a_stand_in_platform(monkeypatch):
+    from gsa.integrations.vllm import ascend
+
+    calls = []
+
+    class NPUPlatform:
+        @classmethod
+        def get_attn_backend_cls(cls, selected_backend, cfg, num_heads=None):
+            calls.append(cfg)
+            return cfg
+
+    pkg = types.ModuleType("vllm_ascend")
+    pkg.__spec__ = importlib.machinery.ModuleSpec("vllm_ascend", None, is_package=True)
+    pkg.__path__ = []
+    plat = types.ModuleType("vllm_ascend.platform")
+    plat.NPUPlatform = NPUPlatform
+    monkeypatch.setitem(sys.modules, "vllm_ascend", pkg)
+    monkeypatch.setitem(sys.modules, "vllm_ascend.platform", plat)
+    assert ascend.register() is True
+    assert ascend.register() is True  # idempotent: wrapped once
+    assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.GSA_ASCEND_BACKEND
+    mla = "vllm_ascend.attention.mla_v1.AscendMLABackend"
+    assert NPUPlatform.get_attn_backend_cls(None, mla) == mla
+    assert len(calls) == 2
+
+
+def test_ascend_hook_absent_without_vllm_ascend():
+    from gsa.integrations.vllm import ascend
+
+    if "vllm_ascend" in sys.modules or importlib.util.find_spec("vllm_ascend") is not None:
+        pytest.skip("vllm-ascend is installed here")
+    assert ascend.register() is False
