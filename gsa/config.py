@@ -37,7 +37,6 @@ _INERT_LEGACY_KEYS = {
 # Original key -> our key with the same meaning.
 _ALIASES = {"vllm_hash_attention_topk": "top_k_tokens"}
 
-_GQA_ONLY = ()
 _MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim", "hash_bits_kv_lora", "hash_bits_qk_rope")
 _MLA_OPTIONAL = ("hash_weight_kv_lora", "hash_weight_qk_rope", "rope_score_weight")
 
@@ -389,8 +388,11 @@ class GSAConfig:
 def _configs_dir() -> Optional[Path]:
     import gsa
 
-    src = Path(gsa.__file__).resolve().parent.parent / "configs"
-    if src.is_dir() and any(src.glob("*.json")):
+    # a source checkout: <repo>/gsa/ next to <repo>/configs/ (and <repo>/setup.py, so
+    # that an unrelated site-packages/configs/ folder is never taken for ours)
+    root = Path(gsa.__file__).resolve().parent.parent
+    src = root / "configs"
+    if (root / "setup.py").is_file() and (src / "__init__.py").is_file():
         return src
     try:
         from importlib.resources import files

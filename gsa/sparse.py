@@ -194,8 +194,16 @@ class GSASparse:
             raise ValueError(f"GSA: layer {layer} scores: 'q' is required")
         c = self.config
         if c.is_mla:
+            self._check_query(layer, "q", q, c.kv_lora_rank, "kv_lora_rank", 1)
+        else:
+            self._check_query(layer, "q", q, c.head_dim, "head_dim", hash_cache.shape[1])
+        if c.is_mla:
             if q_rope is None:
                 raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
+            self._check_query(layer, "q_rope", q_rope, c.qk_rope_head_dim, "qk_rope_head_dim", 1)
+            if q_rope.shape[:2] != q.shape[:2]:
+                raise ValueError(f"GSA: layer {layer}: 'q_rope' must have the rows and heads of 'q' "
+                                 f"{tuple(q.shape[:2])}, got {tuple(q_rope.shape)}")
             w_lora, w_rope = self.weights(layer)
             q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
         else:
@@ -208,6 +216,18 @@ class GSASparse:
         out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
         step._selections[layer] = out
         return out
+
+    def _check_query(self, layer: int, name: str, q: Tensor, dim: int, dim_key: str, cache_heads: int) -> None:
+        # Heads: all num_attention_heads, or a rank's share under tensor parallelism
+        # (a divisor of it that is a multiple of the hash cache's heads).
+        hq = self.config.num_attention_heads
+        ok = isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[2] == dim and q.shape[1] >= 1
+        ok = ok and hq % q.shape[1] == 0 and q.shape[1] % cache_heads == 0
+        if not ok:
+            got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+            raise ValueError(f"GSA: layer {layer}: '{name}' must be [B, H, {dim}] ({dim_key}) with H = "
+                             f"num_attention_heads = {hq} (or a rank's share: a divisor of it and a multiple of the "
+                             f"hash cache's {cache_heads} heads), got {got}")
 
     def decode_attention(self, layer: int, step: Step, q: Tensor, k_cache: Tensor, v_cache: Tensor,
                          block_table: Tensor, seq_lens: Tensor, hash_cache: Optional[Tensor] = None,
