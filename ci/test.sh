@@ -21,6 +21,8 @@ stage "install"
 $PY -m pip install -q --progress-bar off "torch==2.13.0"
 $PY -m pip install -q --progress-bar off -e ".[test,triton,eval]"
 PYTHON=$PY bash ci/install_vllm.sh
+# Debian package lists, for the Jane Austen text (`apt-get download r-cran-janeaustenr`)
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then apt-get update -qq || echo "apt-get update failed"; fi
 
 stage "suite"
 $PY -m pytest -q -ra -p no:cacheprovider "$@"
