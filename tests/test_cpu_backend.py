@@ -99,7 +99,12 @@ def test_probe_says_why_when_not_built(tmp_path):
     for name in ("__init__.py", "_kernels.py"):
         shutil.copy(os.path.join(REPO, "cpu_ops", name), pkg / name)
     (pkg / "_gsa_cpu_build_error.txt").write_text("CompileError: command 'c++' failed: No such file or directory\n")
+    # An editable install's import finder can map cpu_ops._gsa_cpu to the built
+    # module of the installed tree whatever cpu_ops.__path__ says; a None entry in
+    # sys.modules makes that import fail exactly as a missing build does.
     code = textwrap.dedent("""
+        import sys
+        sys.modules["cpu_ops._gsa_cpu"] = None
         import cpu_ops
         ok, why = cpu_ops.probe()
         print(ok)
