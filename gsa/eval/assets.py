@@ -216,7 +216,7 @@ def _convert_gguf(gguf_path: pathlib.Path, out: pathlib.Path, dtype_name: str) -
         return out
     _require_transformers()
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _log(f"converting {gguf_path.name} -> {out} (once) ...")
@@ -230,10 +230,18 @@ def _convert_gguf(gguf_path: pathlib.Path, out: pathlib.Path, dtype_name: str) -
         cfg.pop("quantization_config", None)  # the weights are plain floats now
         cfg["dtype"] = dtype_name
         cfg["source_gguf"] = gguf_path.name
+        # vLLM needs the architecture name; transformers' GGUF load leaves it unset
+        cfg["architectures"] = [type(model).__name__]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         model.generation_config.to_json_file(str(tmp / "generation_config.json"))
         tok.save_pretrained(str(tmp))
-        save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head copy
+        # Tied embeddings: keep the tensor under model.embed_tokens.weight (the name both
+        # transformers and vLLM load; vLLM skips lm_head when tie_word_embeddings is set).
+        sd = model.state_dict()
+        if cfg.get("tie_word_embeddings"):
+            sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         del model
         (tmp / _DONE).write_text(gguf_path.name + "\n")
         if out.exists():
@@ -251,7 +259,7 @@ def _convert_gguf(gguf_path: pathlib.Path, out: pathlib.Path, dtype_name: str) -
 
 def smollm2_hf_dir() -> pathlib.Path:
     """SmolLM2-135M-Instruct as a local HF folder (fp32 safetensors), converted once."""
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    out = cache_dir() / "models" / "smollm2-135m-instruct-v2"
     if (out / _DONE).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +268,7 @@ def smollm2_hf_dir() -> pathlib.Path:
 
 def qwen_coder_hf_dir() -> pathlib.Path:
     """Qwen2.5-Coder-0.5B-Instruct as a local HF folder (bf16 safetensors), converted once."""
-    out = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct"
+    out = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-v2"
     if (out / _DONE).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -380,8 +388,8 @@ _FETCHERS = {
     "shakespeare": lambda: cache_dir() / "text" / "shakespeare" if shakespeare_texts() else None,
 }
 _PATHS = {
-    "smollm2": lambda: cache_dir() / "models" / "smollm2-135m-instruct",
-    "qwen": lambda: cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct",
+    "smollm2": lambda: cache_dir() / "models" / "smollm2-135m-instruct-v2",
+    "qwen": lambda: cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-v2",
     "austen": lambda: cache_dir() / "text" / "austen",
     "shakespeare": lambda: cache_dir() / "text" / "shakespeare",
 }

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=None, help="override the config's chunk_size (block size)")
 
 
 def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
@@ -77,6 +78,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, cfg = load_model(args.model, args.device)
+    if args.block_size:
+        cfg = cfg.replace(chunk_size=args.block_size)
     tag = args.tag or args.model
     out_dir = pathlib.Path(args.out)
     weights = {"random": None}
@@ -114,7 +117,7 @@ def run(args) -> int:
             cfgs[n] = _named_config(cfg, n, args.model, shipped_threshold=True)
         groups = {}
         for n, c in cfgs.items():  # one prefill per (bits, weights) group
-            groups.setdefault((c.hash_bits, c.hash_weight), {})[n] = c
+            groups.setdefault((c.hash_bits, c.hash_weight, c.chunk_size), {})[n] = c
         res["passkey"] = []
         for n in args.lengths:
             for d in args.depths:
