@@ -32,10 +32,9 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from gsa import ops
 from gsa.config import GSAConfig
 from gsa.sparse import GSASparse, Step
-
-from gsa import ops
 
 from . import tp as _tp
 from .settings import PluginSettings
@@ -163,8 +162,8 @@ class GSAVllmRuntime:
     # ------------------------------------------------------------------ memory
     def hash_cache_bytes_per_block(self) -> int:
         """Bytes one KV block costs in hash caches, over every scoring layer of this rank.
-        Every rank holds the codes of all ``Hkv`` KV heads (TP multiplies the per-rank
-        cost by ``tp`` relative to the rank's KV cache; still ``R/8`` bytes per head and token)."""
+        Every rank holds the codes of all ``Hkv`` KV heads (``R/8`` bytes per head and token),
+        ``Hkv / max(1, Hkv/tp)`` times its own KV heads: the cost relative to its KV cache grows with TP."""
         _, h, bs, c = self.sparse.hash_cache_shape(1)
         return len(self.policy.scoring_layers) * h * bs * c
 
