@@ -87,11 +87,14 @@ def runtime_at_init(device: Optional[torch.device] = None) -> Optional[GSAVllmRu
     kv_elt = torch.empty((), dtype=mc.dtype).element_size()
     per_block_kv = 2 * text.num_hidden_layers * settings.config.chunk_size * settings.config.head_dim * kv_elt * \
         max(1, settings.config.num_key_value_heads // tp_size)
-    logger.info("GSA enabled for %s (%s): %d scoring layers, %d sparse, block size %d; hash caches add %.2f%% "
-                "to the KV cache memory (not deducted from vLLM's KV budget, see docs/vllm.md)",
+    # under TP every rank keeps the codes of all Hkv KV heads (selection needs them all)
+    # against its own Hkv/tp heads of K and V: the fraction grows with tp
+    logger.info("GSA enabled for %s (%s): %d scoring layers, %d sparse, block size %d, TP %d; hash caches "
+                "(codes of all %d KV heads on every rank) add %.2f%% to this rank's KV cache memory (not "
+                "deducted from vLLM's KV budget, see docs/vllm.md)",
                 settings.config.model_name, settings.origin, len(rt.policy.scoring_layers),
-                sum(1 for lp in rt.policy.layers if not lp.dense), settings.config.chunk_size,
-                100.0 * rt.hash_cache_bytes_per_block() / per_block_kv)
+                sum(1 for lp in rt.policy.layers if not lp.dense), settings.config.chunk_size, tp_size,
+                settings.config.num_key_value_heads, 100.0 * rt.hash_cache_bytes_per_block() / per_block_kv)
     return rt
 
 

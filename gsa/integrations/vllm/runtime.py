@@ -12,10 +12,13 @@ each worker process. The wrapped attention backends (``cpu.py``, ``cuda.py``,
 * the attention forward, per layer: :meth:`select` gives the sparse block table
   and lengths (a reusing layer takes its source layer's selection of the step).
 
-Tensor parallelism: rank ``r`` holds KV heads ``[r*Hkv/tp, (r+1)*Hkv/tp)`` and
-hashes them with exactly those heads' slices of the seeded weights, so codes
-are bit-identical to a TP=1 run; the selection sums scores over the rank's
-heads only (see docs/vllm.md, "Tensor parallelism").
+Tensor parallelism (``tp.py``, docs/vllm.md "Tensor parallelism"): rank ``r``
+holds vLLM's share of the heads and hashes its KV heads with those heads' slices
+of the seeded weights (the global head's projection ``W[h]``); the codes of every
+KV head are all-gathered into a full hash cache ``[NB, Hkv, bs, C]`` on every
+rank, and each scoring layer all-gathers the query codes ``[B, Hq, C]``, so every
+rank runs the same selection on the same inputs: identical on all ranks and
+equal to a TP=1 run, bit for bit.
 """
 from __future__ import annotations
 
@@ -29,9 +32,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from gsa import ops
 from gsa.config import GSAConfig
 from gsa.sparse import GSASparse, Step
 
+from . import tp as _tp
 from .settings import PluginSettings
 
 __all__ = ["GSAVllmRuntime", "StepState", "current_runtime", "runtime_for", "stats", "reset_stats"]
@@ -50,8 +55,9 @@ class _LocalHeadsSparse(GSASparse):
 
     def __init__(self, config: GSAConfig, device, heads: Tuple[int, int], pad_id: int = 0):
         super().__init__(config, device=device, pad_id=pad_id)
-        self.heads = heads
+        self.heads = heads  # [lo, hi) global KV heads of this rank
         self._w: Dict[int, Tensor] = {}
+        self.last_top_k: Dict[int, Tuple[Tensor, Tensor]] = {}
 
     def weights(self, layer: int):
         w = self._w.get(layer)
@@ -62,9 +68,21 @@ class _LocalHeadsSparse(GSASparse):
             self._w[layer] = w
         return w
 
-    def hash_cache_shape(self, num_blocks: int):
+    def select_codes(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
+                     q_codes: Tensor) -> Tuple[Tensor, Tensor]:
+        """:meth:`select` of a scoring layer from ready query codes ``uint8 [B, Hq, C]``
+        (all heads, gathered over TP) and the full ``hash_cache [NB, Hkv, bs, C]``.
+        Returns ``(table int32 [B, K], lens int32 [B])`` and records the selection."""
         c = self.config
-        return (int(num_blocks), self.heads[1] - self.heads[0], c.chunk_size, c.code_bytes)
+        self._check_cache(layer, hash_cache)
+        indices, n_sel = ops.hamming_dist_top_k(
+            q_codes, hash_cache, block_table, seq_lens, step.budgets[layer], step.plan.k,
+            c.must_select_blocks, c.chunk_repre_method, c.rope_bytes, 1.0,
+        )
+        out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
+        step._selections[layer] = out
+        self.last_top_k[layer] = (indices, n_sel)  # for checks across ranks (tests, debugging)
+        return out
 
 
 @dataclass
@@ -114,23 +132,20 @@ class GSAVllmRuntime:
     """GSA for one vLLM engine in this process (see the module docstring)."""
 
     def __init__(self, settings: PluginSettings, *, device: torch.device, tp_rank: int = 0, tp_size: int = 1,
-                 num_layers: int, layer_names: Optional[Dict[str, int]] = None):
+                 num_layers: int, layer_names: Optional[Dict[str, int]] = None, tp_group: Any = None):
         cfg = settings.config
         self.settings = settings
         self.config = cfg
         self.device = torch.device(device)
         self.tp_rank, self.tp_size = tp_rank, tp_size
-        hkv = cfg.num_key_value_heads
-        if tp_size <= hkv:
-            per = hkv // tp_size
-            heads = (tp_rank * per, (tp_rank + 1) * per)
-        else:  # more ranks than KV heads: vLLM replicates each head over tp_size / hkv ranks
-            h = tp_rank * hkv // tp_size
-            heads = (h, h + 1)
-        self.sparse = _LocalHeadsSparse(cfg, self.device, heads)
+        # vLLM's head split (KV heads replicated when tp_size > Hkv); checked here
+        self.layout = _tp.head_layout(cfg.num_attention_heads, cfg.num_key_value_heads, tp_size, tp_rank)
+        self._tp_group = tp_group  # resolved lazily to vLLM's TP group when None and tp_size > 1
+        self.sparse = _LocalHeadsSparse(cfg, self.device, self.layout.kv_heads)
         self.policy = self.sparse.policy
         self.num_layers = num_layers
         self.hash_caches: Dict[int, Tensor] = {}
+        self._hash_storage: Dict[int, Tensor] = {}  # TP: [NB + 1, ...], the cache plus a scratch block
         self.counters = _Counters()
         self.log_every = settings.log_every
         self._lock = threading.Lock()
@@ -146,16 +161,33 @@ class GSAVllmRuntime:
 
     # ------------------------------------------------------------------ memory
     def hash_cache_bytes_per_block(self) -> int:
-        """Bytes one KV block costs in hash caches, over every scoring layer of this rank."""
+        """Bytes one KV block costs in hash caches, over every scoring layer of this rank.
+        Every rank holds the codes of all ``Hkv`` KV heads (``R/8`` bytes per head and token),
+        ``Hkv / max(1, Hkv/tp)`` times its own KV heads: the cost relative to its KV cache grows with TP."""
         _, h, bs, c = self.sparse.hash_cache_shape(1)
         return len(self.policy.scoring_layers) * h * bs * c
 
+    @property
+    def tp_group(self) -> Any:
+        """The group codes are gathered over (``None`` at TP=1): the one given, else vLLM's TP group."""
+        if self.tp_size > 1 and self._tp_group is None:
+            from vllm.distributed import get_tp_group
+
+            self._tp_group = get_tp_group()
+        return self._tp_group
+
     def hash_cache(self, layer: int, num_blocks: int) -> Tensor:
-        """Layer ``layer``'s hash cache ``uint8 [NB, Hkv_rank, bs, C]``, allocated on
-        first use with the KV cache's block count (block ids are shared)."""
+        """Layer ``layer``'s hash cache ``uint8 [NB, Hkv, bs, C]`` (all KV heads, on every
+        TP rank), allocated on first use with the KV cache's block count (block ids are
+        shared). Under TP it is a view of ``[NB + 1, ...]`` storage whose last block
+        absorbs padding slots (:func:`gsa.integrations.vllm.tp.write_codes`)."""
         hc = self.hash_caches.get(layer)
         if hc is None or hc.shape[0] != num_blocks:
-            hc = torch.zeros(self.sparse.hash_cache_shape(num_blocks), dtype=torch.uint8, device=self.device)
+            extra = 1 if self.tp_size > 1 else 0
+            shape = self.sparse.hash_cache_shape(num_blocks + extra)
+            storage = torch.zeros(shape, dtype=torch.uint8, device=self.device)
+            hc = storage[:num_blocks]
+            self._hash_storage[layer] = storage
             self.hash_caches[layer] = hc
             if len(self.hash_caches) == len(self.policy.scoring_layers):
                 total = sum(t.numel() for t in self.hash_caches.values())
@@ -166,14 +198,22 @@ class GSAVllmRuntime:
     # ------------------------------------------------------------------ keys
     def cache_keys(self, layer: int, key: Tensor, slot_mapping: Tensor, num_blocks: int) -> None:
         """Hash ``key [T, Hkv_rank, D]`` into the layer's hash cache at ``slot_mapping [T']``
-        (``T' <= T``: vLLM may pad the token axis; ``-1`` slots are skipped)."""
+        (``T' <= T``: vLLM may pad the token axis; ``-1`` slots are skipped). Under TP
+        the rank's codes ``[T', Hkv_rank, C]`` are all-gathered and every KV head's code
+        is written (the same on every rank)."""
         if not self.policy.needs_hash_cache(layer) and layer != self.capture_layer:
             return
         t0 = time.perf_counter()
         n = slot_mapping.shape[0]
         k = key[:n]
         if self.policy.needs_hash_cache(layer):
-            self.sparse.cache_keys(layer, self.hash_cache(layer, num_blocks), slot_mapping, k)
+            hc = self.hash_cache(layer, num_blocks)
+            if self.tp_size == 1:
+                self.sparse.cache_keys(layer, hc, slot_mapping, k)
+            else:
+                codes = ops.hash_encode(k, self.sparse.weights(layer))  # [T', Hkv_rank, C]
+                full = _tp.gather_kv_codes(codes, self.layout, self.tp_group)  # [T', Hkv, C]
+                _tp.write_codes(self._hash_storage[layer], full, slot_mapping, num_blocks)
         self.counters.hashing_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ steps
@@ -221,7 +261,8 @@ class GSAVllmRuntime:
                seq_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """Sparse ``(block_table int32 [B, K], seq_lens int32 [B])`` of ``layer`` for this
         step. ``query [T, Hq_rank, D]``: the step's queries (the last token of each row
-        scores); ``block_table [B, M]``, ``seq_lens [B]``: the backend's (int32)."""
+        scores; under TP their codes are all-gathered to ``[B, Hq, C]``, so every rank
+        selects the same blocks); ``block_table [B, M]``, ``seq_lens [B]``: the backend's (int32)."""
         t0 = time.perf_counter()
         step = state.step
         lp = self.policy.layer(layer)
@@ -242,7 +283,12 @@ class GSAVllmRuntime:
             if hc is None:
                 raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
                                    "(do_kv_cache_update was not called through the GSA backend)")
-            table, lens = self.sparse.select(layer, step, bt, sel_lens, hash_cache=hc, q=q)
+            if self.tp_size == 1:
+                table, lens = self.sparse.select(layer, step, bt, sel_lens, hash_cache=hc, q=q)
+            else:
+                q_codes = ops.hash_encode(q, self.sparse.weights(layer))  # [B, Hq_rank, C]
+                q_codes = _tp.gather_q_codes(q_codes, self.layout, self.tp_group)  # [B, Hq, C]
+                table, lens = self.sparse.select_codes(layer, step, bt, sel_lens, hc, q_codes)
             lens = torch.where(sl > 0, lens, sl)
             step._selections[layer] = (table, lens)
             self.counters.layer_selections += 1
@@ -329,7 +375,10 @@ class GSAVllmRuntime:
             "k": step.plan.k,
             "k_cache": self._shadow[0].clone(),
             "v_cache": self._shadow[1].clone(),
+            # all KV heads (under TP: this rank's are kv_heads[0]:kv_heads[1])
             "hash_cache": self.hash_caches[self.policy.layer(layer).selection_layer].clone(),
+            "kv_heads": self.layout.kv_heads,
+            # the rank's heads' projection (the captured q and keys are the rank's heads)
             "weight": self.sparse.weights(self.policy.layer(layer).selection_layer),
             "scale": scale,
         }
