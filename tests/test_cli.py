@@ -103,3 +103,16 @@ def test_demo_small(capsys, model):
     name, recall, err, same = line.split()[:4]
     assert float(recall) >= 0.5 and 0 <= float(err) < 1 and same == "yes"
     assert "blocks kept:" in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--depths", "10"], "--depths: expected a fraction in [0, 1], got 10 (write 10% as 0.1)"),
+    (["--ratios", "0"], "--ratios: expected a fraction in (0, 1], got 0"),
+    (["--depths", "x"], "--depths: expected a number, got 'x'"),
+])
+def test_eval_rejects_out_of_range_fractions(capsys, argv, fragment):
+    pytest.importorskip("gsa.eval.cli")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["eval", *argv])
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err

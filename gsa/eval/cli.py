@@ -26,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", type=int, default=4096, help="dense prefix tokens before the evaluated ones")
     parser.add_argument("--eval-tokens", type=int, default=2048, help="teacher-forced decode positions")
     parser.add_argument("--sample-every", type=int, default=32, help="grid: score every n-th decode position")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 1 / 8, 1 / 16])
+    parser.add_argument("--ratios", type=_fraction("--ratios", open_low=True), nargs="+", default=[0.3, 1 / 8, 1 / 16])
     parser.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--trained", action="store_true", help="also score trained weights (gsa train-hash bundles)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
                         help="e2e configs: 'shipped' or 'r<ratio>-b<bits>[-trained]'")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
-    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                        help="where the passkey sits, as fractions of the filler (0.1 = 10%%)")
     parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"])
     parser.add_argument("--book", default="emma", help="Austen novel for the grid / e2e text")
     parser.add_argument("--tag", default=None, help="results name (default: the model)")
@@ -66,6 +67,22 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
             raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} (expected 'trained' or 'bs<N>')")
     c = eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
     return c.replace(chunk_size=bs) if bs else c
+
+
+def _fraction(flag: str, open_low: bool = False):
+    """argparse type: a float in [0, 1] ((0, 1] with open_low). A depth of 10
+    meaning 10% would otherwise put the passkey past the prompt and run for
+    minutes measuring nothing."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: expected a number, got {text!r}")
+        if not ((0 < v if open_low else 0 <= v) and v <= 1):
+            lo = "(0" if open_low else "[0"
+            raise argparse.ArgumentTypeError(f"{flag}: expected a fraction in {lo}, 1], got {text} (write 10% as 0.1)")
+        return v
+    return parse
 
 
 def run(args) -> int:
