@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
                         help="where the passkey sits, as fractions of the filler (0.1 = 10%%)")
     parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"])
+    parser.add_argument("--skip-dense", action="store_true",
+                        help="passkey: leave out the dense reference (it is deterministic: reuse an earlier run's "
+                             "dense rows for the same lengths and depths)")
     parser.add_argument("--book", default="emma", help="Austen novel for the grid / e2e text")
     parser.add_argument("--tag", default=None, help="results name (default: the model)")
     parser.add_argument("--out", default="benchmarks/results")
@@ -129,7 +132,7 @@ def run(args) -> int:
                 write_results(res, out_dir, tag)
         del g
     if "passkey" in args.parts:
-        cfgs = {"dense": _named_config(cfg, "dense", args.model)}
+        cfgs = {} if args.skip_dense else {"dense": _named_config(cfg, "dense", args.model)}
         for n in args.passkey_configs:
             cfgs[n] = _named_config(cfg, n, args.model, shipped_threshold=True)
         groups = {}
