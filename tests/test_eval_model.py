@@ -57,11 +57,13 @@ def test_teacher_forced_equals_sequential_sparse_decode(smol, austen_ids):
     run.prefill(austen_ids[:prefix])
     seq = [run.decode(int(austen_ids[prefix + i])) for i in range(n)]
     assert all(b < (prefix + n) / 32 for b in run.blocks_read)  # decode really was sparse
-    tf = TeacherForcedRun(model, block_size=32)
+    tf = TeacherForcedRun(model, block_size=128)  # prefix cached at another block size, as the harness forks it
     tf.feed(austen_ids[:prefix], logits="last")  # the same dense prefill
     base = tf.fork()
-    tf.select = make_select(c)
-    par = tf.feed(austen_ids[prefix: prefix + n])  # row i: the decode step that consumes token prefix+i
+    with pytest.raises(ValueError, match="block size"):  # a selector/run block-size mismatch is an error
+        tf.fork(select=make_select(c)).feed(austen_ids[prefix: prefix + 1])
+    sparse = tf.fork(select=make_select(c), block_size=32)
+    par = sparse.feed(austen_ids[prefix: prefix + n])  # row i: the decode step that consumes token prefix+i
     assert torch.allclose(torch.stack(seq), par, atol=2e-3, rtol=0), (torch.stack(seq) - par).abs().max()
     dense = base.feed(austen_ids[prefix: prefix + n])
     assert not torch.allclose(dense, par, atol=2e-3)  # sparsity mattered

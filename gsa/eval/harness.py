@@ -152,7 +152,7 @@ def end_to_end(model, grid_result: dict, cfgs: Dict[str, GSAConfig], prefix_len:
     out = {}
     for name, cfg in cfgs.items():
         t0 = time.time()
-        run = grid_result["prefix_run"].fork(select=make_select(cfg))
+        run = grid_result["prefix_run"].fork(select=make_select(cfg), block_size=cfg.chunk_size)
         parts = []
         for c0 in range(prefix_len, prefix_len + n_eval, chunk):
             c1 = min(prefix_len + n_eval, c0 + chunk)

@@ -298,6 +298,11 @@ class TeacherForcedRun:
         blocks = None if self.select is None else self.select(layer, q, k_all, self.pos)
         allowed = None
         if blocks is not None:
+            nblk = math.ceil(k_all.shape[0] / self.bs)
+            if blocks.shape != (q.shape[0], nblk):
+                raise ValueError(f"TeacherForcedRun: selection for layer {layer} has shape {tuple(blocks.shape)}, "
+                                 f"expected ({q.shape[0]}, {nblk}) for block size {self.bs} (selector and run "
+                                 "must use the same block size)")
             tok_block = torch.arange(k_all.shape[0], device=q.device) // self.bs
             allowed = lambda r0, r1: blocks[r0:r1][:, tok_block]  # noqa: E731
         return _causal_sdpa(q, k_all, v_all, self.pos, scale, allowed)
@@ -308,8 +313,10 @@ class TeacherForcedRun:
         self.pos += ids.shape[0]
         return out
 
-    def fork(self, select: Optional[Callable] = None, observer: Optional[Callable] = None) -> "TeacherForcedRun":
-        """A run sharing this one's cached prefix (tensors are replaced, never written in place)."""
-        r = TeacherForcedRun(self.model, select, observer, self.bs)
+    def fork(self, select: Optional[Callable] = None, observer: Optional[Callable] = None,
+             block_size: Optional[int] = None) -> "TeacherForcedRun":
+        """A run sharing this one's cached prefix (tensors are replaced, never written in place).
+        ``block_size`` must equal the selector's block size (the cache is per token, so any works)."""
+        r = TeacherForcedRun(self.model, select, observer, block_size or self.bs)
         r.k, r.v, r.pos = dict(self.k), dict(self.v), self.pos
         return r
