@@ -224,7 +224,8 @@ class PagedRecall:
         nblk = math.ceil(n / bs)
         phys = table[0, :nblk].long()
         keys = k_cache[phys].reshape(nblk * bs, *k_cache.shape[2:])[:n]
-        probs = S.dense_probs(q, keys, seq_lens.long().cpu(), q.shape[-1] ** -0.5)  # [1, Hq, n]
+        # instrumentation, not the decode step: scored on the host whatever the run's device
+        probs = S.dense_probs(q.cpu(), keys.cpu(), seq_lens.long().cpu(), q.shape[-1] ** -0.5)  # [1, Hq, n]
         mass = S.block_mass(probs, bs)  # [1, Hq, nblk]
         n_sel = math.ceil(int(sparse_lens[0]) / bs)
         chosen = set(sparse_table[0, :n_sel].tolist())

@@ -74,7 +74,7 @@ def _block_max(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> torch.Tens
     """Token scores ``[N, S]`` -> block max ``[N, NBLK]`` over valid tokens (``-inf`` if none)."""
     n, s = tok.shape
     nblk = math.ceil(s / bs)
-    valid = torch.arange(s).unsqueeze(0) < seq_lens.unsqueeze(1)
+    valid = torch.arange(s, device=logits.device).unsqueeze(0) < seq_lens.to(logits.device).unsqueeze(1)
     t = tok.masked_fill(~valid, -math.inf)
     t = torch.nn.functional.pad(t, (0, nblk * bs - s), value=-math.inf)
     return t.reshape(n, nblk, bs).amax(dim=2)
@@ -128,7 +128,7 @@ def dense_probs(q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor, scale:
     s, hkv, _ = k.shape
     logits = torch.einsum("nkgd,skd->nkgs", q.float().reshape(n, hkv, hq // hkv, d), k.float()) * scale
     logits = logits.reshape(n, hq, s)
-    valid = torch.arange(s).unsqueeze(0) < seq_lens.unsqueeze(1)
+    valid = torch.arange(s, device=logits.device).unsqueeze(0) < seq_lens.to(logits.device).unsqueeze(1)
     return torch.softmax(logits.masked_fill(~valid.unsqueeze(1), -math.inf), dim=-1)
 
 
