@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
                         help="where the passkey sits, as fractions of the filler (0.1 = 10%%)")
     parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"])
+    parser.add_argument("--recall", action="store_true",
+                        help="passkey: also measure attention-mass recall of every sparse decode step (host-side "
+                             "softmax over all cached keys: slow at long contexts on CPU)")
     parser.add_argument("--skip-dense", action="store_true",
                         help="passkey: leave out the dense reference (it is deterministic: reuse an earlier run's "
                              "dense rows for the same lengths and depths)")
@@ -142,7 +145,8 @@ def run(args) -> int:
         for n in args.lengths:
             for d in args.depths:
                 for grp in groups.values():
-                    res["passkey"] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d))
+                    res["passkey"] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d),
+                                                        observer_factory=harness.PagedRecall if args.recall else None)
                 write_results(res, out_dir, tag)
     res["meta"]["total_seconds"] = time.time() - t0
     paths = write_results(res, out_dir, tag)

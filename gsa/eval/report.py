@@ -53,10 +53,13 @@ def write_results(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathl
         md.append("")
     if res.get("passkey"):
         md += ["## Passkey retrieval (paged GSA decode path)", "",
-               "| tokens | depth | config | found | answer | blocks read / total |", "|---|---|---|---|---|---|"]
+               "| tokens | depth | config | found | answer | blocks read / total | mass recall (worst layer) |",
+               "|---|---|---|---|---|---|---|"]
         for p in res["passkey"]:
+            rec = (f"{_fmt(p['mass_recall'])} ({_fmt(p.get('mass_recall_min_layer'))})"
+                   if p.get("mass_recall") is not None else "-")
             md.append(f"| {p['length']} | {p['depth']:.0%} | {p['config']} | {'yes' if p['found'] else 'NO'} | "
-                      f"{p['answer'][:24]!r} | {_fmt(p['blocks_read'], 1)} / {p['n_blocks']} |")
+                      f"{p['answer'][:24]!r} | {_fmt(p['blocks_read'], 1)} / {p['n_blocks']} | {rec} |")
         md.append("")
     paths["md"].write_text("\n".join(md))
     try:
