@@ -74,7 +74,7 @@ def _block_max(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> torch.Tens
     """Token scores ``[N, S]`` -> block max ``[N, NBLK]`` over valid tokens (``-inf`` if none)."""
     n, s = tok.shape
     nblk = math.ceil(s / bs)
-    valid = torch.arange(s, device=logits.device).unsqueeze(0) < seq_lens.to(logits.device).unsqueeze(1)
+    valid = torch.arange(s, device=tok.device).unsqueeze(0) < seq_lens.to(tok.device).unsqueeze(1)
     t = tok.masked_fill(~valid, -math.inf)
     t = torch.nn.functional.pad(t, (0, nblk * bs - s), value=-math.inf)
     return t.reshape(n, nblk, bs).amax(dim=2)
