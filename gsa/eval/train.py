@@ -166,11 +166,12 @@ def train_hash(model, tok, cfg, text: str, bits: int, out: pathlib.Path, n_token
                steps: int = 150, captured: Optional[dict] = None, gate: bool = True, log=print) -> pathlib.Path:
     """Train every scoring layer's ``[Hkv, D, R]`` projection at ``bits`` bits and save a bundle.
 
-    Queries from the first three quarters of the captured text train; the last
-    quarter validates (:func:`head_recall`, ratio 1/8, 32-token blocks). With
-    ``gate`` a head keeps its trained projection only where that beats the
-    random one on validation (model selection on training text, never on the
-    eval text); the bundle's metadata lists the kept heads and both scores."""
+    Queries from the middle half of the captured text (positions ``[T/4, 3T/4)``,
+    each seeing every earlier key) train; the last quarter validates
+    (:func:`head_recall`, ratio 1/8, 32-token blocks). With ``gate`` a head
+    keeps its trained projection only where that beats the random one on
+    validation (model selection on training text, never on the eval text); the
+    bundle's metadata lists the kept heads and both scores."""
     from safetensors.torch import save_file
     from gsa.eval.model import eval_config
     from gsa.weights import load_hash_weights, tensor_name
