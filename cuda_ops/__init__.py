@@ -61,6 +61,12 @@ def _lazy(op: str) -> Callable:
     return run
 
 
+def _hot_path():
+    from .hotpath import TritonHotPath
+
+    return TritonHotPath()
+
+
 def register() -> None:
     from gsa.dispatch import Backend, register_backend
 
@@ -72,6 +78,7 @@ def register() -> None:
             kernels={op: _lazy(op) for op in _OP_MODULES},
             priority=PRIORITY_INTERPRETED if interp else PRIORITY_CUDA,
             probe=probe,
+            hot_path=_hot_path,
             install_hint="`pip install gsa-ops[triton]` and a CUDA GPU (or TRITON_INTERPRET=1 for the CPU interpreter)",
         )
     )

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
+from .launch import launch, sm_count
 
 __all__ = ["paged_decode_attention", "split_plan"]
 
@@ -112,18 +113,12 @@ def _attn_reduce_kernel(o_ptr, m_ptr, l_ptr, out_ptr, S,
     tl.store(out_ptr + b * sout_b + hq * sout_h + dd, out.to(out_ptr.dtype.element_ty), mask=dd < D)
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
 def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16,
                min_tokens: int = 256):
     """``(splits, tokens_per_split)`` from shapes only: about ``per_sm`` programs per SM,
     but no split shorter than ``min_tokens`` (short splits are latency-bound)."""
     max_tokens = m * bs
-    want = max(1, math.ceil(per_sm * _sm_count(device) / max(1, b * hkv)))
+    want = max(1, math.ceil(per_sm * sm_count(device) / max(1, b * hkv)))
     if INTERPRET or device.type != "cuda":
         want = 2  # exercise the reduce step without slowing the interpreter
     per = max(block_n, math.ceil(max_tokens / want))
@@ -134,16 +129,19 @@ def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n:
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
-                           num_warps=4, num_stages=4, per_sm=16, min_tokens=256):
+                           num_warps=4, num_stages=4, per_sm=16, min_tokens=256, out=None, work=None, cache=None):
     """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
-    The keyword arguments are launch knobs for benchmarks; the op uses the defaults."""
+    The keyword arguments are launch knobs for benchmarks and, for the hot path,
+    ``out`` (the result buffer), ``work`` (a dict that keeps the fp32 partials
+    between calls) and ``cache`` (a ``launch.LaunchCache``); the op uses the defaults."""
     b, hq, d = q.shape
     nb, bs, hkv, _ = k_cache.shape
     m = block_table.shape[1]
     g = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
     if b == 0:
         return out
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -155,20 +153,25 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     if block_n is None:
         block_n = 32 if (ieee or block_d > 128) else 64
     splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
-    o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
-    ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
+    key = (b, hq, splits, d)
+    if work is not None and work.get("key") == key:
+        o, ml = work["o"], work["ml"]
+    else:
+        o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
+        if work is not None:
+            work.update(key=key, o=o, ml=ml)
     mm, ll = ml[0], ml[1]
-    _attn_split_kernel[(b, hkv, splits)](
+    launch(_attn_split_kernel, (b, hkv, splits), (
         q, k_cache, v_cache, block_table, seq_lens, o, mm, ll,
         scale * _LOG2E, nb, per,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
-        o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
-        BS=bs, G=g, D=d, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n,
-        UPCAST=INTERPRET, IEEE=ieee, num_warps=num_warps, num_stages=num_stages,
-    )
-    _attn_reduce_kernel[(b, hq)](
+        o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1)),
+        dict(BS=bs, G=g, D=d, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n,
+             UPCAST=INTERPRET, IEEE=ieee, num_warps=num_warps, num_stages=num_stages), cache)
+    launch(_attn_reduce_kernel, (b, hq, 1), (
         o, mm, ll, out, splits, o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
-        out.stride(0), out.stride(1), D=d, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
-    )
+        out.stride(0), out.stride(1)),
+        dict(D=d, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d), cache)
     return out

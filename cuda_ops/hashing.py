@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
+from .launch import launch, sm_count
 
 INTERPRET = interpreting()
 PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
@@ -176,9 +177,9 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None, prefetch=None):
+            pack_dot=None, prefetch=None, cache=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
-    ``slots``, the cache ``[NB, H, bs, *]``."""
+    ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``launch.LaunchCache`` (hot path)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -194,7 +195,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     block_m = bm if block_m is None else block_m
     n_tiles = triton.cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
-        sms = torch.cuda.get_device_properties(x3.device).multi_processor_count
+        sms = sm_count(x3.device)
         n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
@@ -210,23 +211,19 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
+    consts = dict(SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch,
+                  BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
     if slots is None:
-        _hash_kernel[grid](
-            x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
-            x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
-            out.stride(0), out.stride(1), 0, 0, 0,
-            CACHE=False, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=num_warps, num_stages=num_stages,
-        )
+        args = (x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
+                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
+                out.stride(0), out.stride(1), 0, 0, 0)
+        launch(_hash_kernel, grid, args, dict(CACHE=False, **consts), cache)
     else:
         nb, _, bs, _ = out.shape
-        _hash_kernel[grid](
-            x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
-            x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
-            0, 0, out.stride(0), out.stride(1), out.stride(2),
-            CACHE=True, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c,
-            num_warps=num_warps, num_stages=num_stages,
-        )
+        args = (x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
+                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
+                0, 0, out.stride(0), out.stride(1), out.stride(2))
+        launch(_hash_kernel, grid, args, dict(CACHE=True, **consts), cache)
 
 
 def _as_heads(x: torch.Tensor, weight: torch.Tensor):

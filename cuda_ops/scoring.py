@@ -26,7 +26,10 @@ import triton.language as tl
 
 from gsa.reference.scoring import SCORE_SCALE
 
-__all__ = ["hamming_dist_top_k", "block_score_keys", "MAX_FORCED", "MAX_BLOCKS"]
+from . import interpreting
+from .launch import launch
+
+__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "MAX_FORCED", "MAX_BLOCKS"]
 
 MAX_FORCED = 8  # forced-block entries passed as scalar arguments (graph-safe)
 MAX_BLOCKS = 65536  # block-table width one select program holds in registers
@@ -127,6 +130,16 @@ def _popcount32(x):
 
 
 @triton.jit
+def _popc(x, HW: tl.constexpr):
+    """uint32 -> bit count: the ``popc`` instruction on CUDA (``HW``), else SWAR
+    (the interpreter and triton-ascend have no inline PTX)."""
+    if HW:
+        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return _popcount32(x).to(tl.int32)
+
+
+@triton.jit
 def _csa(a, b, c):
     """Carry-save adder on bit vectors: ``a + b + c = 2 * carry + sum`` per bit."""
     u = a ^ b
@@ -158,7 +171,7 @@ def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
 ):
     """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
     ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits).
@@ -168,7 +181,8 @@ def _block_score_hs_kernel(
     carry-save adders (Harley-Seal): 8 words cost 7 CSAs (two three-input logic
     ops each) and one popcount, about a third of the integer work. Each key word
     is loaded once as its own ``[T]`` vector (4-byte loads; the block's 16 KB
-    stay in L1), so the 8 words of a step are plain registers.
+    stay in L1), so the 8 words of a step are plain registers. ``HW_POPC``: count
+    the carry words with the ``popc`` instruction (CUDA) instead of SWAR.
     """
     j = tl.program_id(0)
     b = tl.program_id(1)
@@ -198,7 +212,7 @@ def _block_score_hs_kernel(
                         k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
                         k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
                     )
-                    eights += _popcount32(e8).to(tl.int32)
+                    eights += _popc(e8, HW_POPC)
             else:  # W == 8: one query head a step
                 k4 = tl.load(row + 4, mask=tmask, other=0).to(tl.uint32, bitcast=True)
                 k5 = tl.load(row + 5, mask=tmask, other=0).to(tl.uint32, bitcast=True)
@@ -212,9 +226,8 @@ def _block_score_hs_kernel(
                         k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
                         k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
                     )
-                    eights += _popcount32(e8).to(tl.int32)
-        pc = 8 * eights + 4 * _popcount32(fours).to(tl.int32) + 2 * _popcount32(twos).to(tl.int32) \
-            + _popcount32(ones).to(tl.int32)
+                    eights += _popc(e8, HW_POPC)
+        pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
         s16 = 16 * (HKV * G * W * 32 - 2 * pc)
         valid = tmask & (j * BS + t < seq)
         if MEAN:
@@ -236,14 +249,28 @@ def _is_forced(cols, nblk, m):
 
 @triton.jit
 def _select_kernel(
-    key_ptr, sl_ptr, bud_ptr, idx_ptr, nsel_ptr, M, K, BS, sk_b, si_b,
+    key_ptr, sl_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
+    M, K, BS, PAD, sk_b, sbt_b, st_b, si_b,
     F0, F1, F2, F3, F4, F5, F6, F7,
-    NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
 ):
-    """Row ``b = program_id(0)``: ``key int32 [B, M]`` -> ``idx int32 [B, K]``, ``nsel int32 [B]``."""
+    """Selection (spec 5), and with ``GATHER`` also ``kv_select`` (spec 6), one program per row.
+
+    ``key int32 [B, M]`` (block order keys of ``scoring.block_score_keys``),
+    ``sl int32 [B]``, ``bud int32 [B]``, ``bt int32 [B, M]`` -> ``table int32 [B, K]``
+    (physical ids of the selected blocks ascending, ``PAD`` after) and ``lens int32 [B]``
+    when ``GATHER``; ``idx int32 [B, K]`` / ``nsel int32 [B]`` as ``hamming_dist_top_k``
+    returns them when ``WRITE_IDX``. Forced blocks get key ``INT32_MAX``; the
+    ``n_sel``-th largest key is found by a binary search between the smallest and
+    largest non-forced key; ties go to the smaller block index (prefix sum) and a
+    second prefix sum gives each chosen block its ascending slot; slots ``>= K``
+    are dropped (``n_sel`` clamped to ``K``). A row with ``seq_len <= 0`` (an
+    engine's padding row, hot path only; the op requires ``>= 1``) selects
+    nothing: length 0, all ``PAD``.
+    """
     b = tl.program_id(0)
     seq = tl.load(sl_ptr + b)
-    nblk = tl.minimum((seq + BS - 1) // BS, M)
+    nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
     cols = tl.arange(0, BLOCK_M)
     valid = cols < nblk
     key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648)
@@ -269,9 +296,6 @@ def _select_kernel(
     key = tl.where(valid, key, -2147483648)
     bud = tl.load(bud_ptr + b)
     nsel = tl.where(bud >= nblk, nblk, tl.maximum(bud, n_forced))
-    # largest threshold T with count(key >= T) >= nsel: the nsel-th largest key.
-    # n_sel >= n_forced always, so T is INT32_MAX (only forced blocks) or a
-    # non-forced key: search between the smallest and largest of those.
     free = valid & (key < 2147483647)
     lo = tl.min(tl.where(free, key, 2147483647), axis=0)
     hi = tl.max(tl.where(free, key, -2147483648), axis=0)
@@ -286,15 +310,29 @@ def _select_kernel(
     above = key > lo
     tie = (key == lo).to(tl.int32)
     need = nsel - tl.sum(above.to(tl.int32), axis=0)
-    tie_rank = tl.cumsum(tie, axis=0) - tie  # ties go to the smaller block index
+    tie_rank = tl.cumsum(tie, axis=0) - tie
     chosen = valid & (above | ((tie > 0) & (tie_rank < need)))
     ch = chosen.to(tl.int32)
-    pos = tl.cumsum(ch, axis=0) - ch  # ascending output position
-    tl.store(idx_ptr + b * si_b + pos, cols, mask=chosen & (pos < K))
-    nsel_c = tl.minimum(nsel, K)  # unchecked k < n_sel: the first K ascending
+    pos = tl.cumsum(ch, axis=0) - ch
+    keep = chosen & (pos < K)
+    nsel_c = tl.minimum(nsel, K)
     kk = tl.arange(0, BLOCK_K)
-    tl.store(idx_ptr + b * si_b + kk, -1, mask=(kk >= nsel_c) & (kk < K))
-    tl.store(nsel_ptr + b, nsel_c)
+    tail = (kk >= nsel_c) & (kk < K)
+    if GATHER:
+        phys = tl.load(bt_ptr + b * sbt_b + cols, mask=keep, other=0)
+        tl.store(table_ptr + b * st_b + pos, phys, mask=keep)
+        length = tl.minimum(tl.maximum(seq - cols * BS, 0), BS)
+        tl.store(lens_ptr + b, tl.sum(tl.where(keep, length, 0), axis=0))
+        tl.store(table_ptr + b * st_b + kk, PAD, mask=tail)
+    if WRITE_IDX:
+        tl.store(idx_ptr + b * si_b + pos, cols, mask=keep)
+        tl.store(idx_ptr + b * si_b + kk, -1, mask=tail)
+        tl.store(nsel_ptr + b, nsel_c)
+
+
+def select_num_warps(block_m: int) -> int:
+    """Warps of one ``_select_kernel`` program for a ``BLOCK_M``-wide row."""
+    return 4 if block_m <= 2048 else (8 if block_m <= 8192 else 16)
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
@@ -305,11 +343,15 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
-                     rope_bytes=0, rope_score_weight=1.0, num_warps=4, path=None):
+                     rope_bytes=0, rope_score_weight=1.0, num_warps=4, path=None, keys=None, cache=None,
+                     hw_popc=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
-    that applies). Exposed for benchmarks and tests."""
+    that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
+    ``launch.LaunchCache`` (hot path); ``hw_popc``: the ``popc`` instruction in the
+    Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
+    benchmarks and tests."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
     m = block_table.shape[1]
@@ -318,7 +360,10 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     g = hq // hkv
     block_w = triton.next_power_of_2(w)
     block_g = max(1, min(triton.next_power_of_2(g), 16 // block_w))
-    keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
+    if keys is None:
+        keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
+    if hw_popc is None:
+        hw_popc = not interpreting()
     hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
     if path is None:
         path = "hs" if hs_ok else "swar"
@@ -326,24 +371,43 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
         raise ValueError(f"the Harley-Seal path needs rope_bytes == 0 and (W == 4, G even) or W == 8; "
                          f"got rope_bytes={rope_bytes}, W={w}, G={g}")
     if b and m and path == "hs":
-        _block_score_hs_kernel[(m, b)](
+        launch(_block_score_hs_kernel, (m, b, 1), (
             q32, kc32, block_table, seq_lens, keys,
             nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
-            block_table.stride(0), keys.stride(0),
-            BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
-            BLOCK_T=triton.next_power_of_2(bs), num_warps=num_warps,
-        )
+            block_table.stride(0), keys.stride(0)),
+            dict(BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
+                 BLOCK_T=triton.next_power_of_2(bs), HW_POPC=bool(hw_popc), num_warps=num_warps), cache)
     elif b and m:
-        _block_score_kernel[(m, b)](
+        launch(_block_score_kernel, (m, b, 1), (
             q32, kc32, block_table, seq_lens, keys,
             nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
-            block_table.stride(0), keys.stride(0),
-            BS=bs, HKV=hkv, G=g, W=w, W_MAIN=(c - rope_bytes) // 4,
-            W16=int(round(rope_score_weight * SCORE_SCALE)), MEAN=chunk_repre_method == "mean",
-            DEFER=block_g * w <= 31,
-            BLOCK_T=triton.next_power_of_2(bs), BLOCK_G=block_g, BLOCK_W=block_w, num_warps=num_warps,
-        )
+            block_table.stride(0), keys.stride(0)),
+            dict(BS=bs, HKV=hkv, G=g, W=w, W_MAIN=(c - rope_bytes) // 4,
+                 W16=int(round(rope_score_weight * SCORE_SCALE)), MEAN=chunk_repre_method == "mean",
+                 DEFER=block_g * w <= 31, BLOCK_T=triton.next_power_of_2(bs), BLOCK_G=block_g, BLOCK_W=block_w,
+                 num_warps=num_warps), cache)
     return keys
+
+
+def _forced_args(must_select_blocks):
+    forced = list(dict.fromkeys(int(x) for x in must_select_blocks))  # exact duplicates merge
+    if len(forced) > MAX_FORCED:
+        raise ValueError(f"triton hamming_dist_top_k: at most {MAX_FORCED} distinct must_select_blocks, got {forced}")
+    return forced, forced + [0] * (MAX_FORCED - len(forced))
+
+
+def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache):
+    b, m = block_table.shape
+    block_m = triton.next_power_of_2(max(m, 1))
+    gather = table is not None
+    write_idx = idx is not None
+    t_, l_ = (table, lens) if gather else (idx, nsel)
+    i_, n_ = (idx, nsel) if write_idx else (t_, l_)
+    launch(_select_kernel, (b, 1, 1), (
+        keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
+        keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
+        dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=triton.next_power_of_2(k), GATHER=gather,
+             WRITE_IDX=write_idx, num_warps=select_num_warps(block_m)), cache)
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,
@@ -352,11 +416,8 @@ def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, mu
     ``block_table int32 [B, M]``, ``seq_lens int32 [B]``, ``budgets int32 [B]`` ->
     ``(indices int32 [B, k], n_sel int32 [B])``, indices ascending, ``-1`` after."""
     b = q_codes.shape[0]
-    bs = key_cache.shape[2]
     m = block_table.shape[1]
-    forced = list(dict.fromkeys(int(x) for x in must_select_blocks))  # exact duplicates merge
-    if len(forced) > MAX_FORCED:
-        raise ValueError(f"triton hamming_dist_top_k: at most {MAX_FORCED} distinct must_select_blocks, got {forced}")
+    forced, fs = _forced_args(must_select_blocks)
     if m > MAX_BLOCKS:
         raise ValueError(f"triton hamming_dist_top_k: block_table width M <= {MAX_BLOCKS}, got {m}")
     keys = block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method,
@@ -364,11 +425,25 @@ def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, mu
     idx = torch.empty(b, k, dtype=torch.int32, device=q_codes.device)
     nsel = torch.empty(b, dtype=torch.int32, device=q_codes.device)
     if b:
-        block_m = triton.next_power_of_2(max(m, 1))
-        fs = forced + [0] * (MAX_FORCED - len(forced))
-        _select_kernel[(b,)](
-            keys, seq_lens, budgets, idx, nsel, m, k, bs, keys.stride(0), idx.stride(0), *fs,
-            NF=len(forced), BLOCK_M=block_m, BLOCK_K=triton.next_power_of_2(k),
-            num_warps=4 if block_m <= 2048 else (8 if block_m <= 8192 else 16),
-        )
+        _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs,
+                       None, None, idx, nsel, 0, None)
     return idx, nsel
+
+
+def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks, chunk_repre_method,
+                  rope_bytes, rope_score_weight, pad_id, keys, table, lens, cache=None):
+    """Hot path: ``hamming_dist_top_k`` then ``kv_select`` in two launches (block
+    scores; selection with the table gather fused), into caller-owned buffers
+    ``keys int32 [B, M]``, ``table int32 [B, k]``, ``lens int32 [B]``. Rows with
+    ``seq_len <= 0`` (an engine's padding) come back empty (length 0, all ``pad_id``)."""
+    b, m = block_table.shape
+    forced, fs = _forced_args(must_select_blocks)
+    if m > MAX_BLOCKS:
+        raise ValueError(f"triton hamming_dist_top_k: block_table width M <= {MAX_BLOCKS}, got {m}")
+    if b == 0:
+        return table, lens
+    block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method, rope_bytes,
+                     rope_score_weight, keys=keys, cache=cache)
+    _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs,
+                   table, lens, None, None, pad_id, cache)
+    return table, lens

@@ -47,3 +47,4 @@ def kv_select(indices, n_sel, block_table, seq_lens, block_size, pad_id):
             num_warps=4 if block_k <= 2048 else 8,
         )
     return table, lens
+

@@ -28,7 +28,7 @@ import importlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 __all__ = [
     "Backend",
@@ -77,6 +77,9 @@ class Backend:
     priority: int = 0
     probe: Optional[Callable[[], Tuple[bool, str]]] = None
     install_hint: str = ""
+    #: optional factory of the backend's decode hot path (see :mod:`gsa.hotpath`):
+    #: an object with ``hash_into``, ``hash_cache``, ``select_into``, ``attention_into``
+    hot_path: Optional[Callable[[], Any]] = None
     _status: Optional[Tuple[bool, str]] = field(default=None, repr=False)
 
     def status(self) -> Tuple[bool, str]:

@@ -25,6 +25,7 @@ import torch
 
 from gsa import ops
 from gsa.config import GSAConfig
+from gsa.hotpath import HotLayer, check_select_values, hot_path_for, range_checks
 from gsa.policy import GSAPolicy, HostInts, StepPlan
 from gsa.weights import load_hash_weights
 
@@ -48,7 +49,7 @@ class Step:
 
 
 def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
-    t = torch.tensor(a)  # a copy: the plan's arrays are read-only
+    t = torch.tensor(a, device="cpu")  # a copy (the plan's arrays are read-only), on the host even under a CUDA default device
     if device.type == "cpu":
         return t
     if device.type == "cuda":
@@ -76,6 +77,10 @@ class GSASparse:
             self._check_block_size("block_size", block_size)
         self.policy = GSAPolicy(config, self.device)
         self.pad_id = int(pad_id)
+        self._hot: Dict[int, HotLayer] = {}  # per layer: validated signature + reused outputs
+        self._hot_attn: Dict[int, HotLayer] = {}
+        self._hot_keys: Dict[int, Tuple] = {}
+        self._w: Dict[int, object] = {}
 
     # ------------------------------------------------------------------ static facts
     @property
@@ -129,7 +134,24 @@ class GSASparse:
         else:
             if key_rope is not None:
                 raise ValueError(f"GSA: layer {layer}: 'key_rope' is only for MLA configs")
-            ops.hash_encode_and_cache(key, self.weights(layer), hash_cache, slot_mapping)
+            w = self._weight(layer)
+            sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
+                   slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
+            if self._hot_keys.get(layer) == sig:
+                if range_checks(slot_mapping):
+                    ops._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
+                hot_path_for(key.device).hash_cache(key, w, hash_cache, slot_mapping)
+                return
+            ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping)  # validates (and range-checks on CPU)
+            if (key.device.type != "meta" and key.stride(-1) == 1 and slot_mapping.stride(0) == 1
+                    and hash_cache.is_contiguous()):
+                self._hot_keys[layer] = sig
+
+    def _weight(self, layer: int):
+        w = self._w.get(layer)
+        if w is None:
+            w = self._w[layer] = self.weights(layer)
+        return w
 
     def _check_cache(self, layer: int, hash_cache: Optional[Tensor]) -> None:
         if not isinstance(hash_cache, torch.Tensor):
@@ -204,10 +226,12 @@ class GSASparse:
             if q_rope.shape[:2] != q.shape[:2]:
                 raise ValueError(f"GSA: layer {layer}: 'q_rope' must have the rows and heads of 'q' "
                                  f"{tuple(q.shape[:2])}, got {tuple(q_rope.shape)}")
-            w_lora, w_rope = self.weights(layer)
+            w_lora, w_rope = self._weight(layer)
             q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
         else:
-            q_codes = ops.hash_encode(q, self.weights(layer))
+            out = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q)
+            step._selections[layer] = out
+            return out
         indices, n_sel = ops.hamming_dist_top_k(
             q_codes, hash_cache, block_table, seq_lens, step.budgets[layer], plan.k,
             c.must_select_blocks, c.chunk_repre_method, c.rope_bytes,
@@ -216,6 +240,31 @@ class GSASparse:
         out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
         step._selections[layer] = out
         return out
+
+    def _select_hot(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
+                    q: Tensor) -> Tuple[Tensor, Tensor]:
+        """GQA selection through :mod:`gsa.hotpath`: the layer's signature is validated
+        once, outputs are the layer's reused buffers (valid until its next selection)."""
+        c = self.config
+        w = self._weight(layer)
+        budgets = step.budgets[layer]
+        hot = self._hot.get(layer)
+        if hot is None:
+            hot = self._hot[layer] = HotLayer()
+        if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, step.plan.k, (self.pad_id,)) \
+                and q.device.type != "meta":
+            if range_checks(block_table, seq_lens, budgets):
+                check_select_values(hash_cache, block_table, seq_lens, budgets, step.plan.k, c.must_select_blocks)
+            hp = hot_path_for(q.device)
+            hp.hash_into(q, w, hot.q_codes)
+            return hp.select_into(hot.q_codes, hash_cache, block_table, seq_lens, budgets, step.plan.k,
+                                  c.must_select_blocks, c.chunk_repre_method, 0, 1.0, self.pad_id,
+                                  hot.keys, hot.table, hot.lens)
+        # a layout the raw kernels do not take (or meta tensors): the public ops
+        q_codes = ops.hash_encode(q, w)
+        indices, n_sel = ops.hamming_dist_top_k(q_codes, hash_cache, block_table, seq_lens, budgets, step.plan.k,
+                                                c.must_select_blocks, c.chunk_repre_method, 0, 1.0)
+        return ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
 
     def _check_query(self, layer: int, name: str, q: Tensor, dim: int, dim_key: str, cache_heads: int) -> None:
         # Heads: all num_attention_heads, or a rank's share under tensor parallelism
@@ -246,4 +295,27 @@ class GSASparse:
             table, lens = self.select(layer, step, block_table, seq_lens, hash_cache, q_hash, q_hash_rope)
         else:
             table, lens = self.select(layer, step, block_table, seq_lens, hash_cache, q)
-        return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
+        return self._attention_hot(layer, q, k_cache, v_cache, table, lens, scale)
+
+    def _attention_hot(self, layer: int, q: Tensor, k_cache: Tensor, v_cache: Tensor, table: Tensor, lens: Tensor,
+                       scale: Optional[float]) -> Tensor:
+        """Paged decode attention through :mod:`gsa.hotpath` (signature checked once per layer;
+        the fp32 partials are reused, the output is new)."""
+        hot = self._hot_attn.get(layer)
+        if hot is None:
+            hot = self._hot_attn[layer] = HotLayer()
+        sig = (q.shape, q.dtype, q.device, q.stride(), k_cache.shape, k_cache.stride(), v_cache.shape,
+               v_cache.stride(), k_cache.dtype, table.shape, table.dtype, table.stride(), lens.shape, lens.dtype,
+               lens.stride(), scale)
+        if hot.sig != sig:
+            out = ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)  # validates
+            hot.direct = (q.device.type != "meta" and q.stride(-1) == 1 and k_cache.stride(-1) == 1
+                          and v_cache.stride(-1) == 1 and table.stride(-1) == 1 and lens.stride(0) == 1)
+            hot.sig = sig
+            return out
+        if not hot.direct:
+            return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
+        if range_checks(table, lens):
+            ops._check_row_values("paged_decode_attention", table, lens, k_cache.shape[1], k_cache.shape[0])
+        return hot_path_for(q.device).attention_into(q, k_cache, v_cache, table, lens, scale, torch.empty_like(q),
+                                                     hot.work)

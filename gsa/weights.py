@@ -71,7 +71,10 @@ def generator_seed(seed: int, layer: int, part: str = "main") -> int:
 
 
 def random_hash_weight(seed: int, layer: int, heads: int, dim: int, bits: int, part: str = "main") -> torch.Tensor:
-    """Seeded random projection ``float32 [heads, dim, bits]`` on the CPU (module docstring recipe)."""
+    """Seeded random projection ``float32 [heads, dim, bits]`` on the CPU (module docstring recipe).
+
+    Every tensor is created with ``device="cpu"`` explicitly: engines (vLLM) build
+    models under a CUDA default device, where a CPU generator would be refused."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(generator_seed(seed, layer, part))
     out = []
@@ -79,9 +82,9 @@ def random_hash_weight(seed: int, layer: int, heads: int, dim: int, bits: int, p
         blocks = []
         for start in range(0, bits, dim):
             cols = min(dim, bits - start)
-            g = torch.randn(dim, cols, generator=gen, dtype=torch.float64)
+            g = torch.randn(dim, cols, generator=gen, dtype=torch.float64, device="cpu")
             q, t = torch.linalg.qr(g, mode="reduced")
-            sign = torch.where(torch.diagonal(t) < 0, -1.0, 1.0).to(torch.float64)
+            sign = torch.where(torch.diagonal(t) < 0, -1.0, 1.0).to(torch.float64)  # t is on the CPU: so is this
             blocks.append(q * sign)
         out.append(torch.cat(blocks, dim=1))
     return torch.stack(out).to(torch.float32)

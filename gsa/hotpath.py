@@ -1,0 +1,162 @@
+"""The decode hot path: GSA's per-layer work without per-op Python dispatch.
+
+:mod:`gsa.ops` validates every argument and goes through ``torch.ops.gsa.*``
+(custom-op dispatch) and a backend lookup on every call: right for a public
+API, too slow for an engine that issues a few ops per layer and step (hundreds
+of microseconds of host time per layer, more than the kernels take). The hot
+path keeps the same kernels and the same results but
+
+* resolves the backend once (``dispatch.hot_path_for``) and calls its kernels
+  directly (the Triton backend also skips Triton's argument binder);
+* validates shapes, dtypes, strides and devices once per *signature* (the
+  shapes of a layer's inputs): :class:`HotLayer` runs the public checks the
+  first time and only compares the signature afterwards;
+* keeps output buffers per layer and reuses them (also what makes a decode
+  step capturable in a CUDA graph with stable addresses): a result is valid
+  until the same layer's next call.
+
+Value checks that read device data (``seq_len >= 1``, block ids in range) run,
+as in :mod:`gsa.ops`, on CPU tensors and under ``GSA_DEBUG=1``.
+
+Backends without a hot path of their own get :class:`GenericHotPath`: their
+raw kernels (``dispatch.kernel``) composed the same way, results copied into
+the caller's buffers.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from gsa import dispatch
+from gsa import validate as V
+
+__all__ = ["GenericHotPath", "hot_path_for", "HotLayer"]
+
+Tensor = torch.Tensor
+
+
+class GenericHotPath:
+    """The hot-path interface over a backend's plain kernels (``dispatch.kernel``)."""
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+        self.name = dispatch.resolve("hamming_dist_top_k", device_type).name
+
+    def _k(self, op: str):
+        return dispatch.kernel(op, self.device_type)
+
+    def hash_into(self, x: Tensor, weight: Tensor, out: Tensor) -> Tensor:
+        out.copy_(self._k("hash_encode")(x, weight))
+        return out
+
+    def hash_cache(self, k: Tensor, weight: Tensor, hash_cache: Tensor, slots: Tensor) -> None:
+        self._k("hash_encode_and_cache")(k, weight, hash_cache, slots)
+
+    def select_into(self, q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
+                    chunk_repre_method, rope_bytes, rope_score_weight, pad_id, keys, table, lens):
+        idx, n_sel = self._k("hamming_dist_top_k")(q_codes, hash_cache, block_table, seq_lens, budgets, k,
+                                                   list(must_select_blocks), chunk_repre_method, rope_bytes,
+                                                   rope_score_weight)
+        t, l = self._k("kv_select")(idx, n_sel, block_table, seq_lens, hash_cache.shape[2], pad_id)
+        table.copy_(t)
+        lens.copy_(l)
+        return table, lens
+
+    def attention_into(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
+        out.copy_(self._k("paged_decode_attention")(q, k_cache, v_cache, block_table, seq_lens, scale))
+        return out
+
+
+_HOT: Dict[Tuple[str, str], Any] = {}
+
+
+def hot_path_for(device: torch.device) -> Any:
+    """The hot path of the backend that serves ``hamming_dist_top_k`` on ``device``
+    now (honours ``use_backend`` / ``GSA_BACKEND``), one instance per backend."""
+    backend = dispatch.resolve("hamming_dist_top_k", device.type)
+    key = (backend.name, device.type)
+    hp = _HOT.get(key)
+    if hp is None:
+        hp = backend.hot_path() if backend.hot_path is not None else GenericHotPath(device.type)
+        _HOT[key] = hp
+    return hp
+
+
+def _sig(t: Optional[Tensor]) -> Tuple:
+    if t is None:
+        return ()
+    return (t.shape, t.dtype, t.device, t.stride())
+
+
+def _unit_inner(t: Tensor) -> bool:
+    return t.stride(-1) == 1 or t.shape[-1] <= 1
+
+
+class HotLayer:
+    """One layer's validated signature and reused buffers (owned by :class:`gsa.sparse.GSASparse`)."""
+
+    __slots__ = ("sig", "direct", "q_codes", "keys", "table", "lens", "work")
+
+    def __init__(self) -> None:
+        self.sig: Tuple = ()
+        self.direct = False
+        self.work: Dict[str, Any] = {}
+
+    def check_select(self, q: Tensor, weight: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
+                     budgets: Tensor, k: int, extra: Tuple) -> bool:
+        """Whether the raw kernels may run on these inputs. On a new signature: the
+        public checks (raising :class:`gsa.GSAInputError`), buffers allocated.
+        ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`)."""
+        sig = (_sig(q), _sig(weight), _sig(hash_cache), _sig(block_table), _sig(seq_lens), _sig(budgets), k, extra)
+        if sig == self.sig:
+            return self.direct
+        from gsa import ops
+
+        b, hq, _ = q.shape if q.dim() == 3 else (0, 0, 0)
+        ops._check_weight("hash_encode", "weight", weight, q.shape[-1], hq if q.dim() >= 2 else None)
+        V.tensor("hash_encode", "x", q, V.FLOAT_DTYPES, dim=3)
+        V.tensor("hamming_dist_top_k", "key_cache", hash_cache, (torch.uint8,), dim=4)
+        c = weight.shape[-1] // 8
+        V.size("hamming_dist_top_k", "key_cache", hash_cache, 3, c, "code bytes R/8 of the weight")
+        ops._check_rows("hamming_dist_top_k", block_table, seq_lens, b)
+        V.tensor("hamming_dist_top_k", "budgets", budgets, V.INDEX_DTYPES, dim=1)
+        V.size("hamming_dist_top_k", "budgets", budgets, 0, b, "one budget per request")
+        V.same_device("hamming_dist_top_k", q=q, weight=weight, key_cache=hash_cache, block_table=block_table,
+                      seq_lens=seq_lens, budgets=budgets)
+        if hq % hash_cache.shape[1]:
+            V.fail("hamming_dist_top_k", "key_cache", f"a KV head count dividing Hq = {hq}", f"Hkv = {hash_cache.shape[1]}")
+        self.direct = (hash_cache.is_contiguous() and _unit_inner(q) and _unit_inner(block_table)
+                       and _unit_inner(seq_lens) and _unit_inner(budgets) and weight.is_contiguous())
+        m = block_table.shape[1]
+        dev = q.device
+        self.q_codes = torch.empty(b, hq, c, dtype=torch.uint8, device=dev)
+        self.keys = torch.empty(b, m, dtype=torch.int32, device=dev)
+        self.table = torch.empty(b, k, dtype=torch.int32, device=dev)
+        self.lens = torch.empty(b, dtype=torch.int32, device=dev)
+        self.sig = sig
+        return self.direct
+
+
+def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: Tensor, k: int,
+                        forced) -> None:
+    """The value checks of ``gsa.ops.hamming_dist_top_k`` (host reads: CPU or ``GSA_DEBUG``)."""
+    import numpy as np
+
+    from gsa import ops
+
+    op = "hamming_dist_top_k"
+    nb, _, bs, _ = hash_cache.shape
+    n_blocks = ops._check_row_values(op, block_table, seq_lens, bs, nb)
+    bud = V.host_values(budgets).astype(np.int64)
+    V.all_in(op, "budgets", bud, 1, 2**31 - 1, "budgets >= 1 block:")
+    need = ops._largest_n_sel(n_blocks, bud, [int(m) for m in forced])
+    if k < need:
+        V.fail(op, "k", f"at least the largest n_sel ({need})", k)
+
+
+def range_checks(*tensors: Tensor) -> bool:
+    """:func:`gsa.validate.range_checks_on`, with the common accelerator case decided first."""
+    if not V.debug_enabled() and any(t.device.type != "cpu" for t in tensors):
+        return False
+    return V.range_checks_on(*tensors)

@@ -1,0 +1,149 @@
+"""The decode hot path (gsa.hotpath, the Triton backend's fused selection) against the
+reference composition, on every backend that serves CPU tensors (the triton backend in
+the interpreter when TRITON_INTERPRET=1), over several steps with changing lengths and
+tables, reused output buffers, forced blocks and engine padding rows."""
+import pytest
+import torch
+
+import gsa
+from gsa import dispatch
+from gsa import reference as R
+from gsa.config import GSAConfig
+from gsa.hotpath import GenericHotPath, hot_path_for
+from gsa.sparse import GSASparse
+from gsa.weights import random_hash_weight
+
+BS = 8
+CFG = dict(model_name="t/hot", num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+           hash_bits=64, chunk_size=BS, top_k_ratio_per_layer=[1, .25, .5, .25], top_k_index_reuse=[-1, -1, -1, 1],
+           must_select_blocks=[0, -2, -1], gpu_seq_len_threshold=24, gpu_concurrency_threshold=1, seed=5)
+
+
+def _layout(seq, m, nb, g):
+    table = torch.randperm(nb, generator=g)[: len(seq) * m].reshape(len(seq), m).to(torch.int32)
+    slots = []
+    for b, s in enumerate(seq):
+        t = torch.arange(s)
+        slots.append(table[b].long()[t // BS] * BS + t % BS)
+    return table, torch.cat(slots)
+
+
+def test_hot_path_steps_equal_reference(backend, rng):
+    """GSASparse (hot path) vs the reference ops on the same codes, 3 steps, every layer kind."""
+    cfg = GSAConfig(**CFG)
+    gs = GSASparse(cfg)
+    b, m = 5, 12
+    nb = b * m + 4
+    caches = gs.allocate_hash_caches(nb)
+    kc = torch.randn(nb, BS, 2, 32, generator=rng)
+    vc = torch.randn(nb, BS, 2, 32, generator=rng)
+    keep = []
+    for step_i in range(3):
+        seq = torch.randint(1, m * BS + 1, (b,), generator=rng).tolist()
+        seq[0] = m * BS  # a full row, sparse every step
+        table, slots = _layout(seq, m, nb, rng)
+        keys = torch.randn(slots.numel(), 2, 32, generator=rng)
+        for l in gs.scoring_layers:
+            gs.cache_keys(l, caches[l], slots, keys)
+        step = gs.begin_step(seq)
+        seq_t = torch.tensor(seq, dtype=torch.int32)
+        q = torch.randn(b, 8, 32, generator=rng)
+        for l in range(cfg.num_hidden_layers):
+            got_t, got_l = gs.select(l, step, table, seq_t, caches.get(l), q)
+            src = gs.policy.layer(l).selection_layer
+            if src < 0 or not step.plan.sparse:
+                assert got_t is table and got_l is seq_t
+                continue
+            w = random_hash_weight(cfg.seed, src, 2, 32, 64)
+            if backend == "reference":  # this step's keys landed at their slots (other backends: tests/test_ops_*)
+                written = caches[src].permute(0, 2, 1, 3).reshape(-1, 2, cfg.code_bytes)[slots]
+                assert torch.equal(written, R.hash_encode(keys, w))
+            idx, n = R.hamming_dist_top_k(R.hash_encode(q, w), caches[src], table, seq_t, step.budgets[src],
+                                          step.plan.k, cfg.must_select_blocks, cfg.chunk_repre_method)
+            want_t, want_l = R.kv_select(idx, n, table, seq_t, BS)
+            assert torch.equal(got_t, want_t), (step_i, l)
+            assert torch.equal(got_l, want_l), (step_i, l)
+            out = gs.decode_attention(l, step, q, kc, vc, table, seq_t, caches.get(src))
+            ref = R.paged_decode_attention(q, kc, vc, want_t, want_l)
+            torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+            keep.append((got_t, got_t.clone()))
+    # reused buffers: a layer's table is overwritten at its next step, in place (same storage)
+    assert any(t.data_ptr() == keep[0][0].data_ptr() for t, _ in keep[1:])
+
+
+def test_hot_path_resolves_per_backend(backend):
+    hp = hot_path_for(torch.device("cpu"))
+    b = dispatch.resolve("hamming_dist_top_k", "cpu")
+    assert hp is hot_path_for(torch.device("cpu"))  # one instance per backend
+    if b.hot_path is None:
+        assert isinstance(hp, GenericHotPath) and hp.name == b.name
+    else:
+        assert hp.name == b.name
+
+
+def test_hot_path_rejects_bad_input_once_per_signature(backend):
+    cfg = GSAConfig(**CFG)
+    gs = GSASparse(cfg)
+    caches = gs.allocate_hash_caches(64)
+    step = gs.begin_step([40, 40])
+    table = torch.zeros(2, 6, dtype=torch.int32)
+    seq = torch.tensor([40, 40], dtype=torch.int32)
+    with pytest.raises(gsa.GSAInputError, match="seq_lens"):
+        gs.select(1, step, table, seq.to(torch.int64), caches[1], torch.randn(2, 8, 32))
+    bad = torch.tensor([40, 999], dtype=torch.int32)  # longer than the table: a value check on CPU tensors
+    gs.select(1, step, table, seq, caches[1], torch.randn(2, 8, 32))  # the signature is now validated
+    with pytest.raises(gsa.GSAInputError, match="seq_lens"):
+        gs.select(1, step, table, bad, caches[1], torch.randn(2, 8, 32))
+
+
+@pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
+                    reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_fused_select_gather_equals_reference(rng, method):
+    """cuda_ops.scoring.select_blocks (scores + selection with kv_select fused) vs the
+    reference, with padding rows (seq_len 0), forced blocks past the budget and k < M."""
+    from cuda_ops import scoring
+
+    b, hq, hkv, c, m, nb = 6, 8, 2, 16, 9, 80
+    q = torch.randint(0, 256, (b, hq, c), dtype=torch.uint8, generator=rng)
+    cache = torch.randint(0, 256, (nb, hkv, BS, c), dtype=torch.uint8, generator=rng)
+    table = torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32)
+    seq = torch.tensor([72, 1, 0, 33, 65, 9], dtype=torch.int32)
+    budgets = torch.tensor([2, 1, 1, 3, 9, 1], dtype=torch.int32)
+    forced = [0, -1, 4]
+    k = 6
+    keys = torch.empty(b, m, dtype=torch.int32)
+    table_out = torch.full((b, k), 77, dtype=torch.int32)
+    lens = torch.full((b,), 77, dtype=torch.int32)
+    scoring.select_blocks(q, cache, table, seq, budgets, k, forced, method, 0, 1.0, 3, keys, table_out, lens)
+    live = seq > 0
+    idx, n = R.hamming_dist_top_k(q[live], cache, table[live], seq[live], budgets[live], k, forced, method)
+    want_t, want_l = R.kv_select(idx, n, table[live], seq[live], BS, 3)
+    assert torch.equal(table_out[live], want_t)
+    assert torch.equal(lens[live], want_l)
+    assert lens[2] == 0 and bool((table_out[2] == 3).all())
+
+
+def test_bound_launch_signature_rules():
+    """BoundLaunch launches directly only for the same ints, dtypes and aligned pointers."""
+    from cuda_ops.launch import BoundLaunch
+
+    bl = BoundLaunch.__new__(BoundLaunch)
+    a = torch.zeros(16, dtype=torch.int32)
+    bl._sig = BoundLaunch._signature((a, 3, 16, 0.5))
+    assert bl._matches((torch.zeros(16, dtype=torch.int32), 3, 16, 0.25))
+    assert not bl._matches((torch.zeros(16, dtype=torch.int64), 3, 16, 0.5))  # dtype
+    assert not bl._matches((a, 4, 16, 0.5))  # an int changed
+    assert not bl._matches((a[1:], 3, 16, 0.5))  # 4-byte offset: not 16-byte aligned
+    assert not bl._matches((a, 3, True, 0.5))  # bool vs int
+
+
+def test_random_weights_under_another_default_device():
+    """vLLM builds models under a CUDA default device; the seeded weights stay on the CPU."""
+    want = random_hash_weight(1, 2, 2, 16, 32)
+    torch.set_default_device("meta")
+    try:
+        got = random_hash_weight(1, 2, 2, 16, 32)
+    finally:
+        torch.set_default_device(None)
+    assert got.device.type == "cpu" and torch.equal(got, want)
