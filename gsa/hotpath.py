@@ -55,12 +55,14 @@ class GenericHotPath:
 
     def select_into(self, q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
                     chunk_repre_method, rope_bytes, rope_score_weight, pad_id, keys, table, lens):
-        idx, n_sel = self._k("hamming_dist_top_k")(q_codes, hash_cache, block_table, seq_lens, budgets, k,
+        pad_rows = seq_lens <= 0  # an engine's padding rows: empty selections (as the fused kernels)
+        sl = seq_lens.clamp(min=1)
+        idx, n_sel = self._k("hamming_dist_top_k")(q_codes, hash_cache, block_table, sl, budgets, k,
                                                    list(must_select_blocks), chunk_repre_method, rope_bytes,
                                                    rope_score_weight)
-        t, l = self._k("kv_select")(idx, n_sel, block_table, seq_lens, hash_cache.shape[2], pad_id)
-        table.copy_(t)
-        lens.copy_(l)
+        t, l = self._k("kv_select")(idx, n_sel, block_table, sl, hash_cache.shape[2], pad_id)
+        table.copy_(t.masked_fill(pad_rows[:, None], pad_id))
+        lens.copy_(l.masked_fill(pad_rows, 0))
         return table, lens
 
     def attention_into(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
@@ -140,13 +142,19 @@ class HotLayer:
 
 def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: Tensor, k: int,
                         forced) -> None:
-    """The value checks of ``gsa.ops.hamming_dist_top_k`` (host reads: CPU or ``GSA_DEBUG``)."""
+    """The value checks of ``gsa.ops.hamming_dist_top_k`` (host reads: CPU or ``GSA_DEBUG``),
+    except that rows with ``seq_len == 0`` are allowed (an engine's padding rows: the hot
+    path returns them empty)."""
     import numpy as np
 
     from gsa import ops
 
     op = "hamming_dist_top_k"
     nb, _, bs, _ = hash_cache.shape
+    live = V.host_values(seq_lens) != 0
+    if not live.all():
+        idx = torch.from_numpy(np.nonzero(live)[0])
+        block_table, seq_lens, budgets = block_table[idx], seq_lens[idx], budgets[idx]
     n_blocks = ops._check_row_values(op, block_table, seq_lens, bs, nb)
     bud = V.host_values(budgets).astype(np.int64)
     V.all_in(op, "budgets", bud, 1, 2**31 - 1, "budgets >= 1 block:")

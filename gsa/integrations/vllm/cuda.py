@@ -1,26 +1,32 @@
 """GSA around vLLM's FlashAttention backend (``FLASH_ATTN``, CUDA).
 
-Written against vLLM 0.32's ``vllm/v1/attention/backends/flash_attn.py`` and
-imported (class construction checked) on the CPU build; NOT run on a GPU here.
-See docs/vllm.md for what was and was not exercised.
+Written against vLLM 0.26 and 0.32's ``vllm/v1/attention/backends/flash_attn.py``;
+run on an H200 with vLLM 0.26 (benchmarks/vllm_device/, docs/vllm.md says what ran).
 
 Same structure as :mod:`.cpu`: keys hashed in ``do_kv_cache_update`` (the
 ``key`` tensor, ``[T, Hkv, D]``), the plan made in ``build`` from host lengths
 (``seq_lens_cpu_upper_bound``: exact without speculative decoding, which the
-plugin refuses), and on sparse steps a ``dataclasses.replace`` copy of the
-metadata with the sparse ``block_table`` / ``seq_lens``, ``max_seq_len`` the
-host-known upper bound, and ``scheduler_metadata=None`` (FlashAttention then
-schedules from the new lengths itself; the AOT schedule was made for the dense
-lengths and would be wrong).
+plugin refuses), and on sparse steps a shallow copy of the metadata with the
+sparse ``block_table`` / ``seq_lens`` and ``scheduler_metadata=None``
+(FlashAttention then schedules from the new lengths itself; the AOT schedule was
+made for the dense lengths and would be wrong).
 
-CUDA graphs: the per-step plan runs on the host in ``build`` and the selection
-allocates its outputs per step, so this builder reports
-``AttentionCGSupport.NEVER``: vLLM then captures the model piecewise with
-attention outside the graphs (``cudagraph_mode`` FULL is downgraded by vLLM).
-The selection ops themselves are graph-capturable (tests/test_sparse_cuda.py).
+CUDA graphs: the builder reports FlashAttention's own graph support, so vLLM
+keeps ``FULL_AND_PIECEWISE`` / ``FULL_DECODE_ONLY``. A uniform decode batch that
+may be replayed from (or captured into) a FULL graph is planned in graph form
+(``StepState.static``): the budgets are copied in ``build`` into persistent
+device buffers, every sparse layer selects over the whole block table with a
+fixed width (so the captured kernels and shapes serve every later step; a dense
+row or step is a budget of ``n_blocks``), the selection writes into the layer's
+persistent buffers (``gsa.hotpath``), and the sparse metadata keeps the dense
+``max_seq_len`` bound and ``max_num_splits`` while FA3 schedules the sparse
+lengths itself (``scheduler_metadata=None``). Mixed prefill/decode batches run
+piecewise (attention eager), with the compact selection width. Tensor
+parallelism (codes all-gathered per layer) keeps ``AttentionCGSupport.NEVER``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -50,10 +56,12 @@ class GSAFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
         from .settings import read_settings
 
+        own = FlashAttentionMetadataBuilder.get_cudagraph_support(vllm_config, kv_cache_spec)
         if read_settings(getattr(vllm_config, "additional_config", None), vllm_config.model_config) is None:
-            # GSA off for this engine: FlashAttention's own graph support
-            return FlashAttentionMetadataBuilder.get_cudagraph_support(vllm_config, kv_cache_spec)
-        return AttentionCGSupport.NEVER
+            return own  # GSA off for this engine
+        if int(vllm_config.parallel_config.tensor_parallel_size) > 1:
+            return AttentionCGSupport.NEVER  # the per-layer code all-gather is not captured
+        return own
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -66,7 +74,13 @@ class GSAFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
             return md
         md = GSAFlashAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
         seq_lens, query_lens = host_lengths(common_attn_metadata)
-        md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc)
+        static = None
+        max_cg = getattr(self, "max_cudagraph_size", None)
+        if (getattr(self, "use_full_cuda_graph", False) and max_cg is not None
+                and common_attn_metadata.max_query_len == 1
+                and common_attn_metadata.num_actual_tokens <= max_cg):
+            static = common_attn_metadata.block_table_tensor.shape[1]  # graph form: the table's full width
+        md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc, static_width=static)
         md.gsa.builder = self
         return md
 
@@ -88,8 +102,14 @@ class GSAFlashAttentionImpl(GSAImplMixin, FlashAttentionImpl):
                                  output_scale=output_scale, output_block_scale=output_block_scale)
 
     def _sparse_metadata(self, md: Any, table, lens, state: StepState, layer: int) -> Any:
-        ub = int(state.host_seq_lens.max()) if state.host_seq_lens.size else 0
-        return dataclasses.replace(md, block_table=table, seq_lens=lens, max_seq_len=ub, scheduler_metadata=None)
+        # A shallow copy (dataclasses.replace re-runs __init__: ~10x the host time). max_seq_len
+        # stays the dense bound (sparse lengths are never longer; a captured graph keeps it), and
+        # FA3 schedules the sparse lengths itself: the AOT schedule was made for the dense ones.
+        out = copy.copy(md)
+        out.block_table = table
+        out.seq_lens = lens
+        out.scheduler_metadata = None
+        return out
 
 
 class GSAFlashAttentionBackend(FlashAttentionBackend):

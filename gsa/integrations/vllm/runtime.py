@@ -101,6 +101,10 @@ class StepState:
     host_seq_lens: Optional[np.ndarray] = None
     derived: Dict[int, Any] = field(default_factory=dict)
     builder: Any = None  # the backend's metadata builder (rebuilds derived metadata)
+    #: a uniform decode step in CUDA-graph form (see :meth:`GSAVllmRuntime.plan`): every
+    #: sparse layer selects (dense rows and steps through their budgets), over the whole
+    #: block table, from persistent budget buffers, with a fixed width
+    static: bool = False
 
 
 @dataclass
@@ -154,6 +158,7 @@ class GSAVllmRuntime:
         self.capture_layer: Optional[int] = None
         self.captured: Optional[Dict[str, Any]] = None
         self._shadow: Optional[Tuple[Tensor, Tensor]] = None
+        self._budget_bufs: Dict[int, Tensor] = {}  # graph mode: persistent budgets, per ratio group
         # build every scoring layer's hash weights now (seeded QR: a few seconds
         # for a 30-layer model) rather than inside the first sparse step
         for l in self.policy.scoring_layers:
@@ -183,6 +188,10 @@ class GSAVllmRuntime:
         absorbs padding slots (:func:`gsa.integrations.vllm.tp.write_codes`)."""
         hc = self.hash_caches.get(layer)
         if hc is None or hc.shape[0] != num_blocks:
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"GSA: layer {layer}'s hash cache would be allocated inside CUDA graph capture "
+                                   "(its zero fill would be replayed every step); vLLM runs eager warm-up steps "
+                                   "before capture, which allocate it: was this layer skipped there?")
             extra = 1 if self.tp_size > 1 else 0
             shape = self.sparse.hash_cache_shape(num_blocks + extra)
             storage = torch.zeros(shape, dtype=torch.uint8, device=self.device)
@@ -218,41 +227,76 @@ class GSAVllmRuntime:
 
     # ------------------------------------------------------------------ steps
     def plan(self, host_seq_lens: np.ndarray, host_query_lens: np.ndarray,
-             query_start_loc: Tensor) -> StepState:
-        """Spec-8 plan of one step from host-side lengths (no device read)."""
+             query_start_loc: Tensor, static_width: Optional[int] = None) -> StepState:
+        """Spec-8 plan of one step from host-side lengths (no device read).
+
+        ``static_width``: the block table's width when the step may run as (or be
+        captured into) a FULL CUDA graph (a uniform decode batch): the step is then
+        planned in graph form (:attr:`StepState.static`): the selection width is the
+        table's width, every scoring layer's budgets live in persistent device buffers
+        (copied here, before the replay), and a dense step or row is expressed by its
+        budget (``n_blocks``: every block kept), so one captured graph serves every
+        step. Otherwise the width is this step's largest selection and dense steps
+        skip selection."""
         s = np.asarray(host_seq_lens, dtype=np.int64)
         q = np.asarray(host_query_lens, dtype=np.int64)
         live = s >= 1  # padded rows (length 0) are never sparse
         plan_lens = np.where(live, s, 1)
         plan_q = np.where(live, q, 0)
+        if static_width is not None and self.tp_size == 1:
+            return self._plan_static(s, plan_lens, plan_q, int(static_width))
         step = self.sparse.begin_step(plan_lens, plan_q)
+        self._count(step.plan, plan_q)
+        if not step.plan.sparse:
+            return StepState(step=None)
+        # the step's rows only (a CUDA runner may pad query_start_loc for graphs)
+        q_rows = (query_start_loc[1 : s.shape[0] + 1].to(torch.int64) - 1).clamp(min=0)
+        return StepState(step=step, q_rows=q_rows, host_seq_lens=s)
+
+    def _count(self, plan, plan_q: np.ndarray) -> None:
         c = self.counters
         c.steps += 1
-        decode = (plan_q == 1)
+        decode = plan_q == 1
         n_dec = int(decode.sum())
         c.decode_rows += n_dec
         if n_dec:
-            nb = step.plan.n_blocks[decode]
+            nb = plan.n_blocks[decode]
             c.blocks_dense += int(nb.sum()) * self.num_layers
             read = 0
             for lp in self.policy.layers:
                 src = lp.selection_layer
-                if step.plan.sparse and src >= 0:
-                    read += int(step.plan.n_sel[src][decode].sum())
-                else:
-                    read += int(nb.sum())
+                read += int(plan.n_sel[src][decode].sum()) if (plan.sparse and src >= 0) else int(nb.sum())
             c.blocks_read += read
-        if not step.plan.sparse:
-            self._maybe_log()
-            return StepState(step=None)
-        c.sparse_steps += 1
-        c.sparse_rows += int(step.plan.sparse_rows.sum())
-        if bool((plan_q > 1).any()):
-            c.mixed_steps += 1
-        # the step's rows only (a CUDA runner may pad query_start_loc for graphs)
-        q_rows = (query_start_loc[1 : s.shape[0] + 1].to(torch.int64) - 1).clamp(min=0)
+        if plan.sparse:
+            c.sparse_steps += 1
+            c.sparse_rows += int(plan.sparse_rows.sum())
+            if bool((plan_q > 1).any()):
+                c.mixed_steps += 1
         self._maybe_log()
-        return StepState(step=step, q_rows=q_rows, host_seq_lens=s)
+
+    def _plan_static(self, s: np.ndarray, plan_lens: np.ndarray, plan_q: np.ndarray, width: int) -> StepState:
+        plan = self.policy.plan_step(plan_lens, plan_q, k=width)
+        b = plan.batch_size
+        budgets: Dict[int, Tensor] = {}
+        dense = plan.n_blocks.astype(np.int32)  # a dense step: every block of every row
+        for l in self.policy.scoring_layers:
+            # one persistent buffer per ratio (a config fact, so every captured graph and every
+            # later step agree on which buffer a layer reads)
+            key = self.config.top_k_ratio_per_layer[l]
+            if key in budgets:
+                continue
+            buf = self._budget_bufs.get(key)
+            if buf is None or buf.shape[0] < b:
+                # sized once, before any capture, for every batch a graph is captured for (<= 1024 rows)
+                buf = self._budget_bufs[key] = torch.ones(max(b, 1024), dtype=torch.int32, device=self.device)
+            src = torch.from_numpy(np.array(plan.budgets.get(l, dense), dtype=np.int32))  # a writable copy
+            if self.device.type == "cuda":
+                src = src.pin_memory()  # a truly asynchronous copy, kept alive by the caching host allocator
+            buf[:b].copy_(src, non_blocking=True)
+            budgets[key] = buf[:b]
+        budgets = {l: budgets[self.config.top_k_ratio_per_layer[l]] for l in self.policy.scoring_layers}
+        self._count(plan, plan_q)
+        return StepState(step=Step(plan=plan, budgets=budgets), host_seq_lens=s, static=True)
 
     def is_sparse(self, layer: int, state: Optional[StepState]) -> bool:
         return state is not None and state.step is not None and not self.policy.is_dense(layer)
@@ -267,6 +311,19 @@ class GSAVllmRuntime:
         step = state.step
         lp = self.policy.layer(layer)
         b = step.plan.batch_size
+        if state.static:
+            if lp.scores:
+                hc = self.hash_caches.get(layer)
+                if hc is None:
+                    raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
+                                       "(do_kv_cache_update was not called through the GSA backend)")
+                out = self.sparse._select_hot(layer, step, block_table[:b], seq_lens[:b], hc, query[:b])
+                step._selections[layer] = out
+                self.counters.layer_selections += 1
+            else:
+                out = step._selections[lp.selection_layer]
+            self.counters.selection_s += time.perf_counter() - t0
+            return out
         # the backend's table is as wide as the longest possible request; scoring
         # reads every column, so cut it to this step's longest row (host-known)
         width = min(int(step.plan.n_blocks.max()), block_table.shape[1])
