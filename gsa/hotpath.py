@@ -95,15 +95,31 @@ def _unit_inner(t: Tensor) -> bool:
     return t.stride(-1) == 1 or t.shape[-1] <= 1
 
 
-class HotLayer:
-    """One layer's validated signature and reused buffers (owned by :class:`gsa.sparse.GSASparse`)."""
+class _Buffers:
+    __slots__ = ("direct", "q_codes", "keys", "table", "lens")
 
-    __slots__ = ("sig", "direct", "q_codes", "keys", "table", "lens", "work")
+
+class HotLayer:
+    """One layer's validated signatures and their output buffers (owned by :class:`gsa.sparse.GSASparse`).
+
+    Buffers are kept per signature, never replaced: an engine captures one CUDA graph per
+    batch size, and each graph keeps writing the buffers it was captured with."""
+
+    __slots__ = ("sig", "cur", "seen", "work")
 
     def __init__(self) -> None:
         self.sig: Tuple = ()
-        self.direct = False
-        self.work: Dict[str, Any] = {}
+        self.cur: Optional[_Buffers] = None
+        self.seen: Dict[Tuple, _Buffers] = {}
+        self.work: Dict[Any, Any] = {}
+
+    @property
+    def direct(self) -> bool:
+        return self.cur is not None and self.cur.direct
+
+    def __getattr__(self, name):  # q_codes, keys, table, lens of the current signature
+        cur = object.__getattribute__(self, "cur")
+        return getattr(cur, name)
 
     def check_select(self, q: Tensor, weight: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
                      budgets: Tensor, k: int, extra: Tuple) -> bool:
@@ -112,7 +128,15 @@ class HotLayer:
         ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`)."""
         sig = (_sig(q), _sig(weight), _sig(hash_cache), _sig(block_table), _sig(seq_lens), _sig(budgets), k, extra)
         if sig == self.sig:
-            return self.direct
+            return self.cur.direct
+        bufs = self.seen.get(sig)
+        if bufs is None:
+            bufs = self.seen[sig] = self._validate(q, weight, hash_cache, block_table, seq_lens, budgets, k)
+        self.sig, self.cur = sig, bufs
+        return bufs.direct
+
+    @staticmethod
+    def _validate(q, weight, hash_cache, block_table, seq_lens, budgets, k) -> _Buffers:
         from gsa import ops
 
         b, hq, _ = q.shape if q.dim() == 3 else (0, 0, 0)
@@ -128,16 +152,16 @@ class HotLayer:
                       seq_lens=seq_lens, budgets=budgets)
         if hq % hash_cache.shape[1]:
             V.fail("hamming_dist_top_k", "key_cache", f"a KV head count dividing Hq = {hq}", f"Hkv = {hash_cache.shape[1]}")
-        self.direct = (hash_cache.is_contiguous() and _unit_inner(q) and _unit_inner(block_table)
-                       and _unit_inner(seq_lens) and _unit_inner(budgets) and weight.is_contiguous())
-        m = block_table.shape[1]
+        out = _Buffers()
+        out.direct = (hash_cache.is_contiguous() and _unit_inner(q) and _unit_inner(block_table)
+                      and _unit_inner(seq_lens) and _unit_inner(budgets) and weight.is_contiguous()
+                      and q.device.type != "meta")
         dev = q.device
-        self.q_codes = torch.empty(b, hq, c, dtype=torch.uint8, device=dev)
-        self.keys = torch.empty(b, m, dtype=torch.int32, device=dev)
-        self.table = torch.empty(b, k, dtype=torch.int32, device=dev)
-        self.lens = torch.empty(b, dtype=torch.int32, device=dev)
-        self.sig = sig
-        return self.direct
+        out.q_codes = torch.empty(b, hq, c, dtype=torch.uint8, device=dev)
+        out.keys = torch.empty(b, block_table.shape[1], dtype=torch.int32, device=dev)
+        out.table = torch.empty(b, k, dtype=torch.int32, device=dev)
+        out.lens = torch.empty(b, dtype=torch.int32, device=dev)
+        return out
 
 
 def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: Tensor, k: int,

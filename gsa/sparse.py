@@ -46,15 +46,20 @@ class Step:
     plan: StepPlan
     budgets: Mapping[int, Tensor]
     _selections: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    #: graph form (``begin_step(..., graph=True)``): every sparse layer selects, dense rows
+    #: and dense steps through their budgets, budgets in persistent buffers
+    graph: bool = False
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
+def _to_device(a: np.ndarray, device: torch.device, stage_only: bool = False) -> Tensor:
+    """A host array on ``device`` without a sync (``stage_only``: the host copy, pinned
+    on CUDA, for a ``copy_(..., non_blocking=True)`` into an existing buffer)."""
     t = torch.tensor(a, device="cpu")  # a copy (the plan's arrays are read-only), on the host even under a CUDA default device
     if device.type == "cpu":
         return t
     if device.type == "cuda":
         t = t.pin_memory()  # a truly asynchronous copy; the caching host allocator keeps it alive
-    return t.to(device, non_blocking=True)
+    return t if stage_only else t.to(device, non_blocking=True)
 
 
 class GSASparse:
@@ -78,9 +83,10 @@ class GSASparse:
         self.policy = GSAPolicy(config, self.device)
         self.pad_id = int(pad_id)
         self._hot: Dict[int, HotLayer] = {}  # per layer: validated signature + reused outputs
-        self._hot_attn: Dict[int, HotLayer] = {}
+        self._hot_attn: Dict[int, Dict[Tuple, Dict]] = {}
         self._hot_keys: Dict[int, Tuple] = {}
         self._w: Dict[int, object] = {}
+        self._budget_bufs: Dict[float, Tensor] = {}  # graph-form steps: persistent budgets, per ratio
 
     # ------------------------------------------------------------------ static facts
     @property
@@ -164,15 +170,26 @@ class GSASparse:
                              f"got {hash_cache.dtype} {tuple(hash_cache.shape)}")
 
     # ------------------------------------------------------------------ steps
-    def begin_step(self, seq_lens: HostInts, query_lens: Optional[HostInts] = None, k: Optional[int] = None) -> Step:
+    def begin_step(self, seq_lens: HostInts, query_lens: Optional[HostInts] = None, k: Optional[int] = None,
+                   graph: bool = False) -> Step:
         """Plan a step from host-side lengths and copy its budgets to the device.
 
         ``seq_lens [B]`` (host: list, numpy or CPU tensor): tokens per row in the
         KV cache including this step's; ``query_lens [B]``: new tokens per row
-        (default all 1 = decode); ``k``: fixed selection width for graph capture
-        (default: the smallest that fits this step). See :class:`~gsa.policy.GSAPolicy`.
+        (default all 1 = decode); ``k``: fixed selection width (default: the
+        smallest that fits this step). See :class:`~gsa.policy.GSAPolicy`.
+
+        ``graph=True`` (needs ``k``): the step in CUDA-graph form, so that one
+        captured step replays for every later step of at most the captured rows:
+        budgets are copied into persistent device buffers (one per ratio, the same
+        storage at every step), every sparse layer selects even on a dense step,
+        and a dense row or step is a budget of ``n_blocks`` (every block kept).
         """
         plan = self.policy.plan_step(seq_lens, query_lens, k)
+        if graph:
+            if k is None:
+                raise ValueError("GSA: begin_step(graph=True) needs a fixed width 'k' (e.g. the block table's width)")
+            return Step(plan=plan, budgets=self._persistent_budgets(plan), graph=True)
         shared: Dict[int, Tensor] = {}
         budgets = {}
         for l, host in plan.budgets.items():
@@ -180,6 +197,25 @@ class GSASparse:
                 shared[id(host)] = _to_device(host, self.device)
             budgets[l] = shared[id(host)]
         return Step(plan=plan, budgets=budgets)
+
+    def _persistent_budgets(self, plan: StepPlan) -> Dict[int, Tensor]:
+        b = plan.batch_size
+        dense = plan.n_blocks.astype(np.int32)  # a dense step: every block of every row
+        by_ratio: Dict[float, Tensor] = {}
+        for l in self.policy.scoring_layers:
+            # keyed by the layer's ratio (a config fact): every step and every captured graph
+            # agree on which buffer a layer reads
+            key = self.config.top_k_ratio_per_layer[l]
+            if key in by_ratio:
+                continue
+            buf = self._budget_bufs.get(key)
+            if buf is None or buf.shape[0] < b:
+                # sized once, before any capture, for every batch a graph is captured for (<= 1024 rows)
+                buf = self._budget_bufs[key] = torch.ones(max(b, 1024), dtype=torch.int32, device=self.device)
+            buf[:b].copy_(_to_device(plan.budgets.get(l, dense).astype(np.int32), self.device, stage_only=True),
+                          non_blocking=True)
+            by_ratio[key] = buf[:b]
+        return {l: by_ratio[self.config.top_k_ratio_per_layer[l]] for l in self.policy.scoring_layers}
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor,
                hash_cache: Optional[Tensor] = None, q: Optional[Tensor] = None,
@@ -203,7 +239,7 @@ class GSASparse:
         if block_table.dim() != 2 or block_table.shape[0] != plan.batch_size:
             raise ValueError(f"GSA: layer {layer}: 'block_table' must be [B, M] with B = {plan.batch_size} rows "
                              f"(the step's plan), got shape {tuple(block_table.shape)}")
-        if lp.dense or not plan.sparse:
+        if lp.dense or not (plan.sparse or step.graph):
             return block_table, seq_lens
         src = lp.selection_layer
         if src != layer:
@@ -303,19 +339,20 @@ class GSASparse:
         the fp32 partials are reused, the output is new)."""
         hot = self._hot_attn.get(layer)
         if hot is None:
-            hot = self._hot_attn[layer] = HotLayer()
+            hot = self._hot_attn[layer] = {}
         sig = (q.shape, q.dtype, q.device, q.stride(), k_cache.shape, k_cache.stride(), v_cache.shape,
                v_cache.stride(), k_cache.dtype, table.shape, table.dtype, table.stride(), lens.shape, lens.dtype,
                lens.stride(), scale)
-        if hot.sig != sig:
+        work = hot.get(sig)  # per signature: a graph captured at each batch size keeps its partials
+        if work is None:
             out = ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)  # validates
-            hot.direct = (q.device.type != "meta" and q.stride(-1) == 1 and k_cache.stride(-1) == 1
-                          and v_cache.stride(-1) == 1 and table.stride(-1) == 1 and lens.stride(0) == 1)
-            hot.sig = sig
+            direct = (q.device.type != "meta" and q.stride(-1) == 1 and k_cache.stride(-1) == 1
+                      and v_cache.stride(-1) == 1 and table.stride(-1) == 1 and lens.stride(0) == 1)
+            hot[sig] = {"direct": direct}
             return out
-        if not hot.direct:
+        if not work["direct"]:
             return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
         if range_checks(table, lens):
             ops._check_row_values("paged_decode_attention", table, lens, k_cache.shape[1], k_cache.shape[0])
         return hot_path_for(q.device).attention_into(q, k_cache, v_cache, table, lens, scale, torch.empty_like(q),
-                                                     hot.work)
+                                                     work)

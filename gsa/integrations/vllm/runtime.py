@@ -158,7 +158,6 @@ class GSAVllmRuntime:
         self.capture_layer: Optional[int] = None
         self.captured: Optional[Dict[str, Any]] = None
         self._shadow: Optional[Tuple[Tensor, Tensor]] = None
-        self._budget_bufs: Dict[int, Tensor] = {}  # graph mode: persistent budgets, per ratio group
         # build every scoring layer's hash weights now (seeded QR: a few seconds
         # for a 30-layer model) rather than inside the first sparse step
         for l in self.policy.scoring_layers:
@@ -275,28 +274,9 @@ class GSAVllmRuntime:
         self._maybe_log()
 
     def _plan_static(self, s: np.ndarray, plan_lens: np.ndarray, plan_q: np.ndarray, width: int) -> StepState:
-        plan = self.policy.plan_step(plan_lens, plan_q, k=width)
-        b = plan.batch_size
-        budgets: Dict[int, Tensor] = {}
-        dense = plan.n_blocks.astype(np.int32)  # a dense step: every block of every row
-        for l in self.policy.scoring_layers:
-            # one persistent buffer per ratio (a config fact, so every captured graph and every
-            # later step agree on which buffer a layer reads)
-            key = self.config.top_k_ratio_per_layer[l]
-            if key in budgets:
-                continue
-            buf = self._budget_bufs.get(key)
-            if buf is None or buf.shape[0] < b:
-                # sized once, before any capture, for every batch a graph is captured for (<= 1024 rows)
-                buf = self._budget_bufs[key] = torch.ones(max(b, 1024), dtype=torch.int32, device=self.device)
-            src = torch.from_numpy(np.array(plan.budgets.get(l, dense), dtype=np.int32))  # a writable copy
-            if self.device.type == "cuda":
-                src = src.pin_memory()  # a truly asynchronous copy, kept alive by the caching host allocator
-            buf[:b].copy_(src, non_blocking=True)
-            budgets[key] = buf[:b]
-        budgets = {l: budgets[self.config.top_k_ratio_per_layer[l]] for l in self.policy.scoring_layers}
-        self._count(plan, plan_q)
-        return StepState(step=Step(plan=plan, budgets=budgets), host_seq_lens=s, static=True)
+        step = self.sparse.begin_step(plan_lens, plan_q, k=width, graph=True)
+        self._count(step.plan, plan_q)
+        return StepState(step=step, host_seq_lens=s, static=True)
 
     def is_sparse(self, layer: int, state: Optional[StepState]) -> bool:
         return state is not None and state.step is not None and not self.policy.is_dense(layer)

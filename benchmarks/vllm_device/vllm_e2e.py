@@ -1,0 +1,183 @@
+"""One vLLM engine on the GPU, dense or with GSA, and its decode throughput (issue 13).
+
+    python benchmarks/vllm_device/vllm_e2e.py --spec '{"model": "qwen3-4b", "gsa": "1/8",
+        "mode": "FULL_AND_PIECEWISE", "runs": [[32768, 16], [131072, 4]]}' --out DIR
+
+``gsa``: ``null`` (dense, plugin inert), ``"1"`` (GSA on every layer at ratio 1: must
+equal dense token for token), ``"0.3"``, ``"1/8"``, ``"1/16"``, or ``"bad"`` (a config
+whose chunk_size differs from the block size: the engine must refuse to start with our
+error). ``mode``: vLLM's ``cudagraph_mode``. Weights: ``load_format="dummy"`` (a real
+shape from a config.json alone; token-id prompts). Decode tokens/s = batch x (N - 1) /
+(t(max_tokens=N) - t(max_tokens=1)) on fresh random prompts each run (prefix caching off).
+Appends one JSON row per (context, batch) to DIR/vllm_e2e.jsonl, with the GSA counters,
+the cudagraph mode vLLM kept, and, with ``capture_layer``, the check of one sparse layer's
+output against our reference sparse attention on the same table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: our runtime is visible
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # flashinfer is not carried
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))
+
+MODELS = {
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}
+RATIOS = {"1": 1.0, "0.3": 0.3, "1/8": 0.125, "1/16": 0.0625}
+VOCAB = 151936
+
+
+def model_dir(name: str, max_len: int) -> str:
+    cfg = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=VOCAB, hidden_act="silu",
+               max_position_embeddings=max_len, initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True,
+               rope_parameters={"rope_type": "default", "rope_theta": 1000000}, rope_theta=1000000,
+               dtype="bfloat16", torch_dtype="bfloat16", attention_bias=False, attention_dropout=0.0,
+               use_sliding_window=False, sliding_window=None, bos_token_id=151643, eos_token_id=151645,
+               **MODELS[name])
+    cfg["max_window_layers"] = cfg["num_hidden_layers"]
+    path = f"/tmp/{name}-dummy"
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def gsa_inline(name: str, ratio_key: str) -> dict:
+    m = MODELS[name]
+    layers = m["num_hidden_layers"]
+    r = RATIOS.get(ratio_key, 0.125)
+    ratios = [1.0 if (l in (0, 1, layers - 1) and ratio_key != "1") else r for l in range(layers)]
+    cfg = dict(model_name=f"Qwen/{name}", num_hidden_layers=layers, num_attention_heads=m["num_attention_heads"],
+               num_key_value_heads=m["num_key_value_heads"], head_dim=m["head_dim"], hash_bits=128,
+               chunk_size=64 if ratio_key == "bad" else 128, top_k_ratio_per_layer=ratios)
+    if ratio_key == "1":  # ratio 1 everywhere would make every layer dense: keep them scoring at 0.99999
+        cfg["top_k_ratio_per_layer"] = [0.99999] * layers
+    return {"config": cfg, "log_every": 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    args = ap.parse_args()
+    spec = json.loads(args.spec)
+    os.makedirs(args.out, exist_ok=True)
+    rows_path = os.path.join(args.out, "vllm_e2e.jsonl")
+    import torch
+
+    t_imp = time.perf_counter()
+    import vllm
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    import gsa.integrations.vllm as gv
+
+    gv.register()  # the entry point is not installed on the device: register in-process
+    print(f"[e2e] vllm {vllm.__version__} imported in {time.perf_counter() - t_imp:.1f}s; {torch.cuda.get_device_name()}",
+          flush=True)
+    name, ratio_key, mode = spec["model"], spec.get("gsa"), spec.get("mode", "FULL_AND_PIECEWISE")
+    runs = spec["runs"]
+    max_len = max(c for c, _ in runs) + 1024
+    kw = dict(model=model_dir(name, max_len), load_format="dummy", skip_tokenizer_init=True, max_model_len=max_len,
+              block_size=128, enable_prefix_caching=False, gpu_memory_utilization=spec.get("mem", 0.88),
+              max_num_seqs=max(b for _, b in runs), seed=0,
+              max_num_batched_tokens=spec.get("mbt", 16384),
+              attention_config={"backend": "FLASH_ATTN"},
+              compilation_config={"cudagraph_mode": mode,
+                                  "cudagraph_capture_sizes": sorted({1, 2, 4, 8, 16, 32} | {b for _, b in runs})})
+    if ratio_key is not None:
+        kw["additional_config"] = {"gsa": gsa_inline(name, ratio_key)}
+    t0 = time.perf_counter()
+    try:
+        llm = LLM(**kw)
+    except Exception as exc:
+        row = dict(model=name, config=ratio_key or "dense", started=False, error=f"{type(exc).__name__}: {exc}"[:600])
+        print("[e2e] engine refused to start:", row["error"], flush=True)
+        with open(rows_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return
+    init_s = time.perf_counter() - t0
+    cc = llm.llm_engine.vllm_config.compilation_config
+    kept_mode = str(cc.cudagraph_mode)
+    print(f"[e2e] init {init_s:.1f}s; cudagraph_mode kept: {kept_mode}", flush=True)
+    gen = torch.Generator().manual_seed(spec.get("seed", 0))
+
+    def prompts(n, length):
+        ids = torch.randint(0, VOCAB, (n, length), generator=gen).tolist()
+        return [TokensPrompt(prompt_token_ids=x) for x in ids]
+
+    def timed(ps, max_tokens):
+        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate(ps, sp, use_tqdm=False)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, outs
+
+    timed(prompts(2, 512), 4)  # warm-up
+    n_new = spec.get("max_tokens", 129)
+    for ctx, batch in runs:
+        rt = gv.current_runtime()
+        if rt is not None:
+            rt.reset_stats()
+            if spec.get("capture_layer") is not None:
+                rt.enable_capture(int(spec["capture_layer"]))
+        plen = ctx - n_new
+        ps = prompts(batch, plen)
+        t1, _ = timed(ps, 1)
+        tn, outs = timed(ps, n_new)  # same prompts: the same prefill work
+        dec = batch * (n_new - 1) / (tn - t1)
+        row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
+                   context=ctx, batch=batch, cudagraph_mode=mode, cudagraph_mode_kept=kept_mode,
+                   config=ratio_key or "dense", decode_tok_s=dec, ms_per_step=(tn - t1) / (n_new - 1) * 1e3,
+                   t_prefill_only_s=t1, t_full_s=tn, new_tokens=n_new, init_s=init_s,
+                   tokens=[list(o.outputs[0].token_ids[:16]) for o in outs[:2]])
+        if rt is not None:
+            st = rt.stats()
+            row["gsa_stats"] = {k: st[k] for k in ("steps", "sparse_steps", "sparse_rows", "decode_rows",
+                                                    "layer_selections", "blocks_read_fraction")}
+            if rt.captured is not None:
+                row["capture_check"] = check_capture(rt.captured)
+        print("[e2e] ROW", json.dumps(row), flush=True)
+        with open(rows_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def check_capture(c) -> dict:
+    """The captured sparse layer's output vs our reference sparse attention on its table."""
+    import torch
+
+    from gsa import reference as R
+
+    q = c["q"].float().cpu()
+    ref = R.paged_decode_attention(q, c["k_cache"].float().cpu(), c["v_cache"].float().cpu(),
+                                   c["sparse_block_table"].cpu(), c["sparse_seq_lens"].cpu(), c["scale"])
+    got = c["out"].float().cpu()
+    err = (got - ref).abs().max().item()
+    sel = R.hamming_dist_top_k(R.hash_encode(c["q"].cpu(), c["weight"].cpu()), c["hash_cache"].cpu(),
+                               c["block_table"].cpu(), c["seq_lens"].cpu(), c["budgets"].cpu(), c["k"],
+                               [0, -2, -1])
+    want_t, want_l = R.kv_select(*sel, c["block_table"].cpu(), c["seq_lens"].cpu(), 128)
+    k = c["sparse_block_table"].shape[1]
+    same_lens = bool(torch.equal(want_l, c["sparse_seq_lens"].cpu()))
+    same_table = bool(torch.equal(want_t[:, :k], c["sparse_block_table"].cpu()[:, : want_t.shape[1]])) \
+        if want_t.shape[1] <= k else False
+    return dict(layer=c["layer"], max_abs_err=err, ok=err < 2e-2, rows=int(q.shape[0]),
+                reference_lens_equal=same_lens, reference_table_equal=same_table)
+
+
+if __name__ == "__main__":
+    main()
