@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from .launch import launch, sm_count
+from .launch import launch, next_pow2, sm_count
 
 __all__ = ["paged_decode_attention", "split_plan"]
 
@@ -134,7 +134,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
     The keyword arguments are launch knobs for benchmarks and, for the hot path,
     ``out`` (the result buffer), ``work`` (a dict that keeps the fp32 partials
-    between calls) and ``cache`` (a ``launch.LaunchCache``); the op uses the defaults."""
+    between calls) and ``cache`` (a ``program.Recorder``); the op uses the defaults."""
     b, hq, d = q.shape
     nb, bs, hkv, _ = k_cache.shape
     m = block_table.shape[1]
@@ -147,8 +147,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     q = q if q.stride(-1) == 1 else q.contiguous()
     k_cache = k_cache if k_cache.stride(-1) == 1 else k_cache.contiguous()
     v_cache = v_cache if v_cache.stride(-1) == 1 else v_cache.contiguous()
-    block_d = max(16, triton.next_power_of_2(d))
-    block_g = max(16, triton.next_power_of_2(g))
+    block_d = max(16, next_pow2(d))
+    block_g = max(16, next_pow2(g))
     ieee = q.dtype == torch.float32
     if block_n is None:
         block_n = 32 if (ieee or block_d > 128) else 64
@@ -173,5 +173,5 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     launch(_attn_reduce_kernel, (b, hq, 1), (
         o, mm, ll, out, splits, o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
         out.stride(0), out.stride(1)),
-        dict(D=d, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d), cache)
+        dict(D=d, BLOCK_S=next_pow2(splits), BLOCK_D=block_d), cache)
     return out

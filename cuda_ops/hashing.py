@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from .launch import launch, sm_count
+from .launch import cdiv, launch, next_pow2, sm_count
 
 INTERPRET = interpreting()
 PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
@@ -168,8 +168,8 @@ def _hash_kernel(
 def _blocks(d: int, c: int, split: bool):
     # at most 128 projection columns a program: the bf16 weight split of a wider
     # tile (MLA's R_lora = 512) would not fit in shared memory
-    block_c = min(16, triton.next_power_of_2(c))
-    block_d = max(16, min(128, triton.next_power_of_2(d)))
+    block_c = min(16, next_pow2(c))
+    block_d = max(16, min(128, next_pow2(d)))
     # fp32 tile [BLOCK_M, 8*BLOCK_C] of about 64 KB (H100, R = 128, bf16: 128 rows,
     # 4 warps, 2 programs per SM and a prefetched next tile was the fastest launch)
     block_m = max(16, min(128, 16384 // (8 * block_c)))
@@ -179,7 +179,7 @@ def _blocks(d: int, c: int, split: bool):
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
             pack_dot=None, prefetch=None, cache=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
-    ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``launch.LaunchCache`` (hot path)."""
+    ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -190,16 +190,16 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     bm, block_d, block_c = _blocks(d, c, split)
     if not split:  # the fp32 FMA product: small tiles keep it out of local memory
         bm = min(bm, 32)
-    bm = min(bm, max(16, triton.next_power_of_2(l)))  # a decode step hashes few rows
+    bm = min(bm, max(16, next_pow2(l)))  # a decode step hashes few rows
     per_sm = (2 if split else 8) if per_sm is None else per_sm
     block_m = bm if block_m is None else block_m
-    n_tiles = triton.cdiv(l, block_m)
+    n_tiles = cdiv(l, block_m)
     if x3.is_cuda:  # persistent: about 8 programs per SM over all heads
         sms = sm_count(x3.device)
         n_tiles = min(n_tiles, max(1, (per_sm * sms) // h))
     else:  # interpreter: two programs, so the tile loop runs in the CPU tests too
         n_tiles = min(n_tiles, 2)
-    grid = (n_tiles, h, triton.cdiv(c, block_c))
+    grid = (n_tiles, h, cdiv(c, block_c))
     one_d = d <= block_d
     if pack_dot is None:
         pack_dot = PACK_DOT_DEFAULT
@@ -207,7 +207,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     # Many tiles a program (a prefill, a cache fill): prefetch the next tile, 4 warps.
     # One tile a program (a decode step's few rows): no prefetch, 8 warps (measured
     # on the H100: 8 us vs 16 us for 16 rows; 0.094 vs 0.099 ms for 64K rows).
-    many = triton.cdiv(l, block_m) > grid[0]
+    many = cdiv(l, block_m) > grid[0]
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
@@ -243,9 +243,9 @@ def sign_bits_pack(x: torch.Tensor) -> torch.Tensor:
     c = n8 // 8
     out = torch.empty(x2.shape[0], c, dtype=torch.uint8, device=x.device)
     if x2.shape[0]:
-        block_c = triton.next_power_of_2(c)
+        block_c = next_pow2(c)
         block_m = max(1, min(64, 4096 // (8 * block_c)))
-        _sign_pack_kernel[(triton.cdiv(x2.shape[0], block_m),)](
+        _sign_pack_kernel[(cdiv(x2.shape[0], block_m),)](
             x2, out, x2.shape[0], c, x2.stride(0), out.stride(0), BLOCK_M=block_m, BLOCK_C=block_c)
     return out.reshape(*x.shape[:-1], c)
 

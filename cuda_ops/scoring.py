@@ -27,7 +27,7 @@ import triton.language as tl
 from gsa.reference.scoring import SCORE_SCALE
 
 from . import interpreting
-from .launch import launch
+from .launch import launch, next_pow2
 
 __all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "MAX_FORCED", "MAX_BLOCKS"]
 
@@ -358,8 +358,8 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     q32, kc32 = _words(q_codes), _words(key_cache)
     w = c // 4
     g = hq // hkv
-    block_w = triton.next_power_of_2(w)
-    block_g = max(1, min(triton.next_power_of_2(g), 16 // block_w))
+    block_w = next_pow2(w)
+    block_g = max(1, min(next_pow2(g), 16 // block_w))
     if keys is None:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if hw_popc is None:
@@ -376,7 +376,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
             nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
             block_table.stride(0), keys.stride(0)),
             dict(BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
-                 BLOCK_T=triton.next_power_of_2(bs), HW_POPC=bool(hw_popc), num_warps=num_warps), cache)
+                 BLOCK_T=next_pow2(bs), HW_POPC=bool(hw_popc), num_warps=num_warps), cache)
     elif b and m:
         launch(_block_score_kernel, (m, b, 1), (
             q32, kc32, block_table, seq_lens, keys,
@@ -384,7 +384,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
             block_table.stride(0), keys.stride(0)),
             dict(BS=bs, HKV=hkv, G=g, W=w, W_MAIN=(c - rope_bytes) // 4,
                  W16=int(round(rope_score_weight * SCORE_SCALE)), MEAN=chunk_repre_method == "mean",
-                 DEFER=block_g * w <= 31, BLOCK_T=triton.next_power_of_2(bs), BLOCK_G=block_g, BLOCK_W=block_w,
+                 DEFER=block_g * w <= 31, BLOCK_T=next_pow2(bs), BLOCK_G=block_g, BLOCK_W=block_w,
                  num_warps=num_warps), cache)
     return keys
 
@@ -398,7 +398,7 @@ def _forced_args(must_select_blocks):
 
 def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache):
     b, m = block_table.shape
-    block_m = triton.next_power_of_2(max(m, 1))
+    block_m = next_pow2(max(m, 1))
     gather = table is not None
     write_idx = idx is not None
     t_, l_ = (table, lens) if gather else (idx, nsel)
@@ -406,7 +406,7 @@ def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, tabl
     launch(_select_kernel, (b, 1, 1), (
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
-        dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=triton.next_power_of_2(k), GATHER=gather,
+        dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather,
              WRITE_IDX=write_idx, num_warps=select_num_warps(block_m)), cache)
 
 

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import next_pow2
+
 __all__ = ["kv_select"]
 
 
@@ -40,7 +42,7 @@ def kv_select(indices, n_sel, block_table, seq_lens, block_size, pad_id):
     table = torch.empty(b, k, dtype=torch.int32, device=indices.device)
     lens = torch.empty(b, dtype=torch.int32, device=indices.device)
     if b:
-        block_k = triton.next_power_of_2(max(k, 1))
+        block_k = next_pow2(max(k, 1))
         _kv_select_kernel[(b,)](
             indices, n_sel, block_table, seq_lens, table, lens, k, m, block_size, pad_id,
             indices.stride(0), block_table.stride(0), table.stride(0), BLOCK_K=block_k,

@@ -37,7 +37,8 @@ Tensor = torch.Tensor
 
 
 class GenericHotPath:
-    """The hot-path interface over a backend's plain kernels (``dispatch.kernel``)."""
+    """The hot-path interface over a backend's plain kernels (``dispatch.kernel``): each
+    ``*_program`` returns a function of the per-call tensors for one validated signature."""
 
     def __init__(self, device_type: str) -> None:
         self.device_type = device_type
@@ -46,28 +47,29 @@ class GenericHotPath:
     def _k(self, op: str):
         return dispatch.kernel(op, self.device_type)
 
-    def hash_into(self, x: Tensor, weight: Tensor, out: Tensor) -> Tensor:
-        out.copy_(self._k("hash_encode")(x, weight))
-        return out
+    def select_program(self, q, weight, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
+                       chunk_repre_method, pad_id, q_codes, keys, table, lens):
+        hash_encode, top_k, kv_select = self._k("hash_encode"), self._k("hamming_dist_top_k"), self._k("kv_select")
+        forced, bs = list(must_select_blocks), hash_cache.shape[2]
 
-    def hash_cache(self, k: Tensor, weight: Tensor, hash_cache: Tensor, slots: Tensor) -> None:
-        self._k("hash_encode_and_cache")(k, weight, hash_cache, slots)
+        def run(q, block_table, seq_lens, budgets):
+            q_codes.copy_(hash_encode(q, weight))
+            pad_rows = seq_lens <= 0  # an engine's padding rows: empty selections (as the fused kernels)
+            sl = seq_lens.clamp(min=1)
+            idx, n_sel = top_k(q_codes, hash_cache, block_table, sl, budgets, k, forced, chunk_repre_method, 0, 1.0)
+            t, l = kv_select(idx, n_sel, block_table, sl, bs, pad_id)
+            table.copy_(t.masked_fill(pad_rows[:, None], pad_id))
+            lens.copy_(l.masked_fill(pad_rows, 0))
 
-    def select_into(self, q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                    chunk_repre_method, rope_bytes, rope_score_weight, pad_id, keys, table, lens):
-        pad_rows = seq_lens <= 0  # an engine's padding rows: empty selections (as the fused kernels)
-        sl = seq_lens.clamp(min=1)
-        idx, n_sel = self._k("hamming_dist_top_k")(q_codes, hash_cache, block_table, sl, budgets, k,
-                                                   list(must_select_blocks), chunk_repre_method, rope_bytes,
-                                                   rope_score_weight)
-        t, l = self._k("kv_select")(idx, n_sel, block_table, sl, hash_cache.shape[2], pad_id)
-        table.copy_(t.masked_fill(pad_rows[:, None], pad_id))
-        lens.copy_(l.masked_fill(pad_rows, 0))
-        return table, lens
+        return run
 
-    def attention_into(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
-        out.copy_(self._k("paged_decode_attention")(q, k_cache, v_cache, block_table, seq_lens, scale))
-        return out
+    def cache_program(self, k, weight, hash_cache, slots):
+        kern = self._k("hash_encode_and_cache")
+        return lambda k, slots: kern(k, weight, hash_cache, slots)
+
+    def attention_program(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
+        kern = self._k("paged_decode_attention")
+        return lambda q, kc, vc, bt, sl, out: out.copy_(kern(q, kc, vc, bt, sl, scale))
 
 
 _HOT: Dict[Tuple[str, str], Any] = {}
@@ -96,7 +98,7 @@ def _unit_inner(t: Tensor) -> bool:
 
 
 class _Buffers:
-    __slots__ = ("direct", "q_codes", "keys", "table", "lens")
+    __slots__ = ("direct", "q_codes", "keys", "table", "lens", "program")
 
 
 class HotLayer:
@@ -126,7 +128,8 @@ class HotLayer:
         """Whether the raw kernels may run on these inputs. On a new signature: the
         public checks (raising :class:`gsa.GSAInputError`), buffers allocated.
         ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`)."""
-        sig = (_sig(q), _sig(weight), _sig(hash_cache), _sig(block_table), _sig(seq_lens), _sig(budgets), k, extra)
+        sig = (_sig(q), _sig(weight), _sig(hash_cache), _sig(block_table), _sig(seq_lens), _sig(budgets), k, extra,
+               weight.data_ptr(), hash_cache.data_ptr())  # a program keeps these two
         if sig == self.sig:
             return self.cur.direct
         bufs = self.seen.get(sig)
@@ -161,6 +164,7 @@ class HotLayer:
         out.keys = torch.empty(b, block_table.shape[1], dtype=torch.int32, device=dev)
         out.table = torch.empty(b, k, dtype=torch.int32, device=dev)
         out.lens = torch.empty(b, dtype=torch.int32, device=dev)
+        out.program = None
         return out
 
 
@@ -185,6 +189,18 @@ def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tenso
     need = ops._largest_n_sel(n_blocks, bud, [int(m) for m in forced])
     if k < need:
         V.fail(op, "k", f"at least the largest n_sel ({need})", k)
+
+
+def build_program(make, *args):
+    """``make(*args)`` (a hot path's ``*_program``), or ``None`` when the backend cannot
+    replay these launches safely (the caller then runs the op path)."""
+    try:
+        return make(*args)
+    except Exception as exc:  # e.g. cuda_ops.program.ProgramError: a wrapper made a temporary
+        import logging
+
+        logging.getLogger("gsa").debug("GSA hot path: no launch program (%s); using the op path", exc)
+        return None
 
 
 def range_checks(*tensors: Tensor) -> bool:

@@ -25,7 +25,7 @@ import torch
 
 from gsa import ops
 from gsa.config import GSAConfig
-from gsa.hotpath import HotLayer, check_select_values, hot_path_for, range_checks
+from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
 from gsa.policy import GSAPolicy, HostInts, StepPlan
 from gsa.weights import load_hash_weights
 
@@ -84,8 +84,9 @@ class GSASparse:
         self.pad_id = int(pad_id)
         self._hot: Dict[int, HotLayer] = {}  # per layer: validated signature + reused outputs
         self._hot_attn: Dict[int, Dict[Tuple, Dict]] = {}
-        self._hot_keys: Dict[int, Tuple] = {}
+        self._hot_keys: Dict[int, Dict[Tuple, object]] = {}  # per layer and signature: a launch program
         self._w: Dict[int, object] = {}
+        self._checked: set = set()  # (layer, cache shape, dtype, query shape) already checked by select()
         self._budget_bufs: Dict[float, Tensor] = {}  # graph-form steps: persistent budgets, per ratio
 
     # ------------------------------------------------------------------ static facts
@@ -143,15 +144,18 @@ class GSASparse:
             w = self._weight(layer)
             sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
                    slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
-            if self._hot_keys.get(layer) == sig:
+            prog = self._hot_keys.get(layer, {}).get(sig)
+            if prog is not None:
                 if range_checks(slot_mapping):
                     ops._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
-                hot_path_for(key.device).hash_cache(key, w, hash_cache, slot_mapping)
+                prog(key, slot_mapping)
                 return
             ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping)  # validates (and range-checks on CPU)
             if (key.device.type != "meta" and key.stride(-1) == 1 and slot_mapping.stride(0) == 1
-                    and hash_cache.is_contiguous()):
-                self._hot_keys[layer] = sig
+                    and hash_cache.is_contiguous() and key.shape[0] > 0):
+                prog = build_program(hot_path_for(key.device).cache_program, key, w, hash_cache, slot_mapping)
+                if prog is not None:
+                    self._hot_keys.setdefault(layer, {})[sig] = prog
 
     def _weight(self, layer: int):
         w = self._w.get(layer)
@@ -247,14 +251,18 @@ class GSASparse:
                 raise ValueError(f"GSA: layer {layer} reuses layer {src}'s selection, but layer {src} has not "
                                  "been selected in this step yet (select layers in order)")
             return step._selections[src]
+        c = self.config
+        if not c.is_mla and isinstance(q, torch.Tensor) and isinstance(hash_cache, torch.Tensor) and \
+                (layer, hash_cache.shape, hash_cache.dtype, q.shape) in self._checked:
+            return self._select_gqa(layer, step, block_table, seq_lens, hash_cache, q)
         self._check_cache(layer, hash_cache)
         if q is None:
             raise ValueError(f"GSA: layer {layer} scores: 'q' is required")
-        c = self.config
         if c.is_mla:
             self._check_query(layer, "q", q, c.kv_lora_rank, "kv_lora_rank", 1)
         else:
             self._check_query(layer, "q", q, c.head_dim, "head_dim", hash_cache.shape[1])
+            self._checked.add((layer, hash_cache.shape, hash_cache.dtype, q.shape))
         if c.is_mla:
             if q_rope is None:
                 raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
@@ -265,15 +273,19 @@ class GSASparse:
             w_lora, w_rope = self._weight(layer)
             q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
         else:
-            out = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q)
-            step._selections[layer] = out
-            return out
+            return self._select_gqa(layer, step, block_table, seq_lens, hash_cache, q)
         indices, n_sel = ops.hamming_dist_top_k(
             q_codes, hash_cache, block_table, seq_lens, step.budgets[layer], plan.k,
             c.must_select_blocks, c.chunk_repre_method, c.rope_bytes,
             c.rope_score_weight if c.is_mla else 1.0,
         )
         out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
+        step._selections[layer] = out
+        return out
+
+    def _select_gqa(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
+                    q: Tensor) -> Tuple[Tensor, Tensor]:
+        out = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q)
         step._selections[layer] = out
         return out
 
@@ -287,15 +299,20 @@ class GSASparse:
         hot = self._hot.get(layer)
         if hot is None:
             hot = self._hot[layer] = HotLayer()
-        if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, step.plan.k, (self.pad_id,)) \
-                and q.device.type != "meta":
+        k = step.plan.k
+        if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, k, (self.pad_id,)):
             if range_checks(block_table, seq_lens, budgets):
-                check_select_values(hash_cache, block_table, seq_lens, budgets, step.plan.k, c.must_select_blocks)
-            hp = hot_path_for(q.device)
-            hp.hash_into(q, w, hot.q_codes)
-            return hp.select_into(hot.q_codes, hash_cache, block_table, seq_lens, budgets, step.plan.k,
-                                  c.must_select_blocks, c.chunk_repre_method, 0, 1.0, self.pad_id,
-                                  hot.keys, hot.table, hot.lens)
+                check_select_values(hash_cache, block_table, seq_lens, budgets, k, c.must_select_blocks)
+            bufs = hot.cur
+            if bufs.program is None:
+                bufs.program = build_program(hot_path_for(q.device).select_program, q, w, hash_cache, block_table,
+                                             seq_lens, budgets, k, c.must_select_blocks, c.chunk_repre_method,
+                                             self.pad_id, bufs.q_codes, bufs.keys, bufs.table, bufs.lens)
+                if bufs.program is None:
+                    bufs.direct = False
+            if bufs.program is not None:
+                bufs.program(q, block_table, seq_lens, budgets)
+                return bufs.table, bufs.lens
         # a layout the raw kernels do not take (or meta tensors): the public ops
         q_codes = ops.hash_encode(q, w)
         indices, n_sel = ops.hamming_dist_top_k(q_codes, hash_cache, block_table, seq_lens, budgets, step.plan.k,
@@ -354,5 +371,14 @@ class GSASparse:
             return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
         if range_checks(table, lens):
             ops._check_row_values("paged_decode_attention", table, lens, k_cache.shape[1], k_cache.shape[0])
-        return hot_path_for(q.device).attention_into(q, k_cache, v_cache, table, lens, scale, torch.empty_like(q),
-                                                     work)
+        out = torch.empty_like(q)
+        prog = work.get("program")
+        if prog is None:
+            prog = build_program(hot_path_for(q.device).attention_program, q, k_cache, v_cache, table, lens, scale,
+                                 out, work)
+            if prog is None:
+                work["direct"] = False
+                return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
+            work["program"] = prog
+        prog(q, k_cache, v_cache, table, lens, out)
+        return out

@@ -124,18 +124,26 @@ def test_fused_select_gather_equals_reference(rng, method):
     assert lens[2] == 0 and bool((table_out[2] == 3).all())
 
 
-def test_bound_launch_signature_rules():
-    """BoundLaunch launches directly only for the same ints, dtypes and aligned pointers."""
-    from cuda_ops.launch import BoundLaunch
+@pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
+                    reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
+def test_program_refuses_temporaries_and_replays_inputs(rng):
+    """cuda_ops.program: a recorded launch over an undeclared tensor is refused (its address
+    would go stale); declared inputs are swapped per call."""
+    from cuda_ops import hashing
+    from cuda_ops.program import Program, ProgramError, Recorder
 
-    bl = BoundLaunch.__new__(BoundLaunch)
-    a = torch.zeros(16, dtype=torch.int32)
-    bl._sig = BoundLaunch._signature((a, 3, 16, 0.5))
-    assert bl._matches((torch.zeros(16, dtype=torch.int32), 3, 16, 0.25))
-    assert not bl._matches((torch.zeros(16, dtype=torch.int64), 3, 16, 0.5))  # dtype
-    assert not bl._matches((a, 4, 16, 0.5))  # an int changed
-    assert not bl._matches((a[1:], 3, 16, 0.5))  # 4-byte offset: not 16-byte aligned
-    assert not bl._matches((a, 3, True, 0.5))  # bool vs int
+    w = torch.randn(2, 32, 64, generator=rng)
+    x = torch.randn(5, 2, 32, generator=rng)
+    out = torch.zeros(5, 2, 8, dtype=torch.uint8)
+    rec = Recorder()
+    hashing._launch(x, w, 1, out, 0, cache=rec)
+    with pytest.raises(ProgramError):
+        Program(rec, [("x", x)], [w], x.device)  # `out` is neither an input nor a buffer
+    prog = Program(rec, [("x", x)], [w, out], x.device)
+    for _ in range(2):
+        x2 = torch.randn(5, 2, 32, generator=rng)
+        prog(x2)
+        assert torch.equal(out, hashing.hash_encode(x2, w))
 
 
 def test_random_weights_under_another_default_device():

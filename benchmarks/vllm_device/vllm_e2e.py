@@ -7,8 +7,10 @@
 equal dense token for token), ``"0.3"``, ``"1/8"``, ``"1/16"``, or ``"bad"`` (a config
 whose chunk_size differs from the block size: the engine must refuse to start with our
 error). ``mode``: vLLM's ``cudagraph_mode``. Weights: ``load_format="dummy"`` (a real
-shape from a config.json alone; token-id prompts). Decode tokens/s = batch x (N - 1) /
-(t(max_tokens=N) - t(max_tokens=1)) on fresh random prompts each run (prefix caching off).
+shape from a config.json alone; token-id prompts, prefix caching off). The engine is
+stepped by hand (``llm_engine.add_request`` / ``step``): decode tokens/s = batch x (N - 1)
+/ (time from the step where every request has its first token to the last step), so one
+prefill per measurement and no prefill time in the decode figure.
 Appends one JSON row per (context, batch) to DIR/vllm_e2e.jsonl, with the GSA counters,
 the cudagraph mode vLLM kept, and, with ``capture_layer``, the check of one sparse layer's
 output against our reference sparse attention on the same table.
@@ -16,6 +18,7 @@ output against our reference sparse attention on the same table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -119,15 +122,27 @@ def main() -> None:
         ids = torch.randint(0, VOCAB, (n, length), generator=gen).tolist()
         return [TokensPrompt(prompt_token_ids=x) for x in ids]
 
-    def timed(ps, max_tokens):
+    def decode_run(ps, max_tokens):
+        """Step the engine by hand; returns (decode seconds, prefill seconds, token ids per request)."""
         sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        eng = llm.llm_engine
+        ids = [f"r{time.perf_counter_ns()}_{i}" for i in range(len(ps))]
         torch.cuda.synchronize()
-        t = time.perf_counter()
-        outs = llm.generate(ps, sp, use_tqdm=False)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t, outs
+        t0 = time.perf_counter()
+        for rid, p in zip(ids, ps):
+            eng.add_request(rid, p, sp)
+        toks = {rid: [] for rid in ids}
+        t_first = None
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                if o.request_id in toks:
+                    toks[o.request_id] = list(o.outputs[0].token_ids)
+            if t_first is None and all(len(v) >= 1 for v in toks.values()):
+                t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        return t_end - t_first, t_first - t0, [toks[r] for r in ids]
 
-    timed(prompts(2, 512), 4)  # warm-up
+    decode_run(prompts(2, 512), 4)  # warm-up
     n_new = spec.get("max_tokens", 129)
     for ctx, batch in runs:
         rt = gv.current_runtime()
@@ -137,14 +152,14 @@ def main() -> None:
                 rt.enable_capture(int(spec["capture_layer"]))
         plen = ctx - n_new
         ps = prompts(batch, plen)
-        t1, _ = timed(ps, 1)
-        tn, outs = timed(ps, n_new)  # same prompts: the same prefill work
-        dec = batch * (n_new - 1) / (tn - t1)
+        t_dec, t_pre, toks = decode_run(ps, n_new)
+        dec = batch * (n_new - 1) / t_dec
         row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
                    context=ctx, batch=batch, cudagraph_mode=mode, cudagraph_mode_kept=kept_mode,
-                   config=ratio_key or "dense", decode_tok_s=dec, ms_per_step=(tn - t1) / (n_new - 1) * 1e3,
-                   t_prefill_only_s=t1, t_full_s=tn, new_tokens=n_new, init_s=init_s,
-                   tokens=[list(o.outputs[0].token_ids[:16]) for o in outs[:2]])
+                   config=ratio_key or "dense", decode_tok_s=dec, ms_per_step=t_dec / (n_new - 1) * 1e3,
+                   prefill_s=t_pre, decode_s=t_dec, new_tokens=n_new, init_s=init_s,
+                   tokens_sha=hashlib.sha256(json.dumps(toks).encode()).hexdigest()[:16],
+                   tokens_head=[t[:12] for t in toks[:2]])
         if rt is not None:
             st = rt.stats()
             row["gsa_stats"] = {k: st[k] for k in ("steps", "sparse_steps", "sparse_rows", "decode_rows",
