@@ -14,46 +14,63 @@ import types
 NAMES = {n for n in os.environ.get("GSA_VLLM_STUBS", "").split(",") if n}
 
 
-class _Anything:
-    """Any attribute, call, subscript or base class: another stand-in."""
+class _StubMeta(type):
+    """Stand-in classes: any attribute is another stand-in class, a call with one callable
+    is a bare decorator, a call otherwise makes an instance, ``X[...]`` and ``X | None``
+    are ``X``. Classes (not instances), so that pydantic accepts them in annotations."""
 
+    def __getattr__(cls, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return _stub_class(f"{cls.__qualname__}.{name}")
+
+    def __getitem__(cls, item):
+        return cls
+
+    def __or__(cls, other):
+        return cls
+
+    __ror__ = __or__
+
+    def __call__(cls, *a, **k):
+        if len(a) == 1 and not k and callable(a[0]) and not isinstance(a[0], _StubMeta):
+            return a[0]  # used as a bare decorator
+        return super().__call__()
+
+    def __iter__(cls):
+        return iter(())
+
+    def __bool__(cls):
+        return False
+
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+
+        return core_schema.any_schema()
+
+
+class _StubBase(metaclass=_StubMeta):
     def __init__(self, *a, **k):
         pass
-
-    def __call__(self, *a, **k):
-        return a[0] if (len(a) == 1 and callable(a[0]) and not k) else _Anything()
 
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return _Anything()
+        return _stub_class(name)()
 
-    def __getitem__(self, item):
-        return _Anything()
-
-    def __mro_entries__(self, bases):
-        return (_Base,)
-
-    def __iter__(self):
-        return iter(())
-
-    def __bool__(self):
-        return False
+    def __call__(self, *a, **k):
+        return _stub_class("result")()
 
 
-class _Base:
-    def __init__(self, *a, **k):
-        pass
-
-    def __init_subclass__(cls, **k):
-        pass
+def _stub_class(name: str):
+    return _StubMeta(name.rsplit(".", 1)[-1], (_StubBase,), {"__qualname__": name})
 
 
 class _StubModule(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return _Anything()
+        return _stub_class(f"{self.__name__}.{name}")
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

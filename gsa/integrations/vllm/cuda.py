@@ -20,8 +20,9 @@ fixed width (so the captured kernels and shapes serve every later step; a dense
 row or step is a budget of ``n_blocks``), the selection writes into the layer's
 persistent buffers (``gsa.hotpath``), and the sparse metadata keeps the dense
 ``max_seq_len`` bound and ``max_num_splits`` while FA3 schedules the sparse
-lengths itself (``scheduler_metadata=None``). Mixed prefill/decode batches run
-piecewise (attention eager), with the compact selection width. Tensor
+lengths itself (``scheduler_metadata=None``). The same graph form serves eager
+uniform decode steps (PIECEWISE mode). Mixed prefill/decode batches run piecewise
+(attention eager) with the compact selection width. Tensor
 parallelism (codes all-gathered per layer) keeps ``AttentionCGSupport.NEVER``.
 """
 from __future__ import annotations
@@ -75,11 +76,10 @@ class GSAFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
         md = GSAFlashAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
         seq_lens, query_lens = host_lengths(common_attn_metadata)
         static = None
-        max_cg = getattr(self, "max_cudagraph_size", None)
-        if (getattr(self, "use_full_cuda_graph", False) and max_cg is not None
-                and common_attn_metadata.max_query_len == 1
-                and common_attn_metadata.num_actual_tokens <= max_cg):
-            static = common_attn_metadata.block_table_tensor.shape[1]  # graph form: the table's full width
+        if common_attn_metadata.max_query_len == 1 and common_attn_metadata.num_reqs <= 1024:
+            # a uniform decode batch: graph form (the table's full width, persistent budgets), which a
+            # FULL graph needs and which also spares eager (PIECEWISE) steps the per-step gathers
+            static = common_attn_metadata.block_table_tensor.shape[1]
         md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc, static_width=static)
         md.gsa.builder = self
         return md

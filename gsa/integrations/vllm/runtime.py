@@ -394,7 +394,7 @@ class GSAVllmRuntime:
         if layer != self.capture_layer or self.captured is not None or self._shadow is None:
             return
         step = state.step
-        rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0])
+        rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0]).to(query.device)
         if rows.numel() == 0:
             return
         qi = state.q_rows.index_select(0, rows)
