@@ -397,7 +397,7 @@ class GSAVllmRuntime:
         rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0]).to(query.device)
         if rows.numel() == 0:
             return
-        qi = state.q_rows.index_select(0, rows)
+        qi = rows if state.q_rows is None else state.q_rows.index_select(0, rows)  # graph form: row i is token i
         hq = query.shape[1]
         self.captured = {
             "layer": layer,
