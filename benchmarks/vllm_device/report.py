@@ -1,0 +1,90 @@
+"""Merge vllm_e2e.jsonl rows into benchmarks/results/vllm_e2e_h200.{json,md,png}.
+
+    python benchmarks/vllm_device/report.py ROWS.jsonl [...] --out benchmarks/results/vllm_e2e_h200
+
+Rows with ``"superseded"`` set are kept in the JSON (history) and left out of the table.
+"""
+import argparse
+import json
+
+UCM = {"note": "UCM GSA, published, non-offload, DeepSeek-R1-Distill-Qwen-32B on 2xH20, 120K: ~48 -> ~70 tok/s",
+       "gain": 70 / 48}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("rows", nargs="+")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    rows = []
+    for p in a.rows:
+        rows += [json.loads(l) for l in open(p) if l.strip()]
+    live = [r for r in rows if not r.get("superseded") and r.get("decode_tok_s")]
+    dense = {(r["model"], r["context"], r["batch"], r["cudagraph_mode"]): r["decode_tok_s"]
+             for r in live if r["config"] == "dense"}
+    full = {(r["model"], r["context"], r["batch"], r["config"]): r["decode_tok_s"]
+            for r in live if r["cudagraph_mode"] == "FULL_AND_PIECEWISE"}
+    for r in live:
+        d = dense.get((r["model"], r["context"], r["batch"], r["cudagraph_mode"])) or \
+            dense.get((r["model"], r["context"], r["batch"], "FULL_AND_PIECEWISE"))
+        r["vs_dense"] = r["decode_tok_s"] / d if d else None
+        f = full.get((r["model"], r["context"], r["batch"], r["config"]))
+        r["vs_full"] = r["decode_tok_s"] / f if (f and r["cudagraph_mode"] != "FULL_AND_PIECEWISE") else None
+    out = {"rows": rows, "ucm_reference": UCM}
+    with open(a.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    L = [f"# vLLM {live[0]['vllm']} end to end on the {live[0]['device']} (torch {live[0]['torch']})", "",
+         "Dummy-weight models (`load_format=\"dummy\"`), token-id prompts, FLASH_ATTN (FA3), block size 128, greedy, "
+         "128 new tokens after the prompt; decode tok/s = batch x 127 / decode time (engine stepped by hand, prefill "
+         "excluded). `vs dense`: against dense in the same cudagraph mode (FULL's when that mode has no dense row); "
+         "`vs FULL`: the same config under FULL_AND_PIECEWISE. `same tokens as dense`: all generated ids equal "
+         "(a weak signal with dummy weights: their greedy outputs repeat two tokens).", "",
+         "| model | context | batch | cudagraph mode (kept) | config | decode tok/s | ms/step | vs dense | vs FULL | same tokens as dense | sparse steps |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    dense_sha = {(r["model"], r["context"], r["batch"]): r["tokens_sha"] for r in live if r["config"] == "dense"}
+    for r in sorted(live, key=lambda r: (r["model"], r["context"], r["cudagraph_mode"], r["config"] != "dense", r["config"])):
+        st = r.get("gsa_stats") or {}
+        same = dense_sha.get((r["model"], r["context"], r["batch"]))
+        vs_d = "" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}x"
+        vs_f = "" if r["vs_full"] is None else f"{r['vs_full']:.2f}x"
+        same_tok = "" if same is None or r["config"] == "dense" else ("yes" if same == r["tokens_sha"] else "no")
+        L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']} | "
+                 f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {vs_d} | {vs_f} | {same_tok} | "
+                 f"{st.get('sparse_steps', '')}/{st.get('steps', '')} |")
+    checks = [r for r in rows if r.get("capture_check")]
+    bad = [r for r in rows if r.get("started") is False]
+    L += ["", "Reference check of a sparse layer's output (layer 10, PIECEWISE, eager attention): " +
+          "; ".join(f"{r['context'] // 1024}K: max abs err {r['capture_check']['max_abs_err']:.1e}, table and lengths equal "
+                    f"the reference selection: {r['capture_check']['reference_table_equal'] and r['capture_check']['reference_lens_equal']}"
+                    for r in checks), "",
+          "A bad GSA config at start-up: " + "; ".join(r["error"] for r in bad), "",
+          f"Published reference: {UCM['note']} ({UCM['gain']:.2f}x)."]
+    with open(a.out + ".md", "w") as f:
+        f.write("\n".join(L) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    cfgs = ["dense", "0.3", "1/8", "1/16"]
+    ctxs = sorted({r["context"] for r in live})
+    w = 0.18
+    for i, c in enumerate(cfgs):
+        vals = [next((r["decode_tok_s"] for r in live if r["config"] == c and r["context"] == x
+                      and r["cudagraph_mode"] == "FULL_AND_PIECEWISE"), 0) for x in ctxs]
+        ax.bar([j + (i - 1.5) * w for j in range(len(ctxs))], vals, w, label=f"{c} (FULL)")
+    pw = [next((r["decode_tok_s"] for r in live if r["config"] == "1/8" and r["context"] == x
+                and r["cudagraph_mode"] == "PIECEWISE"), 0) for x in ctxs]
+    ax.scatter([j - 0.5 * w for j in range(len(ctxs))], pw, color="black", marker="x", zorder=3, label="1/8 PIECEWISE")
+    ax.set_xticks(range(len(ctxs)), [f"{x // 1024}K, B={next(r['batch'] for r in live if r['context'] == x)}" for x in ctxs])
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"vLLM {live[0]['vllm']}, Qwen3-4B shape (dummy weights), {live[0]['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(a.out + ".png", dpi=120)
+    print(a.out + ".{json,md,png}")
+
+
+if __name__ == "__main__":
+    main()
