@@ -1,0 +1,130 @@
+/**
+ * CPU twin-debug runner of the GSA AscendC kernels, built against the REAL AscendC API
+ * (asc-devkit headers, asc-tools cpudebug framework) with g++: see cpu/README.md.
+ *
+ *   gsa_ascendc_cpu <op> <dir> <vector cores>
+ *
+ * <op> is hash | topk | kvsel. <dir>/params holds the op's integer arguments (whitespace
+ * separated, in the order below); <dir>/<name>.bin holds each tensor's raw bytes. Every
+ * tensor is copied into GmAlloc'd global memory (guard page after it), the kernel runs
+ * through ICPU_RUN_KF (one forked process per core, as on the device each core runs the
+ * whole kernel body), and the output tensors are written back to their files.
+ * Driven by tests/test_npu_ascendc_cpu.py.
+ */
+#include "kernel_operator.h"
+
+#include "../op_kernel/hash_encode_and_cache.cpp"
+#include "../op_kernel/hamming_dist_top_k.cpp"
+#include "../op_kernel/kv_select.cpp"
+#include "../op_host/gsa_tiling.h"
+
+#include "tikicpulib.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Tensor {
+    std::string path;
+    uint8_t* gm = nullptr;
+    size_t bytes = 0;
+};
+
+[[noreturn]] void Die(const std::string& msg)
+{
+    std::fprintf(stderr, "gsa_ascendc_cpu: %s\n", msg.c_str());
+    std::exit(2);
+}
+
+Tensor Load(const std::string& dir, const char* name)
+{
+    Tensor t;
+    t.path = dir + "/" + name + ".bin";
+    std::ifstream f(t.path, std::ios::binary);
+    if (!f) {
+        Die("cannot read " + t.path);
+    }
+    std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    t.bytes = data.size();
+    t.gm = static_cast<uint8_t*>(AscendC::GmAlloc(t.bytes > 0 ? t.bytes : 1));
+    std::memcpy(t.gm, data.data(), t.bytes);
+    return t;
+}
+
+void Store(const Tensor& t)
+{
+    std::ofstream f(t.path, std::ios::binary | std::ios::trunc);
+    f.write(reinterpret_cast<const char*>(t.gm), static_cast<std::streamsize>(t.bytes));
+    if (!f) {
+        Die("cannot write " + t.path);
+    }
+}
+
+std::vector<int64_t> Params(const std::string& dir, size_t n)
+{
+    std::ifstream f(dir + "/params");
+    std::vector<int64_t> p;
+    int64_t v;
+    while (f >> v) {
+        p.push_back(v);
+    }
+    if (p.size() != n) {
+        Die("params: expected " + std::to_string(n) + " integers, got " + std::to_string(p.size()));
+    }
+    return p;
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 4) {
+        Die("usage: gsa_ascendc_cpu hash|topk|kvsel <dir> <vector cores>");
+    }
+    const std::string op = argv[1], dir = argv[2];
+    const int64_t cores = std::atoll(argv[3]);
+    AscendC::SetKernelMode(KernelMode::AIV_MODE);  // vector-core kernels: up to 2 x 25 AIV on dav-c220
+    if (op == "hash") {
+        // x f32 [T,H,D], w f32 [H,D,R], cache u8 [NB,H,bs,C] (in/out), slots i64 [T]
+        const auto p = Params(dir, 8);
+        const int64_t t = p[0], h = p[1], d = p[2], r = p[3], nb = p[4], bs = p[5], cTotal = p[6], colOff = p[7];
+        Tensor x = Load(dir, "x"), w = Load(dir, "w"), cache = Load(dir, "cache"), slots = Load(dir, "slots");
+        const int64_t dTile = gsa::HashDTile(d, r);
+        ICPU_RUN_KF(gsa_hash_encode_and_cache, gsa::BlockDim(t * h, cores), x.gm, w.gm, cache.gm, slots.gm, t, h, d,
+                    r, nb, bs, cTotal, colOff, dTile);
+        Store(cache);
+    } else if (op == "topk") {
+        // two launches on one stream, as launch_hamming_dist_top_k does on the device
+        const auto p = Params(dir, 12);
+        const int64_t b = p[0], m = p[1], nb = p[2], hkv = p[3], g = p[4], c = p[5], mainBytes = p[6], w16 = p[7],
+                      bs = p[8], isMean = p[9], k = p[10], f = p[11];
+        Tensor q = Load(dir, "q"), kc = Load(dir, "kc"), bt = Load(dir, "bt"), seq = Load(dir, "seq");
+        Tensor budgets = Load(dir, "budgets"), forced = Load(dir, "forced"), scores = Load(dir, "scores");
+        Tensor idx = Load(dir, "idx"), nsel = Load(dir, "nsel");
+        const uint32_t blockDim = gsa::BlockDim(b * m, cores);
+        ICPU_RUN_KF(gsa_block_scores, blockDim, q.gm, kc.gm, bt.gm, seq.gm, scores.gm, b, m, nb, hkv, g, c,
+                    mainBytes, w16, bs, isMean);
+        ICPU_RUN_KF(gsa_select, blockDim, scores.gm, seq.gm, budgets.gm, forced.gm, idx.gm, nsel.gm, b, m, k, f, bs,
+                    isMean);
+        Store(scores);
+        Store(idx);
+        Store(nsel);
+    } else if (op == "kvsel") {
+        const auto p = Params(dir, 5);
+        const int64_t b = p[0], k = p[1], m = p[2], bs = p[3], pad = p[4];
+        Tensor idx = Load(dir, "idx"), nsel = Load(dir, "nsel"), bt = Load(dir, "bt"), seq = Load(dir, "seq");
+        Tensor table = Load(dir, "table"), lens = Load(dir, "lens");
+        ICPU_RUN_KF(gsa_kv_select, gsa::BlockDim(b, cores), idx.gm, nsel.gm, bt.gm, seq.gm, table.gm, lens.gm, b, k,
+                    m, bs, pad);
+        Store(table);
+        Store(lens);
+    } else {
+        Die("unknown op " + op);
+    }
+    return 0;
+}

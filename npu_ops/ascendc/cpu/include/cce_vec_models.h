@@ -1,0 +1,274 @@
+/**
+ * CPU models of the AI-core intrinsics (dav-c220, Atlas A2/A3 vector core) that the real
+ * AscendC API reaches from our kernels and from cpu/test_intrinsics.cpp. Each is written
+ * from the AscendC documentation of the API call that issues it (DataCopyPad, Duplicate,
+ * Axpy, Add/Sub/Mul/Max/Min/And/Or, Not, Compare, Select, level-0 masks and repeats) and
+ * tested against that documented behaviour in cpu/test_intrinsics.cpp.
+ *
+ * They are MODELS, not hardware: no timing, no pipes. Synchronisation (set_flag /
+ * wait_flag / pipe_barrier) is not modelled: each intrinsic completes before it returns,
+ * so a kernel missing a flag still passes here.
+ *
+ * Vector instruction model (normal mode): one instruction = `repeat` iterations; an
+ * iteration covers 8 blocks of 32 bytes (256 bytes: 64 b32 / 128 b16 elements); element e
+ * of iteration r of an operand lives at base + r*repStride*32 + (e/epb)*blkStride*32 +
+ * (e%epb)*size (epb = elements per 32-byte block). Element e runs iff its bit is set in the
+ * vector mask (bits 0..63 in the low word, 64..127 in the high word). Counter mode
+ * (set_mask_count): the low mask word is an element count N, the repeat argument is
+ * ignored, and elements 0..N-1 run over ceil(N / per-iteration) iterations.
+ * Every UB byte an intrinsic touches is checked against the UB the API allocated.
+ */
+#ifndef GSA_CPU_CCE_VEC_MODELS_H
+#define GSA_CPU_CCE_VEC_MODELS_H
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace gsa_cpu {
+
+/** Vector-unit registers that the modelled instructions read (one set per core/process). */
+struct VecRegs {
+    uint64_t maskHi = ~0ull, maskLo = ~0ull;
+    bool counterMode = false;
+    uint64_t movPadVal = 0;   // DataCopyPad padding value (set_mov_pad_val), raw bits
+    uint8_t cmpMask[16] = {}; // 128-bit compare mask register (set_cmpmask / vcmpv results)
+};
+VecRegs& Regs();
+
+/** Abort with a message if [p, p+bytes) is not inside the core's Unified Buffer. */
+void CheckUb(const void* p, size_t bytes, const char* intrinsic);
+[[noreturn]] void Fail(const char* intrinsic, const char* what);
+
+template <typename T> struct Id { using type = T; };
+
+/**
+ * Calls f(r, e) for every element e of iteration r that runs, for an instruction whose
+ * element type has `elemBytes` bytes.
+ */
+template <typename F>
+void ForEachElement(size_t elemBytes, uint8_t repeat, F&& f)
+{
+    const uint32_t perIter = static_cast<uint32_t>(256 / elemBytes);
+    VecRegs& R = Regs();
+    if (R.counterMode) {
+        const uint64_t n = R.maskLo;
+        for (uint64_t i = 0; i < n; ++i) {
+            f(static_cast<uint32_t>(i / perIter), static_cast<uint32_t>(i % perIter));
+        }
+        return;
+    }
+    for (uint32_t r = 0; r < repeat; ++r) {
+        for (uint32_t e = 0; e < perIter; ++e) {
+            const bool on = e < 64 ? ((R.maskLo >> e) & 1u) : ((R.maskHi >> (e - 64)) & 1u);
+            if (on) {
+                f(r, e);
+            }
+        }
+    }
+}
+
+/** Address of element e of iteration r of an operand (strides in 32-byte blocks). */
+template <typename T>
+T* ElemAt(T* base, uint32_t r, uint32_t e, uint32_t blkStride, uint32_t repStride, const char* intrinsic)
+{
+    constexpr uint32_t epb = 32 / sizeof(T);
+    T* p = reinterpret_cast<T*>(reinterpret_cast<uint8_t*>(const_cast<std::remove_const_t<T>*>(base)) +
+                                static_cast<size_t>(r) * repStride * 32 + static_cast<size_t>(e / epb) * blkStride * 32 +
+                                static_cast<size_t>(e % epb) * sizeof(T));
+    CheckUb(p, sizeof(T), intrinsic);
+    return p;
+}
+
+template <typename T, typename Op>
+void Binary(const char* name, T* dst, T* s0, T* s1, uint8_t repeat, uint16_t dB, uint16_t s0B, uint16_t s1B,
+            uint16_t dR, uint16_t s0R, uint16_t s1R, Op op)
+{
+    ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+        const T a = *ElemAt(s0, r, e, s0B, s0R, name);
+        const T b = *ElemAt(s1, r, e, s1B, s1R, name);
+        *ElemAt(dst, r, e, dB, dR, name) = op(a, b);
+    });
+}
+
+/** Compare element-wise; bit e of iteration r's 256-bit (b16) / 64-bit... result: see vcmpv_*. */
+template <typename T, typename Op>
+void Compare(const char* name, uint8_t* dst, T* s0, T* s1, uint8_t repeat, uint16_t s0B, uint16_t s1B,
+             uint16_t dR, uint16_t s0R, uint16_t s1R, Op op)
+{
+    // Result: one bit per element of an iteration, LSB first, iterations dR*32 bytes apart
+    // (dR = 0 in the level-2 API call: each iteration's bits follow the previous ones,
+    // 256/sizeof(T) bits = 32/sizeof(T) bytes each).
+    const uint32_t bytesPerIter = 32 / sizeof(T);
+    ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+        const T a = *ElemAt(s0, r, e, s0B, s0R, name);
+        const T b = *ElemAt(s1, r, e, s1B, s1R, name);
+        uint8_t* byte = dst + static_cast<size_t>(r) * (dR == 0 ? bytesPerIter : dR * 32u) + e / 8;
+        CheckUb(byte, 1, name);
+        const uint8_t bit = static_cast<uint8_t>(1u << (e % 8));
+        *byte = op(a, b) ? static_cast<uint8_t>(*byte | bit) : static_cast<uint8_t>(*byte & ~bit);
+    });
+}
+
+}  // namespace gsa_cpu
+
+// ---- mask / control registers -------------------------------------------------------------
+/** Vector mask: bit e of (hi:lo) enables element e of every iteration (counter mode: lo = count). */
+inline void set_vector_mask(uint64_t hi, uint64_t lo) { gsa_cpu::Regs().maskHi = hi; gsa_cpu::Regs().maskLo = lo; }
+inline void set_mask_count() { gsa_cpu::Regs().counterMode = true; }
+inline void set_mask_norm() { gsa_cpu::Regs().counterMode = false; }
+inline void set_mov_pad_val(uint64_t v) { gsa_cpu::Regs().movPadVal = v; }
+/** Loads the 128-bit compare mask register from 16 bytes of UB (vsel mode 0 reads it). */
+template <typename T> inline void set_cmpmask(T* src)
+{
+    gsa_cpu::CheckUb(src, 16, "set_cmpmask");
+    std::memcpy(gsa_cpu::Regs().cmpMask, reinterpret_cast<const void*>(src), 16);
+}
+
+// ---- synchronisation: NOT modelled (every model completes before it returns) ---------------
+template <typename... A> inline void pipe_barrier(A...) {}
+template <typename... A> inline void set_flag(A...) {}
+template <typename... A> inline void wait_flag(A...) {}
+template <typename... A> inline void hset_flag(A...) {}
+template <typename... A> inline void hwait_flag(A...) {}
+template <typename... A> inline void dsb(A...) {}
+template <typename... A> inline void dcci(A...) {}
+template <typename... A> inline void set_atomic_none(A...) {}
+
+// ---- DMA: GM <-> UB ---------------------------------------------------------------------
+/**
+ * DataCopyPad GM -> UB (copy_gm_to_ubuf_align_b8/16/32): nBurst blocks of lenBurst bytes;
+ * GM block i starts at src + i*(lenBurst + srcGap) bytes; in UB each block is
+ * [leftPad elements][lenBurst bytes][rightPad elements], rounded up to 32 bytes, and
+ * block i starts 32-byte aligned after block i-1 plus dstGap 32-byte blocks. Pad elements
+ * take the set_mov_pad_val value; bytes between the data and the 32-byte boundary that no
+ * padding covers are undefined on hardware: the model writes 0xA5 there.
+ */
+void GsaCopyGmToUbAlign(void* dst, const void* src, uint32_t elemBytes, uint16_t nBurst, uint32_t lenBurst,
+                        uint8_t leftPad, uint8_t rightPad, uint64_t srcGap, uint64_t dstGap);
+/** DataCopyPad UB -> GM: block i read at src + i*(ceil32(lenBurst) + srcGap*32), written at dst + i*(lenBurst + dstGap) bytes. */
+void GsaCopyUbToGmAlign(void* dst, const void* src, uint16_t nBurst, uint32_t lenBurst, uint64_t srcGap,
+                        uint64_t dstGap);
+/** DataCopy GM <-> UB (copy_gm_to_ubuf / copy_ubuf_to_gm): lengths and gaps in 32-byte blocks on both sides. */
+void GsaCopyBlocks(void* dst, const void* src, bool dstIsUb, uint16_t nBurst, uint16_t lenBurst, uint16_t srcGap,
+                   uint16_t dstGap);
+
+#define GSA_ALIGN_COPY(bits, bytes)                                                                             \
+    template <typename D, typename S>                                                                          \
+    inline void copy_gm_to_ubuf_align_##bits(D* dst, S* src, uint8_t /*sid*/, uint16_t nBurst, uint32_t lenBurst, \
+                                             uint8_t leftPad, uint8_t rightPad, uint64_t srcGap, uint64_t dstGap) \
+    {                                                                                                          \
+        GsaCopyGmToUbAlign((void*)dst, (const void*)src, bytes, nBurst, lenBurst, leftPad, rightPad, srcGap, dstGap); \
+    }                                                                                                          \
+    template <typename D, typename S>                                                                          \
+    inline void copy_ubuf_to_gm_align_##bits(D* dst, S* src, uint8_t /*sid*/, uint16_t nBurst, uint32_t lenBurst, \
+                                             uint8_t, uint8_t, uint64_t srcGap, uint64_t dstGap)                 \
+    {                                                                                                          \
+        GsaCopyUbToGmAlign((void*)dst, (const void*)src, nBurst, lenBurst, srcGap, dstGap);                    \
+    }
+GSA_ALIGN_COPY(b8, 1)
+GSA_ALIGN_COPY(b16, 2)
+GSA_ALIGN_COPY(b32, 4)
+#undef GSA_ALIGN_COPY
+
+inline void copy_gm_to_ubuf(void* dst, void* src, uint8_t, uint16_t nBurst, uint16_t lenBurst, uint16_t srcGap,
+                            uint16_t dstGap)
+{
+    GsaCopyBlocks(dst, src, true, nBurst, lenBurst, srcGap, dstGap);
+}
+inline void copy_ubuf_to_gm(void* dst, void* src, uint8_t, uint16_t nBurst, uint16_t lenBurst, uint16_t srcGap,
+                            uint16_t dstGap)
+{
+    GsaCopyBlocks(dst, src, false, nBurst, lenBurst, srcGap, dstGap);
+}
+
+// ---- vector instructions ------------------------------------------------------------------
+/** Duplicate: dst[e] = scalar for every running element. */
+template <typename T>
+inline void vector_dup(T* dst, typename gsa_cpu::Id<T>::type s, uint8_t repeat, uint16_t dB, uint16_t /*sB*/,
+                       uint8_t dR, uint8_t /*sR*/)
+{
+    gsa_cpu::ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+        *gsa_cpu::ElemAt(dst, r, e, dB, dR, "vector_dup") = s;
+    });
+}
+
+/** Axpy: dst[e] = src[e] * scalar + dst[e] (same type; multiply rounded, then add rounded). */
+template <typename T>
+inline void vaxpy(T* dst, T* src, typename gsa_cpu::Id<T>::type s, uint8_t repeat, uint16_t dB, uint16_t sB,
+                  uint8_t dR, uint8_t sR)
+{
+    gsa_cpu::ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+        T* d = gsa_cpu::ElemAt(dst, r, e, dB, dR, "vaxpy");
+        const T prod = *gsa_cpu::ElemAt(src, r, e, sB, sR, "vaxpy") * s;
+        *d = static_cast<T>(prod + *d);
+    });
+}
+
+#define GSA_BINARY(name, expr)                                                                                 \
+    template <typename T>                                                                                      \
+    inline void name(T* dst, T* s0, T* s1, uint8_t repeat, uint16_t dB, uint16_t s0B, uint16_t s1B, uint8_t dR, \
+                     uint8_t s0R, uint8_t s1R)                                                                 \
+    {                                                                                                          \
+        gsa_cpu::Binary(#name, dst, s0, s1, repeat, dB, s0B, s1B, dR, s0R, s1R,                               \
+                        [](T a, T b) { return static_cast<T>(expr); });                                        \
+    }
+GSA_BINARY(vadd, a + b)
+GSA_BINARY(vsub, a - b)
+GSA_BINARY(vmul, a * b)
+GSA_BINARY(vmax, a > b ? a : b)
+GSA_BINARY(vmin, a < b ? a : b)
+GSA_BINARY(vand, a & b)
+GSA_BINARY(vor, a | b)
+#undef GSA_BINARY
+
+/** Not: dst[e] = ~src[e] (bitwise, 16-bit types). */
+template <typename T>
+inline void vnot(T* dst, T* src, uint8_t repeat, uint16_t dB, uint16_t sB, uint8_t dR, uint8_t sR)
+{
+    gsa_cpu::ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+        *gsa_cpu::ElemAt(dst, r, e, dB, dR, "vnot") = static_cast<T>(~*gsa_cpu::ElemAt(src, r, e, sB, sR, "vnot"));
+    });
+}
+
+#define GSA_COMPARE(name, expr)                                                                                 \
+    template <typename T>                                                                                       \
+    inline void name(uint8_t* dst, T* s0, T* s1, uint8_t repeat, uint16_t /*dB*/, uint16_t s0B, uint16_t s1B,   \
+                     uint8_t dR, uint8_t s0R, uint8_t s1R)                                                      \
+    {                                                                                                           \
+        gsa_cpu::Compare(#name, dst, s0, s1, repeat, s0B, s1B, dR, s0R, s1R, [](T a, T b) { return expr; });   \
+    }
+GSA_COMPARE(vcmpv_eq, a == b)
+GSA_COMPARE(vcmpv_ne, a != b)
+GSA_COMPARE(vcmpv_lt, a < b)
+GSA_COMPARE(vcmpv_le, a <= b)
+GSA_COMPARE(vcmpv_gt, a > b)
+GSA_COMPARE(vcmpv_ge, a >= b)
+#undef GSA_COMPARE
+
+/**
+ * Select, mode 0 (VSEL_CMPMASK_SPR): dst[e] = bit e of the compare mask register ? src0[e] : src1[e];
+ * every iteration reads the same 128 bits. Modes 1 and 2 (tensor/scalar select masks) abort.
+ */
+template <typename T, typename U>
+inline void vsel(T* dst, T* s0, U* s1, uint8_t repeat, uint16_t dB, uint16_t s0B, uint16_t s1B, uint8_t dR,
+                 uint8_t s0R, uint8_t s1R, uint8_t mode = 0)
+{
+    if constexpr (!std::is_same_v<T, U>) {
+        gsa_cpu::Fail("vsel", "only select mode 0 (compare mask register) is modelled");
+    } else {
+        if (mode != 0) {
+            gsa_cpu::Fail("vsel", "only select mode 0 (compare mask register) is modelled");
+        }
+        const uint8_t* m = gsa_cpu::Regs().cmpMask;
+        gsa_cpu::ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
+            const bool pick0 = (m[(e % 128) / 8] >> (e % 8)) & 1u;
+            const T v = pick0 ? *gsa_cpu::ElemAt(s0, r, e, s0B, s0R, "vsel")
+                              : *gsa_cpu::ElemAt(s1, r, e, s1B, s1R, "vsel");
+            *gsa_cpu::ElemAt(dst, r, e, dB, dR, "vsel") = v;
+        });
+    }
+}
+
+#endif  // GSA_CPU_CCE_VEC_MODELS_H
