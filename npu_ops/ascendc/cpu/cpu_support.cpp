@@ -96,13 +96,15 @@ void GsaCopyBlocks(void* dst, const void* src, bool dstIsUb, uint16_t nBurst, ui
     }
 }
 
-void set_padding(uint64_t) { gsa_cpu::Fail("set_padding", "cube-unit register: the cube unit is not modelled"); }
-void set_l1_3d_size(uint64_t) { gsa_cpu::Fail("set_l1_3d_size", "cube-unit register: the cube unit is not modelled"); }
+void GsaCubeNotModelled(const char* intrinsic) { gsa_cpu::Fail(intrinsic, "L1 / cube unit: not modelled"); }
+void set_padding(uint64_t) { GsaCubeNotModelled("set_padding"); }
+void set_l1_3d_size(uint64_t) { GsaCubeNotModelled("set_l1_3d_size"); }
 
 // ---- cpudebug support symbols (binary-only in CANN) ------------------------------------------
 namespace AscendC {
 
 ProcessLock* ProcessLock::processLock = nullptr;
+bool g_isAtomic = false;  // fixpipe (cube output) atomic flag: never set by vector kernels
 
 ProcessLock::ProcessLock() { Init(); }
 ProcessLock::~ProcessLock() { UnInit(); }

@@ -56,6 +56,10 @@ inline void set_ffts_base_addr(uint64_t) {}
 // must link): calling one aborts, the cube unit is not modelled.
 void set_padding(uint64_t);
 void set_l1_3d_size(uint64_t);
+[[noreturn]] void GsaCubeNotModelled(const char* intrinsic);
+/** GM <-> L1 copies: reached by DataCopy's runtime dispatch on the tensor position; abort if run. */
+template <typename... A> inline void copy_gm_to_cbuf(A...) { GsaCubeNotModelled("copy_gm_to_cbuf"); }
+template <typename... A> inline void copy_cbuf_to_gm(A...) { GsaCubeNotModelled("copy_cbuf_to_gm"); }
 
 // Special registers read by API paths our kernels do not take: typed, never defined.
 uint64_t get_vms4_sr();

@@ -92,21 +92,23 @@ void Binary(const char* name, T* dst, T* s0, T* s1, uint8_t repeat, uint16_t dB,
     });
 }
 
-/** Compare element-wise; bit e of iteration r's 256-bit (b16) / 64-bit... result: see vcmpv_*. */
+/**
+ * Compare element-wise into a bit mask: bit e of iteration r = op(src0, src1) goes to bit
+ * (r * perIter + e) of dst, LSB first; the iterations' bits are contiguous (the level-2
+ * Compare steps dst by 256/sizeof(T)/8 bytes per iteration), so dstRepStride is not used.
+ */
 template <typename T, typename Op>
 void Compare(const char* name, uint8_t* dst, T* s0, T* s1, uint8_t repeat, uint16_t s0B, uint16_t s1B,
-             uint16_t dR, uint16_t s0R, uint16_t s1R, Op op)
+             uint16_t s0R, uint16_t s1R, Op op)
 {
-    // Result: one bit per element of an iteration, LSB first, iterations dR*32 bytes apart
-    // (dR = 0 in the level-2 API call: each iteration's bits follow the previous ones,
-    // 256/sizeof(T) bits = 32/sizeof(T) bytes each).
-    const uint32_t bytesPerIter = 32 / sizeof(T);
+    const uint32_t perIter = 256 / sizeof(T);
     ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
         const T a = *ElemAt(s0, r, e, s0B, s0R, name);
         const T b = *ElemAt(s1, r, e, s1B, s1R, name);
-        uint8_t* byte = dst + static_cast<size_t>(r) * (dR == 0 ? bytesPerIter : dR * 32u) + e / 8;
+        const uint64_t bitIdx = static_cast<uint64_t>(r) * perIter + e;
+        uint8_t* byte = dst + bitIdx / 8;
         CheckUb(byte, 1, name);
-        const uint8_t bit = static_cast<uint8_t>(1u << (e % 8));
+        const uint8_t bit = static_cast<uint8_t>(1u << (bitIdx % 8));
         *byte = op(a, b) ? static_cast<uint8_t>(*byte | bit) : static_cast<uint8_t>(*byte & ~bit);
     });
 }
@@ -235,9 +237,9 @@ inline void vnot(T* dst, T* src, uint8_t repeat, uint16_t dB, uint16_t sB, uint8
 #define GSA_COMPARE(name, expr)                                                                                 \
     template <typename T>                                                                                       \
     inline void name(uint8_t* dst, T* s0, T* s1, uint8_t repeat, uint16_t /*dB*/, uint16_t s0B, uint16_t s1B,   \
-                     uint8_t dR, uint8_t s0R, uint8_t s1R)                                                      \
+                     uint8_t /*dR*/, uint8_t s0R, uint8_t s1R)                                                  \
     {                                                                                                           \
-        gsa_cpu::Compare(#name, dst, s0, s1, repeat, s0B, s1B, dR, s0R, s1R, [](T a, T b) { return expr; });   \
+        gsa_cpu::Compare(#name, dst, s0, s1, repeat, s0B, s1B, s0R, s1R, [](T a, T b) { return expr; });       \
     }
 GSA_COMPARE(vcmpv_eq, a == b)
 GSA_COMPARE(vcmpv_ne, a != b)
@@ -248,22 +250,38 @@ GSA_COMPARE(vcmpv_ge, a >= b)
 #undef GSA_COMPARE
 
 /**
- * Select, mode 0 (VSEL_CMPMASK_SPR): dst[e] = bit e of the compare mask register ? src0[e] : src1[e];
- * every iteration reads the same 128 bits. Modes 1 and 2 (tensor/scalar select masks) abort.
+ * Select: dst[e] = (selection bit of e) ? src0[e] : src1[e].
+ *  - mode 0 (VSEL_CMPMASK_SPR): the bit is bit e of the compare mask register: every
+ *    iteration reads the same first 128 (b16) / 64 (b32) bits;
+ *  - mode 2 (VSEL_TENSOR_TENSOR_MODE): the register holds the UB address of a bit tensor
+ *    (the API's CPU path stores it in the first 8 bytes); element e of iteration r reads
+ *    bit (r * perIter + e) of it, so the bits run on across iterations.
+ * Mode 1 (tensor-scalar) is not modelled and aborts.
  */
 template <typename T, typename U>
 inline void vsel(T* dst, T* s0, U* s1, uint8_t repeat, uint16_t dB, uint16_t s0B, uint16_t s1B, uint8_t dR,
                  uint8_t s0R, uint8_t s1R, uint8_t mode = 0)
 {
     if constexpr (!std::is_same_v<T, U>) {
-        gsa_cpu::Fail("vsel", "only select mode 0 (compare mask register) is modelled");
+        gsa_cpu::Fail("vsel", "select mode 1 (tensor-scalar) is not modelled");
     } else {
-        if (mode != 0) {
-            gsa_cpu::Fail("vsel", "only select mode 0 (compare mask register) is modelled");
+        if (mode != 0 && mode != 2) {
+            gsa_cpu::Fail("vsel", "select mode 1 (tensor-scalar) is not modelled");
         }
-        const uint8_t* m = gsa_cpu::Regs().cmpMask;
+        const uint8_t* reg = gsa_cpu::Regs().cmpMask;
+        const uint8_t* bits = reg;
+        if (mode == 2) {
+            int64_t addr = 0;
+            std::memcpy(&addr, reg, sizeof(addr));
+            bits = reinterpret_cast<const uint8_t*>(addr);
+        }
+        const uint32_t perIter = 256 / sizeof(T);
         gsa_cpu::ForEachElement(sizeof(T), repeat, [&](uint32_t r, uint32_t e) {
-            const bool pick0 = (m[(e % 128) / 8] >> (e % 8)) & 1u;
+            const uint64_t i = mode == 0 ? e : static_cast<uint64_t>(r) * perIter + e;
+            if (mode == 2) {
+                gsa_cpu::CheckUb(bits + i / 8, 1, "vsel");
+            }
+            const bool pick0 = (bits[i / 8] >> (i % 8)) & 1u;
             const T v = pick0 ? *gsa_cpu::ElemAt(s0, r, e, s0B, s0R, "vsel")
                               : *gsa_cpu::ElemAt(s1, r, e, s1B, s1R, "vsel");
             *gsa_cpu::ElemAt(dst, r, e, dB, dR, "vsel") = v;
