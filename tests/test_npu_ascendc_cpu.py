@@ -207,6 +207,14 @@ def test_hamming_dist_top_k_mla_random(runner, method):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), w
 
 
+def test_large_key_block_is_copied_in_pieces(runner):
+    """Hkv*bs*C = 2*128*144 = 36864 bytes per key block: more than one DataCopyPad (kMaxCopyBytes)."""
+    q, kc, bt, seq, budgets = _case(21, b=3, hq=4, hkv=2, c=144, bs=128, m=3)
+    got = Kernels(runner, 2).hamming_dist_top_k(q, kc, bt, seq, budgets, 3, [-1], "mean")
+    want = reference.hamming_dist_top_k(q, kc, bt, seq, budgets, 3, [-1], "mean")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_bad_block_ids_stay_in_bounds(runner):
     """Ids past the cache or negative are clamped: a read past the cache would hit GmAlloc's guard page."""
     q, kc, bt, seq, budgets = _case(3)

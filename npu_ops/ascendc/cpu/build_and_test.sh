@@ -78,7 +78,8 @@ else
           "$HERE/gsa_ascendc_cpu.cpp" "$HERE/test_intrinsics.cpp")
     export CXX_CMD="$CXX ${FLAGS[*]}"
     printf '%s\n' "${SRCS[@]}" | xargs -P "$JOBS" -I{} sh -c \
-      'o="$0/obj/$(basename "$1" .cpp).o"; $CXX_CMD -c "$1" -o "$o" || { echo "[ascendc-cpu] FAILED: $1" >&2; exit 255; }' \
+      'o="$0/obj/$(basename "$1" .cpp).o"; $CXX_CMD -c "$1" -o "$o" 2> "$o.log" ||
+       { cat "$o.log" >&2; echo "[ascendc-cpu] FAILED: $1" >&2; exit 255; }' \
       "$BIN" {}
     COMMON=()
     for o in "$BIN"/obj/*.o; do
