@@ -261,3 +261,15 @@ def test_a_crashing_core_fails_the_run(runner):
     slots = torch.tensor([0, 31], dtype=torch.int64)
     with pytest.raises(RuntimeError, match="did not finish"):
         kern._run("hash", {"x": x, "w": w, "cache": cache, "slots": slots}, [2, 1, 32, 32, 8, 4, 4, 0], ["cache"])
+
+
+def test_script_skips_cleanly_without_the_api(tmp_path):
+    """No CANN toolkit and no API sources (a user's machine): the script says why and exits 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ASCEND_HOME_PATH", "GSA_ASCENDC_CPU_BIN")}
+    env["GSA_ASCENDC_API"] = str(tmp_path / "absent")
+    env["GSA_ASCENDC_CPU_BUILD"] = str(tmp_path / "build")
+    res = subprocess.run(["bash", str(SCRIPT), "--build-only"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("SKIP:") and "ASCEND_HOME_PATH" in last and "absent" in last
+    assert not (tmp_path / "build").exists()

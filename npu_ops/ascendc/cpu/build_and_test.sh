@@ -74,7 +74,8 @@ else
     "$PY" "$DEV/impl/adv_api/cmake/scripts/gen_kernel_tiling_data_def.py" "$DEV/include/adv_api" \
           "$BIN/gen/kernel_tiling/kernel_tiling.h" >/dev/null
     SRCS=("$CPU"/src/regfwk/kernel_print_lock.cpp "$CPU"/src/regfwk/stub_backtrace.cpp "$CPU"/src/regfwk/stub_base.cpp
-          "$CPU"/src/regfwk/stub_reg.cpp "$CPU"/src/api_check/*.cpp "$HERE/cpu_support.cpp"
+          "$CPU"/src/regfwk/stub_reg.cpp "$CPU"/src/api_check/*.cpp "$CPU"/src/acl_stub/kernel_fp16.cpp
+          "$HERE/cpu_support.cpp"
           "$HERE/gsa_ascendc_cpu.cpp" "$HERE/test_intrinsics.cpp")
     export CXX_CMD="$CXX ${FLAGS[*]}"
     printf '%s\n' "${SRCS[@]}" | xargs -P "$JOBS" -I{} sh -c \
@@ -102,6 +103,10 @@ log "the API's own parameter check fires (DataCopy of 250 int16: not 32-byte ali
 ( cd "$WORK" && "$BIN/test_intrinsics" misaligned > "$WORK/misaligned.txt" 2>&1 ) || { cat "$WORK/misaligned.txt"; exit 1; }
 grep -q "must be 32B align" "$WORK/misaligned.txt" || { cat "$WORK/misaligned.txt"; echo "[ascendc-cpu] the API check message is missing" >&2; exit 1; }
 grep -m1 "must be 32B align" "$WORK/misaligned.txt" | sed 's/^.*\]\[DataCopyCheck\]/  API check: /' | cut -c1-160
+log "the models' own UB bounds check fires (an intrinsic writing past the Unified Buffer)"
+( cd "$WORK" && "$BIN/test_intrinsics" ub_overrun > "$WORK/ub.txt" 2>&1 ) || { cat "$WORK/ub.txt"; exit 1; }
+grep -q "outside the Unified Buffer" "$WORK/ub.txt" || { cat "$WORK/ub.txt"; echo "[ascendc-cpu] the bounds-check message is missing" >&2; exit 1; }
+grep -m1 "outside the Unified Buffer" "$WORK/ub.txt" | sed 's/^/  /' | cut -c1-160
 
 # ---------------------------------------------------------------- host code (op_host/) where g++ can
 log "op_host: gsa_tiling.h, and the torch library code if torch's headers are at hand"
@@ -110,15 +115,18 @@ int main() { return gsa::BlockDim(10, 4) == 4 && gsa::HashDTile(64, 128) == 64 ?
 "$CXX" -std=c++17 -I"$ASC/op_host" "$WORK/tiling.cpp" -o "$WORK/tiling" && "$WORK/tiling"
 TORCH_INC="$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join("-I" + p for p in include_paths()))' 2>/dev/null || true)"
 if [[ -n "$TORCH_INC" ]]; then
+  # torch >= 2.10 headers want C++20 (CMakeLists.txt: -DCMAKE_CXX_STANDARD=20 then)
   for f in gsa_ops_def.cpp gsa_infer_shape.cpp; do
     # shellcheck disable=SC2086
     "$CXX" -std=c++20 -fsyntax-only $TORCH_INC -I"$ASC/op_host" "$ASC/op_host/$f"
     echo "  $f: compiles against torch's headers"
   done
+  # shellcheck disable=SC2086
+  "$CXX" -std=c++20 -fsyntax-only $TORCH_INC -I"$HERE/host_stubs" -I"$ASC/op_host" "$ASC/op_host/gsa_torch_npu.cpp"
+  echo "  gsa_torch_npu.cpp: compiles against torch's headers + declaration stubs of acl/torch_npu (host_stubs/)"
 else
-  echo "  torch not importable: gsa_ops_def.cpp / gsa_infer_shape.cpp not compiled"
+  echo "  torch not importable: gsa_ops_def.cpp, gsa_infer_shape.cpp, gsa_torch_npu.cpp not compiled"
 fi
-echo "  gsa_torch_npu.cpp: needs torch_npu and CANN's acl headers: compiled by build.sh on an Ascend machine only"
 
 if [[ "$MODE" == all ]]; then
   log "kernels vs the reference (pytest tests/test_npu_ascendc_cpu.py)"

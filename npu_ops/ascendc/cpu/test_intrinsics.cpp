@@ -7,6 +7,8 @@
  *   test_intrinsics            run every case; exit 0 iff all pass
  *   test_intrinsics misaligned DataCopy of 250 int16 (500 bytes, not 32-byte aligned):
  *                              exit 0 iff the real API's check aborts the core
+ *   test_intrinsics ub_overrun an intrinsic writing past the Unified Buffer: exit 0 iff the
+ *                              model's bounds check aborts the core
  */
 #include "kernel_operator.h"
 #include "tikicpulib.h"
@@ -262,6 +264,7 @@ void TestCopyPad()
 // ---------------------------------------------------------------------------------------------
 // Compare (level 2, float, LT) into a bit mask, then Select mode 2 (bit tensor) and mode 0
 // (compare-mask register: every iteration reads its first 64 (b32) / 128 (b16) bits).
+template <CMPMODE MODE>
 __global__ __aicore__ void CompareSelectKernel(GM_ADDR a, GM_ADDR b, GM_ADDR bits, GM_ADDR sel2, GM_ADDR sel0)
 {
     constexpr int32_t n = 256;  // 4 iterations of 64 floats
@@ -283,7 +286,7 @@ __global__ __aicore__ void CompareSelectKernel(GM_ADDR a, GM_ADDR b, GM_ADDR bit
     DataCopy(x, ga, n);
     DataCopy(y, gb, n);
     PipeBarrier<PIPE_ALL>();
-    Compare(m, x, y, CMPMODE::LT, n);
+    Compare(m, x, y, MODE, n);
     PipeBarrier<PIPE_ALL>();
     Select(z2, m, x, y, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
     Select(z0, m, x, y, SELMODE::VSEL_CMPMASK_SPR, n);
@@ -293,7 +296,19 @@ __global__ __aicore__ void CompareSelectKernel(GM_ADDR a, GM_ADDR b, GM_ADDR bit
     DataCopy(g0, z0, n);
 }
 
-void TestCompareSelect(std::mt19937& rng)
+template <CMPMODE MODE>
+bool CmpExpected(float a, float b)
+{
+    if constexpr (MODE == CMPMODE::LT) return a < b;
+    if constexpr (MODE == CMPMODE::GT) return a > b;
+    if constexpr (MODE == CMPMODE::EQ) return a == b;
+    if constexpr (MODE == CMPMODE::LE) return a <= b;
+    if constexpr (MODE == CMPMODE::GE) return a >= b;
+    return a != b;  // NE
+}
+
+template <CMPMODE MODE>
+void TestCompareSelect(const char* name, std::mt19937& rng)
 {
     constexpr int n = 256;
     float* a = GmNew<float>(n);
@@ -305,26 +320,130 @@ void TestCompareSelect(std::mt19937& rng)
         a[i] = static_cast<float>(static_cast<int>(rng() % 9) - 4);
         b[i] = static_cast<float>(static_cast<int>(rng() % 9) - 4);  // many ties: LT must be strict
     }
-    RUN_ON_ONE_CORE(CompareSelectKernel, reinterpret_cast<uint8_t*>(a), reinterpret_cast<uint8_t*>(b), bits,
+    RUN_ON_ONE_CORE(CompareSelectKernel<MODE>, reinterpret_cast<uint8_t*>(a), reinterpret_cast<uint8_t*>(b), bits,
                 reinterpret_cast<uint8_t*>(s2), reinterpret_cast<uint8_t*>(s0));
     int badBits = 0, bad2 = 0, bad0 = 0;
     for (int i = 0; i < n; ++i) {
-        const bool lt = a[i] < b[i];
+        const bool lt = CmpExpected<MODE>(a[i], b[i]);
         badBits += (((bits[i / 8] >> (i % 8)) & 1) != 0) != lt;
         bad2 += !Same(s2[i], lt ? a[i] : b[i]);
         // mode 0: every iteration selects by the register's first 64 bits (b32; 128 for b16),
         // i.e. by the first 64 compare results
         const int j = i % 64;
-        bad0 += !Same(s0[i], (a[j] < b[j]) ? a[i] : b[i]);
+        bad0 += !Same(s0[i], CmpExpected<MODE>(a[j], b[j]) ? a[i] : b[i]);
     }
-    EXPECT(badBits == 0, "Compare LT bit mask: %d of %d bits differ", badBits, n);
-    EXPECT(bad2 == 0, "Select mode 2 (bit tensor): %d of %d differ", bad2, n);
-    EXPECT(bad0 == 0, "Select mode 0 (compare-mask register): %d of %d differ", bad0, n);
+    EXPECT(badBits == 0, "Compare %s bit mask: %d of %d bits differ", name, badBits, n);
+    EXPECT(bad2 == 0, "Select mode 2 (bit tensor) after %s: %d of %d differ", name, bad2, n);
+    EXPECT(bad0 == 0, "Select mode 0 (compare-mask register) after %s: %d of %d differ", name, bad0, n);
     GmFree(a);
     GmFree(b);
     GmFree(bits);
     GmFree(s2);
     GmFree(s0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// half: Add rounds the exact sum to half (round to nearest even), 128 elements per iteration.
+__global__ __aicore__ void HalfAddKernel(GM_ADDR a, GM_ADDR b, GM_ADDR out)
+{
+    constexpr int32_t n = 256;
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 3 * n * sizeof(half));
+    GlobalTensor<half> ga, gb, go;
+    ga.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(a), n);
+    gb.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(b), n);
+    go.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(out), n);
+    LocalTensor<half> x = buf.Get<half>();
+    LocalTensor<half> y = x[n];
+    LocalTensor<half> z = x[2 * n];
+    DataCopy(x, ga, n);
+    DataCopy(y, gb, n);
+    PipeBarrier<PIPE_ALL>();
+    Add(z, x, y, 200);  // one full iteration of 128, then 72
+    Duplicate(z[224], static_cast<half>(3.0f), 32);
+    PipeBarrier<PIPE_ALL>();
+    DataCopy(go, z, n);
+}
+
+void TestHalfAdd(std::mt19937& rng)
+{
+    constexpr int n = 256;
+    half* a = GmNew<half>(n);
+    half* b = GmNew<half>(n);
+    half* out = GmNew<half>(n);
+    for (int i = 0; i < n; ++i) {
+        a[i] = static_cast<half>(std::uniform_real_distribution<float>(-1000.f, 1000.f)(rng));
+        b[i] = static_cast<half>(std::uniform_real_distribution<float>(-1.f, 1.f)(rng));
+        out[i] = static_cast<half>(-7.0f);
+    }
+    RUN_ON_ONE_CORE(HalfAddKernel, reinterpret_cast<uint8_t*>(a), reinterpret_cast<uint8_t*>(b),
+                    reinterpret_cast<uint8_t*>(out));
+    int bad = 0;
+    for (int i = 0; i < n; ++i) {
+        // the float sum of two halves is exact (their exponents differ by < 24), so one rounding to half
+        const half want = i < 200 ? static_cast<half>(static_cast<float>(a[i]) + static_cast<float>(b[i]))
+                                  : (i >= 224 ? static_cast<half>(3.0f) : out[i]);
+        if (i < 200 || i >= 224) bad += !Same(out[i], want);
+    }
+    EXPECT(bad == 0, "Add half / Duplicate half: %d of %d differ", bad, n);
+    GmFree(a);
+    GmFree(b);
+    GmFree(out);
+}
+
+// DataCopyPad of bytes with left padding: UB gets [pad x2][37 bytes][...], pad value 0xEE.
+__global__ __aicore__ void CopyPadBytesKernel(GM_ADDR src, GM_ADDR dst)
+{
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 64);
+    GlobalTensor<uint8_t> gs, gd;
+    gs.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(src), 37);
+    gd.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(dst), 39);
+    LocalTensor<uint8_t> x = buf.Get<uint8_t>();
+    DataCopyPad(x, gs, {1, 37, 0, 0, 0}, {true, 2, 0, static_cast<uint8_t>(0xEE)});
+    PipeBarrier<PIPE_ALL>();
+    DataCopyPad(gd, x, {1, 39, 0, 0, 0});
+}
+
+void TestCopyPadBytes()
+{
+    uint8_t* src = GmNew<uint8_t>(37);
+    uint8_t* dst = GmNew<uint8_t>(39);
+    for (int i = 0; i < 37; ++i) src[i] = static_cast<uint8_t>(i * 7 + 1);
+    RUN_ON_ONE_CORE(CopyPadBytesKernel, src, dst);
+    int bad = (dst[0] != 0xEE) + (dst[1] != 0xEE);
+    for (int i = 0; i < 37; ++i) bad += dst[2 + i] != src[i];
+    EXPECT(bad == 0, "DataCopyPad uint8 with left padding: %d of 39 bytes differ", bad);
+    GmFree(src);
+    GmFree(dst);
+}
+
+// Scalar-unit intrinsics (cce_sys_models.h), as the CCE docs define them.
+void TestScalarIntrinsics()
+{
+    EXPECT(sff0(0x7) == 3 && sff0(~0ull) == -1 && sff0(0) == 0, "sff0");
+    EXPECT(sff1(0x8) == 3 && sff1(0) == -1, "sff1");
+    EXPECT(sbitset1(0, 5) == 32 && sbitset0(0xFF, 0) == 0xFE, "sbitset0/1");
+    EXPECT(clz(1) == 63 && clz(0) == 64 && clz(~0ull) == 0, "clz");
+    EXPECT(bcnt1(0xF0F0) == 8 && bcnt0(0xF0F0) == 56, "bcnt0/1");
+    EXPECT(sflbits(-1) == 63 && sflbits(1) == 62, "sflbits");
+}
+
+// The model's own UB bounds check: an intrinsic issued directly on an address past the UB.
+__global__ __aicore__ void UbOverrunKernel(GM_ADDR unused)
+{
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 256);
+    LocalTensor<float> x = buf.Get<float>();
+    float* past = reinterpret_cast<float*>(ConstDefiner::Instance().cpuUB) + 192 * 1024 / sizeof(float) - 32;
+    (void)x;
+    (void)unused;
+    set_mask_norm();
+    set_vector_mask(0, ~0ull);
+    vector_dup(past, 1.0f, 1, 1, 1, 8, 0);  // 64 floats from 128 bytes before the UB end
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,6 +462,14 @@ __global__ __aicore__ void MisalignedCopyKernel(GM_ADDR src)
 int main(int argc, char** argv)
 {
     AscendC::SetKernelMode(KernelMode::AIV_MODE);
+    if (argc == 2 && std::string(argv[1]) == "ub_overrun") {
+        uint8_t* unused = GmNew<uint8_t>(32);
+        const int64_t lost = GSA_RUN_KERNEL(UbOverrunKernel, 1, unused);
+        GmFree(unused);
+        std::printf("UB overrun: %s\n", lost == 1 ? "the model's bounds check aborted the core (expected)"
+                                                  : "the kernel returned (the bounds check did not fire)");
+        return lost == 1 ? 0 : 1;
+    }
     if (argc == 2 && std::string(argv[1]) == "misaligned") {
         int16_t* src = GmNew<int16_t>(256);
         const int64_t lost = GSA_RUN_KERNEL(MisalignedCopyKernel, 1, reinterpret_cast<uint8_t*>(src));
@@ -368,7 +495,15 @@ int main(int argc, char** argv)
     TestBinary<float, Op::Axpy>("Axpy f32", rng);
     TestMaskedAdd(rng);
     TestCopyPad();
-    TestCompareSelect(rng);
+    TestCompareSelect<CMPMODE::LT>("LT", rng);
+    TestCompareSelect<CMPMODE::GT>("GT", rng);
+    TestCompareSelect<CMPMODE::EQ>("EQ", rng);
+    TestCompareSelect<CMPMODE::LE>("LE", rng);
+    TestCompareSelect<CMPMODE::GE>("GE", rng);
+    TestCompareSelect<CMPMODE::NE>("NE", rng);
+    TestHalfAdd(rng);
+    TestCopyPadBytes();
+    TestScalarIntrinsics();
     std::printf("test_intrinsics: %d checks, %d failed\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }
