@@ -2,9 +2,10 @@
  * Shared device helpers of the GSA AscendC kernels (Atlas A2 / A3, dav-c220).
  *
  * Why the kernels look the way they do:
- *  - A2/A3 have no vector popcount, so Hamming similarity uses an exact scalar
- *    popcount on 32-bit code words (SWAR, integers only). Scores are integers in
- *    1/16 units (spec 1.1) held in int32; nothing is ever quantised.
+ *  - A2/A3 have no vector popcount, so Hamming similarity uses the scalar unit's
+ *    popcount instruction (bcnt1) on 32-bit code words. Scores are integers in
+ *    1/16 units (spec 1.1) held in int32; nothing is ever quantised. (The faster
+ *    design on the cube unit: npu_ops/ascendc/fast_scoring.md.)
  *  - Bulk data (codes, weights) moves GM <-> UB with DataCopyPad (any byte count,
  *    A2/A3 support it; split into pieces of at most kMaxCopyBytes); small per-row values (block ids, lengths) are read with
  *    GlobalTensor::GetValue on the scalar unit.
@@ -24,15 +25,13 @@ namespace gsa {
 constexpr int32_t kInt32Min = -2147483647 - 1;
 constexpr int32_t kInt32Max = 2147483647;
 
-/** Set bits of a 32-bit word (SWAR on the scalar unit; unsigned, so shifts are logical). */
+/**
+ * Set bits of a 32-bit word: the scalar unit's population count (AscendC::GetBitCount<1>,
+ * the bcnt1 instruction, one per 64-bit word; dav-c220 has it on the scalar unit only).
+ */
 __aicore__ inline int32_t Popc32(uint32_t v)
 {
-    v = v - ((v >> 1) & 0x55555555u);
-    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
-    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
-    v = v + (v >> 8);
-    v = v + (v >> 16);
-    return static_cast<int32_t>(v & 0x3Fu);
+    return static_cast<int32_t>(AscendC::GetBitCount<1>(static_cast<uint64_t>(v)));
 }
 
 /**

@@ -7,7 +7,7 @@
  *    Token score in 1/16 units, exact int32 (spec 1.1):
  *      S16 = 16 * (Hq*R_main - 2*pc_main) + W16 * (Hq*R_rope - 2*pc_rope)
  *    with pc = sum over heads h, group g, 32-bit words of popcount(q ^ k)
- *    (scalar SWAR popcount; A2/A3 have no vector popcount). Block score:
+ *    (the scalar unit's bcnt1 via GetBitCount<1>; A2/A3 have no vector popcount). Block score:
  *    max -> int32 (INT32_MIN for an empty block); mean -> float32(sum) / float32(count)
  *    on the scalar unit (IEEE division), -FLT_MAX for an empty block (never chosen).
  * 2. gsa_select: one row per item: block j is chosen iff
