@@ -76,7 +76,7 @@ else
     SRCS=("$CPU"/src/regfwk/kernel_print_lock.cpp "$CPU"/src/regfwk/stub_backtrace.cpp "$CPU"/src/regfwk/stub_base.cpp
           "$CPU"/src/regfwk/stub_reg.cpp "$CPU"/src/api_check/*.cpp "$CPU"/src/acl_stub/kernel_fp16.cpp
           "$HERE/cpu_support.cpp"
-          "$HERE/gsa_ascendc_cpu.cpp" "$HERE/test_intrinsics.cpp")
+          "$HERE/gsa_ascendc_cpu.cpp" "$HERE/test_intrinsics.cpp" "$HERE/test_intrinsics_dma_select.cpp")
     export CXX_CMD="$CXX ${FLAGS[*]}"
     printf '%s\n' "${SRCS[@]}" | xargs -P "$JOBS" -I{} sh -c \
       'o="$0/obj/$(basename "$1" .cpp).o"; $CXX_CMD -c "$1" -o "$o" 2> "$o.log" ||
@@ -84,10 +84,11 @@ else
       "$BIN" {}
     COMMON=()
     for o in "$BIN"/obj/*.o; do
-      case "$(basename "$o")" in gsa_ascendc_cpu.o|test_intrinsics.o) ;; *) COMMON+=("$o") ;; esac
+      case "$(basename "$o")" in gsa_ascendc_cpu.o|test_intrinsics*.o) ;; *) COMMON+=("$o") ;; esac
     done
     "$CXX" "${COMMON[@]}" "$BIN/obj/gsa_ascendc_cpu.o" -o "$BIN/gsa_ascendc_cpu" -ldl -lpthread
-    "$CXX" "${COMMON[@]}" "$BIN/obj/test_intrinsics.o" -o "$BIN/test_intrinsics" -ldl -lpthread
+    "$CXX" "${COMMON[@]}" "$BIN/obj/test_intrinsics.o" "$BIN/obj/test_intrinsics_dma_select.o" \
+          -o "$BIN/test_intrinsics" -ldl -lpthread
     echo "$STAMP" > "$BIN/stamp"
     log "built in $(( $(date +%s) - t0 )) s: $BIN/gsa_ascendc_cpu, $BIN/test_intrinsics"
   fi
