@@ -14,6 +14,7 @@
  */
 #include "test_intrinsics_common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -217,6 +218,75 @@ void TestHalfAdd(std::mt19937& rng)
     GmFree(out);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Reductions. WholeReduceSum: one sum per iteration of the first `mask` elements, written at
+// dst[r * dstRepStride] (elements). ReduceSum level 2: the sum of `count` elements into dst[0].
+// WholeReduceMax/Min: per iteration the extreme and its index in the iteration; value-index
+// pairs take two dst slots per iteration, ONLY_VALUE one. Integer-valued floats: every order
+// of the adds gives the same sum, so the check is exact.
+__global__ __aicore__ void ReduceKernel(GM_ADDR src, GM_ADDR out)
+{
+    constexpr int32_t n = 320;
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 2 * n * sizeof(float) + 64 * sizeof(float));
+    GlobalTensor<float> gs, go;
+    gs.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(src), n);
+    go.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(out), 64);
+    LocalTensor<float> x = buf.Get<float>();
+    LocalTensor<float> work = x[n];
+    LocalTensor<float> r = x[2 * n];
+    DataCopy(x, gs, n);
+    Duplicate(r, -1.0f, 64);
+    PipeBarrier<PIPE_ALL>();
+    WholeReduceSum(r, x, 50, 3, 1, 1, 8);                                      // r[0..2]
+    ReduceSum(r[8], x, work, 300);                                              // r[8]
+    WholeReduceMax(r[16], x, 64, 2, 1, 1, 8, ReduceOrder::ORDER_VALUE_INDEX);   // r[16..19]
+    WholeReduceMin(r[24], x, 64, 2, 1, 1, 8, ReduceOrder::ORDER_ONLY_VALUE);    // r[24..25]
+    WholeReduceMax(r[32], x, 64, 2, 1, 1, 8, ReduceOrder::ORDER_INDEX_VALUE);   // r[32..35]
+    PipeBarrier<PIPE_ALL>();
+    DataCopy(go, r, 64);
+}
+
+void TestReductions(std::mt19937& rng)
+{
+    constexpr int n = 320;
+    float* src = GmNew<float>(n);
+    float* out = GmNew<float>(64);
+    std::vector<int> perm(n);
+    for (int i = 0; i < n; ++i) perm[i] = i - 160;
+    std::shuffle(perm.begin(), perm.end(), rng);  // distinct values: no ties for max/min
+    for (int i = 0; i < n; ++i) src[i] = static_cast<float>(perm[i] * 3);
+    RUN_ON_ONE_CORE(ReduceKernel, reinterpret_cast<uint8_t*>(src), reinterpret_cast<uint8_t*>(out));
+    int bad = 0;
+    for (int r = 0; r < 3; ++r) {
+        float want = 0;
+        for (int e = 0; e < 50; ++e) want += src[r * 64 + e];
+        bad += !Same(out[r], want);
+    }
+    EXPECT(bad == 0 && out[3] == -1.0f, "WholeReduceSum (mask 50, 3 iterations): %d of 3 differ", bad);
+    float total = 0;
+    for (int i = 0; i < 300; ++i) total += src[i];
+    EXPECT(Same(out[8], total), "ReduceSum level 2 (300 elements): got %g want %g", out[8], total);
+    bad = 0;
+    for (int r = 0; r < 2; ++r) {
+        int iMax = 0, iMin = 0;
+        for (int e = 1; e < 64; ++e) {
+            if (src[r * 64 + e] > src[r * 64 + iMax]) iMax = e;
+            if (src[r * 64 + e] < src[r * 64 + iMin]) iMin = e;
+        }
+        uint32_t idxVI = 0, idxIV = 0;
+        std::memcpy(&idxVI, &out[16 + 2 * r + 1], 4);
+        std::memcpy(&idxIV, &out[32 + 2 * r], 4);
+        bad += !Same(out[16 + 2 * r], src[r * 64 + iMax]) + (idxVI != static_cast<uint32_t>(iMax));
+        bad += !Same(out[33 + 2 * r], src[r * 64 + iMax]) + (idxIV != static_cast<uint32_t>(iMax));
+        bad += !Same(out[24 + r], src[r * 64 + iMin]);
+    }
+    EXPECT(bad == 0 && out[26] == -1.0f, "WholeReduceMax/Min (value-index, index-value, value only): %d wrong", bad);
+    GmFree(src);
+    GmFree(out);
+}
+
 // Scalar-unit intrinsics (cce_sys_models.h), as the CCE docs define them.
 void TestScalarIntrinsics()
 {
@@ -295,6 +365,7 @@ int main(int argc, char** argv)
     gsa_test::TestCopyPadBytes();
     gsa_test::TestCompareSelectAll(rng);
     TestHalfAdd(rng);
+    TestReductions(rng);
     TestScalarIntrinsics();
     std::printf("test_intrinsics: %d checks, %d failed\n", gsa_test::g_checks, gsa_test::g_failures);
     return gsa_test::g_failures == 0 ? 0 : 1;

@@ -65,7 +65,6 @@ template <typename... A> inline void copy_cbuf_to_gm(A...) { GsaCubeNotModelled(
 uint64_t get_vms4_sr();
 uint64_t get_pc();
 int64_t get_arch_ver();
-int64_t get_acc_val();
 int64_t get_max_min_cnt();
 int64_t get_rsvd_cnt();
 uint64_t get_st_atomic_cfg();

@@ -3,7 +3,8 @@
  * AscendC API reaches from our kernels and from cpu/test_intrinsics.cpp. Each is written
  * from the AscendC documentation of the API call that issues it (DataCopyPad, Duplicate,
  * Axpy, Add/Sub/Mul/Max/Min/And/Or, Not, Compare, Select, level-0 masks and repeats) and
- * tested against that documented behaviour in cpu/test_intrinsics.cpp.
+ * tested against that documented behaviour in cpu/test_intrinsics*.cpp. Also: the
+ * reductions WholeReduceSum/ReduceSum (vcadd) and WholeReduceMax/Min (vcmax/vcmin).
  *
  * They are MODELS, not hardware: no timing, no pipes. Synchronisation (set_flag /
  * wait_flag / pipe_barrier) is not modelled: each intrinsic completes before it returns,
@@ -34,6 +35,7 @@ struct VecRegs {
     bool counterMode = false;
     uint64_t movPadVal = 0;   // DataCopyPad padding value (set_mov_pad_val), raw bits
     uint8_t cmpMask[16] = {}; // 128-bit compare mask register (set_cmpmask / vcmpv results)
+    int64_t acc = 0;          // reduction accumulator (vcadd mode 1, read by get_acc_val), raw bits
 };
 VecRegs& Regs();
 
@@ -287,6 +289,105 @@ inline void vsel(T* dst, T* s0, U* s1, uint8_t repeat, uint16_t dB, uint16_t s0B
             *gsa_cpu::ElemAt(dst, r, e, dB, dR, "vsel") = v;
         });
     }
+}
+
+/** Reduction accumulator written by vcadd mode 1 (ReduceSum level 2 reads it back). */
+inline int64_t get_acc_val() { return gsa_cpu::Regs().acc; }
+
+/**
+ * Sum of the running elements (WholeReduceSum, ReduceSum): mode 0 writes iteration r's sum to
+ * dst[r * dstRepStride] (stride in elements); mode 1 (counter mode, ReduceSum level 2) sums
+ * every running element into the accumulator register. The hardware's order of the adds is
+ * NOT modelled: the model sums in double and rounds once to T, so it is exact for integer-
+ * valued data (|sum| < 2^24 in float, 2^11 in half) and may differ in the last bit otherwise.
+ */
+template <typename T, typename A, typename B, typename C, typename D>
+inline void vcadd(T* dst, T* src, A repeat, B dstRepStride, C srcBlkStride, D srcRepStride, int mode)
+{
+    if (mode == 1) {
+        double total = 0;
+        gsa_cpu::ForEachElement(sizeof(T), 1, [&](uint32_t r, uint32_t e) {
+            total += static_cast<double>(*gsa_cpu::ElemAt(src, r, e, srcBlkStride, srcRepStride, "vcadd"));
+        });
+        const T v = static_cast<T>(static_cast<float>(total));
+        int64_t bits = 0;
+        std::memcpy(&bits, &v, sizeof(T));
+        gsa_cpu::Regs().acc = bits;
+        return;
+    }
+    for (uint32_t r = 0; r < static_cast<uint32_t>(repeat); ++r) {
+        double total = 0;
+        bool any = false;
+        gsa_cpu::ForEachElement(sizeof(T), 1, [&](uint32_t, uint32_t e) {
+            total += static_cast<double>(*gsa_cpu::ElemAt(src, r, e, srcBlkStride, srcRepStride, "vcadd"));
+            any = true;
+        });
+        if (any) {
+            T* out = dst + static_cast<size_t>(r) * dstRepStride;
+            gsa_cpu::CheckUb(out, sizeof(T), "vcadd");
+            *out = static_cast<T>(static_cast<float>(total));
+        }
+    }
+}
+
+namespace gsa_cpu {
+/**
+ * Max / min of each iteration's running elements and its index in the iteration (the first
+ * one on ties), written per Order_t: VALUE_INDEX / INDEX_VALUE as a pair of T slots at
+ * dst + r*dstRepStride*2 (the index's bits in a T-sized slot); ONLY_VALUE at dst[r*dstRepStride];
+ * ONLY_INDEX as a uint32 at ((uint32_t*)dst)[r*dstRepStride].
+ */
+template <bool IsMax, typename T, typename A, typename B, typename C, typename D>
+void ReduceExtreme(const char* name, T* dst, T* src, A repeat, B dstRepStride, C srcBlkStride, D srcRepStride,
+                   Order_t order)
+{
+    for (uint32_t r = 0; r < static_cast<uint32_t>(repeat); ++r) {
+        bool any = false;
+        T best{};
+        uint32_t bestIdx = 0;
+        ForEachElement(sizeof(T), 1, [&](uint32_t, uint32_t e) {
+            const T v = *ElemAt(src, r, e, srcBlkStride, srcRepStride, name);
+            if (!any || (IsMax ? (v > best) : (v < best))) {
+                best = v;
+                bestIdx = e;
+                any = true;
+            }
+        });
+        if (!any) {
+            continue;
+        }
+        using Slot = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
+        const Slot idx = static_cast<Slot>(bestIdx);
+        uint8_t* base = reinterpret_cast<uint8_t*>(dst);
+        const size_t stride = static_cast<size_t>(dstRepStride);
+        if (order == Order_t::VALUE_INDEX || order == Order_t::INDEX_VALUE) {
+            uint8_t* pair = base + r * stride * 2 * sizeof(T);
+            CheckUb(pair, 2 * sizeof(T), name);
+            const bool valueFirst = order == Order_t::VALUE_INDEX;
+            std::memcpy(pair + (valueFirst ? 0 : sizeof(T)), &best, sizeof(T));
+            std::memcpy(pair + (valueFirst ? sizeof(T) : 0), &idx, sizeof(T));
+        } else if (order == Order_t::ONLY_VALUE) {
+            CheckUb(base + r * stride * sizeof(T), sizeof(T), name);
+            std::memcpy(base + r * stride * sizeof(T), &best, sizeof(T));
+        } else {
+            const uint32_t idx32 = bestIdx;
+            CheckUb(base + r * stride * 4, 4, name);
+            std::memcpy(base + r * stride * 4, &idx32, 4);
+        }
+    }
+}
+}  // namespace gsa_cpu
+
+/** WholeReduceMax / WholeReduceMin: see gsa_cpu::ReduceExtreme. */
+template <typename T, typename A, typename B, typename C, typename D>
+inline void vcmax(T* dst, T* src, A repeat, B dstRepStride, C srcBlkStride, D srcRepStride, Order_t order)
+{
+    gsa_cpu::ReduceExtreme<true>("vcmax", dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, order);
+}
+template <typename T, typename A, typename B, typename C, typename D>
+inline void vcmin(T* dst, T* src, A repeat, B dstRepStride, C srcBlkStride, D srcRepStride, Order_t order)
+{
+    gsa_cpu::ReduceExtreme<false>("vcmin", dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, order);
 }
 
 #endif  // GSA_CPU_CCE_VEC_MODELS_H
