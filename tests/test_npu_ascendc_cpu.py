@@ -273,3 +273,8 @@ def test_script_skips_cleanly_without_the_api(tmp_path):
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("SKIP:") and "ASCEND_HOME_PATH" in last and "absent" in last
     assert not (tmp_path / "build").exists()
+
+
+def test_runner_rejects_a_bad_core_count(runner, tmp_path):
+    proc = subprocess.run([str(runner), "kvsel", str(tmp_path), "51"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "vector cores: expected 1..50, got 51" in proc.stderr

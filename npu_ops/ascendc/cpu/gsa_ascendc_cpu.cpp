@@ -118,6 +118,9 @@ int main(int argc, char** argv)
     }
     const std::string op = argv[1], dir = argv[2];
     const int64_t cores = std::atoll(argv[3]);
+    if (cores < 1 || cores > 50) {  // dav-c220: 2 vector cores in each of up to 25 AI cores
+        Die("vector cores: expected 1..50, got " + std::string(argv[3]));
+    }
     if (chdir(dir.c_str()) != 0) {  // the framework writes stub_reg.log into the working directory
         Die("cannot enter " + dir);
     }
