@@ -7,8 +7,8 @@
  *    1/16 units (spec 1.1) held in int32; nothing is ever quantised. (The faster
  *    design on the cube unit: npu_ops/ascendc/fast_scoring.md.)
  *  - Bulk data (codes, weights) moves GM <-> UB with DataCopyPad (any byte count,
- *    A2/A3 support it; split into pieces of at most kMaxCopyBytes); small per-row values (block ids, lengths) are read with
- *    GlobalTensor::GetValue on the scalar unit.
+ *    A2/A3 support it; split into pieces of at most kMaxCopyBytes); small per-row
+ *    values (block ids, lengths) are read with GlobalTensor::GetValue on the scalar unit.
  *  - Between an MTE copy and scalar/vector use of the same buffer the kernels
  *    place a full PipeBarrier<PIPE_ALL>(). It is the coarsest correct sync; finer
  *    SetFlag/WaitFlag pairs are a later optimisation, after hardware runs.
