@@ -364,6 +364,7 @@ int main(int argc, char** argv)
     gsa_test::TestCopyPad();
     gsa_test::TestCopyPadBytes();
     gsa_test::TestCompareSelectAll(rng);
+    gsa_test::TestCastAndUnpack(rng);
     TestHalfAdd(rng);
     TestReductions(rng);
     TestScalarIntrinsics();

@@ -33,6 +33,7 @@ bool Same(T a, T b)
 void TestCopyPad();
 void TestCopyPadBytes();
 void TestCompareSelectAll(std::mt19937& rng);
+void TestCastAndUnpack(std::mt19937& rng);
 }  // namespace gsa_test
 
 #define EXPECT(cond, ...)                                                      \

@@ -1,8 +1,11 @@
 /**
- * Intrinsic tests, part 2 (see test_intrinsics.cpp): DMA (DataCopyPad with gaps and padding)
- * and compare/select, through the real API calls, against the documented behaviour.
+ * Intrinsic tests, part 2 (see test_intrinsics.cpp): DMA (DataCopyPad with gaps and padding),
+ * compare/select, Cast half <-> int8, and the +-1 unpacking step of the cube design
+ * (../fast_scoring.md), through the real API calls, against the documented behaviour.
  */
 #include "test_intrinsics_common.h"
+
+#include <cmath>
 
 using namespace AscendC;
 using gsa_test::GmNew;
@@ -189,5 +192,107 @@ void TestCompareSelectAll(std::mt19937& rng)
     TestCompareSelect<CMPMODE::LE>("LE", rng);
     TestCompareSelect<CMPMODE::GE>("GE", rng);
     TestCompareSelect<CMPMODE::NE>("NE", rng);
+}
+}  // namespace gsa_test
+
+// ---------------------------------------------------------------------------------------------
+// Cast half -> int8 in every rounding mode, and back (exact). Docs: CAST_NONE rounds to nearest
+// (ties to even) when the value is not exact; RINT ties to even, ROUND ties away from zero.
+template <RoundMode MODE>
+__global__ __aicore__ void CastKernel(GM_ADDR src, GM_ADDR out8, GM_ADDR back)
+{
+    constexpr int32_t n = 128;
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 2 * n * sizeof(half) + n);
+    GlobalTensor<half> gs, gb;
+    GlobalTensor<int8_t> go;
+    gs.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(src), n);
+    gb.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(back), n);
+    go.SetGlobalBuffer(reinterpret_cast<__gm__ int8_t*>(out8), n);
+    LocalTensor<half> x = buf.Get<half>();
+    LocalTensor<half> y = x[n];
+    LocalTensor<int8_t> q = buf.Get<int8_t>()[2 * n * sizeof(half)];
+    DataCopy(x, gs, n);
+    PipeBarrier<PIPE_ALL>();
+    Cast(q, x, MODE, n);
+    PipeBarrier<PIPE_ALL>();
+    Cast(y, q, RoundMode::CAST_NONE, n);
+    PipeBarrier<PIPE_ALL>();
+    DataCopy(go, q, n);
+    DataCopy(gb, y, n);
+}
+
+template <RoundMode MODE>
+void TestCast(const char* name, int8_t (*expect)(float))
+{
+    constexpr int n = 128;
+    const float edge[] = {2.5f, -2.5f, 1.5f, -1.5f, 0.5f, -0.5f, 3.75f, -3.75f, 127.0f, -128.0f, 0.0f, 1.0f, -1.0f};
+    half* src = GmNew<half>(n);
+    int8_t* out8 = GmNew<int8_t>(n);
+    half* back = GmNew<half>(n);
+    for (int i = 0; i < n; ++i) {
+        src[i] = static_cast<half>(i < 13 ? edge[i] : static_cast<float>((i * 37) % 241 - 120) / 4.0f);
+    }
+    RUN_ON_ONE_CORE(CastKernel<MODE>, reinterpret_cast<uint8_t*>(src), reinterpret_cast<uint8_t*>(out8),
+                    reinterpret_cast<uint8_t*>(back));
+    int bad = 0;
+    for (int i = 0; i < n; ++i) {
+        const int8_t want = expect(static_cast<float>(src[i]));
+        bad += out8[i] != want;
+        bad += static_cast<float>(back[i]) != static_cast<float>(want);
+    }
+    EXPECT(bad == 0, "Cast half -> int8 (%s) and back: %d mismatches", name, bad);
+    GmFree(src);
+    GmFree(out8);
+    GmFree(back);
+}
+
+// The cube design's first step: packed codes -> +-1 int8, bit i of byte j -> dimension 8j+i.
+__global__ __aicore__ void UnpackKernel(GM_ADDR codes, GM_ADDR out)
+{
+    constexpr int32_t bits = 512;
+    TPipe pipe;
+    TBuf<TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 3 * bits * sizeof(half) + bits + bits / 8 + 32);
+    GlobalTensor<uint8_t> gc;
+    GlobalTensor<int8_t> go;
+    gc.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(codes), bits / 8);
+    go.SetGlobalBuffer(reinterpret_cast<__gm__ int8_t*>(out), bits);
+    LocalTensor<half> plus = buf.Get<half>();
+    LocalTensor<half> minus = plus[bits];
+    LocalTensor<half> pm = plus[2 * bits];
+    LocalTensor<int8_t> pm8 = buf.Get<int8_t>()[3 * bits * sizeof(half)];
+    LocalTensor<uint8_t> c = buf.Get<uint8_t>()[3 * bits * sizeof(half) + bits];
+    DataCopy(c, gc, bits / 8);
+    Duplicate(plus, static_cast<half>(1.0f), bits);
+    Duplicate(minus, static_cast<half>(-1.0f), bits);
+    PipeBarrier<PIPE_ALL>();
+    Select(pm, c, plus, minus, SELMODE::VSEL_TENSOR_TENSOR_MODE, bits);
+    PipeBarrier<PIPE_ALL>();
+    Cast(pm8, pm, RoundMode::CAST_NONE, bits);
+    PipeBarrier<PIPE_ALL>();
+    DataCopy(go, pm8, bits);
+}
+
+namespace gsa_test {
+void TestCastAndUnpack(std::mt19937& rng)
+{
+    TestCast<RoundMode::CAST_NONE>("NONE", [](float x) { return static_cast<int8_t>(std::nearbyint(x)); });
+    TestCast<RoundMode::CAST_RINT>("RINT", [](float x) { return static_cast<int8_t>(std::nearbyint(x)); });
+    TestCast<RoundMode::CAST_FLOOR>("FLOOR", [](float x) { return static_cast<int8_t>(std::floor(x)); });
+    TestCast<RoundMode::CAST_CEIL>("CEIL", [](float x) { return static_cast<int8_t>(std::ceil(x)); });
+    TestCast<RoundMode::CAST_ROUND>("ROUND", [](float x) { return static_cast<int8_t>(std::round(x)); });
+    TestCast<RoundMode::CAST_TRUNC>("TRUNC", [](float x) { return static_cast<int8_t>(std::trunc(x)); });
+
+    uint8_t* codes = GmNew<uint8_t>(64);
+    int8_t* out = GmNew<int8_t>(512);
+    for (int j = 0; j < 64; ++j) codes[j] = static_cast<uint8_t>(rng());
+    RUN_ON_ONE_CORE(UnpackKernel, codes, reinterpret_cast<uint8_t*>(out));
+    int bad = 0;
+    for (int d = 0; d < 512; ++d) bad += out[d] != (((codes[d / 8] >> (d % 8)) & 1) ? 1 : -1);
+    EXPECT(bad == 0, "unpack codes to +-1 int8 (Duplicate, Select mode 2, Cast): %d of 512 differ", bad);
+    GmFree(codes);
+    GmFree(out);
 }
 }  // namespace gsa_test

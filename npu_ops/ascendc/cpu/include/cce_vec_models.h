@@ -4,7 +4,8 @@
  * from the AscendC documentation of the API call that issues it (DataCopyPad, Duplicate,
  * Axpy, Add/Sub/Mul/Max/Min/And/Or, Not, Compare, Select, level-0 masks and repeats) and
  * tested against that documented behaviour in cpu/test_intrinsics*.cpp. Also: the
- * reductions WholeReduceSum/ReduceSum (vcadd) and WholeReduceMax/Min (vcmax/vcmin).
+ * reductions WholeReduceSum/ReduceSum (vcadd) and WholeReduceMax/Min (vcmax/vcmin), and the
+ * int8 <-> half conversions (Cast) that unpack codes to +-1 for the cube (fast_scoring.md).
  *
  * They are MODELS, not hardware: no timing, no pipes. Synchronisation (set_flag /
  * wait_flag / pipe_barrier) is not modelled: each intrinsic completes before it returns,
@@ -22,6 +23,7 @@
 #ifndef GSA_CPU_CCE_VEC_MODELS_H
 #define GSA_CPU_CCE_VEC_MODELS_H
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -388,6 +390,62 @@ template <typename T, typename A, typename B, typename C, typename D>
 inline void vcmin(T* dst, T* src, A repeat, B dstRepStride, C srcBlkStride, D srcRepStride, Order_t order)
 {
     gsa_cpu::ReduceExtreme<false>("vcmin", dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, order);
+}
+
+// ---- conversions (Cast) -------------------------------------------------------------------
+namespace gsa_cpu {
+enum class Round { Rint, Floor, Ceil, Away, Trunc };
+
+/** x rounded per `mode`, then clamped to int8's range (saturation assumed, not documented here). */
+inline int8_t RoundToS8(float x, Round mode)
+{
+    float r = 0;
+    switch (mode) {
+        case Round::Rint: r = std::nearbyint(x); break;  // default FE_TONEAREST: ties to even
+        case Round::Floor: r = std::floor(x); break;
+        case Round::Ceil: r = std::ceil(x); break;
+        case Round::Away: r = std::round(x); break;
+        case Round::Trunc: r = std::trunc(x); break;
+    }
+    return static_cast<int8_t>(r < -128.f ? -128.f : (r > 127.f ? 127.f : r));
+}
+
+/**
+ * Element-wise conversion: an iteration covers 256 bytes of the wider type; each operand's
+ * element e sits in its own 32-byte blocks (e / (32/size)), so block strides are only checked
+ * here with contiguous blocks (stride 1, as the level-2 Cast issues them).
+ */
+template <typename D, typename S, typename F>
+void Convert(const char* name, D* dst, S* src, uint8_t repeat, uint16_t dB, uint16_t sB, uint16_t dR, uint16_t sR, F f)
+{
+    ForEachElement(sizeof(D) > sizeof(S) ? sizeof(D) : sizeof(S), repeat, [&](uint32_t r, uint32_t e) {
+        *ElemAt(dst, r, e, dB, dR, name) = f(*ElemAt(src, r, e, sB, sR, name));
+    });
+}
+}  // namespace gsa_cpu
+
+/** Cast half -> int8: `vconv_f162s8` (CAST_NONE: round to nearest even when inexact), r/f/c/a/z. */
+#define GSA_F16_TO_S8(name, mode)                                                                               \
+    template <typename D, typename S>                                                                          \
+    inline void name(D* dst, S* src, uint8_t repeat, uint16_t dB, uint16_t sB, uint16_t dR, uint16_t sR)        \
+    {                                                                                                          \
+        gsa_cpu::Convert(#name, dst, src, repeat, dB, sB, dR, sR,                                              \
+                         [](S v) { return gsa_cpu::RoundToS8(static_cast<float>(v), gsa_cpu::Round::mode); }); \
+    }
+GSA_F16_TO_S8(vconv_f162s8, Rint)
+GSA_F16_TO_S8(vconv_f162s8r, Rint)
+GSA_F16_TO_S8(vconv_f162s8f, Floor)
+GSA_F16_TO_S8(vconv_f162s8c, Ceil)
+GSA_F16_TO_S8(vconv_f162s8a, Away)
+GSA_F16_TO_S8(vconv_f162s8z, Trunc)
+#undef GSA_F16_TO_S8
+
+/** Cast int8 -> half: exact. */
+template <typename D, typename S>
+inline void vconv_s82f16(D* dst, S* src, uint8_t repeat, uint16_t dB, uint16_t sB, uint16_t dR, uint16_t sR)
+{
+    gsa_cpu::Convert("vconv_s82f16", dst, src, repeat, dB, sB, dR, sR,
+                     [](S v) { return static_cast<D>(static_cast<float>(v)); });
 }
 
 #endif  // GSA_CPU_CCE_VEC_MODELS_H
