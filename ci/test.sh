@@ -6,9 +6,13 @@
 # Stages:
 #   1. install: torch==2.13.0 (the CPU wheel), gsa-ops with test/triton/eval
 #      extras (builds the C++ CPU backend), vLLM (CPU) for the plugin tests
-#   2. the whole suite (reference + C++ backends, real-model and vLLM tests)
-#   3. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
-#   4. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
+#   2. the AscendC kernels built against the real AscendC API in CPU twin-debug mode
+#      (npu_ops/ascendc/cpu/build_and_test.sh: build, intrinsic stand-in tests, op_host
+#      compile; skips with a reason without ../shared/vendor/ascendc or a CANN toolkit).
+#      The suite then runs tests/test_npu_ascendc_cpu.py on that build.
+#   3. the whole suite (reference + C++ backends, real-model and vLLM tests)
+#   4. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
+#   5. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
 #      (its top-level package is also `triton`, so it cannot share this env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +27,9 @@ $PY -m pip install -q --progress-bar off -e ".[test,triton,eval]"
 PYTHON=$PY bash ci/install_vllm.sh
 # Debian package lists, for the Jane Austen text (`apt-get download r-cran-janeaustenr`)
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then apt-get update -qq || echo "apt-get update failed"; fi
+
+stage "AscendC kernels on the real AscendC API (CPU twin-debug)"
+PYTHON=$PY bash npu_ops/ascendc/cpu/build_and_test.sh --no-pytest
 
 stage "suite"
 $PY -m pytest -q -ra -p no:cacheprovider "$@"

@@ -7,7 +7,7 @@
  *    Token score in 1/16 units, exact int32 (spec 1.1):
  *      S16 = 16 * (Hq*R_main - 2*pc_main) + W16 * (Hq*R_rope - 2*pc_rope)
  *    with pc = sum over heads h, group g, 32-bit words of popcount(q ^ k)
- *    (scalar SWAR popcount; A2/A3 have no vector popcount). Block score:
+ *    (the scalar unit's bcnt1 via GetBitCount<1>; A2/A3 have no vector popcount). Block score:
  *    max -> int32 (INT32_MIN for an empty block); mean -> float32(sum) / float32(count)
  *    on the scalar unit (IEEE division), -FLT_MAX for an empty block (never chosen).
  * 2. gsa_select: one row per item: block j is chosen iff
@@ -140,7 +140,7 @@ private:
 };
 
 template <typename Key>
-class Select {
+class SelectBlocks {
 public:
     __aicore__ inline void Init(GM_ADDR scores, GM_ADDR seq, GM_ADDR budgets, GM_ADDR forced, GM_ADDR idx,
                                 GM_ADDR nsel, int64_t b, int64_t m, int64_t k, int64_t f, int64_t bs, Key top)
@@ -258,17 +258,17 @@ extern "C" __global__ __aicore__ void gsa_select(GM_ADDR scores, GM_ADDR seq, GM
                                                  int64_t f, int64_t bs, int64_t isMean)
 {
     if (isMean) {
-        Select<float> op;
+        SelectBlocks<float> op;
         op.Init(scores, seq, budgets, forced, idx, nsel, b, m, k, f, bs, kFloatMax);
         op.Process();
     } else {
-        Select<int32_t> op;
+        SelectBlocks<int32_t> op;
         op.Init(scores, seq, budgets, forced, idx, nsel, b, m, k, f, bs, gsa::kInt32Max);
         op.Process();
     }
 }
 
-#ifndef GSA_CPU_SIM  // tests/test_npu_ascendc_sim.py runs the kernels above on a host stub of the API
+#ifndef ASCENDC_CPU_DEBUG  // <<<>>> needs bisheng; CPU twin-debug builds (cpu/build_and_test.sh) launch with ICPU_RUN_KF
 namespace gsa {
 void launch_hamming_dist_top_k(void* stream, uint32_t blockDim, void* q, void* kc, void* bt, void* seq,
                                void* budgets, void* forced, void* scores, void* idx, void* nsel, int64_t b,

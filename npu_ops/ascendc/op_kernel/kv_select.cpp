@@ -84,7 +84,7 @@ extern "C" __global__ __aicore__ void gsa_kv_select(GM_ADDR idx, GM_ADDR nsel, G
     op.Process();
 }
 
-#ifndef GSA_CPU_SIM  // tests/test_npu_ascendc_sim.py runs the kernels above on a host stub of the API
+#ifndef ASCENDC_CPU_DEBUG  // <<<>>> needs bisheng; CPU twin-debug builds (cpu/build_and_test.sh) launch with ICPU_RUN_KF
 namespace gsa {
 void launch_kv_select(void* stream, uint32_t blockDim, void* idx, void* nsel, void* bt, void* seq, void* table,
                       void* lens, int64_t b, int64_t k, int64_t m, int64_t bs, int64_t pad)
