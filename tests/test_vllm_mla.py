@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import os
+import types
 
 import pytest
 
@@ -213,3 +214,46 @@ def test_mla_mismatch_fails_at_startup(model_dir):
                                                    "hash_bits_qk_rope")}
                            | {"num_key_value_heads": 4, "head_dim": 576}})
     gc.collect()
+
+
+def test_cpu_mla_registered_through_vllm_registry():
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from gsa.integrations.vllm.cpu_mla import GSACPUMLABackend, GSACPUMLAImpl, GSACPUMLAMetadataBuilder
+
+    gv.register()
+    assert AttentionBackendEnum.CPU_MLA.get_class() is GSACPUMLABackend
+    assert GSACPUMLABackend.get_name() == "CPU_MLA" and GSACPUMLABackend.is_mla()
+    assert GSACPUMLABackend.get_impl_cls() is GSACPUMLAImpl
+    assert GSACPUMLABackend.get_builder_cls() is GSACPUMLAMetadataBuilder
+
+
+def test_cuda_mla_wrappers_import(monkeypatch):
+    """Import check only: the CUDA MLA wrappers cannot run here. On the CPU build vLLM's
+    ``flashattn_mla`` module lacks two FlashAttention-3 symbols, stubbed for the import."""
+    import sys
+
+    import vllm.v1.attention.backends.fa_utils as fa_utils
+    from vllm.v1.attention.backend import AttentionCGSupport
+
+    for name in ("flash_attn_varlen_func", "get_scheduler_metadata"):
+        if not hasattr(fa_utils, name):
+            monkeypatch.setattr(fa_utils, name, None, raising=False)
+            monkeypatch.delitem(sys.modules, "vllm.v1.attention.backends.mla.flashattn_mla", raising=False)
+    from gsa.integrations.vllm import cuda_mla as m
+
+    for backend, name in ((m.GSAFlashAttnMLABackend, "FLASH_ATTN_MLA"), (m.GSATritonMLABackend, "TRITON_MLA")):
+        assert backend.get_name() == name and backend.is_mla()
+        impl, builder = backend.get_impl_cls(), backend.get_builder_cls()
+        # our hooks come first in the MRO, the backend's own classes after them
+        assert impl.forward_mqa is m._Impl.forward_mqa and impl.__mro__[3].__name__ in ("FlashAttnMLAImpl", "TritonMLAImpl")
+        assert builder.build is m._Builder.build
+    assert gv.WRAPPED["FLASH_ATTN_MLA"].endswith("cuda_mla.GSAFlashAttnMLABackend")
+    assert gv.WRAPPED["TRITON_MLA"].endswith("cuda_mla.GSATritonMLABackend")
+    # GSA off: the backend's own CUDA-graph support; on: attention outside the graphs
+    off = types.SimpleNamespace(additional_config={}, model_config=None)
+    on = types.SimpleNamespace(additional_config={"gsa": {"config": gsa_config(0.25)}}, model_config=None)
+    base = m.FlashAttnMLAMetadataBuilder.get_cudagraph_support(off, None)
+    assert m.GSAFlashAttnMLAMetadataBuilder.get_cudagraph_support(off, None) == base
+    assert m.GSAFlashAttnMLAMetadataBuilder.get_cudagraph_support(on, None) == AttentionCGSupport.NEVER
+    assert m.GSATritonMLAMetadataBuilder.get_cudagraph_support(on, None) == AttentionCGSupport.NEVER
