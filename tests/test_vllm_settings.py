@@ -82,10 +82,53 @@ def test_checks_against_the_model():
     ):
         with pytest.raises(GSAVllmConfigError, match=pattern):
             check_against_model(cfg, **{**ok, key: value})
-    with pytest.raises(GSAVllmConfigError, match="sliding-window"):
-        check_against_model(cfg, **ok, sliding_window=4096)
     with pytest.raises(GSAVllmConfigError, match="'is_mla'"):
         check_against_model(cfg, **ok, use_mla=True)
+
+
+def test_sliding_window_layers_must_be_dense():
+    """GSA only on full-attention layers: a sparse ratio on a windowed layer is refused,
+    naming the layer, expected vs got; dense ratios there are accepted."""
+    base = GSAConfig.for_model("SmolLM2-135M-Instruct")
+    ok = dict(num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, block_size=128)
+    first_sparse = next(l for l, r in enumerate(base.top_k_ratio_per_layer) if r < 1)
+    # Mistral-style: one window for every layer (no layer_types): any sparse layer is refused
+    with pytest.raises(GSAVllmConfigError, match=rf"top_k_ratio_per_layer\[{first_sparse}\]': layer {first_sparse} is "
+                                                 rf"sliding_attention .*expected 1.0 \(dense\), got 0.3"):
+        check_against_model(base, **ok, sliding_window=4096)
+    # Gemma 3 style layer_types: full layers may be sparse, windowed ones must be dense
+    types_ = ["sliding_attention"] * 30
+    for l in range(5, 30, 6):
+        types_[l] = "full_attention"
+    ratios = [0.25 if t == "full_attention" else 1.0 for t in types_]
+    cfg = base.replace(top_k_ratio_per_layer=ratios, top_k_index_reuse=[-1] * 30, source=None)
+    check_against_model(cfg, **ok, sliding_window=512, layer_types=types_)
+    bad = list(ratios)
+    bad[7] = 0.5
+    with pytest.raises(GSAVllmConfigError, match=r"top_k_ratio_per_layer\[7\]': layer 7 is sliding_attention .*got 0.5"):
+        check_against_model(cfg.replace(top_k_ratio_per_layer=bad, source=None), **ok, sliding_window=512,
+                            layer_types=types_)
+    # vLLM's disable_sliding_window clears sliding_window: those layers attend fully
+    check_against_model(cfg.replace(top_k_ratio_per_layer=bad, source=None), **ok, sliding_window=None,
+                        layer_types=types_)
+    # other non-full layer kinds (chunked / linear attention) are never sparse
+    odd = ["full_attention"] * 30
+    odd[5] = "chunked_attention"
+    with pytest.raises(GSAVllmConfigError, match=r"\[5\]': layer 5 is chunked_attention"):
+        check_against_model(cfg, **ok, sliding_window=None, layer_types=odd)
+    with pytest.raises(GSAVllmConfigError, match=r"HF config layer_types: expected 30 entries"):
+        check_against_model(cfg, **ok, layer_types=types_[:29])
+
+
+def test_mla_config_checks():
+    """MLA: head size kv_lora_rank + qk_rope_head_dim; the model's KV head count is not compared."""
+    cfg = GSAConfig.for_model("DeepSeek-V2-Lite")
+    ok = dict(num_layers=27, num_heads=16, num_kv_heads=16, head_dim=576, block_size=128, use_mla=True)
+    check_against_model(cfg, **ok)
+    with pytest.raises(GSAVllmConfigError, match=r"'head_dim': expected 640 .*got 576"):
+        check_against_model(cfg, **{**ok, "head_dim": 640})
+    with pytest.raises(GSAVllmConfigError, match=r"'is_mla': expected False"):
+        check_against_model(cfg, **{**ok, "use_mla": False})
 
 
 def _runtime_stub(cfg):

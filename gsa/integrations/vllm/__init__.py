@@ -11,6 +11,9 @@ Wrapped backends:
 
 * ``CPU_ATTN`` (vLLM's CPU platform): :mod:`.cpu`, exercised in CI;
 * ``FLASH_ATTN`` (CUDA): :mod:`.cuda`, written against vLLM 0.32, not run here;
+* ``CPU_MLA`` (DeepSeek-style MLA on CPU): :mod:`.cpu_mla`, exercised in CI;
+* ``FLASH_ATTN_MLA`` (what vLLM 0.32 picks for MLA on Hopper) and ``TRITON_MLA``:
+  :mod:`.cuda_mla`, written against vLLM 0.32, import-checked only, not run here;
 * vllm-ascend's ``AscendAttentionBackend``: :mod:`.ascend`, written against
   vllm-ascend's code, untested on hardware.
 
@@ -33,6 +36,9 @@ logger = logging.getLogger("gsa.vllm")
 WRAPPED = {
     "CPU_ATTN": "gsa.integrations.vllm.cpu.GSACPUAttentionBackend",
     "FLASH_ATTN": "gsa.integrations.vllm.cuda.GSAFlashAttentionBackend",
+    "CPU_MLA": "gsa.integrations.vllm.cpu_mla.GSACPUMLABackend",
+    "FLASH_ATTN_MLA": "gsa.integrations.vllm.cuda_mla.GSAFlashAttnMLABackend",
+    "TRITON_MLA": "gsa.integrations.vllm.cuda_mla.GSATritonMLABackend",
 }
 
 _DONE = False

@@ -60,6 +60,7 @@ def runtime_at_init(device: Optional[torch.device] = None) -> Optional[GSAVllmRu
         block_size=int(vc.cache_config.block_size),
         use_mla=bool(getattr(mc, "use_mla", False)),
         sliding_window=getattr(text, "sliding_window", None) if getattr(text, "use_sliding_window", True) else None,
+        layer_types=getattr(text, "layer_types", None),
         origin=settings.origin,
     )
     if getattr(vc, "speculative_config", None) is not None:

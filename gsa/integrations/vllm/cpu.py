@@ -6,6 +6,9 @@ The CPU KV cache is ``[NB, Hkv, bs, 2*D]`` with keys in a kernel-specific
 ``scheduler_metadata`` is derived from ``seq_lens`` and ``query_start_loc``,
 so a sparse copy of the metadata rebuilds it with
 ``cpu_attn_get_scheduler_metadata`` for the new lengths.
+
+Hybrid models (Gemma 3 ...): one builder per KV cache group; a group of
+sliding-window layers does not plan GSA steps (see :mod:`.hybrid`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from .common import GSAImplMixin, host_lengths
+from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
 
 __all__ = ["GSACPUAttentionBackend", "GSACPUAttentionMetadata", "GSACPUAttentionMetadataBuilder",
@@ -41,11 +45,15 @@ class GSACPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self._gsa_vllm_config = vllm_config
+        rt = runtime_for(vllm_config)
+        # hybrid models: a group of sliding-window layers never plans (its layers stay dense);
+        # checked here, at engine start, against the layers vLLM built (hybrid.py)
+        self._gsa_plans = rt is not None and gsa_group(rt, vllm_config, layer_names)
 
     def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
         rt = runtime_for(self._gsa_vllm_config)
-        if rt is not None and not self.is_encoder_only_attention and not self.is_cross_attention:
+        if rt is not None and self._gsa_plans and not self.is_encoder_only_attention and not self.is_cross_attention:
             md = GSACPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
             seq_lens, query_lens = host_lengths(common_attn_metadata)
             md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc)

@@ -64,7 +64,8 @@ class _LocalHeadsSparse(GSASparse):
         if w is None:
             full = super().weights(layer)
             lo, hi = self.heads
-            w = full if (lo, hi) == (0, full.shape[0]) else full[lo:hi].contiguous()
+            # MLA: (w_lora, w_rope) of the one latent head, nothing to slice
+            w = full if isinstance(full, tuple) or (lo, hi) == (0, full.shape[0]) else full[lo:hi].contiguous()
             self._w[layer] = w
         return w
 
@@ -282,11 +283,13 @@ class GSAVllmRuntime:
         return state is not None and state.step is not None and not self.policy.is_dense(layer)
 
     def select(self, layer: int, state: StepState, query: Tensor, block_table: Tensor,
-               seq_lens: Tensor) -> Tuple[Tensor, Tensor]:
+               seq_lens: Tensor, query_rope: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Sparse ``(block_table int32 [B, K], seq_lens int32 [B])`` of ``layer`` for this
         step. ``query [T, Hq_rank, D]``: the step's queries (the last token of each row
         scores; under TP their codes are all-gathered to ``[B, Hq, C]``, so every rank
-        selects the same blocks); ``block_table [B, M]``, ``seq_lens [B]``: the backend's (int32)."""
+        selects the same blocks); ``block_table [B, M]``, ``seq_lens [B]``: the backend's (int32).
+        MLA (:mod:`.mla`, TP=1): ``query`` is the absorbed ``q_nope @ W_UK^T [T, N, L]`` and
+        ``query_rope`` the ``q_pe [T, N, P]``."""
         t0 = time.perf_counter()
         step = state.step
         lp = self.policy.layer(layer)
@@ -321,7 +324,8 @@ class GSAVllmRuntime:
                 raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
                                    "(do_kv_cache_update was not called through the GSA backend)")
             if self.tp_size == 1:
-                table, lens = self.sparse.select(layer, step, bt, sel_lens, hash_cache=hc, q=q)
+                q_rope = None if query_rope is None else query_rope.index_select(0, state.q_rows.to(query.device))
+                table, lens = self.sparse.select(layer, step, bt, sel_lens, hash_cache=hc, q=q, q_rope=q_rope)
             else:
                 q_codes = ops.hash_encode(q, self.sparse.weights(layer))  # [B, Hq_rank, C]
                 q_codes = _tp.gather_q_codes(q_codes, self.layout, self.tp_group)  # [B, Hq, C]

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from gsa.config import GSAConfig, GSAConfigError
 
-__all__ = ["GSAVllmConfigError", "PluginSettings", "read_settings", "check_against_model"]
+__all__ = ["GSAVllmConfigError", "PluginSettings", "read_settings", "check_against_model", "sliding_layers",
+           "check_sliding_layers"]
 
 ENV_CONFIG = "GSA_VLLM_CONFIG"
 ENV_LOG_EVERY = "GSA_VLLM_LOG_EVERY"
@@ -148,8 +149,15 @@ def read_settings(additional_config: Optional[Mapping[str, Any]], model_config: 
 
 def check_against_model(cfg: GSAConfig, *, num_layers: int, num_heads: int, num_kv_heads: int,
                         head_dim: int, block_size: int, use_mla: bool = False,
-                        sliding_window: Optional[int] = None, origin: str = "GSA config") -> None:
-    """Reject a config that does not describe the served model (totals, before TP)."""
+                        sliding_window: Optional[int] = None, layer_types: Optional[Sequence[str]] = None,
+                        origin: str = "GSA config") -> None:
+    """Reject a config that does not describe the served model (totals, before TP).
+
+    MLA (``use_mla``): ``head_dim`` is vLLM's MLA head size ``kv_lora_rank +
+    qk_rope_head_dim``; ``num_kv_heads`` is not compared (the cache holds one latent
+    head). Sliding windows: ``layer_types`` (the HF config's per-layer list, e.g.
+    Gemma 3 / gpt-oss) and ``sliding_window``: see :func:`check_sliding_layers`.
+    """
     where = f"GSA vLLM plugin: {origin} (model {cfg.model_name})"
 
     def bad(key: str, model_value: Any, cfg_value: Any) -> None:
@@ -157,14 +165,11 @@ def check_against_model(cfg: GSAConfig, *, num_layers: int, num_heads: int, num_
 
     if cfg.is_mla != bool(use_mla):
         bad("is_mla", bool(use_mla), cfg.is_mla)
-    if cfg.is_mla:
-        raise GSAVllmConfigError(f"{where}: MLA models are not supported by this vLLM plugin yet "
-                                 "(the ops support them; the MLA attention backends are not wrapped)")
     if cfg.num_hidden_layers != num_layers:
         bad("num_hidden_layers", num_layers, cfg.num_hidden_layers)
     if cfg.num_attention_heads != num_heads:
         bad("num_attention_heads", num_heads, cfg.num_attention_heads)
-    if cfg.num_key_value_heads != num_kv_heads:
+    if not cfg.is_mla and cfg.num_key_value_heads != num_kv_heads:
         bad("num_key_value_heads", num_kv_heads, cfg.num_key_value_heads)
     if cfg.head_dim != head_dim:
         bad("head_dim", head_dim, cfg.head_dim)
@@ -173,6 +178,42 @@ def check_against_model(cfg: GSAConfig, *, num_layers: int, num_heads: int, num_
             f"{where}: key 'chunk_size': expected the vLLM KV cache block size {block_size} (GSA selects whole "
             f"KV blocks), got {cfg.chunk_size}; start vLLM with block_size={cfg.chunk_size} "
             f"(--block-size {cfg.chunk_size})")
-    if sliding_window is not None and sliding_window > 0 and any(r < 1 for r in cfg.top_k_ratio_per_layer):
-        raise GSAVllmConfigError(f"{where}: sliding-window attention ({sliding_window}) cannot be combined with "
-                                 "sparse GSA layers; set top_k_ratio_per_layer to 1.0 for those layers")
+    check_sliding_layers(cfg, sliding_layers(num_layers, sliding_window, layer_types), origin)
+
+
+#: HF ``layer_types`` entries of full (global) causal attention: the only layers GSA may make sparse
+FULL_ATTENTION_TYPES = ("full_attention",)
+
+
+def sliding_layers(num_layers: int, sliding_window: Optional[int],
+                   layer_types: Optional[Sequence[str]] = None) -> Dict[int, str]:
+    """The layers GSA must leave dense, ``{layer: what it is}``, from the HF config.
+
+    ``layer_types`` (Gemma 2/3, gpt-oss, Qwen2/3, Mistral with transformers >= 4.53):
+    every entry other than ``"full_attention"`` (``"sliding_attention"``,
+    ``"chunked_attention"``, ``"linear_attention"``, ...). Without it, a positive
+    ``sliding_window`` applies to every layer (how vLLM reads such a config).
+    """
+    if layer_types is not None:
+        if len(layer_types) != num_layers:
+            _fail("HF config layer_types", f"{num_layers} entries (num_hidden_layers)", len(layer_types))
+        windowed = sliding_window is not None and int(sliding_window) > 0
+        # vLLM's disable_sliding_window clears sliding_window: "sliding_attention" layers then attend fully
+        return {l: str(t) for l, t in enumerate(layer_types)
+                if t not in FULL_ATTENTION_TYPES and (windowed or t != "sliding_attention")}
+    if sliding_window is not None and int(sliding_window) > 0:
+        return {l: "sliding_attention" for l in range(num_layers)}
+    return {}
+
+
+def check_sliding_layers(cfg: GSAConfig, dense_layers: Mapping[int, str], origin: str = "GSA config",
+                         window: Optional[int] = None) -> None:
+    """GSA selects blocks only on full-attention layers: every layer of ``dense_layers``
+    (``{layer: its attention type}``) must be dense (ratio >= 1) in the config."""
+    ratios = cfg.top_k_ratio_per_layer
+    for l in sorted(dense_layers):
+        if l < len(ratios) and ratios[l] < 1:
+            w = f", window {window}" if window is not None else ""
+            raise GSAVllmConfigError(
+                f"GSA vLLM plugin: {origin} (model {cfg.model_name}): key 'top_k_ratio_per_layer[{l}]': layer {l} is "
+                f"{dense_layers[l]}{w} (GSA serves only full-attention layers): expected 1.0 (dense), got {ratios[l]!r}")
