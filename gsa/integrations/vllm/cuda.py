@@ -41,6 +41,7 @@ from vllm.v1.attention.backends.flash_attn import (
 )
 
 from .common import GSAImplMixin, host_lengths
+from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
 
 __all__ = ["GSAFlashAttentionBackend", "GSAFlashAttentionMetadata", "GSAFlashAttentionMetadataBuilder",
@@ -67,11 +68,17 @@ class GSAFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self._gsa_vllm_config = vllm_config
+        self._gsa_layer_names = list(layer_names)
+        self._gsa_plans: Optional[bool] = None  # hybrid models: does this KV cache group plan GSA steps
 
     def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
         rt = runtime_for(self._gsa_vllm_config)
         if rt is None:
+            return md
+        if self._gsa_plans is None:  # once, against the layers vLLM built (hybrid.py: sliding groups stay dense)
+            self._gsa_plans = gsa_group(rt, self._gsa_vllm_config, self._gsa_layer_names)
+        if not self._gsa_plans:
             return md
         md = GSAFlashAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
         seq_lens, query_lens = host_lengths(common_attn_metadata)
