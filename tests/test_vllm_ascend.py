@@ -144,14 +144,15 @@ class Requests:
         return self.table[r, pos // BS].to(torch.int64) * BS + pos % BS
 
     def step(self, query_lens, state):
-        """Common metadata for rows growing by ``query_lens`` tokens (all rows)."""
-        starts = [s - q for s, q in zip(self.lens, query_lens)] if state == "decode" else [0] * len(query_lens)
+        """Common metadata for the last ``query_lens`` tokens of every row (``self.lens`` already grown)."""
+        starts = [s - q for s, q in zip(self.lens, query_lens)]
         seq = torch.tensor([st + q for st, q in zip(starts, query_lens)], dtype=torch.int32)
         qsl = torch.zeros(len(query_lens) + 1, dtype=torch.int32)
         qsl[1:] = torch.tensor(query_lens).cumsum(0)
         slots = torch.cat([self.slots(r, st, st + q) for r, (st, q) in enumerate(zip(starts, query_lens))])
         attn_state = {"prefill": A.AscendAttentionState.PrefillNoCache,
-                      "decode": A.AscendAttentionState.DecodeOnly}[state]
+                      "decode": A.AscendAttentionState.DecodeOnly,
+                      "chunked": A.AscendAttentionState.ChunkedPrefill}[state]
         n = int(qsl[-1])
         return AscendCommonAttentionMetadata(
             query_start_loc=qsl.clone(), query_start_loc_cpu=qsl.clone(), seq_lens=seq.clone(),
@@ -165,54 +166,70 @@ class Requests:
         self.v[l, slots // BS, slots % BS] = v
 
 
-def ref_selection(rt, l, q_last, reqs, seq):
-    """Spec 4-6 with gsa.reference only: the hash cache from the keys the test wrote, ratio 0.3."""
+def ref_selection(rt, l, q_last, reqs, seq, rows=None):
+    """Spec 4-6 with gsa.reference only, for ``rows`` (default all): the hash cache from the keys
+    the test wrote (every row's), ratio 0.3."""
+    rows = list(range(len(seq))) if rows is None else rows
     w = rt.sparse.weights(l)
     nb = reqs.k.shape[1]
     hc = torch.zeros(nb, HKV, BS, w.shape[-1] // 8, dtype=torch.uint8)
     all_slots = torch.cat([reqs.slots(r, 0, int(s)) for r, s in enumerate(seq)])
     R.hash_encode_and_cache(reqs.k[l].reshape(-1, HKV, D)[all_slots], w, hc, all_slots)
+    seq = seq[rows]
     n_blocks = [math.ceil(int(s) / BS) for s in seq]
     budgets = torch.tensor([math.ceil(Fraction("0.3") * n) for n in n_blocks], dtype=torch.int32)
-    k = max(n_blocks)
     width = max(n_blocks)
-    idx, n_sel = R.hamming_dist_top_k(R.hash_encode(q_last, w), hc, reqs.table[:, :width], seq, budgets, k,
-                                      (0, -1), "max", 0, 1.0)
-    table, lens = R.kv_select(idx, n_sel, reqs.table[:, :width], seq, BS, 0)
-    return hc, table, lens
+    table = reqs.table[rows, :width]
+    idx, n_sel = R.hamming_dist_top_k(R.hash_encode(q_last, w), hc, table, seq, budgets, width, (0, -1), "max", 0,
+                                      1.0)
+    sel_table, lens = R.kv_select(idx, n_sel, table, seq, BS, 0)
+    return hc, sel_table, lens
+
+
+def setup_engine(vc, num_blocks):
+    """The GSA backend the hook picks, one impl per layer, the builder, KV caches."""
+    backend = resolve_obj_by_qualname(choose(vc))
+    impls = [make_impl(backend.get_impl_cls()) for _ in range(LAYERS)]
+    spec = FullAttentionSpec(block_size=BS, num_kv_heads=HKV, head_size=D, dtype=torch.float32)
+    builder = backend.get_builder_cls()(spec, [f"model.layers.{l}.self_attn.attn" for l in range(LAYERS)], vc,
+                                        torch.device("cpu"))
+    return impls, builder, [torch.zeros(2, num_blocks, BS, HKV, D) for _ in range(LAYERS)]
+
+
+def run_layers(impls, caches, md, vc, reqs, slots, g):
+    """One step through every layer; returns per layer ``(q, out, last FIA call)``."""
+    t = slots.shape[0]
+    res = []
+    for l in range(LAYERS):
+        q, k, v = (torch.randn(t, h, D, generator=g) for h in (HQ, HKV, HKV))
+        reqs.record(l, slots, k, v)
+        out = torch.empty(t, HQ, D)  # vLLM hands impls a [T, Hq, D] view
+        torch_npu.CALLS.clear()
+        with step_context(md, vc, t):
+            impls[l].forward(layer(l), q, k, v, caches[l], md, out)
+        res.append((q, out, torch_npu.CALLS[-1]))
+    return res
 
 
 def test_gsa_engages_on_decode_steps_and_matches_the_reference(model_dir):
     g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     vc = vllm_config(model_dir, gsa_config())
-    path = choose(vc)
-    assert path == ascend.GSA_ASCEND_BACKEND
-    backend = resolve_obj_by_qualname(path)
-    num_blocks = 48
-    reqs = Requests(g, [700, 1100, 1500], num_blocks)
+    assert choose(vc) == ascend.GSA_ASCEND_BACKEND
+    reqs = Requests(g, [700, 1100, 1500], 48)
     with set_current_vllm_config(vc):
-        assert backend.get_builder_cls().get_cudagraph_support(vc, None) == AttentionCGSupport.NEVER
-        impls = [make_impl(backend.get_impl_cls()) for _ in range(LAYERS)]
-        assert all(type(i) is AB.GSAAscendImpl for i in impls)
-        spec = FullAttentionSpec(block_size=BS, num_kv_heads=HKV, head_size=D, dtype=torch.float32)
-        builder = backend.get_builder_cls()(spec, [f"model.layers.{l}.self_attn.attn" for l in range(LAYERS)], vc,
-                                            torch.device("cpu"))
+        impls, builder, caches = setup_engine(vc, 48)
+        assert all(type(i) is AB.GSAAscendImpl for i in impls) and type(builder) is AB.GSAAscendMetadataBuilder
+        assert type(builder).get_cudagraph_support(vc, None) == AttentionCGSupport.NEVER
         rt = impls[0].gsa
         assert rt is not None and tuple(rt.policy.scoring_layers) == (1,)
-        caches = [torch.zeros(2, num_blocks, BS, HKV, D) for _ in range(LAYERS)]
 
         # prefill: every row's prompt at once (PrefillNoCache); GSA stays dense, keys are hashed
-        common, slots = reqs.step(reqs.lens, "prefill")
+        common, slots = reqs.step(list(reqs.lens), "prefill")
         md = builder.build(0, common)
         assert type(md) is AB.GSAAscendMetadata and md.gsa.step is None
-        t = common.num_actual_tokens
-        for l in range(LAYERS):
-            q, k, v = (torch.randn(t, h, D, generator=g) for h in (HQ, HKV, HKV))
-            reqs.record(l, slots, k, v)
-            out = torch.empty(t, HQ, D)  # vLLM hands impls a [T, Hq, D] view
-            with step_context(md, vc, t):
-                impls[l].forward(layer(l), q, k, v, caches[l], md, out)
-        assert torch.equal(caches[1][0][reqs.table[0, 0].long(), :5], reqs.k[1, reqs.table[0, 0].long(), :5])
+        run_layers(impls, caches, md, vc, reqs, slots, g)
+        blk = reqs.table[0, 0].long()
+        assert torch.equal(caches[1][0][blk], reqs.k[1, blk])  # upstream's cache write ran
 
         for _ in range(3):  # decode steps
             reqs.lens = [n + 1 for n in reqs.lens]
@@ -220,15 +237,8 @@ def test_gsa_engages_on_decode_steps_and_matches_the_reference(model_dir):
             seq = common.seq_lens_cpu
             md = builder.build(0, common)
             assert md.gsa.step is not None and md.gsa.step.plan.sparse_rows.all()
-            torch_npu.CALLS.clear()
             sel = None
-            for l in range(LAYERS):
-                q, k, v = (torch.randn(3, h, D, generator=g) for h in (HQ, HKV, HKV))
-                reqs.record(l, slots, k, v)
-                out = torch.empty(3, HQ, D)
-                with step_context(md, vc, 3):
-                    impls[l].forward(layer(l), q, k, v, caches[l], md, out)
-                call = torch_npu.CALLS[-1]
+            for l, (q, out, call) in enumerate(run_layers(impls, caches, md, vc, reqs, slots, g)):
                 assert call["op"] == "npu_fused_infer_attention_score"
                 if l == 0:  # dense layer: upstream's table and lengths, untouched
                     table, lens = reqs.table, seq
@@ -246,7 +256,7 @@ def test_gsa_engages_on_decode_steps_and_matches_the_reference(model_dir):
                         n = math.ceil(int(lens[r]) / BS)
                         assert torch.equal(call["block_table"][r, :n], table[r, :n])
                 want = R.paged_decode_attention(q, reqs.k[l], reqs.v[l], table, lens, SCALE)
-                torch.testing.assert_close(out.view(3, HQ, D), want, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
                 if l > 0:
                     dense = R.paged_decode_attention(q, reqs.k[l], reqs.v[l], reqs.table, seq, SCALE)
                     assert not torch.allclose(dense, want, atol=1e-4)  # the selection mattered
@@ -316,3 +326,46 @@ def test_last_block_must_be_forced(model_dir):
     with set_current_vllm_config(vc), pytest.raises(GSAVllmConfigError, match=r"'must_select_blocks': expected it "
                                                                              r"to contain -1"):
         make_impl(AB.GSAAscendImpl)
+
+
+def test_mixed_decode_and_chunked_prefill_step(model_dir):
+    """Rows 0 and 1 decode while row 2 prefills a 64-token chunk (ChunkedPrefill): the decode
+    rows are sparse, the prefill row keeps its whole table and length."""
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    vc = vllm_config(model_dir, gsa_config())
+    reqs = Requests(g, [900, 1300, 536], 48)
+    with set_current_vllm_config(vc):
+        impls, builder, caches = setup_engine(vc, 48)
+        rt = impls[0].gsa
+        common, slots = reqs.step(list(reqs.lens), "prefill")
+        run_layers(impls, caches, builder.build(0, common), vc, reqs, slots, g)
+        reqs.lens = [901, 1301, 600]
+        common, slots = reqs.step([1, 1, 64], "chunked")
+        seq = common.seq_lens_cpu
+        md = builder.build(0, common)
+        assert md.gsa.step is not None and md.gsa.step.plan.sparse_rows.tolist() == [True, True, False]
+        res = run_layers(impls, caches, md, vc, reqs, slots, g)
+    sel = None
+    for l, (q, out, call) in enumerate(res):
+        assert call["actual_seq_lengths"] == [1, 2, 66]
+        if l == 0:
+            table, lens = reqs.table[:2], seq[:2]
+            assert call["actual_seq_lengths_kv"] == seq.tolist()
+        else:
+            if l == 1:
+                _, table, lens = ref_selection(rt, 1, q[:2], reqs, seq, rows=[0, 1])
+                sel = (table, lens)
+            table, lens = sel
+            assert call["actual_seq_lengths_kv"] == lens.tolist() + [600] and (lens < seq[:2]).all()
+            for r in range(2):
+                n = math.ceil(int(lens[r]) / BS)
+                assert torch.equal(call["block_table"][r, :n], table[r, :n])
+            assert torch.equal(call["block_table"][2, :5], reqs.table[2, :5])  # the prefill row: whole table
+        want = R.paged_decode_attention(q[:2], reqs.k[l], reqs.v[l], table, lens, SCALE)
+        torch.testing.assert_close(out[:2], want, rtol=1e-5, atol=1e-5)
+        # the chunk: token i (position 536 + i) attends densely over its first 537 + i tokens
+        chunk = q[2:]
+        rows = reqs.table[2:3].expand(64, -1)
+        want = R.paged_decode_attention(chunk, reqs.k[l], reqs.v[l], rows, torch.arange(537, 601, dtype=torch.int32),
+                                        SCALE)
+        torch.testing.assert_close(out[2:], want, rtol=1e-5, atol=1e-5)
