@@ -71,21 +71,26 @@ def single_rank_groups(tmp_path_factory):
     yield
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    (d / "config.json").write_text(
+def write_model(tmp_path_factory, d):
+    """A Llama-architecture config.json (no weights: only the config is read) with head dim ``d``."""
+    path = tmp_path_factory.mktemp(f"tiny-llama-{d}")
+    (path / "config.json").write_text(
         '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, '
-        f'"intermediate_size": 512, "num_attention_heads": {HQ}, "num_key_value_heads": {HKV}, "head_dim": {D}, '
+        f'"intermediate_size": 512, "num_attention_heads": {HQ}, "num_key_value_heads": {HKV}, "head_dim": {d}, '
         f'"num_hidden_layers": {LAYERS}, "vocab_size": 1000, "max_position_embeddings": {MAX_LEN}, '
         '"rms_norm_eps": 1e-5, "torch_dtype": "float32", "tie_word_embeddings": false}')
-    return str(d)
+    return str(path)
 
 
-def gsa_config(**kw):
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_model(tmp_path_factory, D)
+
+
+def gsa_config(d=D, **kw):
     """Layer 0 dense, layer 1 scores at ratio 0.3, layer 2 reuses layer 1's selection."""
     base = dict(model_name="tiny-llama", num_hidden_layers=LAYERS, num_attention_heads=HQ, num_key_value_heads=HKV,
-                head_dim=D, seed=11, hash_bits=128, chunk_size=BS, top_k_ratio_per_layer=[1.0, 0.3, 0.3],
+                head_dim=d, seed=11, hash_bits=128, chunk_size=BS, top_k_ratio_per_layer=[1.0, 0.3, 0.3],
                 top_k_index_reuse=[-1, -1, 1], must_select_blocks=[0, -1], gpu_seq_len_threshold=256,
                 npu_seq_len_threshold=256, gpu_concurrency_threshold=1, npu_concurrency_threshold=1)
     base.update(kw)
@@ -101,13 +106,13 @@ def vllm_config(model_dir, gsa=None, block_size=BS):
 SELECTOR = AttentionSelectorConfig(head_size=D, dtype=torch.float32, kv_cache_dtype="auto", block_size=BS)
 
 
-def choose(vc):
+def choose(vc, d=D):
     with set_current_vllm_config(vc):
-        return NPUPlatform.get_attn_backend_cls(None, SELECTOR)
+        return NPUPlatform.get_attn_backend_cls(None, SELECTOR._replace(head_size=d))
 
 
-def make_impl(cls):
-    return cls(num_heads=HQ, head_size=D, scale=SCALE, num_kv_heads=HKV, alibi_slopes=None, sliding_window=None,
+def make_impl(cls, d=D):
+    return cls(num_heads=HQ, head_size=d, scale=1.0 / math.sqrt(d), num_kv_heads=HKV, alibi_slopes=None, sliding_window=None,
                kv_cache_dtype="auto", logits_soft_cap=None, attn_type=AttentionType.DECODER,
                kv_sharing_target_layer_name=None)
 
@@ -125,8 +130,8 @@ def layer(l):
 class Requests:
     """Rows, their block tables and everything written so far (the test's own record of K/V)."""
 
-    def __init__(self, g, prompt_lens, num_blocks):
-        self.g = g
+    def __init__(self, g, prompt_lens, num_blocks, d=D):
+        self.g, self.d = g, d
         self.lens = list(prompt_lens)
         m = math.ceil(MAX_LEN / BS)
         perm = torch.randperm(num_blocks, generator=g).to(torch.int32)
@@ -136,8 +141,8 @@ class Requests:
             need = math.ceil((n + 8) / BS)
             self.table[r, :need] = perm[used:used + need]
             used += need
-        self.k = torch.zeros(LAYERS, num_blocks, BS, HKV, D)
-        self.v = torch.zeros(LAYERS, num_blocks, BS, HKV, D)
+        self.k = torch.zeros(LAYERS, num_blocks, BS, HKV, d)
+        self.v = torch.zeros(LAYERS, num_blocks, BS, HKV, d)
 
     def slots(self, r, start, stop):
         pos = torch.arange(start, stop)
@@ -174,7 +179,7 @@ def ref_selection(rt, l, q_last, reqs, seq, rows=None):
     nb = reqs.k.shape[1]
     hc = torch.zeros(nb, HKV, BS, w.shape[-1] // 8, dtype=torch.uint8)
     all_slots = torch.cat([reqs.slots(r, 0, int(s)) for r, s in enumerate(seq)])
-    R.hash_encode_and_cache(reqs.k[l].reshape(-1, HKV, D)[all_slots], w, hc, all_slots)
+    R.hash_encode_and_cache(reqs.k[l].reshape(-1, HKV, reqs.d)[all_slots], w, hc, all_slots)
     seq = seq[rows]
     n_blocks = [math.ceil(int(s) / BS) for s in seq]
     budgets = torch.tensor([math.ceil(Fraction("0.3") * n) for n in n_blocks], dtype=torch.int32)
@@ -186,14 +191,14 @@ def ref_selection(rt, l, q_last, reqs, seq, rows=None):
     return hc, sel_table, lens
 
 
-def setup_engine(vc, num_blocks):
+def setup_engine(vc, num_blocks, d=D):
     """The GSA backend the hook picks, one impl per layer, the builder, KV caches."""
-    backend = resolve_obj_by_qualname(choose(vc))
-    impls = [make_impl(backend.get_impl_cls()) for _ in range(LAYERS)]
-    spec = FullAttentionSpec(block_size=BS, num_kv_heads=HKV, head_size=D, dtype=torch.float32)
+    backend = resolve_obj_by_qualname(choose(vc, d))
+    impls = [make_impl(backend.get_impl_cls(), d) for _ in range(LAYERS)]
+    spec = FullAttentionSpec(block_size=BS, num_kv_heads=HKV, head_size=d, dtype=torch.float32)
     builder = backend.get_builder_cls()(spec, [f"model.layers.{l}.self_attn.attn" for l in range(LAYERS)], vc,
                                         torch.device("cpu"))
-    return impls, builder, [torch.zeros(2, num_blocks, BS, HKV, D) for _ in range(LAYERS)]
+    return impls, builder, [torch.zeros(2, num_blocks, BS, HKV, d) for _ in range(LAYERS)]
 
 
 def run_layers(impls, caches, md, vc, reqs, slots, g):
@@ -201,9 +206,9 @@ def run_layers(impls, caches, md, vc, reqs, slots, g):
     t = slots.shape[0]
     res = []
     for l in range(LAYERS):
-        q, k, v = (torch.randn(t, h, D, generator=g) for h in (HQ, HKV, HKV))
+        q, k, v = (torch.randn(t, h, reqs.d, generator=g) for h in (HQ, HKV, HKV))
         reqs.record(l, slots, k, v)
-        out = torch.empty(t, HQ, D)  # vLLM hands impls a [T, Hq, D] view
+        out = torch.empty(t, HQ, reqs.d)  # vLLM hands impls a [T, Hq, D] view
         torch_npu.CALLS.clear()
         with step_context(md, vc, t):
             impls[l].forward(layer(l), q, k, v, caches[l], md, out)
@@ -369,3 +374,35 @@ def test_mixed_decode_and_chunked_prefill_step(model_dir):
         want = R.paged_decode_attention(chunk, reqs.k[l], reqs.v[l], rows, torch.arange(537, 601, dtype=torch.int32),
                                         SCALE)
         torch.testing.assert_close(out[2:], want, rtol=1e-5, atol=1e-5)
+
+
+def test_paged_attention_decode_path_gets_the_sparse_host_lengths(tmp_path_factory):
+    """512-dim heads: vllm-ascend decodes them eagerly with ``_npu_paged_attention(context_lens=seq_lens)``
+    (FIA's TND layout does not take them; prefill goes through ``npu_fusion_attention``): the
+    sparse table and the host ``seq_lens`` tensor reach it, and the output is the reference's."""
+    d = 512
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    vc = vllm_config(write_model(tmp_path_factory, d), gsa_config(d=d))
+    reqs = Requests(g, [500, 900], 24, d=d)
+    with set_current_vllm_config(vc):
+        impls, builder, caches = setup_engine(vc, 24, d=d)
+        rt = impls[0].gsa
+        common, slots = reqs.step(list(reqs.lens), "prefill")
+        prefill = run_layers(impls, caches, builder.build(0, common), vc, reqs, slots, g)
+        assert prefill[0][2]["op"] == "npu_fusion_attention"
+        reqs.lens = [501, 901]
+        common, slots = reqs.step([1, 1], "decode")
+        seq = common.seq_lens_cpu
+        res = run_layers(impls, caches, builder.build(0, common), vc, reqs, slots, g)
+    _, table, lens = ref_selection(rt, 1, res[1][0], reqs, seq)
+    for l, (q, out, call) in enumerate(res):
+        assert call["op"] == "_npu_paged_attention"
+        t, n = (reqs.table, seq) if l == 0 else (table, lens)
+        assert torch.equal(call["context_lens"], n.to(call["context_lens"].dtype))
+        if l:
+            assert (lens < seq).all()
+            for r in range(2):
+                k = math.ceil(int(lens[r]) / BS)
+                assert torch.equal(call["block_table"][r, :k], table[r, :k])
+        want = R.paged_decode_attention(q, reqs.k[l], reqs.v[l], t, n, 1.0 / math.sqrt(d))
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

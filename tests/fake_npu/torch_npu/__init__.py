@@ -10,7 +10,9 @@ import, and the kernels its GQA decode path calls, computed with gsa-ops' refere
   causal softmax (``sparse_mode=3``, right-down aligned); it checks what the NPU kernel
   requires of its arguments (host integer lists, one length per row, lengths within the
   table) and records every call in :data:`CALLS`;
-* ``_npu_paged_attention``: :func:`gsa.reference.paged_decode_attention` on ``context_lens``.
+* ``_npu_paged_attention``: :func:`gsa.reference.paged_decode_attention` on ``context_lens``
+  (a host tensor, checked);
+* ``npu_fusion_attention`` (TND, causal): prefill of 512-dim heads, a plain causal softmax.
 
 Every other attribute is a placeholder that raises ``NotImplementedError`` naming the op
 when called, so a code path that needs an op not emulated here fails loudly. ``torch.npu``
@@ -156,6 +158,20 @@ def npu_fused_infer_attention_score(query, key, value, *, num_heads, num_key_val
                   "sparse_mode": sparse_mode})
     out = out.to(query.dtype)
     return out, torch.zeros(1, dtype=query.dtype)
+
+
+def npu_fusion_attention(query, key, value, head_num, input_layout, *, scale, actual_seq_qlen, actual_seq_kvlen,
+                         sparse_mode=0, atten_mask=None, pre_tockens=None, next_tockens=None, **unused):
+    """Dense TND attention (vllm-ascend's prefill for 512-dim heads): cumulative host lengths."""
+    if input_layout != "TND" or sparse_mode != 3:
+        raise NotImplementedError(f"fake npu_fusion_attention: layout {input_layout!r}, sparse_mode {sparse_mode}")
+    q_ends = _host_list("actual_seq_qlen", actual_seq_qlen)
+    kv_ends = _host_list("actual_seq_kvlen", actual_seq_kvlen)
+    out = torch.zeros(query.shape[0], head_num, query.shape[-1], dtype=torch.float32)
+    for qs, qe, ks, ke in zip([0] + q_ends[:-1], q_ends, [0] + kv_ends[:-1], kv_ends):
+        out[qs:qe] = _causal_rows(query[qs:qe], key[ks:ke], value[ks:ke], scale)
+    CALLS.append({"op": "npu_fusion_attention", "actual_seq_qlen": q_ends, "actual_seq_kvlen": kv_ends})
+    return (out.to(query.dtype),)
 
 
 def _npu_paged_attention(query, key_cache, value_cache, num_kv_heads, num_heads, scale_value, block_table,
