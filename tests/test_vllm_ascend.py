@@ -71,6 +71,13 @@ def single_rank_groups(tmp_path_factory):
     yield
 
 
+def fresh_generator():
+    """Fresh random inputs every run; the seed is printed so that a failure can be replayed."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed)
+
+
 def write_model(tmp_path_factory, d):
     """A Llama-architecture config.json (no weights: only the config is read) with head dim ``d``."""
     path = tmp_path_factory.mktemp(f"tiny-llama-{d}")
@@ -217,7 +224,7 @@ def run_layers(impls, caches, md, vc, reqs, slots, g):
 
 
 def test_gsa_engages_on_decode_steps_and_matches_the_reference(model_dir):
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = fresh_generator()
     vc = vllm_config(model_dir, gsa_config())
     assert choose(vc) == ascend.GSA_ASCEND_BACKEND
     reqs = Requests(g, [700, 1100, 1500], 48)
@@ -336,7 +343,7 @@ def test_last_block_must_be_forced(model_dir):
 def test_mixed_decode_and_chunked_prefill_step(model_dir):
     """Rows 0 and 1 decode while row 2 prefills a 64-token chunk (ChunkedPrefill): the decode
     rows are sparse, the prefill row keeps its whole table and length."""
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = fresh_generator()
     vc = vllm_config(model_dir, gsa_config())
     reqs = Requests(g, [900, 1300, 536], 48)
     with set_current_vllm_config(vc):
@@ -381,7 +388,7 @@ def test_paged_attention_decode_path_gets_the_sparse_host_lengths(tmp_path_facto
     (FIA's TND layout does not take them; prefill goes through ``npu_fusion_attention``): the
     sparse table and the host ``seq_lens`` tensor reach it, and the output is the reference's."""
     d = 512
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = fresh_generator()
     vc = vllm_config(write_model(tmp_path_factory, d), gsa_config(d=d))
     reqs = Requests(g, [500, 900], 24, d=d)
     with set_current_vllm_config(vc):
