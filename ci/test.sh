@@ -14,6 +14,8 @@
 #   4. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
 #   5. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
 #      (its top-level package is also `triton`, so it cannot share this env)
+#   5. the vllm-ascend adapter against vllm-ascend 0.23.0.post1's real Python code (vLLM 0.23,
+#      a stand-in torch_npu), in its own venv (ci/vllm_ascend.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -41,5 +43,8 @@ TRITON_INTERPRET=1 GSA_TEST_BACKENDS=reference,triton $PY -m pytest -q -ra -p no
 
 stage "triton-ascend 3.2 interpreter"
 GSA_TA_VENV="${TMPDIR:-/tmp}/gsa-triton-ascend" bash ci/triton_ascend.sh
+
+stage "vllm-ascend 0.23.0.post1 (real sources, stand-in torch_npu)"
+PYTHON=$PY bash ci/vllm_ascend.sh
 
 stage "done"

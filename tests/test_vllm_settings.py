@@ -185,7 +185,21 @@ def test_host_sparse_lengths_equal_kv_select(seed):
     assert st["sparse_steps"] == 1 and st["layer_selections"] == 1 and st["sparse_rows"] == int(state.step.plan.sparse_rows.sum()) and st["mixed_steps"] == 1
 
 
+def _engine(gsa=None, **extra):
+    """A stand-in VllmConfig: what :func:`ascend.choose_backend` / :func:`ascend.check_engine` read."""
+    cfg = GSAConfig.for_model("SmolLM2-135M-Instruct")  # chunk_size 128, -1 forced
+    add = dict(extra)
+    if gsa is not None:
+        add["gsa"] = gsa
+    return types.SimpleNamespace(
+        additional_config=add, model_config=_ModelConfig(), quant_config=None,
+        parallel_config=types.SimpleNamespace(decode_context_parallel_size=1, prefill_context_parallel_size=1),
+        compilation_config=types.SimpleNamespace(cudagraph_mode=types.SimpleNamespace(name="PIECEWISE"))), cfg
+
+
 def test_ascend_hook_on_a_stand_in_platform(monkeypatch):
+    """The hook picks our backend only for engines with GSA on (the real vllm-ascend code
+    is exercised by tests/test_vllm_ascend.py in ci/vllm_ascend.sh's venv)."""
     from gsa.integrations.vllm import ascend
 
     calls = []
@@ -203,12 +217,53 @@ def test_ascend_hook_on_a_stand_in_platform(monkeypatch):
     plat.NPUPlatform = NPUPlatform
     monkeypatch.setitem(sys.modules, "vllm_ascend", pkg)
     monkeypatch.setitem(sys.modules, "vllm_ascend.platform", plat)
+    current = {"vc": None}
+    monkeypatch.setattr(ascend, "_current_vllm_config", lambda: current["vc"])
     assert ascend.register() is True
     assert ascend.register() is True  # idempotent: wrapped once
-    assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.GSA_ASCEND_BACKEND
     mla = "vllm_ascend.attention.mla_v1.AscendMLABackend"
+    # no engine config (or GSA off): upstream's answer, whatever it is
+    assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.ASCEND_GQA_BACKEND
+    current["vc"] = _engine()[0]
+    assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.ASCEND_GQA_BACKEND
     assert NPUPlatform.get_attn_backend_cls(None, mla) == mla
-    assert len(calls) == 2
+    current["vc"] = _engine(gsa=True)[0]
+    assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.GSA_ASCEND_BACKEND
+    with pytest.raises(GSAVllmConfigError, match=r"attention backend: expected .*AscendAttentionBackend.*got "
+                                                 r"'vllm_ascend.attention.mla_v1.AscendMLABackend'"):
+        NPUPlatform.get_attn_backend_cls(None, mla)
+    assert len(calls) == 5  # upstream asked every time
+
+
+@pytest.mark.parametrize("what", ["dcp", "pcp", "c8", "enable_hamming_sparse", "hamming_sparse", "FULL",
+                                  "FULL_DECODE_ONLY", "kernel"])
+def test_ascend_refusals(what):
+    from gsa.integrations.vllm import ascend
+    from gsa.integrations.vllm.settings import PluginSettings
+
+    vc, cfg = _engine(gsa=True)
+    settings = PluginSettings(cfg, 0, "test")
+    ascend.check_engine(vc, settings)  # the defaults pass
+    kernel = ascend.KERNEL_BLOCK_SIZES
+    if what == "dcp":
+        vc.parallel_config.decode_context_parallel_size, pattern = 2, r"decode_context_parallel_size: expected 1.*got 2"
+    elif what == "pcp":
+        vc.parallel_config.prefill_context_parallel_size, pattern = 4, r"prefill_context_parallel_size: expected 1.*got 4"
+    elif what == "c8":
+        vc.quant_config, pattern = types.SimpleNamespace(enable_c8_quant=True), r"enable_c8_quant.*expected off"
+    elif what == "enable_hamming_sparse":
+        vc.additional_config[what], pattern = "1", r"\['enable_hamming_sparse'\].*expected off.*got '1'"
+    elif what == "hamming_sparse":
+        vc.additional_config[what] = {"enabled": False}
+        ascend.check_engine(vc, settings)  # present but disabled: fine
+        vc.additional_config[what], pattern = {"enabled": True}, r"\['hamming_sparse'\].*expected off"
+    elif what == "kernel":
+        kernel, pattern = (64,), r"kernel block size: expected the config's chunk_size 128 .*got \[64\]"
+    else:
+        vc.compilation_config.cudagraph_mode.name = what
+        pattern = rf"cudagraph_mode: expected NONE, PIECEWISE or FULL_AND_PIECEWISE.*got '{what}'"
+    with pytest.raises(GSAVllmConfigError, match=pattern):
+        ascend.check_engine(vc, settings, kernel)
 
 
 def test_ascend_hook_absent_without_vllm_ascend():

@@ -10,12 +10,12 @@ enabled for the engine (``additional_config={"gsa": ...}`` or
 Wrapped backends:
 
 * ``CPU_ATTN`` (vLLM's CPU platform): :mod:`.cpu`, exercised in CI;
-* ``FLASH_ATTN`` (CUDA): :mod:`.cuda`, written against vLLM 0.32, not run here;
+* ``FLASH_ATTN`` (CUDA): :mod:`.cuda`, run on an H200 with vLLM 0.26 (FULL CUDA graphs);
 * ``CPU_MLA`` (DeepSeek-style MLA on CPU): :mod:`.cpu_mla`, exercised in CI;
 * ``FLASH_ATTN_MLA`` (what vLLM 0.32 picks for MLA on Hopper) and ``TRITON_MLA``:
   :mod:`.cuda_mla`, written against vLLM 0.32, import-checked only, not run here;
-* vllm-ascend's ``AscendAttentionBackend``: :mod:`.ascend`, written against
-  vllm-ascend's code, untested on hardware.
+* vllm-ascend's ``AscendAttentionBackend``: :mod:`.ascend`, driven in CI through
+  vllm-ascend 0.23.0.post1's real code with a stand-in ``torch_npu``; never run on an NPU.
 
 Counters: :func:`stats` (in-process engines), and a log line every
 ``log_every`` steps from logger ``gsa.vllm``.
