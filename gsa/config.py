@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from gsa.validate import MAX_FORCED_BLOCKS
+
 __all__ = ["GSAConfig", "GSAConfigError", "known_models", "shipped_config_paths", "default_ratios"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -154,9 +156,23 @@ class GSAConfig:
         msb = self.must_select_blocks
         if isinstance(msb, (str, bytes)) or not isinstance(msb, (list, tuple)) or not all(_is_int(m) for m in msb):
             self._fail("must_select_blocks", "a list of integers (block m, or n_blocks + m when negative)", msb)
+        if not all(-2**31 <= m < 2**31 for m in msb) or len(set(msb)) > MAX_FORCED_BLOCKS:
+            self._fail("must_select_blocks", f"int32 entries, at most {MAX_FORCED_BLOCKS} distinct (spec 5)", msb)
         self._set("must_select_blocks", tuple(msb))
+        self._check_score_bound()
         for key in ("gpu_seq_len_threshold", "gpu_concurrency_threshold", "npu_seq_len_threshold", "npu_concurrency_threshold"):
             self._int(key)
+
+    def _check_score_bound(self) -> None:
+        """Spec 4: token scores are int32 on every backend: 16*Hq*R_main + 16w*Hq*R_rope < 2**31."""
+        hq = self.num_attention_heads
+        if self.is_mla:
+            bound = 16 * hq * self.hash_bits_kv_lora + int(16 * self.rope_score_weight) * hq * self.hash_bits_qk_rope
+        else:
+            bound = 16 * hq * self.hash_bits
+        if bound >= 2**31:
+            self._fail("num_attention_heads", f"16 * heads * hash bits < 2**31 (token scores are int32, spec 4); "
+                       f"16*Hq*R = {bound}", hq)
 
     def _validate_shape(self) -> None:
         if not self.is_mla:

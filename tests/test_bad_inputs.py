@@ -1,0 +1,50 @@
+"""Every op, every CPU-serving backend, both entry points (``gsa.ops`` and raw
+``torch.ops.gsa``): bad inputs are refused with the argument named (expected vs
+got) and nothing written; strided / offset views give the reference's answer and
+write only inside the view. The cases (tests/bad_input_cases.py) run in a child
+process, so a segfault or abort is reported as a failure naming the case."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cpu_backends
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("entry", ["ops", "raw"])
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_bad_inputs(backend, entry):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(HERE / "bad_input_cases.py"), backend, entry],
+                          capture_output=True, text=True, env=env, timeout=600)
+    cases = [l[5:] for l in proc.stdout.splitlines() if l.startswith("CASE ")]
+    result = [l[7:] for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not result:
+        last = cases[-1] if cases else "(before the first case)"
+        pytest.fail(f"child exited with {proc.returncode} during case {last}:\n{proc.stderr[-3000:]}")
+    report = json.loads(result[0])
+    assert report["ran"] >= 40, report
+    assert not report["failures"], json.dumps(report["failures"], indent=1)
+
+
+def test_mean_block_sums_do_not_overflow_int32(backend):
+    """Spec 4 (int64 block sums): Hq = 128, R = 1024, bs = 1024. The matching block's
+    token scores are all 16*Hq*R = 2**21, its sum 2**31: an int32 sum wraps negative
+    and the best block would be dropped."""
+    import torch
+    from gsa import ops
+
+    g = torch.Generator().manual_seed(7)
+    hq, c, bs = 128, 128, 1024
+    q = torch.zeros(1, hq, c, dtype=torch.uint8)
+    kc = torch.randint(0, 256, (3, 1, bs, c), generator=g, dtype=torch.uint8)
+    kc[1] = 0  # block 1: every key code equals the query code
+    idx, n = ops.hamming_dist_top_k(q, kc, torch.tensor([[0, 1, 2]], dtype=torch.int32),
+                                    torch.tensor([3 * bs], dtype=torch.int32), torch.tensor([1], dtype=torch.int32),
+                                    k=1, must_select_blocks=[], chunk_repre_method="mean")
+    assert n.tolist() == [1] and idx.tolist() == [[1]]
