@@ -7,7 +7,8 @@
 #   1. install: torch==2.13.0 (the CPU wheel), gsa-ops with test/triton/eval
 #      extras (builds the C++ CPU backend), vLLM (CPU) for the plugin tests
 #   2. the whole suite (reference + C++ backends, real-model and vLLM tests)
-#   3. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
+#   3. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1),
+#      with the bad-input suite and the hypothesis backend-vs-reference properties
 #   4. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
 #      (its top-level package is also `triton`, so it cannot share this env)
 set -euo pipefail
@@ -30,7 +31,7 @@ $PY -m pytest -q -ra -p no:cacheprovider "$@"
 stage "triton interpreter: op tests with the triton backend"
 TRITON_INTERPRET=1 GSA_TEST_BACKENDS=reference,triton $PY -m pytest -q -ra -p no:cacheprovider \
     tests/test_ops_hashing.py tests/test_ops_select.py tests/test_ops_attention.py \
-    tests/test_triton_ops.py tests/test_npu_triton.py
+    tests/test_triton_ops.py tests/test_npu_triton.py tests/test_bad_inputs.py tests/test_backend_properties.py
 
 stage "triton-ascend 3.2 interpreter"
 GSA_TA_VENV="${TMPDIR:-/tmp}/gsa-triton-ascend" bash ci/triton_ascend.sh

@@ -161,14 +161,16 @@ def _paged_decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq_lens: Tensor, scale: Optional[float]
 ) -> Tensor:
     C.check_paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale)
-    return _run("paged_decode_attention", q.device, q, k_cache, v_cache, V.unit_inner(block_table),
+    # q (one token per row, small) gets a unit inner stride too: kernels allocate the
+    # output like q and write it with a unit inner stride
+    return _run("paged_decode_attention", q.device, V.unit_inner(q), k_cache, v_cache, V.unit_inner(block_table),
                 V.unit_inner(seq_lens), scale)
 
 
 @_paged_decode_attention.register_fake
 def _(q, k_cache, v_cache, block_table, seq_lens, scale):
     C.check_paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale)
-    return torch.empty_like(q)
+    return torch.empty_like(V.unit_inner(q))
 
 
 # ----------------------------------------------------------------------------

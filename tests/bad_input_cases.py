@@ -215,6 +215,7 @@ case("kv_select", "seq_len_too_long", _set(seq_lens=i32([10, 5, 17])), ("seq_len
 case("paged_decode_attention", "strided_rows", lambda a: a.update(
     block_table=strided(a["block_table"]), seq_lens=strided(a["seq_lens"]), q=strided(a["q"]),
     k_cache=a["k_cache"].transpose(1, 2).contiguous().transpose(1, 2)))
+case("paged_decode_attention", "transposed_q", lambda a: a.update(q=a["q"].transpose(1, 2).contiguous().transpose(1, 2)))
 case("paged_decode_attention", "no_rows", lambda a: a.update(q=a["q"][:0], block_table=a["block_table"][:0],
                                                               seq_lens=a["seq_lens"][:0]))
 case("paged_decode_attention", "k_cache_empty", lambda a: a.update(
