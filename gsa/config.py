@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from gsa.validate import MAX_FORCED_BLOCKS
 
-__all__ = ["GSAConfig", "GSAConfigError", "known_models", "shipped_config_paths", "default_ratios"]
+__all__ = ["GSAConfig", "GSAConfigError", "config_errors", "known_models", "shipped_config_paths", "default_ratios"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -51,6 +51,9 @@ def default_ratios(num_layers: int, ratio: float = 0.3) -> List[float]:
     """The shipped default: first two and last layers dense (1.0), ``ratio`` elsewhere."""
     dense = {0, 1, num_layers - 1}
     return [1.0 if l in dense else ratio for l in range(num_layers)]
+
+
+_REQUIRED_KEYS = ("model_name", "num_hidden_layers", "num_attention_heads")
 
 
 def _is_int(v: Any) -> bool:
@@ -326,7 +329,7 @@ class GSAConfig:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise GSAConfigError(f"{where}: unknown key '{key}'{hint}; known keys: {', '.join(known)}")
-        missing = [k for k in ("model_name", "num_hidden_layers", "num_attention_heads") if data.get(k) is None]
+        missing = [k for k in _REQUIRED_KEYS if data.get(k) is None]
         if missing:
             raise GSAConfigError(f"{where}: key '{missing[0]}': expected a value (required), got None")
         kwargs = {k: v for k, v in data.items() if v is not None}
@@ -433,6 +436,36 @@ def _shipped_configs() -> List[GSAConfig]:
     if _SHIPPED is None:
         _SHIPPED = [GSAConfig.load(p) for p in shipped_config_paths()]
     return _SHIPPED
+
+
+def config_errors(data: Any, source: Optional[PathLike] = None, limit: int = 50) -> List[str]:
+    """Every error of a config mapping, not just the first (``gsa validate``).
+
+    Validation stops at its first bad key, so this re-validates after dropping each
+    offending key (its default then applies, an unknown key simply goes) until the
+    config validates or the bad key cannot be dropped (a required key, or a rule
+    between keys): later errors may hide behind that one, and the list says so.
+    Returns ``[]`` for a valid config."""
+    errors: List[str] = []
+    if not isinstance(data, Mapping):
+        data = None
+    cur = dict(data) if data is not None else data
+    for _ in range(limit):
+        try:
+            GSAConfig.from_dict(cur, source=source)  # type: ignore[arg-type]
+            return errors
+        except GSAConfigError as exc:
+            msg = str(exc)
+            errors.append(msg)
+            import re
+
+            m = re.search(r"key '([^']+)'", msg)
+            key = m.group(1) if m else None
+            if cur is None or key is None or key not in cur or key in _REQUIRED_KEYS:
+                break
+            del cur[key]
+    errors.append("(validation stopped here: later errors, if any, are reported once this one is fixed)")
+    return errors
 
 
 def known_models() -> List[str]:
