@@ -48,3 +48,26 @@ def test_mean_block_sums_do_not_overflow_int32(backend):
                                     torch.tensor([3 * bs], dtype=torch.int32), torch.tensor([1], dtype=torch.int32),
                                     k=1, must_select_blocks=[], chunk_repre_method="mean")
     assert n.tolist() == [1] and idx.tolist() == [[1]]
+
+
+def test_non_finite_hash_inputs_stay_in_their_rows(backend):
+    """Spec 2 (1.1 amendment): a vector holding NaN / Inf gets unspecified bits, no
+    error and no crash; every other vector's code is the reference's."""
+    import torch
+    import gsa
+    from gsa import ops
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-3, 4, (6, 2, 16), generator=g).float()
+    w = torch.randint(-3, 4, (2, 16, 64), generator=g).float()
+    x[0, 0, 3], x[1, 1, 0], x[2, 0, :] = float("nan"), float("inf"), float("-inf")
+    out = ops.hash_encode(x, w)
+    with gsa.use_backend("reference"):
+        want = ops.hash_encode(x, w)
+    finite = torch.isfinite(x).all(dim=-1)  # [T, H]
+    assert out.shape == want.shape and out.dtype == torch.uint8
+    assert torch.equal(out[finite], want[finite])
+    cache = torch.zeros(4, 2, 4, 8, dtype=torch.uint8)
+    ops.hash_encode_and_cache(x, w, cache, torch.arange(6, dtype=torch.int32))
+    codes = cache.permute(0, 2, 1, 3).reshape(16, 2, 8)[:6]
+    assert torch.equal(codes[finite], want[finite])
