@@ -1,7 +1,7 @@
 """Python side of the C++ CPU backend: torch CPU tensors -> raw buffers, zero-copy.
 
 Each function has the exact signature of its ``torch.ops.gsa.<op>`` (inputs
-already validated by :mod:`gsa.ops`); it makes inputs contiguous (a no-op for
+already validated inside the custom op, :mod:`gsa.op_checks`); it makes inputs contiguous (a no-op for
 the usual contiguous tensors), allocates outputs with torch and hands data
 pointers and shapes to ``cpu_ops._gsa_cpu``, which runs without the GIL.
 Shapes and dtypes are those of docs/spec.md; see each docstring.
