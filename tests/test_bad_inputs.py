@@ -71,3 +71,24 @@ def test_non_finite_hash_inputs_stay_in_their_rows(backend):
     ops.hash_encode_and_cache(x, w, cache, torch.arange(6, dtype=torch.int32))
     codes = cache.permute(0, 2, 1, 3).reshape(16, 2, 8)[:6]
     assert torch.equal(codes[finite], want[finite])
+
+
+def test_fake_implementations_check_shapes_without_reading_data():
+    """Tracing (torch.compile) runs the same cheap checks in the fake implementation;
+    value checks are skipped there (fake tensors hold no data)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from gsa import GSAInputError
+
+    with FakeTensorMode():
+        q = torch.empty(2, 4, 16, dtype=torch.uint8)
+        kc = torch.empty(10, 2, 4, 16, dtype=torch.uint8)
+        bt, sl = torch.empty(2, 4, dtype=torch.int32), torch.empty(2, dtype=torch.int32)
+        idx, n = torch.ops.gsa.hamming_dist_top_k(q, kc, bt, sl, sl, 3, [0, -1], "max", 0, 1.0)
+        assert idx.shape == (2, 3) and n.shape == (2,)
+        with pytest.raises(GSAInputError, match="argument 'block_table'.*dtype int32"):
+            torch.ops.gsa.hamming_dist_top_k(q, kc, bt.long(), sl, sl, 3, [0, -1], "max", 0, 1.0)
+        with pytest.raises(GSAInputError, match="argument 'cache'.*last-dim stride"):
+            cache = torch.empty(4, 2, 4, 8, dtype=torch.uint8)[..., ::2]
+            torch.ops.gsa.hash_encode_and_cache(torch.empty(3, 2, 8), torch.empty(2, 8, 32), cache,
+                                                torch.empty(3, dtype=torch.int32))
