@@ -86,7 +86,8 @@ class OptionalBuildExt(build_ext):
 
 
 EXTRAS = {
-    "test": ["pytest>=7", "hypothesis>=6"],
+    # tqdm: tests/test_block_study.py runs benchmarks/accuracy_block_study.py, which shows a bar
+    "test": ["pytest>=7", "hypothesis>=6", "tqdm"],
     "triton": ["triton>=3.0"],
     # torch_npu is never installed in CI: importing torch with torch_npu present
     # and no CANN toolkit fails unless TORCH_DEVICE_BACKEND_AUTOLOAD=0.
@@ -112,7 +113,8 @@ setup(
     package_dir={"gsa.configs": "configs"},
     package_data={"gsa.configs": ["*.json"], "cpu_ops": ["csrc/*.h", "csrc/*.cpp", "*.md"]},
     include_package_data=True,
-    install_requires=["torch>=2.4", "numpy"],
+    # safetensors: `gsa crosscheck --save` (golden bundles) and the weight-bundle loader are core
+    install_requires=["torch>=2.4", "numpy", "safetensors"],
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["gsa=gsa.cli:main"],

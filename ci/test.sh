@@ -11,7 +11,8 @@
 #      compile; skips with a reason without ../shared/vendor/ascendc or a CANN toolkit).
 #      The suite then runs tests/test_npu_ascendc_cpu.py on that build.
 #   3. the whole suite (reference + C++ backends, real-model and vLLM tests)
-#   4. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1)
+#   4. the op tests again with Triton kernels in the interpreter (TRITON_INTERPRET=1),
+#      with the bad-input suite and the hypothesis backend-vs-reference properties
 #   5. the Triton kernels under triton-ascend 3.2's interpreter, in its own venv
 #      (its top-level package is also `triton`, so it cannot share this env)
 #   5. the vllm-ascend adapter against vllm-ascend 0.23.0.post1's real Python code (vLLM 0.23,
@@ -39,7 +40,8 @@ $PY -m pytest -q -ra -p no:cacheprovider "$@"
 stage "triton interpreter: op tests with the triton backend"
 TRITON_INTERPRET=1 GSA_TEST_BACKENDS=reference,triton $PY -m pytest -q -ra -p no:cacheprovider \
     tests/test_ops_hashing.py tests/test_ops_select.py tests/test_ops_attention.py \
-    tests/test_triton_ops.py tests/test_npu_triton.py
+    tests/test_triton_ops.py tests/test_npu_triton.py tests/test_bad_inputs.py tests/test_backend_properties.py \
+    tests/test_hotpath.py tests/test_vllm_static.py
 
 stage "triton-ascend 3.2 interpreter"
 GSA_TA_VENV="${TMPDIR:-/tmp}/gsa-triton-ascend" bash ci/triton_ascend.sh

@@ -1,7 +1,7 @@
 """Python side of the C++ CPU backend: torch CPU tensors -> raw buffers, zero-copy.
 
 Each function has the exact signature of its ``torch.ops.gsa.<op>`` (inputs
-already validated by :mod:`gsa.ops`); it makes inputs contiguous (a no-op for
+already validated inside the custom op, :mod:`gsa.op_checks`); it makes inputs contiguous (a no-op for
 the usual contiguous tensors), allocates outputs with torch and hands data
 pointers and shapes to ``cpu_ops._gsa_cpu``, which runs without the GIL.
 Shapes and dtypes are those of docs/spec.md; see each docstring.
@@ -58,7 +58,9 @@ def project(x: Tensor, weight: Tensor) -> Tensor:
         return torch.matmul(xf, wf)
     hw, _, r = weight.shape
     *lead, h, d = x.shape
-    y = torch.matmul(xf.reshape(*lead, hw, h // hw, d), wf)  # batch dims broadcast over the heads
+    # einsum, not a broadcast matmul: torch.matmul expands wf over the batch dims
+    # (a [T, Hw, D, R] copy; ~34x slower and ~20x the memory at [4096, 8, 128] @ [8, 128, 128])
+    y = torch.einsum("...kgd,kdr->...kgr", xf.reshape(*lead, hw, h // hw, d), wf)
     return y.reshape(*lead, h, r)
 
 

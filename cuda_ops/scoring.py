@@ -113,7 +113,7 @@ def _block_score_kernel(
             s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
         valid = (t < BS) & (j * BS + t < seq)
         if MEAN:
-            total = tl.sum(tl.where(valid, s16, 0), axis=0)
+            total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
             count = tl.sum(valid.to(tl.int32), axis=0)
             mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
             bits = mean.to(tl.int32, bitcast=True)
@@ -231,7 +231,7 @@ def _block_score_hs_kernel(
         s16 = 16 * (HKV * G * W * 32 - 2 * pc)
         valid = tmask & (j * BS + t < seq)
         if MEAN:
-            total = tl.sum(tl.where(valid, s16, 0), axis=0)
+            total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
             count = tl.sum(valid.to(tl.int32), axis=0)
             mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
             bits = mean.to(tl.int32, bitcast=True)

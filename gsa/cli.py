@@ -59,23 +59,45 @@ class ConfigsCommand:
 class ValidateCommand:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("files", nargs="+", metavar="FILE", help="config JSON file(s)")
+        parser.add_argument("files", nargs="+", metavar="FILE_OR_MODEL",
+                            help="config JSON file(s), or shipped model name(s) such as Qwen3-4B (see `gsa configs`)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from gsa.config import GSAConfig, GSAConfigError
+        from pathlib import Path
+
+        from gsa.config import GSAConfig, GSAConfigError, config_errors
 
         status = 0
         for f in args.files:
-            try:
-                c = GSAConfig.load(f)
-            except GSAConfigError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            path = Path(f)
+            if not path.exists() and (path.suffix == ".json" or "/" in f or "\\" in f):
+                print(f"error: {f}: cannot read: no such file", file=sys.stderr)
                 status = 1
                 continue
+            if not path.exists():
+                try:  # not a file: a shipped model's name?
+                    path = Path(GSAConfig.for_model(f).source)
+                except GSAConfigError as exc:
+                    print(f"error: {f}: no such file, and {exc}", file=sys.stderr)
+                    status = 1
+                    continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                print(f"error: {path}: cannot read a JSON config: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            errors = config_errors(data, source=path)
+            if errors:
+                for e in errors:
+                    print(f"error: {e}", file=sys.stderr)
+                status = 1
+                continue
+            c = GSAConfig.load(path)
             kind = "MLA" if c.is_mla else "GQA"
             n_sparse = sum(r < 1 for r in c.top_k_ratio_per_layer)
-            print(f"ok: {f}: {c.model_name} ({kind}, {c.num_hidden_layers} layers, {n_sparse} sparse, "
+            print(f"ok: {path}: {c.model_name} ({kind}, {c.num_hidden_layers} layers, {n_sparse} sparse, "
                   f"{c.hash_bits} hash bits, chunk {c.chunk_size})")
         return status
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["GSAConfig", "GSAConfigError", "known_models", "shipped_config_paths", "default_ratios"]
+from gsa.validate import MAX_FORCED_BLOCKS
+
+__all__ = ["GSAConfig", "GSAConfigError", "config_errors", "known_models", "shipped_config_paths", "default_ratios"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +51,9 @@ def default_ratios(num_layers: int, ratio: float = 0.3) -> List[float]:
     """The shipped default: first two and last layers dense (1.0), ``ratio`` elsewhere."""
     dense = {0, 1, num_layers - 1}
     return [1.0 if l in dense else ratio for l in range(num_layers)]
+
+
+_REQUIRED_KEYS = ("model_name", "num_hidden_layers", "num_attention_heads")
 
 
 def _is_int(v: Any) -> bool:
@@ -154,9 +159,23 @@ class GSAConfig:
         msb = self.must_select_blocks
         if isinstance(msb, (str, bytes)) or not isinstance(msb, (list, tuple)) or not all(_is_int(m) for m in msb):
             self._fail("must_select_blocks", "a list of integers (block m, or n_blocks + m when negative)", msb)
+        if not all(-2**31 <= m < 2**31 for m in msb) or len(set(msb)) > MAX_FORCED_BLOCKS:
+            self._fail("must_select_blocks", f"int32 entries, at most {MAX_FORCED_BLOCKS} distinct (spec 5)", msb)
         self._set("must_select_blocks", tuple(msb))
+        self._check_score_bound()
         for key in ("gpu_seq_len_threshold", "gpu_concurrency_threshold", "npu_seq_len_threshold", "npu_concurrency_threshold"):
             self._int(key)
+
+    def _check_score_bound(self) -> None:
+        """Spec 4: token scores are int32 on every backend: 16*Hq*R_main + 16w*Hq*R_rope < 2**31."""
+        hq = self.num_attention_heads
+        if self.is_mla:
+            bound = 16 * hq * self.hash_bits_kv_lora + int(16 * self.rope_score_weight) * hq * self.hash_bits_qk_rope
+        else:
+            bound = 16 * hq * self.hash_bits
+        if bound >= 2**31:
+            self._fail("num_attention_heads", f"16 * heads * hash bits < 2**31 (token scores are int32, spec 4); "
+                       f"16*Hq*R = {bound}", hq)
 
     def _validate_shape(self) -> None:
         if not self.is_mla:
@@ -310,7 +329,7 @@ class GSAConfig:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise GSAConfigError(f"{where}: unknown key '{key}'{hint}; known keys: {', '.join(known)}")
-        missing = [k for k in ("model_name", "num_hidden_layers", "num_attention_heads") if data.get(k) is None]
+        missing = [k for k in _REQUIRED_KEYS if data.get(k) is None]
         if missing:
             raise GSAConfigError(f"{where}: key '{missing[0]}': expected a value (required), got None")
         kwargs = {k: v for k, v in data.items() if v is not None}
@@ -417,6 +436,36 @@ def _shipped_configs() -> List[GSAConfig]:
     if _SHIPPED is None:
         _SHIPPED = [GSAConfig.load(p) for p in shipped_config_paths()]
     return _SHIPPED
+
+
+def config_errors(data: Any, source: Optional[PathLike] = None, limit: int = 50) -> List[str]:
+    """Every error of a config mapping, not just the first (``gsa validate``).
+
+    Validation stops at its first bad key, so this re-validates after dropping each
+    offending key (its default then applies, an unknown key simply goes) until the
+    config validates or the bad key cannot be dropped (a required key, or a rule
+    between keys): later errors may hide behind that one, and the list says so.
+    Returns ``[]`` for a valid config."""
+    errors: List[str] = []
+    if not isinstance(data, Mapping):
+        data = None
+    cur = dict(data) if data is not None else data
+    for _ in range(limit):
+        try:
+            GSAConfig.from_dict(cur, source=source)  # type: ignore[arg-type]
+            return errors
+        except GSAConfigError as exc:
+            msg = str(exc)
+            errors.append(msg)
+            import re
+
+            m = re.search(r"key '([^']+)'", msg)
+            key = m.group(1) if m else None
+            if cur is None or key is None or key not in cur or key in _REQUIRED_KEYS:
+                break
+            del cur[key]
+    errors.append("(validation stopped here: later errors, if any, are reported once this one is fixed)")
+    return errors
 
 
 def known_models() -> List[str]:

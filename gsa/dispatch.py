@@ -19,7 +19,8 @@ Selection for one op on one device, first match wins:
 3. otherwise ``reference`` (pure torch, every device).
 
 A kernel receives exactly the arguments of the ``torch.ops.gsa.<op>`` schema,
-already validated by :mod:`gsa.ops`.
+already validated inside the custom op (:mod:`gsa.op_checks`; index tensors have a
+unit inner stride).
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ argument and says expected vs got.
 """
 from __future__ import annotations
 
+import operator
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ __all__ = ["GSAInputError", "set_debug", "debug_enabled", "range_checks_on"]
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32,)
 SLOT_DTYPES = (torch.int32, torch.int64)
+INT32_MAX = 2**31 - 1
+# Spec 5 (gsa-ops 1.2): at most this many distinct must_select_blocks entries, on every
+# backend (the Triton selection kernel takes them as scalar arguments).
+MAX_FORCED_BLOCKS = 8
 
 _DEBUG: Optional[bool] = None
 
@@ -128,3 +133,119 @@ def all_in(op: str, arg: str, values, lo: int, hi: int, what: str) -> None:
     if bad.any():
         pos = int(np.argmax(bad))
         fail(op, arg, f"{what} in [{lo}, {hi})", f"{int(flat[pos])} at flat position {pos}")
+
+
+# ----------------------------------------------------------------------------
+# Python (non-tensor) arguments: the public API turns them into the custom op's
+# schema types, so a float, a string or a bool never reaches a kernel truncated.
+# ----------------------------------------------------------------------------
+
+def int_arg(op: str, arg: str, v: object, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """An integer (Python or numpy; not bool, float or str) in ``[lo, hi]``."""
+    if isinstance(v, bool):
+        fail(op, arg, "an integer", repr(v))
+    try:
+        n = operator.index(v)
+    except TypeError:
+        fail(op, arg, "an integer", repr(v))
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        fail(op, arg, f"an integer in [{lo_s}, {hi_s}]", n)
+    return n
+
+
+def float_arg(op: str, arg: str, v: object) -> float:
+    if isinstance(v, (bool, str, bytes)):
+        fail(op, arg, "a number", repr(v))
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        fail(op, arg, "a number", repr(v))
+    raise AssertionError  # unreachable
+
+
+def str_arg(op: str, arg: str, v: object, choices: Sequence[str]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        fail(op, arg, " or ".join(repr(c) for c in choices), repr(v))
+    return v  # type: ignore[return-value]
+
+
+def forced_blocks(op: str, arg: str, v: object) -> List[int]:
+    """``must_select_blocks``: a list/tuple of integers (int32 range), at most
+    :data:`MAX_FORCED_BLOCKS` distinct values (spec 5)."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+        fail(op, arg, "a list of integers", repr(v))
+    out = []
+    for i, m in enumerate(v):  # type: ignore[union-attr]
+        if isinstance(m, bool):
+            fail(op, arg, f"a list of integers; entry {i}", repr(m))
+        try:
+            out.append(operator.index(m))
+        except TypeError:
+            fail(op, arg, f"a list of integers; entry {i}", repr(m))
+    check_forced(op, arg, out)
+    return out
+
+
+def check_forced(op: str, arg: str, forced: Sequence[int]) -> None:
+    """Value rules of ``must_select_blocks`` (also run on the raw custom op)."""
+    for m in forced:
+        if not -INT32_MAX - 1 <= m <= INT32_MAX:
+            fail(op, arg, "entries in the int32 range", m)
+    if len(set(forced)) > MAX_FORCED_BLOCKS:
+        fail(op, arg, f"at most {MAX_FORCED_BLOCKS} distinct entries (spec 5)", list(forced))
+
+
+# ----------------------------------------------------------------------------
+# layout: strides of tensors a kernel writes, and index tensors normalised
+# ----------------------------------------------------------------------------
+
+def writable(op: str, arg: str, t: torch.Tensor) -> None:
+    """A tensor written in place: unit stride on the last dim and no two elements
+    sharing memory (sorted by stride, each stride spans the dims below it). Kernels
+    write rows of bytes, so any other layout could land outside the view."""
+    dims = [(t.stride(i), t.shape[i]) for i in range(t.dim()) if t.shape[i] > 1]
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        fail(op, arg, "a last-dim stride of 1 (written in place)", f"strides {tuple(t.stride())}")
+    span = 1
+    for st, n in sorted(dims):
+        if st < span:
+            fail(op, arg, "a non-overlapping view (written in place)",
+                 f"shape {tuple(t.shape)} strides {tuple(t.stride())}")
+        span = st * n
+
+
+def unit_inner(t: torch.Tensor) -> torch.Tensor:
+    """Small index tensors with a non-unit inner stride become contiguous (a copy of
+    a few bytes; graph-safe). Kernels index their last dim as if contiguous."""
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        return t.contiguous()
+    return t
+
+
+def nonempty(op: str, arg: str, t: torch.Tensor, axes: Sequence[int], what: str) -> None:
+    for a in axes:
+        if t.shape[a] < 1:
+            fail(op, arg, f"shape[{a}] >= 1 ({what})", f"shape {tuple(t.shape)}")
+
+
+def score_bound(op: str, hq: int, c: int, rope_bytes: int, w16: int) -> None:
+    """Spec 4: token scores are int32 in every backend: ``16*Hq*R_main + w16*Hq*R_rope``
+    must fit (block sums for ``mean`` are int64)."""
+    bound = 16 * hq * 8 * (c - rope_bytes) + w16 * hq * 8 * rope_bytes
+    if bound > INT32_MAX:
+        fail(op, "q_codes", f"Hq * R small enough that token scores fit int32 "
+                            f"(16*Hq*R_main + 16w*Hq*R_rope <= {INT32_MAX})", f"{bound} (Hq = {hq}, C = {c})")
+
+
+def distinct_slots(op: str, arg: str, slots: np.ndarray) -> None:
+    """Spec 3 (1.2): no slot written twice in one call."""
+    s = slots[slots >= 0]
+    if s.size < 2:
+        return
+    srt = np.sort(s)
+    dup = srt[1:] == srt[:-1]
+    if dup.any():
+        fail(op, arg, "distinct slots (each cache slot written at most once per call)",
+             f"slot {int(srt[1:][dup][0])} more than once")

@@ -4,9 +4,12 @@ with the most exact attention mass, so it is optimal at that budget)."""
 import importlib.util
 import pathlib
 
+import pytest
 import torch
 
 from gsa.config import GSAConfig
+
+pytest.importorskip("tqdm", reason="benchmarks/accuracy_block_study.py needs tqdm (pip install -e '.[test]' or '.[eval]')")
 
 
 def _load():

@@ -43,6 +43,21 @@ def test_validate(capsys, tmp_path):
     assert rc == 1 and "cannot read" in err
 
 
+def test_validate_reports_every_error_and_takes_model_names(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model_name": "x", "num_hidden_layers": 4, "num_attention_heads": 4,
+                               "num_key_value_heads": 2, "head_dim": 32, "hash_bits": 48, "chunk_size": 0,
+                               "colour": 1, "must_select_blocks": [1.7]}))
+    rc, _, err = run(capsys, "validate", str(bad))
+    assert rc == 1
+    for key in ("unknown key 'colour'", "key 'hash_bits'", "key 'chunk_size'", "key 'must_select_blocks'"):
+        assert key in err, (key, err)
+    rc, out, err = run(capsys, "validate", "Qwen3-4B", "deepseek-r1")
+    assert rc == 0 and "Qwen/Qwen3-4B (GQA" in out and "deepseek-ai/DeepSeek-R1 (MLA" in out, err
+    rc, _, err = run(capsys, "validate", "NoSuchModel-7B")
+    assert rc == 1 and "no shipped GSA config" in err and "known models" in err
+
+
 def test_info(capsys):
     rc, out, _ = run(capsys, "info")
     assert rc == 0 and "reference" in out and "backend" in out and "devices: cpu" in out

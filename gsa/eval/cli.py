@@ -21,20 +21,28 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``gsa eval`` arguments."""
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
-    parser.add_argument("--parts", nargs="+", default=["grid", "e2e", "passkey"], choices=["grid", "e2e", "passkey"])
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"],
+                        help="smollm2 = SmolLM2-135M-Instruct, qwen = Qwen2.5-Coder-0.5B-Instruct (`gsa data fetch` first)")
+    parser.add_argument("--parts", nargs="+", default=["grid", "e2e", "passkey"], choices=["grid", "e2e", "passkey"],
+                        help="grid: selection quality vs the exact oracle and Quest over ratios x bits; e2e: "
+                             "teacher-forced agreement / KL / perplexity; passkey: retrieval at --lengths x --depths")
     parser.add_argument("--prefix", type=int, default=4096, help="dense prefix tokens before the evaluated ones")
     parser.add_argument("--eval-tokens", type=int, default=2048, help="teacher-forced decode positions")
     parser.add_argument("--sample-every", type=int, default=32, help="grid: score every n-th decode position")
-    parser.add_argument("--ratios", type=_fraction("--ratios", open_low=True), nargs="+", default=[0.3, 1 / 8, 1 / 16])
-    parser.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--ratios", type=_fraction("--ratios", open_low=True), nargs="+", default=[0.3, 1 / 8, 1 / 16],
+                        help="grid: kept fractions of blocks, each in (0, 1]")
+    parser.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256],
+                        help="grid: hash bits R (multiples of 32)")
     parser.add_argument("--trained", action="store_true", help="also score trained weights (gsa train-hash bundles)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
                         help="e2e configs: 'shipped' or 'r<ratio>-b<bits>[-trained]'")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192],
+                        help="passkey: prompt lengths in tokens")
     parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
-                        help="where the passkey sits, as fractions of the filler (0.1 = 10%%)")
-    parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"])
+                        help="passkey: where the pass key sits, as fractions of the filler (0.1 = 10%%)")
+    parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
+                        help="passkey configs, named as for --e2e")
     parser.add_argument("--recall", action="store_true",
                         help="passkey: also measure attention-mass recall of every sparse decode step (host-side "
                              "softmax over all cached keys: slow at long contexts on CPU)")
@@ -42,11 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passkey: leave out the dense reference (it is deterministic: reuse an earlier run's "
                              "dense rows for the same lengths and depths)")
     parser.add_argument("--book", default="emma", help="Austen novel for the grid / e2e text")
-    parser.add_argument("--tag", default=None, help="results name (default: the model)")
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--block-size", type=int, default=None, help="override the config's chunk_size (block size)")
+    parser.add_argument("--tag", default=None, help="results name (None: the model name)")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the results JSON and plots")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu or cuda)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="override the config's chunk_size (block size; None: the config's)")
 
 
 def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):

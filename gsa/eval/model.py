@@ -176,7 +176,8 @@ class PagedRun:
         self.pos = 0
         self.step = None
         self.observer = observer
-        self.blocks_read = []  # per decode step: mean blocks attended per layer
+        self.blocks_read = []  # per decode step: mean blocks attended per layer (dense layers included)
+        self.sparse_blocks_read = []  # per decode step: mean over the layers that ran a sparse selection
         self._step_blocks = []
 
     # -------------------------------------------------------------- attention
@@ -203,8 +204,10 @@ class PagedRun:
         seq_lens = torch.tensor([n], dtype=torch.int32, device=self.device)
         hc = self.hash_caches.get(layer)
         table, lens = self.gsa.select(layer, self.step, self.block_table, seq_lens, hc, q)
-        self._step_blocks.append(int(math.ceil(int(lens[0]) / self.bs)) if table is not self.block_table
-                                 else math.ceil(n / self.bs))
+        sparse = table is not self.block_table
+        self._step_blocks.append(int(math.ceil(int(lens[0]) / self.bs)) if sparse else math.ceil(n / self.bs))
+        if sparse:
+            self._step_sparse_blocks.append(self._step_blocks[-1])
         if self.observer is not None and table is not self.block_table and self.gsa.policy.layer(layer).scores:
             self.observer(layer, self.step, q, kc, vc, self.block_table, seq_lens, table, lens)
         return self.gsa_attention(q, kc, vc, table, lens, scale)
@@ -230,12 +233,14 @@ class PagedRun:
     def decode(self, token: int) -> torch.Tensor:
         """One decode step for ``token``; returns logits ``[V]`` for the next one."""
         self.step = self.gsa.begin_step([self.pos + 1])
-        self._step_blocks = []
+        self._step_blocks, self._step_sparse_blocks = [], []
         ids = torch.tensor([token], device=self.device)
         logits = _forward(self.model, self, ids, self.pos)
         self.pos += 1
         if self._step_blocks:
             self.blocks_read.append(sum(self._step_blocks) / len(self._step_blocks))
+        if self._step_sparse_blocks:
+            self.sparse_blocks_read.append(sum(self._step_sparse_blocks) / len(self._step_sparse_blocks))
         return logits
 
     def generate(self, first_logits: torch.Tensor, max_new: int, stop_ids=()) -> list:
@@ -267,7 +272,7 @@ class PagedRun:
         missing = set(self.gsa.scoring_layers) - set(self.hash_caches)
         if missing:
             raise ValueError(f"PagedRun.restore: the snapshot has no hash cache for layers {sorted(missing)}")
-        self.blocks_read = []
+        self.blocks_read, self.sparse_blocks_read = [], []
 
 
 class TeacherForcedRun:

@@ -1,6 +1,6 @@
 """Reference hashing: spec sections 1, 2, 3 and 9 (docs/spec.md).
 
-Pure torch, any device. Inputs are assumed validated by :mod:`gsa.ops`.
+Pure torch, any device. Inputs are validated by the custom op (:mod:`gsa.op_checks`).
 """
 from __future__ import annotations
 

@@ -94,9 +94,9 @@ def block_scores(
     ``float32(sum) / float32(count)`` over valid tokens, then widened exactly to
     float64. Blocks with no valid token get ``-inf``.
     """
-    b = scores.shape[0]
-    s = scores.reshape(b, -1, block_size)
-    v = valid.reshape(b, -1, block_size)
+    b, m = scores.shape[0], scores.shape[1] // block_size  # explicit: B = 0 has no -1 to infer
+    s = scores.reshape(b, m, block_size)
+    v = valid.reshape(b, m, block_size)
     count = v.sum(dim=-1)
     if method == "max":
         floor = torch.iinfo(torch.int64).min

@@ -1,7 +1,7 @@
 """Ascend-shaped Triton launchers (triton-ascend 3.2; upstream Triton too).
 
 Each function has the name and the exact positional arguments of the
-``torch.ops.gsa.<op>`` schema (inputs already validated by ``gsa.ops``), so it
+``torch.ops.gsa.<op>`` schema (inputs already validated inside the custom op, ``gsa.op_checks``), so it
 is a backend kernel as is. Launch shape: a 1-D grid of ``num_programs()``
 programs (one per AI vector core on Ascend), each striding over work items.
 
