@@ -140,8 +140,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     m = block_table.shape[1]
     g = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    if out is None:
-        out = torch.empty_like(q)
+    if out is None:  # contiguous whatever q's strides (the reduce kernel writes a unit-stride last dim)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if b == 0:
         return out
     q = q if q.stride(-1) == 1 else q.contiguous()

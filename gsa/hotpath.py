@@ -140,15 +140,15 @@ class HotLayer:
 
     @staticmethod
     def _validate(q, weight, hash_cache, block_table, seq_lens, budgets, k) -> _Buffers:
-        from gsa import ops
+        from gsa import op_checks as C
 
         b, hq, _ = q.shape if q.dim() == 3 else (0, 0, 0)
-        ops._check_weight("hash_encode", "weight", weight, q.shape[-1], hq if q.dim() >= 2 else None)
+        C._check_weight("hash_encode", "weight", weight, q.shape[-1], hq if q.dim() >= 2 else None)
         V.tensor("hash_encode", "x", q, V.FLOAT_DTYPES, dim=3)
         V.tensor("hamming_dist_top_k", "key_cache", hash_cache, (torch.uint8,), dim=4)
         c = weight.shape[-1] // 8
         V.size("hamming_dist_top_k", "key_cache", hash_cache, 3, c, "code bytes R/8 of the weight")
-        ops._check_rows("hamming_dist_top_k", block_table, seq_lens, b)
+        C._check_rows("hamming_dist_top_k", block_table, seq_lens, b)
         V.tensor("hamming_dist_top_k", "budgets", budgets, V.INDEX_DTYPES, dim=1)
         V.size("hamming_dist_top_k", "budgets", budgets, 0, b, "one budget per request")
         V.same_device("hamming_dist_top_k", q=q, weight=weight, key_cache=hash_cache, block_table=block_table,
@@ -175,7 +175,7 @@ def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tenso
     path returns them empty)."""
     import numpy as np
 
-    from gsa import ops
+    from gsa import op_checks as C
 
     op = "hamming_dist_top_k"
     nb, _, bs, _ = hash_cache.shape
@@ -183,10 +183,10 @@ def check_select_values(hash_cache: Tensor, block_table: Tensor, seq_lens: Tenso
     if not live.all():
         idx = torch.from_numpy(np.nonzero(live)[0])
         block_table, seq_lens, budgets = block_table[idx], seq_lens[idx], budgets[idx]
-    n_blocks = ops._check_row_values(op, block_table, seq_lens, bs, nb)
+    n_blocks = C._check_row_values(op, block_table, seq_lens, bs, nb)
     bud = V.host_values(budgets).astype(np.int64)
     V.all_in(op, "budgets", bud, 1, 2**31 - 1, "budgets >= 1 block:")
-    need = ops._largest_n_sel(n_blocks, bud, [int(m) for m in forced])
+    need = C._largest_n_sel(n_blocks, bud, [int(m) for m in forced])
     if k < need:
         V.fail(op, "k", f"at least the largest n_sel ({need})", k)
 

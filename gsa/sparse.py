@@ -18,11 +18,12 @@ physical blocks, ``M`` block-table width, ``K = step.plan.k``, ``C`` code bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from gsa import op_checks as C
 from gsa import ops
 from gsa.config import GSAConfig
 from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
@@ -147,7 +148,7 @@ class GSASparse:
             prog = self._hot_keys.get(layer, {}).get(sig)
             if prog is not None:
                 if range_checks(slot_mapping):
-                    ops._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
+                    C._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
                 prog(key, slot_mapping)
                 return
             ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping)  # validates (and range-checks on CPU)
@@ -370,8 +371,8 @@ class GSASparse:
         if not work["direct"]:
             return ops.paged_decode_attention(q, k_cache, v_cache, table, lens, scale)
         if range_checks(table, lens):
-            ops._check_row_values("paged_decode_attention", table, lens, k_cache.shape[1], k_cache.shape[0])
-        out = torch.empty_like(q)
+            C._check_row_values("paged_decode_attention", table, lens, k_cache.shape[1], k_cache.shape[0])
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         prog = work.get("program")
         if prog is None:
             prog = build_program(hot_path_for(q.device).attention_program, q, k_cache, v_cache, table, lens, scale,
