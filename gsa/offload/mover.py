@@ -1,0 +1,134 @@
+"""Block copies between one layer's host KV and its device pool.
+
+``host_k, host_v [NB, bs, Hkv, D]`` (pinned host memory on an accelerator;
+plain host memory on CPU) and ``pool_k, pool_v [S + 1, bs, Hkv, D]`` on the
+device (slot ``S`` is scratch). Requests come from
+:class:`gsa.offload.residency.ResidencyMap` as fixed-width ``(src, dst)`` lists.
+
+Two modes:
+
+* ``direct``: host and pool tensors on one device (the CPU "device pool" of the
+  tests): one batched ``index_select`` + ``index_copy_``, no sync, copies all
+  ``N`` entries (padding copies block 0 into the scratch slot).
+* ``staged``: the accelerator path with only torch ops: the ``(src, dst)`` list
+  and the miss count go to the host (**one host sync per fetch**), the missing
+  blocks are gathered on the host into a pinned staging buffer, copied
+  host->device on a side copy stream and scattered into the pool there; an
+  event makes the compute stream wait before attention reads the pool. A
+  gather kernel reading pinned memory through unified addressing would take the
+  device list directly and remove the sync (a backend kernel, not done here).
+
+Writes of new tokens go to the host KV (the source of truth) and, when the
+block is resident, to its pool slot too (write-through; see ``OffloadedGSA``).
+In staged mode the host write lands lazily: the rows are copied device->host on
+the copy stream and scattered into the host KV before the next host gather.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+__all__ = ["BlockMover"]
+
+Tensor = torch.Tensor
+
+
+class BlockMover:
+    """Copies blocks of one layer (see the module docstring). ``mode``: ``"direct"``,
+    ``"staged"`` or ``None`` (direct when host and pool share a device)."""
+
+    def __init__(self, host_k: Tensor, host_v: Tensor, pool_k: Tensor, pool_v: Tensor,
+                 mode: Optional[str] = None, copy_stream=None):
+        same = host_k.device == pool_k.device
+        self.mode = mode or ("direct" if same else "staged")
+        if self.mode not in ("direct", "staged"):
+            raise ValueError(f"BlockMover: 'mode' must be 'direct' or 'staged', got {mode!r}")
+        if self.mode == "direct" and not same:
+            raise ValueError(f"BlockMover: mode 'direct' needs host and pool on one device, got "
+                             f"{host_k.device} and {pool_k.device}")
+        self.host_k, self.host_v, self.pool_k, self.pool_v = host_k, host_v, pool_k, pool_v
+        dev = pool_k.device
+        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" else None
+        self.stream = copy_stream
+        if self.stream is None and self._dev_mod is not None and self.mode == "staged":
+            self.stream = self._dev_mod.Stream(device=dev)
+        self._done = None  # event after the last pool write on the copy stream
+        self._pending: List[Tuple[object, Tensor, Tensor, Tensor]] = []  # staged host writes
+        self.bytes_h2d = 0  # staged mode: bytes copied host->device (host-known)
+
+    # ------------------------------------------------------------------ reads into the pool
+    def fetch(self, src: Tensor, dst: Tensor, n_miss: Tensor) -> None:
+        """Copy host blocks ``src int64 [N]`` into pool slots ``dst int64 [N]``
+        (the first ``n_miss`` entries are real, the rest padding)."""
+        if self.mode == "direct":
+            for host, pool in ((self.host_k, self.pool_k), (self.host_v, self.pool_v)):
+                pool.index_copy_(0, dst, host.index_select(0, src))
+            return
+        if self._dev_mod is not None:
+            ready = self._dev_mod.Event()
+            ready.record()  # residency map computed on the compute stream
+        lists = torch.stack([src, dst, n_miss.expand_as(src)]).to("cpu")  # the host sync
+        n = int(lists[2, 0])
+        if n == 0:
+            return
+        self.flush_writes()
+        s, d = lists[0, :n], lists[1, :n]
+        if self._dev_mod is None:  # staged on CPU (tests): same copies, no stream
+            for host, pool in ((self.host_k, self.pool_k), (self.host_v, self.pool_v)):
+                pool.index_copy_(0, d.to(pool.device), host.index_select(0, s).to(pool.device))
+            self.bytes_h2d += 2 * n * self.host_k[0].numel() * self.host_k.element_size()
+            return
+        staged = [host.index_select(0, s).pin_memory() for host in (self.host_k, self.host_v)]
+        with self._dev_mod.stream(self.stream):
+            self.stream.wait_event(ready)
+            d_dev = d.pin_memory().to(self.pool_k.device, non_blocking=True)
+            for buf, pool in zip(staged, (self.pool_k, self.pool_v)):
+                pool.index_copy_(0, d_dev, buf.to(pool.device, non_blocking=True))
+            self._done = self._dev_mod.Event()
+            self._done.record(self.stream)
+        # the pinned staging buffers stay alive until the copy: the caching host
+        # allocator records the copy stream on every non_blocking copy from them
+        self.bytes_h2d += sum(b.numel() * b.element_size() for b in staged)
+
+    def wait(self) -> None:
+        """Make the current (compute) stream wait for the copies issued so far."""
+        if self._done is not None and self._dev_mod is not None:
+            self._dev_mod.current_stream(self.pool_k.device).wait_event(self._done)
+            self._done = None
+
+    # ------------------------------------------------------------------ writes of new tokens
+    def write_host(self, slots: Tensor, k: Tensor, v: Tensor, slots_host: Optional[Tensor] = None) -> None:
+        """Write token rows ``k, v [T, Hkv, D]`` at flat slots ``slots int [T]``
+        (``block * bs + offset``; ``-1`` skips) of the host KV."""
+        if self.mode == "direct" or k.device.type == "cpu":
+            self._scatter_host(slots.to(self.host_k.device), k.to(self.host_k.device), v.to(self.host_k.device))
+            return
+        sh = slots_host if slots_host is not None else slots.to("cpu")  # sync unless the caller has it
+        ready = self._dev_mod.Event()
+        ready.record()
+        with self._dev_mod.stream(self.stream):
+            self.stream.wait_event(ready)
+            kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=True)
+            vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            kh.copy_(k, non_blocking=True)
+            vh.copy_(v, non_blocking=True)
+            ev = self._dev_mod.Event()
+            ev.record(self.stream)
+        self._pending.append((ev, sh.clone(), kh, vh))
+
+    def flush_writes(self) -> None:
+        """Land staged host writes (waits for their device->host copies)."""
+        for ev, sh, kh, vh in self._pending:
+            ev.synchronize()
+            self._scatter_host(sh, kh, vh)
+        self._pending.clear()
+
+    def _scatter_host(self, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        ok = slots >= 0
+        if not bool(ok.all()):
+            slots, k, v = slots[ok], k[ok], v[ok]
+        nb, bs = self.host_k.shape[:2]
+        slots = slots.long()
+        for host, x in ((self.host_k, k), (self.host_v, v)):
+            host.view(nb * bs, *host.shape[2:]).index_copy_(0, slots, x.to(host.dtype))

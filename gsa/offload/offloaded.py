@@ -1,0 +1,223 @@
+"""GSA with the KV cache in host memory and a device pool of hot blocks (docs/offload.md).
+
+Per offloaded layer: the full paged KV ``[NB, bs, Hkv, D]`` in host memory
+(pinned on an accelerator), a device pool ``[S + 1, bs, Hkv, D]`` of hot blocks
+(slot ``S`` scratch), a :class:`~gsa.offload.residency.ResidencyMap` and a
+:class:`~gsa.offload.mover.BlockMover`. Hash codes stay on the device (the
+usual :meth:`GSASparse.allocate_hash_caches` of ``NB`` blocks), so selection is
+exactly the all-in-HBM :meth:`GSASparse.select` (or :class:`CPUTopK` in CPU
+top-k mode).
+
+Per decode step and offloaded layer: select -> the selected host blocks ->
+:meth:`ResidencyMap.request` (hits, victims by recency and score) -> fetch the
+misses -> remap the sparse table to pool slots -> the unmodified
+:func:`gsa.ops.paged_decode_attention` over the pool. With ``prefetch``, the
+layer's selection of the previous step is made resident ahead of its request:
+for the first offloaded layer at :meth:`begin_step`, for layer ``l+1`` while
+layer ``l`` attends (copy stream), and the hit of that prediction is counted.
+
+Dense layers (ratio >= 1) are not offloaded: they read every block, so their
+KV stays on the device under the engine's own cache (3 of 36 layers in the
+shipped Qwen3 configs). Which layers are offloaded: :attr:`OffloadedGSA.layers`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from gsa import ops
+from gsa.offload.cpu_topk import CPUTopK
+from gsa.offload.mover import BlockMover
+from gsa.offload.residency import PoolTooSmallError, ResidencyMap
+from gsa.sparse import GSASparse, Step
+
+__all__ = ["OffloadedGSA", "min_pool_blocks"]
+
+Tensor = torch.Tensor
+
+
+def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: int = 0) -> int:
+    """Pool slots one offloaded layer needs for a decode step of up to ``max_batch``
+    rows of up to ``max_seq_len`` tokens: ``max_batch`` times the widest row
+    selection (a sparse row at ``max_seq_len``, or a dense row just under the
+    sparse threshold), which is also the step's ``B * k`` bound. A lagged CPU
+    top-k selection may carry the forced blocks once more per row."""
+    pol = gsa.policy
+    nb_max = int(pol.n_blocks([max_seq_len])[0])
+    widest = int(pol.n_blocks([max(1, min(max_seq_len, pol.seq_len_threshold - 1))])[0])
+    for l in pol.scoring_layers:
+        bud = max(int(pol.sparse_budget(l, [nb_max])[0]), int(pol.n_forced([nb_max])[0]))
+        widest = max(widest, min(bud, nb_max))
+    if cpu_lag:
+        widest += len(gsa.config.must_select_blocks)
+    return max_batch * widest
+
+
+class OffloadedGSA:
+    """Two-tier KV for the sparse layers of one model (see the module docstring).
+
+    ``gsa``: the :class:`GSASparse` orchestrator (its device is the pool's).
+    ``num_host_blocks``: host KV blocks per layer (``NB``; block ids of the
+    engine's block tables). ``pool_blocks``: device slots per layer (``S``),
+    at least :func:`min_pool_blocks` of ``max_batch, max_seq_len`` (else
+    :class:`PoolTooSmallError` naming the minimum). ``kv_heads, head_dim,
+    dtype``: the KV layout. ``prefetch``: predict each layer's blocks from its
+    previous selection. ``selector``: ``"device"`` (the hash cache on the
+    device) or ``"cpu"`` (:class:`CPUTopK`, codes in host memory, ``cpu_lag``
+    0 or 1 steps). ``mover_mode``: see :class:`BlockMover`.
+    """
+
+    def __init__(self, gsa: GSASparse, num_host_blocks: int, pool_blocks: int, max_batch: int, max_seq_len: int,
+                 kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, prefetch: bool = True,
+                 selector: str = "device", cpu_lag: int = 0, mover_mode: Optional[str] = None,
+                 host_device: Union[str, torch.device] = "cpu"):
+        if not isinstance(gsa, GSASparse):
+            raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
+        if selector not in ("device", "cpu"):
+            raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
+        need = min_pool_blocks(gsa, max_batch, max_seq_len, cpu_lag if selector == "cpu" else 0)
+        if pool_blocks < need:
+            raise PoolTooSmallError(
+                f"GSA offload: 'pool_blocks' = {pool_blocks} slots per layer cannot hold one decode step of "
+                f"{max_batch} rows at up to {max_seq_len} tokens; the minimum is {need} slots")
+        self.gsa, self.device = gsa, gsa.device
+        self.bs = gsa.config.chunk_size
+        self.nb, self.s = int(num_host_blocks), int(pool_blocks)
+        self.prefetch = bool(prefetch)
+        self.layers = tuple(l for l in range(gsa.config.num_hidden_layers) if not gsa.policy.is_dense(l))
+        host_dev = torch.device(host_device)
+        pin = self.device.type != "cpu" and host_dev.type == "cpu"
+        shape = (self.nb, self.bs, kv_heads, head_dim)
+        self.host_k: Dict[int, Tensor] = {}
+        self.host_v: Dict[int, Tensor] = {}
+        self.pool_k: Dict[int, Tensor] = {}
+        self.pool_v: Dict[int, Tensor] = {}
+        self.maps: Dict[int, ResidencyMap] = {}
+        self.movers: Dict[int, BlockMover] = {}
+        stream = None
+        if self.device.type != "cpu" and mover_mode != "direct":
+            stream = torch.get_device_module(self.device).Stream(device=self.device)  # one copy stream
+        for l in self.layers:
+            self.host_k[l] = torch.zeros(shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            self.host_v[l] = torch.zeros(shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            self.pool_k[l] = torch.zeros((self.s + 1, *shape[1:]), dtype=dtype, device=self.device)
+            self.pool_v[l] = torch.zeros_like(self.pool_k[l])
+            self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
+            self.movers[l] = BlockMover(self.host_k[l], self.host_v[l], self.pool_k[l], self.pool_v[l],
+                                        mover_mode, stream)
+        self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag) if selector == "cpu" else None
+        self.hash_caches = {} if self.cpu_topk else gsa.allocate_hash_caches(self.nb)
+        self._prev: Dict[int, Tensor] = {}  # layer -> the host blocks its last request needed
+        self.now = 0
+
+    # ------------------------------------------------------------------ writes
+    def write_kv(self, layer: int, slot_mapping: Tensor, k: Tensor, v: Tensor,
+                 slot_mapping_host: Optional[Tensor] = None) -> None:
+        """New tokens of ``layer`` (prefill or decode): ``k, v [T, Hkv, D]`` at flat
+        slots ``slot_mapping int32/int64 [T]`` (``-1`` skips). Hashes the keys (on
+        the device, or into the CPU top-k host codes), writes the host KV and, for
+        blocks in the pool, the pool copy too. ``slot_mapping_host``: the same slots
+        on the host (avoids a sync on an accelerator)."""
+        self._check_layer(layer)
+        if self.cpu_topk is not None:
+            self.cpu_topk.cache_keys(layer, slot_mapping if slot_mapping_host is None else slot_mapping_host, k)
+        else:
+            self.gsa.cache_keys(layer, self.hash_caches.get(layer), slot_mapping, k)
+        self.movers[layer].write_host(slot_mapping, k, v, slot_mapping_host)
+        # write-through: resident blocks get the rows too; others go to the scratch slot S
+        slots = slot_mapping.to(self.device).long()
+        blk = torch.where(slots >= 0, slots // self.bs, self.nb)
+        pslot = self.maps[layer].slot_of[blk]
+        flat = torch.where(pslot >= 0, pslot * self.bs + slots % self.bs, self.s * self.bs)
+        for pool, x in ((self.pool_k[layer], k), (self.pool_v[layer], v)):
+            pool.view(-1, *pool.shape[2:]).index_copy_(0, flat, x.to(pool.dtype))
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.maps:
+            raise ValueError(f"GSA offload: layer {layer} is not offloaded (dense layers keep their KV on the "
+                             f"device); offloaded layers: {list(self.layers)}")
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self, seq_lens, query_lens=None, k: Optional[int] = None) -> Step:
+        """:meth:`GSASparse.begin_step` plus the pool capacity check of this step
+        (host data) and, with prefetch, the first offloaded layer's prediction."""
+        step = self.gsa.begin_step(seq_lens, query_lens, k)
+        self.now += 1
+        plan = step.plan
+        if plan.sparse:
+            need = plan.batch_size * plan.k
+            what = f"this step ({plan.batch_size} rows x k = {plan.k} blocks)"
+        else:
+            need = int(plan.n_blocks.sum())
+            what = f"this dense step ({need} blocks: fewer sparse rows than the concurrency threshold)"
+        if need > self.s:
+            raise PoolTooSmallError(f"GSA offload: the device pool has {self.s} slots per layer but {what} "
+                                    f"needs {need}; make the pool at least {need} slots")
+        if self.cpu_topk is not None:
+            self.cpu_topk.begin_step(step)
+        if self.prefetch and self.layers:
+            self._predict(self.layers[0])
+        return step
+
+    def _predict(self, layer: int) -> None:
+        prev = self._prev.get(layer)
+        if prev is None:
+            return
+        src, dst, n = self.maps[layer].predict(prev, self.now)
+        self.movers[layer].fetch(src, dst, n)
+
+    def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
+               block_table_host: Optional[Tensor] = None, seq_lens_host: Optional[Tensor] = None):
+        """The sparse selection of ``layer`` (as :meth:`GSASparse.select`, or the CPU
+        top-k's): ``(sparse_block_table int32 [B, K], sparse_seq_lens int32 [B])`` in
+        host block ids."""
+        if self.cpu_topk is not None:
+            bt = block_table_host if block_table_host is not None else block_table.cpu()
+            sl = seq_lens_host if seq_lens_host is not None else seq_lens.cpu()
+            return self.cpu_topk.select(layer, step, bt, sl, q, self.device)
+        lp = self.gsa.policy.layer(layer)
+        return self.gsa.select(layer, step, block_table, seq_lens, self.hash_caches.get(lp.selection_layer), q)
+
+    def decode_attention(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor,
+                         scale: Optional[float] = None, block_table_host: Optional[Tensor] = None,
+                         seq_lens_host: Optional[Tensor] = None) -> Tensor:
+        """Select, make the selected blocks resident, attend over the pool.
+
+        ``q [B, Hq, D]``; ``block_table int32 [B, M]`` (host block ids) and
+        ``seq_lens int32 [B]`` on the device. Returns ``[B, Hq, D]`` in ``q.dtype``,
+        equal to :meth:`GSASparse.decode_attention` over the full KV."""
+        self._check_layer(layer)
+        table, lens = self.select(layer, step, block_table, seq_lens, q, block_table_host, seq_lens_host)
+        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
+        needed = torch.where(used, table.long(), -1).reshape(-1)
+        self.maps[layer].check_capacity(needed.shape[0])
+        src, dst, n = self.maps[layer].request(needed, self.now)
+        self.movers[layer].fetch(src, dst, n)
+        self._prev[layer] = needed
+        if self.prefetch:  # the next offloaded layer's prediction overlaps this layer's attention
+            i = self.layers.index(layer)
+            if i + 1 < len(self.layers):
+                self._predict(self.layers[i + 1])
+        self.movers[layer].wait()
+        pool_table = self.maps[layer].table(table)
+        return ops.paged_decode_attention(q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
+
+    # ------------------------------------------------------------------ accounting
+    def stats(self, layers: Optional[Sequence[int]] = None) -> Dict[str, float]:
+        """Counters summed over ``layers`` (default all offloaded) and the rates:
+        ``hit_rate = hits / wanted`` (selected blocks already in the pool),
+        ``predicted_rate = predicted_hits / wanted`` (selected blocks inside the
+        previous step's selection of the same layer; counted with prefetch on).
+        A host sync: call outside the decode loop."""
+        tot = {c: 0 for c in ResidencyMap.COUNTERS}
+        for l in (self.layers if layers is None else layers):
+            for c, v in self.maps[l].stats().items():
+                tot[c] += v
+        w = max(tot["wanted"], 1)
+        out = dict(tot)
+        out["hit_rate"] = tot["hits"] / w
+        out["predicted_rate"] = tot["predicted_hits"] / w
+        pk = self.pool_k[self.layers[0]] if self.layers else None
+        out["block_bytes"] = 2 * pk[0].numel() * pk.element_size() if pk is not None else 0  # K + V
+        return out
