@@ -20,6 +20,10 @@ Counters (int64 tensors on the device, read only when the caller asks):
 ``wanted`` distinct requested blocks, ``hits`` of them already resident,
 ``predicted_hits`` of them inside the last prediction (:meth:`ResidencyMap.predict`),
 ``fetched`` blocks copied by on-demand misses, ``prefetched`` by predictions.
+
+A request list's width ``N`` (padding and duplicates included) must not exceed
+``S``: the number of distinct blocks is device data, so the host checks the
+width (``OffloadedGSA`` sizes the pool for ``B * k``).
 """
 from __future__ import annotations
 
