@@ -46,7 +46,7 @@ def merge_lagged(indices: Tensor, n_blocks: np.ndarray, budgets: np.ndarray, mus
     K1], n_sel int32 [B])`` with ``K1 = max(k, K0 + len(must_select))``.
     """
     b, k0 = indices.shape
-    nb = torch.as_tensor(np.asarray(n_blocks), dtype=torch.int64)[:, None]
+    nb = torch.tensor(np.asarray(n_blocks), dtype=torch.int64)[:, None]
     cols = [indices.long()]
     for m in must_select:
         f = torch.full((b, 1), int(m), dtype=torch.int64) if m >= 0 else nb + int(m)
@@ -86,6 +86,7 @@ class CPUTopK:
         self._step: Optional[Step] = None
         self._sel: Dict[int, Tuple[Tensor, Tensor]] = {}
         self._lagged: Dict[int, Tuple[int, Future]] = {}  # layer -> (batch size, future of (indices, n_sel))
+        self._merged: Dict[int, Tuple[Tensor, Tensor]] = {}  # layer -> this step's lagged (indices, n_sel)
         self.fallbacks = 0  # lag-1 steps that had to select synchronously
 
     def cache_keys(self, layer: int, slot_mapping: Tensor, key: Tensor) -> None:
@@ -101,7 +102,37 @@ class CPUTopK:
         self.codes[layer][slots // bs, :, slots % bs, :] = codes
 
     def begin_step(self, step: Step) -> None:
-        self._step, self._sel = step, {}
+        self._step, self._sel, self._merged = step, {}, {}
+
+    def _lagged_sel(self, layer: int, step: Step) -> Optional[Tuple[Tensor, Tensor]]:
+        """This step's lagged ``(indices, n_sel)`` of a scoring layer, or ``None``."""
+        if layer in self._merged:
+            return self._merged[layer]
+        prev = self._lagged.pop(layer, None)
+        plan = step.plan
+        if prev is None or prev[0] != plan.batch_size:
+            return None
+        idx0, _ = prev[1].result()
+        self._merged[layer] = merge_lagged(idx0, plan.n_blocks, plan.budgets[layer],
+                                           self.gsa.config.must_select_blocks, plan.k)
+        return self._merged[layer]
+
+    def lagged(self, layer: int, step: Step, block_table: Tensor) -> Optional[Tensor]:
+        """Lag 1: the host blocks ``layer`` will attend to in ``step`` (known before
+        its query), flat ``int64 [B * K]`` with ``-1`` for unused entries; ``None``
+        when there is none (dense, lag 0, first step, changed batch)."""
+        lp, plan = self.gsa.policy.layer(layer), step.plan
+        if not self.lag or lp.dense or not plan.sparse:
+            return None
+        sel = self._lagged_sel(lp.selection_layer, step)
+        if sel is None:
+            return None
+        sl = torch.from_numpy(np.array(plan.seq_lens, dtype=np.int32))
+        table, lens = ops.kv_select(sel[0], sel[1], block_table.to(torch.int32), sl, self.gsa.config.chunk_size,
+                                    self.gsa.pad_id)
+        bs = self.gsa.config.chunk_size
+        used = torch.arange(table.shape[1])[None, :] < ((lens + bs - 1) // bs)[:, None]
+        return torch.where(used, table.long(), -1).reshape(-1)
 
     def _topk(self, layer: int, q_codes: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: np.ndarray, k: int):
         c = self.gsa.config
@@ -124,14 +155,14 @@ class CPUTopK:
         bt, sl = block_table.to(torch.int32).contiguous(), seq_lens.to(torch.int32).contiguous()
         q_codes = ops.hash_encode(q, self.gsa.weights(layer)).to("cpu")
         budgets = plan.budgets[layer]
-        prev = self._lagged.pop(layer, None) if self.lag else None
-        if prev is not None and prev[0] == plan.batch_size:
-            idx0, _ = prev[1].result()
-            idx, n_sel = merge_lagged(idx0, plan.n_blocks, budgets, self.gsa.config.must_select_blocks, plan.k)
+        merged = self._lagged_sel(layer, step) if self.lag else None
+        if merged is not None:
+            idx, n_sel = merged
         else:
             if self.lag:
                 self.fallbacks += 1
             idx, n_sel = self.pool.submit(self._topk, layer, q_codes, bt, sl, budgets, plan.k).result()
+            self._merged[layer] = (idx, n_sel)  # this step's selection (a reusing layer's prediction)
         if self.lag:  # this step's query selects for the next step, on the worker
             self._lagged[layer] = (plan.batch_size, self.pool.submit(self._topk, layer, q_codes, bt, sl, budgets, plan.k))
         table, lens = ops.kv_select(idx, n_sel, bt, sl, self.gsa.config.chunk_size, self.gsa.pad_id)

@@ -11,10 +11,22 @@ top-k mode).
 Per decode step and offloaded layer: select -> the selected host blocks ->
 :meth:`ResidencyMap.request` (hits, victims by recency and score) -> fetch the
 misses -> remap the sparse table to pool slots -> the unmodified
-:func:`gsa.ops.paged_decode_attention` over the pool. With ``prefetch``, the
-layer's selection of the previous step is made resident ahead of its request:
-for the first offloaded layer at :meth:`begin_step`, for layer ``l+1`` while
-layer ``l`` attends (copy stream), and the hit of that prediction is counted.
+:func:`gsa.ops.paged_decode_attention` over the pool.
+
+Prefetch: a prediction of a layer's next request is made resident ahead of it
+(for the first offloaded layer at :meth:`begin_step`, for layer ``l+1`` while
+layer ``l`` attends, on the copy stream), and how much of the request it
+covered is counted (``predicted_rate``). Sources (``prefetch=``):
+
+* ``"previous"``: the layer's selection of the previous step (the issue's
+  predictor). In a per-layer pool that selection is still resident (the pool is
+  at least one step wide and evicts least recent first), so this mostly
+  measures the overlap; it fetches only what an eviction took.
+* ``"lookahead"``: a second, wider selection (budgets times ``lookahead``) of
+  the same query; its extra blocks (the runners-up) are fetched for the next
+  step. Costs one more ``hamming_dist_top_k`` per scoring layer.
+* CPU top-k with ``cpu_lag=1``: the lagged selection *is* the next request, so
+  it is prefetched exactly (pass ``block_table_host`` to :meth:`begin_step`).
 
 Dense layers (ratio >= 1) are not offloaded: they read every block, so their
 KV stays on the device under the engine's own cache (3 of 36 layers in the
@@ -24,6 +36,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from gsa import ops
@@ -37,17 +50,26 @@ __all__ = ["OffloadedGSA", "min_pool_blocks"]
 Tensor = torch.Tensor
 
 
-def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: int = 0) -> int:
+def _wide_budgets(budgets: np.ndarray, n_blocks: np.ndarray, factor: float) -> np.ndarray:
+    """Lookahead budgets: ``ceil(budget * factor)``, at most ``n_blocks`` (int32)."""
+    return np.minimum(np.ceil(budgets.astype(np.float64) * factor), n_blocks).astype(np.int32)
+
+
+def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: int = 0,
+                    lookahead: float = 1.0) -> int:
     """Pool slots one offloaded layer needs for a decode step of up to ``max_batch``
     rows of up to ``max_seq_len`` tokens: ``max_batch`` times the widest row
     selection (a sparse row at ``max_seq_len``, or a dense row just under the
     sparse threshold), which is also the step's ``B * k`` bound. A lagged CPU
-    top-k selection may carry the forced blocks once more per row."""
+    top-k selection may carry the forced blocks once more per row; a lookahead
+    prediction is ``lookahead`` times wider."""
     pol = gsa.policy
     nb_max = int(pol.n_blocks([max_seq_len])[0])
     widest = int(pol.n_blocks([max(1, min(max_seq_len, pol.seq_len_threshold - 1))])[0])
     for l in pol.scoring_layers:
         bud = max(int(pol.sparse_budget(l, [nb_max])[0]), int(pol.n_forced([nb_max])[0]))
+        if lookahead > 1:
+            bud = max(bud, int(_wide_budgets(np.array([bud]), np.array([nb_max]), lookahead)[0]))
         widest = max(widest, min(bud, nb_max))
     if cpu_lag:
         widest += len(gsa.config.must_select_blocks)
@@ -62,21 +84,32 @@ class OffloadedGSA:
     engine's block tables). ``pool_blocks``: device slots per layer (``S``),
     at least :func:`min_pool_blocks` of ``max_batch, max_seq_len`` (else
     :class:`PoolTooSmallError` naming the minimum). ``kv_heads, head_dim,
-    dtype``: the KV layout. ``prefetch``: predict each layer's blocks from its
-    previous selection. ``selector``: ``"device"`` (the hash cache on the
-    device) or ``"cpu"`` (:class:`CPUTopK`, codes in host memory, ``cpu_lag``
-    0 or 1 steps). ``mover_mode``: see :class:`BlockMover`.
+    dtype``: the KV layout. ``prefetch``: ``None``/``False`` (on demand only),
+    ``"previous"`` (or ``True``) or ``"lookahead"`` (with ``lookahead`` > 1,
+    the width factor); see the module docstring. ``selector``: ``"device"``
+    (the hash cache on the device) or ``"cpu"`` (:class:`CPUTopK`, codes in host
+    memory, ``cpu_lag`` 0 or 1 steps; with lag 1 the lagged selection is the
+    prediction whatever ``prefetch`` says, unless it is off). ``mover_mode``:
+    see :class:`BlockMover`.
     """
 
     def __init__(self, gsa: GSASparse, num_host_blocks: int, pool_blocks: int, max_batch: int, max_seq_len: int,
-                 kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, prefetch: bool = True,
+                 kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16,
+                 prefetch: Union[bool, str, None] = "previous", lookahead: float = 2.0,
                  selector: str = "device", cpu_lag: int = 0, mover_mode: Optional[str] = None,
                  host_device: Union[str, torch.device] = "cpu"):
         if not isinstance(gsa, GSASparse):
             raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
         if selector not in ("device", "cpu"):
             raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
-        need = min_pool_blocks(gsa, max_batch, max_seq_len, cpu_lag if selector == "cpu" else 0)
+        prefetch = "previous" if prefetch is True else (prefetch or None)
+        if prefetch not in (None, "previous", "lookahead"):
+            raise ValueError(f"OffloadedGSA: 'prefetch' must be None, 'previous' or 'lookahead', got {prefetch!r}")
+        if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
+            raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
+                             f"got selector {selector!r}, lookahead {lookahead!r}")
+        self.lookahead = float(lookahead) if prefetch == "lookahead" else 1.0
+        need = min_pool_blocks(gsa, max_batch, max_seq_len, cpu_lag if selector == "cpu" else 0, self.lookahead)
         if pool_blocks < need:
             raise PoolTooSmallError(
                 f"GSA offload: 'pool_blocks' = {pool_blocks} slots per layer cannot hold one decode step of "
@@ -84,7 +117,7 @@ class OffloadedGSA:
         self.gsa, self.device = gsa, gsa.device
         self.bs = gsa.config.chunk_size
         self.nb, self.s = int(num_host_blocks), int(pool_blocks)
-        self.prefetch = bool(prefetch)
+        self.prefetch = prefetch
         self.layers = tuple(l for l in range(gsa.config.num_hidden_layers) if not gsa.policy.is_dense(l))
         host_dev = torch.device(host_device)
         pin = self.device.type != "cpu" and host_dev.type == "cpu"
@@ -108,7 +141,10 @@ class OffloadedGSA:
                                         mover_mode, stream)
         self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag) if selector == "cpu" else None
         self.hash_caches = {} if self.cpu_topk else gsa.allocate_hash_caches(self.nb)
-        self._prev: Dict[int, Tensor] = {}  # layer -> the host blocks its last request needed
+        self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
+        self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
+        self._step: Optional[Step] = None
+        self._bt_host: Optional[Tensor] = None
         self.now = 0
 
     # ------------------------------------------------------------------ writes
@@ -139,10 +175,14 @@ class OffloadedGSA:
                              f"device); offloaded layers: {list(self.layers)}")
 
     # ------------------------------------------------------------------ steps
-    def begin_step(self, seq_lens, query_lens=None, k: Optional[int] = None) -> Step:
+    def begin_step(self, seq_lens, query_lens=None, k: Optional[int] = None,
+                   block_table_host: Optional[Tensor] = None) -> Step:
         """:meth:`GSASparse.begin_step` plus the pool capacity check of this step
-        (host data) and, with prefetch, the first offloaded layer's prediction."""
+        (host data) and, with prefetch, the first offloaded layer's prediction.
+        ``block_table_host int32 [B, M]``: the step's block table on the host (CPU
+        top-k: the lagged selections become predictions)."""
         step = self.gsa.begin_step(seq_lens, query_lens, k)
+        self._step, self._bt_host = step, block_table_host
         self.now += 1
         plan = step.plan
         if plan.sparse:
@@ -156,16 +196,46 @@ class OffloadedGSA:
                                     f"needs {need}; make the pool at least {need} slots")
         if self.cpu_topk is not None:
             self.cpu_topk.begin_step(step)
+        self._wide = {}
+        if self.prefetch == "lookahead" and plan.sparse:
+            dev_budgets: Dict[int, Tensor] = {}
+            for l in self.gsa.scoring_layers:
+                wide = _wide_budgets(plan.budgets[l], plan.n_blocks, self.lookahead)
+                key = wide.tobytes()
+                if key not in dev_budgets:
+                    t = torch.from_numpy(wide)
+                    dev_budgets[key] = t if self.device.type == "cpu" else t.pin_memory().to(self.device, non_blocking=True)
+                self._wide[l] = dev_budgets[key]
         if self.prefetch and self.layers:
             self._predict(self.layers[0])
         return step
 
     def _predict(self, layer: int) -> None:
-        prev = self._prev.get(layer)
-        if prev is None:
+        pred = self._pred.get(layer)
+        if self.cpu_topk is not None and self.cpu_topk.lag and self._bt_host is not None:
+            lagged = self.cpu_topk.lagged(layer, self._step, self._bt_host)
+            pred = lagged if lagged is not None else pred
+        if pred is None:
             return
-        src, dst, n = self.maps[layer].predict(prev, self.now)
+        src, dst, n = self.maps[layer].predict(pred.to(self.device), self.now)
         self.movers[layer].fetch(src, dst, n)
+
+    def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
+        """Host blocks of a selection ``lookahead`` times wider than the step's."""
+        c, plan = self.gsa.config, step.plan
+        k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
+            _wide_budgets(plan.budgets[layer], plan.n_blocks, self.lookahead), plan.n_forced)).max()), 1))
+        q_codes = ops.hash_encode(q, self.gsa.weights(layer))
+        idx, n_sel = ops.hamming_dist_top_k(q_codes, self.hash_caches[layer], block_table, seq_lens,
+                                            self._wide[layer], k, c.must_select_blocks, c.chunk_repre_method,
+                                            0, 1.0)
+        table, lens = ops.kv_select(idx, n_sel, block_table, seq_lens, self.bs, self.gsa.pad_id)
+        return self._blocks(table, lens)
+
+    def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:
+        """Host block ids a sparse table uses, ``-1`` for unused entries, flat ``int64 [B * K]``."""
+        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
+        return torch.where(used, table.long(), -1).reshape(-1)
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
                block_table_host: Optional[Tensor] = None, seq_lens_host: Optional[Tensor] = None):
@@ -189,12 +259,17 @@ class OffloadedGSA:
         equal to :meth:`GSASparse.decode_attention` over the full KV."""
         self._check_layer(layer)
         table, lens = self.select(layer, step, block_table, seq_lens, q, block_table_host, seq_lens_host)
-        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
-        needed = torch.where(used, table.long(), -1).reshape(-1)
+        needed = self._blocks(table, lens)
         self.maps[layer].check_capacity(needed.shape[0])
         src, dst, n = self.maps[layer].request(needed, self.now)
         self.movers[layer].fetch(src, dst, n)
-        self._prev[layer] = needed
+        self._pred[layer] = needed
+        src_layer = self.gsa.policy.layer(layer).selection_layer
+        if self.prefetch == "lookahead" and src_layer in self._wide:
+            if src_layer == layer:
+                self._pred[layer] = self._lookahead(layer, step, q, block_table, seq_lens)
+            else:
+                self._pred[layer] = self._pred[src_layer]
         if self.prefetch:  # the next offloaded layer's prediction overlaps this layer's attention
             i = self.layers.index(layer)
             if i + 1 < len(self.layers):
