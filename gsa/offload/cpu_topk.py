@@ -72,16 +72,19 @@ class CPUTopK:
 
     ``gsa``: the orchestrator (its device hashes queries and keys and receives the
     tables); ``num_host_blocks``: blocks per layer of the host code cache
-    ``uint8 [NB, Hkv, bs, C]``; ``lag``: 0 or 1. GQA configs only.
+    ``uint8 [NB, Hkv, bs, C]``; ``lag``: 0 or 1; ``layers``: the scoring layers to
+    keep codes for (default all). GQA configs only.
     """
 
-    def __init__(self, gsa: GSASparse, num_host_blocks: int, lag: int = 0):
+    def __init__(self, gsa: GSASparse, num_host_blocks: int, lag: int = 0, layers=None):
         if lag not in (0, 1):
             raise ValueError(f"CPUTopK: 'lag' must be 0 or 1, got {lag!r}")
         if gsa.config.is_mla:
             raise ValueError("CPUTopK: MLA configs are not supported by the CPU top-k mode yet")
         self.gsa, self.lag = gsa, lag
-        self.codes = gsa.allocate_hash_caches(num_host_blocks, device="cpu")
+        keep = set(gsa.scoring_layers if layers is None else layers)
+        shape = gsa.hash_cache_shape(num_host_blocks)
+        self.codes = {l: torch.zeros(shape, dtype=torch.uint8) for l in gsa.scoring_layers if l in keep}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gsa-cpu-topk")
         self._step: Optional[Step] = None
         self._sel: Dict[int, Tuple[Tensor, Tensor]] = {}

@@ -56,6 +56,9 @@ class BlockMover:
         self._done = None  # event after the last pool write on the copy stream
         self._pending: List[Tuple[object, Tensor, Tensor, Tensor]] = []  # staged host writes
         self.bytes_h2d = 0  # staged mode: bytes copied host->device (host-known)
+        self._bufs: List[Optional[List[Tensor]]] = [None, None]  # double-buffered pinned staging
+        self._buf_events: List[object] = [None, None]
+        self._buf_i = 0
 
     # ------------------------------------------------------------------ reads into the pool
     def fetch(self, src: Tensor, dst: Tensor, n_miss: Tensor) -> None:
@@ -79,7 +82,9 @@ class BlockMover:
                 pool.index_copy_(0, d.to(pool.device), host.index_select(0, s).to(pool.device))
             self.bytes_h2d += 2 * n * self.host_k[0].numel() * self.host_k.element_size()
             return
-        staged = [host.index_select(0, s).pin_memory() for host in (self.host_k, self.host_v)]
+        staged = self._staging(n)
+        for host, buf in zip((self.host_k, self.host_v), staged):
+            torch.index_select(host, 0, s, out=buf)  # gather straight into pinned memory
         with self._dev_mod.stream(self.stream):
             self.stream.wait_event(ready)
             d_dev = d.pin_memory().to(self.pool_k.device, non_blocking=True)
@@ -87,9 +92,23 @@ class BlockMover:
                 pool.index_copy_(0, d_dev, buf.to(pool.device, non_blocking=True))
             self._done = self._dev_mod.Event()
             self._done.record(self.stream)
-        # the pinned staging buffers stay alive until the copy: the caching host
-        # allocator records the copy stream on every non_blocking copy from them
+        self._buf_events[self._buf_i] = self._done
         self.bytes_h2d += sum(b.numel() * b.element_size() for b in staged)
+
+    def _staging(self, n: int) -> List[Tensor]:
+        """Pinned K and V staging views for ``n`` blocks, alternating between two
+        buffers; waits until the copy that last read the chosen buffer is done."""
+        self._buf_i ^= 1
+        ev = self._buf_events[self._buf_i]
+        if ev is not None:
+            ev.synchronize()
+        bufs = self._bufs[self._buf_i]
+        if bufs is None or bufs[0].shape[0] < n:
+            cap = max(n, self.pool_k.shape[0] - 1)
+            bufs = [torch.empty((cap, *self.host_k.shape[1:]), dtype=self.host_k.dtype, pin_memory=True)
+                    for _ in range(2)]
+            self._bufs[self._buf_i] = bufs
+        return [b[:n] for b in bufs]
 
     def wait(self) -> None:
         """Make the current (compute) stream wait for the copies issued so far."""
@@ -113,6 +132,8 @@ class BlockMover:
             vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
             kh.copy_(k, non_blocking=True)
             vh.copy_(v, non_blocking=True)
+            k.record_stream(self.stream)  # the compute stream must not reuse them before the copy
+            v.record_stream(self.stream)
             ev = self._dev_mod.Event()
             ev.record(self.stream)
         self._pending.append((ev, sh.clone(), kh, vh))

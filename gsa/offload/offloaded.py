@@ -90,14 +90,15 @@ class OffloadedGSA:
     (the hash cache on the device) or ``"cpu"`` (:class:`CPUTopK`, codes in host
     memory, ``cpu_lag`` 0 or 1 steps; with lag 1 the lagged selection is the
     prediction whatever ``prefetch`` says, unless it is off). ``mover_mode``:
-    see :class:`BlockMover`.
+    see :class:`BlockMover`. ``layers``: the sparse layers to offload (default
+    all; a reusing layer needs its source among them).
     """
 
     def __init__(self, gsa: GSASparse, num_host_blocks: int, pool_blocks: int, max_batch: int, max_seq_len: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16,
                  prefetch: Union[bool, str, None] = "previous", lookahead: float = 2.0,
                  selector: str = "device", cpu_lag: int = 0, mover_mode: Optional[str] = None,
-                 host_device: Union[str, torch.device] = "cpu"):
+                 host_device: Union[str, torch.device] = "cpu", layers: Optional[Sequence[int]] = None):
         if not isinstance(gsa, GSASparse):
             raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
         if selector not in ("device", "cpu"):
@@ -118,7 +119,16 @@ class OffloadedGSA:
         self.bs = gsa.config.chunk_size
         self.nb, self.s = int(num_host_blocks), int(pool_blocks)
         self.prefetch = prefetch
-        self.layers = tuple(l for l in range(gsa.config.num_hidden_layers) if not gsa.policy.is_dense(l))
+        sparse_layers = tuple(l for l in range(gsa.config.num_hidden_layers) if not gsa.policy.is_dense(l))
+        self.layers = sparse_layers if layers is None else tuple(sorted(int(l) for l in layers))
+        bad = [l for l in self.layers if l not in sparse_layers]
+        if bad:
+            raise ValueError(f"OffloadedGSA: 'layers' must be sparse layers of the config {list(sparse_layers)}, "
+                             f"got {bad}")
+        sources = {gsa.policy.layer(l).selection_layer for l in self.layers}
+        if not sources <= set(self.layers):
+            raise ValueError(f"OffloadedGSA: 'layers' must include the layers they reuse the selection of "
+                             f"(missing {sorted(sources - set(self.layers))})")
         host_dev = torch.device(host_device)
         pin = self.device.type != "cpu" and host_dev.type == "cpu"
         shape = (self.nb, self.bs, kv_heads, head_dim)
@@ -139,8 +149,10 @@ class OffloadedGSA:
             self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
             self.movers[l] = BlockMover(self.host_k[l], self.host_v[l], self.pool_k[l], self.pool_v[l],
                                         mover_mode, stream)
-        self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag) if selector == "cpu" else None
-        self.hash_caches = {} if self.cpu_topk else gsa.allocate_hash_caches(self.nb)
+        self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag, layers=sources) if selector == "cpu" else None
+        hc_shape = gsa.hash_cache_shape(self.nb)
+        self.hash_caches = {} if self.cpu_topk else {
+            l: torch.zeros(hc_shape, dtype=torch.uint8, device=self.device) for l in sorted(sources)}
         self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
         self._step: Optional[Step] = None
@@ -161,7 +173,9 @@ class OffloadedGSA:
         else:
             self.gsa.cache_keys(layer, self.hash_caches.get(layer), slot_mapping, k)
         self.movers[layer].write_host(slot_mapping, k, v, slot_mapping_host)
-        # write-through: resident blocks get the rows too; others go to the scratch slot S
+        # write-through: resident blocks get the rows too; others go to the scratch slot S.
+        # A prefetch of this layer may still be copying a block in: wait for it first.
+        self.movers[layer].wait()
         slots = slot_mapping.to(self.device).long()
         blk = torch.where(slots >= 0, slots // self.bs, self.nb)
         pslot = self.maps[layer].slot_of[blk]
