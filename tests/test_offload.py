@@ -258,3 +258,26 @@ def test_cpu_topk_lag1_uses_the_previous_steps_query():
         lens = [s + 1 for s in lens]
     lagged.close()
     exact.close()
+
+
+def test_no_host_reads_inside_a_step_with_a_direct_pool():
+    """On the meta device any .item()/.tolist()/.cpu() would raise: selection,
+    residency bookkeeping, copies, remapping and attention read no device data
+    on the host (the staged mover's one sync per fetch is its documented cost)."""
+    cfg = GSAConfig(**CFG)
+    gs = GSASparse(cfg, "meta", block_size=BS)
+    off = OffloadedGSA(gs, 40, 20, 3, 44, HKV, D, torch.bfloat16, prefetch="lookahead", lookahead=1.5,
+                       mover_mode="direct", host_device="meta")
+    lens = [29, 11, 40]
+    table = torch.empty(3, 10, dtype=torch.int32, device="meta")
+    seq = torch.empty(3, dtype=torch.int32, device="meta")
+    for l in off.layers:
+        off.write_kv(l, torch.empty(3, dtype=torch.int64, device="meta"),
+                     torch.empty(3, HKV, D, dtype=torch.bfloat16, device="meta"),
+                     torch.empty(3, HKV, D, dtype=torch.bfloat16, device="meta"))
+    for _ in range(2):
+        step = off.begin_step(lens)
+        for l in off.layers:
+            out = off.decode_attention(l, step, torch.empty(3, HQ, D, dtype=torch.bfloat16, device="meta"), table, seq)
+            assert out.shape == (3, HQ, D) and out.device.type == "meta"
+        lens = [s + 1 for s in lens]

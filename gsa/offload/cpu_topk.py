@@ -169,8 +169,9 @@ class CPUTopK:
         if self.lag:  # this step's query selects for the next step, on the worker
             self._lagged[layer] = (plan.batch_size, self.pool.submit(self._topk, layer, q_codes, bt, sl, budgets, plan.k))
         table, lens = ops.kv_select(idx, n_sel, bt, sl, self.gsa.config.chunk_size, self.gsa.pad_id)
-        if dev.type != "cpu":
-            table, lens = table.pin_memory().to(dev, non_blocking=True), lens.pin_memory().to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            table, lens = table.pin_memory(), lens.pin_memory()  # truly asynchronous copies
+        table, lens = table.to(dev, non_blocking=True), lens.to(dev, non_blocking=True)
         self._sel[layer] = (table, lens)
         return table, lens
 

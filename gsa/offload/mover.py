@@ -1,7 +1,7 @@
 """Block copies between one layer's host KV and its device pool.
 
-``host_k, host_v [NB, bs, Hkv, D]`` (pinned host memory on an accelerator;
-plain host memory on CPU) and ``pool_k, pool_v [S + 1, bs, Hkv, D]`` on the
+``host_k, host_v [NB + 1, bs, Hkv, D]`` (pinned host memory on an accelerator;
+plain host memory on CPU; block ``NB`` is scratch for skipped token writes) and ``pool_k, pool_v [S + 1, bs, Hkv, D]`` on the
 device (slot ``S`` is scratch). Requests come from
 :class:`gsa.offload.residency.ResidencyMap` as fixed-width ``(src, dst)`` lists.
 
@@ -49,7 +49,7 @@ class BlockMover:
                              f"{host_k.device} and {pool_k.device}")
         self.host_k, self.host_v, self.pool_k, self.pool_v = host_k, host_v, pool_k, pool_v
         dev = pool_k.device
-        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" else None
+        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" and self.mode == "staged" else None
         self.stream = copy_stream
         if self.stream is None and self._dev_mod is not None and self.mode == "staged":
             self.stream = self._dev_mod.Stream(device=dev)
@@ -146,10 +146,8 @@ class BlockMover:
         self._pending.clear()
 
     def _scatter_host(self, slots: Tensor, k: Tensor, v: Tensor) -> None:
-        ok = slots >= 0
-        if not bool(ok.all()):
-            slots, k, v = slots[ok], k[ok], v[ok]
+        # skipped tokens (-1) go to the scratch block NB (the host KV has NB + 1 blocks): no host read
         nb, bs = self.host_k.shape[:2]
-        slots = slots.long()
+        slots = torch.where(slots >= 0, slots.long(), (nb - 1) * bs)
         for host, x in ((self.host_k, k), (self.host_v, v)):
             host.view(nb * bs, *host.shape[2:]).index_copy_(0, slots, x.to(host.dtype))

@@ -1,7 +1,7 @@
 """GSA with the KV cache in host memory and a device pool of hot blocks (docs/offload.md).
 
-Per offloaded layer: the full paged KV ``[NB, bs, Hkv, D]`` in host memory
-(pinned on an accelerator), a device pool ``[S + 1, bs, Hkv, D]`` of hot blocks
+Per offloaded layer: the full paged KV ``[NB (+1 scratch), bs, Hkv, D]`` in
+host memory (pinned on an accelerator), a device pool ``[S + 1, bs, Hkv, D]`` of hot blocks
 (slot ``S`` scratch), a :class:`~gsa.offload.residency.ResidencyMap` and a
 :class:`~gsa.offload.mover.BlockMover`. Hash codes stay on the device (the
 usual :meth:`GSASparse.allocate_hash_caches` of ``NB`` blocks), so selection is
@@ -142,8 +142,9 @@ class OffloadedGSA:
         if self.device.type != "cpu" and mover_mode != "direct":
             stream = torch.get_device_module(self.device).Stream(device=self.device)  # one copy stream
         for l in self.layers:
-            self.host_k[l] = torch.zeros(shape, dtype=dtype, device=host_dev, pin_memory=pin)
-            self.host_v[l] = torch.zeros(shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            host_shape = (self.nb + 1, *shape[1:])  # block NB: scratch for skipped token writes
+            self.host_k[l] = torch.zeros(host_shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            self.host_v[l] = torch.zeros(host_shape, dtype=dtype, device=host_dev, pin_memory=pin)
             self.pool_k[l] = torch.zeros((self.s + 1, *shape[1:]), dtype=dtype, device=self.device)
             self.pool_v[l] = torch.zeros_like(self.pool_k[l])
             self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
@@ -218,7 +219,9 @@ class OffloadedGSA:
                 key = wide.tobytes()
                 if key not in dev_budgets:
                     t = torch.from_numpy(wide)
-                    dev_budgets[key] = t if self.device.type == "cpu" else t.pin_memory().to(self.device, non_blocking=True)
+                    if self.device.type == "cuda":
+                        t = t.pin_memory()  # a truly asynchronous copy
+                    dev_budgets[key] = t.to(self.device, non_blocking=True)
                 self._wide[l] = dev_budgets[key]
         if self.prefetch and self.layers:
             self._predict(self.layers[0])
