@@ -225,10 +225,15 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
                              predicted_rate=stt["predicted_rate"],
                              h2d_gbs=moved / max(steps_run * len(sparse_layers), 1) / t / 1e9,
                              fetched_blocks_per_layer_step=(stt["fetched"] + stt["prefetched"]) / (steps_run * len(sparse_layers)),
-                             cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None))
+                             cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None,
+                             cpu_select_ms=statistics.median(off.cpu_topk.select_seconds) * 1e3
+                             if off.cpu_topk and off.cpu_topk.select_seconds else None))
             if off.cpu_topk:
                 off.cpu_topk.close()
             del off
+            empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # give pinned memory back
+            if dev.type == "cuda" and empty_host_cache is not None:
+                empty_host_cache()
     return rows
 
 
@@ -324,15 +329,16 @@ def markdown(res: dict) -> str:
     out += [f"| {k} | {res[k] if not isinstance(res[k], float) else round(res[k], 3)} |" for k in keys]
     out += ["", f"memory model: {json.dumps({k: round(v, 2) for k, v in res['memory_model'].items()})}",
             f"PCIe host->device: {res['pcie_h2d_gbs']:.1f} GB/s", "",
-            "| row | batch | pool | ms/layer | tok/s | hit | predicted | H2D GB/s | vs GSA-HBM |", "|---|---|---|---|---|---|---|---|---|"]
+            "| row | batch | pool | ms/layer | tok/s | hit | predicted | H2D GB/s | vs GSA-HBM | CPU select ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in res["rows"]:
         if "skipped" in r:
-            out.append(f"| {r['row']} | {r['batch']} | {r['pool_frac']} | skipped: {r['skipped'][:80]} | | | | | |")
+            out.append(f"| {r['row']} | {r['batch']} | {r['pool_frac']} | skipped: {r['skipped'][:80]} | | | | | | |")
             continue
         out.append(f"| {r['row']} | {r['batch']} | {f(r.get('pool_frac'))} | {f(r['t_layer_ms'])} | {f(r['tok_s'], 1)} | "
                    f"{f(r.get('hit_rate'))} | {f(r.get('predicted_rate'))} | {f(r.get('h2d_gbs'), 2)} | "
-                   f"{f(r.get('per_request_vs_gsa_hbm'))} |")
+                   f"{f(r.get('per_request_vs_gsa_hbm'))} | {f(r.get('cpu_select_ms'))} |")
     return "\n".join(out) + "\n"
 
 

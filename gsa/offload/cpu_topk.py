@@ -20,8 +20,9 @@ The accuracy cost of the lag is measured in docs/offload.md.
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -91,6 +92,7 @@ class CPUTopK:
         self._lagged: Dict[int, Tuple[int, Future]] = {}  # layer -> (batch size, future of (indices, n_sel))
         self._merged: Dict[int, Tuple[Tensor, Tensor]] = {}  # layer -> this step's lagged (indices, n_sel)
         self.fallbacks = 0  # lag-1 steps that had to select synchronously
+        self.select_seconds: List[float] = []
 
     def cache_keys(self, layer: int, slot_mapping: Tensor, key: Tensor) -> None:
         """Hash ``key [T, Hkv, D]`` on its device; store the codes at ``slot_mapping [T]``
@@ -139,9 +141,12 @@ class CPUTopK:
 
     def _topk(self, layer: int, q_codes: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: np.ndarray, k: int):
         c = self.gsa.config
-        return ops.hamming_dist_top_k(q_codes, self.codes[layer], block_table, seq_lens,
+        t0 = time.perf_counter()
+        out = ops.hamming_dist_top_k(q_codes, self.codes[layer], block_table, seq_lens,
                                       torch.from_numpy(np.array(budgets, dtype=np.int32)), k,
                                       c.must_select_blocks, c.chunk_repre_method, 0, 1.0)
+        self.select_seconds.append(time.perf_counter() - t0)  # the worker's time per selection
+        return out
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
                device) -> Tuple[Tensor, Tensor]:
