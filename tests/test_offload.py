@@ -281,3 +281,56 @@ def test_no_host_reads_inside_a_step_with_a_direct_pool():
             out = off.decode_attention(l, step, torch.empty(3, HQ, D, dtype=torch.bfloat16, device="meta"), table, seq)
             assert out.shape == (3, HQ, D) and out.device.type == "meta"
         lens = [s + 1 for s in lens]
+
+
+class _FakeDeviceModule:
+    """Stands in for torch.cuda in BlockMover's stream path (CPU tensors, no real streams)."""
+
+    def __init__(self):
+        self.synced = 0
+        fake = self
+
+        class Event:
+            def record(self, stream=None):
+                pass
+
+            def synchronize(self):
+                fake.synced += 1
+
+        class Stream:
+            def wait_event(self, ev):
+                pass
+
+        self.Event, self.Stream = Event, Stream
+
+    def stream(self, s):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def current_stream(self, device=None):
+        return self.Stream()
+
+
+def test_staged_mover_stream_path_copies_flushes_and_double_buffers():
+    """The accelerator branch of BlockMover (host gather into staging, copy-stream scatter,
+    deferred host writes landed before a gather) with a fake device module on CPU."""
+    from gsa.offload import BlockMover
+    g = torch.Generator().manual_seed(0)
+    host_k, host_v = torch.randn(6, BS, HKV, D, generator=g), torch.randn(6, BS, HKV, D, generator=g)
+    pool_k, pool_v = torch.zeros(4, BS, HKV, D), torch.zeros(4, BS, HKV, D)
+    mv = BlockMover(host_k, host_v, pool_k, pool_v, mode="staged")
+    mv._dev_mod = fake = _FakeDeviceModule()
+    mv.stream = fake.Stream()
+    # a deferred write of token 2 of block 5, then a fetch of block 5: the write lands first
+    k_new, v_new = torch.full((1, HKV, D), 7.0), torch.full((1, HKV, D), 8.0)
+    mv.write_host(torch.tensor([5 * BS + 2]), k_new, v_new, torch.tensor([5 * BS + 2]))
+    assert mv._pending and not torch.equal(host_k[5, 2], k_new[0])
+    mv.fetch(torch.tensor([5, 1, 0]), torch.tensor([2, 0, 3]), torch.tensor(2))
+    assert not mv._pending and torch.equal(host_k[5, 2], k_new[0]) and torch.equal(host_v[5, 2], v_new[0])
+    assert torch.equal(pool_k[2], host_k[5]) and torch.equal(pool_v[0], host_v[1])
+    assert torch.equal(pool_k[3], torch.zeros_like(pool_k[3]))  # padding entries are not copied
+    mv.fetch(torch.tensor([3, 0, 0]), torch.tensor([1, 3, 3]), torch.tensor(1))
+    mv.fetch(torch.tensor([4, 0, 0]), torch.tensor([2, 3, 3]), torch.tensor(1))  # reuses buffer 1: waits on it
+    assert torch.equal(pool_k[1], host_k[3]) and torch.equal(pool_k[2], host_k[4])
+    assert fake.synced == 2  # the deferred write, then the reused staging buffer
+    assert mv.bytes_h2d == 4 * 2 * host_k[0].numel() * host_k.element_size()

@@ -53,6 +53,7 @@ class BlockMover:
         self.stream = copy_stream
         if self.stream is None and self._dev_mod is not None and self.mode == "staged":
             self.stream = self._dev_mod.Stream(device=dev)
+        self._pin = dev.type not in ("cpu", "meta")  # pinned staging: truly asynchronous copies
         self._done = None  # event after the last pool write on the copy stream
         self._pending: List[Tuple[object, Tensor, Tensor, Tensor]] = []  # staged host writes
         self.bytes_h2d = 0  # staged mode: bytes copied host->device (host-known)
@@ -87,7 +88,7 @@ class BlockMover:
             torch.index_select(host, 0, s, out=buf)  # gather straight into pinned memory
         with self._dev_mod.stream(self.stream):
             self.stream.wait_event(ready)
-            d_dev = d.pin_memory().to(self.pool_k.device, non_blocking=True)
+            d_dev = (d.pin_memory() if self._pin else d).to(self.pool_k.device, non_blocking=True)
             for buf, pool in zip(staged, (self.pool_k, self.pool_v)):
                 pool.index_copy_(0, d_dev, buf.to(pool.device, non_blocking=True))
             self._done = self._dev_mod.Event()
@@ -105,7 +106,7 @@ class BlockMover:
         bufs = self._bufs[self._buf_i]
         if bufs is None or bufs[0].shape[0] < n:
             cap = max(n, self.pool_k.shape[0] - 1)
-            bufs = [torch.empty((cap, *self.host_k.shape[1:]), dtype=self.host_k.dtype, pin_memory=True)
+            bufs = [torch.empty((cap, *self.host_k.shape[1:]), dtype=self.host_k.dtype, pin_memory=self._pin)
                     for _ in range(2)]
             self._bufs[self._buf_i] = bufs
         return [b[:n] for b in bufs]
@@ -120,7 +121,7 @@ class BlockMover:
     def write_host(self, slots: Tensor, k: Tensor, v: Tensor, slots_host: Optional[Tensor] = None) -> None:
         """Write token rows ``k, v [T, Hkv, D]`` at flat slots ``slots int [T]``
         (``block * bs + offset``; ``-1`` skips) of the host KV."""
-        if self.mode == "direct" or k.device.type == "cpu":
+        if self.mode == "direct" or self._dev_mod is None:
             self._scatter_host(slots.to(self.host_k.device), k.to(self.host_k.device), v.to(self.host_k.device))
             return
         sh = slots_host if slots_host is not None else slots.to("cpu")  # sync unless the caller has it
@@ -128,12 +129,13 @@ class BlockMover:
         ready.record()
         with self._dev_mod.stream(self.stream):
             self.stream.wait_event(ready)
-            kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=True)
-            vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=self._pin)
+            vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=self._pin)
             kh.copy_(k, non_blocking=True)
             vh.copy_(v, non_blocking=True)
-            k.record_stream(self.stream)  # the compute stream must not reuse them before the copy
-            v.record_stream(self.stream)
+            if k.device.type == "cuda":  # the compute stream must not reuse them before the copy
+                k.record_stream(self.stream)
+                v.record_stream(self.stream)
             ev = self._dev_mod.Event()
             ev.record(self.stream)
         self._pending.append((ev, sh.clone(), kh, vh))
