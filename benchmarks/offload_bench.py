@@ -24,8 +24,9 @@ Rows (each batch size ``B``):
 
 Queries drift (``q_t = normalise(q_{t-1} + drift * noise)``), key codes are
 random bytes, KV values zeros (values do not change timings). Hit rates here are
-synthetic; the real-trace hit rate (``hit_rate_1_8``) is read from
-``benchmarks/results/offload_traces.json`` (benchmarks/offload_traces.py).
+synthetic; the real-trace hit rate (``hit_rate_1_8``) is read from ``--traces``
+(default ``benchmarks/results/offload_traces_smollm2_8k.json``, written on CPU by
+benchmarks/offload_traces.py).
 
 Memory model (the concurrency headline): requests that fit ``--hbm-gib`` minus
 ``--weights-gib`` (Qwen3-8B bf16 weights) minus 10% reserve, per request: dense
@@ -254,6 +255,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hbm-gib", type=float, default=None, help="default: the device's memory")
     ap.add_argument("--weights-gib", type=float, default=15.3, help="Qwen3-8B bf16 weights")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--traces", default=os.path.join(RESULTS, "offload_traces_smollm2_8k.json"),
+                    help="benchmarks/offload_traces.py output holding hit_rate_1_8")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device = args.device or "cpu"
@@ -304,7 +307,7 @@ def headline(res: dict, args) -> dict:
     at_max = [r for r in pref if r["batch"] <= b_off]
     top = max(at_max, key=lambda r: r["batch"]) if at_max else None
     same_b = [r for r in pref if best_dense and r["batch"] == best_dense["batch"]]
-    traces = os.path.join(RESULTS, "offload_traces.json")
+    traces = args.traces
     hit = None
     if os.path.exists(traces):
         with open(traces) as f:
@@ -314,7 +317,7 @@ def headline(res: dict, args) -> dict:
         concurrency_gain=b_off / max(mem["dense_max_batch"], 1),
         throughput_gain_vs_dense=(top["tok_s"] / best_dense["tok_s"]) if top and best_dense else None,
         hit_rate_1_8=hit,
-        hit_rate_1_8_source="benchmarks/results/offload_traces.json (real decode traces)" if hit is not None
+        hit_rate_1_8_source=f"{os.path.relpath(traces)} (real decode traces)" if hit is not None
         else "not measured: run benchmarks/offload_traces.py first",
         per_request_vs_gsa_in_hbm=same_b[0]["per_request_vs_gsa_hbm"] if same_b else None,
         headline_notes=f"pool {frac:g} of the KV; throughput at the largest timed batch <= {b_off} vs dense at "

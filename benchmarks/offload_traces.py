@@ -13,6 +13,8 @@ value; ``gsa.eval.selectors.gsa_select``, checked against
 * ``pool_hit_{f}``: hits of a device pool holding a fraction ``f`` of the blocks
   (at least one selection), driven through :class:`gsa.offload.ResidencyMap`
   (the engine's own eviction: least recent, then fewest uses);
+* the same three with ``_unforced``: counting only blocks that are not forced
+  (``must_select_blocks``) at that step;
 * ``mass_recall`` / ``mass_recall_lag1``: attention mass (exact softmax) inside
   the exact selection and inside the lagged one (the previous step's selection
   made valid for the new length by :func:`gsa.offload.merge_lagged`, as the CPU
@@ -114,22 +116,40 @@ def sequences(chunks: List[torch.Tensor], nblk: int) -> List[set]:
     return out
 
 
-def rates(sel: List[set], wide: List[set], nblk_final: int, pool_fracs) -> dict:
-    wanted = sum(len(s) for s in sel[1:])
-    prev = sum(len(s & p) for s, p in zip(sel[1:], sel[:-1]))
-    look = sum(len(s & p) for s, p in zip(sel[1:], wide[:-1]))
-    out = {"prev_overlap": prev / wanted, "lookahead_overlap": look / wanted, "wanted": wanted}
+def rates(sel: List[set], wide: List[set], nblk_final: int, pool_fracs, forced: List[set] = None) -> dict:
+    """Overlaps and pool hits of a selection sequence (steps after the first). ``forced``:
+    the forced blocks of each step; the ``*_unforced`` rates leave them out (they are
+    selected every step, so they inflate the hit rates of short contexts)."""
+    forced = forced or [set() for _ in sel]
+    out = {"wanted": sum(len(s) for s in sel[1:])}
+    for tag, skip in (("", [set()] * len(sel)), ("_unforced", forced)):
+        cur = [s - f for s, f in zip(sel, skip)]
+        wanted = max(sum(len(s) for s in cur[1:]), 1)
+        out["prev_overlap" + tag] = sum(len(s & p) for s, p in zip(cur[1:], sel[:-1])) / wanted
+        out["lookahead_overlap" + tag] = sum(len(s & p) for s, p in zip(cur[1:], wide[:-1])) / wanted
     widest = max(len(s) for s in sel)
     for f in pool_fracs:
         slots = max(math.ceil(f * nblk_final), widest)
         m = ResidencyMap(nblk_final, slots)
+        hits = {"": 0, "_unforced": 0}
         for t, s in enumerate(sel):
+            resident = m.resident()
+            if t:  # cold start excluded, as for the overlaps
+                hits[""] += sum(bool(resident[b]) for b in s)
+                hits["_unforced"] += sum(bool(resident[b]) for b in s - forced[t])
             m.request(torch.tensor(sorted(s)), t + 1)
-            if t == 0:
-                m.reset_counters()  # cold start excluded, as for the overlaps
-        st = m.stats()
-        out[f"pool_hit_{f:g}"] = st["hits"] / max(st["wanted"], 1)
+        for tag, skip in (("", [set()] * len(sel)), ("_unforced", forced)):
+            out[f"pool_hit_{f:g}{tag}"] = hits[tag] / max(sum(len(s - k) for s, k in zip(sel[1:], skip[1:])), 1)
         out[f"pool_slots_{f:g}"] = slots
+    return out
+
+
+def forced_sets(cfg, context: int, n: int) -> List[set]:
+    """The forced blocks of decode steps at positions ``context .. context + n - 1``."""
+    out = []
+    for t in range(n):
+        nb = math.ceil((context + t + 1) / cfg.chunk_size)
+        out.append({m if m >= 0 else nb + m for m in cfg.must_select_blocks} & set(range(nb)))
     return out
 
 
@@ -196,7 +216,7 @@ def main(argv=None):
         layers = {}
         for l in tracer.sparse:
             layers[l] = rates(sequences(tracer.sel[(r, l)], nblk), sequences(tracer.wsel[(r, l)], nblk), nblk,
-                              args.pool_fracs)
+                              args.pool_fracs, forced_sets(cfg, args.context, args.n_eval))
         w = sum(v["wanted"] for v in layers.values())
         agg = {k: sum(v[k] * v["wanted"] for v in layers.values()) / w
                for k in layers[tracer.sparse[0]] if k != "wanted" and not k.startswith("pool_slots")}
@@ -239,7 +259,7 @@ def markdown(res: dict) -> str:
            f"{res['block_size']}-token blocks, {res['n_blocks_final']} blocks)", "",
            f"headline: {json.dumps(res['headline'])}", ""]
     keys = list(next(iter(res["ratios"].values()))["overall"].keys())
-    out += ["| ratio | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    out += ["| ratio | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r, v in res["ratios"].items():
         out.append(f"| {r} | " + " | ".join(f"{v['overall'][k]:.3f}" for k in keys) + " |")
     if res.get("e2e"):

@@ -44,6 +44,10 @@ def test_trace_rates_by_hand():
     assert r["prev_overlap"] == 0.5 and r["lookahead_overlap"] == 1.0
     # 2-slot pool: step 1 hits block 1 (block 2 evicts block 0), step 2 hits block 2
     assert r["pool_hit_0.25"] == 0.5 and r["pool_slots_0.25"] == 2
+    # with block 1 forced at step 1 and block 2 at step 2, the unforced blocks are 2 then 3
+    r = mod.rates(sel, wide, 8, [0.25], forced=[set(), {1}, {2}])
+    assert r["prev_overlap_unforced"] == 0.0 and r["lookahead_overlap_unforced"] == 1.0
+    assert r["pool_hit_0.25_unforced"] == 0.0 and r["pool_hit_0.25"] == 0.5
 
 
 def test_trace_lagged_rows_add_the_new_forced_blocks():
