@@ -25,7 +25,8 @@ Rows (each batch size ``B``):
 Queries drift (``q_t = normalise(q_{t-1} + drift * noise)``), key codes are
 random bytes, KV values zeros (values do not change timings). Hit rates here are
 synthetic; the real-trace hit rate (``hit_rate_1_8``) is read from ``--traces``
-(default ``benchmarks/results/offload_traces_smollm2_8k.json``, written on CPU by
+(default ``benchmarks/results/offload_traces_smollm2_4k_bs16.json``: 272 blocks, the
+most blocks and the lowest rate measured; written on CPU by
 benchmarks/offload_traces.py).
 
 Memory model (the concurrency headline): requests that fit ``--hbm-gib`` minus
@@ -255,7 +256,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--hbm-gib", type=float, default=None, help="default: the device's memory")
     ap.add_argument("--weights-gib", type=float, default=15.3, help="Qwen3-8B bf16 weights")
     ap.add_argument("--out", default=RESULTS)
-    ap.add_argument("--traces", default=os.path.join(RESULTS, "offload_traces_smollm2_8k.json"),
+    ap.add_argument("--traces", default=os.path.join(RESULTS, "offload_traces_smollm2_4k_bs16.json"),
                     help="benchmarks/offload_traces.py output holding hit_rate_1_8")
     args = ap.parse_args(argv)
     if args.smoke:
