@@ -105,7 +105,7 @@ class BlockMover:
             ev.synchronize()
         bufs = self._bufs[self._buf_i]
         if bufs is None or bufs[0].shape[0] < n:
-            cap = max(n, self.pool_k.shape[0] - 1)
+            cap = 1 << (n - 1).bit_length()  # grows by powers of two with the largest fetch seen
             bufs = [torch.empty((cap, *self.host_k.shape[1:]), dtype=self.host_k.dtype, pin_memory=self._pin)
                     for _ in range(2)]
             self._bufs[self._buf_i] = bufs
