@@ -204,6 +204,14 @@ def test_pool_below_the_minimum_is_a_clear_error():
     off = OffloadedGSA(gs, 64, need, 3, 48, HKV, D, prefetch=False)
     with pytest.raises(PoolTooSmallError, match="at least"):
         off.begin_step([48] * 4)  # more rows than the pool was sized for
+    with pytest.raises(ValueError, match=r"'kv_heads, head_dim' must be .*\(2, .* \(16\), got 2, 8"):
+        OffloadedGSA(gs, 64, need, 3, 48, HKV, 8)
+    with pytest.raises(ValueError, match=r"'layers' must include the layers they reuse the selection of \(missing \[1\]\)"):
+        OffloadedGSA(gs, 64, need, 3, 48, HKV, D, layers=[3])
+    with pytest.raises(ValueError, match=r"'layers' must be sparse layers .* got \[0\]"):
+        OffloadedGSA(gs, 64, need, 3, 48, HKV, D, layers=[0, 1])
+    with pytest.raises(ValueError, match="'prefetch' must be None, 'previous' or 'lookahead', got 'x'"):
+        OffloadedGSA(gs, 64, need, 3, 48, HKV, D, prefetch="x")
     with pytest.raises(ValueError, match="layer 0 is not offloaded"):
         off.write_kv(0, torch.tensor([0]), torch.zeros(1, HKV, D), torch.zeros(1, HKV, D))
 

@@ -101,6 +101,13 @@ class OffloadedGSA:
                  host_device: Union[str, torch.device] = "cpu", layers: Optional[Sequence[int]] = None):
         if not isinstance(gsa, GSASparse):
             raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
+        c = gsa.config
+        if c.is_mla:
+            raise ValueError(f"OffloadedGSA: MLA configs ({c.model_name}) are not supported yet (GQA only)")
+        if head_dim != c.head_dim or not isinstance(kv_heads, int) or kv_heads < 1 or c.num_key_value_heads % kv_heads:
+            raise ValueError(f"OffloadedGSA: 'kv_heads, head_dim' must be the config's KV heads "
+                             f"({c.num_key_value_heads}, or a tensor-parallel share of them) and head_dim "
+                             f"({c.head_dim}), got {kv_heads}, {head_dim}")
         if selector not in ("device", "cpu"):
             raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
         prefetch = "previous" if prefetch is True else (prefetch or None)
@@ -130,7 +137,7 @@ class OffloadedGSA:
             raise ValueError(f"OffloadedGSA: 'layers' must include the layers they reuse the selection of "
                              f"(missing {sorted(sources - set(self.layers))})")
         host_dev = torch.device(host_device)
-        pin = self.device.type != "cpu" and host_dev.type == "cpu"
+        pin = self.device.type not in ("cpu", "meta") and host_dev.type == "cpu"
         shape = (self.nb, self.bs, kv_heads, head_dim)
         self.host_k: Dict[int, Tensor] = {}
         self.host_v: Dict[int, Tensor] = {}
