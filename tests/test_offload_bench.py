@@ -5,6 +5,7 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
 import torch
 
 from gsa.config import GSAConfig
@@ -36,6 +37,7 @@ def test_bench_smoke_writes_headline_and_rows(tmp_path):
 
 
 def test_trace_rates_by_hand():
+    pytest.importorskip("transformers", reason="the trace script imports gsa.eval.model (the eval extra)")
     mod = _load("offload_traces")
     sel = [{0, 1}, {1, 2}, {2, 3}]
     wide = [{0, 1, 2}, {1, 2, 3}, {2, 3, 4}]
@@ -51,6 +53,7 @@ def test_trace_rates_by_hand():
 
 
 def test_trace_lagged_rows_add_the_new_forced_blocks():
+    pytest.importorskip("transformers", reason="the trace script imports gsa.eval.model (the eval extra)")
     mod = _load("offload_traces")
     cfg = GSAConfig(model_name="t", num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                     hash_bits=32, chunk_size=4, top_k_ratio_per_layer=[1.0, 0.25], must_select_blocks=[0, -1],
