@@ -201,7 +201,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
         ops.paged_decode_attention(w.step_queries(args.drift, dtype), kc, vc, w.table, seq_dev(i))
     t = timed_steps(dense_stream, args.steps, args.warmup, dev)
     rows.append(dict(row="dense_host_streamed", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t, t)))
-    del hk
+    hk = None  # free the pinned copy
 
     # GSA with all KV on the device
     hc = {l: torch.randint(0, 256, gsa_rt.hash_cache_shape(w.nb), dtype=torch.uint8, device=dev)
@@ -217,7 +217,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
     t_gsa = t
     if dense_fits:
         rows.append(dict(row="gsa_hbm", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t)))
-    del kc, vc
+    kc = vc = None  # free the full device KV before the offload rows
 
     variants = [("offload_ondemand", dict(prefetch=None)), ("offload_prefetch", dict(prefetch="previous")),
                 ("offload_lookahead", dict(prefetch="lookahead", lookahead=1.5)),
@@ -261,7 +261,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
                              if off.cpu_topk and off.cpu_topk.select_seconds else None))
             if off.cpu_topk:
                 off.cpu_topk.close()
-            del off
+            off = None
             empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # give pinned memory back
             if dev.type == "cuda" and empty_host_cache is not None:
                 empty_host_cache()

@@ -38,7 +38,6 @@ import sys
 import time
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -241,7 +241,7 @@ def test_cpu_topk_lag1_uses_the_previous_steps_query():
     k = torch.randn(sl.shape[0], HKV, D, generator=g)
     for c in (lagged, exact):
         c.cache_keys(1, sl, k)
-    prev_q, lens = None, [40, 50]
+    prev_q, prev_lens, lens = None, None, [40, 50]
     for t in range(3):
         step = gs.begin_step(lens)
         q = torch.randn(2, HQ, D, generator=g)
