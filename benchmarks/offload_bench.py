@@ -1,0 +1,404 @@
+"""Benchmark: GSA offload (gsa.offload) against dense and GSA with all KV in HBM.
+
+Setup (issue 18): Qwen3-8B-shaped attention (36 layers, 32 query heads, 8 KV
+heads, D = 128, bf16; the shipped Qwen3-4B config has the same attention
+shapes: first two and last layer dense), 128-token blocks, 128-bit codes,
+``--context`` tokens per request (128K), GSA ratio ``--ratio`` (1/8) on the
+sparse layers, device pool ``--pool-frac`` (1/4) of each offloaded layer's KV.
+
+What is timed (decode attention only, per step, medians over ``--steps``):
+only ``--timed-layers`` sparse layers are allocated (host memory bounds the
+rest: a 128K request holds 16.5 GiB of offloaded KV), plus one dense layer;
+tokens/s of the whole model = ``B / (3 * t_dense + 33 * t_sparse)``.
+
+Rows (each batch size ``B``):
+  dense_hbm            paged attention over the full KV on the device (where it fits)
+  dense_host_streamed  the full KV copied host->device per layer, then attention
+                       (a zero-copy kernel reading pinned memory was not written;
+                       this is the same PCIe-bound traffic)
+  gsa_hbm              GSASparse.select + attention, all KV on the device
+  offload_ondemand     OffloadedGSA, no prefetch
+  offload_prefetch     OffloadedGSA, prefetch "previous" (and "lookahead" as its own row)
+  cpu_topk_lag1        OffloadedGSA with codes in host memory, selection on a CPU worker
+                       one step behind (its blocks are prefetched exactly)
+
+Queries drift (``q_t = normalise(q_{t-1} + drift * noise / sqrt(D))``), key codes
+are random bytes with a planted hot set per row (``--hot-frac`` of the budget, see
+:func:`plant_hot_blocks`), KV values zeros (values do not change timings). The
+defaults (drift 0.2, hot 0.75) were calibrated on CPU at 128K tokens: consecutive
+selections at ratio 1/8 overlap 0.84 (12 steps, one row), as the SmolLM2 8K
+trace with 128-token blocks does (0.840); random codes alone overlap ~0.15.
+Hit rates here are still synthetic; the real-trace hit rate (``hit_rate_1_8``) is read from ``--traces``
+(default ``benchmarks/results/offload_traces_smollm2_4k_bs16.json``: 272 blocks, the
+most blocks and the lowest rate measured; written on CPU by
+benchmarks/offload_traces.py).
+
+Memory model (the concurrency headline): requests that fit ``--hbm-gib`` minus
+``--weights-gib`` (Qwen3-8B bf16 weights) minus 10% reserve, per request: dense
+= all 36 layers' KV; offload = the 3 dense layers' KV + pool + hash codes.
+
+Usage: python benchmarks/offload_bench.py [--smoke] [--device cuda] [--out DIR]
+Writes DIR/offload_h200.{json,md,png} (smoke: offload_smoke.*), DIR defaults to
+benchmarks/results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from fractions import Fraction
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gsa import ops  # noqa: E402
+from gsa.config import GSAConfig  # noqa: E402
+from gsa.offload import OffloadedGSA, min_pool_blocks  # noqa: E402
+from gsa.sparse import GSASparse  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+GIB = 1024 ** 3
+
+
+def config(ratio: float, threshold: int = 2048, n_layers: int = 36) -> GSAConfig:
+    base = GSAConfig.for_model("Qwen3-4B")
+    ratios = [1.0 if l in (0, 1, n_layers - 1) else ratio for l in range(n_layers)]
+    return base.replace(model_name="Qwen3-8B-shaped", top_k_ratio_per_layer=ratios,
+                        gpu_seq_len_threshold=threshold, npu_seq_len_threshold=threshold)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type != "cpu":
+        torch.get_device_module(dev).synchronize()
+
+
+class Workload:
+    """B rows of ``ctx`` tokens growing by one per step; block tables a random permutation."""
+
+    def __init__(self, cfg: GSAConfig, b: int, ctx: int, steps: int, dev, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.bs = cfg.chunk_size
+        self.m = math.ceil((ctx + steps + 2) / self.bs)
+        self.nb = b * self.m
+        self.table_host = torch.randperm(self.nb, generator=g)[: b * self.m].reshape(b, self.m).to(torch.int32)
+        self.table = self.table_host.to(dev)
+        self.b, self.ctx, self.dev = b, ctx, dev
+        self.hq, self.d = cfg.num_attention_heads, cfg.head_dim
+        self.q = torch.nn.functional.normalize(torch.randn(b, self.hq, self.d, generator=g), dim=-1)
+        self.g = g
+
+    def step_queries(self, drift: float, dtype) -> torch.Tensor:
+        noise = torch.randn(self.q.shape, generator=self.g) / math.sqrt(self.d)  # unit-norm scale: drift is relative
+        self.q = torch.nn.functional.normalize(self.q + drift * noise, dim=-1)
+        return self.q.to(self.dev, dtype)
+
+
+def plant_hot_blocks(hc: dict, w: Workload, gsa_rt: GSASparse, ratio: float, hot_frac: float, seed: int = 0) -> int:
+    """Give every row a hot set, as real attention has: ``hot_frac`` of its budget of
+    (non-forced) blocks get key codes equal to the row's first query's codes (per KV
+    head, its group's first query head), so they keep the top scores while the query
+    drifts; the rest of the selection churns among near-tied random codes. Returns
+    the hot blocks per row. Without it, random codes make consecutive selections
+    overlap by ~15% (far below real traces)."""
+    bs = gsa_rt.config.chunk_size
+    nb_row = math.ceil(w.ctx / bs)
+    n_hot = int(hot_frac * math.ceil(ratio * nb_row))
+    if n_hot < 1:
+        return 0
+    g = torch.Generator().manual_seed(seed)
+    for l, cache in hc.items():
+        hkv, group = cache.shape[1], w.hq // cache.shape[1]
+        codes = ops.hash_encode(w.q.to(cache.device, torch.float32), gsa_rt.weights(l))[:, ::group]  # [B, Hkv, C]
+        for b in range(w.b):
+            logical = torch.randperm(nb_row - 3, generator=g)[:n_hot] + 1  # not block 0 nor the last two
+            phys = w.table_host[b, logical].long().to(cache.device)
+            cache[phys] = codes[b][None, :, None, :].expand(n_hot, hkv, bs, -1)
+    return n_hot
+
+
+def timed_steps(run_step, steps: int, warmup: int, dev) -> float:
+    """Median seconds of ``run_step(i)`` over ``steps`` after ``warmup``."""
+    times = []
+    for i in range(warmup + steps):
+        sync(dev)
+        t0 = time.perf_counter()
+        run_step(i)
+        sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def pcie_gbs(dev, gib: float) -> float:
+    if dev.type == "cpu":
+        return float("nan")
+    src = torch.empty(int(gib * GIB), dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty_like(src, device=dev)
+    dst.copy_(src, non_blocking=True)
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        dst.copy_(src, non_blocking=True)
+    sync(dev)
+    return 3 * src.numel() / (time.perf_counter() - t0) / 1e9
+
+
+def kv_bytes_per_layer(cfg: GSAConfig, ctx: int, elem: int = 2) -> int:
+    return 2 * ctx * cfg.num_key_value_heads * cfg.head_dim * elem
+
+
+def memory_model(cfg: GSAConfig, args) -> dict:
+    per_layer = kv_bytes_per_layer(cfg, args.context)
+    n_dense = sum(1 for r in cfg.top_k_ratio_per_layer if r >= 1)
+    n_sparse = cfg.num_hidden_layers - n_dense
+    usable = (args.hbm_gib - args.weights_gib) * 0.9 * GIB
+    dense_req = per_layer * cfg.num_hidden_layers
+    codes = args.context * cfg.num_key_value_heads * cfg.code_bytes * n_sparse
+    out = {"kv_gib_per_request": dense_req / GIB, "usable_hbm_gib": usable / GIB,
+           "dense_max_batch": int(usable // dense_req), "n_dense_layers": n_dense}
+    for frac in args.pool_fracs:
+        off_req = per_layer * n_dense + per_layer * frac * n_sparse + codes
+        out[f"offload_pool{frac:g}_gib_per_request"] = off_req / GIB
+        out[f"offload_pool{frac:g}_max_batch"] = int(usable // off_req)
+        out[f"offload_pool{frac:g}_host_gib_per_request"] = per_layer * n_sparse / GIB
+    return out
+
+
+def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list:
+    rows = []
+    gsa_rt = GSASparse(cfg, dev, block_size=cfg.chunk_size)
+    sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1][: args.timed_layers]
+    hkv, d, bs = cfg.num_key_value_heads, cfg.head_dim, cfg.chunk_size
+    n_dense = sum(1 for r in cfg.top_k_ratio_per_layer if r >= 1)
+    n_sparse = cfg.num_hidden_layers - n_dense
+
+    def tok_s(t_dense, t_sparse):
+        return b / (n_dense * t_dense + n_sparse * t_sparse)
+
+    w = Workload(cfg, b, args.context, args.warmup + args.steps, dev)
+    lens = lambda i: [args.context + i] * b  # noqa: E731
+    seq_dev = lambda i: torch.tensor(lens(i), dtype=torch.int32, device=dev)  # noqa: E731
+
+    # one dense layer's attention over the full KV on the device: every row's dense layers
+    kc = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, device=dev)
+    vc = torch.zeros_like(kc)
+    t_dense = timed_steps(lambda i: ops.paged_decode_attention(w.step_queries(args.drift, dtype), kc, vc, w.table,
+                                                               seq_dev(i)), args.steps, args.warmup, dev)
+    if dense_fits:
+        rows.append(dict(row="dense_hbm", batch=b, t_layer_ms=t_dense * 1e3, tok_s=tok_s(t_dense, t_dense)))
+
+    # dense reading host KV: copy a layer's whole KV host->device, then attend
+    hk = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, pin_memory=dev.type != "cpu")
+
+    def dense_stream(i):
+        kc.copy_(hk, non_blocking=True)
+        vc.copy_(hk, non_blocking=True)
+        ops.paged_decode_attention(w.step_queries(args.drift, dtype), kc, vc, w.table, seq_dev(i))
+    t = timed_steps(dense_stream, args.steps, args.warmup, dev)
+    rows.append(dict(row="dense_host_streamed", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t, t)))
+    hk = None  # free the pinned copy
+
+    # GSA with all KV on the device
+    hc = {l: torch.randint(0, 256, gsa_rt.hash_cache_shape(w.nb), dtype=torch.uint8, device=dev)
+          for l in sparse_layers}
+    plant_hot_blocks(hc, w, gsa_rt, args.ratio, args.hot_frac)
+
+    def gsa_step(i):
+        st = gsa_rt.begin_step(lens(i))
+        s = seq_dev(i)
+        for l in sparse_layers:
+            gsa_rt.decode_attention(l, st, w.step_queries(args.drift, dtype), kc, vc, w.table, s, hc[l])
+    t = timed_steps(gsa_step, args.steps, args.warmup, dev) / len(sparse_layers)
+    t_gsa = t
+    if dense_fits:
+        rows.append(dict(row="gsa_hbm", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t)))
+    kc = vc = None  # free the full device KV before the offload rows
+
+    variants = [("offload_ondemand", dict(prefetch=None)), ("offload_prefetch", dict(prefetch="previous")),
+                ("offload_lookahead", dict(prefetch="lookahead", lookahead=1.5)),
+                ("cpu_topk_lag1", dict(prefetch="previous", selector="cpu", cpu_lag=1))]
+    for frac in args.pool_fracs:
+        for name, kw in variants:
+            if frac != args.pool_fracs[0] and name != "offload_prefetch":
+                continue
+            max_len = args.context + args.warmup + args.steps + 1
+            lag = kw.get("cpu_lag", 0)
+            need = min_pool_blocks(gsa_rt, b, max_len, lag, kw.get("lookahead", 1.0) if kw["prefetch"] == "lookahead" else 1.0)
+            pool = int(math.ceil(frac * w.nb))
+            if pool < need and need <= 1.05 * pool:  # 1/8 of the KV at ratio 1/8: round up to a step's width
+                pool = need
+            try:
+                off = OffloadedGSA(gsa_rt, w.nb, pool, b, max_len, hkv, d, dtype, layers=sparse_layers, **kw)
+            except ValueError as e:  # the pool cannot hold a step (e.g. lookahead at pool 1/8)
+                rows.append(dict(row=name, batch=b, pool_frac=frac, skipped=str(e)))
+                continue
+            for l in sparse_layers:
+                codes = hc[l].cpu() if off.cpu_topk else hc[l]
+                (off.cpu_topk.codes if off.cpu_topk else off.hash_caches)[l].copy_(codes)
+
+            def off_step(i):
+                st = off.begin_step(lens(i), block_table_host=w.table_host)
+                s, sh = seq_dev(i), torch.tensor(lens(i), dtype=torch.int32)
+                for l in sparse_layers:
+                    off.decode_attention(l, st, w.step_queries(args.drift, dtype), w.table, s,
+                                         block_table_host=w.table_host, seq_lens_host=sh)
+            t = timed_steps(off_step, args.steps, args.warmup, dev) / len(sparse_layers)
+            stt = off.stats()
+            moved = (stt["fetched"] + stt["prefetched"]) * stt["block_bytes"]
+            steps_run = args.warmup + args.steps
+            rows.append(dict(row=name, batch=b, pool_frac=frac, pool_slots=pool, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t),
+                             per_request_vs_gsa_hbm=t_gsa / t, hit_rate=stt["hit_rate"],
+                             predicted_rate=stt["predicted_rate"],
+                             h2d_gbs=moved / max(steps_run * len(sparse_layers), 1) / t / 1e9,
+                             fetched_blocks_per_layer_step=(stt["fetched"] + stt["prefetched"]) / (steps_run * len(sparse_layers)),
+                             cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None,
+                             cpu_select_ms=statistics.median(off.cpu_topk.select_seconds) * 1e3
+                             if off.cpu_topk and off.cpu_topk.select_seconds else None))
+            if off.cpu_topk:
+                off.cpu_topk.close()
+            off = None
+            empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # give pinned memory back
+            if dev.type == "cuda" and empty_host_cache is not None:
+                empty_host_cache()
+    return rows
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU (seconds)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--context", type=int, default=131072)
+    ap.add_argument("--ratio", type=float, default=0.125)
+    ap.add_argument("--pool-fracs", type=float, nargs="+", default=[0.25, 0.125])
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="default: dense max, 2x, 4x of it")
+    ap.add_argument("--timed-layers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--drift", type=float, default=0.2, help="relative query step per decode step")
+    ap.add_argument("--hot-frac", type=float, default=0.75, help="hot share of each row's budget (plant_hot_blocks)")
+    ap.add_argument("--threshold", type=int, default=2048, help="seq_len threshold of sparse rows (sizes the pool "
+                    "minimum: a row just under it is dense)")
+    ap.add_argument("--hbm-gib", type=float, default=None, help="default: the device's memory")
+    ap.add_argument("--weights-gib", type=float, default=15.3, help="Qwen3-8B bf16 weights")
+    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--traces", default=os.path.join(RESULTS, "offload_traces_smollm2_4k_bs16.json"),
+                    help="benchmarks/offload_traces.py output holding hit_rate_1_8")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device = args.device or "cpu"
+        args.context, args.steps, args.warmup, args.timed_layers = 2304, 2, 1, 2
+        args.batches = args.batches or [1, 2]
+        args.hbm_gib = args.hbm_gib or 1.0
+        args.weights_gib = 0.0
+        args.pool_fracs = [0.5, 0.25]
+        args.threshold = 512
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16
+    if args.hbm_gib is None:
+        args.hbm_gib = (torch.get_device_module(dev).get_device_properties(dev).total_memory / GIB
+                        if dev.type != "cpu" else 16.0)
+    cfg = config(args.ratio, args.threshold)
+    mem = memory_model(cfg, args)
+    b_dense = max(mem["dense_max_batch"], 1)
+    batches = args.batches or sorted({b_dense, 2 * b_dense, 4 * b_dense,
+                                      mem[f"offload_pool{args.pool_fracs[0]:g}_max_batch"]})
+    t0 = time.time()
+    rows = []
+    for b in batches:
+        print(f"batch {b} ...", flush=True)
+        rows += run_rows(cfg, b, args, dev, dtype, dense_fits=b <= mem["dense_max_batch"] or args.smoke)
+    res = dict(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+               smoke=args.smoke, args=vars(args), memory_model=mem, pcie_h2d_gbs=pcie_gbs(dev, 1.0 if not args.smoke else 0.01),
+               rows=rows, seconds=time.time() - t0)
+    res.update(headline(res, args))
+    tag = "offload_smoke" if args.smoke else "offload_h200"
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, tag)
+    with open(base + ".json", "w") as f:
+        json.dump(res, f, indent=1, default=float)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(res))
+    plot(res, base + ".png")
+    print(markdown(res))
+    return res
+
+
+def headline(res: dict, args) -> dict:
+    mem, rows = res["memory_model"], [r for r in res["rows"] if "tok_s" in r]
+    frac = args.pool_fracs[0]
+    b_off = mem[f"offload_pool{frac:g}_max_batch"]
+    dense = [r for r in rows if r["row"] == "dense_hbm"]
+    best_dense = max(dense, key=lambda r: r["batch"]) if dense else None
+    pref = [r for r in rows if r["row"] == "offload_prefetch" and r.get("pool_frac") == frac]
+    at_max = [r for r in pref if r["batch"] <= b_off]
+    top = max(at_max, key=lambda r: r["batch"]) if at_max else None
+    same_b = [r for r in pref if best_dense and r["batch"] == best_dense["batch"]]
+    traces = args.traces
+    hit = None
+    if os.path.exists(traces):
+        with open(traces) as f:
+            t = json.load(f)
+        hit = t.get("headline", {}).get("hit_rate_1_8")
+    return dict(
+        concurrency_gain=b_off / max(mem["dense_max_batch"], 1),
+        throughput_gain_vs_dense=(top["tok_s"] / best_dense["tok_s"]) if top and best_dense else None,
+        hit_rate_1_8=hit,
+        hit_rate_1_8_source=f"{os.path.relpath(traces)} (real decode traces)" if hit is not None
+        else "not measured: run benchmarks/offload_traces.py first",
+        per_request_vs_gsa_in_hbm=same_b[0]["per_request_vs_gsa_hbm"] if same_b else None,
+        headline_notes=f"pool {frac:g} of the KV; throughput at the largest timed batch <= {b_off} vs dense at "
+                       f"{best_dense['batch'] if best_dense else '-'}; decode attention only",
+    )
+
+
+def markdown(res: dict) -> str:
+    keys = ["concurrency_gain", "throughput_gain_vs_dense", "hit_rate_1_8", "per_request_vs_gsa_in_hbm"]
+    out = [f"# GSA offload benchmark ({res['device']}{', smoke' if res['smoke'] else ''})", "",
+           "| headline | value |", "|---|---|"]
+    out += [f"| {k} | {res[k] if not isinstance(res[k], float) else round(res[k], 3)} |" for k in keys]
+    out += ["", f"memory model: {json.dumps({k: round(v, 2) for k, v in res['memory_model'].items()})}",
+            f"PCIe host->device: {res['pcie_h2d_gbs']:.1f} GB/s", "",
+            "| row | batch | pool | ms/layer | tok/s | hit | predicted | H2D GB/s | vs GSA-HBM | CPU select ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in res["rows"]:
+        if "skipped" in r:
+            out.append(f"| {r['row']} | {r['batch']} | {r['pool_frac']} | skipped: {r['skipped'][:80]} | | | | | | |")
+            continue
+        out.append(f"| {r['row']} | {r['batch']} | {f(r.get('pool_frac'))} | {f(r['t_layer_ms'])} | {f(r['tok_s'], 1)} | "
+                   f"{f(r.get('hit_rate'))} | {f(r.get('predicted_rate'))} | {f(r.get('h2d_gbs'), 2)} | "
+                   f"{f(r.get('per_request_vs_gsa_hbm'))} | {f(r.get('cpu_select_ms'))} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(res: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = sorted({r["row"] for r in res["rows"] if "tok_s" in r})
+    for n in names:
+        pts = sorted((r["batch"], r["tok_s"]) for r in res["rows"] if r["row"] == n and "tok_s" in r
+                     and r.get("pool_frac") in (None, res["args"]["pool_fracs"][0]))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=n)
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("decode-attention tokens/s (model)")
+    ax.set_title(f"GSA offload, {res['args']['context']} tokens, ratio {Fraction(res['args']['ratio']).limit_denominator(64)}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

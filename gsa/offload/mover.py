@@ -1,0 +1,155 @@
+"""Block copies between one layer's host KV and its device pool.
+
+``host_k, host_v [NB + 1, bs, Hkv, D]`` (pinned host memory on an accelerator;
+plain host memory on CPU; block ``NB`` is scratch for skipped token writes) and ``pool_k, pool_v [S + 1, bs, Hkv, D]`` on the
+device (slot ``S`` is scratch). Requests come from
+:class:`gsa.offload.residency.ResidencyMap` as fixed-width ``(src, dst)`` lists.
+
+Two modes:
+
+* ``direct``: host and pool tensors on one device (the CPU "device pool" of the
+  tests): one batched ``index_select`` + ``index_copy_``, no sync, copies all
+  ``N`` entries (padding copies block 0 into the scratch slot).
+* ``staged``: the accelerator path with only torch ops: the ``(src, dst)`` list
+  and the miss count go to the host (**one host sync per fetch**), the missing
+  blocks are gathered on the host into a pinned staging buffer, copied
+  host->device on a side copy stream and scattered into the pool there; an
+  event makes the compute stream wait before attention reads the pool. A
+  gather kernel reading pinned memory through unified addressing would take the
+  device list directly and remove the sync (a backend kernel, not done here).
+
+Writes of new tokens go to the host KV (the source of truth) and, when the
+block is resident, to its pool slot too (write-through; see ``OffloadedGSA``).
+In staged mode the host write lands lazily: the rows are copied device->host on
+the copy stream and scattered into the host KV before the next host gather.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+__all__ = ["BlockMover"]
+
+Tensor = torch.Tensor
+
+
+class BlockMover:
+    """Copies blocks of one layer (see the module docstring). ``mode``: ``"direct"``,
+    ``"staged"`` or ``None`` (direct when host and pool share a device)."""
+
+    def __init__(self, host_k: Tensor, host_v: Tensor, pool_k: Tensor, pool_v: Tensor,
+                 mode: Optional[str] = None, copy_stream=None):
+        same = host_k.device == pool_k.device
+        self.mode = mode or ("direct" if same else "staged")
+        if self.mode not in ("direct", "staged"):
+            raise ValueError(f"BlockMover: 'mode' must be 'direct' or 'staged', got {mode!r}")
+        if self.mode == "direct" and not same:
+            raise ValueError(f"BlockMover: mode 'direct' needs host and pool on one device, got "
+                             f"{host_k.device} and {pool_k.device}")
+        self.host_k, self.host_v, self.pool_k, self.pool_v = host_k, host_v, pool_k, pool_v
+        dev = pool_k.device
+        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" and self.mode == "staged" else None
+        self.stream = copy_stream
+        if self.stream is None and self._dev_mod is not None and self.mode == "staged":
+            self.stream = self._dev_mod.Stream(device=dev)
+        self._pin = dev.type not in ("cpu", "meta")  # pinned staging: truly asynchronous copies
+        self._done = None  # event after the last pool write on the copy stream
+        self._pending: List[Tuple[object, Tensor, Tensor, Tensor]] = []  # staged host writes
+        self.bytes_h2d = 0  # staged mode: bytes copied host->device (host-known)
+        self._bufs: List[Optional[List[Tensor]]] = [None, None]  # double-buffered pinned staging
+        self._buf_events: List[object] = [None, None]
+        self._buf_i = 0
+
+    # ------------------------------------------------------------------ reads into the pool
+    def fetch(self, src: Tensor, dst: Tensor, n_miss: Tensor) -> None:
+        """Copy host blocks ``src int64 [N]`` into pool slots ``dst int64 [N]``
+        (the first ``n_miss`` entries are real, the rest padding)."""
+        if self.mode == "direct":
+            for host, pool in ((self.host_k, self.pool_k), (self.host_v, self.pool_v)):
+                pool.index_copy_(0, dst, host.index_select(0, src))
+            return
+        if self._dev_mod is not None:
+            ready = self._dev_mod.Event()
+            ready.record()  # residency map computed on the compute stream
+        lists = torch.stack([src, dst, n_miss.expand_as(src)]).to("cpu")  # the host sync
+        n = int(lists[2, 0])
+        if n == 0:
+            return
+        self.flush_writes()
+        s, d = lists[0, :n], lists[1, :n]
+        if self._dev_mod is None:  # staged on CPU (tests): same copies, no stream
+            for host, pool in ((self.host_k, self.pool_k), (self.host_v, self.pool_v)):
+                pool.index_copy_(0, d.to(pool.device), host.index_select(0, s).to(pool.device))
+            self.bytes_h2d += 2 * n * self.host_k[0].numel() * self.host_k.element_size()
+            return
+        staged = self._staging(n)
+        for host, buf in zip((self.host_k, self.host_v), staged):
+            torch.index_select(host, 0, s, out=buf)  # gather straight into pinned memory
+        with self._dev_mod.stream(self.stream):
+            self.stream.wait_event(ready)
+            d_dev = (d.pin_memory() if self._pin else d).to(self.pool_k.device, non_blocking=True)
+            for buf, pool in zip(staged, (self.pool_k, self.pool_v)):
+                pool.index_copy_(0, d_dev, buf.to(pool.device, non_blocking=True))
+            self._done = self._dev_mod.Event()
+            self._done.record(self.stream)
+        self._buf_events[self._buf_i] = self._done
+        self.bytes_h2d += sum(b.numel() * b.element_size() for b in staged)
+
+    def _staging(self, n: int) -> List[Tensor]:
+        """Pinned K and V staging views for ``n`` blocks, alternating between two
+        buffers; waits until the copy that last read the chosen buffer is done."""
+        self._buf_i ^= 1
+        ev = self._buf_events[self._buf_i]
+        if ev is not None:
+            ev.synchronize()
+        bufs = self._bufs[self._buf_i]
+        if bufs is None or bufs[0].shape[0] < n:
+            cap = 1 << (n - 1).bit_length()  # grows by powers of two with the largest fetch seen
+            bufs = [torch.empty((cap, *self.host_k.shape[1:]), dtype=self.host_k.dtype, pin_memory=self._pin)
+                    for _ in range(2)]
+            self._bufs[self._buf_i] = bufs
+        return [b[:n] for b in bufs]
+
+    def wait(self) -> None:
+        """Make the current (compute) stream wait for the copies issued so far."""
+        if self._done is not None and self._dev_mod is not None:
+            self._dev_mod.current_stream(self.pool_k.device).wait_event(self._done)
+            self._done = None
+
+    # ------------------------------------------------------------------ writes of new tokens
+    def write_host(self, slots: Tensor, k: Tensor, v: Tensor, slots_host: Optional[Tensor] = None) -> None:
+        """Write token rows ``k, v [T, Hkv, D]`` at flat slots ``slots int [T]``
+        (``block * bs + offset``; ``-1`` skips) of the host KV."""
+        if self.mode == "direct" or self._dev_mod is None:
+            self._scatter_host(slots.to(self.host_k.device), k.to(self.host_k.device), v.to(self.host_k.device))
+            return
+        sh = slots_host if slots_host is not None else slots.to("cpu")  # sync unless the caller has it
+        ready = self._dev_mod.Event()
+        ready.record()
+        with self._dev_mod.stream(self.stream):
+            self.stream.wait_event(ready)
+            kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=self._pin)
+            vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=self._pin)
+            kh.copy_(k, non_blocking=True)
+            vh.copy_(v, non_blocking=True)
+            if k.device.type == "cuda":  # the compute stream must not reuse them before the copy
+                k.record_stream(self.stream)
+                v.record_stream(self.stream)
+            ev = self._dev_mod.Event()
+            ev.record(self.stream)
+        self._pending.append((ev, sh.clone(), kh, vh))
+
+    def flush_writes(self) -> None:
+        """Land staged host writes (waits for their device->host copies)."""
+        for ev, sh, kh, vh in self._pending:
+            ev.synchronize()
+            self._scatter_host(sh, kh, vh)
+        self._pending.clear()
+
+    def _scatter_host(self, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        # skipped tokens (-1) go to the scratch block NB (the host KV has NB + 1 blocks): no host read
+        nb, bs = self.host_k.shape[:2]
+        slots = torch.where(slots >= 0, slots.long(), (nb - 1) * bs)
+        for host, x in ((self.host_k, k), (self.host_v, v)):
+            host.view(nb * bs, *host.shape[2:]).index_copy_(0, slots, x.to(host.dtype))

@@ -1,0 +1,322 @@
+"""GSA with the KV cache in host memory and a device pool of hot blocks (docs/offload.md).
+
+Per offloaded layer: the full paged KV ``[NB (+1 scratch), bs, Hkv, D]`` in
+host memory (pinned on an accelerator), a device pool ``[S + 1, bs, Hkv, D]`` of hot blocks
+(slot ``S`` scratch), a :class:`~gsa.offload.residency.ResidencyMap` and a
+:class:`~gsa.offload.mover.BlockMover`. Hash codes stay on the device (the
+usual :meth:`GSASparse.allocate_hash_caches` of ``NB`` blocks), so selection is
+exactly the all-in-HBM :meth:`GSASparse.select` (or :class:`CPUTopK` in CPU
+top-k mode).
+
+Per decode step and offloaded layer: select -> the selected host blocks ->
+:meth:`ResidencyMap.request` (hits, victims by recency and score) -> fetch the
+misses -> remap the sparse table to pool slots -> the unmodified
+:func:`gsa.ops.paged_decode_attention` over the pool.
+
+Prefetch: a prediction of a layer's next request is made resident ahead of it
+(for the first offloaded layer at :meth:`begin_step`, for layer ``l+1`` while
+layer ``l`` attends, on the copy stream), and how much of the request it
+covered is counted (``predicted_rate``). Sources (``prefetch=``):
+
+* ``"previous"``: the layer's selection of the previous step (the issue's
+  predictor). In a per-layer pool that selection is still resident (the pool is
+  at least one step wide and evicts least recent first), so this mostly
+  measures the overlap; it fetches only what an eviction took.
+* ``"lookahead"``: a second, wider selection (budgets times ``lookahead``) of
+  the same query; its extra blocks (the runners-up) are fetched for the next
+  step. Costs one more ``hamming_dist_top_k`` per scoring layer.
+* CPU top-k with ``cpu_lag=1``: the lagged selection *is* the next request, so
+  it is prefetched exactly (pass ``block_table_host`` to :meth:`begin_step`).
+
+Dense layers (ratio >= 1) are not offloaded: they read every block, so their
+KV stays on the device under the engine's own cache (3 of 36 layers in the
+shipped Qwen3 configs). Which layers are offloaded: :attr:`OffloadedGSA.layers`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from gsa import ops
+from gsa.offload.cpu_topk import CPUTopK
+from gsa.offload.mover import BlockMover
+from gsa.offload.residency import PoolTooSmallError, ResidencyMap
+from gsa.sparse import GSASparse, Step
+
+__all__ = ["OffloadedGSA", "min_pool_blocks"]
+
+Tensor = torch.Tensor
+
+
+def _wide_budgets(budgets: np.ndarray, n_blocks: np.ndarray, factor: float) -> np.ndarray:
+    """Lookahead budgets: ``ceil(budget * factor)``, at most ``n_blocks`` (int32)."""
+    return np.minimum(np.ceil(budgets.astype(np.float64) * factor), n_blocks).astype(np.int32)
+
+
+def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: int = 0,
+                    lookahead: float = 1.0) -> int:
+    """Pool slots one offloaded layer needs for a decode step of up to ``max_batch``
+    rows of up to ``max_seq_len`` tokens: ``max_batch`` times the widest row
+    selection (a sparse row at ``max_seq_len``, or a dense row just under the
+    sparse threshold), which is also the step's ``B * k`` bound. A lagged CPU
+    top-k selection may carry the forced blocks once more per row; a lookahead
+    prediction is ``lookahead`` times wider."""
+    pol = gsa.policy
+    nb_max = int(pol.n_blocks([max_seq_len])[0])
+    widest = int(pol.n_blocks([max(1, min(max_seq_len, pol.seq_len_threshold - 1))])[0])
+    for l in pol.scoring_layers:
+        bud = max(int(pol.sparse_budget(l, [nb_max])[0]), int(pol.n_forced([nb_max])[0]))
+        if lookahead > 1:
+            bud = max(bud, int(_wide_budgets(np.array([bud]), np.array([nb_max]), lookahead)[0]))
+        widest = max(widest, min(bud, nb_max))
+    if cpu_lag:
+        widest += len(gsa.config.must_select_blocks)
+    return max_batch * widest
+
+
+class OffloadedGSA:
+    """Two-tier KV for the sparse layers of one model (see the module docstring).
+
+    ``gsa``: the :class:`GSASparse` orchestrator (its device is the pool's).
+    ``num_host_blocks``: host KV blocks per layer (``NB``; block ids of the
+    engine's block tables). ``pool_blocks``: device slots per layer (``S``),
+    at least :func:`min_pool_blocks` of ``max_batch, max_seq_len`` (else
+    :class:`PoolTooSmallError` naming the minimum). ``kv_heads, head_dim,
+    dtype``: the KV layout. ``prefetch``: ``None``/``False`` (on demand only),
+    ``"previous"`` (or ``True``) or ``"lookahead"`` (with ``lookahead`` > 1,
+    the width factor); see the module docstring. ``selector``: ``"device"``
+    (the hash cache on the device) or ``"cpu"`` (:class:`CPUTopK`, codes in host
+    memory, ``cpu_lag`` 0 or 1 steps; with lag 1 the lagged selection is the
+    prediction whatever ``prefetch`` says, unless it is off). ``mover_mode``:
+    see :class:`BlockMover`. ``layers``: the sparse layers to offload (default
+    all; a reusing layer needs its source among them).
+    """
+
+    def __init__(self, gsa: GSASparse, num_host_blocks: int, pool_blocks: int, max_batch: int, max_seq_len: int,
+                 kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16,
+                 prefetch: Union[bool, str, None] = "previous", lookahead: float = 2.0,
+                 selector: str = "device", cpu_lag: int = 0, mover_mode: Optional[str] = None,
+                 host_device: Union[str, torch.device] = "cpu", layers: Optional[Sequence[int]] = None):
+        if not isinstance(gsa, GSASparse):
+            raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
+        c = gsa.config
+        if c.is_mla:
+            raise ValueError(f"OffloadedGSA: MLA configs ({c.model_name}) are not supported yet (GQA only)")
+        if head_dim != c.head_dim or not isinstance(kv_heads, int) or kv_heads < 1 or c.num_key_value_heads % kv_heads:
+            raise ValueError(f"OffloadedGSA: 'kv_heads, head_dim' must be the config's KV heads "
+                             f"({c.num_key_value_heads}, or a tensor-parallel share of them) and head_dim "
+                             f"({c.head_dim}), got {kv_heads}, {head_dim}")
+        if selector not in ("device", "cpu"):
+            raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
+        prefetch = "previous" if prefetch is True else (prefetch or None)
+        if prefetch not in (None, "previous", "lookahead"):
+            raise ValueError(f"OffloadedGSA: 'prefetch' must be None, 'previous' or 'lookahead', got {prefetch!r}")
+        if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
+            raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
+                             f"got selector {selector!r}, lookahead {lookahead!r}")
+        self.lookahead = float(lookahead) if prefetch == "lookahead" else 1.0
+        need = min_pool_blocks(gsa, max_batch, max_seq_len, cpu_lag if selector == "cpu" else 0, self.lookahead)
+        if pool_blocks < need:
+            raise PoolTooSmallError(
+                f"GSA offload: 'pool_blocks' = {pool_blocks} slots per layer cannot hold one decode step of "
+                f"{max_batch} rows at up to {max_seq_len} tokens; the minimum is {need} slots")
+        self.gsa, self.device = gsa, gsa.device
+        self.bs = gsa.config.chunk_size
+        self.nb, self.s = int(num_host_blocks), int(pool_blocks)
+        self.prefetch = prefetch
+        sparse_layers = tuple(l for l in range(gsa.config.num_hidden_layers) if not gsa.policy.is_dense(l))
+        self.layers = sparse_layers if layers is None else tuple(sorted(int(l) for l in layers))
+        bad = [l for l in self.layers if l not in sparse_layers]
+        if bad:
+            raise ValueError(f"OffloadedGSA: 'layers' must be sparse layers of the config {list(sparse_layers)}, "
+                             f"got {bad}")
+        sources = {gsa.policy.layer(l).selection_layer for l in self.layers}
+        if not sources <= set(self.layers):
+            raise ValueError(f"OffloadedGSA: 'layers' must include the layers they reuse the selection of "
+                             f"(missing {sorted(sources - set(self.layers))})")
+        host_dev = torch.device(host_device)
+        pin = self.device.type not in ("cpu", "meta") and host_dev.type == "cpu"
+        shape = (self.nb, self.bs, kv_heads, head_dim)
+        self.host_k: Dict[int, Tensor] = {}
+        self.host_v: Dict[int, Tensor] = {}
+        self.pool_k: Dict[int, Tensor] = {}
+        self.pool_v: Dict[int, Tensor] = {}
+        self.maps: Dict[int, ResidencyMap] = {}
+        self.movers: Dict[int, BlockMover] = {}
+        stream = None
+        if self.device.type != "cpu" and mover_mode != "direct":
+            stream = torch.get_device_module(self.device).Stream(device=self.device)  # one copy stream
+        for l in self.layers:
+            host_shape = (self.nb + 1, *shape[1:])  # block NB: scratch for skipped token writes
+            self.host_k[l] = torch.zeros(host_shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            self.host_v[l] = torch.zeros(host_shape, dtype=dtype, device=host_dev, pin_memory=pin)
+            self.pool_k[l] = torch.zeros((self.s + 1, *shape[1:]), dtype=dtype, device=self.device)
+            self.pool_v[l] = torch.zeros_like(self.pool_k[l])
+            self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
+            self.movers[l] = BlockMover(self.host_k[l], self.host_v[l], self.pool_k[l], self.pool_v[l],
+                                        mover_mode, stream)
+        self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag, layers=sources) if selector == "cpu" else None
+        hc_shape = gsa.hash_cache_shape(self.nb)
+        self.hash_caches = {} if self.cpu_topk else {
+            l: torch.zeros(hc_shape, dtype=torch.uint8, device=self.device) for l in sorted(sources)}
+        self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
+        self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
+        self._step: Optional[Step] = None
+        self._bt_host: Optional[Tensor] = None
+        self.now = 0
+
+    # ------------------------------------------------------------------ writes
+    def write_kv(self, layer: int, slot_mapping: Tensor, k: Tensor, v: Tensor,
+                 slot_mapping_host: Optional[Tensor] = None) -> None:
+        """New tokens of ``layer`` (prefill or decode): ``k, v [T, Hkv, D]`` at flat
+        slots ``slot_mapping int32/int64 [T]`` (``-1`` skips). Hashes the keys (on
+        the device, or into the CPU top-k host codes), writes the host KV and, for
+        blocks in the pool, the pool copy too. ``slot_mapping_host``: the same slots
+        on the host (avoids a sync on an accelerator)."""
+        self._check_layer(layer)
+        if self.cpu_topk is not None:
+            self.cpu_topk.cache_keys(layer, slot_mapping if slot_mapping_host is None else slot_mapping_host, k)
+        else:
+            self.gsa.cache_keys(layer, self.hash_caches.get(layer), slot_mapping, k)
+        self.movers[layer].write_host(slot_mapping, k, v, slot_mapping_host)
+        # write-through: resident blocks get the rows too; others go to the scratch slot S.
+        # A prefetch of this layer may still be copying a block in: wait for it first.
+        self.movers[layer].wait()
+        slots = slot_mapping.to(self.device).long()
+        blk = torch.where(slots >= 0, slots // self.bs, self.nb)
+        pslot = self.maps[layer].slot_of[blk]
+        flat = torch.where(pslot >= 0, pslot * self.bs + slots % self.bs, self.s * self.bs)
+        for pool, x in ((self.pool_k[layer], k), (self.pool_v[layer], v)):
+            pool.view(-1, *pool.shape[2:]).index_copy_(0, flat, x.to(pool.dtype))
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.maps:
+            raise ValueError(f"GSA offload: layer {layer} is not offloaded (dense layers keep their KV on the "
+                             f"device); offloaded layers: {list(self.layers)}")
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self, seq_lens, query_lens=None, k: Optional[int] = None,
+                   block_table_host: Optional[Tensor] = None) -> Step:
+        """:meth:`GSASparse.begin_step` plus the pool capacity check of this step
+        (host data) and, with prefetch, the first offloaded layer's prediction.
+        ``block_table_host int32 [B, M]``: the step's block table on the host (CPU
+        top-k: the lagged selections become predictions)."""
+        step = self.gsa.begin_step(seq_lens, query_lens, k)
+        self._step, self._bt_host = step, block_table_host
+        self.now += 1
+        plan = step.plan
+        if plan.sparse:
+            need = plan.batch_size * plan.k
+            what = f"this step ({plan.batch_size} rows x k = {plan.k} blocks)"
+        else:
+            need = int(plan.n_blocks.sum())
+            what = f"this dense step ({need} blocks: fewer sparse rows than the concurrency threshold)"
+        if need > self.s:
+            raise PoolTooSmallError(f"GSA offload: the device pool has {self.s} slots per layer but {what} "
+                                    f"needs {need}; make the pool at least {need} slots")
+        if self.cpu_topk is not None:
+            self.cpu_topk.begin_step(step)
+        self._wide = {}
+        if self.prefetch == "lookahead" and plan.sparse:
+            dev_budgets: Dict[int, Tensor] = {}
+            for l in self.gsa.scoring_layers:
+                wide = _wide_budgets(plan.budgets[l], plan.n_blocks, self.lookahead)
+                key = wide.tobytes()
+                if key not in dev_budgets:
+                    t = torch.from_numpy(wide)
+                    if self.device.type == "cuda":
+                        t = t.pin_memory()  # a truly asynchronous copy
+                    dev_budgets[key] = t.to(self.device, non_blocking=True)
+                self._wide[l] = dev_budgets[key]
+        if self.prefetch and self.layers:
+            self._predict(self.layers[0])
+        return step
+
+    def _predict(self, layer: int) -> None:
+        pred = self._pred.get(layer)
+        if self.cpu_topk is not None and self.cpu_topk.lag and self._bt_host is not None:
+            lagged = self.cpu_topk.lagged(layer, self._step, self._bt_host)
+            pred = lagged if lagged is not None else pred
+        if pred is None:
+            return
+        src, dst, n = self.maps[layer].predict(pred.to(self.device), self.now)
+        self.movers[layer].fetch(src, dst, n)
+
+    def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
+        """Host blocks of a selection ``lookahead`` times wider than the step's."""
+        c, plan = self.gsa.config, step.plan
+        k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
+            _wide_budgets(plan.budgets[layer], plan.n_blocks, self.lookahead), plan.n_forced)).max()), 1))
+        q_codes = ops.hash_encode(q, self.gsa.weights(layer))
+        idx, n_sel = ops.hamming_dist_top_k(q_codes, self.hash_caches[layer], block_table, seq_lens,
+                                            self._wide[layer], k, c.must_select_blocks, c.chunk_repre_method,
+                                            0, 1.0)
+        table, lens = ops.kv_select(idx, n_sel, block_table, seq_lens, self.bs, self.gsa.pad_id)
+        return self._blocks(table, lens)
+
+    def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:
+        """Host block ids a sparse table uses, ``-1`` for unused entries, flat ``int64 [B * K]``."""
+        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
+        return torch.where(used, table.long(), -1).reshape(-1)
+
+    def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
+               block_table_host: Optional[Tensor] = None, seq_lens_host: Optional[Tensor] = None):
+        """The sparse selection of ``layer`` (as :meth:`GSASparse.select`, or the CPU
+        top-k's): ``(sparse_block_table int32 [B, K], sparse_seq_lens int32 [B])`` in
+        host block ids."""
+        if self.cpu_topk is not None:
+            bt = block_table_host if block_table_host is not None else block_table.cpu()
+            sl = seq_lens_host if seq_lens_host is not None else seq_lens.cpu()
+            return self.cpu_topk.select(layer, step, bt, sl, q, self.device)
+        lp = self.gsa.policy.layer(layer)
+        return self.gsa.select(layer, step, block_table, seq_lens, self.hash_caches.get(lp.selection_layer), q)
+
+    def decode_attention(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor,
+                         scale: Optional[float] = None, block_table_host: Optional[Tensor] = None,
+                         seq_lens_host: Optional[Tensor] = None) -> Tensor:
+        """Select, make the selected blocks resident, attend over the pool.
+
+        ``q [B, Hq, D]``; ``block_table int32 [B, M]`` (host block ids) and
+        ``seq_lens int32 [B]`` on the device. Returns ``[B, Hq, D]`` in ``q.dtype``,
+        equal to :meth:`GSASparse.decode_attention` over the full KV."""
+        self._check_layer(layer)
+        table, lens = self.select(layer, step, block_table, seq_lens, q, block_table_host, seq_lens_host)
+        needed = self._blocks(table, lens)
+        self.maps[layer].check_capacity(needed.shape[0])
+        src, dst, n = self.maps[layer].request(needed, self.now)
+        self.movers[layer].fetch(src, dst, n)
+        self._pred[layer] = needed
+        src_layer = self.gsa.policy.layer(layer).selection_layer
+        if self.prefetch == "lookahead" and src_layer in self._wide:
+            if src_layer == layer:
+                self._pred[layer] = self._lookahead(layer, step, q, block_table, seq_lens)
+            else:
+                self._pred[layer] = self._pred[src_layer]
+        if self.prefetch:  # the next offloaded layer's prediction overlaps this layer's attention
+            i = self.layers.index(layer)
+            if i + 1 < len(self.layers):
+                self._predict(self.layers[i + 1])
+        self.movers[layer].wait()
+        pool_table = self.maps[layer].table(table)
+        return ops.paged_decode_attention(q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
+
+    # ------------------------------------------------------------------ accounting
+    def stats(self, layers: Optional[Sequence[int]] = None) -> Dict[str, float]:
+        """Counters summed over ``layers`` (default all offloaded) and the rates:
+        ``hit_rate = hits / wanted`` (selected blocks already in the pool),
+        ``predicted_rate = predicted_hits / wanted`` (selected blocks inside the
+        previous step's selection of the same layer; counted with prefetch on).
+        A host sync: call outside the decode loop."""
+        tot = {c: 0 for c in ResidencyMap.COUNTERS}
+        for l in (self.layers if layers is None else layers):
+            for c, v in self.maps[l].stats().items():
+                tot[c] += v
+        w = max(tot["wanted"], 1)
+        out = dict(tot)
+        out["hit_rate"] = tot["hits"] / w
+        out["predicted_rate"] = tot["predicted_hits"] / w
+        pk = self.pool_k[self.layers[0]] if self.layers else None
+        out["block_bytes"] = 2 * pk[0].numel() * pk.element_size() if pk is not None else 0  # K + V
+        return out

@@ -1,0 +1,67 @@
+"""benchmarks/offload_bench.py --smoke runs on CPU in seconds and writes the headline
+keys and every row; benchmarks/offload_traces.py's rate and lag helpers on
+hand-computed sequences (no model needed)."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+
+from gsa.config import GSAConfig
+from gsa.policy import GSAPolicy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_smoke_writes_headline_and_rows(tmp_path):
+    res = _load("offload_bench").main(["--smoke", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "offload_smoke.json").read_text())
+    for key in ("concurrency_gain", "throughput_gain_vs_dense", "hit_rate_1_8", "per_request_vs_gsa_in_hbm"):
+        assert key in saved
+    assert saved["concurrency_gain"] == res["memory_model"]["offload_pool0.5_max_batch"] / res["memory_model"]["dense_max_batch"]
+    names = {r["row"] for r in saved["rows"] if "tok_s" in r}
+    assert names == {"dense_hbm", "dense_host_streamed", "gsa_hbm", "offload_ondemand", "offload_prefetch",
+                     "offload_lookahead", "cpu_topk_lag1"}
+    for r in saved["rows"]:
+        if r["row"].startswith(("offload", "cpu")) and "tok_s" in r:
+            assert 0 <= r["hit_rate"] <= 1 and r["tok_s"] > 0
+    assert (tmp_path / "offload_smoke.md").read_text().startswith("# GSA offload benchmark")
+
+
+def test_trace_rates_by_hand():
+    pytest.importorskip("transformers", reason="the trace script imports gsa.eval.model (the eval extra)")
+    mod = _load("offload_traces")
+    sel = [{0, 1}, {1, 2}, {2, 3}]
+    wide = [{0, 1, 2}, {1, 2, 3}, {2, 3, 4}]
+    r = mod.rates(sel, wide, 8, [0.25])
+    # steps 1, 2 want 4 blocks: previous selection covers {1} and {2}; the wide one all four
+    assert r["prev_overlap"] == 0.5 and r["lookahead_overlap"] == 1.0
+    # 2-slot pool: step 1 hits block 1 (block 2 evicts block 0), step 2 hits block 2
+    assert r["pool_hit_0.25"] == 0.5 and r["pool_slots_0.25"] == 2
+    # with block 1 forced at step 1 and block 2 at step 2, the unforced blocks are 2 then 3
+    r = mod.rates(sel, wide, 8, [0.25], forced=[set(), {1}, {2}])
+    assert r["prev_overlap_unforced"] == 0.0 and r["lookahead_overlap_unforced"] == 1.0
+    assert r["pool_hit_0.25_unforced"] == 0.0 and r["pool_hit_0.25"] == 0.5
+
+
+def test_trace_lagged_rows_add_the_new_forced_blocks():
+    pytest.importorskip("transformers", reason="the trace script imports gsa.eval.model (the eval extra)")
+    mod = _load("offload_traces")
+    cfg = GSAConfig(model_name="t", num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                    hash_bits=32, chunk_size=4, top_k_ratio_per_layer=[1.0, 0.25], must_select_blocks=[0, -1],
+                    gpu_seq_len_threshold=1)
+    pol = GSAPolicy(cfg, "cpu")
+    prev = torch.zeros(2, 6, dtype=torch.bool)
+    prev[0, [0, 2, 3]] = True   # step i-1 at 13 tokens (4 blocks)
+    prev[1, [0, 2, 4]] = True   # at 17 tokens (5 blocks); now 21 tokens: block 5 is new and forced
+    got = mod.lagged_rows(pol, 1, prev, torch.tensor([16, 21]))
+    assert got[0].nonzero()[:, 0].tolist() == [0, 2, 3]
+    assert got[1].nonzero()[:, 0].tolist() == [0, 2, 4, 5]
