@@ -124,7 +124,9 @@ def npu_fused_infer_attention_score(query, key, value, *, num_heads, num_key_val
         query = torch.cat([query, unused["query_rope"].to(query.dtype)], dim=-1)
         key = torch.cat([key, unused["key_rope"].to(key.dtype)], dim=-1)
     d = query.shape[-1]
-    out = torch.zeros(query.shape[0], hq, value.shape[-1], dtype=torch.float32)
+    # no table: value [T, Hkv, Dv] (Dv may differ from the query's: MLA prefill); paged: Dv = D
+    dv = value.shape[-1] if block_table is None else d
+    out = torch.zeros(query.shape[0], hq, dv, dtype=torch.float32)
     starts = [0] + q_ends[:-1]
     if block_table is None:  # PrefillNoCache: K/V are the step's tokens, kv lengths cumulative
         kv_starts = [0] + kv[:-1]
