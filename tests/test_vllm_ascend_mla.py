@@ -11,6 +11,7 @@ random matrices), the model runner and the engine.
 """
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 from types import SimpleNamespace
@@ -158,6 +159,55 @@ def latent(caches, l):
     return torch.cat([caches[l][0], caches[l][1]], dim=-1)
 
 
+def check_decode_rows(rt, impls, caches, res, reqs, seq, b):
+    """Layers' results of a step whose first ``b`` rows decode (one token each): the query FIA v2
+    got is the absorbed one, the hash cache holds the cached latents' codes at every written slot,
+    the table and host lengths are the reference selection (layer 1; layer 2 reuses it; layer 0
+    dense), the kernel and layer outputs the reference MQA over the latent cache."""
+    w_lora, w_rope = rt.sparse.weights(1)
+    sel = None
+    for l, (hidden, out, call) in enumerate(res):
+        impl, lat = impls[l], latent(caches, l)
+        q = call["query"]  # [b, N, L + P] the kernel got: absorbed q_nope, then roped q_pe
+        q_nope = (hidden[:b] @ impl.q_proj.weight.T).view(b, N, NOPE + ROPE)[..., :NOPE]
+        torch.testing.assert_close(q[..., :LORA], torch.einsum("bnp,npl->bnl", q_nope, impl.W_UK_T), rtol=1e-5,
+                                   atol=1e-5)
+        dense_table, dense_lens = reqs.table[:b], seq[:b]
+        if l == 0:
+            table, lens = dense_table, dense_lens
+            assert call["actual_seq_kvlen"] == lens.tolist() and torch.equal(call["block_table"], dense_table)
+        else:
+            if l == 1:
+                # the hash cache holds spec 9's codes of the cached c_kv / k_pe, at vLLM's slots (every row's)
+                hc = torch.zeros_like(rt.hash_caches[1])
+                written = torch.cat([reqs.slots(r, 0, int(n)) for r, n in enumerate(seq)])
+                rows = lat.reshape(-1, LORA + ROPE)[written]
+                R.mla_hash_encode_and_cache(rows[:, :LORA], rows[:, LORA:], w_lora, w_rope, hc, written)
+                assert torch.equal(rt.hash_caches[1], hc)
+                n_blocks = [math.ceil(int(n) / BS) for n in dense_lens]
+                budgets = torch.tensor([math.ceil(Fraction("0.3") * n) for n in n_blocks], dtype=torch.int32)
+                width, cfg = max(n_blocks), rt.config
+                codes = R.mla_hash_encode(q[..., :LORA], q[..., LORA:], w_lora, w_rope)
+                idx, n_sel = R.hamming_dist_top_k(codes, hc, dense_table[:, :width], dense_lens, budgets, width,
+                                                  cfg.must_select_blocks, cfg.chunk_repre_method, cfg.rope_bytes,
+                                                  cfg.rope_score_weight)
+                sel = R.kv_select(idx, n_sel, dense_table[:, :width], dense_lens, BS, 0)
+            table, lens = sel  # layer 2 reuses layer 1's selection
+            assert call["actual_seq_kvlen"] == lens.tolist() and (lens < dense_lens).all()  # host lengths
+            for r in range(b):
+                k = math.ceil(int(lens[r]) / BS)
+                assert torch.equal(call["block_table"][r, :k], table[r, :k])
+        # the kernel's output == the reference MQA over the latent cache on that table,
+        # and the layer's output is o_proj(W_UV(that))
+        ref = R.paged_decode_attention(q, lat, lat, table, lens, SCALE)[..., :LORA]  # [b, N, L]
+        torch.testing.assert_close(call["out"].reshape(N, b, LORA).transpose(0, 1), ref, rtol=1e-5, atol=1e-5)
+        want = torch.einsum("bnl,nlv->bnv", ref, impl.W_UV).reshape(b, N * V) @ impl.o_proj.weight.T
+        torch.testing.assert_close(out[:b], want, rtol=1e-4, atol=1e-4)
+        if l:
+            full = R.paged_decode_attention(q, lat, lat, dense_table, dense_lens, SCALE)[..., :LORA]
+            assert not torch.allclose(full, ref, atol=1e-4)  # the selection mattered
+
+
 def test_gsa_engages_on_mla_decode_steps_and_matches_the_reference(model_dir):
     g = fresh_generator()
     vc = T.vllm_config(model_dir, gsa_config())
@@ -174,58 +224,41 @@ def test_gsa_engages_on_mla_decode_steps_and_matches_the_reference(model_dir):
         md = builder.build(0, common)
         assert md.gsa.step is None and md.num_prefills == 3
         run_layers(impls, caches, md, vc, common.num_actual_tokens, g)
-        w_lora, w_rope = rt.sparse.weights(1)
         for _ in range(2):  # decode steps
             reqs.lens = [n + 1 for n in reqs.lens]
-            common, slots = reqs.step([1, 1, 1], "decode")
-            seq = common.seq_lens_cpu
+            common, _ = reqs.step([1, 1, 1], "decode")
             md = builder.build(0, common)
             assert md.num_decodes == 3 and md.gsa.step is not None and md.gsa.step.plan.sparse_rows.all()
-            res = run_layers(impls, caches, md, vc, 3, g)
-            sel = None
-            for l, (hidden, out, call) in enumerate(res):
-                impl, lat = impls[l], latent(caches, l)
-                q = call["query"]  # [B, N, L + P] the kernel got: absorbed q_nope, then roped q_pe
-                q_nope = (hidden @ impl.q_proj.weight.T).view(3, N, NOPE + ROPE)[..., :NOPE]
-                absorbed = torch.einsum("bnp,npl->bnl", q_nope, impl.W_UK_T)
-                torch.testing.assert_close(q[..., :LORA], absorbed, rtol=1e-5, atol=1e-5)
-                if l == 0:
-                    table, lens = reqs.table, seq
-                    assert call["actual_seq_kvlen"] == seq.tolist() and torch.equal(call["block_table"], reqs.table)
-                else:
-                    if l == 1:
-                        # the hash cache holds spec 9's codes of the cached c_kv / k_pe, at vLLM's slots
-                        hc = torch.zeros_like(rt.hash_caches[1])
-                        written = torch.cat([reqs.slots(r, 0, int(s)) for r, s in enumerate(seq)])
-                        rows = lat.reshape(-1, LORA + ROPE)[written]
-                        R.mla_hash_encode_and_cache(rows[:, :LORA], rows[:, LORA:], w_lora, w_rope, hc, written)
-                        assert torch.equal(rt.hash_caches[1], hc)
-                        n_blocks = [math.ceil(int(s) / BS) for s in seq]
-                        budgets = torch.tensor([math.ceil(Fraction("0.3") * n) for n in n_blocks], dtype=torch.int32)
-                        width = max(n_blocks)
-                        codes = R.mla_hash_encode(q[..., :LORA], q[..., LORA:], w_lora, w_rope)
-                        cfg = rt.config
-                        idx, n_sel = R.hamming_dist_top_k(codes, hc, reqs.table[:, :width], seq, budgets, width,
-                                                          cfg.must_select_blocks, cfg.chunk_repre_method,
-                                                          cfg.rope_bytes, cfg.rope_score_weight)
-                        sel = R.kv_select(idx, n_sel, reqs.table[:, :width], seq, BS, 0)
-                    table, lens = sel  # layer 2 reuses layer 1's selection
-                    assert call["actual_seq_kvlen"] == lens.tolist() and (lens < seq).all()  # host lengths
-                    for r in range(3):
-                        k = math.ceil(int(lens[r]) / BS)
-                        assert torch.equal(call["block_table"][r, :k], table[r, :k])
-                # the kernel's output == the reference MQA over the latent cache on that table,
-                # and the layer's output is o_proj(W_UV(that))
-                ref = R.paged_decode_attention(q, lat, lat, table, lens, SCALE)[..., :LORA]  # [B, N, L]
-                torch.testing.assert_close(call["out"].reshape(N, 3, LORA).transpose(0, 1), ref, rtol=1e-5,
-                                           atol=1e-5)
-                want = torch.einsum("bnl,nlv->bnv", ref, impl.W_UV).reshape(3, N * V) @ impl.o_proj.weight.T
-                torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
-                if l:
-                    full = R.paged_decode_attention(q, lat, lat, reqs.table, seq, SCALE)[..., :LORA]
-                    assert not torch.allclose(full, ref, atol=1e-4)  # the selection mattered
+            check_decode_rows(rt, impls, caches, run_layers(impls, caches, md, vc, 3, g), reqs, common.seq_lens_cpu, 3)
     st = rt.stats()
     assert st["sparse_steps"] == 2 and st["layer_selections"] == 2 and st["blocks_read"] < st["blocks_dense"]
+
+
+def test_mixed_step_decode_rows_sparse_new_prompt_dense(model_dir):
+    """Rows 0 and 1 decode while row 2, a new request, prefills 200 tokens (ChunkedPrefill; no
+    cached context): the plan covers the decode rows only, they get the reference selection and
+    output; row 2's tokens are hashed too (the hash cache check covers them) and the step counts
+    as mixed."""
+    g = fresh_generator()
+    vc = T.vllm_config(model_dir, gsa_config())
+    reqs = Requests(g, [900, 1300, 200], 40, d=1)
+    with set_current_vllm_config(vc):
+        impls, builder, caches = setup_engine(vc, g, 40)
+        rt = impls[0].gsa
+        first = copy.copy(reqs)  # rows 0 and 1 arrive first
+        first.lens, first.table = reqs.lens[:2], reqs.table[:2]
+        common, _ = first.step(list(first.lens), "prefill")
+        run_layers(impls, caches, builder.build(0, common), vc, common.num_actual_tokens, g)
+        reqs.lens = [901, 1301, 200]
+        common, _ = reqs.step([1, 1, 200], "chunked")
+        md = builder.build(0, common)
+        assert (md.num_decodes, md.num_prefills) == (2, 1) and md.prefill.chunked_context is None
+        assert md.gsa.step is not None and md.gsa.step.plan.sparse_rows.tolist() == [True, True]
+        res = run_layers(impls, caches, md, vc, common.num_actual_tokens, g)
+        check_decode_rows(rt, impls, caches, res, reqs, common.seq_lens_cpu, 2)
+        assert all(bool(out[2:].isfinite().all()) for _, out, _ in res)  # the prefill row ran (dense)
+    st = rt.stats()
+    assert st["sparse_steps"] == 1 and st["mixed_steps"] == 1, st
 
 
 def test_gsa_off_leaves_upstream_mla_classes(model_dir):

@@ -12,7 +12,13 @@ import, and the kernels its GQA decode path calls, computed with gsa-ops' refere
   table) and records every call in :data:`CALLS`;
 * ``_npu_paged_attention``: :func:`gsa.reference.paged_decode_attention` on ``context_lens``
   (a host tensor, checked);
-* ``npu_fusion_attention`` (TND, causal): prefill of 512-dim heads, a plain causal softmax.
+* ``npu_fusion_attention`` (TND, causal): prefill of 512-dim heads, a plain causal softmax;
+* MLA (``vllm_ascend/attention/mla_v1.py``): ``npu_kv_rmsnorm_rope_cache`` (RMSNorm of ``c_kv``,
+  interleaved RoPE of ``k_pe``, both written into the latent caches at slots),
+  ``npu_interleave_rope``, ``npu_fused_infer_attention_score_v2`` (``BNSD_NBSD`` decode:
+  :func:`gsa.reference.paged_decode_attention` over ``[c_kv, k_pe]`` with V the ``c_kv`` part,
+  host ``actual_seq_kvlen`` checked, recorded in :data:`CALLS`), ``npu_transpose_batchmatmul``,
+  ``npu_format_cast`` (identity); FIA's ``query_rope`` / ``key_rope`` for MLA prefill.
 
 Every other attribute is a placeholder that raises ``NotImplementedError`` naming the op
 when called, so a code path that needs an op not emulated here fails loudly. ``torch.npu``
