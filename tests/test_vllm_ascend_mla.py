@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import test_vllm_ascend as T  # noqa: E402  (skips this module too where the stand-in cannot run)
+if not os.environ.get("GSA_VLLM_ASCEND_SRC"):
+    pytest.skip("GSA_VLLM_ASCEND_SRC is not set (vllm-ascend sources: run ci/vllm_ascend.sh)", allow_module_level=True)
+
+import test_vllm_ascend as T  # noqa: E402  (its set-up: sys.path, the stand-in torch_npu, the hook)
 from test_vllm_ascend import fresh_generator, single_rank_groups  # noqa: F401  (autouse fixture)
 
 import torch_npu  # noqa: E402  (the stand-in)
