@@ -1,8 +1,9 @@
-"""vllm-ascend hook: the GSA GQA backend for engines with GSA on, upstream's classes otherwise.
+"""vllm-ascend hook: the GSA GQA and MLA backends for engines with GSA on, upstream's classes otherwise.
 
-Written against vllm-ascend 0.23.0.post1 (vLLM 0.23.0) and its main branch at
-``182b75ea84`` (vLLM 0.27.1); exercised in CI on 0.23.0.post1's Python sources
-with a stand-in ``torch_npu`` (``ci/vllm_ascend.sh``, ``tests/test_vllm_ascend.py``);
+Written against vllm-ascend 0.23.0.post1 (vLLM 0.23.0) and, for GQA, its main branch at
+``182b75ea84`` (vLLM 0.27.1; the MLA wrapper was not checked against main); exercised in
+CI on 0.23.0.post1's Python sources with a stand-in ``torch_npu`` (``ci/vllm_ascend.sh``,
+``tests/test_vllm_ascend.py``, ``tests/test_vllm_ascend_mla.py``);
 never run on an NPU. Nothing here imports torch_npu.
 
 vllm-ascend's ``NPUPlatform.get_attn_backend_cls`` returns a class path rather
@@ -85,7 +86,7 @@ def check_engine(vllm_config: Any, settings: PluginSettings,
                   "off with GSA (both would select KV blocks, one on top of the other)", extra[key])
     if cfg.chunk_size not in tuple(kernel_block_sizes):
         _fail("kernel block size", f"the config's chunk_size {cfg.chunk_size} (GSA selects whole kernel blocks); "
-              f"vllm-ascend's GQA kernels use block size {list(kernel_block_sizes)}, so set chunk_size and "
+              f"vllm-ascend's GQA and MLA kernels use block size {list(kernel_block_sizes)}, so set chunk_size and "
               f"--block-size to {kernel_block_sizes[0]}", list(kernel_block_sizes))
     cc = getattr(vllm_config, "compilation_config", None)
     mode = getattr(cc, "cudagraph_mode", None)
