@@ -298,11 +298,10 @@ def test_gsa_off_leaves_upstream_classes(model_dir):
 
 
 @pytest.mark.parametrize("case", ["dcp", "pcp", "c8", "enable_hamming_sparse", "hamming_sparse", "full_decode_only",
-                                  "full", "kernel_block", "mla"])
+                                  "full", "kernel_block"])
 def test_refusals_at_start_up(model_dir, case):
     vc = vllm_config(model_dir, gsa_config(chunk_size=64) if case == "kernel_block" else gsa_config(),
                      block_size=64 if case == "kernel_block" else BS)
-    sel = SELECTOR
     if case == "dcp":
         vc.parallel_config.decode_context_parallel_size, pattern = 2, r"decode_context_parallel_size: expected 1"
     elif case == "pcp":
@@ -319,18 +318,17 @@ def test_refusals_at_start_up(model_dir, case):
 
         vc.compilation_config.cudagraph_mode = CUDAGraphMode[case.upper()]
         pattern = rf"cudagraph_mode: expected NONE, PIECEWISE or FULL_AND_PIECEWISE .*got '{case.upper()}'"
-    elif case == "kernel_block":
-        pattern = r"kernel block size: expected the config's chunk_size 64 .*got \[128\]"
     else:
-        sel, pattern = SELECTOR._replace(use_mla=True), r"attention backend: expected .*got 'vllm_ascend.attention.mla_v1"
+        pattern = r"kernel block size: expected the config's chunk_size 64 .*got \[128\]"
     with pytest.raises(GSAVllmConfigError, match=pattern):
         with set_current_vllm_config(vc):
-            NPUPlatform.get_attn_backend_cls(None, sel)
+            NPUPlatform.get_attn_backend_cls(None, SELECTOR)
     if case == "kernel_block":  # NPUPlatform made the cache block size 128: the model check fires first there
         pattern = r"'chunk_size': expected the vLLM KV cache block size 128"
-    if case != "mla":  # the impl checks again (vLLM caches the backend choice per process)
-        with set_current_vllm_config(vc), pytest.raises(GSAVllmConfigError, match=pattern):
-            make_impl(AB.GSAAscendImpl)
+    # the impl checks again (vLLM caches the backend choice per process); MLA and the
+    # unwrapped backends (SFA, ...): tests/test_vllm_ascend_mla.py
+    with set_current_vllm_config(vc), pytest.raises(GSAVllmConfigError, match=pattern):
+        make_impl(AB.GSAAscendImpl)
 
 
 def test_last_block_must_be_forced(model_dir):

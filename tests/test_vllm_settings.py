@@ -229,10 +229,12 @@ def test_ascend_hook_on_a_stand_in_platform(monkeypatch):
     assert NPUPlatform.get_attn_backend_cls(None, mla) == mla
     current["vc"] = _engine(gsa=True)[0]
     assert NPUPlatform.get_attn_backend_cls(None, ascend.ASCEND_GQA_BACKEND) == ascend.GSA_ASCEND_BACKEND
-    with pytest.raises(GSAVllmConfigError, match=r"attention backend: expected .*AscendAttentionBackend.*got "
-                                                 r"'vllm_ascend.attention.mla_v1.AscendMLABackend'"):
-        NPUPlatform.get_attn_backend_cls(None, mla)
-    assert len(calls) == 5  # upstream asked every time
+    assert NPUPlatform.get_attn_backend_cls(None, mla) == ascend.GSA_ASCEND_MLA_BACKEND
+    sfa = "vllm_ascend.attention.sfa_v1.AscendSFABackend"  # not wrapped: refused
+    with pytest.raises(GSAVllmConfigError, match=r"attention backend: expected .*AscendMLABackend.*got "
+                                                 r"'vllm_ascend.attention.sfa_v1.AscendSFABackend'"):
+        NPUPlatform.get_attn_backend_cls(None, sfa)
+    assert len(calls) == 6  # upstream asked every time
 
 
 @pytest.mark.parametrize("what", ["dcp", "pcp", "c8", "enable_hamming_sparse", "hamming_sparse", "FULL",

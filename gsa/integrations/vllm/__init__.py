@@ -14,8 +14,9 @@ Wrapped backends:
 * ``CPU_MLA`` (DeepSeek-style MLA on CPU): :mod:`.cpu_mla`, exercised in CI;
 * ``FLASH_ATTN_MLA`` (what vLLM 0.32 picks for MLA on Hopper) and ``TRITON_MLA``:
   :mod:`.cuda_mla`, written against vLLM 0.32, import-checked only, not run here;
-* vllm-ascend's ``AscendAttentionBackend``: :mod:`.ascend`, driven in CI through
-  vllm-ascend 0.23.0.post1's real code with a stand-in ``torch_npu``; never run on an NPU.
+* vllm-ascend's ``AscendAttentionBackend`` and ``AscendMLABackend``: :mod:`.ascend`
+  (:mod:`.ascend_backend`, :mod:`.ascend_mla`), driven in CI through vllm-ascend
+  0.23.0.post1's real code with a stand-in ``torch_npu``; never run on an NPU.
 
 Counters: :func:`stats` (in-process engines), and a log line every
 ``log_every`` steps from logger ``gsa.vllm``.

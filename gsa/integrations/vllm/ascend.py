@@ -1,8 +1,9 @@
-"""vllm-ascend hook: the GSA GQA backend for engines with GSA on, upstream's classes otherwise.
+"""vllm-ascend hook: the GSA GQA and MLA backends for engines with GSA on, upstream's classes otherwise.
 
-Written against vllm-ascend 0.23.0.post1 (vLLM 0.23.0) and its main branch at
-``182b75ea84`` (vLLM 0.27.1); exercised in CI on 0.23.0.post1's Python sources
-with a stand-in ``torch_npu`` (``ci/vllm_ascend.sh``, ``tests/test_vllm_ascend.py``);
+Written against vllm-ascend 0.23.0.post1 (vLLM 0.23.0) and, for GQA, its main branch at
+``182b75ea84`` (vLLM 0.27.1; the MLA wrapper was not checked against main); exercised in
+CI on 0.23.0.post1's Python sources with a stand-in ``torch_npu`` (``ci/vllm_ascend.sh``,
+``tests/test_vllm_ascend.py``, ``tests/test_vllm_ascend_mla.py``);
 never run on an NPU. Nothing here imports torch_npu.
 
 vllm-ascend's ``NPUPlatform.get_attn_backend_cls`` returns a class path rather
@@ -15,9 +16,10 @@ vLLM asks it once (the answer is cached per process by vLLM's selector):
   MLA, ... classes keep working);
 * GSA on: :func:`check_engine` refuses, with :class:`GSAVllmConfigError` naming
   the setting, what GSA cannot serve on Ascend, then upstream's GQA backend
-  ``AscendAttentionBackend`` becomes our wrapper (:mod:`.ascend_backend`). Any
-  other upstream backend (MLA / SFA / DSA / FA3) is refused: it is not wrapped,
-  and running it would silently serve dense attention.
+  ``AscendAttentionBackend`` becomes our wrapper (:mod:`.ascend_backend`) and
+  the MLA backend ``AscendMLABackend`` ours (:mod:`.ascend_mla`, after
+  :func:`check_mla_engine`). Any other upstream backend (SFA / DSA / FA3 / 310P)
+  is refused: it is not wrapped, and running it would silently serve dense attention.
 """
 from __future__ import annotations
 
@@ -26,11 +28,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .settings import GSAVllmConfigError, PluginSettings, read_settings
 
-__all__ = ["register", "check_engine", "choose_backend", "ASCEND_GQA_BACKEND", "GSA_ASCEND_BACKEND",
+__all__ = ["register", "check_engine", "check_mla_engine", "check_last_block_forced", "choose_backend",
+           "ASCEND_GQA_BACKEND", "GSA_ASCEND_BACKEND", "ASCEND_MLA_BACKEND", "GSA_ASCEND_MLA_BACKEND",
            "KERNEL_BLOCK_SIZES"]
 
 ASCEND_GQA_BACKEND = "vllm_ascend.attention.attention_v1.AscendAttentionBackend"
 GSA_ASCEND_BACKEND = "gsa.integrations.vllm.ascend_backend.GSAAscendAttentionBackend"
+ASCEND_MLA_BACKEND = "vllm_ascend.attention.mla_v1.AscendMLABackend"
+GSA_ASCEND_MLA_BACKEND = "gsa.integrations.vllm.ascend_mla.GSAAscendMLABackend"
 #: ``AscendAttentionBackend.get_supported_kernel_block_sizes()`` in 0.23.0.post1 and main:
 #: the block size of the tables the NPU kernels (and so GSA's selection) see
 KERNEL_BLOCK_SIZES = (128,)
@@ -81,7 +86,7 @@ def check_engine(vllm_config: Any, settings: PluginSettings,
                   "off with GSA (both would select KV blocks, one on top of the other)", extra[key])
     if cfg.chunk_size not in tuple(kernel_block_sizes):
         _fail("kernel block size", f"the config's chunk_size {cfg.chunk_size} (GSA selects whole kernel blocks); "
-              f"vllm-ascend's GQA kernels use block size {list(kernel_block_sizes)}, so set chunk_size and "
+              f"vllm-ascend's GQA and MLA kernels use block size {list(kernel_block_sizes)}, so set chunk_size and "
               f"--block-size to {kernel_block_sizes[0]}", list(kernel_block_sizes))
     cc = getattr(vllm_config, "compilation_config", None)
     mode = getattr(cc, "cudagraph_mode", None)
@@ -90,6 +95,34 @@ def check_engine(vllm_config: Any, settings: PluginSettings,
         _fail("compilation_config.cudagraph_mode",
               "NONE, PIECEWISE or FULL_AND_PIECEWISE with GSA (decode graphs replay the FIA / paged attention "
               "with the dense lengths; GSA's per-step selection runs outside graphs, see docs/vllm.md)", name)
+
+
+def check_mla_engine(vllm_config: Any, enable_kv_nz: bool = False, enable_mlapo: bool = False,
+                     fa_quant: bool = False) -> None:
+    """Refuse what the MLA wrapper cannot serve (GSA on): vllm-ascend's NZ latent cache
+    (``additional_config["enable_kv_nz"]``: the cache is not laid out as the ``[NB, bs, 1, L]``
+    rows GSA hashes), its fused MLA preprocess (``enable_mlapo``: it writes the cache in one
+    op outside the path GSA hashes from) and FA quantisation (``quant_config.enable_fa_quant``:
+    an INT8 / FP8 latent cache). The impl passes its own resolved flags as well."""
+    extra = getattr(vllm_config, "additional_config", None) or {}
+    for key, own in (("enable_kv_nz", enable_kv_nz), ("enable_mlapo", enable_mlapo)):
+        if own or _truthy_flag(extra.get(key, False)):
+            _fail(f"additional_config[{key!r}]", "off with GSA on an MLA model (the MLA wrapper hashes the latent "
+                  "cache as ND rows written by the unfused preprocess)", extra.get(key, own))
+    qc = getattr(vllm_config, "quant_config", None)
+    if fa_quant or getattr(qc, "enable_fa_quant", False):
+        _fail("quantization: quant_config.enable_fa_quant (quantised latent cache)",
+              "off with GSA (GSA hashes a floating-point latent cache)", True)
+
+
+def check_last_block_forced(config: Any) -> None:
+    """The NPU kernels take lengths as host lists, computed without a device sync only
+    when the last block is always selected (spec 7's amendment)."""
+    if -1 not in config.must_select_blocks:
+        raise GSAVllmConfigError(
+            "GSA vLLM plugin (Ascend): key 'must_select_blocks': expected it to contain -1 (the last block; "
+            "the NPU kernels take lengths as host lists, computed without a device sync only when the last "
+            f"block is always selected), got {list(config.must_select_blocks)}")
 
 
 def _current_vllm_config() -> Optional[Any]:
@@ -111,7 +144,11 @@ def choose_backend(path: str, vllm_config: Optional[Any]) -> str:
     check_engine(vllm_config, settings)
     if path == ASCEND_GQA_BACKEND:
         return GSA_ASCEND_BACKEND
-    _fail("attention backend", f"{ASCEND_GQA_BACKEND} (the only vllm-ascend backend GSA wraps)", path)
+    if path == ASCEND_MLA_BACKEND:
+        check_mla_engine(vllm_config)
+        return GSA_ASCEND_MLA_BACKEND
+    _fail("attention backend", f"{ASCEND_GQA_BACKEND} or {ASCEND_MLA_BACKEND} (the vllm-ascend backends GSA wraps)",
+          path)
     return path  # unreachable
 
 

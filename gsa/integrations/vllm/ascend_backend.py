@@ -46,7 +46,7 @@ from vllm_ascend.attention.attention_v1 import (
     AscendMetadata,
 )
 
-from .ascend import check_engine
+from .ascend import check_engine, check_last_block_forced
 from .common import GSAImplMixin, host_lengths
 from .runtime import StepState, runtime_for
 from .settings import GSAVllmConfigError, read_settings
@@ -102,11 +102,7 @@ class GSAAscendImpl(GSAImplMixin, AscendAttentionBackendImpl):
         # again here: vLLM caches the backend choice per process, so the hook may not
         # have seen this engine's config
         check_engine(self.vllm_config, self.gsa.settings)
-        if -1 not in self.gsa.config.must_select_blocks:
-            raise GSAVllmConfigError(
-                "GSA vLLM plugin (Ascend): key 'must_select_blocks': expected it to contain -1 (the last block; "
-                "the NPU kernels take lengths as host lists, computed without a device sync only when the last "
-                f"block is always selected), got {list(self.gsa.config.must_select_blocks)}")
+        check_last_block_forced(self.gsa.config)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output=None, output_scale=None,
                 output_block_scale=None):

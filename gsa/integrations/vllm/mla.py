@@ -158,22 +158,35 @@ class GSAMLAImplMixin:
         if not rt.is_sparse(l, state):
             return base_forward_mqa(q, kv_cache, attn_metadata, layer)
         q_nope, q_pe = q if isinstance(q, tuple) else q.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-        src = rt.policy.layer(l).selection_layer
-        md = state.derived.get(src)
-        dec = attn_metadata.decode
-        if md is None:
-            b = state.step.plan.batch_size
-            # the first b query tokens are the b decode rows (one token each): q_rows is 0..b-1
-            table, lens = rt.select(l, state, q_nope, dec.block_table, dec.seq_lens, query_rope=q_pe)
-            if dec.seq_lens.shape[0] > b:  # rows padded past the step's requests keep theirs
-                lens = torch.cat([lens, dec.seq_lens[b:].to(lens.dtype)])
-                table = torch.cat([table, table.new_zeros((dec.block_table.shape[0] - b, table.shape[1]))])
-            md = dataclasses.replace(attn_metadata, decode=self._sparse_decode(dec, table, lens, state))
-            state.derived[src] = md
+        md = self._gsa_sparse_attn_metadata(l, state, q_nope, q_pe, attn_metadata)
         out = base_forward_mqa(q, kv_cache, md, layer)
         if rt.capture_layer == l and rt.captured is None:
-            self._gsa_capture(rt, l, state, q_nope, q_pe, out[0], kv_cache, dec, md.decode)
+            self._gsa_capture(rt, l, state, q_nope, q_pe, out[0], kv_cache, attn_metadata.decode, md.decode)
         return out
+
+    def _gsa_sparse_attn_metadata(self, l: int, state: StepState, q_nope: torch.Tensor, q_pe: torch.Tensor,
+                                  attn_metadata: Any) -> Any:
+        """A copy of ``attn_metadata`` whose ``decode`` part reads sparse layer ``l``'s selection
+        (made once per selection layer and step). ``q_nope [B', N, L]``: the absorbed query,
+        ``q_pe [B', N, P]``; the first ``B`` rows are the step's decode rows, one token each."""
+        src = self.gsa.policy.layer(l).selection_layer
+        md = state.derived.get(src)
+        if md is None:
+            dec = attn_metadata.decode
+            b = state.step.plan.batch_size
+            dense_table, dense_lens = self._gsa_decode_table_and_lens(dec)
+            # the first b query tokens are the b decode rows (one token each): q_rows is 0..b-1
+            table, lens = self.gsa.select(l, state, q_nope, dense_table, dense_lens, query_rope=q_pe)
+            if dense_lens.shape[0] > b:  # rows padded past the step's requests keep theirs
+                lens = torch.cat([lens, dense_lens[b:].to(lens.dtype)])
+                table = torch.cat([table, table.new_zeros((dense_table.shape[0] - b, table.shape[1]))])
+            md = dataclasses.replace(attn_metadata, decode=self._sparse_decode(dec, table, lens, state))
+            state.derived[src] = md
+        return md
+
+    def _gsa_decode_table_and_lens(self, dec: Any):
+        """The decode rows' ``(block_table [B, M], seq_lens [B])`` on one device (per backend)."""
+        return dec.block_table, dec.seq_lens
 
     def _sparse_decode(self, dec: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState) -> Any:
         """A ``dataclasses.replace`` copy of the decode metadata ``dec`` over the sparse

@@ -12,7 +12,13 @@ import, and the kernels its GQA decode path calls, computed with gsa-ops' refere
   table) and records every call in :data:`CALLS`;
 * ``_npu_paged_attention``: :func:`gsa.reference.paged_decode_attention` on ``context_lens``
   (a host tensor, checked);
-* ``npu_fusion_attention`` (TND, causal): prefill of 512-dim heads, a plain causal softmax.
+* ``npu_fusion_attention`` (TND, causal): prefill of 512-dim heads, a plain causal softmax;
+* MLA (``vllm_ascend/attention/mla_v1.py``): ``npu_kv_rmsnorm_rope_cache`` (RMSNorm of ``c_kv``,
+  interleaved RoPE of ``k_pe``, both written into the latent caches at slots),
+  ``npu_interleave_rope``, ``npu_fused_infer_attention_score_v2`` (``BNSD_NBSD`` decode:
+  :func:`gsa.reference.paged_decode_attention` over ``[c_kv, k_pe]`` with V the ``c_kv`` part,
+  host ``actual_seq_kvlen`` checked, recorded in :data:`CALLS`), ``npu_transpose_batchmatmul``,
+  ``npu_format_cast`` (identity); FIA's ``query_rope`` / ``key_rope`` for MLA prefill.
 
 Every other attribute is a placeholder that raises ``NotImplementedError`` naming the op
 when called, so a code path that needs an op not emulated here fails loudly. ``torch.npu``
@@ -101,7 +107,7 @@ def _causal_rows(q, k, v, scale):
     allowed = torch.arange(L).unsqueeze(0) <= (L - n + torch.arange(n)).unsqueeze(1)  # [n, L]
     logits = logits.masked_fill(~allowed, float("-inf"))
     out = torch.einsum("kgnt,tkd->nkgd", torch.softmax(logits, dim=-1), v.float())
-    return out.reshape(n, hq, d)
+    return out.reshape(n, hq, v.shape[-1])
 
 
 def npu_fused_infer_attention_score(query, key, value, *, num_heads, num_key_value_heads, scale,
@@ -118,8 +124,15 @@ def npu_fused_infer_attention_score(query, key, value, *, num_heads, num_key_val
     if len(kv) != b:
         raise ValueError(f"fake FIA: actual_seq_lengths_kv has {len(kv)} entries for batch {b}")
     hq, hkv = num_heads, num_key_value_heads
+    if unused.get("query_rope") is not None:  # MLA prefill: the rope parts score as well
+        if block_table is not None:
+            raise NotImplementedError("fake FIA: query_rope with a block table")
+        query = torch.cat([query, unused["query_rope"].to(query.dtype)], dim=-1)
+        key = torch.cat([key, unused["key_rope"].to(key.dtype)], dim=-1)
     d = query.shape[-1]
-    out = torch.zeros(query.shape[0], hq, d, dtype=torch.float32)
+    # no table: value [T, Hkv, Dv] (Dv may differ from the query's: MLA prefill); paged: Dv = D
+    dv = value.shape[-1] if block_table is None else d
+    out = torch.zeros(query.shape[0], hq, dv, dtype=torch.float32)
     starts = [0] + q_ends[:-1]
     if block_table is None:  # PrefillNoCache: K/V are the step's tokens, kv lengths cumulative
         kv_starts = [0] + kv[:-1]
@@ -157,7 +170,7 @@ def npu_fused_infer_attention_score(query, key, value, *, num_heads, num_key_val
                   block_table.clone(), "actual_seq_lengths_kv": list(kv), "actual_seq_lengths": list(q_ends),
                   "sparse_mode": sparse_mode})
     out = out.to(query.dtype)
-    return out, torch.zeros(1, dtype=query.dtype)
+    return out, torch.zeros(hq, query.shape[0], dtype=torch.float32)
 
 
 def npu_fusion_attention(query, key, value, head_num, input_layout, *, scale, actual_seq_qlen, actual_seq_kvlen,
@@ -185,3 +198,81 @@ def _npu_paged_attention(query, key_cache, value_cache, num_kv_heads, num_heads,
     CALLS.append({"op": "_npu_paged_attention", "block_table": block_table.clone(),
                   "context_lens": context_lens.clone()})
     return out
+
+
+# ---------------------------------------------------------------- MLA (vllm_ascend/attention/mla_v1.py)
+def npu_format_cast(x, fmt):
+    """Formats are a device-memory matter: the CPU stand-in keeps the tensor (ND)."""
+    return x
+
+
+def _rope_interleaved(x, cos, sin):
+    """``x [..., D]``: pairs ``(x[2i], x[2i+1])`` de-interleaved to halves, then rotated by ``cos, sin``
+    (broadcast ``[..., D]``, the two halves repeated), as torch_npu documents its interleave rope."""
+    d = x.shape[-1]
+    y = torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1).float()
+    rot = torch.cat([-y[..., d // 2:], y[..., : d // 2]], dim=-1)
+    return (y * cos.float() + rot * sin.float()).to(x.dtype)
+
+
+def npu_interleave_rope(x, cos, sin):
+    """``x [B, N, 1, D]``, ``cos, sin [B, 1, 1, D]``."""
+    return _rope_interleaved(x, cos, sin)
+
+
+def npu_kv_rmsnorm_rope_cache(kv, gamma, cos, sin, index, k_cache, ckv_cache, *, epsilon=1e-6, cache_mode="PA",
+                              is_output_kv=False, c_kv_scale=None, **unused):
+    """``kv [T, 1, 1, L + P]``: RMSNorm(c_kv) * gamma into ``ckv_cache [NB, bs, 1, L]`` and the roped
+    ``k_pe`` into ``k_cache [NB, bs, 1, P]`` at ``index [T]`` (``-1`` skipped). Returns
+    ``(k_cache, ckv_cache, k_pe, c_kv)``, the last two only with ``is_output_kv``."""
+    if cache_mode != "PA" or c_kv_scale is not None:
+        raise NotImplementedError(f"fake npu_kv_rmsnorm_rope_cache: cache_mode {cache_mode!r}, c_kv_scale")
+    lora = ckv_cache.shape[-1]
+    c, pe = kv[..., :lora].float(), kv[..., lora:]
+    c = (c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + epsilon) * gamma.float()).to(kv.dtype)
+    pe = _rope_interleaved(pe, cos, sin)
+    bs = ckv_cache.shape[1]
+    slots = index.to(torch.int64)
+    keep = slots >= 0
+    s = slots[keep]
+    ckv_cache[s // bs, s % bs] = c.reshape(-1, 1, lora)[keep].to(ckv_cache.dtype)
+    k_cache[s // bs, s % bs] = pe.reshape(-1, 1, pe.shape[-1])[keep].to(k_cache.dtype)
+    CALLS.append({"op": "npu_kv_rmsnorm_rope_cache", "slots": slots.clone()})
+    if is_output_kv:
+        return k_cache, ckv_cache, pe, c
+    return k_cache, ckv_cache, None, None
+
+
+def npu_fused_infer_attention_score_v2(query, key, value, *, query_rope, key_rope, num_query_heads,
+                                       num_key_value_heads, input_layout, softmax_scale, block_table, block_size,
+                                       actual_seq_kvlen, actual_seq_qlen=None, sparse_mode=0, atten_mask=None,
+                                       **unused):
+    """MLA decode (``BNSD_NBSD``): ``query [B, N, 1, L]``, ``query_rope [B, N, 1, P]``, ``key``
+    the latent cache ``[NB, 1, bs, L]``, ``key_rope [NB, 1, bs, P]`` (``value`` = ``key``).
+    One latent head: :func:`gsa.reference.paged_decode_attention` over ``[c_kv, k_pe]``, V the
+    ``c_kv`` part. Returns ``([N, B, 1, L], lse)``; records the call in :data:`CALLS`."""
+    if input_layout != "BNSD_NBSD" or sparse_mode != 0 or num_key_value_heads != 1:
+        raise NotImplementedError(f"fake FIA v2: layout {input_layout!r}, sparse_mode {sparse_mode}, "
+                                  f"{num_key_value_heads} kv heads")
+    kv = _host_list("actual_seq_kvlen", actual_seq_kvlen)
+    b, n, _, lora = query.shape
+    if len(kv) != b or block_table.shape[0] < b:
+        raise ValueError(f"fake FIA v2: {len(kv)} kv lengths, {block_table.shape[0]} table rows for batch {b}")
+    nb, _, bs, _ = key.shape
+    if bs != block_size:
+        raise ValueError(f"fake FIA v2: cache block size {bs} != block_size {block_size}")
+    if max(kv) > block_table.shape[1] * bs:
+        raise ValueError(f"fake FIA v2: a kv length {max(kv)} exceeds the block table")
+    q = torch.cat([query, query_rope.to(query.dtype)], dim=-1).reshape(b, n, -1)
+    lat = torch.cat([key, key_rope.to(key.dtype)], dim=-1).reshape(nb, bs, 1, -1)
+    o = R.paged_decode_attention(q, lat, lat, block_table[:b].to(torch.int32), torch.tensor(kv, dtype=torch.int32),
+                                 softmax_scale)[..., :lora]
+    out = o.to(query.dtype).transpose(0, 1).reshape(n, b, 1, lora).contiguous()
+    CALLS.append({"op": "npu_fused_infer_attention_score_v2", "query": q.clone(), "block_table": block_table.clone(),
+                  "actual_seq_kvlen": list(kv), "out": out.clone()})
+    return out, torch.zeros(1, dtype=torch.float32)
+
+
+def npu_transpose_batchmatmul(x, weight, perm_y=(1, 0, 2)):
+    """``x [N, B, L] @ weight [N, L, V]``, the result permuted by ``perm_y``."""
+    return torch.bmm(x, weight.to(x.dtype)).permute(*perm_y)
