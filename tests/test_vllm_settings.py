@@ -274,3 +274,20 @@ def test_ascend_hook_absent_without_vllm_ascend():
     if "vllm_ascend" in sys.modules or importlib.util.find_spec("vllm_ascend") is not None:
         pytest.skip("vllm-ascend is installed here")
     assert ascend.register() is False
+
+
+def test_register_skips_backends_this_vllm_lacks(monkeypatch):
+    """The plugin runs in every vLLM process of every version: a wrapped backend the
+    installed vLLM does not have (CPU_MLA before 0.32) is skipped, never an error."""
+    pytest.importorskip("vllm")
+    import gsa.integrations.vllm as gv
+    from vllm.v1.attention.backends import registry
+
+    calls = []
+    monkeypatch.setattr(registry, "register_backend", lambda member, path: calls.append((member.name, path)))
+    monkeypatch.setattr(gv, "WRAPPED", {**gv.WRAPPED, "NO_SUCH_BACKEND": "x.y.Z"})
+    monkeypatch.setattr(gv, "_DONE", False)
+    gv.register()
+    names = [n for n, _ in calls]
+    assert "NO_SUCH_BACKEND" not in names
+    assert ("CPU_ATTN", gv.WRAPPED["CPU_ATTN"]) in calls

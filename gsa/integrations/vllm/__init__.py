@@ -56,6 +56,15 @@ def _ensure_log_handler() -> None:
         logger.propagate = False
 
 
+def _vllm_version() -> str:
+    try:
+        import vllm
+
+        return str(vllm.__version__)
+    except Exception:  # version lookup only feeds a log line
+        return "?"
+
+
 def register() -> None:
     """vLLM general-plugin entry point (runs in every vLLM process; idempotent, cheap).
 
@@ -70,7 +79,12 @@ def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     for name, path in WRAPPED.items():
-        register_backend(AttentionBackendEnum[name], path)
+        try:  # a backend this vLLM does not have (e.g. CPU_MLA before 0.32): nothing to wrap
+            member = AttentionBackendEnum[name]
+        except (KeyError, ValueError):
+            logger.debug("GSA: vLLM %s has no attention backend %s; not wrapped", _vllm_version(), name)
+            continue
+        register_backend(member, path)
     try:  # vllm-ascend: its platform names the backend class by path, not through the enum
         from . import ascend
 
