@@ -50,3 +50,19 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def vllm_process_state():
+    """An in-process vLLM CPU engine sets torch to 1 thread and may pin the process to
+    cores; give the rest of the test session its settings back (vLLM engine test modules
+    use this through ``pytest.mark.usefixtures``)."""
+    threads = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield
+    torch.set_num_threads(threads)
+    if affinity is not None:
+        try:
+            os.sched_setaffinity(0, affinity)
+        except OSError:
+            pass

@@ -41,7 +41,7 @@ from gsa.policy import GSAPolicy  # noqa: E402
 
 from tiny_models import gemma3_tiny  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vllm_process_state")]
 
 BLOCK = 32
 THRESHOLD = 64
@@ -63,19 +63,6 @@ def gsa_config(full_ratio: float, sliding_ratio: float = 1.0) -> dict:
 def model_dir(tmp_path_factory):
     root = os.environ.get("GSA_TEST_TINY_DIR") or str(tmp_path_factory.mktemp("tiny"))
     return gemma3_tiny(root, layer_types=LAYER_TYPES, sliding_window=WINDOW)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_process_state():
-    threads = torch.get_num_threads()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    yield
-    torch.set_num_threads(threads)
-    if affinity is not None:
-        try:
-            os.sched_setaffinity(0, affinity)
-        except OSError:
-            pass
 
 
 def _start(model_dir, gsa_spec):

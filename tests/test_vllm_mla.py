@@ -42,7 +42,7 @@ from gsa.integrations.vllm.runtime import release_runtimes, runtime_for  # noqa:
 
 from tiny_models import deepseek_v2_tiny  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vllm_process_state")]
 
 BLOCK = 16  # vLLM's CPU MLA kernel block size
 THRESHOLD = 64
@@ -65,19 +65,6 @@ def gsa_config(ratio: float, **changes) -> dict:
 def model_dir(tmp_path_factory):
     root = os.environ.get("GSA_TEST_TINY_DIR") or str(tmp_path_factory.mktemp("tiny"))
     return deepseek_v2_tiny(root)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_process_state():
-    threads = torch.get_num_threads()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    yield
-    torch.set_num_threads(threads)
-    if affinity is not None:
-        try:
-            os.sched_setaffinity(0, affinity)
-        except OSError:
-            pass
 
 
 def _start(model_dir, gsa_spec):

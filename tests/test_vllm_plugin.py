@@ -34,7 +34,7 @@ from gsa import reference as R  # noqa: E402
 from gsa.config import GSAConfig  # noqa: E402
 from gsa.integrations.vllm.runtime import release_runtimes, runtime_for  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("vllm_process_state")]
 
 BLOCK = 32
 THRESHOLD = 256
@@ -116,21 +116,6 @@ STORY = ("Once upon a time, in a small village by the sea, there lived an old fi
 # mixed batch: a short request starts decoding (sparse, over the threshold) while the
 # longer one is still prefilling in chunks of max_num_batched_tokens
 EQ_PROMPTS = [STORY * 8 + "One stormy morning, Tomas", STORY * 20 + "Years later, his daughter"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_process_state():
-    """An in-process vLLM CPU engine sets torch to 1 thread and may pin the process to
-    cores; give the rest of the test session its settings back."""
-    threads = torch.get_num_threads()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    yield
-    torch.set_num_threads(threads)
-    if affinity is not None:
-        try:
-            os.sched_setaffinity(0, affinity)
-        except OSError:
-            pass
 
 
 def _greedy(llm, prompts, n):
