@@ -161,6 +161,11 @@ class GSAPolicy:
     def needs_hash_cache(self, l: int) -> bool:
         return self.layers[l].scores
 
+    def budget_group(self, l: int) -> int:
+        """Scoring layer ``l``'s budget group: layers of one group share one budget vector
+        in every step (same ratio, or all layers under ``top_k_tokens``)."""
+        return self._group[l]
+
     # ---------------------------------------------------------------- per row
     def n_blocks(self, seq_lens: HostInts) -> np.ndarray:
         """``ceil(seq_len / chunk_size)`` per row, ``int64``."""
@@ -215,7 +220,7 @@ class GSAPolicy:
         if step_sparse:
             by_ratio: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
             for l in self.scoring_layers:
-                key = self._group[l]
+                key = self.budget_group(l)
                 if key not in by_ratio:
                     bud = np.where(rows, np.maximum(self.sparse_budget(l, nb), nf), nb)
                     sel = np.where(bud >= nb, nb, np.maximum(bud, nf))

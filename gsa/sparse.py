@@ -88,7 +88,7 @@ class GSASparse:
         self._hot_keys: Dict[int, Dict[Tuple, object]] = {}  # per layer and signature: a launch program
         self._w: Dict[int, object] = {}
         self._checked: set = set()  # (layer, cache shape, dtype, query shape) already checked by select()
-        self._budget_bufs: Dict[float, Tensor] = {}  # graph-form steps: persistent budgets, per ratio
+        self._budget_bufs: Dict[int, Tensor] = {}  # graph-form steps: persistent budgets, per budget group
 
     # ------------------------------------------------------------------ static facts
     @property
@@ -206,12 +206,12 @@ class GSASparse:
     def _persistent_budgets(self, plan: StepPlan) -> Dict[int, Tensor]:
         b = plan.batch_size
         dense = plan.n_blocks.astype(np.int32)  # a dense step: every block of every row
-        by_ratio: Dict[float, Tensor] = {}
+        by_group: Dict[int, Tensor] = {}
         for l in self.policy.scoring_layers:
-            # keyed by the layer's ratio (a config fact): every step and every captured graph
-            # agree on which buffer a layer reads
-            key = self.config.top_k_ratio_per_layer[l]
-            if key in by_ratio:
+            # keyed by the layer's budget group (a config fact): every step and every captured
+            # graph agree on which buffer a layer reads
+            key = self.policy.budget_group(l)
+            if key in by_group:
                 continue
             buf = self._budget_bufs.get(key)
             if buf is None or buf.shape[0] < b:
@@ -219,8 +219,8 @@ class GSASparse:
                 buf = self._budget_bufs[key] = torch.ones(max(b, 1024), dtype=torch.int32, device=self.device)
             buf[:b].copy_(_to_device(plan.budgets.get(l, dense).astype(np.int32), self.device, stage_only=True),
                           non_blocking=True)
-            by_ratio[key] = buf[:b]
-        return {l: by_ratio[self.config.top_k_ratio_per_layer[l]] for l in self.policy.scoring_layers}
+            by_group[key] = buf[:b]
+        return {l: by_group[self.policy.budget_group(l)] for l in self.policy.scoring_layers}
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor,
                hash_cache: Optional[Tensor] = None, q: Optional[Tensor] = None,
