@@ -24,6 +24,7 @@ import triton.language as tl
 
 from . import interpreting
 from .launch import launch, next_pow2, sm_count
+from .tuning import knob
 
 __all__ = ["paged_decode_attention", "split_plan"]
 
@@ -129,12 +130,14 @@ def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n:
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
-                           num_warps=4, num_stages=4, per_sm=16, min_tokens=256, out=None, work=None, cache=None):
+                           num_warps=None, num_stages=None, per_sm=None, min_tokens=None, out=None, work=None,
+                           cache=None):
     """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
     The keyword arguments are launch knobs for benchmarks and, for the hot path,
     ``out`` (the result buffer), ``work`` (a dict that keeps the fp32 partials
-    between calls) and ``cache`` (a ``program.Recorder``); the op uses the defaults."""
+    between calls) and ``cache`` (a ``program.Recorder``); the op uses the defaults (the device's
+    tuning file, see ``tuning.py``, else 4 warps, 4 stages, 16 programs per SM, 256-token splits)."""
     b, hq, d = q.shape
     nb, bs, hkv, _ = k_cache.shape
     m = block_table.shape[1]
@@ -150,8 +153,13 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     block_d = max(16, next_pow2(d))
     block_g = max(16, next_pow2(g))
     ieee = q.dtype == torch.float32
+    dev = q.device
     if block_n is None:
-        block_n = 32 if (ieee or block_d > 128) else 64
+        block_n = 32 if (ieee or block_d > 128) else knob(dev, "attention", "block_n", 64)
+    num_warps = knob(dev, "attention", "num_warps", 4) if num_warps is None else num_warps
+    num_stages = knob(dev, "attention", "num_stages", 4) if num_stages is None else num_stages
+    per_sm = knob(dev, "attention", "per_sm", 16) if per_sm is None else per_sm
+    min_tokens = knob(dev, "attention", "min_tokens", 256) if min_tokens is None else min_tokens
     splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
     key = (b, hq, splits, d)
     if work is not None and work.get("key") == key:

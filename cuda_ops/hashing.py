@@ -26,10 +26,13 @@ import triton.language as tl
 
 from . import interpreting
 from .launch import cdiv, launch, next_pow2, sm_count
+from .tuning import knob
 
 INTERPRET = interpreting()
 PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instead of a reshape
 PREFETCH_DEFAULT = True  # load the next row tile before projecting this one (when a program has several)
+HOIST_DEFAULT = True  # split the bf16 weight into hi/lo once per program, not per row tile
+BIG_ROWS = 4096  # from this many rows a launch reads the device's tuning file (tuning.py)
 
 __all__ = [
     "sign_bits_pack",
@@ -80,17 +83,30 @@ def _sign_pack_kernel(x_ptr, out_ptr, N, C, sx_n, so_n,
 
 
 @triton.jit
+def _split_w(w):
+    """fp32 weight tile -> ``(W_hi, W_lo)`` bf16 with ``W_hi + W_lo ~ W`` (see module doc)."""
+    w_hi = w.to(tl.bfloat16)
+    return w_hi, (w - w_hi.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def _project_split(x, w_hi, w_lo, acc, UPCAST: tl.constexpr):
+    """``acc += x @ (w_hi + w_lo)``, bf16 products with fp32 accumulation."""
+    if UPCAST:  # the interpreter's bf16 dot is wrong: same products in fp32
+        acc = tl.dot(x.to(tl.float32), w_hi.to(tl.float32), acc, input_precision="ieee")
+        acc = tl.dot(x.to(tl.float32), w_lo.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x, w_hi, acc)
+        acc = tl.dot(x, w_lo, acc)
+    return acc
+
+
+@triton.jit
 def _project_tile(x, w, acc, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr):
     """``acc += x @ w`` in fp32: ``x [BM, BD]``, ``w fp32 [BD, 8*BC]`` (see module doc)."""
     if SPLIT_BF16:
-        w_hi = w.to(tl.bfloat16)
-        w_lo = (w - w_hi.to(tl.float32)).to(tl.bfloat16)
-        if UPCAST:  # the interpreter's bf16 dot is wrong: same products in fp32
-            acc = tl.dot(x.to(tl.float32), w_hi.to(tl.float32), acc, input_precision="ieee")
-            acc = tl.dot(x.to(tl.float32), w_lo.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w_hi, acc)
-            acc = tl.dot(x, w_lo, acc)
+        w_hi, w_lo = _split_w(w)
+        acc = _project_split(x, w_hi, w_lo, acc, UPCAST)
     else:
         acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
     return acc
@@ -104,6 +120,7 @@ def _hash_kernel(
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    HOIST: tl.constexpr = False,
 ):
     """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
     ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
@@ -123,6 +140,8 @@ def _hash_kernel(
     w_base = w_ptr + (h // G).to(tl.int64) * sw_h + j[None, :] * sw_r
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        if SPLIT_BF16 and HOIST:  # split once, not per row tile (the compiler does not hoist it)
+            w_hi_all, w_lo_all = _split_w(w_all)
     n_tiles = tl.cdiv(L, BLOCK_M)
     step = tl.num_programs(0)
     if ONE_D and PREFETCH:  # software pipelining by hand: the next tile's load is in flight
@@ -142,7 +161,10 @@ def _hash_kernel(
                                  mask=(nrows < L)[:, None] & (dd < D)[None, :], other=0.0)
             else:
                 x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
-            acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
+            if SPLIT_BF16 and HOIST:
+                acc = _project_split(x, w_hi_all, w_lo_all, acc, UPCAST)
+            else:
+                acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
         else:
             for d0 in range(0, D, BLOCK_D):
                 d = d0 + dd
@@ -177,7 +199,7 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None, prefetch=None, cache=None):
+            pack_dot=None, prefetch=None, cache=None, hoist=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches)."""
     l, h, d = x3.shape
@@ -187,6 +209,13 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if x3.stride(-1) != 1:
         x3 = x3.contiguous()
     split = x3.dtype == torch.bfloat16
+    dev = x3.device
+    if split and l >= BIG_ROWS:  # a cache fill or prefill: the device's tuning file may set the launch
+        block_m = knob(dev, "hash", "block_m", None) if block_m is None else block_m
+        per_sm = knob(dev, "hash", "per_sm", None) if per_sm is None else per_sm
+        num_warps = knob(dev, "hash", "num_warps", None) if num_warps is None else num_warps
+        pack_dot = knob(dev, "hash", "pack_dot", None) if pack_dot is None else pack_dot
+    hoist = knob(dev, "hash", "hoist", HOIST_DEFAULT) if hoist is None else hoist
     bm, block_d, block_c = _blocks(d, c, split)
     if not split:  # the fp32 FMA product: small tiles keep it out of local memory
         bm = min(bm, 32)
@@ -211,7 +240,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
-    consts = dict(SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch,
+    consts = dict(SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, HOIST=bool(hoist),
                   BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
     if slots is None:
         args = (x3, w3, out, out, l, d, c, g, 0, 1, byte_off,

@@ -28,6 +28,7 @@ from gsa.reference.scoring import SCORE_SCALE
 
 from . import interpreting
 from .launch import launch, next_pow2
+from .tuning import knob
 
 __all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "MAX_FORCED", "MAX_BLOCKS"]
 
@@ -35,6 +36,12 @@ MAX_FORCED = 8  # forced-block entries passed as scalar arguments (graph-safe)
 MAX_BLOCKS = 65536  # block-table width one select program holds in registers
 INT32_MIN = -2147483648
 INT32_MAX = 2147483647
+# Launch choices of the Harley-Seal score kernel and the selection when the device
+# has no tuning file (cuda_ops/tuning.py; benchmarks/kernel_sweep.py writes them).
+SCORE_LOP3 = True  # CUDA: carry-save adders as lop3 instructions
+SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
+SCORE_NUM_WARPS = 4
+SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
 
 
 @triton.jit
@@ -140,23 +147,36 @@ def _popc(x, HW: tl.constexpr):
 
 
 @triton.jit
-def _csa(a, b, c):
-    """Carry-save adder on bit vectors: ``a + b + c = 2 * carry + sum`` per bit."""
-    u = a ^ b
-    return (a & b) | (u & c), u ^ c
+def _lop3(a, b, c, LUT: tl.constexpr):
+    """One ``lop3.b32`` (any three-input logic function, truth table ``LUT``)."""
+    return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, " + LUT + ";", "=r,r,r,r", [a, b, c],
+                                     dtype=tl.uint32, is_pure=True, pack=1)
 
 
 @triton.jit
-def _add8(ones, twos, fours, x0, x1, x2, x3, x4, x5, x6, x7):
+def _csa(a, b, c, LOP3: tl.constexpr = False):
+    """Carry-save adder on bit vectors: ``a + b + c = 2 * carry + sum`` per bit.
+    ``LOP3`` (CUDA): one ``lop3`` instruction each for the carry (majority,
+    table 0xE8) and the sum (three-way XOR, 0x96); otherwise five plain logic
+    ops, which the compiler does not always fuse."""
+    if LOP3:
+        return _lop3(a, b, c, "0xE8"), _lop3(a, b, c, "0x96")
+    else:
+        u = a ^ b
+        return (a & b) | (u & c), u ^ c
+
+
+@triton.jit
+def _add8(ones, twos, fours, x0, x1, x2, x3, x4, x5, x6, x7, LOP3: tl.constexpr = False):
     """Harley-Seal step: add 8 words to the bit-sliced counter ``(ones, twos, fours)``;
     returns the new counter and the carry word of weight 8."""
-    t2a, ones = _csa(ones, x0, x1)
-    t2b, ones = _csa(ones, x2, x3)
-    f4a, twos = _csa(twos, t2a, t2b)
-    t2a, ones = _csa(ones, x4, x5)
-    t2b, ones = _csa(ones, x6, x7)
-    f4b, twos = _csa(twos, t2a, t2b)
-    e8, fours = _csa(fours, f4a, f4b)
+    t2a, ones = _csa(ones, x0, x1, LOP3)
+    t2b, ones = _csa(ones, x2, x3, LOP3)
+    f4a, twos = _csa(twos, t2a, t2b, LOP3)
+    t2a, ones = _csa(ones, x4, x5, LOP3)
+    t2b, ones = _csa(ones, x6, x7, LOP3)
+    f4b, twos = _csa(twos, t2a, t2b, LOP3)
+    e8, fours = _csa(fours, f4a, f4b, LOP3)
     return ones, twos, fours, e8
 
 
@@ -171,7 +191,7 @@ def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
-    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
+    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr = False, WIDE: tl.constexpr = False,
 ):
     """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
     ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits).
@@ -199,10 +219,20 @@ def _block_score_hs_kernel(
         for h in range(HKV):
             row = kc_ptr + phys * skc_n + h * skc_h + t * skc_t
             q_head = q_ptr + b * sq_b + h * G * sq_h
-            k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-            k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-            k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-            k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+            if WIDE and W == 4:  # one 16-byte load per token, split into its 4 words in registers
+                kw = tl.load(row[:, None] + tl.arange(0, 4)[None, :], mask=tmask[:, None], other=0)
+                k02, k13 = tl.split(tl.reshape(kw, (BLOCK_T, 2, 2)))
+                k0, k2 = tl.split(k02)
+                k1, k3 = tl.split(k13)
+                k0 = k0.to(tl.uint32, bitcast=True)
+                k1 = k1.to(tl.uint32, bitcast=True)
+                k2 = k2.to(tl.uint32, bitcast=True)
+                k3 = k3.to(tl.uint32, bitcast=True)
+            else:
+                k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+                k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
             if W == 4:  # two query heads a step
                 for g in tl.static_range(0, G, 2):
                     ones, twos, fours, e8 = _add8(
@@ -211,6 +241,7 @@ def _block_score_hs_kernel(
                         k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
                         k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
                         k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
+                        LOP3,
                     )
                     eights += _popc(e8, HW_POPC)
             else:  # W == 8: one query head a step
@@ -225,6 +256,7 @@ def _block_score_hs_kernel(
                         k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
                         k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
                         k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
+                        LOP3,
                     )
                     eights += _popc(e8, HW_POPC)
         pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
@@ -253,6 +285,7 @@ def _select_kernel(
     M, K, BS, PAD, sk_b, sbt_b, st_b, si_b,
     F0, F1, F2, F3, F4, F5, F6, F7,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
+    FANOUT: tl.constexpr = 1,
 ):
     """Selection (spec 5), and with ``GATHER`` also ``kv_select`` (spec 6), one program per row.
 
@@ -262,7 +295,8 @@ def _select_kernel(
     when ``GATHER``; ``idx int32 [B, K]`` / ``nsel int32 [B]`` as ``hamming_dist_top_k``
     returns them when ``WRITE_IDX``. Forced blocks get key ``INT32_MAX``; the
     ``n_sel``-th largest key is found by a binary search between the smallest and
-    largest non-forced key; ties go to the smaller block index (prefix sum) and a
+    largest non-forced key (``FANOUT`` > 1: a ``FANOUT``-ary search, one reduction
+    round per ``FANOUT``-fold shrink); ties go to the smaller block index (prefix sum) and a
     second prefix sum gives each chosen block its ascending slot; slots ``>= K``
     are dropped (``n_sel`` clamped to ``K``). A row with ``seq_len <= 0`` (an
     engine's padding row, hot path only; the op requires ``>= 1``) selects
@@ -302,11 +336,21 @@ def _select_kernel(
     if nsel <= n_forced:
         lo = tl.full((), 2147483647, tl.int64)
         hi = lo
-    while lo < hi:
-        mid = lo + (hi - lo + 1) // 2
-        enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= nsel
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, hi, mid - 1)
+    if FANOUT == 1:
+        while lo < hi:
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= nsel
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+    else:  # FANOUT thresholds a step: the interval shrinks FANOUT-fold per reduction round
+        key32 = key.to(tl.int32)  # every key (and sentinel) is in the int32 range
+        ii = tl.arange(0, FANOUT).to(tl.int64) + 1
+        while lo < hi:
+            cand = lo + ((hi - lo) * ii + FANOUT - 1) // FANOUT  # ceil steps in (lo, hi], the last = hi
+            cnt = tl.sum((key32[None, :] >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+            enough = cnt >= nsel
+            lo = tl.max(tl.where(enough, cand, lo), axis=0)
+            hi = tl.min(tl.where(enough, hi, cand - 1), axis=0)
     above = key > lo
     tie = (key == lo).to(tl.int32)
     need = nsel - tl.sum(above.to(tl.int32), axis=0)
@@ -330,6 +374,19 @@ def _select_kernel(
         tl.store(nsel_ptr + b, nsel_c)
 
 
+def select_fanout(block_m: int, fanout: int | None = None, device: torch.device | None = None) -> int:
+    """Search fan-out for a ``BLOCK_M``-wide row: ``fanout`` (default: the device's
+    tuning, else ``SELECT_FANOUT``), reduced so the ``[FANOUT, BLOCK_M]`` comparison
+    stays within 16K elements (registers)."""
+    f = fanout if fanout is not None else (
+        knob(device, "select", "fanout", SELECT_FANOUT) if device is not None else SELECT_FANOUT)
+    if f < 1 or f & (f - 1):
+        raise ValueError(f"select fan-out must be a power of two >= 1, got {f}")
+    while f > 1 and f * block_m > 16384:
+        f //= 2
+    return f
+
+
 def select_num_warps(block_m: int) -> int:
     """Warps of one ``_select_kernel`` program for a ``BLOCK_M``-wide row."""
     return 4 if block_m <= 2048 else (8 if block_m <= 8192 else 16)
@@ -343,15 +400,17 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
-                     rope_bytes=0, rope_score_weight=1.0, num_warps=4, path=None, keys=None, cache=None,
-                     hw_popc=None):
+                     rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
+                     hw_popc=None, wide=None, lop3=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
     that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
     ``launch.LaunchCache`` (hot path); ``hw_popc``: the ``popc`` instruction in the
     Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
-    benchmarks and tests."""
+    benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
+    ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
+    ``hw_popc``). Defaults: ``SCORE_WIDE`` / ``SCORE_LOP3`` (set by benchmarks)."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
     m = block_table.shape[1]
@@ -364,6 +423,11 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if hw_popc is None:
         hw_popc = not interpreting()
+    dev = q_codes.device
+    lop3 = (knob(dev, "score", "lop3", SCORE_LOP3) and hw_popc) if lop3 is None else lop3
+    wide = knob(dev, "score", "wide", SCORE_WIDE) if wide is None else wide
+    if num_warps is None:
+        num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
     hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
     if path is None:
         path = "hs" if hs_ok else "swar"
@@ -376,7 +440,8 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
             nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
             block_table.stride(0), keys.stride(0)),
             dict(BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
-                 BLOCK_T=next_pow2(bs), HW_POPC=bool(hw_popc), num_warps=num_warps), cache)
+                 BLOCK_T=next_pow2(bs), HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4,
+                 num_warps=num_warps), cache)
     elif b and m:
         launch(_block_score_kernel, (m, b, 1), (
             q32, kc32, block_table, seq_lens, keys,
@@ -396,7 +461,8 @@ def _forced_args(must_select_blocks):
     return forced, forced + [0] * (MAX_FORCED - len(forced))
 
 
-def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache):
+def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache,
+                   fanout=None):
     b, m = block_table.shape
     block_m = next_pow2(max(m, 1))
     gather = table is not None
@@ -407,11 +473,11 @@ def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, tabl
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
         dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather,
-             WRITE_IDX=write_idx, num_warps=select_num_warps(block_m)), cache)
+             WRITE_IDX=write_idx, FANOUT=select_fanout(block_m, fanout, keys.device), num_warps=select_num_warps(block_m)), cache)
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                       chunk_repre_method, rope_bytes, rope_score_weight):
+                       chunk_repre_method, rope_bytes, rope_score_weight, fanout=None):
     """Spec 4 + 5. ``q_codes uint8 [B, Hq, C]``, ``key_cache uint8 [NB, Hkv, bs, C]``,
     ``block_table int32 [B, M]``, ``seq_lens int32 [B]``, ``budgets int32 [B]`` ->
     ``(indices int32 [B, k], n_sel int32 [B])``, indices ascending, ``-1`` after."""
@@ -426,7 +492,7 @@ def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, mu
     nsel = torch.empty(b, dtype=torch.int32, device=q_codes.device)
     if b:
         _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs,
-                       None, None, idx, nsel, 0, None)
+                       None, None, idx, nsel, 0, None, fanout)
     return idx, nsel
 
 

@@ -260,9 +260,26 @@ def test_score_kernel_paths_agree_realistic(gen):
     q = torch.randint(0, 256, (b, hq, r // 8), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
     used = torch.arange(m, device=DEV).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
     for method in ("max", "mean"):
-        hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
         swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
-        assert torch.equal(hs[used], swar[used])
+        for wide in (False, True):
+            for lop3 in (False, True):  # lop3 carry-save adders, 16-byte loads: same keys
+                hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=wide, lop3=lop3)
+                assert torch.equal(hs[used], swar[used]), (method, wide, lop3)
+
+
+@pytest.mark.parametrize("fanout", [1, 4, 16, 32])
+def test_select_fanout_realistic(gen, fanout):
+    from cuda_ops import scoring
+
+    b, hq, hkv, r, bs, m = 4, 32, 8, 128, 16, 512
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randint(0, 256, (b, hq, r // 8), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    budgets = torch.tensor([1, 7, 64, 600], dtype=torch.int32, device=DEV)
+    for method in ("max", "mean"):
+        got = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, m, [0, -1], method, 0, 1.0, fanout)
+        want = ref.hamming_dist_top_k(q.cpu(), cache.cpu(), table.cpu(), seq.cpu(), budgets.cpu(), m, [0, -1],
+                                      method, 0, 1.0)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), method
 
 
 @pytest.mark.parametrize("r", [128, 512])

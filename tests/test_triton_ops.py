@@ -167,6 +167,46 @@ def test_score_kernel_paths_agree(gen, hq, hkv, c, bs):
         assert torch.equal(hs[used], swar[used])
 
 
+@pytest.mark.parametrize("hq,hkv,bs", [(8, 2, 8), (6, 3, 5)])
+def test_score_kernel_wide_loads_agree(gen, hq, hkv, bs):
+    # R = 128: one 16-byte load per token split into its four words in registers
+    from cuda_ops import scoring
+
+    b, m = 2, 4
+    q, cache, table, seq = _case(gen, b, hq, hkv, 16, bs, m)
+    used = torch.arange(m).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
+    for method in ("max", "mean"):
+        wide = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=True)
+        swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+        assert torch.equal(wide[used], swar[used])
+
+
+@pytest.mark.parametrize("fanout", [2, 4, 16])
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_select_fanout_search_equals_reference(gen, fanout, method):
+    # the FANOUT-ary threshold search must pick exactly the binary search's blocks,
+    # ties included (few distinct codes), with forced blocks and k below n_sel
+    from cuda_ops import scoring
+
+    b, m = 3, 9
+    for alphabet in (None, [0, 255, 15]):
+        q, cache, table, seq = _case(gen, b, 8, 2, 16, 4, m, alphabet=alphabet)
+        budgets = torch.randint(1, m + 2, (b,), generator=gen).to(torch.int32)
+        for forced, k in (([], m), ([0, -1], m), ([1], 3)):
+            got = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, k, forced, method, 0, 1.0, fanout)
+            want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, k, forced, method, 0, 1.0)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (alphabet, forced, k)
+
+
+def test_select_fanout_clamped_for_wide_rows():
+    from cuda_ops import scoring
+
+    assert scoring.select_fanout(64, 16) == 16 and scoring.select_fanout(64) == scoring.SELECT_FANOUT
+    assert scoring.select_fanout(65536, 16) == 1 and scoring.select_fanout(2048, 16) == 8
+    with pytest.raises(ValueError, match="power of two"):
+        scoring.select_fanout(64, 3)
+
+
 @pytest.mark.parametrize("w", [0.0, 0.0625, 1.0, 3.5, 16.0])
 def test_mla_rope_weights(gen, w):
     q, cache, table, seq = _case(gen, 2, 6, 1, 20, 8, 5)

@@ -1,0 +1,299 @@
+"""Launch-choice sweep of the Triton decode kernels on one GPU (issue 12, item 3).
+
+Times every variant of the kernels a decode step runs, each replayed from a CUDA
+graph (GPU time only), at the engine-step shapes (B=16, Hq=32, Hkv=8, D=128,
+R=128, bs=128, bf16; 32K and 128K), and writes the fastest as the device's
+tuning file (``cuda_ops/tuning.py``):
+
+* block scores (``_block_score_hs_kernel``): ``lop3`` carry-save adders, 16-byte
+  ``wide`` loads, warps; code bytes per second;
+* selection (``_select_kernel`` with ``kv_select`` fused): search fan-out;
+* paged decode attention, dense and 1/8-sparse tables: tile, warps, stages,
+  programs per SM; SDPA on contiguous KV as the baseline;
+* ``hash_encode_and_cache`` at 64K tokens: weight split hoisting, tile, warps,
+  programs per SM, bit packing by matmul; against copy bandwidth.
+
+Every variant computes the same result (tests/test_triton_gpu.py checks each);
+this only picks launches. Output: ``DIR/kernel_sweep.json`` (every timing),
+``DIR/kernel_sweep.md`` and ``DIR/<device>.json`` (the tuning file to commit under
+``cuda_ops/tuning/``).
+
+    python benchmarks/kernel_sweep.py --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+B, HQ, HKV, D, R, BS = 16, 32, 8, 128, 128, 128
+CONTEXTS = (32768, 131072)
+
+
+def bench(fn, reps=100):
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=reps, return_mode="median"))
+
+
+def graph_ms(fn, reps=100):
+    """Median ms of ``fn`` replayed from a CUDA graph (after eager warm-up/compile)."""
+    fn()
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return bench(g.replay, reps)
+
+
+def copy_tbs():
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * n / ms / 1e9
+
+
+def progress(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sweep_score_select(res, gen):
+    from cuda_ops import scoring
+
+    out = res.setdefault("score", {})
+    sel = res.setdefault("select", {})
+    for ctx in CONTEXTS:
+        m = ctx // BS
+        nb = B * m
+        cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
+                              dtype=torch.int32).to(torch.uint8)
+        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        nbytes = B * m * BS * HKV * (R // 8)
+        rows = out.setdefault(str(ctx), [])
+        for lop3, wide, warps in itertools.product((False, True), (False, True), (1, 2, 4, 8)):
+            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
+                                                           lop3=lop3, wide=wide, num_warps=warps))
+            rows.append(dict(lop3=lop3, wide=wide, num_warps=warps, ms=ms, tbs=nbytes / ms / 1e9))
+        progress(f"score {ctx}: best {max(r['tbs'] for r in rows):.2f} TB/s")
+        # selection + fused kv_select on those keys, budget 1/8
+        k = m // 8
+        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
+        tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
+        lens = torch.empty(B, dtype=torch.int32, device="cuda")
+        forced, fs = scoring._forced_args([0, -2, -1])
+        srows = sel.setdefault(str(ctx), [])
+        for method in ("max", "mean"):
+            scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
+            for fan in (1, 2, 4, 8, 16, 32):
+                if scoring.select_fanout(next_pow2(m), fan) != fan:
+                    continue
+                ms = graph_ms(lambda: scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens,
+                                                             None, None, 0, None, fan))
+                srows.append(dict(method=method, fanout=fan, ms=ms))
+        progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}: {r['ms'] * 1e3:.1f}us" for r in srows))
+        del cache
+
+
+def next_pow2(n):
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+ATTN_GRID = dict(block_n=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4), per_sm=(8, 16, 32))
+
+
+def sweep_attention(res, gen):
+    from cuda_ops import attention
+
+    out = res.setdefault("attention", {})
+    for ctx in CONTEXTS:
+        m = ctx // BS
+        nb = B * m
+        kc = torch.randn(nb, BS, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        vc = torch.randn(nb, BS, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+        q = torch.randn(B, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        k8 = m // 8
+        sparse_table = table[:, torch.randperm(m, device="cuda", generator=gen)[:k8].sort().values].contiguous()
+        sparse_seq = torch.full((B,), k8 * BS, dtype=torch.int32, device="cuda")
+        # SDPA baseline: contiguous KV [B, Hkv, ctx, D] (GQA expanded by enable_gqa)
+        kd = torch.randn(B, HKV, ctx, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        vd = torch.randn(B, HKV, ctx, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        q4 = q.unsqueeze(2)
+        sdpa = graph_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q4, kd, vd, enable_gqa=True))
+        del kd, vd
+        kv_bytes = 2 * B * ctx * HKV * D * 2
+        c = out.setdefault(str(ctx), {"sdpa_ms": sdpa, "sdpa_tbs": kv_bytes / sdpa / 1e9, "rows": []})
+        o = torch.empty_like(q)
+        for bn, nw, ns, ps in itertools.product(*ATTN_GRID.values()):
+            row = dict(block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps)
+            try:
+                for name, tb, sl in (("dense", table, seq), ("sparse_1/8", sparse_table, sparse_seq)):
+                    work = {}
+                    row[name + "_ms"] = graph_ms(lambda: attention.paged_decode_attention(
+                        q, kc, vc, tb, sl, None, block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps,
+                        out=o, work=work), reps=60)
+            except Exception as e:  # a launch that does not fit (shared memory): recorded, skipped
+                row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+            c["rows"].append(row)
+        ok = [r for r in c["rows"] if "error" not in r]
+        best = min(ok, key=lambda r: r["dense_ms"])
+        progress(f"attention {ctx}: SDPA {sdpa:.4f} ms, best dense {best['dense_ms']:.4f} ms ({best})")
+        del kc, vc
+
+
+HASH_GRID = dict(hoist=(False, True), block_m=(64, 128), num_warps=(4, 8), per_sm=(1, 2, 3, 4))
+
+
+def sweep_hash(res, gen, copy):
+    from cuda_ops import hashing
+
+    t = 65536
+    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
+    slots = torch.randperm(t, device="cuda", generator=gen)
+    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    ref = torch.zeros_like(hc)
+    hashing.hash_encode_and_cache(k, w, ref, slots, hoist=False)
+    rows = res.setdefault("hash", [])
+    for hoist, bm, nw, ps in itertools.product(*HASH_GRID.values()):
+        for pd in (False, True):
+            row = dict(hoist=hoist, block_m=bm, num_warps=nw, per_sm=ps, pack_dot=pd)
+            try:
+                ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw,
+                                                                    per_sm=ps, pack_dot=pd, hoist=hoist))
+                row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, same=bool(torch.equal(hc, ref)))
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+            rows.append(row)
+    ok = [r for r in rows if "error" not in r]
+    progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
+
+
+def choose(res):
+    """The tuning file's knobs: the fastest variant of each kernel (attention: the
+    smallest sum over contexts of dense and sparse time relative to each case's best)."""
+    knobs = {}
+    big = str(CONTEXTS[-1])
+    best = min(res["score"][big], key=lambda r: r["ms"])
+    knobs["score"] = {k: best[k] for k in ("lop3", "wide", "num_warps")}
+    by_fan = {}
+    for ctx, rows in res["select"].items():
+        for r in rows:
+            by_fan.setdefault(r["fanout"], []).append(r["ms"])
+    knobs["select"] = {"fanout": min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))}
+    cases = []
+    for ctx, c in res["attention"].items():
+        ok = [r for r in c["rows"] if "error" not in r]
+        for name in ("dense_ms", "sparse_1/8_ms"):
+            cases.append((ctx, name, min(r[name] for r in ok)))
+    cfgs = [r for r in res["attention"][big]["rows"] if "error" not in r]
+
+    def cost(r):
+        total = 0.0
+        for ctx, name, lo in cases:
+            match = [x for x in res["attention"][ctx]["rows"] if "error" not in x and all(
+                x[k] == r[k] for k in ATTN_GRID)]
+            total += (match[0][name] / lo) if match else 1e9
+        return total
+
+    a = min(cfgs, key=cost)
+    knobs["attention"] = {k: a[k] for k in ATTN_GRID}
+    h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
+    knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
+    return knobs
+
+
+def markdown(res) -> str:
+    k = res["knobs"]
+    lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
+             f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
+             f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
+             "| context | score kernel: default (lop3=F, wide=F, 4 warps) TB/s | chosen TB/s | select 1/8 binary us | chosen fan-out us |",
+             "|---|---|---|---|---|"]
+    for ctx in res["score"]:
+        rows = res["score"][ctx]
+        d = [r for r in rows if not r["lop3"] and not r["wide"] and r["num_warps"] == 4][0]
+        c = [r for r in rows if all(r[x] == k["score"][x] for x in k["score"])][0]
+        s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r["method"] == "max"][0]
+        sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
+        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {s1['ms'] * 1e3:.1f} | "
+                     f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
+    lines += ["", "| context | SDPA ms | dense: old default ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
+              "|---|---|---|---|---|---|---|"]
+    for ctx, c in res["attention"].items():
+        ok = [r for r in c["rows"] if "error" not in r]
+        old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"]) == (64, 4, 4, 16)]
+        ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
+        o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
+        lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
+                     f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
+    ok = [r for r in res["hash"] if "error" not in r]
+    old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
+           (False, 128, 4, 2, False)]
+    best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
+    lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
+              f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
+              if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(out_dir: str, parts) -> None:
+    import triton
+
+    from cuda_ops import tuning
+
+    os.makedirs(out_dir, exist_ok=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    name = torch.cuda.get_device_name()
+    res = dict(device=name, torch=torch.__version__, triton=triton.__version__,
+               when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    res["copy_tbs"] = copy_tbs()
+    progress(f"{name}: copy {res['copy_tbs']:.2f} TB/s")
+    if "score" in parts:
+        sweep_score_select(res, gen)
+    if "attention" in parts:
+        sweep_attention(res, gen)
+    if "hash" in parts:
+        sweep_hash(res, gen, res["copy_tbs"])
+    with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    if set(parts) == {"score", "attention", "hash"}:
+        res["knobs"] = choose(res)
+        with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        tfile = os.path.join(out_dir, os.path.basename(tuning.device_file(name)))
+        with open(tfile, "w") as f:
+            json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
+                       "knobs": res["knobs"]}, f, indent=1)
+        with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
+            f.write(markdown(res))
+        progress(f"wrote {tfile}: {res['knobs']}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parts", default="score,attention,hash")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kernel_sweep.py needs a CUDA GPU")
+    main(a.out, a.parts.split(","))
