@@ -71,6 +71,9 @@ def progress(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+SCORE_GRID = dict(lop3=(False, True), wide=(False, True), unroll=(False, True), num_warps=(1, 2, 4))
+
+
 def sweep_score_select(res, gen):
     from cuda_ops import scoring
 
@@ -87,10 +90,10 @@ def sweep_score_select(res, gen):
         keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
         nbytes = B * m * BS * HKV * (R // 8)
         rows = out.setdefault(str(ctx), [])
-        for lop3, wide, warps in itertools.product((False, True), (False, True), (1, 2, 4, 8)):
+        for lop3, wide, unroll, warps in itertools.product(*SCORE_GRID.values()):
             ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
-                                                           lop3=lop3, wide=wide, num_warps=warps))
-            rows.append(dict(lop3=lop3, wide=wide, num_warps=warps, ms=ms, tbs=nbytes / ms / 1e9))
+                                                           lop3=lop3, wide=wide, unroll=unroll, num_warps=warps))
+            rows.append(dict(lop3=lop3, wide=wide, unroll=unroll, num_warps=warps, ms=ms, tbs=nbytes / ms / 1e9))
         progress(f"score {ctx}: best {max(r['tbs'] for r in rows):.2f} TB/s")
         # selection + fused kv_select on those keys, budget 1/8
         k = m // 8
@@ -115,7 +118,8 @@ def next_pow2(n):
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-ATTN_GRID = dict(block_n=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3, 4), per_sm=(8, 16, 32))
+# First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.
+ATTN_GRID = dict(block_n=(64,), num_warps=(4,), num_stages=(2, 3), per_sm=(16, 32, 64), min_tokens=(128, 256, 512))
 
 
 def sweep_attention(res, gen):
@@ -142,14 +146,14 @@ def sweep_attention(res, gen):
         kv_bytes = 2 * B * ctx * HKV * D * 2
         c = out.setdefault(str(ctx), {"sdpa_ms": sdpa, "sdpa_tbs": kv_bytes / sdpa / 1e9, "rows": []})
         o = torch.empty_like(q)
-        for bn, nw, ns, ps in itertools.product(*ATTN_GRID.values()):
-            row = dict(block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps)
+        for bn, nw, ns, ps, mt in itertools.product(*ATTN_GRID.values()):
+            row = dict(block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps, min_tokens=mt)
             try:
                 for name, tb, sl in (("dense", table, seq), ("sparse_1/8", sparse_table, sparse_seq)):
                     work = {}
                     row[name + "_ms"] = graph_ms(lambda: attention.paged_decode_attention(
                         q, kc, vc, tb, sl, None, block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps,
-                        out=o, work=work), reps=60)
+                        min_tokens=mt, out=o, work=work), reps=60)
             except Exception as e:  # a launch that does not fit (shared memory): recorded, skipped
                 row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
             c["rows"].append(row)
@@ -159,7 +163,8 @@ def sweep_attention(res, gen):
         del kc, vc
 
 
-HASH_GRID = dict(hoist=(False, True), block_m=(64, 128), num_warps=(4, 8), per_sm=(1, 2, 3, 4))
+# First run (06:24 UTC) also swept 8 warps and 1/3/4 programs per SM: within noise of these.
+HASH_GRID = dict(hoist=(False, True), block_m=(64, 128), num_warps=(4,), per_sm=(2,))
 
 
 def sweep_hash(res, gen, copy):
@@ -194,7 +199,7 @@ def choose(res):
     knobs = {}
     big = str(CONTEXTS[-1])
     best = min(res["score"][big], key=lambda r: r["ms"])
-    knobs["score"] = {k: best[k] for k in ("lop3", "wide", "num_warps")}
+    knobs["score"] = {k: best[k] for k in SCORE_GRID}
     by_fan = {}
     for ctx, rows in res["select"].items():
         for r in rows:
@@ -227,21 +232,22 @@ def markdown(res) -> str:
     lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
              f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
              f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
-             "| context | score kernel: default (lop3=F, wide=F, 4 warps) TB/s | chosen TB/s | select 1/8 binary us | chosen fan-out us |",
+             "| context | score kernel: old launch (lop3=F, wide=F, unroll=F, 4 warps) TB/s | chosen TB/s | select 1/8 binary us | chosen fan-out us |",
              "|---|---|---|---|---|"]
     for ctx in res["score"]:
         rows = res["score"][ctx]
-        d = [r for r in rows if not r["lop3"] and not r["wide"] and r["num_warps"] == 4][0]
+        d = [r for r in rows if not r["lop3"] and not r["wide"] and not r["unroll"] and r["num_warps"] == 4][0]
         c = [r for r in rows if all(r[x] == k["score"][x] for x in k["score"])][0]
         s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r["method"] == "max"][0]
         sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
         lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {s1['ms'] * 1e3:.1f} | "
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
-    lines += ["", "| context | SDPA ms | dense: old default ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
+    lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
               "|---|---|---|---|---|---|---|"]
     for ctx, c in res["attention"].items():
         ok = [r for r in c["rows"] if "error" not in r]
-        old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"]) == (64, 4, 4, 16)]
+        old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
+               (64, 4, 3, 16, 256)]
         ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
         o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
         lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "

@@ -41,6 +41,7 @@ INT32_MAX = 2147483647
 SCORE_LOP3 = True  # CUDA: carry-save adders as lop3 instructions
 SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
 SCORE_NUM_WARPS = 4
+SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block in flight)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
 
 
@@ -187,11 +188,63 @@ def _qw(q_head, g: tl.constexpr, w: tl.constexpr, sq_h):
 
 
 @triton.jit
+def _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights, sq_b, sq_h, skc_n, skc_h, skc_t,
+             G: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
+             LOP3: tl.constexpr, WIDE: tl.constexpr):
+    """One KV head's code words of a block added to the bit-sliced counters (see
+    ``_block_score_hs_kernel``)."""
+    row = kc_ptr + phys * skc_n + h * skc_h + t * skc_t
+    q_head = q_ptr + b * sq_b + h * G * sq_h
+    if WIDE and W == 4:  # one 16-byte load per token, split into its 4 words in registers
+        kw = tl.load(row[:, None] + tl.arange(0, 4)[None, :], mask=tmask[:, None], other=0)
+        k02, k13 = tl.split(tl.reshape(kw, (BLOCK_T, 2, 2)))
+        k0, k2 = tl.split(k02)
+        k1, k3 = tl.split(k13)
+        k0 = k0.to(tl.uint32, bitcast=True)
+        k1 = k1.to(tl.uint32, bitcast=True)
+        k2 = k2.to(tl.uint32, bitcast=True)
+        k3 = k3.to(tl.uint32, bitcast=True)
+    else:
+        k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+    if W == 4:  # two query heads a step
+        for g in tl.static_range(0, G, 2):
+            ones, twos, fours, e8 = _add8(
+                ones, twos, fours,
+                k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
+                k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
+                k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
+                k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
+                LOP3,
+            )
+            eights += _popc(e8, HW_POPC)
+    else:  # W == 8: one query head a step
+        k4 = tl.load(row + 4, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k5 = tl.load(row + 5, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k6 = tl.load(row + 6, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        k7 = tl.load(row + 7, mask=tmask, other=0).to(tl.uint32, bitcast=True)
+        for g in tl.static_range(G):
+            ones, twos, fours, e8 = _add8(
+                ones, twos, fours,
+                k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
+                k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
+                k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
+                k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
+                LOP3,
+            )
+            eights += _popc(e8, HW_POPC)
+    return ones, twos, fours, eights
+
+
+@triton.jit
 def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr = False, WIDE: tl.constexpr = False,
+    UNROLL: tl.constexpr = False,
 ):
     """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
     ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits).
@@ -216,49 +269,14 @@ def _block_score_hs_kernel(
         twos = tl.zeros((BLOCK_T,), dtype=tl.uint32)
         fours = tl.zeros((BLOCK_T,), dtype=tl.uint32)
         eights = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        for h in range(HKV):
-            row = kc_ptr + phys * skc_n + h * skc_h + t * skc_t
-            q_head = q_ptr + b * sq_b + h * G * sq_h
-            if WIDE and W == 4:  # one 16-byte load per token, split into its 4 words in registers
-                kw = tl.load(row[:, None] + tl.arange(0, 4)[None, :], mask=tmask[:, None], other=0)
-                k02, k13 = tl.split(tl.reshape(kw, (BLOCK_T, 2, 2)))
-                k0, k2 = tl.split(k02)
-                k1, k3 = tl.split(k13)
-                k0 = k0.to(tl.uint32, bitcast=True)
-                k1 = k1.to(tl.uint32, bitcast=True)
-                k2 = k2.to(tl.uint32, bitcast=True)
-                k3 = k3.to(tl.uint32, bitcast=True)
-            else:
-                k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-            if W == 4:  # two query heads a step
-                for g in tl.static_range(0, G, 2):
-                    ones, twos, fours, e8 = _add8(
-                        ones, twos, fours,
-                        k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
-                        k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
-                        k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
-                        k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
-                        LOP3,
-                    )
-                    eights += _popc(e8, HW_POPC)
-            else:  # W == 8: one query head a step
-                k4 = tl.load(row + 4, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k5 = tl.load(row + 5, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k6 = tl.load(row + 6, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                k7 = tl.load(row + 7, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-                for g in tl.static_range(G):
-                    ones, twos, fours, e8 = _add8(
-                        ones, twos, fours,
-                        k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
-                        k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
-                        k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
-                        k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
-                        LOP3,
-                    )
-                    eights += _popc(e8, HW_POPC)
+        if UNROLL:  # every head's loads can issue at once
+            for h in tl.static_range(HKV):
+                ones, twos, fours, eights = _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights,
+                                                     sq_b, sq_h, skc_n, skc_h, skc_t, G, W, BLOCK_T, HW_POPC, LOP3, WIDE)
+        else:
+            for h in range(HKV):
+                ones, twos, fours, eights = _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights,
+                                                     sq_b, sq_h, skc_n, skc_h, skc_t, G, W, BLOCK_T, HW_POPC, LOP3, WIDE)
         pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
         s16 = 16 * (HKV * G * W * 32 - 2 * pc)
         valid = tmask & (j * BS + t < seq)
@@ -401,7 +419,7 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
-                     hw_popc=None, wide=None, lop3=None):
+                     hw_popc=None, wide=None, lop3=None, unroll=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
@@ -410,7 +428,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
     benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
     ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
-    ``hw_popc``). Defaults: ``SCORE_WIDE`` / ``SCORE_LOP3`` (set by benchmarks)."""
+    ``hw_popc``); ``unroll``: the loop over KV heads unrolled. Defaults: ``SCORE_WIDE`` / ``SCORE_LOP3`` (set by benchmarks)."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
     m = block_table.shape[1]
@@ -426,6 +444,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     dev = q_codes.device
     lop3 = (knob(dev, "score", "lop3", SCORE_LOP3) and hw_popc) if lop3 is None else lop3
     wide = knob(dev, "score", "wide", SCORE_WIDE) if wide is None else wide
+    unroll = knob(dev, "score", "unroll", SCORE_UNROLL) if unroll is None else unroll
     if num_warps is None:
         num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
     hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
@@ -441,6 +460,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
             block_table.stride(0), keys.stride(0)),
             dict(BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
                  BLOCK_T=next_pow2(bs), HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4,
+                 UNROLL=bool(unroll),
                  num_warps=num_warps), cache)
     elif b and m:
         launch(_block_score_kernel, (m, b, 1), (

@@ -262,9 +262,11 @@ def test_score_kernel_paths_agree_realistic(gen):
     for method in ("max", "mean"):
         swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
         for wide in (False, True):
-            for lop3 in (False, True):  # lop3 carry-save adders, 16-byte loads: same keys
-                hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=wide, lop3=lop3)
-                assert torch.equal(hs[used], swar[used]), (method, wide, lop3)
+            for lop3 in (False, True):  # lop3 carry-save adders, 16-byte loads, unrolled heads: same keys
+                for unroll in (False, True):
+                    hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=wide, lop3=lop3,
+                                                  unroll=unroll)
+                    assert torch.equal(hs[used], swar[used]), (method, wide, lop3, unroll)
 
 
 @pytest.mark.parametrize("fanout", [1, 4, 16, 32])

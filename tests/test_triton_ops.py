@@ -176,9 +176,10 @@ def test_score_kernel_wide_loads_agree(gen, hq, hkv, bs):
     q, cache, table, seq = _case(gen, b, hq, hkv, 16, bs, m)
     used = torch.arange(m).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
     for method in ("max", "mean"):
-        wide = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=True)
         swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
-        assert torch.equal(wide[used], swar[used])
+        for wide, unroll in ((True, False), (False, True), (True, True)):
+            hs = scoring.block_score_keys(q, cache, table, seq, method, path="hs", wide=wide, unroll=unroll)
+            assert torch.equal(hs[used], swar[used]), (wide, unroll)
 
 
 @pytest.mark.parametrize("fanout", [2, 4, 16])
