@@ -111,7 +111,7 @@ setup(
     + ["gsa.configs"],
     # The top-level configs/ folder ships inside the wheel as gsa.configs.
     package_dir={"gsa.configs": "configs"},
-    package_data={"gsa.configs": ["*.json"], "cpu_ops": ["csrc/*.h", "csrc/*.cpp", "*.md"]},
+    package_data={"gsa.configs": ["*.json"], "cpu_ops": ["csrc/*.h", "csrc/*.cpp", "*.md"], "cuda_ops": ["tuning/*.json"]},
     include_package_data=True,
     # safetensors: `gsa crosscheck --save` (golden bundles) and the weight-bundle loader are core
     install_requires=["torch>=2.4", "numpy", "safetensors"],

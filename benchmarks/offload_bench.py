@@ -233,7 +233,8 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
             if pool < need and need <= 1.05 * pool:  # 1/8 of the KV at ratio 1/8: round up to a step's width
                 pool = need
             try:
-                off = OffloadedGSA(gsa_rt, w.nb, pool, b, max_len, hkv, d, dtype, layers=sparse_layers, **kw)
+                off = OffloadedGSA(gsa_rt, w.nb, pool, b, max_len, hkv, d, dtype, layers=sparse_layers,
+                                   mover_mode=args.mover, **kw)
             except ValueError as e:  # the pool cannot hold a step (e.g. lookahead at pool 1/8)
                 rows.append(dict(row=name, batch=b, pool_frac=frac, skipped=str(e)))
                 continue
@@ -251,7 +252,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list
             stt = off.stats()
             moved = (stt["fetched"] + stt["prefetched"]) * stt["block_bytes"]
             steps_run = args.warmup + args.steps
-            rows.append(dict(row=name, batch=b, pool_frac=frac, pool_slots=pool, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t),
+            rows.append(dict(row=name, batch=b, pool_frac=frac, pool_slots=pool, mover=off.movers[sparse_layers[0]].mode, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t),
                              per_request_vs_gsa_hbm=t_gsa / t, hit_rate=stt["hit_rate"],
                              predicted_rate=stt["predicted_rate"],
                              h2d_gbs=moved / max(steps_run * len(sparse_layers), 1) / t / 1e9,
@@ -286,6 +287,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hbm-gib", type=float, default=None, help="default: the device's memory")
     ap.add_argument("--weights-gib", type=float, default=15.3, help="Qwen3-8B bf16 weights")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--mover", default=None, choices=["staged", "uva"],
+                    help="BlockMover mode (default: uva where the backend has the copy kernels, else staged)")
     ap.add_argument("--traces", default=os.path.join(RESULTS, "offload_traces_smollm2_4k_bs16.json"),
                     help="benchmarks/offload_traces.py output holding hit_rate_1_8")
     args = ap.parse_args(argv)
@@ -314,7 +317,7 @@ def main(argv=None) -> dict:
         rows += run_rows(cfg, b, args, dev, dtype, dense_fits=b <= mem["dense_max_batch"] or args.smoke)
     res = dict(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
                smoke=args.smoke, args=vars(args), memory_model=mem, pcie_h2d_gbs=pcie_gbs(dev, 1.0 if not args.smoke else 0.01),
-               rows=rows, seconds=time.time() - t0)
+               rows=rows, seconds=time.time() - t0, mover=args.mover or "auto")
     res.update(headline(res, args))
     tag = "offload_smoke" if args.smoke else "offload_h200"
     os.makedirs(args.out, exist_ok=True)

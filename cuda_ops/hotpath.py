@@ -49,3 +49,14 @@ class TritonHotPath:
         return Program(rec, [("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table),
                              ("seq_lens", seq_lens), ("out", out)], [work["o"], work["ml"][0], work["ml"][1]],
                        q.device)
+
+    # offload (gsa.offload's "uva" mover): the GPU reads / writes pinned host memory itself
+    def gather_blocks(self, host_k, host_v, pool_k, pool_v, src, dst, n_miss):
+        from .offload_copy import gather_blocks
+
+        gather_blocks(host_k, host_v, pool_k, pool_v, src, dst, n_miss)
+
+    def scatter_rows(self, host_k, host_v, slots, k, v):
+        from .offload_copy import scatter_rows
+
+        scatter_rows(host_k, host_v, slots, k, v)

@@ -5,6 +5,7 @@ growing lengths, with eviction, prefetch on/off and both copy modes; the residen
 map's hit/eviction accounting on hand-computed cases; the CPU top-k mode (lag 0 =
 exact, lag 1 = the previous selection fixed up for the new lengths)."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -342,3 +343,68 @@ def test_staged_mover_stream_path_copies_flushes_and_double_buffers():
     assert torch.equal(pool_k[1], host_k[3]) and torch.equal(pool_k[2], host_k[4])
     assert fake.synced == 2  # the deferred write, then the reused staging buffer
     assert mv.bytes_h2d == 4 * 2 * host_k[0].numel() * host_k.element_size()
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
+                    reason="the uva copy kernels run on CUDA, or on the CPU under TRITON_INTERPRET=1")
+def test_uva_mover_kernels_equal_direct_copies():
+    # cuda_ops/offload_copy.py through BlockMover(mode="uva"): the same pool and host
+    # contents as the direct mode's index copies, padding entries ignored, bad ids clamped
+    from cuda_ops.hotpath import TritonHotPath
+    from gsa.offload.mover import BlockMover
+
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    nb, s, bs, hkv, d = 6, 4, 3, 2, 5
+    hk = torch.randn(nb + 1, bs, hkv, d, generator=g)
+    hv = torch.randn(nb + 1, bs, hkv, d, generator=g)
+    mk = [BlockMover(hk.clone(), hv.clone(), torch.zeros(s + 1, bs, hkv, d), torch.zeros(s + 1, bs, hkv, d),
+                     mode=m, copier=TritonHotPath() if m == "uva" else None) for m in ("direct", "uva")]
+    src = torch.tensor([4, 1, 0, 0], dtype=torch.int64)
+    dst = torch.tensor([2, 0, 3, 3], dtype=torch.int64)
+    for mv in mk:
+        mv.fetch(src, dst, torch.tensor(2))
+    want_k = torch.zeros(s + 1, bs, hkv, d)
+    want_k[2], want_k[0] = hk[4], hk[1]
+    assert torch.equal(mk[1].pool_k, want_k) and torch.equal(mk[1].pool_v[2], hv[4])
+    assert torch.equal(mk[1].pool_k[:3], mk[0].pool_k[:3])  # direct also copies the padding entries
+    slots = torch.tensor([0, 7, -1, 3 * bs + 2], dtype=torch.int64)
+    k = torch.randn(4, hkv, d, generator=g)
+    v = torch.randn(4, hkv, d, generator=g)
+    for mv in mk:
+        mv.write_host(slots, k, v)
+    assert torch.equal(mk[0].host_k[:nb], mk[1].host_k[:nb]) and torch.equal(mk[0].host_v[:nb], mk[1].host_v[:nb])
+    assert torch.equal(mk[1].host_k[3, 2], k[3]) and torch.equal(mk[1].host_v[2, 1], v[1])
+    with pytest.raises(ValueError, match="uva"):
+        BlockMover(hk, hv, torch.zeros(s + 1, bs, hkv, d), torch.zeros(s + 1, bs, hkv, d), mode="uva")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_uva_mover_on_cuda_equals_staged():
+    # pinned host KV read and written by the GPU (no host sync) == the staged copies
+    from gsa.offload.mover import BlockMover
+
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    nb, s, bs, hkv, d = 40, 12, 16, 4, 64
+    hk = torch.randn(nb + 1, bs, hkv, d, generator=g).to(torch.bfloat16)
+    hv = torch.randn(nb + 1, bs, hkv, d, generator=g).to(torch.bfloat16)
+    movers = [BlockMover(hk.clone().pin_memory(), hv.clone().pin_memory(),
+                         torch.zeros(s + 1, bs, hkv, d, dtype=torch.bfloat16, device="cuda"),
+                         torch.zeros(s + 1, bs, hkv, d, dtype=torch.bfloat16, device="cuda"), mode=m)
+              for m in (None, "staged")]
+    assert movers[0].mode == "uva"
+    src = torch.randperm(nb, generator=g)[:s].cuda()
+    dst = torch.randperm(s, generator=g).cuda()
+    slots = torch.tensor([5, -1, 17, nb * bs - 1, 3 * bs], device="cuda")
+    k = torch.randn(5, hkv, d, generator=g).to(torch.bfloat16).cuda()
+    v = torch.randn(5, hkv, d, generator=g).to(torch.bfloat16).cuda()
+    for mv in movers:
+        mv.write_host(slots, k, v)
+        mv.fetch(src, dst, torch.tensor(s - 3, device="cuda"))
+        mv.wait()
+        mv.flush_writes()
+    torch.cuda.synchronize()
+    used = dst[: s - 3]
+    assert torch.equal(movers[0].pool_k[used], movers[1].pool_k[used])
+    assert torch.equal(movers[0].pool_v[used], movers[1].pool_v[used])
+    assert torch.equal(movers[0].host_k[:nb], movers[1].host_k[:nb])
+    assert torch.equal(movers[0].host_v[:nb], movers[1].host_v[:nb])

@@ -5,7 +5,7 @@ plain host memory on CPU; block ``NB`` is scratch for skipped token writes) and 
 device (slot ``S`` is scratch). Requests come from
 :class:`gsa.offload.residency.ResidencyMap` as fixed-width ``(src, dst)`` lists.
 
-Two modes:
+Three modes:
 
 * ``direct``: host and pool tensors on one device (the CPU "device pool" of the
   tests): one batched ``index_select`` + ``index_copy_``, no sync, copies all
@@ -14,9 +14,14 @@ Two modes:
   and the miss count go to the host (**one host sync per fetch**), the missing
   blocks are gathered on the host into a pinned staging buffer, copied
   host->device on a side copy stream and scattered into the pool there; an
-  event makes the compute stream wait before attention reads the pool. A
-  gather kernel reading pinned memory through unified addressing would take the
-  device list directly and remove the sync (a backend kernel, not done here).
+  event makes the compute stream wait before attention reads the pool.
+* ``uva`` (the default on CUDA with the Triton backend): a backend kernel on the
+  copy stream reads the pinned host KV through unified addressing and writes the
+  pool slots, taking the device ``(src, dst)`` lists as they are: **no host
+  sync**, many programs reading over PCIe at once. New token rows go to the host
+  KV the same way (a kernel writing pinned memory). The kernels come from the
+  backend's hot path (``gather_blocks`` / ``scatter_rows``, e.g.
+  ``cuda_ops/offload_copy.py``); a backend without them gets ``staged``.
 
 Writes of new tokens go to the host KV (the source of truth) and, when the
 block is resident, to its pool slot too (write-through; see ``OffloadedGSA``).
@@ -25,33 +30,53 @@ the copy stream and scattered into the host KV before the next host gather.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
+
+from gsa.hotpath import hot_path_for
 
 __all__ = ["BlockMover"]
 
 Tensor = torch.Tensor
 
 
+def uva_copier(host_k: Tensor, pool_k: Tensor) -> Optional[Any]:
+    """The backend object with ``gather_blocks`` / ``scatter_rows`` for this pair, or
+    ``None`` (host memory not pinned, or the pool's backend has no such kernels)."""
+    if pool_k.device.type != "cuda" or host_k.device.type != "cpu" or not host_k.is_pinned():
+        return None
+    hp = hot_path_for(pool_k.device)
+    return hp if hasattr(hp, "gather_blocks") and hasattr(hp, "scatter_rows") else None
+
+
 class BlockMover:
     """Copies blocks of one layer (see the module docstring). ``mode``: ``"direct"``,
-    ``"staged"`` or ``None`` (direct when host and pool share a device)."""
+    ``"staged"``, ``"uva"`` or ``None`` (direct when host and pool share a device,
+    else uva where the backend has the kernels, else staged). ``copier``: the
+    object with ``gather_blocks`` / ``scatter_rows`` for ``uva`` (default: the pool
+    device's backend)."""
 
     def __init__(self, host_k: Tensor, host_v: Tensor, pool_k: Tensor, pool_v: Tensor,
-                 mode: Optional[str] = None, copy_stream=None):
+                 mode: Optional[str] = None, copy_stream=None, copier: Optional[Any] = None):
         same = host_k.device == pool_k.device
-        self.mode = mode or ("direct" if same else "staged")
-        if self.mode not in ("direct", "staged"):
-            raise ValueError(f"BlockMover: 'mode' must be 'direct' or 'staged', got {mode!r}")
+        if copier is None and not same:
+            copier = uva_copier(host_k, pool_k)
+        self.copier = copier
+        self.mode = mode or ("direct" if same else ("uva" if copier is not None else "staged"))
+        if self.mode not in ("direct", "staged", "uva"):
+            raise ValueError(f"BlockMover: 'mode' must be 'direct', 'staged' or 'uva', got {mode!r}")
+        if self.mode == "uva" and copier is None:
+            raise ValueError("BlockMover: mode 'uva' needs pinned host memory and a backend with "
+                             "gather_blocks / scatter_rows for the pool's device (the Triton backend on CUDA)")
         if self.mode == "direct" and not same:
             raise ValueError(f"BlockMover: mode 'direct' needs host and pool on one device, got "
                              f"{host_k.device} and {pool_k.device}")
         self.host_k, self.host_v, self.pool_k, self.pool_v = host_k, host_v, pool_k, pool_v
         dev = pool_k.device
-        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" and self.mode == "staged" else None
+        self._dev_mod = torch.get_device_module(dev) if dev.type != "cpu" and self.mode != "direct" else None
         self.stream = copy_stream
-        if self.stream is None and self._dev_mod is not None and self.mode == "staged":
+        if self.stream is None and self._dev_mod is not None:
             self.stream = self._dev_mod.Stream(device=dev)
         self._pin = dev.type not in ("cpu", "meta")  # pinned staging: truly asynchronous copies
         self._done = None  # event after the last pool write on the copy stream
@@ -68,6 +93,10 @@ class BlockMover:
         if self.mode == "direct":
             for host, pool in ((self.host_k, self.pool_k), (self.host_v, self.pool_v)):
                 pool.index_copy_(0, dst, host.index_select(0, src))
+            return
+        if self.mode == "uva":
+            self._on_copy_stream(lambda: self.copier.gather_blocks(self.host_k, self.host_v, self.pool_k,
+                                                                   self.pool_v, src, dst, n_miss))
             return
         if self._dev_mod is not None:
             ready = self._dev_mod.Event()
@@ -96,6 +125,22 @@ class BlockMover:
         self._buf_events[self._buf_i] = self._done
         self.bytes_h2d += sum(b.numel() * b.element_size() for b in staged)
 
+    def _on_copy_stream(self, fn, keep=()) -> None:
+        """Run ``fn`` (kernel launches) on the copy stream after the work queued so far
+        on the current stream; ``wait()`` then orders the compute stream after it."""
+        if self._dev_mod is None:  # CPU (interpreter tests): in order anyway
+            fn()
+            return
+        ready = self._dev_mod.Event()
+        ready.record()
+        with self._dev_mod.stream(self.stream):
+            self.stream.wait_event(ready)
+            fn()
+            for t in keep:  # the compute stream must not reuse them before the copy has read them
+                t.record_stream(self.stream)
+            self._done = self._dev_mod.Event()
+            self._done.record(self.stream)
+
     def _staging(self, n: int) -> List[Tensor]:
         """Pinned K and V staging views for ``n`` blocks, alternating between two
         buffers; waits until the copy that last read the chosen buffer is done."""
@@ -121,6 +166,12 @@ class BlockMover:
     def write_host(self, slots: Tensor, k: Tensor, v: Tensor, slots_host: Optional[Tensor] = None) -> None:
         """Write token rows ``k, v [T, Hkv, D]`` at flat slots ``slots int [T]``
         (``block * bs + offset``; ``-1`` skips) of the host KV."""
+        if self.mode == "uva":
+            k, v = k.contiguous(), v.contiguous()
+            slots = slots.to(self.pool_k.device)
+            self._on_copy_stream(lambda: self.copier.scatter_rows(self.host_k, self.host_v, slots, k, v),
+                                 keep=(slots, k, v) if k.device.type == "cuda" else ())
+            return
         if self.mode == "direct" or self._dev_mod is None:
             self._scatter_host(slots.to(self.host_k.device), k.to(self.host_k.device), v.to(self.host_k.device))
             return
