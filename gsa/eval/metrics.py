@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 __all__ = ["mass_recall", "block_recall", "kl_and_agreement", "perplexity", "passkey_prompt",
-           "passkey_found", "Accumulator"]
+           "passkey_found", "lead_ids", "Accumulator"]
 
 
 def mass_recall(mass: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,8 @@ def passkey_prompt(tok, n_tokens: int, depth: float, passkey: int, chat: bool = 
     """A passkey-retrieval prompt of about ``n_tokens`` tokens: filler text with
     ``"The pass key is {passkey}. Remember it."`` at ``depth`` (0..1) of the filler,
     then the question, as plain text (``chat=True`` wraps it in the chat template;
-    SmolLM2-135M answers the plain form more reliably). Returns ``int64 [T]`` token ids."""
+    SmolLM2-135M answers the plain form more reliably), after the tokenizer's BOS
+    when it adds one (:func:`lead_ids`). Returns ``int64 [T]`` token ids."""
     ids = _passkey_ids(tok, n_tokens, depth, passkey, chat, 0)
     # re-tokenising decoded filler shifts the count a little: correct once
     return _passkey_ids(tok, n_tokens, depth, passkey, chat, n_tokens - ids.shape[0])
@@ -83,9 +84,18 @@ def _passkey_ids(tok, n_tokens, depth, passkey, chat, adjust):
     if chat and getattr(tok, "chat_template", None):
         msgs = [{"role": "user", "content": body + "\nWhat is the pass key?"}]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + "The pass key is"
+        return torch.tensor(tok(text, add_special_tokens=False).input_ids, dtype=torch.long)  # template has its BOS
     else:
         text = body + question
-    return torch.tensor(tok(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    return torch.tensor(lead_ids(tok) + tok(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+def lead_ids(tok) -> List[int]:
+    """The tokenizer's leading special tokens (its BOS when it adds one), see
+    :func:`gsa.eval.load.bos_ids`; prompts built here start with them (a chat
+    template writes its own)."""
+    from gsa.eval.load import bos_ids
+    return bos_ids(tok)
 
 
 def passkey_found(answer: str, passkey: int) -> bool:

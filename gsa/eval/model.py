@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,25 +35,57 @@ import torch.nn.functional as F
 from gsa.config import GSAConfig
 from gsa.sparse import GSASparse
 
-__all__ = ["load_model", "eval_config", "PagedRun", "TeacherForcedRun", "ATTN_NAME"]
+__all__ = ["load_model", "eval_config", "PagedRun", "TeacherForcedRun", "ATTN_NAME", "LayerAttention",
+           "attention_math"]
 
 ATTN_NAME = "gsa_eval"
 _ACTIVE = threading.local()
 _PREFILL_CHUNK = 1024  # query rows per SDPA call: bounds the [Hq, rows, S] score tensor
 
 
-def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+               softcap=None, **kwargs):
     """transformers attention hook: ``query [1, Hq, T, D]``, ``key/value [1, Hkv, T, D]``
-    (post-RoPE, this forward's tokens only) -> ``([1, T, Hq, D], None)``."""
+    (post-RoPE, this forward's tokens only) -> ``([1, T, Hq, D], None)``.
+
+    Honours what the model's attention module passes: its softmax ``scaling`` (e.g.
+    Gemma's ``query_pre_attn_scalar ** -0.5``), ``sliding_window`` (query ``p`` sees
+    keys ``p - window < j <= p``, HF's ``sliding_window_overlay``) and ``softcap``
+    (``tanh`` logit capping, Gemma 2). The runs own the KV cache and build the
+    causal / window mask themselves; a mask HF passes anyway is checked against it.
+    Attention this hook cannot reproduce (bidirectional, attention sinks) is an error."""
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError(f"gsa eval: layer {module.layer_idx} uses attention sinks (s_aux): not supported")
+    if not getattr(module, "is_causal", True):
+        raise NotImplementedError(f"gsa eval: layer {module.layer_idx} is not causal (bidirectional attention): "
+                                  "not supported")
+    t, d = query.shape[2], query.shape[3]
+    scale = float(scaling) if scaling is not None else d ** -0.5
+    window = int(sliding_window) if sliding_window is not None and int(sliding_window) > 0 else None
+    cap = float(softcap) if softcap is not None and float(softcap) > 0 else None
     run = getattr(_ACTIVE, "run", None)
+    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
+    if attention_mask is not None:
+        _check_mask(attention_mask, t, key.shape[2], window, module.layer_idx)
     if run is None:  # not inside a run: plain causal attention over what HF passes (batch 1)
-        t, s = query.shape[2], key.shape[2]
-        o = _causal_sdpa(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), s - t,
-                         scaling if scaling is not None else query.shape[-1] ** -0.5)
-        return o.unsqueeze(0), None
-    out = run.attend(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1),
-                     value[0].transpose(0, 1), scaling)
-    return out.unsqueeze(0), None
+        return _causal_sdpa(q, k, v, key.shape[2] - t, scale, window=window, softcap=cap).unsqueeze(0), None
+    extra = {}
+    if window is not None:  # keyword only when set: run subclasses with the 5-argument attend keep working
+        extra["window"] = window
+    if cap is not None:
+        extra["softcap"] = cap
+    return run.attend(module.layer_idx, q, k, v, scale, **extra).unsqueeze(0), None
+
+
+def _check_mask(mask: torch.Tensor, t: int, s: int, window: Optional[int], layer: int) -> None:
+    """A mask HF passed although ours says none (``[1, 1, T, S]``, bool or additive float):
+    it must allow exactly causal (and window) attention among this forward's tokens."""
+    m = mask[0, 0, -t:, -s:]
+    allowed = m if m.dtype == torch.bool else m == 0
+    want = _allowed(torch.arange(s - t, s, device=m.device), s, window)
+    if allowed.shape != want.shape or not torch.equal(allowed, want):
+        raise NotImplementedError(f"gsa eval: layer {layer}: the model's attention mask is not causal"
+                                  f"{' with a window of ' + str(window) if window else ''}; only those are supported")
 
 
 def _register() -> None:
@@ -64,22 +96,19 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, lambda *a, **k: None)  # we build our own masks
 
 
-def load_model(name: str = "smollm2", device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, GSAConfig)`` for ``"smollm2"`` or ``"qwen"`` from :mod:`gsa.eval.assets`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from gsa.eval import assets
+class LayerAttention(NamedTuple):
+    """A layer's attention as the model's module passes it to the hook."""
+    scale: float  #: softmax scale (the module's ``scaling``)
+    window: Optional[int]  #: sliding window (query ``p`` sees keys ``> p - window``), ``None``: full
+    softcap: Optional[float]  #: ``tanh`` logit cap, ``None``: none
 
-    _register()
-    if name == "smollm2":
-        path, cfg = assets.smollm2_hf_dir(), GSAConfig.for_model("HuggingFaceTB/SmolLM2-135M-Instruct")
-    elif name == "qwen":
-        path, cfg = assets.qwen_coder_hf_dir(), GSAConfig.for_model("Qwen/Qwen2.5-Coder-0.5B-Instruct")
-    else:
-        raise ValueError(f"load_model: 'name' must be 'smollm2' or 'qwen', got {name!r}")
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=ATTN_NAME)
-    model.to(device).eval()
-    return model, tok, cfg
+
+def load_model(name: str = "smollm2", device: str = "cpu", dtype: torch.dtype = torch.float32,
+               gsa_config=None, verbose: bool = False):
+    """``(model, tokenizer, GSAConfig)`` for ``"smollm2"``, ``"qwen"``, a local HF model
+    folder or a GGUF file: see :func:`gsa.eval.load.load_model`."""
+    from gsa.eval.load import load_model as _load
+    return _load(name, device, dtype, gsa_config=gsa_config, verbose=verbose)
 
 
 def eval_config(cfg: GSAConfig, ratio: Optional[float] = None, bits: Optional[int] = None,
@@ -102,24 +131,47 @@ def eval_config(cfg: GSAConfig, ratio: Optional[float] = None, bits: Optional[in
     return cfg.replace(**ch) if ch else cfg
 
 
+def _allowed(rows: torch.Tensor, s: int, window: Optional[int]) -> torch.Tensor:
+    """``bool [len(rows), S]``: key ``j`` visible to the query at position ``p``:
+    ``j <= p`` and, with a window, ``j > p - window`` (HF's sliding-window overlay)."""
+    cols = torch.arange(s, device=rows.device).unsqueeze(0)
+    mask = cols <= rows.unsqueeze(1)
+    if window is not None:
+        mask = mask & (cols > rows.unsqueeze(1) - window)
+    return mask
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                   softcap: Optional[float] = None) -> torch.Tensor:
+    """Softmax attention ``q [Hq, T, D]``, ``k/v [Hq, S, D]``, ``mask bool [T, S]`` ->
+    ``[Hq, T, D]``. Without ``softcap``: SDPA. With it: logits ``softcap *
+    tanh(scale q.k / softcap)`` (Gemma 2's eager arithmetic, in float32)."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    logits = torch.matmul(q.float(), k.float().transpose(1, 2)) * scale
+    logits = torch.tanh(logits / softcap) * softcap
+    probs = torch.softmax(logits.masked_fill(~mask, -math.inf), dim=-1)
+    return torch.matmul(probs, v.float()).to(q.dtype)
+
+
 def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos0: int, scale: float,
-                 allowed: Optional[Callable[[int, int], torch.Tensor]] = None) -> torch.Tensor:
+                 allowed: Optional[Callable[[int, int], torch.Tensor]] = None, window: Optional[int] = None,
+                 softcap: Optional[float] = None) -> torch.Tensor:
     """``q [T, Hq, D]`` at positions ``q_pos0 ..``, ``k/v [S, Hkv, D]`` -> ``[T, Hq, D]``.
-    ``allowed(r0, r1)`` may return a ``bool [r1-r0, S]`` mask (ANDed with causality)."""
+    ``allowed(r0, r1)`` may return a ``bool [r1-r0, S]`` mask (ANDed with causality
+    and the sliding ``window``); ``softcap`` as in :func:`attention_math`."""
     t, hq, d = q.shape
     s, hkv, _ = k.shape
     g = hq // hkv
     kk = k.transpose(0, 1).repeat_interleave(g, dim=0)  # [Hq, S, D]
     vv = v.transpose(0, 1).repeat_interleave(g, dim=0)
     out = torch.empty_like(q)
-    cols = torch.arange(s, device=q.device)
     for r0 in range(0, t, _PREFILL_CHUNK):
         r1 = min(t, r0 + _PREFILL_CHUNK)
-        rows = torch.arange(q_pos0 + r0, q_pos0 + r1, device=q.device)
-        mask = cols.unsqueeze(0) <= rows.unsqueeze(1)
+        mask = _allowed(torch.arange(q_pos0 + r0, q_pos0 + r1, device=q.device), s, window)
         if allowed is not None:
             mask = mask & allowed(r0, r1)
-        o = F.scaled_dot_product_attention(q[r0:r1].transpose(0, 1), kk, vv, attn_mask=mask, scale=scale)
+        o = attention_math(q[r0:r1].transpose(0, 1), kk, vv, mask, scale, softcap)
         out[r0:r1] = o.transpose(0, 1)
     return out
 
@@ -176,6 +228,7 @@ class PagedRun:
         self.pos = 0
         self.step = None
         self.observer = observer
+        self.attn: Dict[int, LayerAttention] = {}  # per layer: what the model's attention passed
         self.blocks_read = []  # per decode step: mean blocks attended per layer (dense layers included)
         self.sparse_blocks_read = []  # per decode step: mean over the layers that ran a sparse selection
         self._step_blocks = []
@@ -189,10 +242,15 @@ class PagedRun:
         nblk = math.ceil(n / self.bs)
         return cache[self.block_table[0, :nblk].to(torch.int64)].reshape(nblk * self.bs, self.hkv, self.d)[:n]
 
-    def attend(self, layer: int, q, k, v, scale):
+    def attend(self, layer: int, q, k, v, scale, window: Optional[int] = None, softcap: Optional[float] = None):
+        """One layer's attention for this forward's ``q [T, Hq, D]``, ``k/v [T, Hkv, D]``.
+        Sliding-window layers (``window``) attend their window of the gathered
+        cache and must be dense in the config; with ``softcap`` the selected blocks
+        are attended in torch (the GSA attention op has no logit capping)."""
         t = q.shape[0]
         if self.pos + t > self.nb * self.bs:
             raise ValueError(f"PagedRun: {self.pos + t} tokens exceed max_tokens = {self.nb * self.bs}")
+        self.attn[layer] = LayerAttention(scale, window, softcap)
         slots = self._slots(t)
         kc, vc = self.k_cache[layer], self.v_cache[layer]
         kc.view(-1, self.hkv, self.d)[slots] = k.to(self.dtype)
@@ -200,7 +258,17 @@ class PagedRun:
         self.gsa.cache_keys(layer, self.hash_caches.get(layer), slots, k)
         n = self.pos + t
         if t > 1:  # prefill: dense, as in serving
-            return _causal_sdpa(q, self._gather(kc, n), self._gather(vc, n), self.pos, scale)
+            return _causal_sdpa(q, self._gather(kc, n), self._gather(vc, n), self.pos, scale, window=window,
+                                softcap=softcap)
+        if window is not None:
+            if not self.gsa.policy.layer(layer).dense:
+                raise ValueError(f"PagedRun: layer {layer} is a sliding-window layer (window {window}) but the GSA "
+                                 f"config makes it sparse (top_k_ratio_per_layer[{layer}] = "
+                                 f"{self.cfg.top_k_ratio_per_layer[layer]}): expected 1.0 (GSA serves full-attention "
+                                 "layers only)")
+            self._step_blocks.append((n - 1) // self.bs - max(0, n - window) // self.bs + 1)
+            return _causal_sdpa(q, self._gather(kc, n), self._gather(vc, n), self.pos, scale, window=window,
+                                softcap=softcap)
         seq_lens = torch.tensor([n], dtype=torch.int32, device=self.device)
         hc = self.hash_caches.get(layer)
         table, lens = self.gsa.select(layer, self.step, self.block_table, seq_lens, hc, q)
@@ -210,7 +278,21 @@ class PagedRun:
             self._step_sparse_blocks.append(self._step_blocks[-1])
         if self.observer is not None and table is not self.block_table and self.gsa.policy.layer(layer).scores:
             self.observer(layer, self.step, q, kc, vc, self.block_table, seq_lens, table, lens)
+        if softcap is not None:
+            return self._table_attention(q, kc, vc, table, lens, scale, softcap)
         return self.gsa_attention(q, kc, vc, table, lens, scale)
+
+    def _table_attention(self, q, kc, vc, table, lens, scale, softcap):
+        """Decode attention of ``q [1, Hq, D]`` over the first ``lens[0]`` tokens of
+        the blocks in ``table[0]`` (as ``paged_decode_attention`` reads them), in torch."""
+        n = int(lens[0])
+        blocks = table[0, :math.ceil(n / self.bs)].to(torch.int64)
+        k = kc[blocks].reshape(-1, self.hkv, self.d)[:n]
+        v = vc[blocks].reshape(-1, self.hkv, self.d)[:n]
+        g = q.shape[1] // self.hkv
+        kk, vv = (x.transpose(0, 1).repeat_interleave(g, dim=0) for x in (k, v))
+        mask = torch.ones(1, n, dtype=torch.bool, device=q.device)
+        return attention_math(q.transpose(0, 1), kk, vv, mask, scale, softcap).transpose(0, 1)
 
     @staticmethod
     def gsa_attention(q, kc, vc, table, lens, scale):
@@ -292,17 +374,26 @@ class TeacherForcedRun:
         self.bs = block_size
         self.k: Dict[int, torch.Tensor] = {}
         self.v: Dict[int, torch.Tensor] = {}
+        self.attn: Dict[int, LayerAttention] = {}
         self.pos = 0
 
-    def attend(self, layer: int, q, k, v, scale):
+    def attend(self, layer: int, q, k, v, scale, window: Optional[int] = None, softcap: Optional[float] = None):
+        """One layer: append ``k/v [T, Hkv, D]`` to the cache, attend ``q [T, Hq, D]``
+        causally (within ``window``, with ``softcap``) and, with a selector, only to
+        the selected blocks. ``self.attn[layer]`` records the layer's attention
+        parameters before the observer runs (metrics use the model's own scale)."""
         k_all = torch.cat([self.k[layer], k]) if layer in self.k else k
         v_all = torch.cat([self.v[layer], v]) if layer in self.v else v
         self.k[layer], self.v[layer] = k_all, v_all
+        self.attn[layer] = LayerAttention(scale, window, softcap)
         if self.observer is not None:
             self.observer(layer, q, k_all, v_all, self.pos)
         blocks = None if self.select is None else self.select(layer, q, k_all, self.pos)
         allowed = None
         if blocks is not None:
+            if window is not None:
+                raise ValueError(f"TeacherForcedRun: layer {layer} is a sliding-window layer (window {window}); "
+                                 "the selector must leave it dense (return None)")
             nblk = math.ceil(k_all.shape[0] / self.bs)
             if blocks.shape != (q.shape[0], nblk):
                 raise ValueError(f"TeacherForcedRun: selection for layer {layer} has shape {tuple(blocks.shape)}, "
@@ -310,7 +401,7 @@ class TeacherForcedRun:
                                  "must use the same block size)")
             tok_block = torch.arange(k_all.shape[0], device=q.device) // self.bs
             allowed = lambda r0, r1: blocks[r0:r1][:, tok_block]  # noqa: E731
-        return _causal_sdpa(q, k_all, v_all, self.pos, scale, allowed)
+        return _causal_sdpa(q, k_all, v_all, self.pos, scale, allowed, window=window, softcap=softcap)
 
     def feed(self, ids: torch.Tensor, logits: str = "all") -> torch.Tensor:
         """Push ``ids [T]``; returns float32 logits ``[T, V]`` (or ``[V]`` with ``"last"``)."""
@@ -323,5 +414,5 @@ class TeacherForcedRun:
         """A run sharing this one's cached prefix (tensors are replaced, never written in place).
         ``block_size`` must equal the selector's block size (the cache is per token, so any works)."""
         r = TeacherForcedRun(self.model, select, observer, block_size or self.bs)
-        r.k, r.v, r.pos = dict(self.k), dict(self.v), self.pos
+        r.k, r.v, r.pos, r.attn = dict(self.k), dict(self.v), self.pos, dict(self.attn)
         return r
