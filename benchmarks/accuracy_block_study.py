@@ -45,14 +45,14 @@ def _forced(text: str) -> list:
 
 
 def study(store: dict, cfg, prefix: int, n_eval: int, every: int, ratios, block_sizes, forced_sets, bits,
-          bundles: dict) -> dict:
-    """``store``: ``{layer: (q [T, Hq, D], k [T, Hkv, D])}`` captured post-RoPE.
-    Returns ``{name: {"overall": x, "per_layer": {l: x}}}`` with names
-    ``{selector}/r=../bs=../forced=..[/b=..]``."""
+          bundles: dict, attn: dict = None) -> dict:
+    """``store``: ``{layer: (q [T, Hq, D], k [T, Hkv, D])}`` captured post-RoPE;
+    ``attn``: ``{layer: LayerAttention}`` (the model's scale and softcap; default
+    ``D**-0.5``, none). Returns ``{name: {"overall": x, "per_layer": {l: x}}}`` with
+    names ``{selector}/r=../bs=../forced=..[/b=..]``."""
     from tqdm.auto import tqdm
     sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     d = cfg.head_dim
-    scale = d ** -0.5
     pos = torch.arange(prefix, prefix + n_eval, every)
     seq = pos + 1
     acc = M.Accumulator()
@@ -62,7 +62,8 @@ def study(store: dict, cfg, prefix: int, n_eval: int, every: int, ratios, block_
     for l, bs in tqdm(jobs, desc="layers x block sizes"):
         q, k = store[l]
         q, k = q[pos].float().contiguous(), k[: int(seq.max())].float().contiguous()
-        mass = S.block_mass(S.dense_probs(q, k, seq, scale), bs)
+        scale, cap = (attn[l].scale, attn[l].softcap) if attn and l in attn else (d ** -0.5, None)
+        mass = S.block_mass(S.dense_probs(q, k, seq, scale, cap), bs)
         codes = {key: (ops.hash_encode(q, load_hash_weights(wc, l)), ops.hash_encode(k, load_hash_weights(wc, l)))
                  for key, wc in weights.items()}
         for r in ratios:
@@ -85,7 +86,14 @@ def _markdown(res: dict, meta: dict) -> str:
              f"{meta['prefix']}-token prefix of {meta['book']}, decode rows every {meta['sample_every']} positions "
              f"over {meta['eval_tokens']} tokens, sparse layers {meta['sparse_layers'][0]}..{meta['sparse_layers'][-1]}; "
              "mean attention-mass recall (dense softmax mass inside the selected blocks). "
-             "Quest same bytes: Quest given the KV blocks its smaller metadata saves, vs GSA at that bit width.", "",
+             "Quest same bytes: Quest's KV budget moved by the signed allowance bits/(32 D) - 1/bs of the blocks "
+             "(rounded up, never below the forced blocks): more blocks where its min/max metadata is cheaper than "
+             "GSA's code, fewer where it costs more (harness.quest_extra_fraction).", ""]
+    if meta.get("head_dim"):
+        lines += ["Allowance (fraction of the blocks): " + "; ".join(
+            f"bs {bs}: " + ", ".join(f"{b} bits {quest_extra_fraction(b, meta['head_dim'], bs):+.2%}" for b in meta["bits"])
+            for bs in meta["block_sizes"]), ""]
+    lines += [
              "| ratio | block size | forced | oracle | Quest (same blocks) | " +
              " | ".join(f"GSA-{b} random | GSA-{b} trained | Quest same bytes as GSA-{b}" for b in meta["bits"]) + " |",
              "|---|---|---|---|---|" + "---|---|---|" * len(meta["bits"])]
@@ -136,7 +144,9 @@ def _plot(res: dict, meta: dict, path: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    ap.add_argument("--model", default="smollm2",
+                    help="smollm2, qwen, or a path to a Hugging Face model folder or a .gguf file")
+    ap.add_argument("--gsa-config", default=None, help="GSA config JSON (default: shipped / derived, see gsa eval)")
     ap.add_argument("--book", default="emma")
     ap.add_argument("--prefix", type=int, default=4096)
     ap.add_argument("--eval-tokens", type=int, default=2048)
@@ -153,7 +163,8 @@ def main(argv=None) -> int:
         if not 0 < r < 1:
             ap.error(f"--ratios: expected fractions in (0, 1), got {r}")
     from gsa.eval import assets
-    from gsa.eval.model import load_model
+    from gsa.eval.load import ModelSpecError
+    from gsa.eval.model import attention_params, load_model
     from gsa.eval.train import capture, default_bundle
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,21 +174,26 @@ def main(argv=None) -> int:
         missing = [b for b in args.bits if b not in bundles]
         if missing:
             print(f"note: no trained bundle for bits {missing} (run gsa train-hash --bits ...); random only there")
-    model, tok, cfg = load_model(args.model)
+    try:
+        model, tok, cfg = load_model(args.model, gsa_config=args.gsa_config, verbose=True)
+    except (ModelSpecError, assets.AssetError) as e:
+        ap.error(f"--model {args.model}: {e}")
+    attn = attention_params(model)
     t0 = time.time()
     print(f"dense pass over {args.prefix + args.eval_tokens} tokens of {args.book} ...", flush=True)
     store = capture(model, tok, assets.austen_texts()[args.book], args.prefix + args.eval_tokens)
     res = study(store, cfg, args.prefix, args.eval_tokens, args.sample_every, args.ratios, args.block_sizes,
-                args.forced, args.bits, bundles)
+                args.forced, args.bits, bundles, attn)
     meta = {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
             "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratios": args.ratios,
             "block_sizes": args.block_sizes, "forced": args.forced, "bits": args.bits, "trained_bundles": bundles,
-            "sparse_layers": [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1],
+            "sparse_layers": [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1], "head_dim": cfg.head_dim,
+            "scale": {l: a.scale for l, a in attn.items()},
             "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": round(time.time() - t0, 1),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"accuracy_block_study_{args.model}"
+    stem = out / f"accuracy_block_study_{pathlib.Path(str(args.model)).name.replace('.gguf', '')}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": res}, indent=1))
     stem.with_suffix(".md").write_text(_markdown(res, meta))
     _plot(res, meta, stem.with_suffix(".png"))

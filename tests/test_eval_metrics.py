@@ -108,3 +108,51 @@ def test_passkey_found():
     assert M.passkey_found(" 12345. Remember", 12345)
     assert not M.passkey_found("123456", 12345)
     assert not M.passkey_found("no number", 12345)
+
+
+def test_quest_equal_bytes_allowance_rule():
+    """Signed allowance bits/(32 D) - 1/bs: at D 256, 32-token blocks, 128 bits Quest's
+    min/max metadata (32 B per token and head) costs more than the code (16 B), so at
+    equal bytes Quest reads ceil(-1/64 * n_blocks) blocks fewer than GSA; never below
+    the forced blocks, never above n_blocks."""
+    from gsa.eval.harness import quest_extra_fraction
+    assert quest_extra_fraction(128, 256, 32) == pytest.approx(-1 / 64)
+    assert quest_extra_fraction(128, 64, 128) == pytest.approx(1 / 16 - 1 / 128)  # the SmolLM2 case, positive
+    cfg = _cfg(num_attention_heads=2, num_key_value_heads=1, head_dim=256, hash_bits=128, chunk_size=32,
+               top_k_ratio_per_layer=[1.0, 0.25, 0.03])
+    pol = GSAPolicy(cfg, "cpu")
+    g = torch.Generator().manual_seed(0)
+    n_tok = 200 * 32  # 200 blocks
+    q, k = torch.randn(1, 2, 256, generator=g), torch.randn(n_tok, 1, 256, generator=g)
+    seq = torch.tensor([n_tok])
+    a = quest_extra_fraction(128, 256, 32)
+    same = S.quest_select(pol, 1, q, k, seq, 1.0)
+    eq = S.quest_select(pol, 1, q, k, seq, 1.0, budget_add=a)
+    assert int(same.sum()) == 50  # ceil(0.25 * 200)
+    assert int(eq.sum()) == 50 + math.ceil(a * 200) == 47  # ceil(-3.125) = -3: rounded in Quest's favour
+    assert bool((eq & ~same).sum() == 0)  # fewer blocks, all from the same ranking
+    # budget ceil(0.03 * 200) = 6, minus 100 blocks: below the 2 forced blocks -> exactly the forced blocks
+    low = S.quest_select(pol, 2, q, k, seq, 1.0, budget_add=-0.5)
+    assert int(low.sum()) == 2 and bool(low[0, 0]) and bool(low[0, -1])
+    big = S.quest_select(pol, 1, q, k, seq, 1.0, budget_add=2.0)
+    assert int(big.sum()) == 200
+
+
+def test_code_quality_diagnostics_hand_checked():
+    # 10 keys, 1 KV head, 16 bits: byte 0 all 0xFF (8 constant bits), byte 1 alternating 0x00 / 0xFF
+    k_codes = torch.zeros(10, 1, 2, dtype=torch.uint8)
+    k_codes[:, 0, 0] = 0xFF
+    k_codes[::2, 0, 1] = 0xFF
+    assert M.near_constant_bits(k_codes).tolist() == [0.5]
+    k_codes[0, 0, 0] = 0x00  # 9 of 10 keys agree: 90 % is not MORE than 90 % -> not near-constant
+    assert M.near_constant_bits(k_codes).tolist() == [0.0]
+    # Pearson: codes equal to the signs of q and k reproduce sign agreement; a hand case
+    q = torch.tensor([[[1.0, 0.0]]])  # 1 row, 1 head, D 2
+    k = torch.tensor([[[3.0, 0.0]], [[1.0, 0.0]], [[-2.0, 0.0]], [[5.0, 0.0]]])  # q.k = 3, 1, -2, 5
+    qc = torch.tensor([[[0b11]]], dtype=torch.uint8)  # bits 0, 1 set (+1, +1), the rest -1
+    kc = torch.tensor([[[0b11]], [[0b01]], [[0b00]], [[0b11]]], dtype=torch.uint8)  # sims 8, 6, 4, 8 (R 8)
+    r = M.code_similarity_pearson(q, k, qc, kc, torch.tensor([3]))  # only keys 0..2 are seen
+    x, y = torch.tensor([8.0, 6, 4]), torch.tensor([3.0, 1, -2])
+    want = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()).norm() * (y - y.mean()).norm()))
+    assert r.tolist() == pytest.approx([want])
+    assert M.code_similarity_pearson(q, k, qc, torch.zeros_like(kc), torch.tensor([4])).tolist() == [0.0]  # constant

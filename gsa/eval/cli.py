@@ -4,6 +4,7 @@ Examples (docs/accuracy.md lists the runs behind the published numbers)::
 
     gsa eval --model smollm2 --parts grid e2e --prefix 4096 --eval-tokens 2048
     gsa eval --model smollm2 --parts passkey --lengths 2048 4096 8192 --depths 0.1 0.5 0.9
+    gsa eval --model /path/to/hf-folder-or-model.gguf --parts grid multikey vartrack
 """
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``gsa eval`` arguments."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"],
-                        help="smollm2 = SmolLM2-135M-Instruct, qwen = Qwen2.5-Coder-0.5B-Instruct (`gsa data fetch` first)")
-    parser.add_argument("--parts", nargs="+", default=["grid", "e2e", "passkey"], choices=["grid", "e2e", "passkey"],
-                        help="grid: selection quality vs the exact oracle and Quest over ratios x bits; e2e: "
-                             "teacher-forced agreement / KL / perplexity; passkey: retrieval at --lengths x --depths")
+    parser.add_argument("--model", default="smollm2",
+                        help="smollm2 = SmolLM2-135M-Instruct, qwen = Qwen2.5-Coder-0.5B-Instruct (`gsa data fetch` "
+                             "first), or a path: a Hugging Face model folder (config.json, weights, tokenizer) or a "
+                             ".gguf file (converted once into the cache)")
+    parser.add_argument("--gsa-config", default=None,
+                        help="GSA config JSON for the model (default: the shipped one for smollm2/qwen, else one "
+                             "derived from the model's config: 128 random bits, 128-token blocks, ratio 0.3; "
+                             "sliding-window layers are dense either way)")
+    parser.add_argument("--parts", nargs="+", default=["grid", "e2e", "passkey"],
+                        choices=["grid", "e2e", "passkey", "multikey", "vartrack"],
+                        help="grid: selection quality vs the exact oracle and Quest over ratios x bits, plus code "
+                             "diagnostics; e2e: teacher-forced agreement / KL / perplexity; passkey: retrieval at "
+                             "--lengths x --depths; multikey / vartrack: RULER-style multi-retrieval tasks there")
     parser.add_argument("--prefix", type=int, default=4096, help="dense prefix tokens before the evaluated ones")
     parser.add_argument("--eval-tokens", type=int, default=2048, help="teacher-forced decode positions")
     parser.add_argument("--sample-every", type=int, default=32, help="grid: score every n-th decode position")
@@ -43,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passkey: where the pass key sits, as fractions of the filler (0.1 = 10%%)")
     parser.add_argument("--passkey-configs", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
                         help="passkey configs, named as for --e2e")
+    parser.add_argument("--task-configs", nargs="+", default=["shipped", "r0.125-b128", "quest-r0.125"],
+                        help="multikey / vartrack configs, named as for --e2e, plus 'quest-r<ratio>[-bs<N>]' (the "
+                             "Quest-style selection at the same budget, through the same paged path)")
     parser.add_argument("--recall", action="store_true",
                         help="passkey: also measure attention-mass recall of every sparse decode step (host-side "
                              "softmax over all cached keys: slow at long contexts on CPU)")
@@ -61,15 +73,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
     """'shipped' -> the shipped config (seq-len threshold 1 unless ``shipped_threshold``);
     'dense'; 'r<ratio>-b<bits>[-trained][-bs<block size>]' (the shipped config with every
-    sparse layer at that ratio, bits, weights and block size; seq-len threshold 1)."""
+    sparse layer at that ratio, bits, weights and block size; seq-len threshold 1);
+    'quest-r<ratio>[-bs<N>]': the config of 'r<ratio>-b<the config's bits>[-bs<N>]' (its
+    budget rule; the caller runs it with the Quest-style selector)."""
     from gsa.eval.model import eval_config
     from gsa.eval.train import default_bundle
+    if name.startswith("quest-"):
+        rest = name[len("quest-"):].split("-")
+        return _named_config(cfg, "-".join([rest[0], f"b{cfg.hash_bits}"] + rest[1:]), model, shipped_threshold)
     if name == "shipped":
         return eval_config(cfg, threshold=None if shipped_threshold else 1)
     if name == "dense":
         return eval_config(cfg, ratio=1.0)
     parts = name.split("-")
-    ratio, bits = float(parts[0][1:]), int(parts[1][1:])
+    try:
+        ratio, bits = float(parts[0][1:]), int(parts[1][1:])
+        assert parts[0][0] == "r" and parts[1][0] == "b"
+    except (ValueError, IndexError, AssertionError):
+        raise SystemExit(f"gsa eval: config name {name!r}: expected 'shipped', 'dense', "
+                         "'r<ratio>-b<bits>[-trained][-bs<N>]' or 'quest-r<ratio>[-bs<N>]'") from None
     hw, bs = None, None
     for extra in parts[2:]:
         if extra == "trained":
@@ -103,16 +125,22 @@ def _fraction(flag: str, open_low: bool = False):
 def run(args) -> int:
     """Run ``gsa eval``; writes JSON, markdown and plots; returns 0."""
     from gsa.eval import assets, harness
+    from gsa.eval.load import ModelSpecError
     from gsa.eval.model import load_model
     from gsa.eval.report import write_results
     from gsa.eval.train import default_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok, cfg = load_model(args.model, args.device)
+    try:
+        model, tok, cfg = load_model(args.model, args.device, gsa_config=args.gsa_config, verbose=True)
+    except (ModelSpecError, assets.AssetError) as e:
+        print(f"gsa eval: --model {args.model}: {e}", file=sys.stderr)
+        return 2
     if args.block_size:
         cfg = cfg.replace(chunk_size=args.block_size)
-    tag = args.tag or args.model
+    info = getattr(model, "gsa_eval_info", {})
+    tag = args.tag or pathlib.Path(str(args.model)).name.replace(".gguf", "")
     out_dir = pathlib.Path(args.out)
     weights = {"random": None}
     if args.trained:
@@ -125,7 +153,11 @@ def run(args) -> int:
                     "must_select_blocks": list(cfg.must_select_blocks), "device": args.device,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "seq_len_threshold": "1 (every decode step sparse) except passkey 'shipped' (2048)"}}
+                    "seq_len_threshold": "1 (every decode step sparse) except passkey 'shipped' (2048)",
+                    "model_source": info.get("source"), "sliding_layers": info.get("sliding_layers"),
+                    "bos_ids": info.get("bos_ids"), "notes": info.get("notes"), "head_dim": cfg.head_dim,
+                    "quest_eqbytes_allowance": {b: harness.quest_extra_fraction(b, cfg.head_dim, cfg.chunk_size)
+                                                for b in args.bits}}}
     t0 = time.time()
     if "grid" in args.parts or "e2e" in args.parts:
         text = assets.austen_texts()[args.book]
@@ -143,19 +175,27 @@ def run(args) -> int:
                 res["e2e"].update(harness.end_to_end(model, g, {n: c}, args.prefix, args.eval_tokens))
                 write_results(res, out_dir, tag)
         del g
-    if "passkey" in args.parts:
+    retrieval_parts = [p for p in ("passkey", "multikey", "vartrack") if p in args.parts]
+    for part in retrieval_parts:
+        names = args.passkey_configs if part == "passkey" else args.task_configs
         cfgs = {} if args.skip_dense else {"dense": _named_config(cfg, "dense", args.model)}
-        for n in args.passkey_configs:
+        for n in names:
             cfgs[n] = _named_config(cfg, n, args.model, shipped_threshold=True)
+        selectors = {n: "quest" for n in cfgs if n.startswith("quest-")}
         groups = {}
         for n, c in cfgs.items():  # one prefill per (bits, weights) group
             groups.setdefault((c.hash_bits, c.hash_weight, c.chunk_size), {})[n] = c
-        res["passkey"] = []
+        res[part] = []
         for n in args.lengths:
             for d in args.depths:
                 for grp in groups.values():
-                    res["passkey"] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d),
-                                                        observer_factory=harness.PagedRecall if args.recall else None)
+                    obs = harness.PagedRecall if args.recall else None
+                    if part == "passkey":
+                        res[part] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d),
+                                                     observer_factory=obs, selectors=selectors)
+                    else:
+                        res[part] += harness.retrieval(model, tok, part, grp, [n], [d], seed=int(n + 1000 * d),
+                                                       observer_factory=obs, selectors=selectors)
                 write_results(res, out_dir, tag)
     res["meta"]["total_seconds"] = time.time() - t0
     paths = write_results(res, out_dir, tag)

@@ -66,7 +66,7 @@ def run(args) -> int:
     ok = {}
     for name, c in (("dense", eval_config(cfg, ratio=1.0)), ("GSA", cfg)):
         run_.restore(snap, c)
-        rec = PagedRecall()
+        rec = PagedRecall(run_.attn.get)
         observer_s = [0.0]  # the recall observer's own time, left out of the decode time
 
         def observe(*a, _rec=rec):

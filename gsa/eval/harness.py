@@ -26,13 +26,20 @@ from gsa.eval.model import PagedRun, TeacherForcedRun, eval_config
 from gsa.policy import GSAPolicy
 from gsa.weights import load_hash_weights
 
-__all__ = ["selection_grid", "end_to_end", "passkey", "make_select", "quest_extra_fraction", "PagedRecall"]
+__all__ = ["selection_grid", "end_to_end", "passkey", "retrieval", "make_select", "quest_extra_fraction", "PagedRecall",
+           "print_code_quality"]
 
 
 def quest_extra_fraction(bits: int, head_dim: int, block_size: int) -> float:
-    """Extra KV fraction Quest may read to match GSA's bytes (fp16 KV): per token and
-    KV head GSA reads ``bits/8`` code bytes, Quest ``4 D / bs`` (min and max per
-    block); the KV itself is ``4 D`` bytes. -> ``bits/(32 D) - 1/bs``."""
+    """The signed equal-bytes allowance: the KV fraction Quest reads beyond GSA's
+    budget so both read the same bytes (fp16 KV). Per token and KV head GSA reads
+    ``bits/8`` code bytes, Quest ``4 D / bs`` (fp16 min and max per channel and block);
+    the KV itself is ``4 D`` bytes. -> ``bits/(32 D) - 1/bs``.
+
+    Negative when Quest's metadata costs more than the code (e.g. D 256, 32-token
+    blocks, 128 bits: 32 vs 16 bytes per token and head, -1/64): at equal bytes
+    Quest then reads *fewer* KV blocks than GSA. :func:`gsa.eval.selectors.quest_select`
+    turns it into blocks (rounded up, never below the forced blocks)."""
     return bits / (32 * head_dim) - 1 / block_size
 
 
@@ -76,10 +83,9 @@ def make_select(cfg: GSAConfig) -> Callable:
 
 
 def _tokens(tok, text: str, n: int) -> torch.Tensor:
-    ids = tok(text[: n * 8], add_special_tokens=False).input_ids
-    if len(ids) < n:
-        raise ValueError(f"text too short: {len(ids)} tokens, need {n}")
-    return torch.tensor(ids[:n], dtype=torch.long)
+    """``n`` token ids: the tokenizer's BOS (when it adds one) then ``text``."""
+    from gsa.eval.load import encode_text
+    return encode_text(tok, text, n)
 
 
 def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eval: int,
@@ -91,15 +97,14 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
     dense logits of the ``n_eval`` positions (``"dense_logits"``), the token ids and
     per-layer / overall metrics (``"grid"``)."""
     ids = _tokens(tok, text, prefix_len + n_eval + 1)
-    mc = model.config
-    d = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-    scale = d ** -0.5
+    d = cfg.head_dim
     bs = cfg.chunk_size
     sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     policies = {r: GSAPolicy(eval_config(cfg, ratio=r), "cpu") for r in ratios}
     wcfgs = {(name, b): eval_config(cfg, bits=b, hash_weight=(paths or {}).get(b)) for name, paths in weights.items()
              for b in bits if paths is None or b in paths}
     acc = M.Accumulator()
+    holder = {}
 
     def observer(layer, q, k_all, v_all, pos0):
         if pos0 < prefix_len or layer not in sparse_layers:
@@ -107,22 +112,27 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
         rows = [i for i in range(q.shape[0]) if (pos0 + i - prefix_len) % sample_every == 0]
         if not rows:
             return
+        attn = holder["run"].attn[layer]  # the model's own softmax scale and softcap for this layer
         qs = q[rows]
         seq = torch.tensor([pos0 + i + 1 for i in rows])
-        mass = S.block_mass(S.dense_probs(qs, k_all, seq, scale), bs)
+        mass = S.block_mass(S.dense_probs(qs, k_all, seq, attn.scale, attn.softcap), bs)
         codes = {}
         for (name, b), wc in wcfgs.items():
             w = load_hash_weights(wc, layer)
             codes[(name, b)] = (ops.hash_encode(qs, w), ops.hash_encode(k_all, w))
+            # code quality (cheap): near-constant bits over the keys, and how code similarity tracks q.k
+            acc.add(f"codes/{name}/b={b}/const_bits", layer, M.near_constant_bits(codes[(name, b)][1]).mean())
+            acc.add(f"codes/{name}/b={b}/pearson", layer,
+                    M.code_similarity_pearson(qs, k_all, codes[(name, b)][0], codes[(name, b)][1], seq))
         for r, pol in policies.items():
             _, _, forced = S.budgets_for(pol, layer, seq)
             orc = S.oracle_select(pol, layer, mass, seq)
             acc.add(f"oracle/r={r:.4g}/mass_recall", layer, M.mass_recall(mass, orc))
-            quest = S.quest_select(pol, layer, qs, k_all, seq, scale)
+            quest = S.quest_select(pol, layer, qs, k_all, seq, attn.scale)
             acc.add(f"quest/r={r:.4g}/mass_recall", layer, M.mass_recall(mass, quest))
             acc.add(f"quest/r={r:.4g}/block_recall", layer, M.block_recall(quest, orc, forced))
             for b in bits:
-                qb = S.quest_select(pol, layer, qs, k_all, seq, scale, budget_add=quest_extra_fraction(b, d, bs))
+                qb = S.quest_select(pol, layer, qs, k_all, seq, attn.scale, budget_add=quest_extra_fraction(b, d, bs))
                 acc.add(f"quest_eqbytes/r={r:.4g}/b={b}/mass_recall", layer, M.mass_recall(mass, qb))
                 acc.add(f"quest_eqbytes/r={r:.4g}/b={b}/block_recall", layer, M.block_recall(qb, orc, forced))
                 for name in weights:
@@ -134,6 +144,7 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
                     acc.add(f"gsa/{name}/r={r:.4g}/b={b}/block_recall", layer, M.block_recall(sel, orc, forced))
 
     run = TeacherForcedRun(model, select=None, observer=None, block_size=bs)
+    holder["run"] = run
     t0 = time.time()
     bar = _progress(prefix_len + n_eval, "dense prefix + eval")
     for c0 in range(0, prefix_len, 2048):
@@ -150,9 +161,22 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
     dense_logits = torch.cat(logits)
     targets = ids[prefix_len + 1: prefix_len + n_eval + 1]
     grid = {name: {"overall": acc.overall(name), "per_layer": acc.per_layer(name)} for name in acc.names()}
+    print_code_quality(grid)
     return {"ids": ids, "prefix_run": prefix_run, "dense_logits": dense_logits,
             "dense_ppl": M.perplexity(dense_logits, targets), "grid": grid, "seconds": time.time() - t0,
             "sample_every": sample_every, "sparse_layers": sparse_layers}
+
+
+def print_code_quality(grid: dict) -> None:
+    """Print the per-layer code diagnostics of a grid (``codes/<weights>/b=<bits>/...``)."""
+    keys = sorted({n.rsplit("/", 1)[0] for n in grid if n.startswith("codes/")})
+    for key in keys:
+        cb, pr = grid.get(f"{key}/const_bits"), grid.get(f"{key}/pearson")
+        if not cb or not pr:
+            continue
+        per = ", ".join(f"{l}: {cb['per_layer'][l]:.2f}/{pr['per_layer'][l]:.2f}" for l in cb["per_layer"])
+        print(f"  {key[6:]}: near-constant bits {cb['overall']:.3f}, Pearson(code sim, q.k) {pr['overall']:.3f}; "
+              f"per layer (const/Pearson) {per}", flush=True)
 
 
 def end_to_end(model, grid_result: dict, cfgs: Dict[str, GSAConfig], prefix_len: int, n_eval: int,
@@ -181,46 +205,86 @@ def end_to_end(model, grid_result: dict, cfgs: Dict[str, GSAConfig], prefix_len:
 
 
 def passkey(model, tok, cfgs: Dict[str, GSAConfig], lengths: Sequence[int], depths: Sequence[float],
-            max_new: int = 8, seed: int = 0, observer_factory: Optional[Callable] = None) -> List[dict]:
+            max_new: int = 8, seed: int = 0, observer_factory: Optional[Callable] = None,
+            selectors: Optional[Dict[str, str]] = None) -> List[dict]:
     """Passkey retrieval through the paged decode path. For each length and depth:
     one dense prefill, then greedy decoding once per config (restored from a
     snapshot of the prefill). ``cfgs`` must share hash bits and weights (one
-    hash cache is filled during prefill). Returns one record per (length, depth, config)."""
+    hash cache is filled during prefill); ``selectors``: config name -> ``"gsa"``
+    (default) or ``"quest"`` (the Quest-style selection at the same budget).
+    Returns one record per (length, depth, config)."""
     import random
     rng = random.Random(seed)
-    names = list(cfgs)
-    base = cfgs[names[0]]
-    # the prefill must fill a hash cache for every layer any config scores
-    union = [min(c.top_k_ratio_per_layer[l] for c in cfgs.values()) for l in range(base.num_hidden_layers)]
-    fill_cfg = base.replace(top_k_ratio_per_layer=[0.5 if r < 1 else 1.0 for r in union])
     records = []
-    stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
     for n in lengths:
         for depth in depths:
             key = rng.randint(10000, 99999)
             ids = M.passkey_prompt(tok, n, depth, key)
-            run = PagedRun(model, fill_cfg, max_tokens=ids.shape[0] + max_new + 1)
-            t0 = time.time()
-            first = run.prefill(ids)
-            t_prefill = time.time() - t0
-            snap = run.snapshot()
-            for name in names:
-                obs = observer_factory() if observer_factory else None
-                run.restore(snap, cfgs[name])
-                run.observer = obs
-                t1 = time.time()
-                new = run.generate(first, max_new, stop)
-                ans = tok.decode(new, skip_special_tokens=True)
-                rec = {"length": int(ids.shape[0]), "target_length": n, "depth": depth, "config": name,
-                       "passkey": key, "answer": ans.strip(), "found": M.passkey_found(ans, key),
-                       "blocks_read": (sum(run.blocks_read) / len(run.blocks_read)) if run.blocks_read else None,
-                       "n_blocks": math.ceil(ids.shape[0] / base.chunk_size),
-                       "prefill_s": t_prefill, "decode_s": time.time() - t1}
-                if obs is not None and hasattr(obs, "summary"):
-                    rec.update(obs.summary())
+            for rec in _decode_configs(model, tok, cfgs, ids, max_new, observer_factory, selectors):
+                rec.update({"target_length": n, "depth": depth, "passkey": key,
+                            "found": M.passkey_found(rec["answer"], key)})
                 records.append(rec)
-                print(f"  passkey n={n} depth={depth:.0%} {name}: {rec['found']} ({ans.strip()!r})", flush=True)
+                print(f"  passkey n={n} depth={depth:.0%} {rec['config']}: {rec['found']} ({rec['answer']!r})",
+                      flush=True)
     return records
+
+
+def retrieval(model, tok, task: str, cfgs: Dict[str, GSAConfig], lengths: Sequence[int], depths: Sequence[float],
+              seed: int = 0, observer_factory: Optional[Callable] = None,
+              selectors: Optional[Dict[str, str]] = None) -> List[dict]:
+    """A multi-retrieval task of :mod:`gsa.eval.tasks` (``"multikey"`` or ``"vartrack"``)
+    through the paged decode path, as :func:`passkey`: one record per (length, depth,
+    config) with ``score`` in [0, 1] (``found``: score 1)."""
+    import random
+    from gsa.eval import tasks as T
+    rng = random.Random(seed)
+    records = []
+    for n in lengths:
+        for depth in depths:
+            prompt = T.make_prompt(task, tok, n, depth, rng)
+            for rec in _decode_configs(model, tok, cfgs, prompt.ids, T.max_new_tokens(task), observer_factory,
+                                       selectors):
+                sc = T.score(task, rec["answer"], prompt.expected)
+                rec.update({"task": task, "target_length": n, "depth": depth, "expected": prompt.expected,
+                            "score": sc, "found": sc == 1.0})
+                records.append(rec)
+                print(f"  {task} n={n} depth={depth:.0%} {rec['config']}: score {sc:.2f} ({rec['answer'][:40]!r}, "
+                      f"expected {prompt.expected})", flush=True)
+    return records
+
+
+def _decode_configs(model, tok, cfgs: Dict[str, GSAConfig], ids: torch.Tensor, max_new: int,
+                    observer_factory: Optional[Callable], selectors: Optional[Dict[str, str]]) -> List[dict]:
+    """One dense prefill of ``ids [T]``, then greedy decoding per config from its snapshot."""
+    names = list(cfgs)
+    base = cfgs[names[0]]
+    # the prefill must fill a hash cache for every layer any config scores
+    union = [min(c.top_k_ratio_per_layer[l] for c in cfgs.values()) for l in range(base.num_hidden_layers)]
+    fill_cfg = base.replace(top_k_ratio_per_layer=[0.5 if r < 1 else 1.0 for r in union], top_k_index_reuse=None)
+    stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    run = PagedRun(model, fill_cfg, max_tokens=ids.shape[0] + max_new + 1)
+    t0 = time.time()
+    first = run.prefill(ids)
+    t_prefill = time.time() - t0
+    snap = run.snapshot()
+    out = []
+    for name in names:
+        obs = observer_factory() if observer_factory else None
+        if obs is not None and hasattr(obs, "attn_of"):
+            obs.attn_of = run.attn.get
+        run.restore(snap, cfgs[name], selector=(selectors or {}).get(name, "gsa"))
+        run.observer = obs
+        t1 = time.time()
+        new = run.generate(first, max_new, stop)
+        rec = {"length": int(ids.shape[0]), "config": name, "selector": run.selector,
+               "answer": tok.decode(new, skip_special_tokens=True).strip(),
+               "blocks_read": (sum(run.blocks_read) / len(run.blocks_read)) if run.blocks_read else None,
+               "n_blocks": math.ceil(ids.shape[0] / base.chunk_size), "prefill_s": t_prefill,
+               "decode_s": time.time() - t1}
+        if obs is not None and hasattr(obs, "summary"):
+            rec.update(obs.summary())
+        out.append(rec)
+    return out
 
 
 class PagedRecall:
@@ -228,8 +292,9 @@ class PagedRecall:
     selection (dense softmax of the step's query over every cached key, mass
     inside the selected blocks, mean over heads), per layer."""
 
-    def __init__(self):
+    def __init__(self, attn_of: Optional[Callable] = None):
         self.acc = M.Accumulator()
+        self.attn_of = attn_of  # layer -> LayerAttention (the run's .attn.get): the model's scale / softcap
 
     def __call__(self, layer, step, q, k_cache, v_cache, table, seq_lens, sparse_table, sparse_lens):
         bs = k_cache.shape[1]
@@ -238,7 +303,9 @@ class PagedRecall:
         phys = table[0, :nblk].long()
         keys = k_cache[phys].reshape(nblk * bs, *k_cache.shape[2:])[:n]
         # instrumentation, not the decode step: scored on the host whatever the run's device
-        probs = S.dense_probs(q.cpu(), keys.cpu(), seq_lens.long().cpu(), q.shape[-1] ** -0.5)  # [1, Hq, n]
+        attn = self.attn_of(layer) if self.attn_of is not None else None
+        scale, cap = (attn.scale, attn.softcap) if attn is not None else (q.shape[-1] ** -0.5, None)
+        probs = S.dense_probs(q.cpu(), keys.cpu(), seq_lens.long().cpu(), scale, cap)  # [1, Hq, n]
         mass = S.block_mass(probs, bs)  # [1, Hq, nblk]
         n_sel = math.ceil(int(sparse_lens[0]) / bs)
         chosen = set(sparse_table[0, :n_sel].tolist())

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 __all__ = ["mass_recall", "block_recall", "kl_and_agreement", "perplexity", "passkey_prompt",
-           "passkey_found", "lead_ids", "Accumulator"]
+           "passkey_found", "lead_ids", "Accumulator", "unpack_signs", "near_constant_bits",
+           "code_similarity_pearson", "CONST_BIT_SHARE"]
 
 
 def mass_recall(mass: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,48 @@ def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
     predicts ``targets[i]``)."""
     nll = torch.nn.functional.cross_entropy(logits.float(), targets.long(), reduction="mean")
     return float(torch.exp(nll))
+
+
+def unpack_signs(codes: torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., C]`` -> ``float32 [..., 8C]`` of +-1 (bit ``i`` of byte ``j`` -> entry ``8j+i``)."""
+    bits = (codes.unsqueeze(-1).to(torch.int32) >> torch.arange(8, device=codes.device)) & 1
+    return bits.reshape(*codes.shape[:-1], codes.shape[-1] * 8).to(torch.float32) * 2 - 1
+
+
+#: a code bit is "near-constant" when one value holds on more than this share of the keys
+CONST_BIT_SHARE = 0.9
+
+
+def near_constant_bits(k_codes: torch.Tensor) -> torch.Tensor:
+    """Share of code bits that are near-constant over the keys, per KV head:
+    ``k_codes uint8 [S, Hkv, C]`` -> ``float [Hkv]``; a bit counts when one value
+    holds on more than :data:`CONST_BIT_SHARE` of the ``S`` keys (such a bit
+    scores almost every key alike, so it barely ranks them)."""
+    ones = (unpack_signs(k_codes) > 0).double().mean(dim=0)  # [Hkv, R]
+    return (torch.maximum(ones, 1 - ones) > CONST_BIT_SHARE).double().mean(dim=1)
+
+
+def code_similarity_pearson(q: torch.Tensor, k: torch.Tensor, q_codes: torch.Tensor, k_codes: torch.Tensor,
+                            seq_lens: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation, over the keys a query sees, of its code similarity
+    ``<sgn c(q), sgn c(k)>`` with its true ``q.k``; per row, mean over query heads.
+    ``q [N, Hq, D]``, ``k [S, Hkv, D]``, codes ``uint8 [N, Hq, C]`` / ``[S, Hkv, C]``,
+    ``seq_lens int64 [N]`` (row ``i`` sees keys ``< seq_lens[i]``) -> ``float [N]``
+    (0 for a row whose similarities or products are constant)."""
+    n, hq, d = q.shape
+    s, hkv, _ = k.shape
+    g = hq // hkv
+    sim = torch.einsum("nkgr,skr->nkgs", unpack_signs(q_codes).reshape(n, hkv, g, -1), unpack_signs(k_codes))
+    dot = torch.einsum("nkgd,skd->nkgs", q.double().reshape(n, hkv, g, d), k.double())
+    valid = (torch.arange(s).unsqueeze(0) < seq_lens.cpu().unsqueeze(1)).to(sim.device)  # [N, S]
+    m = valid[:, None, None, :].double()
+    cnt = m.sum(dim=-1, keepdim=True)
+    x, y = sim.double(), dot
+    xc = (x - (x * m).sum(-1, keepdim=True) / cnt) * m
+    yc = (y - (y * m).sum(-1, keepdim=True) / cnt) * m
+    den = (xc.pow(2).sum(-1) * yc.pow(2).sum(-1)).sqrt()
+    r = torch.where(den > 0, (xc * yc).sum(-1) / den.clamp(min=1e-300), torch.zeros_like(den))
+    return r.reshape(n, hq).mean(dim=1)
 
 
 _FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "

@@ -36,7 +36,7 @@ from gsa.config import GSAConfig
 from gsa.sparse import GSASparse
 
 __all__ = ["load_model", "eval_config", "PagedRun", "TeacherForcedRun", "ATTN_NAME", "LayerAttention",
-           "attention_math"]
+           "attention_math", "attention_params"]
 
 ATTN_NAME = "gsa_eval"
 _ACTIVE = threading.local()
@@ -198,6 +198,14 @@ def _forward(model, run, ids: torch.Tensor, pos: int, logits: str = "last") -> t
     return lg[-1] if logits == "last" else lg
 
 
+def attention_params(model) -> Dict[int, LayerAttention]:
+    """``{layer: LayerAttention}`` as the model's attention modules pass them to the
+    hook (scale, sliding window, softcap), read from one forward of two tokens."""
+    run = TeacherForcedRun(model)
+    run.feed(torch.tensor([0, 0], device=next(model.parameters()).device), logits="last")
+    return dict(run.attn)
+
+
 class PagedRun:
     """The serving-shaped decode path for one sequence (batch 1).
 
@@ -228,6 +236,8 @@ class PagedRun:
         self.pos = 0
         self.step = None
         self.observer = observer
+        self.selector = "gsa"  # "quest": sparse steps take the Quest-style selection (same budget) instead
+        self._quest_sel: Dict[int, torch.Tensor] = {}
         self.attn: Dict[int, LayerAttention] = {}  # per layer: what the model's attention passed
         self.blocks_read = []  # per decode step: mean blocks attended per layer (dense layers included)
         self.sparse_blocks_read = []  # per decode step: mean over the layers that ran a sparse selection
@@ -273,6 +283,8 @@ class PagedRun:
         hc = self.hash_caches.get(layer)
         table, lens = self.gsa.select(layer, self.step, self.block_table, seq_lens, hc, q)
         sparse = table is not self.block_table
+        if sparse and self.selector == "quest":  # same step / layer / budget rule, Quest's block scores
+            table, lens = self._quest_table(layer, q, kc, n, scale)
         self._step_blocks.append(int(math.ceil(int(lens[0]) / self.bs)) if sparse else math.ceil(n / self.bs))
         if sparse:
             self._step_sparse_blocks.append(self._step_blocks[-1])
@@ -281,6 +293,25 @@ class PagedRun:
         if softcap is not None:
             return self._table_attention(q, kc, vc, table, lens, scale, softcap)
         return self.gsa_attention(q, kc, vc, table, lens, scale)
+
+    def _quest_table(self, layer: int, q, kc, n: int, scale: float):
+        """The Quest-style selection (:func:`gsa.eval.selectors.quest_select`, the same
+        budget rule) of this decode step as ``(table int32 [1, k], lens int32 [1])``
+        over the shuffled block table; reusing layers take their source's blocks."""
+        from gsa.eval import selectors as S
+        src = self.gsa.policy.layer(layer).reuse_source
+        if src >= 0 and src in self._quest_sel:
+            sel = self._quest_sel[src]
+        else:
+            keys = self._gather(kc, n)
+            sel = S.quest_select(self.gsa.policy, layer, q.float().cpu(), keys.float().cpu(),
+                                 torch.tensor([n]), scale)[0]
+            self._quest_sel[layer] = sel
+        idx = sel.nonzero()[:, 0]
+        table = self.block_table[0, idx.to(self.device)].unsqueeze(0)
+        tail = n % self.bs
+        lens = idx.numel() * self.bs - ((self.bs - tail) if tail and bool(sel[-1]) else 0)
+        return table, torch.tensor([lens], dtype=torch.int32, device=self.device)
 
     def _table_attention(self, q, kc, vc, table, lens, scale, softcap):
         """Decode attention of ``q [1, Hq, D]`` over the first ``lens[0]`` tokens of
@@ -315,7 +346,7 @@ class PagedRun:
     def decode(self, token: int) -> torch.Tensor:
         """One decode step for ``token``; returns logits ``[V]`` for the next one."""
         self.step = self.gsa.begin_step([self.pos + 1])
-        self._step_blocks, self._step_sparse_blocks = [], []
+        self._step_blocks, self._step_sparse_blocks, self._quest_sel = [], [], {}
         ids = torch.tensor([token], device=self.device)
         logits = _forward(self.model, self, ids, self.pos)
         self.pos += 1
@@ -341,8 +372,12 @@ class PagedRun:
         return {"pos": self.pos, "k": [c.clone() for c in self.k_cache], "v": [c.clone() for c in self.v_cache],
                 "h": {l: c.clone() for l, c in self.hash_caches.items()}}
 
-    def restore(self, snap: dict, cfg: Optional[GSAConfig] = None) -> None:
-        """Back to ``snap``; with ``cfg`` (same hash bits and weights), switch the policy."""
+    def restore(self, snap: dict, cfg: Optional[GSAConfig] = None, selector: str = "gsa") -> None:
+        """Back to ``snap``; with ``cfg`` (same hash bits and weights), switch the policy;
+        ``selector``: ``"gsa"`` or ``"quest"`` (see :attr:`selector`)."""
+        if selector not in ("gsa", "quest"):
+            raise ValueError(f"PagedRun.restore: 'selector' must be 'gsa' or 'quest', got {selector!r}")
+        self.selector = selector
         if cfg is not None:
             self.cfg = cfg
             self.gsa = GSASparse(cfg, self.device, block_size=self.bs)

@@ -12,7 +12,35 @@ def _fmt(x, nd=3):
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
-def _grid_rows(grid: Dict[str, dict], ratios, bits, weights) -> List[str]:
+def _code_rows(grid: Dict[str, dict]) -> List[str]:
+    """Per-layer code diagnostics: near-constant bits and Pearson(code similarity, q.k)."""
+    keys = sorted({n.rsplit("/", 1)[0] for n in grid if n.startswith("codes/")})
+    if not keys:
+        return []
+    layers = sorted({int(l) for k in keys for l in grid.get(f"{k}/pearson", {}).get("per_layer", {})})
+    lines = ["| codes | overall | " + " | ".join(f"L{l}" for l in layers) + " |", "|---|---|" + "---|" * len(layers)]
+    for k in keys:
+        for what, label in (("const_bits", "near-constant bits"), ("pearson", "Pearson(sim, q.k)")):
+            v = grid.get(f"{k}/{what}")
+            if v is None:
+                continue
+            pl = {int(l): x for l, x in v["per_layer"].items()}
+            lines.append(f"| {k[6:]} {label} | {_fmt(v['overall'], 2)} | "
+                         + " | ".join(_fmt(pl.get(l), 2) for l in layers) + " |")
+    return lines
+
+
+def _task_rows(records: List[dict]) -> List[str]:
+    lines = ["| tokens | depth | config | selector | score | answer | expected | blocks read / total |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in records:
+        lines.append(f"| {p['length']} | {p['depth']:.0%} | {p['config']} | {p.get('selector', 'gsa')} | "
+                     f"{p['score']:.2f} | {p['answer'][:40]!r} | {p['expected']} | "
+                     f"{_fmt(p['blocks_read'], 1)} / {p['n_blocks']} |")
+    return lines
+
+
+def _grid_rows(grid: Dict[str, dict], ratios, bits, weights, allowance=None) -> List[str]:
     lines = ["| ratio | selector | bits | mass recall | block recall vs oracle |", "|---|---|---|---|---|"]
     for r in ratios:
         key = f"r={r:.4g}"
@@ -24,7 +52,9 @@ def _grid_rows(grid: Dict[str, dict], ratios, bits, weights) -> List[str]:
         for b in bits:
             q = grid.get(f"quest_eqbytes/{key}/b={b}/mass_recall", {}).get("overall")
             qb = grid.get(f"quest_eqbytes/{key}/b={b}/block_recall", {}).get("overall")
-            lines.append(f"| {r:.4g} | Quest-style, same bytes as GSA-{b} | - | {_fmt(q)} | {_fmt(qb)} |")
+            a = (allowance or {}).get(b, (allowance or {}).get(str(b)))
+            extra = f" ({a:+.1%} of the blocks)" if a is not None else ""
+            lines.append(f"| {r:.4g} | Quest-style, same bytes as GSA-{b}{extra} | - | {_fmt(q)} | {_fmt(qb)} |")
             for w in weights:
                 m = grid.get(f"gsa/{w}/{key}/b={b}/mass_recall", {}).get("overall")
                 br = grid.get(f"gsa/{w}/{key}/b={b}/block_recall", {}).get("overall")
@@ -43,7 +73,12 @@ def write_results(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathl
     md = [f"# GSA accuracy: {tag}", "", "```", json.dumps(meta, indent=1, default=str), "```", ""]
     if res.get("grid"):
         md += ["## Selection quality (dense teacher-forced pass, sampled decode steps, sparse layers)", ""]
-        md += _grid_rows(res["grid"], meta.get("ratios", []), meta.get("bits", []), meta.get("weights", [])) + [""]
+        md += _grid_rows(res["grid"], meta.get("ratios", []), meta.get("bits", []), meta.get("weights", []),
+                         meta.get("quest_eqbytes_allowance")) + [""]
+        code = _code_rows(res["grid"])
+        if code:
+            md += ["## Code quality per sparse layer (near-constant bits: > 90 % one value over the keys; "
+                   "Pearson: code similarity vs q.k over the keys a query sees)", ""] + code + [""]
     if res.get("e2e"):
         md += ["## End to end, teacher-forced against dense", "",
                "| config | next-token agreement | mean KL (nats) | perplexity | seconds |", "|---|---|---|---|---|"]
@@ -61,6 +96,9 @@ def write_results(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathl
             md.append(f"| {p['length']} | {p['depth']:.0%} | {p['config']} | {'yes' if p['found'] else 'NO'} | "
                       f"{p['answer'][:24]!r} | {_fmt(p['blocks_read'], 1)} / {p['n_blocks']} | {rec} |")
         md.append("")
+    for task in ("multikey", "vartrack"):
+        if res.get(task):
+            md += [f"## {task} (RULER-style, paged decode path)", ""] + _task_rows(res[task]) + [""]
     paths["md"].write_text("\n".join(md))
     try:
         paths.update(_plots(res, out_dir, tag))

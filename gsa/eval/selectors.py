@@ -23,16 +23,11 @@ from typing import Optional, Sequence
 import torch
 
 from gsa import ops
+from gsa.eval.metrics import unpack_signs
 from gsa.policy import GSAPolicy
 
 __all__ = ["unpack_signs", "select_top", "budgets_for", "gsa_select", "oracle_select",
            "quest_select", "block_mass", "dense_probs"]
-
-
-def unpack_signs(codes: torch.Tensor) -> torch.Tensor:
-    """``uint8 [..., C]`` -> ``float32 [..., 8C]`` of +-1 (bit ``i`` of byte ``j`` -> entry ``8j+i``)."""
-    bits = (codes.unsqueeze(-1).to(torch.int32) >> torch.arange(8, device=codes.device)) & 1
-    return bits.reshape(*codes.shape[:-1], codes.shape[-1] * 8).to(torch.float32) * 2 - 1
 
 
 def budgets_for(policy: GSAPolicy, layer: int, seq_lens: torch.Tensor) -> tuple:
@@ -121,12 +116,16 @@ def _check_row(cfg, q_code: torch.Tensor, k_codes: torch.Tensor, seq_len: int, b
                              f"{got.nonzero()[:, 0].tolist()} vs {want.nonzero()[:, 0].tolist()}")
 
 
-def dense_probs(q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+def dense_probs(q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                softcap: Optional[float] = None) -> torch.Tensor:
     """Exact softmax ``float32 [N, Hq, S]`` of ``q [N, Hq, D]`` over ``k [S, Hkv, D]``, row
-    ``i`` masked to its first ``seq_lens[i]`` tokens."""
+    ``i`` masked to its first ``seq_lens[i]`` tokens; ``scale`` and ``softcap`` as the
+    model's attention uses them (logits ``softcap * tanh(scale q.k / softcap)``)."""
     n, hq, d = q.shape
     s, hkv, _ = k.shape
     logits = torch.einsum("nkgd,skd->nkgs", q.float().reshape(n, hkv, hq // hkv, d), k.float()) * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     logits = logits.reshape(n, hq, s)
     valid = torch.arange(s, device=logits.device).unsqueeze(0) < seq_lens.to(logits.device).unsqueeze(1)
     return torch.softmax(logits.masked_fill(~valid.unsqueeze(1), -math.inf), dim=-1)
@@ -154,9 +153,13 @@ def quest_select(policy: GSAPolicy, layer: int, q: torch.Tensor, k: torch.Tensor
     """Quest-style peer: per block and KV head, channel-wise min/max of the keys;
     a block's score is the upper bound ``sum_d max(q_d min_d, q_d max_d)`` of q.k,
     summed over the layer's query heads (one selection shared by the heads, as in
-    GSA). ``budget_add``: extra budget as a fraction of ``n_blocks`` (to compare
-    at equal bytes read). Partial last blocks use their valid tokens; they are
-    forced anyway with the shipped ``must_select_blocks``."""
+    GSA). ``budget_add``: the signed equal-bytes allowance as a fraction of
+    ``n_blocks`` (:func:`gsa.eval.harness.quest_extra_fraction`): the budget becomes
+    ``budget + ceil(budget_add * n_blocks)`` (rounded up, i.e. in Quest's favour;
+    negative when Quest's metadata costs more than the GSA code), kept within
+    ``[n_forced, n_blocks]`` (the forced blocks are read whatever the budget).
+    Partial last blocks use their valid tokens; they are forced anyway with the
+    shipped ``must_select_blocks``."""
     bs = policy.config.chunk_size
     n, hq, d = q.shape
     s, hkv, _ = k.shape
@@ -172,4 +175,5 @@ def quest_select(policy: GSAPolicy, layer: int, q: torch.Tensor, k: torch.Tensor
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
     if budget_add:
         bud = torch.minimum(n_blocks, bud + torch.ceil(budget_add * n_blocks.double()).long())
+        bud = torch.maximum(bud, forced.sum(dim=1).to(bud.dtype))
     return select_top(scores, n_blocks, bud, forced)

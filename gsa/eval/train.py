@@ -49,7 +49,8 @@ def capture(model, tok, text: str, n_tokens: int) -> Dict[int, tuple]:
     """Dense pass over the first ``n_tokens`` tokens of ``text``; returns
     ``{layer: (q float32 [T, Hq, D], k float32 [T, Hkv, D])}`` (post-RoPE)."""
     from gsa.eval.model import TeacherForcedRun
-    ids = torch.tensor(tok(text[: n_tokens * 8], add_special_tokens=False).input_ids[:n_tokens])
+    from gsa.eval.load import encode_text
+    ids = encode_text(tok, text, n_tokens)  # after the tokenizer's BOS when it adds one, as the harness
     store: Dict[int, tuple] = {}
 
     def obs(layer, q, k_all, v_all, pos0):
