@@ -148,3 +148,21 @@ def test_bad_model_paths(tmp_path):
     with pytest.raises(assets.AssetError, match="no such file"):
         assets.convert_gguf(tmp_path / "missing.gguf")
     assert os.path.basename(str(assets.gguf_cache_dir(bad))).startswith("gguf-m-")
+
+
+def test_a_mask_hf_passes_is_checked():
+    from gsa.eval.model import _check_mask
+    t = 6
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    _check_mask(causal[None, None], t, t, None, 0)  # causal: fine
+    additive = torch.zeros(t, t).masked_fill(~causal, float("-inf"))
+    _check_mask(additive[None, None], t, t, None, 0)
+    window = causal & ~torch.ones(t, t, dtype=torch.bool).tril(-3)  # keys p-2..p
+    _check_mask(window[None, None], t, t, 3, 0)
+    _check_mask(torch.ones(1, t), t, t, None, 0)  # a batch-1 padding mask without padding
+    with pytest.raises(NotImplementedError, match="not causal"):
+        _check_mask(torch.ones(1, 1, t, t, dtype=torch.bool), t, t, None, 0)  # bidirectional
+    with pytest.raises(NotImplementedError, match="window of 3"):
+        _check_mask(causal[None, None], t, t, 3, 0)  # the module says window 3, the mask has none
+    with pytest.raises(NotImplementedError, match="padding"):
+        _check_mask(torch.tensor([[0, 1, 1, 1, 1, 1]]), t, t, None, 0)

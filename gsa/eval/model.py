@@ -19,6 +19,14 @@ The model runs with ``use_cache=False`` and our own attention function
   :mod:`gsa.eval.selectors`). Causality makes this equal to ``N`` sequential
   decode steps (tests/test_eval_model.py checks it against the paged path).
 
+Both runs attend as the model's own attention does (tests/test_eval_any_model.py
+compares the dense paths with HF's ``eager`` attention on random-weight Gemma 2 /
+Gemma 3 / Qwen 2 hybrids): the module's softmax ``scaling``, its
+``sliding_window`` (sliding layers attend their window, and must be dense in the
+GSA config) and ``softcap``; ``run.attn[layer]`` records them for the metrics.
+Models are loaded by :func:`load_model` (:mod:`gsa.eval.load`: packaged names, HF
+folders, GGUF files).
+
 Shapes: ``T`` new tokens, ``S`` tokens in the cache, ``Hq``/``Hkv`` heads, ``D``
 head dim, ``bs`` = the config's ``chunk_size``. Batch size is 1.
 """
@@ -80,6 +88,11 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 def _check_mask(mask: torch.Tensor, t: int, s: int, window: Optional[int], layer: int) -> None:
     """A mask HF passed although ours says none (``[1, 1, T, S]``, bool or additive float):
     it must allow exactly causal (and window) attention among this forward's tokens."""
+    if mask.dim() == 2:  # a [1, S] padding mask: batch 1 has no padding, so it must allow every key
+        ok = mask if mask.dtype == torch.bool else mask != 0
+        if not bool(ok.all()):
+            raise NotImplementedError(f"gsa eval: layer {layer}: a padding mask that hides keys: not supported")
+        return
     m = mask[0, 0, -t:, -s:]
     allowed = m if m.dtype == torch.bool else m == 0
     want = _allowed(torch.arange(s - t, s, device=m.device), s, window)
