@@ -139,6 +139,7 @@ def run(args) -> int:
         return 2
     if args.block_size:
         cfg = cfg.replace(chunk_size=args.block_size)
+        print(f"[gsa eval] block size {cfg.chunk_size} tokens (--block-size)", flush=True)
     info = getattr(model, "gsa_eval_info", {})
     tag = args.tag or pathlib.Path(str(args.model)).name.replace(".gguf", "")
     out_dir = pathlib.Path(args.out)
