@@ -130,3 +130,6 @@ def test_gsa_eval_end_to_end_on_a_model_path(folder, tmp_path, capsys):
         assert all(r["blocks_read"] < r["n_blocks"] for r in sparse)
     md = (tmp_path / "accuracy_tiny.md").read_text()
     assert "## multikey" in md and "Code quality" in md
+    import importlib.util
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "accuracy_tiny_multikey.png").is_file() and (tmp_path / "accuracy_tiny_vartrack.png").is_file()

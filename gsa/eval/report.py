@@ -153,23 +153,26 @@ def _plots(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathlib.Path
         out["png_ratio"] = out_dir / f"accuracy_{tag}_recall_vs_ratio.png"
         fig.savefig(out["png_ratio"], dpi=90)
         plt.close(fig)
-    if res.get("passkey"):
+    for part, what in (("passkey", "passkey accuracy"), ("multikey", "multikey mean score"),
+                       ("vartrack", "vartrack mean score")):
+        if not res.get(part):
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        confs = sorted({p["config"] for p in res["passkey"]})
-        lens = sorted({p["target_length"] for p in res["passkey"]})
+        confs = sorted({p["config"] for p in res[part]})
+        lens = sorted({p["target_length"] for p in res[part]})
         for c in confs:
             acc = []
             for n in lens:
-                rows = [p for p in res["passkey"] if p["config"] == c and p["target_length"] == n]
-                acc.append(sum(p["found"] for p in rows) / len(rows) if rows else None)
+                rows = [p for p in res[part] if p["config"] == c and p["target_length"] == n]
+                acc.append(sum(p.get("score", float(p["found"])) for p in rows) / len(rows) if rows else None)
             ax.plot(lens, acc, marker="o", label=c)
         ax.set_xlabel("prompt tokens")
-        ax.set_ylabel("passkey accuracy (over depths)")
+        ax.set_ylabel(f"{what} (over depths)")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        out["png_passkey"] = out_dir / f"accuracy_{tag}_passkey.png"
-        fig.savefig(out["png_passkey"], dpi=90)
+        out[f"png_{part}"] = out_dir / f"accuracy_{tag}_{part}.png"
+        fig.savefig(out[f"png_{part}"], dpi=90)
         plt.close(fig)
     return out
