@@ -168,3 +168,20 @@ def test_a_mask_hf_passes_is_checked():
         _check_mask(causal[None, None], t, t, 3, 0)  # the module says window 3, the mask has none
     with pytest.raises(NotImplementedError, match="padding"):
         _check_mask(torch.tensor([[0, 1, 1, 1, 1, 1]]), t, t, None, 0)
+
+
+def test_cli_bad_model_and_fetch_names(tmp_path, capsys):
+    import argparse
+    from gsa.eval import assets, cli
+    ap = argparse.ArgumentParser()
+    cli.add_arguments(ap)
+    assert cli.run(ap.parse_args(["--model", str(tmp_path / "nope"), "--parts", "grid"])) == 2
+    assert "--model" in capsys.readouterr().err
+    ap = argparse.ArgumentParser()
+    assets.add_arguments(ap)
+    assert assets.run(ap.parse_args(["fetch", "not-an-asset"])) == 1
+    assert "expected one of" in capsys.readouterr().err
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"nope")
+    assert assets.run(ap.parse_args(["fetch", str(bad)])) == 1
+    assert "GGUF" in capsys.readouterr().err
