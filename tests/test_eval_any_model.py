@@ -185,3 +185,35 @@ def test_cli_bad_model_and_fetch_names(tmp_path, capsys):
     bad.write_bytes(b"nope")
     assert assets.run(ap.parse_args(["fetch", str(bad)])) == 1
     assert "GGUF" in capsys.readouterr().err
+
+
+def test_paged_quest_selector_equals_teacher_forced_quest(root):
+    """The paged path's Quest mode (sparse table + lens over the shuffled block table,
+    partial last block) attends the same blocks as a teacher-forced run masking with
+    gsa.eval.selectors.quest_select directly."""
+    from gsa.eval import selectors as S
+    from gsa.policy import GSAPolicy
+    model, tok, cfg = load_model(_folder(root, "gemma3"))
+    cfg = eval_config(cfg.replace(chunk_size=16), ratio=0.25)
+    pol = GSAPolicy(cfg, "cpu")
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 250, (170,), generator=g)
+    base = TeacherForcedRun(model, block_size=16)
+    base.feed(ids[:131], logits="last")  # 131: the decode rows start inside a block
+
+    def quest(layer, q, k_all, pos0):
+        if pol.layer(layer).dense:
+            return None
+        seq = torch.arange(pos0 + 1, pos0 + q.shape[0] + 1)
+        return S.quest_select(pol, layer, q, k_all, seq, tf_run.attn[layer].scale)
+
+    tf_run = base.fork(select=quest, block_size=16)
+    tf = tf_run.feed(ids[131:150])
+    dense = base.fork().feed(ids[131:150])
+    run = PagedRun(model, cfg, max_tokens=200)
+    run.prefill(ids[:131])
+    run.selector = "quest"
+    paged = torch.stack([run.decode(int(ids[i])) for i in range(131, 150)])
+    assert (paged - tf).abs().max() < 1e-3, (paged - tf).abs().max()
+    assert (tf - dense).abs().max() > 1e-2  # the selection changed the answer: the check has teeth
+    assert max(run.sparse_blocks_read) < 10
