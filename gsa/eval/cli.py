@@ -141,11 +141,13 @@ def run(args) -> int:
         cfg = cfg.replace(chunk_size=args.block_size)
         print(f"[gsa eval] block size {cfg.chunk_size} tokens (--block-size)", flush=True)
     info = getattr(model, "gsa_eval_info", {})
-    tag = args.tag or pathlib.Path(str(args.model)).name.replace(".gguf", "")
+    # a path names its bundles (gsa train-hash) and results by its folder / file name
+    key = pathlib.Path(str(args.model)).name.replace(".gguf", "")
+    tag = args.tag or key
     out_dir = pathlib.Path(args.out)
     weights = {"random": None}
     if args.trained:
-        paths = {b: str(default_bundle(args.model, b)) for b in args.bits if default_bundle(args.model, b).is_file()}
+        paths = {b: str(default_bundle(key, b)) for b in args.bits if default_bundle(key, b).is_file()}
         if paths:
             weights["trained"] = paths
     res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
@@ -170,7 +172,7 @@ def run(args) -> int:
         res["meta"]["grid_seconds"] = g["seconds"]
         write_results(res, out_dir, tag)
         if "e2e" in args.parts:
-            cfgs = {n: _named_config(cfg, n, args.model) for n in args.e2e}
+            cfgs = {n: _named_config(cfg, n, key) for n in args.e2e}
             res["e2e"] = {}
             for n, c in cfgs.items():
                 res["e2e"].update(harness.end_to_end(model, g, {n: c}, args.prefix, args.eval_tokens))
@@ -179,9 +181,9 @@ def run(args) -> int:
     retrieval_parts = [p for p in ("passkey", "multikey", "vartrack") if p in args.parts]
     for part in retrieval_parts:
         names = args.passkey_configs if part == "passkey" else args.task_configs
-        cfgs = {} if args.skip_dense else {"dense": _named_config(cfg, "dense", args.model)}
+        cfgs = {} if args.skip_dense else {"dense": _named_config(cfg, "dense", key)}
         for n in names:
-            cfgs[n] = _named_config(cfg, n, args.model, shipped_threshold=True)
+            cfgs[n] = _named_config(cfg, n, key, shipped_threshold=True)
         selectors = {n: "quest" for n in cfgs if n.startswith("quest-")}
         groups = {}
         for n, c in cfgs.items():  # one prefill per (bits, weights) group
