@@ -97,7 +97,8 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
     dense logits of the ``n_eval`` positions (``"dense_logits"``), the token ids and
     per-layer / overall metrics (``"grid"``)."""
     ids = _tokens(tok, text, prefix_len + n_eval + 1)
-    d = cfg.head_dim
+    mc = model.config
+    d = cfg.head_dim or getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     bs = cfg.chunk_size
     sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     policies = {r: GSAPolicy(eval_config(cfg, ratio=r), "cpu") for r in ratios}
