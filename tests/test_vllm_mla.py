@@ -233,7 +233,7 @@ def test_cuda_mla_wrappers_import(monkeypatch):
         assert backend.get_name() == name and backend.is_mla()
         impl, builder = backend.get_impl_cls(), backend.get_builder_cls()
         # our hooks come first in the MRO, the backend's own classes after them
-        assert impl.forward_mqa is m._Impl.forward_mqa and impl.__mro__[3].__name__ in ("FlashAttnMLAImpl", "TritonMLAImpl")
+        assert impl.forward_mqa is m._Impl.forward_mqa and impl.__mro__[4].__name__ in ("FlashAttnMLAImpl", "TritonMLAImpl")
         assert builder.build is m._Builder.build
     assert gv.WRAPPED["FLASH_ATTN_MLA"].endswith("cuda_mla.GSAFlashAttnMLABackend")
     assert gv.WRAPPED["TRITON_MLA"].endswith("cuda_mla.GSATritonMLABackend")

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from .compat import host_seq_lens
 from .runtime import GSAVllmRuntime, StepState, _register, runtime_for
 from .settings import GSAVllmConfigError, check_against_model, read_settings
 
@@ -119,19 +120,7 @@ def host_lengths(common: Any) -> Tuple[np.ndarray, np.ndarray]:
     ``CommonAttentionMetadata`` without reading a device tensor."""
     n = int(common.num_reqs)
     qsl = common.query_start_loc_cpu[: n + 1].numpy().astype(np.int64)
-    ql = qsl[1:] - qsl[:-1]
-    sl = None
-    # vLLM 0.32: seq_lens_cpu_upper_bound (exact without speculative decoding);
-    # vllm-ascend's AscendCommonAttentionMetadata: _seq_lens_cpu / seq_lens_cpu
-    for attr in ("seq_lens_cpu_upper_bound", "_seq_lens_cpu", "seq_lens_cpu"):
-        sl = getattr(common, attr, None)
-        if sl is not None:
-            break
-    if sl is None:
-        if common.seq_lens.device.type != "cpu":
-            raise RuntimeError("GSA: host-side sequence lengths are not available in this vLLM version")
-        sl = common.seq_lens
-    return sl[:n].numpy().astype(np.int64), ql
+    return host_seq_lens(common, n), qsl[1:] - qsl[:-1]
 
 
 class GSAImplMixin:

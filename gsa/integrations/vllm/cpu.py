@@ -18,8 +18,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from vllm import _custom_ops as vops
-from vllm import envs
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
     CPUAttentionBackendImpl,
@@ -28,6 +26,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from .common import GSAImplMixin, host_lengths
+from .compat import GSABackendCompat, builder_is_decoder_attention, cpu_scheduler_metadata, forward_writes_kv, kv_blocks
 from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
 
@@ -53,7 +52,7 @@ class GSACPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
     def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
         rt = runtime_for(self._gsa_vllm_config)
-        if rt is not None and self._gsa_plans and not self.is_encoder_only_attention and not self.is_cross_attention:
+        if rt is not None and self._gsa_plans and builder_is_decoder_attention(self):
             md = GSACPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in dataclasses.fields(md)})
             seq_lens, query_lens = host_lengths(common_attn_metadata)
             md.gsa = rt.plan(seq_lens, query_lens, common_attn_metadata.query_start_loc)
@@ -62,21 +61,10 @@ class GSACPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
 
     def sparse_scheduler_metadata(self, md: CPUAttentionMetadata, seq_lens: torch.Tensor) -> torch.Tensor:
         """The CPU kernel's work split for new ``seq_lens`` (same rows and queries)."""
-        return vops.cpu_attn_get_scheduler_metadata(
-            num_reqs=seq_lens.shape[0],
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            seq_lens=seq_lens,
-            dtype=self.dtype,
-            query_start_loc=md.query_start_loc,
-            causal=md.causal,
-            sliding_window_size=self.window_size,
-            isa=self.isa,
-            enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
-            dynamic_causal=md.dynamic_causal,
-            kv_cache_dtype=self.kv_cache_dtype,
-        )
+        return cpu_scheduler_metadata(self, md, seq_lens)
+
+
+_FORWARD_WRITES_KV = forward_writes_kv(CPUAttentionBackendImpl)
 
 
 class GSACPUAttentionImpl(GSAImplMixin, CPUAttentionBackendImpl):
@@ -87,11 +75,16 @@ class GSACPUAttentionImpl(GSAImplMixin, CPUAttentionBackendImpl):
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
         if self.gsa is not None and kv_cache.numel():
-            num_blocks, _, block_size, _ = kv_cache.shape
+            num_blocks, block_size = kv_blocks(kv_cache)
             self._gsa_cache_keys(layer, key, value, slot_mapping, num_blocks, block_size)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
                 output_block_scale=None):
+        if (self.gsa is not None and _FORWARD_WRITES_KV and key is not None and attn_metadata is not None
+                and kv_cache.numel()):
+            # vLLM 0.23: no do_kv_cache_update, the backend's forward writes K/V at slot_mapping
+            num_blocks, block_size = kv_blocks(kv_cache)
+            self._gsa_cache_keys(layer, key, value, attn_metadata.slot_mapping, num_blocks, block_size)
         return self._gsa_forward(super().forward, layer, query, key, value, kv_cache, attn_metadata, output,
                                  output_scale=output_scale, output_block_scale=output_block_scale)
 
@@ -102,7 +95,7 @@ class GSACPUAttentionImpl(GSAImplMixin, CPUAttentionBackendImpl):
                                    max_seq_len=int(state.host_seq_lens.max()) if state.host_seq_lens.size else 0)
 
 
-class GSACPUAttentionBackend(CPUAttentionBackend):
+class GSACPUAttentionBackend(GSABackendCompat, CPUAttentionBackend):
     """``CPU_ATTN`` with GSA (same name: vLLM looks backends up by it)."""
 
     @staticmethod

@@ -14,6 +14,7 @@ import torch
 from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadataBuilder
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 
+from .compat import GSABackendCompat, MLAKVCacheUpdate
 from .mla import GSAMLABuilderMixin, GSAMLAImplMixin
 
 __all__ = ["GSACPUMLABackend", "GSACPUMLAMetadataBuilder", "GSACPUMLAImpl"]
@@ -29,20 +30,16 @@ class GSACPUMLAMetadataBuilder(GSAMLABuilderMixin, MLACommonMetadataBuilder):
         return self._gsa_attach(md, common_attn_metadata)
 
 
-class GSACPUMLAImpl(GSAMLAImplMixin, CPUMLAImpl):
+class GSACPUMLAImpl(MLAKVCacheUpdate, GSAMLAImplMixin, CPUMLAImpl):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._gsa_mla_init(torch.device("cpu"))
-
-    def do_kv_cache_update(self, kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale) -> None:
-        super().do_kv_cache_update(kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale)
-        self._gsa_cache_latent(kv_c_normed, k_pe, kv_cache, slot_mapping)
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
         return self._gsa_forward_mqa(super().forward_mqa, q, kv_c_and_k_pe_cache, attn_metadata, layer)
 
 
-class GSACPUMLABackend(CPUMLABackend):
+class GSACPUMLABackend(GSABackendCompat, CPUMLABackend):
     """``CPU_MLA`` with GSA (same name: vLLM looks backends up by it)."""
 
     @staticmethod

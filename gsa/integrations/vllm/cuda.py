@@ -41,6 +41,7 @@ from vllm.v1.attention.backends.flash_attn import (
 )
 
 from .common import GSAImplMixin, host_lengths
+from .compat import GSABackendCompat, NoCascadeWithGSA, kv_blocks
 from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
 
@@ -53,7 +54,7 @@ class GSAFlashAttentionMetadata(FlashAttentionMetadata):
     gsa: Optional[StepState] = None
 
 
-class GSAFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
+class GSAFlashAttentionMetadataBuilder(NoCascadeWithGSA, FlashAttentionMetadataBuilder):
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
         from .settings import read_settings
@@ -100,7 +101,7 @@ class GSAFlashAttentionImpl(GSAImplMixin, FlashAttentionImpl):
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
         if self.gsa is not None and kv_cache.numel():
-            num_blocks, _, block_size, _ = kv_cache.shape  # [NB, Hkv, bs, 2*D] (see FlashAttentionImpl)
+            num_blocks, block_size = kv_blocks(kv_cache)  # [NB, Hkv, bs, 2*D] (0.23: [NB, 2, bs, Hkv, D])
             self._gsa_cache_keys(layer, key, value, slot_mapping, num_blocks, block_size)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
@@ -119,7 +120,7 @@ class GSAFlashAttentionImpl(GSAImplMixin, FlashAttentionImpl):
         return out
 
 
-class GSAFlashAttentionBackend(FlashAttentionBackend):
+class GSAFlashAttentionBackend(GSABackendCompat, FlashAttentionBackend):
     """``FLASH_ATTN`` with GSA (same name: vLLM looks backends up by it)."""
 
     @staticmethod

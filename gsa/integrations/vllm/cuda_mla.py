@@ -34,6 +34,7 @@ from vllm.v1.attention.backends.mla.flashattn_mla import (
 )
 from vllm.v1.attention.backends.mla.triton_mla import TritonMLABackend, TritonMLAImpl, TritonMLAMetadataBuilder
 
+from .compat import GSABackendCompat, MLAKVCacheUpdate
 from .mla import GSAMLABuilderMixin, GSAMLAImplMixin
 from .settings import read_settings
 
@@ -57,14 +58,10 @@ class _Builder(GSAMLABuilderMixin):
         return self._gsa_attach(md, common_attn_metadata)
 
 
-class _Impl(GSAMLAImplMixin):
+class _Impl(MLAKVCacheUpdate, GSAMLAImplMixin):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._gsa_mla_init(None)
-
-    def do_kv_cache_update(self, kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale) -> None:
-        super().do_kv_cache_update(kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale)
-        self._gsa_cache_latent(kv_c_normed, k_pe, kv_cache, slot_mapping)
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
         return self._gsa_forward_mqa(super().forward_mqa, q, kv_c_and_k_pe_cache, attn_metadata, layer)
@@ -82,7 +79,7 @@ class GSAFlashAttnMLAImpl(_Impl, FlashAttnMLAImpl):
         return dataclasses.replace(dec, block_table=table, seq_lens=lens, scheduler_metadata=None)
 
 
-class GSAFlashAttnMLABackend(FlashAttnMLABackend):
+class GSAFlashAttnMLABackend(GSABackendCompat, FlashAttnMLABackend):
     """``FLASH_ATTN_MLA`` with GSA (same name: vLLM looks backends up by it)."""
 
     @staticmethod
@@ -105,7 +102,7 @@ class GSATritonMLAImpl(_Impl, TritonMLAImpl):
     pass  # the Triton decode kernel reads decode.block_table / seq_lens only: the mixin's copy
 
 
-class GSATritonMLABackend(TritonMLABackend):
+class GSATritonMLABackend(GSABackendCompat, TritonMLABackend):
     """``TRITON_MLA`` with GSA (same name: vLLM looks backends up by it)."""
 
     @staticmethod
