@@ -189,6 +189,14 @@ def check_capture(c: dict, cfg) -> dict:
                 dense_lens=c["seq_lens"].tolist(), sparse_lens=got_l.tolist())
 
 
+def first_difference(a, b):
+    """Index of the first generated token where ``a`` and ``b`` differ (``None``: equal)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
 def report(args) -> None:
     runs = {}
     for p in args.files:
@@ -206,7 +214,9 @@ def report(args) -> None:
         pk_eq = [a["token_ids"] == b["token_ids"] for a, b in zip(d["passkey"], dense["passkey"])]
         found = [p["found"] for p in d["passkey"]]
         st = d.get("passkey_stats") or {}
-        row = dict(config=name, equality_equal_dense=eq, passkey_tokens_equal_dense=pk_eq, passkey_found=found,
+        first_diff = [first_difference(a["token_ids"], b["token_ids"]) for a, b in zip(d["equality"], dense["equality"])]
+        row = dict(config=name, equality_equal_dense=eq, equality_first_difference=first_diff,
+                   passkey_tokens_equal_dense=pk_eq, passkey_found=found,
                    passkey_stats=st, capture_check=d.get("capture_check"), init_s=d["init_s"],
                    equality_s=d["equality_s"], passkey_s=d["passkey_s"], cudagraph_mode=d["cudagraph_mode"])
         if name in ("ratio1", "full"):
