@@ -198,10 +198,11 @@ def first_difference(a, b):
 
 
 def report(args) -> None:
-    runs = {}
+    loaded = {}
     for p in args.files:
         d = json.loads(pathlib.Path(p).read_text())
-        runs[d["config"]] = d
+        loaded[d["config"]] = d
+    runs = {n: loaded[n] for n in CONFIGS if n in loaded}
     if "dense" not in runs:
         raise SystemExit("report: the dense run is missing")
     dense = runs["dense"]
@@ -240,16 +241,19 @@ def report(args) -> None:
              f"made by `benchmarks/vllm_real.py` (commands in docs/vllm.md). Overall: **{'PASS' if ok else 'FAIL'}**.", "",
              "Equality prompts: " + ", ".join(f"{e['kind']} ({e['prompt_tokens']} tokens, {e['new']} new)"
                                                for e in meta["equality_prompts"]) + ".", "",
-             "| config | equality prompts = dense | passkey tokens = dense | passkeys found | sparse steps / steps | "
-             "blocks read | cudagraph mode | engine start s |", "|---|---|---|---|---|---|---|---|"]
+             "| config | equality prompts = dense (first differing token) | passkey tokens = dense | passkeys found | "
+             "sparse steps / steps | blocks read | cudagraph mode | engine start s | equality + passkey s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r["passkey_stats"]
         frac = st.get("blocks_read_fraction")
-        lines.append(f"| {r['config']} | {sum(r['equality_equal_dense'])}/{len(r['equality_equal_dense'])} | "
+        diffs = ", ".join("-" if x is None else str(x) for x in r["equality_first_difference"])
+        lines.append(f"| {r['config']} | {sum(r['equality_equal_dense'])}/{len(r['equality_equal_dense'])} ({diffs}) | "
                      f"{sum(r['passkey_tokens_equal_dense'])}/{len(r['passkey_tokens_equal_dense'])} | "
                      f"{sum(r['passkey_found'])}/{len(r['passkey_found'])} | "
                      f"{st.get('sparse_steps', '-')} / {st.get('steps', '-')} | "
-                     f"{'-' if frac is None else f'{100 * frac:.1f}%'} | {r['cudagraph_mode']} | {r['init_s']} |")
+                     f"{'-' if frac is None else f'{100 * frac:.1f}%'} | {r['cudagraph_mode']} | {r['init_s']} | "
+                     f"{r['equality_s']} + {r['passkey_s']} |")
     lines += ["", "Passkeys (prompt tokens, depth, key) and answers:", "",
               "| prompt tokens | depth | key | " + " | ".join(runs) + " |", "|---|---|---|" + "---|" * len(runs)]
     for i, p in enumerate(meta["passkeys"]):

@@ -12,6 +12,7 @@
 #   bash benchmarks/vllm_device/real_weights.sh setup                # check, assemble, convert (needs vLLM set up)
 #   bash benchmarks/vllm_device/real_weights.sh run CONFIG...        # dense ratio1 full 1/8: one engine each
 #   bash benchmarks/vllm_device/real_weights.sh report               # compare -> $OUT/vllm_real_h200.{json,md}
+# (REAL_LENGTHS, REAL_DEPTHS, REAL_EQ_TOKENS override the prompts, e.g. for a quick CPU try of this script)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -59,7 +60,8 @@ case "$cmd" in
     for c in "$@"; do
       echo "=== $c"
       timeout "${REAL_TIMEOUT:-300}" python3 "$root/benchmarks/vllm_real.py" run --config "$c" --out "$out" \
-        --lengths 8192 16384 32000 --depths 0.1 0.5 0.9 --eq-tokens 4096 --eq-new 64 --batched-tokens 16384 \
+        --lengths ${REAL_LENGTHS:-8192 16384 32000} --depths ${REAL_DEPTHS:-0.1 0.5 0.9} \
+        --eq-tokens "${REAL_EQ_TOKENS:-4096}" --eq-new 64 --batched-tokens 16384 \
         > "/tmp/real_${c/\//_}.log" 2>&1 || rc=$?
       grep -E "^\[real\]|Error|error|cudagraph_mode|GSA enabled" "/tmp/real_${c/\//_}.log" | cut -c1-400 | tail -12
       # results accumulate in /tmp (kept while the machine is held); $OUT only returns this call's files
