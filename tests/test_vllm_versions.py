@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("GSA_VV_CACHE") or pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "gsa-vllm-versions")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["0.23.0", "0.26.0", "0.33.0"])
 def test_vllm_api_in_release_venv(version):
     py = CACHE / f"v{version}" / "bin" / "python"

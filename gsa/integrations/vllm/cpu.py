@@ -1,4 +1,5 @@
-"""GSA around vLLM's CPU attention backend (``CPU_ATTN``, vllm 0.32, tested in CI).
+"""GSA around vLLM's CPU attention backend (``CPU_ATTN``, vllm 0.32, tested in CI;
+0.23 / 0.26 differences, e.g. 0.23 writing K/V inside ``forward``, in :mod:`.compat`).
 
 The CPU KV cache is ``[NB, Hkv, bs, 2*D]`` with keys in a kernel-specific
 (transposed) layout, so keys are hashed from the ``key`` tensor handed to

@@ -2,6 +2,8 @@
 
 Written against vLLM 0.26 and 0.32's ``vllm/v1/attention/backends/flash_attn.py``;
 run on an H200 with vLLM 0.26 (benchmarks/vllm_device/, docs/vllm.md says what ran).
+What differs in 0.23 and 0.33 (cache layout, cascade attention, K/V-update bypass) is
+handled in :mod:`.compat`.
 
 Same structure as :mod:`.cpu`: keys hashed in ``do_kv_cache_update`` (the
 ``key`` tensor, ``[T, Hkv, D]``), the plan made in ``build`` from host lengths
