@@ -216,11 +216,14 @@ def test_mla_wrappers_match_backend(name, monkeypatch):
         return
     stub_flash_attn_symbols(monkeypatch)
     mod_name, backend, impl, builder, ours_name, ours = MLA[name]
-    mod, our = importlib.import_module(mod_name), importlib.import_module(ours_name)
-    from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadata, MLACommonMetadataBuilder
+    our = importlib.import_module(ours_name)
+    from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadata
 
-    Backend, Impl = getattr(mod, backend), getattr(mod, impl)
-    Builder = getattr(mod, builder) if builder else MLACommonMetadataBuilder
+    # vLLM's classes as our module imported them (another test may have re-imported vLLM's module
+    # with other stubs since): they must come from the backend's module
+    Backend, Impl = getattr(our, backend), getattr(our, impl)
+    Builder = getattr(our, builder or "MLACommonMetadataBuilder")
+    assert Backend.__module__ == Impl.__module__ == mod_name
     GBackend = getattr(our, ours + "Backend")
     assert issubclass(GBackend, Backend) and GBackend.get_name() == name and GBackend.is_mla()
     assert issubclass(GBackend.get_impl_cls(), Impl) and issubclass(GBackend.get_builder_cls(), Builder)
