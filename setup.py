@@ -37,7 +37,7 @@ def _cpu_extension():
     return [
         Extension(
             CPU_EXT,
-            sources=[os.path.join(csrc, f) for f in ("module.cpp", "ops.cpp", "score_paths.cpp")],
+            sources=[os.path.join(csrc, f) for f in ("module.cpp", "ops.cpp", "score_paths.cpp", "mlp_hash.cpp")],
             depends=[os.path.join(csrc, f) for f in ("gsa_cpu.h", "ops.h")],
             include_dirs=[_PybindInclude(), csrc],
             language="c++",

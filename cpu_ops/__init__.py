@@ -123,13 +123,13 @@ def register() -> None:
     """Register backend ``cpu`` with gsa.dispatch (cheap; never imports the extension)."""
     from gsa.dispatch import Backend, register_backend
 
-    from cpu_ops import _kernels
+    from cpu_ops import _kernels, _mlp_kernels
 
     register_backend(
         Backend(
             name="cpu",
             device_types=("cpu",),
-            kernels=dict(_kernels.KERNELS),
+            kernels={**_kernels.KERNELS, **_mlp_kernels.KERNELS},
             priority=10,
             probe=probe,
             install_hint=INSTALL_HINT,

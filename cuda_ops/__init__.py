@@ -24,6 +24,8 @@ _OP_MODULES = {
     "hamming_dist_top_k": "scoring",
     "kv_select": "select",
     "paged_decode_attention": "attention",
+    "mlp_hash_encode": "mlp_hashing",
+    "mlp_hash_encode_and_cache": "mlp_hashing",
 }
 
 # Below the C++ `cpu` backend (10) on CPU tensors, above the reference on CUDA.

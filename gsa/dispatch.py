@@ -52,6 +52,8 @@ OP_NAMES = (
     "hamming_dist_top_k",
     "kv_select",
     "paged_decode_attention",
+    "mlp_hash_encode",
+    "mlp_hash_encode_and_cache",
 )
 
 #: backend name -> module with a ``register()`` (used when entry points are absent)

@@ -34,6 +34,8 @@ __all__ = [
     "hamming_dist_top_k",
     "kv_select",
     "paged_decode_attention",
+    "mlp_hash_encode",
+    "mlp_hash_encode_and_cache",
 ]
 
 Tensor = torch.Tensor
@@ -299,3 +301,7 @@ def paged_decode_attention(
     if scale is not None:
         scale = V.float_arg(op, "scale", scale)
     return torch.ops.gsa.paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale)
+
+
+# spec 12 (MLP hash encoder): its custom ops live in their own module
+from gsa.ops_mlp import mlp_hash_encode, mlp_hash_encode_and_cache  # noqa: E402

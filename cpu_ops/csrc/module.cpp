@@ -17,6 +17,10 @@
 namespace py = pybind11;
 using namespace gsa_cpu;
 
+namespace gsa_cpu {
+void register_mlp_hash(py::module_& m);  // mlp_hash.cpp (spec 12)
+}
+
 namespace {
 
 std::atomic<int> g_path{static_cast<int>(best_path())};
@@ -104,4 +108,6 @@ PYBIND11_MODULE(_gsa_cpu, m) {
     return scatter_codes(ptr<const uint8_t>(codes), T, H, C, ptr<uint8_t>(cache), NB, bs, ptr<const void>(slots),
                          slots64);
   });
+
+  register_mlp_hash(m);
 }
