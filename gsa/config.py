@@ -222,19 +222,27 @@ class GSAConfig:
         if kind == "fixed":
             self._fail("hash_weight_type", "'random' or 'file' (inline 'fixed' matrices are not supported: "
                        "save them with gsa.weights.save_hash_weights and use 'file')", kind)
-        if kind not in ("random", "file"):
-            self._fail("hash_weight_type", "'random' or 'file'", kind)
+        if kind not in ("random", "file", "mlp"):
+            self._fail("hash_weight_type", "'random', 'file' or 'mlp'", kind)
         split = (self.hash_weight_kv_lora, self.hash_weight_qk_rope)
         if kind == "random":
             for key in ("hash_weight", "hash_weight_kv_lora", "hash_weight_qk_rope"):
                 if getattr(self, key) is not None:
-                    self._fail(key, "no value: weight files are only read with hash_weight_type = 'file'", getattr(self, key))
+                    self._fail(key, "no value: weight files are only read with hash_weight_type = 'file' or 'mlp'",
+                               getattr(self, key))
             if self.seed is None:
                 self._set("seed", 0)
             self._int("seed", lo=0)
             return
         if self.seed is not None:
             self._fail("seed", "no value: the seed is only used with hash_weight_type = 'random'", self.seed)
+        if kind == "mlp":  # spec 12: a bundle of per-head key and query MLPs
+            if self.is_mla:
+                self._fail("hash_weight_type", "'random' or 'file' for MLA (the MLP encoder, spec 12, is GQA only)", kind)
+            if self.hash_weight is None:
+                self._fail("hash_weight", "a path to an MLP hash bundle (.safetensors; required with "
+                           "hash_weight_type = 'mlp'; `gsa train-hash --method mlp` writes one)", None)
+            return
         if not self.is_mla:
             if self.hash_weight is None:
                 self._fail("hash_weight", "a path (required with hash_weight_type = 'file')", None)

@@ -28,6 +28,7 @@ from gsa import ops
 from gsa.config import GSAConfig
 from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
 from gsa.policy import GSAPolicy, HostInts, StepPlan
+from gsa import hash_codes
 from gsa.weights import load_hash_weights
 
 __all__ = ["GSASparse", "Step"]
@@ -142,6 +143,9 @@ class GSASparse:
         else:
             if key_rope is not None:
                 raise ValueError(f"GSA: layer {layer}: 'key_rope' is only for MLA configs")
+            if hash_codes.is_mlp(self.config):  # spec 12: the fused MLP op (no hot-path program for it)
+                hash_codes.cache_key_codes(self.config, layer, key, hash_cache, slot_mapping)
+                return
             w = self._weight(layer)
             sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
                    slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
@@ -286,6 +290,14 @@ class GSASparse:
 
     def _select_gqa(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
                     q: Tensor) -> Tuple[Tensor, Tensor]:
+        if hash_codes.is_mlp(self.config):  # spec 12: the hot path serves linear codes only; the public ops
+            c = self.config
+            indices, n_sel = ops.hamming_dist_top_k(
+                hash_codes.query_codes(c, layer, q), hash_cache, block_table, seq_lens, step.budgets[layer],
+                step.plan.k, c.must_select_blocks, c.chunk_repre_method, 0, 1.0)
+            out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
+            step._selections[layer] = out
+            return out
         out = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q)
         step._selections[layer] = out
         return out

@@ -34,12 +34,18 @@ either one bundle (``hash_weight``) or one source per part
 (``hash_weight_kv_lora``, ``hash_weight_qk_rope``: a directory of per-layer
 ``.pt`` files holding that part, or a bundle). :func:`save_hash_weights` writes
 a bundle.
+
+MLP encoders (``hash_weight_type = "mlp"``, spec 12): one safetensors bundle
+holding, per scoring layer, a key MLP per KV head and a query MLP per query head
+(:func:`mlp_tensor_name`); :func:`load_mlp_hash_weights` returns a layer's
+:class:`MLPHashWeights`, :func:`save_mlp_hash_weights` writes a bundle.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
@@ -55,6 +61,11 @@ __all__ = [
     "hata_file_name",
     "clear_cache",
     "HashWeightError",
+    "MLPHashWeights",
+    "mlp_tensor_name",
+    "load_mlp_hash_weights",
+    "save_mlp_hash_weights",
+    "bundle_weight_type",
 ]
 
 Weights = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -206,12 +217,16 @@ def _cpu_parts(config: GSAConfig, layer: int) -> Dict[str, torch.Tensor]:
 
 def load_hash_weights(config: GSAConfig, layer: int, device: Union[str, torch.device, None] = None) -> Weights:
     """Layer ``layer``'s hash projection for ``config`` on ``device`` (default CPU), cached.
+    (``hash_weight_type = "mlp"`` configs have MLPs, not projections: :func:`load_mlp_hash_weights`.)
 
     GQA: ``float32 [Hkv, D, R]``. MLA: ``(w_lora float32 [kv_lora_rank, R_lora],
     w_rope float32 [qk_rope_head_dim, R_rope])``. The returned tensors are shared
     by every caller: do not modify them in place.
     """
     _check_layer(config, layer)
+    if config.hash_weight_type == "mlp":
+        raise HashWeightError(f"hash weights for layer {layer}: the config's hash_weight_type is 'mlp' (spec 12): "
+                              "use gsa.weights.load_mlp_hash_weights, not a linear projection")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     parts = _cpu_parts(config, layer)
     key = (id(parts), str(dev))
@@ -230,6 +245,7 @@ def clear_cache() -> None:
     with _LOCK:
         _CPU_CACHE.clear()
         _DEV_CACHE.clear()
+        _MLP_CACHE.clear()
 
 
 def save_hash_weights(config: GSAConfig, path: Union[str, Path], layers: Optional[Iterable[int]] = None) -> Path:
@@ -248,3 +264,146 @@ def save_hash_weights(config: GSAConfig, path: Union[str, Path], layers: Optiona
     path = Path(path)
     save_file(tensors, str(path), metadata=meta)
     return path
+
+
+# ----------------------------------------------------------------------------
+# spec 12: MLP hash encoders
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MLPHashWeights:
+    """One layer's spec-12 encoders, fp32: ``key_weights[i] [Hkv, in_i, out_i]``,
+    ``key_biases[i] [Hkv, out_i]`` and the same for queries with ``Hq`` heads
+    (``in_0 = D``, ``out_{L-1} = R``; 1 to 3 layers, SiLU between)."""
+
+    key_weights: Tuple[torch.Tensor, ...]
+    key_biases: Tuple[torch.Tensor, ...]
+    query_weights: Tuple[torch.Tensor, ...]
+    query_biases: Tuple[torch.Tensor, ...]
+
+    def to(self, device) -> "MLPHashWeights":
+        return MLPHashWeights(*(tuple(t.to(device) for t in part) for part in
+                                (self.key_weights, self.key_biases, self.query_weights, self.query_biases)))
+
+    @property
+    def depth(self) -> Tuple[int, int]:
+        """``(key layers, query layers)``."""
+        return len(self.key_weights), len(self.query_weights)
+
+
+def mlp_tensor_name(layer: int, side: str, i: int, kind: str) -> str:
+    """``layers.{l}.mlp_hash.{side}.{i}.{kind}``; ``side`` ``key``/``query``, ``kind`` ``weight``/``bias``."""
+    if side not in ("key", "query") or kind not in ("weight", "bias"):
+        raise ValueError(f"mlp_tensor_name: side must be 'key' or 'query' and kind 'weight' or 'bias', got {side!r}, {kind!r}")
+    return f"layers.{layer}.mlp_hash.{side}.{i}.{kind}"
+
+
+def _read_mlp_side(fh, path: Path, layer: int, side: str, heads: int, d: int, bits: int):
+    ws, bs = [], []
+    names = set(fh.keys())
+    while mlp_tensor_name(layer, side, len(ws), "weight") in names:
+        i = len(ws)
+        ws.append(fh.get_tensor(mlp_tensor_name(layer, side, i, "weight")))
+        bname = mlp_tensor_name(layer, side, i, "bias")
+        if bname not in names:
+            raise HashWeightError(f"MLP hash weights for layer {layer} in {path}: {bname!r} is missing")
+        bs.append(fh.get_tensor(bname))
+    if not 1 <= len(ws) <= 3:
+        raise HashWeightError(f"MLP hash weights for layer {layer} in {path}: expected 1 to 3 {side} layers named "
+                              f"{mlp_tensor_name(layer, side, 0, 'weight')!r}..., got {len(ws)}")
+    width = d
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        what = f"MLP hash weight {mlp_tensor_name(layer, side, i, 'weight')} in {path}"
+        if not w.is_floating_point() or w.dim() != 3 or w.shape[0] != heads or w.shape[1] != width:
+            raise HashWeightError(f"{what}: expected a float tensor [{heads}, {width}, out] "
+                                  f"({'Hkv' if side == 'key' else 'Hq'} heads, the previous width), "
+                                  f"got {w.dtype} {tuple(w.shape)}")
+        if tuple(b.shape) != (heads, w.shape[2]) or not b.is_floating_point():
+            raise HashWeightError(f"{what}: its bias must be a float [{heads}, {w.shape[2]}], got {b.dtype} {tuple(b.shape)}")
+        if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(b).all())):
+            raise HashWeightError(f"{what}: expected finite values, got NaN/inf")
+        width = w.shape[2]
+    if width != bits:
+        raise HashWeightError(f"MLP hash weights for layer {layer} in {path}: the {side} MLP outputs {width} bits, "
+                              f"the config's hash_bits is {bits}")
+    if len(ws) > 2 and ws[1].shape[2] != ws[0].shape[2]:
+        raise HashWeightError(f"MLP hash weights for layer {layer} in {path}: hidden widths differ "
+                              f"({ws[0].shape[2]} vs {ws[1].shape[2]}); spec 12 needs them equal")
+    return (tuple(w.to(torch.float32).contiguous() for w in ws), tuple(b.to(torch.float32).contiguous() for b in bs))
+
+
+_MLP_CACHE: Dict[tuple, MLPHashWeights] = {}
+
+
+def load_mlp_hash_weights(config: GSAConfig, layer: int, device: Union[str, torch.device, None] = None) -> MLPHashWeights:
+    """Layer ``layer``'s spec-12 encoders from the config's bundle, on ``device`` (default
+    CPU), cached. Raises :class:`HashWeightError` naming the file and tensor when the
+    bundle is missing, lacks the layer, or has the wrong shapes."""
+    _check_layer(config, layer)
+    if config.hash_weight_type != "mlp":
+        raise HashWeightError(f"MLP hash weights: the config's hash_weight_type is {config.hash_weight_type!r}, "
+                              "not 'mlp' (use load_hash_weights)")
+    path = config.resolve_path(config.hash_weight)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    key = (str(path.resolve()), layer, config.num_key_value_heads, config.num_attention_heads, config.head_dim,
+           config.hash_bits, str(dev))
+    with _LOCK:
+        hit = _MLP_CACHE.get(key)
+    if hit is not None:
+        return hit
+    if not path.is_file():
+        raise HashWeightError(f"MLP hash weights: {path} does not exist (expected a .safetensors bundle from "
+                              "`gsa train-hash --method mlp`)")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            kw, kb = _read_mlp_side(fh, path, layer, "key", config.num_key_value_heads, config.head_dim,
+                                    config.hash_bits)
+            qw, qb = _read_mlp_side(fh, path, layer, "query", config.num_attention_heads, config.head_dim,
+                                    config.hash_bits)
+    except HashWeightError:
+        raise
+    except Exception as exc:
+        raise HashWeightError(f"MLP hash weights: cannot read {path} as safetensors: {exc}") from None
+    hit = MLPHashWeights(kw, kb, qw, qb).to(dev)
+    with _LOCK:
+        _MLP_CACHE[key] = hit
+    return hit
+
+
+def save_mlp_hash_weights(path: Union[str, Path], layers: Dict[int, MLPHashWeights],
+                          metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write ``{layer: MLPHashWeights}`` to one safetensors bundle (spec 12 naming);
+    a config with ``hash_weight_type = "mlp"`` and ``hash_weight = path`` loads it."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for l, m in layers.items():
+        for side, ws, bs in (("key", m.key_weights, m.key_biases), ("query", m.query_weights, m.query_biases)):
+            for i, (w, b) in enumerate(zip(ws, bs)):
+                tensors[mlp_tensor_name(l, side, i, "weight")] = w.detach().to("cpu", torch.float32).contiguous()
+                tensors[mlp_tensor_name(l, side, i, "bias")] = b.detach().to("cpu", torch.float32).contiguous()
+    meta = {"format": "gsa-mlp-hash-weights"}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    with _LOCK:
+        for k in [k for k in _MLP_CACHE if k[0] == str(path.resolve())]:
+            del _MLP_CACHE[k]
+    return path
+
+
+def bundle_weight_type(path: Union[str, Path]) -> str:
+    """``"mlp"`` for a spec-12 bundle (written by :func:`save_mlp_hash_weights`), else
+    ``"file"`` (a projection bundle or a HATA directory): the ``hash_weight_type`` that loads it."""
+    p = Path(path)
+    if p.is_file():
+        try:
+            from safetensors import safe_open
+            with safe_open(str(p), framework="pt", device="cpu") as fh:
+                if (fh.metadata() or {}).get("format") == "gsa-mlp-hash-weights":
+                    return "mlp"
+        except Exception:
+            pass  # not readable as safetensors: the "file" loader reports it properly
+    return "file"

@@ -18,13 +18,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from gsa import ops
 from gsa.config import GSAConfig
 from gsa.eval import metrics as M
 from gsa.eval import selectors as S
 from gsa.eval.model import PagedRun, TeacherForcedRun, eval_config
 from gsa.policy import GSAPolicy
-from gsa.weights import load_hash_weights
+from gsa.hash_codes import key_codes, query_codes
 
 __all__ = ["selection_grid", "end_to_end", "passkey", "retrieval", "make_select", "quest_extra_fraction", "PagedRecall",
            "print_code_quality"]
@@ -73,9 +72,8 @@ def make_select(cfg: GSAConfig) -> Callable:
             return None
         if lp.reuse_source >= 0:
             return cache[lp.reuse_source]
-        w = load_hash_weights(cfg, layer)
         seq = torch.arange(pos0 + 1, pos0 + q.shape[0] + 1)
-        sel = S.gsa_select(policy, layer, ops.hash_encode(q, w), ops.hash_encode(k_all, w), seq)
+        sel = S.gsa_select(policy, layer, query_codes(cfg, layer, q), key_codes(cfg, layer, k_all), seq)
         cache[layer] = sel
         return sel
 
@@ -119,8 +117,7 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
         mass = S.block_mass(S.dense_probs(qs, k_all, seq, attn.scale, attn.softcap), bs)
         codes = {}
         for (name, b), wc in wcfgs.items():
-            w = load_hash_weights(wc, layer)
-            codes[(name, b)] = (ops.hash_encode(qs, w), ops.hash_encode(k_all, w))
+            codes[(name, b)] = (query_codes(wc, layer, qs), key_codes(wc, layer, k_all))
             # code quality (cheap): near-constant bits over the keys, and how code similarity tracks q.k
             acc.add(f"codes/{name}/b={b}/const_bits", layer, M.near_constant_bits(codes[(name, b)][1]).mean())
             acc.add(f"codes/{name}/b={b}/pearson", layer,

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from gsa.config import GSAConfig
 from gsa.sparse import GSASparse
+from gsa.weights import bundle_weight_type
 
 __all__ = ["load_model", "eval_config", "PagedRun", "TeacherForcedRun", "ATTN_NAME", "LayerAttention",
            "attention_math", "attention_params"]
@@ -138,7 +139,7 @@ def eval_config(cfg: GSAConfig, ratio: Optional[float] = None, bits: Optional[in
     if bits is not None:
         ch["hash_bits"] = int(bits)
     if hash_weight is not None:
-        ch["hash_weight_type"], ch["hash_weight"], ch["seed"] = "file", str(hash_weight), None
+        ch["hash_weight_type"], ch["hash_weight"], ch["seed"] = bundle_weight_type(hash_weight), str(hash_weight), None
     if threshold is not None:
         ch["gpu_seq_len_threshold"] = int(threshold)
     return cfg.replace(**ch) if ch else cfg
