@@ -237,12 +237,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep every trained head, even where it loses to random on validation")
     parser.add_argument("--out", default=None, help="output folder (default: the cache's hash_weights/)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--method", default="hata", choices=["hata", "mlp"],
+                        help="hata: linear projections (spec 2); mlp: HashAttention-style key/query MLP encoders "
+                             "(spec 12, gsa.eval.train_mlp; all scoring layers train together, --steps in total)")
+    parser.add_argument("--depth", type=int, default=3, choices=[1, 2, 3], help="mlp: layers per encoder")
+    parser.add_argument("--hidden", type=int, default=128, help="mlp: hidden width F")
+    parser.add_argument("--lr", type=float, default=1e-3, help="mlp: Adam learning rate")
 
 
-def default_bundle(model: str, bits: int) -> pathlib.Path:
+def default_bundle(model: str, bits: int, method: str = "hata", depth: int = 3) -> pathlib.Path:
     """Where ``gsa train-hash`` saves by default (the harness looks here)."""
     from gsa.eval.assets import cache_dir
-    return cache_dir() / "hash_weights" / f"{model}-b{bits}.safetensors"
+    tag = "" if method == "hata" else f"mlp{depth}-"
+    return cache_dir() / "hash_weights" / f"{model}-{tag}b{bits}.safetensors"
 
 
 def run(args) -> int:
@@ -255,10 +262,19 @@ def run(args) -> int:
     text = assets.shakespeare_text() if args.text == "shakespeare" else assets.austen_texts()[args.text]
     print(f"capturing q/k on {args.tokens} tokens of {args.text} ...", flush=True)
     store = capture(model, tok, text, args.tokens)
+    method = getattr(args, "method", "hata")
+    depth = getattr(args, "depth", 3)
     for b in args.bits:
-        out = pathlib.Path(args.out) / f"{args.model}-b{b}.safetensors" if args.out else default_bundle(args.model, b)
-        print(f"training {b}-bit projections -> {out}", flush=True)
-        train_hash(model, tok, cfg, text, b, out, args.tokens, args.steps, captured=store, gate=not args.no_gate)
+        out = default_bundle(args.model, b, method, depth)
+        if args.out:
+            out = pathlib.Path(args.out) / out.name
+        if method == "mlp":
+            from gsa.eval.train_mlp import train_mlp_hash
+            print(f"training {b}-bit {depth}-layer MLP encoders -> {out}", flush=True)
+            train_mlp_hash(cfg, store, b, out, depth=depth, hidden=args.hidden, steps=args.steps, lr=args.lr)
+        else:
+            print(f"training {b}-bit projections -> {out}", flush=True)
+            train_hash(model, tok, cfg, text, b, out, args.tokens, args.steps, captured=store, gate=not args.no_gate)
         print(out)
     return 0
 
