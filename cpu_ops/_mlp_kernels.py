@@ -42,7 +42,7 @@ def mlp_hash_encode(x: Tensor, weights: List[Tensor], biases: List[Tensor]) -> T
     n, h, _ = x.shape
     out = torch.empty((n, h, 1, weights[-1].shape[2] // 8), dtype=torch.uint8)
     _run(x, weights, biases, out, None)
-    return out.reshape(n, h, -1)
+    return out.reshape(n, h, out.shape[-1])
 
 
 def mlp_hash_encode_and_cache(k: Tensor, weights: List[Tensor], biases: List[Tensor], cache: Tensor,

@@ -75,6 +75,15 @@ def tolerance_mask(case: Case, args: List[Any]) -> torch.Tensor:
         out = torch.zeros_like(cache.cpu())
         R.hashing._scatter_codes(codes, out, slots.cpu())
         return out
+    if case.tol in ("mlp", "mlp_cache"):  # spec 12's band: |y| <= BAND * (|a_{L-1}| @ |W_L| + |b_L|)
+        x, ws, bs = args[0], [w.cpu() for w in args[1]], [b.cpu() for b in args[2]]
+        x = x.cpu()
+        band = _pack(R.mlp_project(x, ws, bs).abs() <= R.BAND * R.mlp_band(x, ws, bs))
+        if case.tol == "mlp":
+            return band
+        out = torch.zeros_like(args[3].cpu())
+        R.hashing._scatter_codes(band, out, args[4].cpu())
+        return out
     raise ValueError(f"unknown tolerance kind {case.tol!r}")
 
 
@@ -97,7 +106,7 @@ def compare(case: Case, got: List[torch.Tensor], expected: List[torch.Tensor], a
             if bool(bad.any()):
                 nbits = int(np.unpackbits(bad.numpy().reshape(-1)).sum())
                 same = int(np.unpackbits((g ^ e).numpy().reshape(-1)).sum())
-                return False, f"output {i}: {nbits} code bits differ outside the spec-2 band ({same} in all)"
+                return False, f"output {i}: {nbits} code bits differ outside the tolerance band (spec 2 or 12; {same} in all)"
         elif case.rule == "attention":
             atol, rtol = ATTN_TOL[e.dtype]
             try:
@@ -183,6 +192,20 @@ def build_cases(seed: int = 0, size: str = "full") -> List[Case]:
                        torch.randn(10, rope, generator=g).to(torch.bfloat16), wl, wr, mcache, mslots],
                       rule="codes", mutated=4, tol="mla_cache"))
 
+    # spec 12 (MLP encoder): full grid only (the committed small golden bundle predates it)
+    if full:
+        for depth in (1, 3):
+            widths = [48] + [32] * (depth - 1) + [64]
+            mw = [torch.randn(2, widths[i], widths[i + 1], generator=g) / widths[i] ** 0.5 for i in range(depth)]
+            mb = [0.3 * torch.randn(2, widths[i + 1], generator=g) for i in range(depth)]
+            cases.append(Case(f"mlp_hash_encode/l{depth}_bf16", "mlp_hash_encode",
+                              [torch.randn(6, 2, 48, generator=g).to(torch.bfloat16), mw, mb], rule="codes", tol="mlp"))
+            mcache_ = torch.randint(0, 256, (3, 2, 8, 8), dtype=torch.uint8, generator=g)
+            cases.append(Case(f"mlp_hash_encode_and_cache/l{depth}_f32", "mlp_hash_encode_and_cache",
+                              [torch.randn(9, 2, 48, generator=g), mw, mb, mcache_,
+                               torch.tensor([5, -1, 23, 0, 8, 9, 16, -1, 2], dtype=torch.int64)],
+                              rule="codes", mutated=3, tol="mlp_cache"))
+
     # spec 4, 5, 6
     bs, m = 16, 8
     variants = [("gqa", 8, 2, 16, 0, 1.0), ("mla", 4, 1, 20, 4, 1.0), ("mla_w0.5", 4, 1, 20, 4, 0.5)]
@@ -246,6 +269,8 @@ def clone_args(case: Case, device: torch.device) -> List[Any]:
             a = a.to(device)
             if i == case.mutated:
                 a = a.clone()
+        elif isinstance(a, list):  # a list of tensors (spec 12's weights) travels element-wise
+            a = [t.to(device) if isinstance(t, torch.Tensor) else t for t in a]
         out.append(list(a) if isinstance(a, list) else a)
     return out
 

@@ -188,6 +188,11 @@ def save_bundle(cases, directory: str, seed: int, size: str) -> Path:
                     key = seen[id(a)] = f"{i:03d}/arg{j}"
                     inputs[key] = a.contiguous().clone()
                 args.append({"tensor": key})
+            elif isinstance(a, list) and a and all(isinstance(t, torch.Tensor) for t in a):
+                keys = [f"{i:03d}/arg{j}.{n}" for n in range(len(a))]  # spec 12's weight lists
+                for key, t in zip(keys, a):
+                    inputs[key] = t.contiguous().clone()
+                args.append({"tensors": keys})
             else:
                 args.append({"value": a})
         outs = []
@@ -240,7 +245,8 @@ def load_bundle(directory: str):
     expected = load_file(str(d / "expected.safetensors"))
     cases = []
     for e in manifest["cases"]:
-        args = [inputs[a["tensor"]] if "tensor" in a else a["value"] for a in e["args"]]
+        args = [inputs[a["tensor"]] if "tensor" in a else [inputs[k] for k in a["tensors"]] if "tensors" in a
+                else a["value"] for a in e["args"]]
         cases.append(Case(e["name"], e["op"], args, rule=e["rule"], mutated=e["mutated"], tol=e["tol"],
                           expected=[expected[k] for k in e["expected"]]))
     return cases, manifest

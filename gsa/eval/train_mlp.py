@@ -111,8 +111,9 @@ def heldout_top_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, targets: to
     sim = sim.masked_fill(~allowed.unsqueeze(1), -math.inf)
     n_allowed = allowed.sum(dim=1)
     budget = torch.ceil(ratio * n_allowed.double()).long().clamp(min=1)  # [N]
-    rank = sim.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # rank of each key
-    hit = torch.gather(rank, 2, targets) < budget.view(-1, 1, 1)
+    top_vals = sim.topk(int(budget.max()), dim=-1).values  # [N, Hq, max budget], descending
+    kth = torch.gather(top_vals, 2, (budget - 1).view(-1, 1, 1).expand(n, hq, 1))  # the budget-th best score
+    hit = torch.gather(sim, 2, targets) >= kth  # ties at the threshold count as kept (both encoders alike)
     return float(hit.float().mean())
 
 
@@ -124,7 +125,7 @@ def _stack(store: Dict[int, tuple], layers: Sequence[int]):
 
 
 def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, depth: int = 3, hidden: int = 128,
-                   steps: int = 300, queries: int = 8, positives: int = 8, negatives: int = 128, top: int = 32, edge: int = 128,
+                   steps: int = 300, queries: int = 8, positives: int = 4, negatives: int = 64, top: int = 32, edge: int = 128,
                    lr: float = 1e-3, alpha: float = 10.0, beta: float = 1.0, max_pos_weight: float = 30.0,
                    n_train: int = 1024, seed: int = 0, layers: Optional[Sequence[int]] = None, log=print) -> dict:
     """Train spec-12 encoders for ``cfg``'s scoring layers (or ``layers``) on captured
@@ -153,7 +154,7 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
         raise ValueError(f"train-hash --method mlp: {t} captured tokens leave no training queries past "
                          f"2*edge+top = {lo}; capture more tokens")
     train_pos = torch.randint(lo, split, (n_train,), generator=gen)
-    val_pos = torch.arange(split, t, max(1, (t - split) // 64))
+    val_pos = torch.arange(split, t, max(1, (t - split) // 32))
     qs, ks = _stack(store, layers)  # [nL*Hq, T, D], [nL*Hkv, T, D]
     tgt = torch.stack([top_key_targets(store[l][0], store[l][1], train_pos, top, edge) for l in layers])  # [nL, N, Hq, top]
     cfg_b = eval_config(cfg, bits=bits, threshold=None)

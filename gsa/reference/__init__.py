@@ -22,7 +22,7 @@ from .scoring import (
     selection_counts,
     token_scores,
 )
-from .mlp_hashing import mlp_band, mlp_hash_encode, mlp_hash_encode_and_cache, mlp_project
+from .mlp_hashing import BAND, mlp_band, mlp_hash_encode, mlp_hash_encode_and_cache, mlp_project
 from .select import block_lengths, kv_select
 
 __all__ = [
@@ -30,5 +30,5 @@ __all__ = [
     "mla_hash_encode", "mla_hash_encode_and_cache", "SCORE_SCALE", "popcount_u8",
     "token_scores", "block_scores", "forced_block_mask", "selection_counts",
     "hamming_dist_top_k", "block_lengths", "kv_select", "paged_decode_attention",
-    "mlp_project", "mlp_band", "mlp_hash_encode", "mlp_hash_encode_and_cache",
+    "BAND", "mlp_project", "mlp_band", "mlp_hash_encode", "mlp_hash_encode_and_cache",
 ]
