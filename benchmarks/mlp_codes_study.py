@@ -1,0 +1,134 @@
+"""Random HATA vs trained HATA vs MLP codes (spec 12) on a real model: attention-mass
+recall of each selector at one ratio and several block sizes, against the exact
+oracle and the Quest-style bound (same blocks and equal bytes), in ONE dense
+teacher-forced pass (the harness's selectors and metrics; docs/accuracy.md,
+section "MLP codes").
+
+    python benchmarks/mlp_codes_study.py --model smollm2 --prefix 2048 --eval-tokens 512 \\
+        --block-sizes 128 32 --ratio 0.125 --bits 128 \\
+        --weights random hata=PATH mlp1=PATH mlp3=PATH --out benchmarks/results/accuracy_smollm2-mlp-codes.json
+
+``--weights``: ``random`` (the seeded spec-10 projection) or ``name=bundle`` (a
+``gsa train-hash`` bundle, linear or MLP: the bundle's metadata says which).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--book", default="emma")
+    ap.add_argument("--prefix", type=int, default=2048)
+    ap.add_argument("--eval-tokens", type=int, default=512)
+    ap.add_argument("--sample-every", type=int, default=16)
+    ap.add_argument("--ratio", type=float, default=0.125)
+    ap.add_argument("--bits", type=int, default=128)
+    ap.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32])
+    ap.add_argument("--weights", nargs="+", default=["random"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from gsa.eval import assets
+    from gsa.eval import metrics as M
+    from gsa.eval import selectors as S
+    from gsa.eval.harness import _tokens, quest_extra_fraction
+    from gsa.eval.model import TeacherForcedRun, eval_config, load_model
+    from gsa.hash_codes import key_codes, query_codes
+    from gsa.policy import GSAPolicy
+
+    model, tok, cfg = load_model(args.model)
+    d = cfg.head_dim
+    scale = d ** -0.5
+    variants = {}
+    for spec in args.weights:
+        name, _, path = spec.partition("=")
+        variants[name] = eval_config(cfg, bits=args.bits, hash_weight=path or None)
+    sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
+    policies = {bs: GSAPolicy(eval_config(cfg.replace(chunk_size=bs), ratio=args.ratio), "cpu")
+                for bs in args.block_sizes}
+    acc = M.Accumulator()
+    code_s = {n: 0.0 for n in variants}
+
+    def observer(layer, q, k_all, v_all, pos0):
+        if pos0 < args.prefix or layer not in sparse_layers:
+            return
+        rows = [i for i in range(q.shape[0]) if (pos0 + i - args.prefix) % args.sample_every == 0]
+        if not rows:
+            return
+        qs = q[rows].contiguous()
+        seq = torch.tensor([pos0 + i + 1 for i in rows])
+        probs = S.dense_probs(qs, k_all, seq, scale)
+        codes = {}
+        for name, wc in variants.items():
+            t0 = time.time()
+            codes[name] = (query_codes(wc, layer, qs), key_codes(wc, layer, k_all.contiguous()))
+            code_s[name] += time.time() - t0
+        for bs, pol in policies.items():
+            mass = S.block_mass(probs, bs)
+            _, _, forced = S.budgets_for(pol, layer, seq)
+            orc = S.oracle_select(pol, layer, mass, seq)
+            acc.add(f"bs={bs}/oracle", layer, M.mass_recall(mass, orc))
+            quest = S.quest_select(pol, layer, qs, k_all, seq, scale)
+            acc.add(f"bs={bs}/quest", layer, M.mass_recall(mass, quest))
+            qb = S.quest_select(pol, layer, qs, k_all, seq, scale,
+                                budget_add=max(0.0, quest_extra_fraction(args.bits, d, bs)))
+            acc.add(f"bs={bs}/quest_eqbytes", layer, M.mass_recall(mass, qb))
+            for name, (qc, kc) in codes.items():
+                sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)
+                acc.add(f"bs={bs}/gsa_{name}", layer, M.mass_recall(mass, sel))
+                acc.add(f"bs={bs}/gsa_{name}/block_recall", layer, M.block_recall(sel, orc, forced))
+
+    text = assets.austen_texts()[args.book]
+    ids = _tokens(tok, text, args.prefix + args.eval_tokens)
+    run = TeacherForcedRun(model, select=None, observer=None)
+    t0 = time.time()
+    for c0 in range(0, args.prefix, 1024):
+        run.feed(ids[c0:min(args.prefix, c0 + 1024)], logits="last")
+    run.observer = observer
+    for c0 in range(args.prefix, args.prefix + args.eval_tokens, 256):
+        run.feed(ids[c0:min(args.prefix + args.eval_tokens, c0 + 256)], logits="last")
+        print(f"  {min(c0 + 256, args.prefix + args.eval_tokens) - args.prefix}/{args.eval_tokens} eval tokens ({time.time() - t0:.0f}s)", flush=True)
+    names = sorted(acc.names())
+    res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
+                    "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratio": args.ratio,
+                    "bits": args.bits, "block_sizes": args.block_sizes, "weights": args.weights,
+                    "must_select_blocks": list(cfg.must_select_blocks), "sparse_layers": sparse_layers,
+                    "metric": "attention-mass recall (mean over sampled decode positions, heads, sparse layers)",
+                    "seconds": round(time.time() - t0, 1), "code_seconds": {k: round(v, 1) for k, v in code_s.items()},
+                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "argv": sys.argv[1:] if argv is None else list(argv)},
+           "overall": {n: acc.overall(n) for n in names},
+           "per_layer": {n: acc.per_layer(n) for n in names}}
+    for bs in args.block_sizes:
+        orc = res["overall"][f"bs={bs}/oracle"]
+        print(f"block size {bs}: oracle {orc:.4f}, quest {res['overall'][f'bs={bs}/quest']:.4f}, "
+              f"quest same bytes {res['overall'][f'bs={bs}/quest_eqbytes']:.4f}")
+        for name in variants:
+            v = res["overall"][f"bs={bs}/gsa_{name}"]
+            print(f"  gsa {name:10s} {v:.4f}  ({v / orc:.3f} x oracle)")
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
