@@ -66,7 +66,7 @@ def test_default_ratios():
     ({"hash_weight_kv_lora": "a"}, (), ["'hash_weight_kv_lora'", "only allowed with is_mla"]),
     ({"hash_weight": ""}, (), ["'hash_weight'", "non-empty path"]),
     ({"hash_weight_type": "fixed"}, (), ["'hash_weight_type'", "not supported", "save_hash_weights", "'fixed'"]),
-    ({"hash_weight_type": "uniform"}, (), ["'hash_weight_type'", "'random' or 'file'", "'uniform'"]),
+    ({"hash_weight_type": "uniform"}, (), ["'hash_weight_type'", "'random', 'file' or 'mlp'", "'uniform'"]),
     ({"hash_weight": "w.safetensors"}, (), ["'hash_weight'", "only read with hash_weight_type = 'file'"]),
     ({"seed": -1}, (), ["'seed'", "integer >= 0", "-1"]),
     ({"hash_weight_type": "file", "hash_weight": "w", "seed": 3}, (), ["'seed'", "only used with hash_weight_type = 'random'"]),
