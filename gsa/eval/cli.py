@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256],
                         help="grid: hash bits R (multiples of 32)")
     parser.add_argument("--trained", action="store_true", help="also score trained weights (gsa train-hash bundles)")
+    parser.add_argument("--mlp", type=int, nargs="*", default=[], metavar="DEPTH",
+                        help="grid: also score spec-12 MLP codes of these depths (`gsa train-hash --method mlp "
+                             "--depth D` bundles, named mlp<D>)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
                         help="e2e configs: 'shipped' or 'r<ratio>-b<bits>[-trained]'")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192],
@@ -150,6 +153,13 @@ def run(args) -> int:
         paths = {b: str(default_bundle(key, b)) for b in args.bits if default_bundle(key, b).is_file()}
         if paths:
             weights["trained"] = paths
+    for depth in args.mlp:  # spec 12 bundles; the harness's eval_config reads their type from the bundle
+        paths = {b: str(default_bundle(args.model, b, "mlp", depth)) for b in args.bits
+                 if default_bundle(args.model, b, "mlp", depth).is_file()}
+        if not paths:
+            raise SystemExit(f"gsa eval: --mlp {depth} needs `gsa train-hash --model {args.model} --method mlp "
+                             f"--depth {depth} --bits ...` first")
+        weights[f"mlp{depth}"] = paths
     res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
                     "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratios": args.ratios,
                     "bits": args.bits, "weights": list(weights), "block_size": cfg.chunk_size,
