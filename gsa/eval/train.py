@@ -243,6 +243,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=3, choices=[1, 2, 3], help="mlp: layers per encoder")
     parser.add_argument("--hidden", type=int, default=128, help="mlp: hidden width F")
     parser.add_argument("--lr", type=float, default=1e-3, help="mlp: Adam learning rate")
+    parser.add_argument("--top", type=int, default=32, help="mlp: positives per query (its top keys by true logit)")
+    parser.add_argument("--edge", type=int, default=128,
+                        help="mlp: the first and last EDGE tokens of a query's context are never targets")
 
 
 def default_bundle(model: str, bits: int, method: str = "hata", depth: int = 3) -> pathlib.Path:
@@ -271,7 +274,8 @@ def run(args) -> int:
         if method == "mlp":
             from gsa.eval.train_mlp import train_mlp_hash
             print(f"training {b}-bit {depth}-layer MLP encoders -> {out}", flush=True)
-            train_mlp_hash(cfg, store, b, out, depth=depth, hidden=args.hidden, steps=args.steps, lr=args.lr)
+            train_mlp_hash(cfg, store, b, out, depth=depth, hidden=args.hidden, steps=args.steps, lr=args.lr,
+                           top=args.top, edge=args.edge)
         else:
             print(f"training {b}-bit projections -> {out}", flush=True)
             train_hash(model, tok, cfg, text, b, out, args.tokens, args.steps, captured=store, gate=not args.no_gate)
