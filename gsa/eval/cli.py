@@ -154,8 +154,8 @@ def run(args) -> int:
         if paths:
             weights["trained"] = paths
     for depth in args.mlp:  # spec 12 bundles; the harness's eval_config reads their type from the bundle
-        paths = {b: str(default_bundle(args.model, b, "mlp", depth)) for b in args.bits
-                 if default_bundle(args.model, b, "mlp", depth).is_file()}
+        paths = {b: str(default_bundle(key, b, "mlp", depth)) for b in args.bits
+                 if default_bundle(key, b, "mlp", depth).is_file()}
         if not paths:
             raise SystemExit(f"gsa eval: --mlp {depth} needs `gsa train-hash --model {args.model} --method mlp "
                              f"--depth {depth} --bits ...` first")
