@@ -106,7 +106,8 @@ def compare(case: Case, got: List[torch.Tensor], expected: List[torch.Tensor], a
             if bool(bad.any()):
                 nbits = int(np.unpackbits(bad.numpy().reshape(-1)).sum())
                 same = int(np.unpackbits((g ^ e).numpy().reshape(-1)).sum())
-                return False, f"output {i}: {nbits} code bits differ outside the tolerance band (spec 2 or 12; {same} in all)"
+                spec = "spec-12" if str(case.tol).startswith("mlp") else "spec-2"
+                return False, f"output {i}: {nbits} code bits differ outside the {spec} band ({same} in all)"
         elif case.rule == "attention":
             atol, rtol = ATTN_TOL[e.dtype]
             try:
