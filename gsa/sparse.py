@@ -28,7 +28,7 @@ from gsa import ops
 from gsa.config import GSAConfig
 from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
 from gsa.policy import GSAPolicy, HostInts, StepPlan
-from gsa.weights import load_hash_weights
+from gsa.weights import load_hash_threshold, load_hash_weights
 
 __all__ = ["GSASparse", "Step"]
 
@@ -87,6 +87,7 @@ class GSASparse:
         self._hot_attn: Dict[int, Dict[Tuple, Dict]] = {}
         self._hot_keys: Dict[int, Dict[Tuple, object]] = {}  # per layer and signature: a launch program
         self._w: Dict[int, object] = {}
+        self._thr: Dict[int, Optional[Tensor]] = {}  # spec 12 key thresholds (config's hash_centre), per layer
         self._checked: set = set()  # (layer, cache shape, dtype, query shape) already checked by select()
         self._budget_bufs: Dict[int, Tensor] = {}  # graph-form steps: persistent budgets, per budget group
 
@@ -120,6 +121,14 @@ class GSASparse:
         MLA ``(w_lora [L, R_lora], w_rope [P, R_rope])`` (see :mod:`gsa.weights`)."""
         return load_hash_weights(self.config, layer, self.device)
 
+    def threshold(self, layer: int) -> Optional[Tensor]:
+        """Spec 12: layer ``layer``'s key threshold ``float32 [Hkv, R]`` on this device
+        (from the config's ``hash_centre``), or ``None`` (plain sign codes). Queries never
+        use it: the threshold shifts every key's score by the same amount for a given query."""
+        if layer not in self._thr:
+            self._thr[layer] = None if self.config.is_mla else load_hash_threshold(self.config, layer, self.device)
+        return self._thr[layer]
+
     # ------------------------------------------------------------------ keys
     def cache_keys(self, layer: int, hash_cache: Optional[Tensor], slot_mapping: Tensor,
                    key: Tensor, key_rope: Optional[Tensor] = None) -> None:
@@ -143,6 +152,10 @@ class GSASparse:
             if key_rope is not None:
                 raise ValueError(f"GSA: layer {layer}: 'key_rope' is only for MLA configs")
             w = self._weight(layer)
+            thr = self.threshold(layer)
+            if thr is not None:  # centred keys (spec 12) go through the op: hot-path programs take no threshold
+                ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping, thr)
+                return
             sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
                    slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
             prog = self._hot_keys.get(layer, {}).get(sig)
