@@ -10,8 +10,10 @@ ratio, with the shipped forced blocks:
 * attention-mass recall of the oracle, Quest (same blocks; same bytes as GSA-R), and
   GSA with: ``random`` (seeded HATA codes), ``centred`` (random W, threshold
   ``t = mu W`` from the calibration text), ``centred_self`` (``mu`` from the eval
-  keys themselves: how much a better estimate would add), ``pca`` (principal
-  directions + the centring threshold);
+  keys themselves: how much a better estimate would add), ``centred_a<x>`` (a shrunk
+  threshold ``x mu W``, ``--alphas``), ``pca`` (principal directions + the centring
+  threshold), and ``mips`` (a diagnostic, not a spec-12 code: centred keys padded with
+  ``sqrt(M^2 - ||k - mu||^2)`` so every key has one norm; see :func:`variant_codes`);
 * the fraction of near-constant key code bits (one value on > 90 % of the eval keys)
   and the mean Pearson correlation of code similarity with ``q . k``, per variant.
 
@@ -43,21 +45,39 @@ from gsa.eval.model import eval_config
 from gsa.policy import GSAPolicy
 from gsa.weights import load_hash_weights
 
-VARIANTS = ("random", "centred", "centred_self", "pca")
+def variant_names(alphas) -> list:
+    return (["random"] + [_alpha_name(a) for a in alphas] + ["centred_self", "pca", "mips"])
 
 
-def variant_codes(q, k, w_rnd, w_pca, mu, mu_self):
-    """``{variant: (q_codes, k_codes)}`` for one layer (``w_* [Hkv, D, R]``, ``mu* [Hkv, D]``)."""
+def _alpha_name(a: float) -> str:
+    return "centred" if a == 1 else f"centred_a{a:g}"
+
+
+def variant_codes(q, k, w_rnd, w_pca, w_aug, mu, mu_self, m_norm, alphas):
+    """``{variant: (q_codes, k_codes)}`` for one layer (``w_* [Hkv, D, R]``, ``mu* [Hkv, D]``).
+
+    ``centred_a<x>``: threshold ``x * mu W`` (a shrunk mean). ``mips``: not a spec-12 code
+    but a diagnostic of why centring alone may not help: keys ``[k - mu, sqrt(M^2 -
+    ||k - mu||^2)]`` and queries ``[q, 0]`` hashed with a seeded ``[D+1, R]`` projection
+    ``w_aug`` (``M = m_norm [Hkv]``, the largest calibration ``||k - mu||``): all keys get
+    the norm ``M``, so the code angle is monotone in ``q . (k - mu)`` for a fixed query
+    (the "simple LSH" transform for inner-product search)."""
     thr = lambda m, w: torch.einsum("hd,hdr->hr", m.double(), w.double()).float()  # noqa: E731
-    out = {}
-    for name, w, m in (("random", w_rnd, None), ("centred", w_rnd, mu), ("centred_self", w_rnd, mu_self),
-                       ("pca", w_pca, mu)):
-        out[name] = (ops.hash_encode(q, w), ops.hash_encode(k, w, None if m is None else thr(m, w)))
+    out = {"random": (ops.hash_encode(q, w_rnd), ops.hash_encode(k, w_rnd))}
+    for a in alphas:
+        out[_alpha_name(a)] = (out["random"][0], ops.hash_encode(k, w_rnd, thr(a * mu, w_rnd)))
+    out["centred_self"] = (out["random"][0], ops.hash_encode(k, w_rnd, thr(mu_self, w_rnd)))
+    out["pca"] = (ops.hash_encode(q, w_pca), ops.hash_encode(k, w_pca, thr(mu, w_pca)))
+    kc = k.double() - mu.double()
+    extra = (m_norm.double().pow(2) - kc.pow(2).sum(-1)).clamp(min=0).sqrt()  # [S, Hkv]
+    k_aug = torch.cat([kc, extra.unsqueeze(-1)], dim=-1).float()
+    q_aug = torch.cat([q, torch.zeros(*q.shape[:-1], 1)], dim=-1)
+    out["mips"] = (ops.hash_encode(q_aug, w_aug), ops.hash_encode(k_aug, w_aug))
     return out
 
 
 def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio: float, block_sizes, bits: int,
-          forced, corr_rows: int) -> dict:
+          forced, corr_rows: int, alphas=(1.0,)) -> dict:
     from tqdm.auto import tqdm
     sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     d = cfg.head_dim
@@ -68,13 +88,16 @@ def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio:
     w_rnd = {l: load_hash_weights(cfg_b, l) for l in sparse}
     mu = CE.key_means(cal, sparse)
     w_pca = CE.pca_weights(cal, sparse, w_rnd)
+    from gsa.weights import random_hash_weight
+    w_aug = {l: random_hash_weight(cfg.seed or 0, l, cfg.num_key_value_heads, d + 1, bits) for l in sparse}
+    m_norm = {l: (cal[l][1].double() - mu[l].double()).norm(dim=-1).amax(dim=0) for l in sparse}  # [Hkv]
     acc, const, corr = M.Accumulator(), M.Accumulator(), M.Accumulator()
     crow = torch.linspace(0, len(pos) - 1, steps=min(corr_rows, len(pos))).long()
     for l in tqdm(sparse, desc="layers"):
         q, k = ev[l]
         q, k = q[pos].float().contiguous(), k[: int(seq.max())].float().contiguous()
         mu_self = k.double().mean(dim=0).float()
-        codes = variant_codes(q, k, w_rnd[l], w_pca[l], mu[l], mu_self)
+        codes = variant_codes(q, k, w_rnd[l], w_pca[l], w_aug[l], mu[l], mu_self, m_norm[l], alphas)
         for name, (qc, kc) in codes.items():
             const.add(name, l, torch.tensor([CE.near_constant_fraction(kc)]))
             corr.add(name, l, torch.tensor([CE.code_qk_correlation(q[crow], k, qc[crow], kc, seq[crow])]))
@@ -96,23 +119,24 @@ def markdown(res: dict, meta: dict) -> str:
     g = lambda part, n: res[part].get(n, {}).get("overall")  # noqa: E731
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     b, r = meta["bits"], meta["ratio"]
+    variants = meta["variants"]
     lines = [f"# Centred codes: {meta['model_name']}", "",
              f"Calibration: {meta['calib_tokens']} tokens of {meta['calib_text']}; eval: {meta['prefix']}-token prefix "
              f"of {meta['book']} + {meta['eval_tokens']} tokens, a decode row every {meta['sample_every']}; sparse "
              f"layers {meta['sparse_layers'][0]}..{meta['sparse_layers'][-1]}, ratio {r:.4g}, forced blocks "
              f"{meta['forced']}, {b}-bit codes. Mean attention-mass recall.", "",
-             "| block size | oracle | Quest same blocks | Quest same bytes | " + " | ".join(f"GSA {v}" for v in VARIANTS)
-             + " | best GSA / oracle |", "|---|---|---|---|---|" + "---|" * len(VARIANTS)]
+             "| block size | oracle | Quest same blocks | Quest same bytes | " + " | ".join(f"GSA {v}" for v in variants)
+             + " | best GSA / oracle |", "|---|---|---|---|---|" + "---|" * len(variants)]
     for bs in meta["block_sizes"]:
         tag = f"r={r:.4g}/bs={bs}"
-        vals = [g("recall", f"gsa_{v}/{tag}/b={b}") for v in VARIANTS]
+        vals = [g("recall", f"gsa_{v}/{tag}/b={b}") for v in variants]
         orc = g("recall", f"oracle/{tag}")
         best = max(x for x in vals if x is not None)
         lines.append(f"| {bs} | {f(orc)} | {f(g('recall', f'quest/{tag}'))} | {f(g('recall', f'quest_eqbytes/{tag}/b={b}'))} | "
                      + " | ".join(f(x) for x in vals) + f" | {best / orc:.3f} |")
-    lines += ["", "| code diagnostic | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS),
-              "| near-constant key bits (> 90 % one value) | " + " | ".join(f(g("near_constant_bits", v)) for v in VARIANTS) + " |",
-              "| Pearson(code similarity, q.k) | " + " | ".join(f(g("code_qk_corr", v)) for v in VARIANTS) + " |"]
+    lines += ["", "| code diagnostic | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants),
+              "| near-constant key bits (> 90 % one value) | " + " | ".join(f(g("near_constant_bits", v)) for v in variants) + " |",
+              "| Pearson(code similarity, q.k) | " + " | ".join(f(g("code_qk_corr", v)) for v in variants) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--block-sizes", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--bits", type=int, default=128)
     ap.add_argument("--forced", default="0,-2,-1")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5],
+                    help="centring strengths: threshold alpha * mu W (1 = full centring)")
     ap.add_argument("--corr-rows", type=int, default=8, help="query rows per layer for the correlation diagnostic")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tag", default=None, help="output name suffix (default: the model)")
@@ -149,11 +175,11 @@ def main(argv=None) -> int:
     print(f"eval pass: {args.prefix + args.eval_tokens} tokens of {args.book} ...", flush=True)
     ev = capture(model, tok, assets.austen_texts()[args.book], args.prefix + args.eval_tokens)
     res = study(cal, ev, cfg, args.prefix, args.eval_tokens, args.sample_every, args.ratio, args.block_sizes,
-                args.bits, forced, args.corr_rows)
+                args.bits, forced, args.corr_rows, args.alphas)
     meta = {"model": args.model, "model_name": cfg.model_name, "book": args.book, "calib_text": args.calib_text,
             "calib_tokens": n_cal, "prefix": args.prefix, "eval_tokens": args.eval_tokens,
             "sample_every": args.sample_every, "ratio": args.ratio, "block_sizes": args.block_sizes, "bits": args.bits,
-            "forced": forced, "variants": list(VARIANTS),
+            "forced": forced, "variants": variant_names(args.alphas),
             "sparse_layers": [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1],
             "command": "python benchmarks/centred_codes_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": round(time.time() - t0, 1),

@@ -1,4 +1,4 @@
-"""Triton hashing kernels: spec sections 1, 2, 3 and 9 (docs/spec.md).
+"""Triton hashing kernels: spec sections 1, 2, 3, 9 and 12 (docs/spec.md).
 
 One kernel serves ``hash_encode``, ``hash_encode_and_cache`` and both MLA
 variants: it projects a tile of rows of one head with ``W[head // G]`` and packs
