@@ -24,7 +24,7 @@ from gsa.eval import metrics as M
 from gsa.eval import selectors as S
 from gsa.eval.model import PagedRun, TeacherForcedRun, eval_config
 from gsa.policy import GSAPolicy
-from gsa.weights import load_hash_weights
+from gsa.weights import load_hash_threshold, load_hash_weights
 
 __all__ = ["selection_grid", "end_to_end", "passkey", "retrieval", "make_select", "quest_extra_fraction", "PagedRecall",
            "print_code_quality"]
@@ -75,7 +75,8 @@ def make_select(cfg: GSAConfig) -> Callable:
             return cache[lp.reuse_source]
         w = load_hash_weights(cfg, layer)
         seq = torch.arange(pos0 + 1, pos0 + q.shape[0] + 1)
-        sel = S.gsa_select(policy, layer, ops.hash_encode(q, w), ops.hash_encode(k_all, w), seq)
+        kc = ops.hash_encode(k_all, w, load_hash_threshold(cfg, layer))  # spec 12: keys only
+        sel = S.gsa_select(policy, layer, ops.hash_encode(q, w), kc, seq)
         cache[layer] = sel
         return sel
 
@@ -120,7 +121,7 @@ def selection_grid(model, tok, cfg: GSAConfig, text: str, prefix_len: int, n_eva
         codes = {}
         for (name, b), wc in wcfgs.items():
             w = load_hash_weights(wc, layer)
-            codes[(name, b)] = (ops.hash_encode(qs, w), ops.hash_encode(k_all, w))
+            codes[(name, b)] = (ops.hash_encode(qs, w), ops.hash_encode(k_all, w, load_hash_threshold(wc, layer)))
             # code quality (cheap): near-constant bits over the keys, and how code similarity tracks q.k
             acc.add(f"codes/{name}/b={b}/const_bits", layer, M.near_constant_bits(codes[(name, b)][1]).mean())
             acc.add(f"codes/{name}/b={b}/pearson", layer,
