@@ -12,7 +12,9 @@ ratio, with the shipped forced blocks:
   ``t = mu W`` from the calibration text), ``centred_self`` (``mu`` from the eval
   keys themselves: how much a better estimate would add), ``centred_a<x>`` (a shrunk
   threshold ``x mu W``, ``--alphas``), ``pca`` (principal directions + the centring
-  threshold), and ``mips`` (a diagnostic, not a spec-12 code: centred keys padded with
+  threshold), ``centred_gated`` (per head the strength 0, 1/4, 1/2 or 1 that wins on
+  held-out calibration queries, :func:`gsa.eval.centre.gate_key_means`, as ``gsa
+  calibrate-centre --gate`` stores it), and ``mips`` (a diagnostic, not a spec-12 code: centred keys padded with
   ``sqrt(M^2 - ||k - mu||^2)`` so every key has one norm; see :func:`variant_codes`);
 * the fraction of near-constant key code bits (one value on > 90 % of the eval keys)
   and the mean Pearson correlation of code similarity with ``q . k``, per variant.
@@ -46,14 +48,14 @@ from gsa.policy import GSAPolicy
 from gsa.weights import load_hash_weights
 
 def variant_names(alphas) -> list:
-    return (["random"] + [_alpha_name(a) for a in alphas] + ["centred_self", "pca", "mips"])
+    return (["random"] + [_alpha_name(a) for a in alphas] + ["centred_gated", "centred_self", "pca", "mips"])
 
 
 def _alpha_name(a: float) -> str:
     return "centred" if a == 1 else f"centred_a{a:g}"
 
 
-def variant_codes(q, k, w_rnd, w_pca, w_aug, mu, mu_self, m_norm, alphas):
+def variant_codes(q, k, w_rnd, w_pca, w_aug, mu, mu_self, m_norm, alphas, mu_gated):
     """``{variant: (q_codes, k_codes)}`` for one layer (``w_* [Hkv, D, R]``, ``mu* [Hkv, D]``).
 
     ``centred_a<x>``: threshold ``x * mu W`` (a shrunk mean). ``mips``: not a spec-12 code
@@ -66,6 +68,7 @@ def variant_codes(q, k, w_rnd, w_pca, w_aug, mu, mu_self, m_norm, alphas):
     out = {"random": (ops.hash_encode(q, w_rnd), ops.hash_encode(k, w_rnd))}
     for a in alphas:
         out[_alpha_name(a)] = (out["random"][0], ops.hash_encode(k, w_rnd, thr(a * mu, w_rnd)))
+    out["centred_gated"] = (out["random"][0], ops.hash_encode(k, w_rnd, thr(mu_gated, w_rnd)))
     out["centred_self"] = (out["random"][0], ops.hash_encode(k, w_rnd, thr(mu_self, w_rnd)))
     out["pca"] = (ops.hash_encode(q, w_pca), ops.hash_encode(k, w_pca, thr(mu, w_pca)))
     kc = k.double() - mu.double()
@@ -88,6 +91,7 @@ def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio:
     w_rnd = {l: load_hash_weights(cfg_b, l) for l in sparse}
     mu = CE.key_means(cal, sparse)
     w_pca = CE.pca_weights(cal, sparse, w_rnd)
+    mu_gated, gate_report = CE.gate_key_means(cal, mu, w_rnd)  # per-head strength chosen on calibration text
     from gsa.weights import random_hash_weight
     w_aug = {l: random_hash_weight(cfg.seed or 0, l, cfg.num_key_value_heads, d + 1, bits) for l in sparse}
     m_norm = {l: (cal[l][1].double() - mu[l].double()).norm(dim=-1).amax(dim=0) for l in sparse}  # [Hkv]
@@ -97,7 +101,7 @@ def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio:
         q, k = ev[l]
         q, k = q[pos].float().contiguous(), k[: int(seq.max())].float().contiguous()
         mu_self = k.double().mean(dim=0).float()
-        codes = variant_codes(q, k, w_rnd[l], w_pca[l], w_aug[l], mu[l], mu_self, m_norm[l], alphas)
+        codes = variant_codes(q, k, w_rnd[l], w_pca[l], w_aug[l], mu[l], mu_self, m_norm[l], alphas, mu_gated[l])
         for name, (qc, kc) in codes.items():
             const.add(name, l, torch.tensor([CE.near_constant_fraction(kc)]))
             corr.add(name, l, torch.tensor([CE.code_qk_correlation(q[crow], k, qc[crow], kc, seq[crow])]))
@@ -112,7 +116,8 @@ def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio:
             for name, (qc, kc) in codes.items():
                 acc.add(f"gsa_{name}/{tag}/b={bits}", l, M.mass_recall(mass, S.gsa_select(pol, l, qc, kc, seq, check_rows=1)))
     pack = lambda a: {n: {"overall": a.overall(n), "per_layer": a.per_layer(n)} for n in a.names()}  # noqa: E731
-    return {"recall": pack(acc), "near_constant_bits": pack(const), "code_qk_corr": pack(corr)}
+    return {"recall": pack(acc), "near_constant_bits": pack(const), "code_qk_corr": pack(corr),
+            "gate": {str(l): rows for l, rows in gate_report.items()}}
 
 
 def markdown(res: dict, meta: dict) -> str:

@@ -35,13 +35,49 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-__all__ = ["key_means", "pca_projection", "pca_weights", "near_constant_fraction", "code_qk_correlation",
+__all__ = ["key_means", "gate_key_means", "GATE_ALPHAS", "pca_projection", "pca_weights", "near_constant_fraction", "code_qk_correlation",
            "calibrate", "add_arguments", "run", "default_centre_bundle", "default_pca_bundle"]
 
 
 def key_means(store: Dict[int, tuple], layers: Iterable[int]) -> Dict[int, torch.Tensor]:
     """``{layer: (q, k [T, Hkv, D])}`` -> ``{layer: float32 [Hkv, D]}`` mean key per head (float64 sum)."""
     return {l: store[l][1].double().mean(dim=0).to(torch.float32) for l in layers}
+
+
+#: centring strengths tried per head by the gate (0: no threshold for that head)
+GATE_ALPHAS = (0.0, 0.25, 0.5, 1.0)
+
+
+def gate_key_means(store: Dict[int, tuple], means: Dict[int, torch.Tensor], weights: Dict[int, torch.Tensor],
+                   alphas=GATE_ALPHAS, n_val: int = 64) -> tuple:
+    """Per layer and KV head, the centring strength ``alpha`` in ``alphas`` whose threshold
+    ``alpha * mu @ W`` gives the best held-out recall on the calibration capture
+    (:func:`gsa.eval.train.head_recall`: queries from its last quarter, ratio 1/8,
+    32-token blocks; ties keep the smaller ``alpha``). Returns ``({layer: alpha * mu
+    [Hkv, D]}, {layer: [(alpha, recall at each alpha), ...] per head})``: the shrunk means
+    to store (a head with ``alpha = 0`` keeps today's codes). Model selection happens on
+    calibration text only, never on the eval text."""
+    from gsa.eval.train import head_recall
+    out, report = {}, {}
+    for l, mu in means.items():
+        q, k = store[l]
+        q, k = q.float(), k.float()
+        t, hkv = k.shape[0], k.shape[1]
+        g = q.shape[1] // hkv
+        split = 3 * t // 4
+        pos = torch.arange(split, t, max(1, (t - split) // n_val))
+        heads, rows = [], []
+        for h in range(hkv):
+            w = weights[l][h]
+            qh, kh = q[:, h * g:(h + 1) * g], k[:, h]
+            scores = [head_recall(qh, kh, w, pos, threshold=None if a == 0 else
+                                  (a * mu[h].double() @ w.double()).float()) for a in alphas]
+            best = max(range(len(alphas)), key=lambda i: (scores[i], -i))
+            heads.append(alphas[best] * mu[h])
+            rows.append((alphas[best], [round(s, 4) for s in scores]))
+        out[l] = torch.stack(heads)
+        report[l] = rows
+    return out, report
 
 
 def pca_projection(k: torch.Tensor, w_random: torch.Tensor) -> torch.Tensor:
@@ -117,23 +153,35 @@ def default_pca_bundle(model: str, bits: int) -> pathlib.Path:
 
 
 def calibrate(cfg, store: Dict[int, tuple], out: pathlib.Path, text: str, n_tokens: int,
-              pca_bits: Optional[int] = None, pca_out: Optional[pathlib.Path] = None) -> Dict[str, pathlib.Path]:
+              pca_bits: Optional[int] = None, pca_out: Optional[pathlib.Path] = None, gate_bits: Optional[int] = None,
+              log=print) -> Dict[str, pathlib.Path]:
     """Write the key-mean bundle (every captured layer) and, with ``pca_bits``, the PCA
-    projection bundle (scoring layers; random elsewhere, so every layer is present)."""
+    projection bundle (scoring layers; random elsewhere, so every layer is present).
+    ``gate_bits``: store per head the shrunk mean :func:`gate_key_means` picks for the
+    seeded random weights at that many bits (scoring layers; other layers: the plain mean)."""
     from gsa.eval.model import eval_config
     from gsa.weights import load_hash_weights, save_key_means, tensor_name
     layers = sorted(store)
     means = key_means(store, layers)
     meta = {"model_name": cfg.model_name, "num_hidden_layers": str(cfg.num_hidden_layers), "text": text,
             "tokens": str(n_tokens), "recipe": "per-KV-head mean of post-RoPE keys (gsa.eval.centre)"}
+    sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1 and l in store]
+    if gate_bits:
+        cfg_g = eval_config(cfg, bits=gate_bits, threshold=None)
+        gated, report = gate_key_means(store, {l: means[l] for l in sparse},
+                                       {l: load_hash_weights(cfg_g, l) for l in sparse})
+        means.update(gated)
+        meta.update(gated_for=f"random weights, seed {cfg_g.seed}, {gate_bits} bits",
+                    gate_alphas=",".join(f"{l}:{h}:{a:g}" for l, rows in report.items() for h, (a, _) in enumerate(rows)))
+        for l, rows in report.items():
+            log(f"  layer {l}: alpha per head " + " ".join(f"{a:g}" for a, _ in rows))
     written = {"centre": save_key_means(out, means, meta)}
     if pca_bits:
         cfg_b = eval_config(cfg, bits=pca_bits, threshold=None)
         rnd = {l: load_hash_weights(cfg_b, l) for l in range(cfg.num_hidden_layers)}
-        sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1 and l in store]
         pca = pca_weights(store, sparse, rnd)
         extra = {tensor_name(l): pca.get(l, rnd[l]).contiguous() for l in range(cfg.num_hidden_layers)}
-        written["pca"] = save_key_means(pca_out, means, {**meta, "hash_bits": str(pca_bits),
+        written["pca"] = save_key_means(pca_out, key_means(store, layers), {**meta, "hash_bits": str(pca_bits),
                                                          "projection": "principal directions of centred keys"},
                                         extra=extra)
     return written
@@ -148,6 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration text: Shakespeare or an Austen novel other than Emma (the eval book)")
     parser.add_argument("--pca", type=int, default=None, metavar="BITS",
                         help="also write a PCA projection bundle with this many bits")
+    parser.add_argument("--gate", type=int, default=None, metavar="BITS",
+                        help="per head, keep the centring strength (0, 1/4, 1/2 or 1 times the mean) that scores "
+                             "best on held-out calibration queries with the seeded random weights at BITS bits")
     parser.add_argument("--out", default=None, help="output folder (default: the cache's hash_weights/)")
     parser.add_argument("--threads", type=int, default=None)
 
@@ -159,9 +210,11 @@ def run(args) -> int:
     from gsa.eval.train import capture
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.pca is not None and (args.pca <= 0 or args.pca % 32):
-        print(f"gsa calibrate-centre: --pca: expected a positive multiple of 32 bits, got {args.pca}", file=sys.stderr)
-        return 2
+    for flag in ("pca", "gate"):
+        v = getattr(args, flag)
+        if v is not None and (v <= 0 or v % 32):
+            print(f"gsa calibrate-centre: --{flag}: expected a positive multiple of 32 bits, got {v}", file=sys.stderr)
+            return 2
     model, tok, cfg = load_model(args.model)
     text = assets.shakespeare_text() if args.text == "shakespeare" else assets.austen_texts()[args.text]
     t0 = time.time()
@@ -172,7 +225,7 @@ def run(args) -> int:
     pca_out = None
     if args.pca:
         pca_out = folder / f"{args.model}-pca-b{args.pca}.safetensors" if folder else default_pca_bundle(args.model, args.pca)
-    written = calibrate(cfg, store, out, args.text, args.tokens, args.pca, pca_out)
+    written = calibrate(cfg, store, out, args.text, args.tokens, args.pca, pca_out, args.gate)
     print(f"key means -> {written['centre']}  (config: \"hash_centre\": \"{written['centre']}\")")
     if "pca" in written:
         print(f"PCA projections + key means -> {written['pca']}  (config: \"hash_weight_type\": \"file\", "
