@@ -154,3 +154,27 @@ def test_vllm_tp_rank_gets_its_heads_threshold(tmp_path):
     assert torch.equal(rank1.weights(1), load_hash_weights(cfg, 1)[1:2])
     assert _LocalHeadsSparse(cfg, "cpu", heads=(0, 2)).threshold(1) is full
     assert rank1.threshold(2) is None
+
+
+def test_calibrate_writes_loadable_bundles(tmp_path):
+    from safetensors import safe_open
+    g = torch.Generator().manual_seed(5)
+    cfg = GSAConfig(**GQA)
+    t = 256
+    store = {l: (torch.randn(t, 4, 16, generator=g), torch.randn(t, 2, 16, generator=g) + 2) for l in range(4)}
+    out = CE.calibrate(cfg, store, tmp_path / "c.safetensors", "synthetic", t, pca_bits=64,
+                       pca_out=tmp_path / "p.safetensors", gate_bits=64, log=lambda *_: None)
+    plain = CE.key_means(store, range(4))
+    with safe_open(str(out["centre"]), "pt") as fh:
+        meta = fh.metadata()
+        stored = {l: fh.get_tensor(tensor_name(l, "key_mean")) for l in range(4)}
+    assert meta["gated_for"] == "random weights, seed 3, 64 bits"
+    assert torch.equal(stored[0], plain[0])  # a dense layer: the plain mean
+    for l in (1, 2, 3):  # scoring layers: alpha * mu per head, alpha from the gate's set
+        for h in range(2):
+            ratios = [a for a in CE.GATE_ALPHAS if torch.allclose(stored[l][h], a * plain[l][h])]
+            assert ratios, (l, h)
+    pca_cfg = cfg.replace(hash_weight_type="file", hash_weight=str(out["pca"]), seed=None, hash_centre=str(out["pca"]))
+    w = load_hash_weights(pca_cfg, 1)
+    assert w.shape == (2, 16, 64) and torch.allclose(w[0, :, :16].T @ w[0, :, :16], torch.eye(16), atol=1e-5)
+    assert load_hash_threshold(pca_cfg, 1).shape == (2, 64)

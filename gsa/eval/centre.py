@@ -18,6 +18,12 @@ keeps the order of ``q . k`` over the keys.
    a config's ``hash_centre`` names it, and ``gsa.weights.load_hash_threshold`` turns it
    into ``t = mu @ W`` for whatever weights the config uses.
 
+``--gate BITS``: centring does not help every head (docs/accuracy.md), so per scoring
+layer and KV head the bundle stores ``alpha * mu`` with ``alpha`` in ``{0, 1/4, 1/2, 1}``
+chosen on held-out calibration queries (the capture's last quarter) with the seeded
+random weights at ``BITS`` bits (:func:`gate_key_means`; ``alpha = 0``: that head keeps
+today's codes). Selection uses calibration text only.
+
 ``--pca``: also a bundle of data-driven projections, ``W[h] = [U_h | W_rand[h][:, D:]]``
 with ``U_h`` the principal directions (eigenvectors of the centred key covariance,
 largest first; the first ``min(R, D)``) and, when ``R > D``, the seeded random
