@@ -103,8 +103,8 @@ def study(cal: dict, ev: dict, cfg, prefix: int, n_eval: int, every: int, ratio:
         mu_self = k.double().mean(dim=0).float()
         codes = variant_codes(q, k, w_rnd[l], w_pca[l], w_aug[l], mu[l], mu_self, m_norm[l], alphas, mu_gated[l])
         for name, (qc, kc) in codes.items():
-            const.add(name, l, torch.tensor([CE.near_constant_fraction(kc)]))
-            corr.add(name, l, torch.tensor([CE.code_qk_correlation(q[crow], k, qc[crow], kc, seq[crow])]))
+            const.add(name, l, M.near_constant_bits(kc))
+            corr.add(name, l, M.code_similarity_pearson(q[crow], k, qc[crow], kc, seq[crow]))
         for bs in block_sizes:
             mass = S.block_mass(S.dense_probs(q, k, seq, scale), bs)
             pol = GSAPolicy(eval_config(cfg, ratio=ratio).replace(chunk_size=bs, must_select_blocks=list(forced)), "cpu")

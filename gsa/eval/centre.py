@@ -28,8 +28,8 @@ today's codes). Selection uses calibration text only.
 with ``U_h`` the principal directions (eigenvectors of the centred key covariance,
 largest first; the first ``min(R, D)``) and, when ``R > D``, the seeded random
 projection's later column blocks; plus the key means (PCA directions are only
-balanced on centred keys). Diagnostics for any codes: :func:`near_constant_fraction`
-and :func:`code_qk_correlation`.
+balanced on centred keys). Code diagnostics (near-constant bits, correlation of code
+similarity with ``q . k``): :mod:`gsa.eval.metrics`.
 """
 from __future__ import annotations
 
@@ -41,8 +41,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-__all__ = ["key_means", "gate_key_means", "GATE_ALPHAS", "pca_projection", "pca_weights", "near_constant_fraction", "code_qk_correlation",
-           "calibrate", "add_arguments", "run", "default_centre_bundle", "default_pca_bundle"]
+__all__ = ["key_means", "gate_key_means", "GATE_ALPHAS", "pca_projection", "pca_weights", "calibrate", "add_arguments", "run", "default_centre_bundle", "default_pca_bundle"]
 
 
 def key_means(store: Dict[int, tuple], layers: Iterable[int]) -> Dict[int, torch.Tensor]:
@@ -111,41 +110,6 @@ def pca_weights(store: Dict[int, tuple], layers: Iterable[int], w_random: Dict[i
         k = store[l][1]
         out[l] = torch.stack([pca_projection(k[:, h], w_random[l][h]) for h in range(k.shape[1])])
     return out
-
-
-def near_constant_fraction(codes: torch.Tensor, level: float = 0.9) -> float:
-    """Share of code bits (per head) that take one value on more than ``level`` of the
-    rows: ``codes uint8 [T, H, C]`` -> a fraction in ``[0, 1]``. Such a bit barely
-    separates keys."""
-    bits = (codes.unsqueeze(-1).to(torch.int32) >> torch.arange(8)) & 1  # [T, H, C, 8]
-    rate = bits.double().mean(dim=0)  # [H, C, 8]
-    return float(((rate > level) | (rate < 1 - level)).double().mean())
-
-
-def code_qk_correlation(q: torch.Tensor, k: torch.Tensor, q_codes: torch.Tensor, k_codes: torch.Tensor,
-                        seq_lens: torch.Tensor) -> float:
-    """Mean Pearson correlation, over query rows and heads, of the code similarity
-    ``R - 2 popcount(a ^ b)`` with ``q . k`` over the keys a row sees. ``q [N, Hq, D]``,
-    ``k [S, Hkv, D]``, codes from ``gsa.ops.hash_encode``, ``seq_lens int64 [N]``."""
-    from gsa.eval.selectors import unpack_signs
-    n, hq, _ = q.shape
-    hkv = k.shape[1]
-    g = hq // hkv
-    qs, ks = unpack_signs(q_codes), unpack_signs(k_codes)  # [N, Hq, R], [S, Hkv, R]
-    vals = []
-    for i in range(n):
-        s = int(seq_lens[i])
-        if s < 3:
-            continue
-        for h in range(hq):
-            a = ks[:s, h // g] @ qs[i, h]
-            b = k[:s, h // g].double() @ q[i, h].double()
-            a = a.double() - a.double().mean()
-            b = b - b.mean()
-            den = float(a.norm() * b.norm())
-            if den > 0:
-                vals.append(float(a @ b) / den)
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def default_centre_bundle(model: str) -> pathlib.Path:
