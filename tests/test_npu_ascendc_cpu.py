@@ -295,7 +295,7 @@ def test_a_crashing_core_fails_the_run(runner):
     cache = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
     slots = torch.tensor([0, 31], dtype=torch.int64)
     with pytest.raises(RuntimeError, match="did not finish"):
-        kern._run("hash", {"x": x, "w": w, "cache": cache, "slots": slots}, [2, 1, 32, 32, 8, 4, 4, 0], ["cache"])
+        kern._run("hash", {"x": x, "w": w, "cache": cache, "slots": slots}, [2, 1, 32, 32, 8, 4, 4, 0, 0], ["cache"])
 
 
 def test_script_skips_cleanly_without_the_api(tmp_path):
