@@ -8,7 +8,7 @@ Shapes and dtypes are those of docs/spec.md; see each docstring.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -64,9 +64,24 @@ def project(x: Tensor, weight: Tensor) -> Tensor:
     return y.reshape(*lead, h, r)
 
 
-def hash_encode(x: Tensor, weight: Tensor) -> Tensor:
-    """Spec 2. ``x [..., (H,) D]``, ``weight [D, R]`` or ``[Hw, D, R]`` -> ``uint8 [..., (H,) R/8]``."""
-    return sign_bits_pack(project(x, weight))
+def hash_encode(x: Tensor, weight: Tensor, threshold: Optional[Tensor] = None) -> Tensor:
+    """Spec 2 (+ 12). ``x [..., (H,) D]``, ``weight [D, R]`` or ``[Hw, D, R]`` -> ``uint8 [..., (H,) R/8]``.
+
+    ``threshold`` ``[R]`` / ``[Hw, R]`` (spec 13): bit = float64 projection ``> float64(t)``,
+    compared in C++ (``threshold_pack``); ``None``: the plain sign pack."""
+    y = project(x, weight)
+    if threshold is None:
+        return sign_bits_pack(y)
+    r = weight.shape[-1]
+    heads = y.shape[-2] if weight.dim() == 3 else 1
+    group = heads // weight.shape[0] if weight.dim() == 3 else 1
+    y = y.contiguous()
+    thr = threshold.to(torch.float32).contiguous()
+    out = torch.empty((*y.shape[:-1], r // 8), dtype=torch.uint8)
+    rows = y.numel() // r
+    if rows:
+        extension().threshold_pack(y.data_ptr(), rows, r, thr.data_ptr(), heads, group, out.data_ptr(), r // 8)
+    return out
 
 
 def _scatter(codes: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
@@ -89,10 +104,12 @@ def _scatter(codes: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
     cache[s // bs, :, s % bs, :] = codes[keep]
 
 
-def hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
+def hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor,
+                          threshold: Optional[Tensor] = None) -> None:
     """Spec 3, GQA. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``,
-    ``cache uint8 [NB, Hkv, bs, R/8]`` (in place), ``slot_mapping int32/int64 [T]``."""
-    _scatter(hash_encode(k, weight), cache, slot_mapping)
+    ``cache uint8 [NB, Hkv, bs, R/8]`` (in place), ``slot_mapping int32/int64 [T]``,
+    ``threshold [Hkv, R]`` / ``[R]`` or ``None`` (spec 13)."""
+    _scatter(hash_encode(k, weight, threshold), cache, slot_mapping)
 
 
 def mla_hash_encode(x_lora: Tensor, x_rope: Tensor, w_lora: Tensor, w_rope: Tensor) -> Tensor:

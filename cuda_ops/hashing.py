@@ -1,4 +1,4 @@
-"""Triton hashing kernels: spec sections 1, 2, 3 and 9 (docs/spec.md).
+"""Triton hashing kernels: spec sections 1, 2, 3, 9 and 12 (docs/spec.md).
 
 One kernel serves ``hash_encode``, ``hash_encode_and_cache`` and both MLA
 variants: it projects a tile of rows of one head with ``W[head // G]`` and packs
@@ -10,6 +10,10 @@ Packing: after one matrix product ``[BLOCK_M, 8*BLOCK_C]``, a reshape to
 ``[BLOCK_M, BLOCK_C, 8]`` puts the 8 bits of byte ``c`` (projection columns
 ``8c .. 8c+7``) on the last axis, where a weighted sum packs them (bit ``i``
 has weight ``2**i``). The weight tile is loaded in its natural, coalesced order.
+
+Centred codes (spec 13): with a threshold ``t [Hw, R]`` the kernel subtracts
+``t[head // G]`` from the fp32 projection before packing (``HAS_THR``; loaded once
+per program), so bit ``r`` is ``x @ W[:, r] - t[r] > 0``; without one it is spec 2.
 
 Precision (spec 2: fp32 accumulation, no TF32): fp32 and fp16 inputs use an
 fp32 product with ``input_precision="ieee"``. bf16 inputs are exact in bf16, so
@@ -114,11 +118,11 @@ def _project_tile(x, w, acc, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _hash_kernel(
-    x_ptr, w_ptr, out_ptr, slot_ptr,
+    x_ptr, w_ptr, out_ptr, slot_ptr, thr_ptr,
     L, D, C, G, NSLOTS, BS, BYTE_OFF,
-    sx_l, sx_h, sw_h, sw_d, sw_r,
+    sx_l, sx_h, sw_h, sw_d, sw_r, st_h,
     so_l, so_h, sc_n, sc_h, sc_t,
-    CACHE: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
+    CACHE: tl.constexpr, HAS_THR: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
     HOIST: tl.constexpr = False,
 ):
@@ -129,7 +133,8 @@ def _hash_kernel(
     ``x [L, H, D]``; ``w [Hw, D, R]`` (head ``h`` uses ``w[h // G]``);
     codes mode: ``out uint8 [L, H, *]`` at byte ``BYTE_OFF``; cache mode:
     ``out`` is the cache ``uint8 [NB, H, BS, *]`` and ``slot [L]`` the slots
-    (``< 0`` or ``>= NSLOTS``: not written).
+    (``< 0`` or ``>= NSLOTS``: not written). ``HAS_THR``: ``thr [Hw, R]`` (row
+    stride ``st_h``, unit column stride) is subtracted from the projection (spec 13).
     """
     h = tl.program_id(1)
     c0 = tl.program_id(2) * BLOCK_C  # this program's first code byte (wide codes are split)
@@ -142,6 +147,8 @@ def _hash_kernel(
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
         if SPLIT_BF16 and HOIST:  # split once, not per row tile (the compiler does not hoist it)
             w_hi_all, w_lo_all = _split_w(w_all)
+    if HAS_THR:
+        thr = tl.load(thr_ptr + (h // G).to(tl.int64) * st_h + j, mask=cmask, other=0.0).to(tl.float32)
     n_tiles = tl.cdiv(L, BLOCK_M)
     step = tl.num_programs(0)
     if ONE_D and PREFETCH:  # software pipelining by hand: the next tile's load is in flight
@@ -172,6 +179,8 @@ def _hash_kernel(
                 x = tl.load(x_base + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
                 w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
                 acc = _project_tile(x, w, acc, SPLIT_BF16, UPCAST)
+        if HAS_THR:
+            acc = acc - thr[None, :]
         if PACK_DOT:
             packed = _pack_dot(acc, BLOCK_C, UPCAST).to(tl.uint8)
         else:
@@ -199,9 +208,10 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None, prefetch=None, cache=None, hoist=None):
+            pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
-    ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches)."""
+    ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches).
+    ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -240,17 +250,21 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
-    consts = dict(SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot, PREFETCH=prefetch, HOIST=bool(hoist),
+    if threshold is not None and threshold.stride(-1) != 1:
+        threshold = threshold.contiguous()
+    thr, st_h = (threshold, threshold.stride(0)) if threshold is not None else (w3, 0)
+    consts = dict(HAS_THR=threshold is not None, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot,
+                  PREFETCH=prefetch, HOIST=bool(hoist),
                   BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
     if slots is None:
-        args = (x3, w3, out, out, l, d, c, g, 0, 1, byte_off,
-                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
+        args = (x3, w3, out, out, thr, l, d, c, g, 0, 1, byte_off,
+                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2), st_h,
                 out.stride(0), out.stride(1), 0, 0, 0)
         launch(_hash_kernel, grid, args, dict(CACHE=False, **consts), cache)
     else:
         nb, _, bs, _ = out.shape
-        args = (x3, w3, out, slots, l, d, c, g, nb * bs, bs, byte_off,
-                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2),
+        args = (x3, w3, out, slots, thr, l, d, c, g, nb * bs, bs, byte_off,
+                x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2), st_h,
                 0, 0, out.stride(0), out.stride(1), out.stride(2))
         launch(_hash_kernel, grid, args, dict(CACHE=True, **consts), cache)
 
@@ -279,25 +293,32 @@ def sign_bits_pack(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], c)
 
 
-def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Spec 2. ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
-    ``weight [Hw, D, R]`` -> ``uint8 [..., R/8]`` (``[..., H, R/8]``)."""
+def _thr3(threshold):
+    """Spec 13 threshold ``[R]`` (shared weight) or ``[Hw, R]`` -> ``[Hw, R]`` (or ``None``)."""
+    return None if threshold is None else threshold.reshape(-1, threshold.shape[-1])
+
+
+def hash_encode(x: torch.Tensor, weight: torch.Tensor, threshold=None) -> torch.Tensor:
+    """Spec 2 (+ 12). ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
+    ``weight [Hw, D, R]`` -> ``uint8 [..., R/8]`` (``[..., H, R/8]``); ``threshold``
+    ``[R]`` / ``[Hw, R]`` or ``None``."""
     x3, w3, g = _as_heads(x, weight)
     c = weight.shape[-1] // 8
     out = torch.empty(x3.shape[0], x3.shape[1], c, dtype=torch.uint8, device=x.device)
-    _launch(x3, w3, g, out, 0)
+    _launch(x3, w3, g, out, 0, threshold=_thr3(threshold))
     return out.reshape(*x.shape[:-1], c)
 
 
-def hash_encode_and_cache(k, weight, cache, slot_mapping, **launch) -> None:
+def hash_encode_and_cache(k, weight, cache, slot_mapping, threshold=None, **launch) -> None:
     """Spec 3. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``, ``cache uint8
-    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips).
+    [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]`` (``-1`` skips);
+    ``threshold [Hkv, R]`` / ``[R]`` or ``None`` (spec 13).
     ``launch``: block_m / num_warps / num_stages / per_sm knobs for benchmarks."""
     if weight.dim() == 2:
         w3, g = weight.unsqueeze(0), k.shape[1]
     else:
         w3, g = weight, k.shape[1] // weight.shape[0]
-    _launch(k, w3, g, cache, 0, slot_mapping, **launch)
+    _launch(k, w3, g, cache, 0, slot_mapping, threshold=_thr3(threshold), **launch)
 
 
 def mla_hash_encode(x_lora, x_rope, w_lora, w_rope) -> torch.Tensor:

@@ -26,6 +26,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "crosscheck": ("gsa.crosscheck", "cross-check every backend against the reference"),
     "eval": ("gsa.eval.cli", "real-model evaluation"),
     "train-hash": ("gsa.eval.train", "train hash weights for a model"),
+    "calibrate-centre": ("gsa.eval.centre", "per-head mean keys for centred codes (spec 13), and PCA projections"),
     "data": ("gsa.eval.assets", "fetch / prepare evaluation data"),
 }
 

@@ -102,6 +102,9 @@ class GSAConfig:
     hash_weight_kv_lora: Optional[str] = None
     hash_weight_qk_rope: Optional[str] = None
     rope_score_weight: Optional[float] = None
+    #: spec 13 (centred key codes): a safetensors bundle with per-layer key means
+    #: (``layers.{l}.key_mean [Hkv, D]``) or thresholds (``layers.{l}.hash_threshold [Hkv, R]``)
+    hash_centre: Optional[str] = None
     #: file the config came from (not a key): errors name it, relative weight paths resolve against it
     source: Optional[str] = field(default=None, compare=False, repr=False)
 
@@ -165,6 +168,9 @@ class GSAConfig:
         self._check_score_bound()
         for key in ("gpu_seq_len_threshold", "gpu_concurrency_threshold", "npu_seq_len_threshold", "npu_concurrency_threshold"):
             self._int(key)
+        self._path("hash_centre")
+        if self.hash_centre is not None and self.is_mla:
+            self._fail("hash_centre", "no value for an MLA model (spec 13: centred codes are GQA only)", self.hash_centre)
 
     def _check_score_bound(self) -> None:
         """Spec 4: token scores are int32 on every backend: 16*Hq*R_main + 16w*Hq*R_rope < 2**31."""

@@ -47,11 +47,26 @@ def _check_weight(op: str, arg: str, weight: Tensor, d: int, heads: Optional[int
             V.fail(op, arg, f"a head count dividing the input's {heads} heads", f"shape {tuple(weight.shape)}")
 
 
-def check_hash_encode(x: Tensor, weight: Tensor) -> None:
+def _check_threshold(op: str, threshold: Optional[Tensor], weight: Tensor) -> None:
+    """Spec 13: ``threshold`` is ``None`` or a float tensor shaped like the weight
+    without its D axis (``[R]`` for ``[D, R]``, ``[Hw, R]`` for ``[Hw, D, R]``), on its device."""
+    if threshold is None:
+        return
+    want = (*weight.shape[:-2], weight.shape[-1])
+    V.tensor(op, "threshold", threshold, V.FLOAT_DTYPES)
+    if tuple(threshold.shape) != want:
+        names = "[R]" if weight.dim() == 2 else "[Hw, R]"
+        V.fail(op, "threshold", f"shape {want} {names}: one threshold per hash bit (and head) of weight "
+               f"{tuple(weight.shape)}", f"shape {tuple(threshold.shape)}")
+    V.same_device(op, weight=weight, threshold=threshold)
+
+
+def check_hash_encode(x: Tensor, weight: Tensor, threshold: Optional[Tensor] = None) -> None:
     op = "hash_encode"
     V.tensor(op, "x", x, V.FLOAT_DTYPES, min_dim=1)
     _check_weight(op, "weight", weight, x.shape[-1], x.shape[-2] if x.dim() >= 2 else None)
     V.same_device(op, x=x, weight=weight)
+    _check_threshold(op, threshold, weight)
 
 
 def _check_cache(op: str, cache: Tensor, heads: int, code_bytes: int, heads_what: str) -> None:
@@ -73,7 +88,8 @@ def _check_slots(op: str, slot_mapping: Tensor, t: int, cache: Tensor) -> None:
         V.distinct_slots(op, "slot_mapping", slots)
 
 
-def check_hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
+def check_hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor,
+                                threshold: Optional[Tensor] = None) -> None:
     op = "hash_encode_and_cache"
     V.tensor(op, "k", k, V.FLOAT_DTYPES, dim=3)
     _check_weight(op, "weight", weight, k.shape[2], k.shape[1])
@@ -82,6 +98,7 @@ def check_hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_m
     _check_cache(op, cache, k.shape[1], weight.shape[-1] // 8, "Hkv of k")
     V.tensor(op, "slot_mapping", slot_mapping)
     V.same_device(op, k=k, weight=weight, cache=cache, slot_mapping=slot_mapping)
+    _check_threshold(op, threshold, weight)
     _check_slots(op, slot_mapping, k.shape[0], cache)
 
 

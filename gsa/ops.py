@@ -61,27 +61,31 @@ def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 8), dtype=torch.uint8)
 
 
+# ``threshold`` (spec 13, centred codes) is an optional trailing argument: ``Tensor?
+# threshold=None`` in the schema, so callers without it (and graphs traced before it
+# existed) are unchanged. Kernels always receive it (``None`` or the tensor).
 @torch.library.custom_op("gsa::hash_encode", mutates_args=())
-def _hash_encode(x: Tensor, weight: Tensor) -> Tensor:
-    C.check_hash_encode(x, weight)
-    return _run("hash_encode", x.device, x, weight)
+def _hash_encode(x: Tensor, weight: Tensor, threshold: Optional[Tensor] = None) -> Tensor:
+    C.check_hash_encode(x, weight, threshold)
+    return _run("hash_encode", x.device, x, weight, threshold)
 
 
 @_hash_encode.register_fake
-def _(x, weight):
-    C.check_hash_encode(x, weight)
+def _(x, weight, threshold=None):
+    C.check_hash_encode(x, weight, threshold)
     return x.new_empty((*x.shape[:-1], weight.shape[-1] // 8), dtype=torch.uint8)
 
 
 @torch.library.custom_op("gsa::hash_encode_and_cache", mutates_args=("cache",))
-def _hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
-    C.check_hash_encode_and_cache(k, weight, cache, slot_mapping)
-    _run("hash_encode_and_cache", k.device, k, weight, cache, V.unit_inner(slot_mapping))
+def _hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor,
+                           threshold: Optional[Tensor] = None) -> None:
+    C.check_hash_encode_and_cache(k, weight, cache, slot_mapping, threshold)
+    _run("hash_encode_and_cache", k.device, k, weight, cache, V.unit_inner(slot_mapping), threshold)
 
 
 @_hash_encode_and_cache.register_fake
-def _(k, weight, cache, slot_mapping):
-    C.check_hash_encode_and_cache(k, weight, cache, slot_mapping)
+def _(k, weight, cache, slot_mapping, threshold=None):
+    C.check_hash_encode_and_cache(k, weight, cache, slot_mapping, threshold)
     return None
 
 
@@ -191,29 +195,43 @@ def sign_bits_pack(x: Tensor) -> Tensor:
     return torch.ops.gsa.sign_bits_pack(x)
 
 
-def hash_encode(x: Tensor, weight: Tensor) -> Tensor:
-    """Spec 2. Hash vectors to bit codes.
+def _threshold(op: str, threshold: Optional[Tensor]) -> Optional[Tensor]:
+    if threshold is not None:
+        V.tensor(op, "threshold", threshold)
+    return threshold
+
+
+def hash_encode(x: Tensor, weight: Tensor, threshold: Optional[Tensor] = None) -> Tensor:
+    """Spec 2 (+ 13). Hash vectors to bit codes.
 
     ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with per-head
     ``weight [Hw, D, R]`` (head ``h`` uses ``weight[h // (H // Hw)]``: a query
     head uses its KV head's projection). ``x``: fp16/bf16/fp32; ``R % 32 == 0``.
+    ``threshold`` (spec 13, centred key codes; default none): float ``[R]`` with
+    ``weight [D, R]``, ``[Hw, R]`` with per-head weights; bit ``r`` is then
+    ``x @ W[:, r] > threshold[r]`` (head ``h`` uses row ``h // (H // Hw)``).
+    Queries take no threshold (spec 13 says why).
     Returns ``uint8 [..., R/8]`` (or ``[..., H, R/8]``). A vector holding NaN or
     Inf gets an unspecified code (spec 2); the other vectors are unaffected.
     """
     _tensors("hash_encode", x=x, weight=weight)
-    return torch.ops.gsa.hash_encode(x, weight)
+    return torch.ops.gsa.hash_encode(x, weight, _threshold("hash_encode", threshold))
 
 
-def hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor) -> None:
+def hash_encode_and_cache(k: Tensor, weight: Tensor, cache: Tensor, slot_mapping: Tensor,
+                          threshold: Optional[Tensor] = None) -> None:
     """Spec 3. Hash keys and write the codes into the paged hash cache, in place.
 
     ``k [T, Hkv, D]`` fp16/bf16/fp32; ``weight [Hkv, D, R]`` (or shared ``[D, R]``);
     ``cache uint8 [NB, Hkv, bs, R/8]`` (last-dim stride 1, non-overlapping);
     ``slot_mapping int32/int64 [T]``: token ``t`` goes to block ``slot // bs``
     offset ``slot % bs``; ``-1`` skips the token; a slot appears at most once.
+    ``threshold``: spec 13's per-bit key threshold ``[Hkv, R]`` (``[R]`` with a
+    shared weight), or ``None`` (spec 2's codes).
     """
     _tensors("hash_encode_and_cache", k=k, weight=weight, cache=cache, slot_mapping=slot_mapping)
-    torch.ops.gsa.hash_encode_and_cache(k, weight, cache, slot_mapping)
+    torch.ops.gsa.hash_encode_and_cache(k, weight, cache, slot_mapping,
+                                        _threshold("hash_encode_and_cache", threshold))
 
 
 def mla_hash_encode(x_lora: Tensor, x_rope: Tensor, w_lora: Tensor, w_rope: Tensor) -> Tensor:

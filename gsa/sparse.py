@@ -29,7 +29,7 @@ from gsa.config import GSAConfig
 from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
 from gsa.policy import GSAPolicy, HostInts, StepPlan
 from gsa import hash_codes
-from gsa.weights import load_hash_weights
+from gsa.weights import load_hash_threshold, load_hash_weights
 
 __all__ = ["GSASparse", "Step"]
 
@@ -88,6 +88,7 @@ class GSASparse:
         self._hot_attn: Dict[int, Dict[Tuple, Dict]] = {}
         self._hot_keys: Dict[int, Dict[Tuple, object]] = {}  # per layer and signature: a launch program
         self._w: Dict[int, object] = {}
+        self._thr: Dict[int, Optional[Tensor]] = {}  # spec 13 key thresholds (config's hash_centre), per layer
         self._checked: set = set()  # (layer, cache shape, dtype, query shape) already checked by select()
         self._budget_bufs: Dict[int, Tensor] = {}  # graph-form steps: persistent budgets, per budget group
 
@@ -121,6 +122,14 @@ class GSASparse:
         MLA ``(w_lora [L, R_lora], w_rope [P, R_rope])`` (see :mod:`gsa.weights`)."""
         return load_hash_weights(self.config, layer, self.device)
 
+    def threshold(self, layer: int) -> Optional[Tensor]:
+        """Spec 13: layer ``layer``'s key threshold ``float32 [Hkv, R]`` on this device
+        (from the config's ``hash_centre``), or ``None`` (plain sign codes). Queries never
+        use it: the threshold shifts every key's score by the same amount for a given query."""
+        if layer not in self._thr:
+            self._thr[layer] = None if self.config.is_mla else load_hash_threshold(self.config, layer, self.device)
+        return self._thr[layer]
+
     # ------------------------------------------------------------------ keys
     def cache_keys(self, layer: int, hash_cache: Optional[Tensor], slot_mapping: Tensor,
                    key: Tensor, key_rope: Optional[Tensor] = None) -> None:
@@ -147,6 +156,10 @@ class GSASparse:
                 hash_codes.cache_key_codes(self.config, layer, key, hash_cache, slot_mapping)
                 return
             w = self._weight(layer)
+            thr = self.threshold(layer)
+            if thr is not None:  # centred keys (spec 13) go through the op: hot-path programs take no threshold
+                ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping, thr)
+                return
             sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
                    slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
             prog = self._hot_keys.get(layer, {}).get(sig)

@@ -39,6 +39,14 @@ MLP encoders (``hash_weight_type = "mlp"``, spec 12): one safetensors bundle
 holding, per scoring layer, a key MLP per KV head and a query MLP per query head
 (:func:`mlp_tensor_name`); :func:`load_mlp_hash_weights` returns a layer's
 :class:`MLPHashWeights`, :func:`save_mlp_hash_weights` writes a bundle.
+
+Centred key codes (spec 13, config key ``hash_centre``): a safetensors bundle
+holding, per layer, ``layers.{l}.key_mean`` (``[Hkv, D]``, the per-head mean key
+``mu``) or ``layers.{l}.hash_threshold`` (``[Hkv, R]``). :func:`load_hash_threshold`
+returns ``t = mu @ W[h]`` per head (float64 product, rounded once to float32) for the
+config's weights, or the stored threshold; a layer with neither has no threshold
+(``None``: spec 2's codes, bit for bit). Keys are hashed with it; queries never are.
+:func:`save_key_means` writes such a bundle (``gsa calibrate-centre``).
 """
 from __future__ import annotations
 
@@ -58,6 +66,8 @@ __all__ = [
     "load_hash_weights",
     "save_hash_weights",
     "tensor_name",
+    "load_hash_threshold",
+    "save_key_means",
     "hata_file_name",
     "clear_cache",
     "HashWeightError",
@@ -108,8 +118,11 @@ def hata_file_name(layer: int) -> str:
 
 def tensor_name(layer: int, part: str = "main") -> str:
     """Tensor name in a safetensors bundle: ``layers.{l}.hash_weight`` (GQA) or
-    ``layers.{l}.hash_weight_kv_lora`` / ``layers.{l}.hash_weight_qk_rope`` (MLA)."""
-    suffix = {"main": "hash_weight", "kv_lora": "hash_weight_kv_lora", "qk_rope": "hash_weight_qk_rope"}[part]
+    ``layers.{l}.hash_weight_kv_lora`` / ``layers.{l}.hash_weight_qk_rope`` (MLA);
+    spec 13: ``layers.{l}.key_mean`` (part ``key_mean``), ``layers.{l}.hash_threshold``
+    (part ``threshold``)."""
+    suffix = {"main": "hash_weight", "kv_lora": "hash_weight_kv_lora", "qk_rope": "hash_weight_qk_rope",
+              "key_mean": "key_mean", "threshold": "hash_threshold"}[part]
     return f"layers.{layer}.{suffix}"
 
 
@@ -241,11 +254,88 @@ def load_hash_weights(config: GSAConfig, layer: int, device: Union[str, torch.de
 
 
 def clear_cache() -> None:
-    """Forget every cached weight (e.g. after rewriting a weight file)."""
+    """Forget every cached weight and threshold (e.g. after rewriting a weight file)."""
     with _LOCK:
         _CPU_CACHE.clear()
         _DEV_CACHE.clear()
         _MLP_CACHE.clear()
+        _THR_CACHE.clear()
+
+
+_THR_CACHE: Dict[tuple, Optional[torch.Tensor]] = {}
+
+
+def _centre_tensors(path: Path, layer: int) -> Dict[str, torch.Tensor]:
+    """``{"key_mean": ..., "threshold": ...}`` (those present) of one layer from a bundle."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise HashWeightError(f"hash_centre: {path} does not exist (expected a safetensors bundle from "
+                              "`gsa calibrate-centre`)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            names = set(fh.keys())
+            return {part: fh.get_tensor(tensor_name(layer, part)) for part in ("key_mean", "threshold")
+                    if tensor_name(layer, part) in names}
+    except Exception as exc:
+        raise HashWeightError(f"hash_centre: cannot read {path} as safetensors: {exc}") from None
+
+
+def load_hash_threshold(config: GSAConfig, layer: int,
+                        device: Union[str, torch.device, None] = None) -> Optional[torch.Tensor]:
+    """Spec 13: layer ``layer``'s key threshold ``float32 [Hkv, R]`` on ``device``, or ``None``.
+
+    ``None`` when the config has no ``hash_centre`` or the bundle has nothing for this
+    layer. From ``layers.{l}.hash_threshold [Hkv, R]`` as stored, else from
+    ``layers.{l}.key_mean [Hkv, D]`` as ``t[h] = mu[h] @ W[h]`` with this config's
+    weights (float64, rounded once to float32). Cached; do not modify the result.
+    """
+    _check_layer(config, layer)
+    if config.hash_centre is None:
+        return None
+    if config.is_mla:
+        raise HashWeightError("hash_centre: centred codes are GQA only (spec 13)")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    w = _cpu_parts(config, layer)["main"]  # [Hkv, D, R]
+    path = config.resolve_path(config.hash_centre)
+    key = (str(path.resolve()), layer, id(w), str(dev))
+    with _LOCK:
+        if key in _THR_CACHE:
+            return _THR_CACHE[key]
+    hkv, d, r = w.shape
+    found = _centre_tensors(path, layer)
+    thr = None
+    if "threshold" in found:
+        thr = _check_centre(found["threshold"], (hkv, r), layer, "hash_threshold", path)
+    elif "key_mean" in found:
+        mu = _check_centre(found["key_mean"], (hkv, d), layer, "key_mean", path)
+        thr = torch.einsum("hd,hdr->hr", mu.double(), w.double()).to(torch.float32)
+    if thr is not None:
+        thr = thr.contiguous().to(dev)
+    with _LOCK:
+        _THR_CACHE[key] = thr
+    return thr
+
+
+def _check_centre(t: torch.Tensor, expected: Tuple[int, ...], layer: int, what: str, path: Path) -> torch.Tensor:
+    if not t.is_floating_point() or tuple(t.shape) != expected or not bool(torch.isfinite(t).all()):
+        raise HashWeightError(f"hash_centre {path}: layers.{layer}.{what}: expected finite float {expected}, "
+                              f"got {t.dtype} {tuple(t.shape)}")
+    return t.to(torch.float32)
+
+
+def save_key_means(path: Union[str, Path], means: Dict[int, torch.Tensor], metadata: Optional[Dict[str, str]] = None,
+                   extra: Optional[Dict[str, torch.Tensor]] = None) -> Path:
+    """Write spec 13 key means ``{layer: float32 [Hkv, D]}`` as ``layers.{l}.key_mean``
+    (plus ``extra`` tensors, e.g. a data-driven ``layers.{l}.hash_weight``) to one bundle."""
+    from safetensors.torch import save_file
+
+    tensors = {tensor_name(l, "key_mean"): m.to(torch.float32).contiguous() for l, m in means.items()}
+    tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "gsa-hash-centre", **(metadata or {})})
+    return path
 
 
 def save_hash_weights(config: GSAConfig, path: Union[str, Path], layers: Optional[Iterable[int]] = None) -> Path:

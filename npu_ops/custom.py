@@ -3,9 +3,11 @@
 The library registers ``TORCH_LIBRARY(gsa_npu, m)`` with PrivateUse1 (NPU) and
 Meta kernels:
 
-* ``gsa_npu::hash_encode_and_cache(Tensor k, Tensor weight, Tensor(a!) cache, Tensor slot_mapping, int col_off) -> ()``
+* ``gsa_npu::hash_encode_and_cache(Tensor k, Tensor weight, Tensor(a!) cache, Tensor slot_mapping, int col_off,
+  Tensor? threshold=None) -> ()``
   ``k [T, H, D]`` fp16/bf16/fp32, ``weight [H, D, R]`` (per head), ``cache uint8
-  [NB, H, bs, C]``; writes the ``R/8`` code bytes at byte ``col_off`` of each slot.
+  [NB, H, bs, C]``; writes the ``R/8`` code bytes at byte ``col_off`` of each slot;
+  ``threshold`` (spec 13) ``[H, R]`` or ``[R]``: bit = projection ``> t``.
 * ``gsa_npu::hamming_dist_top_k(Tensor q_codes, Tensor key_cache, Tensor block_table, Tensor seq_lens,
   Tensor budgets, Tensor forced, int k, int mean, int rope_bytes, int w16) -> (Tensor, Tensor)``
   (``forced`` int32 ``[F]``; ``w16 = 16 * rope_score_weight``).
@@ -77,10 +79,11 @@ def _per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return w.contiguous()
 
 
-def hash_encode_and_cache(k, weight, cache, slot_mapping) -> None:
-    """Spec 3. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``, ``cache uint8 [NB, Hkv, bs, R/8]``."""
+def hash_encode_and_cache(k, weight, cache, slot_mapping, threshold=None) -> None:
+    """Spec 3 (+ 12). ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``, ``cache uint8 [NB, Hkv, bs, R/8]``,
+    ``threshold [Hkv, R]`` / ``[R]`` or ``None``."""
     torch.ops.gsa_npu.hash_encode_and_cache(k.contiguous(), _per_head(weight, k.shape[1]), cache,
-                                            slot_mapping.contiguous(), 0)
+                                            slot_mapping.contiguous(), 0, threshold)
 
 
 def mla_hash_encode_and_cache(c_kv, k_pe, w_lora, w_rope, cache, slot_mapping) -> None:

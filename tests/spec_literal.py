@@ -82,12 +82,13 @@ def kv_select(indices, n_sel, bt, seq_lens, bs, pad_id=0):
     return tables, lens
 
 
-def band_violations(x, weight, codes) -> int:
+def band_violations(x, weight, codes, threshold=None) -> int:
     """Spec 2 band rule: count code bits that differ from a float64 projection
     although the projection lies outside ``|y| <= 1e-3 * ||x|| * ||W[:, r]||``.
 
     ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
-    ``weight [Hw, D, R]``; ``codes uint8 [..., (H,) R/8]``.
+    ``weight [Hw, D, R]``; ``codes uint8 [..., (H,) R/8]``. ``threshold`` (spec 13:
+    ``[R]`` or ``[Hw, R]``): ``y`` is then ``x @ W - t`` (same band).
     """
     import torch
 
@@ -102,6 +103,9 @@ def band_violations(x, weight, codes) -> int:
         w_per_head = w64.repeat_interleave(h // hw, dim=0)  # [H, D, R]
         y = torch.einsum("...hd,hdr->...hr", x64, w_per_head)
         wn = w_per_head.norm(dim=1)  # [H, R]
+    if threshold is not None:
+        t64 = threshold.double().cpu()
+        y = y - (t64 if w64.dim() == 2 else t64.repeat_interleave(x64.shape[-2] // w64.shape[0], dim=0))
     band = 1e-3 * x64.norm(dim=-1, keepdim=True) * wn
     want = np.packbits((y > 0).numpy(), axis=-1, bitorder="little")
     got_bits = np.unpackbits(codes.cpu().numpy(), axis=-1, bitorder="little").astype(bool)

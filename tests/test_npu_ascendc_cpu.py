@@ -68,20 +68,24 @@ class Kernels:
                 out[name] = torch.from_numpy(data.copy()).reshape(t.shape)
             return out
 
-    def _hash(self, k, w, cache, slots, col_off):
-        """k [T, H, D], w [H, D, R]: as HashEncodeAndCache in gsa_torch_npu.cpp (fp32, int64 slots)."""
+    def _hash(self, k, w, cache, slots, col_off, threshold=None):
+        """k [T, H, D], w [H, D, R]: as HashEncodeAndCache in gsa_torch_npu.cpp (fp32, int64 slots;
+        spec 13 threshold expanded to fp32 [H, R])."""
         x, wf, s = k.float().contiguous(), w.float().contiguous(), slots.to(torch.int64).contiguous()
         t, h, d = x.shape
         if t == 0:
             return
         nb, _, bs, c_total = cache.shape
-        got = self._run("hash", {"x": x, "w": wf, "cache": cache, "slots": s},
-                        [t, h, d, wf.shape[2], nb, bs, c_total, col_off], ["cache"])
+        tensors = {"x": x, "w": wf, "cache": cache, "slots": s}
+        if threshold is not None:
+            tensors["thr"] = threshold.float().expand(h, wf.shape[2]).contiguous()
+        got = self._run("hash", tensors, [t, h, d, wf.shape[2], nb, bs, c_total, col_off, threshold is not None],
+                        ["cache"])
         cache.copy_(got["cache"])
 
-    def hash_encode_and_cache(self, k, weight, cache, slot_mapping):
+    def hash_encode_and_cache(self, k, weight, cache, slot_mapping, threshold=None):
         w = weight if weight.dim() == 3 else weight.unsqueeze(0).expand(k.shape[1], *weight.shape)
-        self._hash(k, w, cache, slot_mapping, 0)
+        self._hash(k, w, cache, slot_mapping, 0, threshold)
 
     def mla_hash_encode_and_cache(self, c_kv, k_pe, w_lora, w_rope, cache, slot_mapping):
         self._hash(c_kv.unsqueeze(1), w_lora.unsqueeze(0), cache, slot_mapping, 0)
@@ -154,6 +158,37 @@ def test_hash_encode_and_cache_random(runner, cores):
         if 0 <= s < 32:
             untouched[s // 8, s % 8] = False
     assert torch.equal(cache.permute(0, 2, 1, 3)[untouched], want.permute(0, 2, 1, 3)[untouched])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_hash_encode_and_cache_threshold_spec13(runner, shared):
+    """Centred codes: bit = k . W[:, r] > t[r]; keys with a large common component, t = mu W."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from spec_literal import band_violations
+
+    g = torch.Generator().manual_seed(12 + shared)
+    mu = 3 * torch.randn(2, 64, generator=g)
+    k = torch.randn(9, 2, 64, generator=g) + mu
+    w = torch.randn(64, 128, generator=g) if shared else torch.randn(2, 64, 128, generator=g)
+    thr = (mu[0] @ w) if shared else torch.einsum("hd,hdr->hr", mu, w)
+    cache = torch.randint(0, 256, (4, 2, 8, 16), dtype=torch.uint8, generator=g)
+    want = cache.clone()
+    slots = torch.tensor([0, 31, -1, 9, 8, 100, 17, 3, 30])
+    Kernels(runner, 3).hash_encode_and_cache(k, w, cache, slots, thr)
+    reference.hash_encode_and_cache(k, w, want, slots, thr)
+    live = [t for t, s in enumerate(slots.tolist()) if 0 <= s < 32]
+    got_rows = torch.stack([cache[slots[t] // 8, :, slots[t] % 8] for t in live])
+    assert band_violations(k[live], w, got_rows, thr) == 0
+    untouched = torch.ones(4, 8, dtype=torch.bool)
+    for s in slots.tolist():
+        if 0 <= s < 32:
+            untouched[s // 8, s % 8] = False
+    assert torch.equal(cache.permute(0, 2, 1, 3)[untouched], want.permute(0, 2, 1, 3)[untouched])
+    # and the threshold matters: the plain codes differ
+    plain = want.clone()
+    reference.hash_encode_and_cache(k, w, plain, slots)
+    assert not torch.equal(plain, want)
 
 
 def test_hash_weight_tiles(runner):
@@ -260,7 +295,7 @@ def test_a_crashing_core_fails_the_run(runner):
     cache = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
     slots = torch.tensor([0, 31], dtype=torch.int64)
     with pytest.raises(RuntimeError, match="did not finish"):
-        kern._run("hash", {"x": x, "w": w, "cache": cache, "slots": slots}, [2, 1, 32, 32, 8, 4, 4, 0], ["cache"])
+        kern._run("hash", {"x": x, "w": w, "cache": cache, "slots": slots}, [2, 1, 32, 32, 8, 4, 4, 0, 0], ["cache"])
 
 
 def test_script_skips_cleanly_without_the_api(tmp_path):

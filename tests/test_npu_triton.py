@@ -192,3 +192,39 @@ def test_top_k_padding_tokens_never_count(method):
     seq = torch.tensor([10], dtype=torch.int32)
     idx, n = _check_sel(q, kc, bt, seq, torch.tensor([1], dtype=torch.int32), 3, [], method)
     assert idx.tolist() == [[1, -1, -1]]
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_hash_encode_threshold_spec13(per_head):
+    # spec 13: keys with a large common component, threshold t = mu W; band rule on x.W - t
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from spec_literal import band_violations
+
+    g = _g(7)
+    mu = 3 * torch.randn(40, generator=g)
+    x = torch.randn(9, 4, 40, generator=g) + mu
+    w = torch.randn(2, 40, 64, generator=g) if per_head else torch.randn(40, 64, generator=g)
+    thr = torch.einsum("d,hdr->hr", mu, w) if per_head else mu @ w
+    got = T.hash_encode(x.to(DEV), w.to(DEV), thr.to(DEV)).cpu()
+    assert band_violations(x, w, got, thr) == 0
+    assert not torch.equal(got, T.hash_encode(x.to(DEV), w.to(DEV)).cpu())
+    zero = torch.zeros_like(thr)
+    assert torch.equal(T.hash_encode(x.to(DEV), w.to(DEV), zero.to(DEV)).cpu(), T.hash_encode(x.to(DEV), w.to(DEV)).cpu())
+
+
+def test_hash_encode_and_cache_threshold_spec13():
+    g = _g(8)
+    nb, hkv, bs, d, r = 4, 2, 4, 24, 32
+    mu = 2 * torch.randn(hkv, d, generator=g)
+    k = torch.randn(11, hkv, d, generator=g) + mu
+    w = torch.randn(hkv, d, r, generator=g)
+    thr = torch.einsum("hd,hdr->hr", mu, w)
+    slots = torch.randperm(nb * bs, generator=g)[:11].to(torch.int32)
+    slots[2] = -1
+    got = torch.full((nb, hkv, bs, r // 8), 0xAB, dtype=torch.uint8)
+    want = got.clone()
+    got = got.to(DEV)
+    T.hash_encode_and_cache(k.to(DEV), w.to(DEV), got, slots.to(DEV), thr.to(DEV))
+    reference.hash_encode_and_cache(k, w, want, slots, thr)
+    assert torch.equal(got.cpu(), want)  # random inputs: no projection lands in the band here

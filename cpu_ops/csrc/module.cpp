@@ -102,6 +102,14 @@ PYBIND11_MODULE(_gsa_cpu, m) {
     sign_bits_pack(ptr<const void>(src), static_cast<DType>(dtype), rows, n, ptr<uint8_t>(dst), dst_stride, threads);
   });
 
+  m.def("threshold_pack", [](uintptr_t y, int64_t rows, int64_t n, uintptr_t thr, int64_t H, int64_t G, uintptr_t dst,
+                             int64_t dst_stride) {
+    if (n % 8 || H < 1 || G < 1 || H % G) throw std::invalid_argument("gsa cpu threshold_pack: bad width or heads");
+    const int threads = g_threads.load();
+    py::gil_scoped_release nogil;
+    threshold_pack(ptr<const double>(y), rows, n, ptr<const float>(thr), H, G, ptr<uint8_t>(dst), dst_stride, threads);
+  });
+
   m.def("scatter_codes", [](uintptr_t codes, int64_t T, int64_t H, int64_t C, uintptr_t cache, int64_t NB, int64_t bs,
                             uintptr_t slots, bool slots64) {
     py::gil_scoped_release nogil;

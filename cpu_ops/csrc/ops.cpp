@@ -233,6 +233,24 @@ void sign_bits_pack(const void* src, DType dt, int64_t rows, int64_t n, uint8_t*
   }
 }
 
+void threshold_pack(const double* y, int64_t rows, int64_t n, const float* thr, int64_t H, int64_t G, uint8_t* dst,
+                    int64_t dst_stride, int threads) {
+  // y > t, not y - t > 0: equal for every pair of doubles (gradual underflow: y - t == 0
+  // only when y == t; NaN and inf - inf compare false either way), one pass fewer
+  parallel_for(rows, rows * n >= (1 << 16) ? threads : 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const double* yr = y + r * n;
+      const float* tr = thr + ((r % H) / G) * n;
+      uint8_t* out = dst + r * dst_stride;
+      for (int64_t j = 0; j < n / 8; ++j) {
+        unsigned byte = 0;
+        for (int i = 0; i < 8; ++i) byte |= static_cast<unsigned>(yr[8 * j + i] > static_cast<double>(tr[8 * j + i])) << i;
+        out[j] = static_cast<uint8_t>(byte);
+      }
+    }
+  });
+}
+
 int64_t scatter_codes(const uint8_t* codes, int64_t T, int64_t H, int64_t C, uint8_t* cache, int64_t NB, int64_t bs,
                       const void* slots, bool slots64) {
   int64_t written = 0;

@@ -23,6 +23,11 @@ void kv_select(const int32_t* indices, const int32_t* n_sel, const int32_t* bloc
 void sign_bits_pack(const void* src, DType dt, int64_t rows, int64_t n, uint8_t* dst, int64_t dst_stride,
                     int threads);
 
+// Spec 13 (centred codes). y float64 [rows, n] (row r = head r % H of its vector) -> dst rows of
+// n/8 bytes, bit = y > thr[(r % H) / G] (thr float32 [H / G, n]; a query head h uses row h / G).
+void threshold_pack(const double* y, int64_t rows, int64_t n, const float* thr, int64_t H, int64_t G, uint8_t* dst,
+                    int64_t dst_stride, int threads);
+
 // Spec 3. codes uint8 [T, H, C] -> cache uint8 [NB, H, bs, C] at slots (int32 or int64 [T]).
 // Slots < 0 and >= NB*bs are skipped (never written). Returns the number of tokens written.
 int64_t scatter_codes(const uint8_t* codes, int64_t T, int64_t H, int64_t C, uint8_t* cache, int64_t NB, int64_t bs,

@@ -142,16 +142,17 @@ def train_head(q: torch.Tensor, k: torch.Tensor, w0: torch.Tensor, steps: int = 
 
 
 def head_recall(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, pos: torch.Tensor, block: int = 32,
-                ratio: float = 0.125) -> float:
+                ratio: float = 0.125, threshold: Optional[torch.Tensor] = None) -> float:
     """Validation score of one head's projection ``w [D, R]``: mean attention mass
     (``q [T, G, D]``, ``k [T, D]``, queries at ``pos [N]``) inside the top
     ``ceil(ratio * n_blocks)`` blocks ranked by the exact GSA score (``gsa.ops.hash_encode``
-    codes, block max) -- the selection metric of the harness, for one head, no forced blocks."""
+    codes, block max) -- the selection metric of the harness, for one head, no forced blocks.
+    ``threshold [R]``: spec 13's key threshold (keys only), or ``None``."""
     from gsa import ops
     from gsa.eval.selectors import unpack_signs
     _, mass, causal, bvalid = _targets(q[pos], k, pos, block)
     qc = unpack_signs(ops.hash_encode(q[pos].contiguous(), w.contiguous())).sum(dim=1)  # [N, R]
-    kc = unpack_signs(ops.hash_encode(k.contiguous(), w.contiguous()))  # [T, R]
+    kc = unpack_signs(ops.hash_encode(k.contiguous(), w.contiguous(), threshold))  # [T, R]
     tok = (qc @ kc.T).masked_fill(~causal, -math.inf)
     nblk = mass.shape[1]
     bmax = F.pad(tok, (0, nblk * block - tok.shape[1]), value=-math.inf).reshape(len(pos), nblk, block).amax(dim=2)

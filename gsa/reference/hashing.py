@@ -1,14 +1,17 @@
-"""Reference hashing: spec sections 1, 2, 3 and 9 (docs/spec.md).
+"""Reference hashing: spec sections 1, 2, 3, 9 and 12 (docs/spec.md).
 
 Pure torch, any device. Inputs are validated by the custom op (:mod:`gsa.op_checks`).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 __all__ = [
     "sign_bits_pack",
     "project",
+    "head_thresholds",
     "hash_encode",
     "hash_encode_and_cache",
     "mla_hash_encode",
@@ -53,10 +56,27 @@ def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, h, weight.shape[-1])
 
 
-def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Spec 2. ``x [..., D]`` (or ``[..., H, D]`` with per-head ``weight [Hw, D, R]``)
-    -> ``uint8 [..., R/8]`` (or ``[..., H, R/8]``) = ``sign_bits_pack(x @ W)``."""
-    return sign_bits_pack(project(x, weight))
+def head_thresholds(threshold: torch.Tensor, weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Spec 13: the per-bit threshold of every input head. ``threshold [R]`` (with
+    ``weight [D, R]``) or ``[Hw, R]`` (with ``weight [Hw, D, R]``) -> ``[R]`` or
+    ``[heads, R]``: head ``h`` uses ``threshold[h // (heads // Hw)]``, like its projection."""
+    if weight.dim() == 2:
+        return threshold
+    return threshold.repeat_interleave(heads // weight.shape[0], dim=0)
+
+
+def hash_encode(x: torch.Tensor, weight: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Spec 2 (+ 12). ``x [..., D]`` (or ``[..., H, D]`` with per-head ``weight [Hw, D, R]``)
+    -> ``uint8 [..., R/8]`` (or ``[..., H, R/8]``) = ``sign_bits_pack(x @ W - t)``.
+
+    ``threshold`` (spec 13, centred codes): ``[R]`` for ``weight [D, R]``, ``[Hw, R]``
+    for per-head weights; bit ``r`` is ``x @ W[:, r] > t[r]``. ``None`` means no
+    threshold (spec 2 exactly; a zero threshold gives the same bits)."""
+    y = project(x, weight)
+    if threshold is not None:
+        heads = x.shape[-2] if weight.dim() == 3 else 1
+        y = y - head_thresholds(threshold, weight, heads).to(y.dtype)
+    return sign_bits_pack(y)
 
 
 def _scatter_codes(codes: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -74,11 +94,13 @@ def _scatter_codes(codes: torch.Tensor, cache: torch.Tensor, slot_mapping: torch
 
 
 def hash_encode_and_cache(
-    k: torch.Tensor, weight: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor, weight: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
+    threshold: Optional[torch.Tensor] = None,
 ) -> None:
     """Spec 3, GQA. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``,
-    ``cache uint8 [NB, Hkv, bs, R/8]`` (written in place), ``slot_mapping [T]``."""
-    _scatter_codes(hash_encode(k, weight), cache, slot_mapping)
+    ``cache uint8 [NB, Hkv, bs, R/8]`` (written in place), ``slot_mapping [T]``;
+    ``threshold [Hkv, R]`` (or ``[R]``) or ``None``: spec 13's centred key codes."""
+    _scatter_codes(hash_encode(k, weight, threshold), cache, slot_mapping)
 
 
 def mla_hash_encode(

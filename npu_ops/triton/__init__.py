@@ -82,8 +82,9 @@ def _forced_tensor(forced: Sequence[int], device: torch.device) -> Tuple[torch.T
 
 
 def _launch_hash(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, slots, heads: int,
-                 out_heads: int, out_bs: int, out_c: int, col_off: int) -> None:
-    """x ``[T, heads, D]`` contiguous; weight ``[D, R]`` or ``[Hw, D, R]``; out uint8 contiguous."""
+                 out_heads: int, out_bs: int, out_c: int, col_off: int, threshold=None) -> None:
+    """x ``[T, heads, D]`` contiguous; weight ``[D, R]`` or ``[Hw, D, R]``; out uint8 contiguous;
+    ``threshold`` (spec 13): ``None``, or ``[R]`` / ``[Hw, R]`` like the weight."""
     t, d = x.shape[0], x.shape[-1]
     w = weight.contiguous()
     r = w.shape[-1]
@@ -98,17 +99,19 @@ def _launch_hash(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, slots
     nprog = num_programs(x.device, n_items)
     use_slots = slots is not None
     n_slots = out.shape[0] * out_bs if use_slots else t
+    thr = None if threshold is None else threshold.to(torch.float32).contiguous()
     K.hash_encode_kernel[(nprog,)](
-        x, w, out, slots if use_slots else x,
-        n_items, heads, d, c, heads * d, w_head, g_w,
+        x, w, out, slots if use_slots else x, x if thr is None else thr,
+        n_items, heads, d, c, heads * d, w_head, g_w, 0 if w.dim() == 2 else r,
         n_slots, out_heads, out_bs, out_c, col_off,
-        USE_SLOTS=use_slots, NPROG=nprog, C_P2=_p2(c), DT=min(16, _p2(d)),
+        USE_SLOTS=use_slots, HAS_THR=thr is not None, NPROG=nprog, C_P2=_p2(c), DT=min(16, _p2(d)),
     )
 
 
-def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Spec 2. ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
-    ``weight [Hw, D, R]`` -> ``uint8 [..., R/8]`` (``[..., H, R/8]``)."""
+def hash_encode(x: torch.Tensor, weight: torch.Tensor, threshold=None) -> torch.Tensor:
+    """Spec 2 (+ 12). ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
+    ``weight [Hw, D, R]`` -> ``uint8 [..., R/8]`` (``[..., H, R/8]``); ``threshold``
+    ``[R]`` / ``[Hw, R]`` or ``None``."""
     r = weight.shape[-1]
     if weight.dim() == 2:
         xs = x.reshape(-1, 1, x.shape[-1]).contiguous()
@@ -117,7 +120,7 @@ def hash_encode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         heads = x.shape[-2]
         xs = x.reshape(-1, heads, x.shape[-1]).contiguous()
     out = torch.empty(xs.shape[0], heads, r // 8, dtype=torch.uint8, device=x.device)
-    _launch_hash(xs, weight, out, None, heads, heads, 1, r // 8, 0)
+    _launch_hash(xs, weight, out, None, heads, heads, 1, r // 8, 0, threshold)
     return out.reshape(*x.shape[:-1], r // 8)
 
 
@@ -126,16 +129,17 @@ def _slots(slot_mapping: torch.Tensor) -> torch.Tensor:
 
 
 def hash_encode_and_cache(k: torch.Tensor, weight: torch.Tensor, cache: torch.Tensor,
-                          slot_mapping: torch.Tensor) -> None:
+                          slot_mapping: torch.Tensor, threshold=None) -> None:
     """Spec 3. ``k [T, Hkv, D]``, ``weight [Hkv, D, R]`` or ``[D, R]``,
-    ``cache uint8 [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]``."""
+    ``cache uint8 [NB, Hkv, bs, R/8]`` written in place at ``slot_mapping [T]``;
+    ``threshold [Hkv, R]`` / ``[R]`` or ``None`` (spec 13)."""
     if not cache.is_contiguous():  # in-place writes need the real layout
         from gsa.reference.hashing import _scatter_codes
 
-        _scatter_codes(hash_encode(k, weight), cache, slot_mapping)
+        _scatter_codes(hash_encode(k, weight, threshold), cache, slot_mapping)
         return
     nb, hkv, bs, c = cache.shape
-    _launch_hash(k.contiguous(), weight, cache, _slots(slot_mapping), hkv, hkv, bs, c, 0)
+    _launch_hash(k.contiguous(), weight, cache, _slots(slot_mapping), hkv, hkv, bs, c, 0, threshold)
 
 
 def mla_hash_encode(x_lora: torch.Tensor, x_rope: torch.Tensor, w_lora: torch.Tensor,

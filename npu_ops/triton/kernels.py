@@ -43,10 +43,10 @@ def _vand(v, s):
 
 @triton.jit
 def hash_encode_kernel(
-    x_ptr, w_ptr, out_ptr, slot_ptr,
-    n_items, H, D, C, X_ROW, W_HEAD, G_W,
+    x_ptr, w_ptr, out_ptr, slot_ptr, thr_ptr,
+    n_items, H, D, C, X_ROW, W_HEAD, G_W, T_HEAD,
     N_SLOTS, OUT_HEADS, OUT_BS, OUT_C, COL_OFF,
-    USE_SLOTS: tl.constexpr, NPROG: tl.constexpr,
+    USE_SLOTS: tl.constexpr, HAS_THR: tl.constexpr, NPROG: tl.constexpr,
     C_P2: tl.constexpr, DT: tl.constexpr,
 ):
     """Project one (token, head) per item and write its ``C`` sign-bit code bytes.
@@ -59,6 +59,8 @@ def hash_encode_kernel(
     to row ``t`` (``OUT_BS = 1``); its bytes start at column ``COL_OFF``.
     Slots ``< 0`` (padding) or ``>= N_SLOTS`` are never written.
     Accumulation is fp32 products and sums on the vector unit: no TF32/HF32.
+    ``HAS_THR`` (spec 13): ``thr fp32 [Hw, 8*C]`` (head stride ``T_HEAD``, 0 for a
+    shared weight) is subtracted from the projection: bit = ``x . W[:, r] - t[r] > 0``.
     """
     pid = tl.program_id(0)
     c = tl.arange(0, C_P2)
@@ -87,6 +89,8 @@ def hash_encode_kernel(
             wv = tl.load(wbase + d[:, None, None] * r + col[None, :, :],
                          mask=_vand(dm[:, None, None] & col_ok[None, :, :], live), other=0.0).to(tl.float32)
             acc += tl.sum(xv[:, None, None] * wv, axis=0)
+        if HAS_THR:
+            acc -= tl.load(thr_ptr + (h // G_W) * T_HEAD + col, mask=_vand(col_ok, live), other=0.0).to(tl.float32)
         byte = tl.sum(tl.where(acc > 0, 1, 0) << bit[None, :], axis=1)
         dst = (((slot // OUT_BS) * OUT_HEADS + h) * OUT_BS + slot % OUT_BS) * OUT_C + COL_OFF + c
         tl.store(out_ptr + dst, byte.to(tl.uint8), mask=_vand(c < C, live))

@@ -69,6 +69,14 @@ class _LocalHeadsSparse(GSASparse):
             self._w[layer] = w
         return w
 
+    def threshold(self, layer: int):
+        """Spec 13 key threshold sliced to this rank's KV heads, like :meth:`weights`."""
+        if layer not in self._thr:
+            full = super().threshold(layer)
+            lo, hi = self.heads
+            self._thr[layer] = full if full is None or (lo, hi) == (0, full.shape[0]) else full[lo:hi].contiguous()
+        return self._thr[layer]
+
     def select_codes(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
                      q_codes: Tensor) -> Tuple[Tensor, Tensor]:
         """:meth:`select` of a scoring layer from ready query codes ``uint8 [B, Hq, C]``
@@ -220,7 +228,7 @@ class GSAVllmRuntime:
             if self.tp_size == 1:
                 self.sparse.cache_keys(layer, hc, slot_mapping, k)
             else:
-                codes = ops.hash_encode(k, self.sparse.weights(layer))  # [T', Hkv_rank, C]
+                codes = ops.hash_encode(k, self.sparse.weights(layer), self.sparse.threshold(layer))  # [T', Hkv_rank, C]
                 full = _tp.gather_kv_codes(codes, self.layout, self.tp_group)  # [T', Hkv, C]
                 _tp.write_codes(self._hash_storage[layer], full, slot_mapping, num_blocks)
         self.counters.hashing_s += time.perf_counter() - t0

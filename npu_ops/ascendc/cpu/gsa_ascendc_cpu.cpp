@@ -126,13 +126,16 @@ int main(int argc, char** argv)
     }
     AscendC::SetKernelMode(KernelMode::AIV_MODE);  // vector-core kernels: up to 2 x 25 AIV on dav-c220
     if (op == "hash") {
-        // x f32 [T,H,D], w f32 [H,D,R], cache u8 [NB,H,bs,C] (in/out), slots i64 [T]
-        const auto p = Params(8);
-        const int64_t t = p[0], h = p[1], d = p[2], r = p[3], nb = p[4], bs = p[5], cTotal = p[6], colOff = p[7];
+        // x f32 [T,H,D], w f32 [H,D,R], cache u8 [NB,H,bs,C] (in/out), slots i64 [T], thr f32 [H,R] (spec 13;
+        // read only when the 9th parameter is 1)
+        const auto p = Params(9);
+        const int64_t t = p[0], h = p[1], d = p[2], r = p[3], nb = p[4], bs = p[5], cTotal = p[6], colOff = p[7],
+                      hasThr = p[8];
         Tensor x = Load("x"), w = Load("w"), cache = Load("cache"), slots = Load("slots");
+        Tensor thr = hasThr ? Load("thr") : w;
         const int64_t dTile = gsa::HashDTile(d, r);
-        RUN_KERNEL(gsa_hash_encode_and_cache, gsa::BlockDim(t * h, cores), x.gm, w.gm, cache.gm, slots.gm, t, h, d,
-                    r, nb, bs, cTotal, colOff, dTile);
+        RUN_KERNEL(gsa_hash_encode_and_cache, gsa::BlockDim(t * h, cores), x.gm, w.gm, cache.gm, slots.gm, thr.gm, t,
+                    h, d, r, nb, bs, cTotal, colOff, dTile, hasThr);
         Store(cache);
     } else if (op == "topk") {
         // two launches on one stream, as launch_hamming_dist_top_k does on the device

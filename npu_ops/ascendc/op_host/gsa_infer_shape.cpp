@@ -8,7 +8,7 @@
 namespace {
 
 void HashEncodeAndCacheMeta(const at::Tensor& k, const at::Tensor& weight, at::Tensor& cache,
-                            const at::Tensor& slots, int64_t colOff)
+                            const at::Tensor& slots, int64_t colOff, const c10::optional<at::Tensor>& threshold)
 {
     TORCH_CHECK(k.dim() == 3 && weight.dim() == 3 && cache.dim() == 4, "gsa_npu.hash_encode_and_cache: bad ranks");
 }

@@ -9,9 +9,10 @@
 #include <cstdint>
 
 namespace gsa {
+// thr: float32 [H, R] spec-12 thresholds, read only when hasThr != 0 (else may be any pointer)
 void launch_hash_encode_and_cache(void* stream, uint32_t blockDim, void* x, void* w, void* cache, void* slots,
-                                  int64_t t, int64_t h, int64_t d, int64_t r, int64_t nb, int64_t bs,
-                                  int64_t cTotal, int64_t colOff, int64_t dTile);
+                                  void* thr, int64_t t, int64_t h, int64_t d, int64_t r, int64_t nb, int64_t bs,
+                                  int64_t cTotal, int64_t colOff, int64_t dTile, int64_t hasThr);
 void launch_hamming_dist_top_k(void* stream, uint32_t blockDim, void* q, void* kc, void* bt, void* seq,
                                void* budgets, void* forced, void* scores, void* idx, void* nsel, int64_t b,
                                int64_t m, int64_t nb, int64_t hkv, int64_t g, int64_t c, int64_t mainBytes,

@@ -54,7 +54,7 @@ void Enqueue(const char* name, F&& launch)
 }
 
 void HashEncodeAndCache(const at::Tensor& k, const at::Tensor& weight, at::Tensor& cache, const at::Tensor& slots,
-                        int64_t colOff)
+                        int64_t colOff, const c10::optional<at::Tensor>& threshold)
 {
     const char* op = "hash_encode_and_cache";
     TORCH_CHECK(k.dim() == 3 && weight.dim() == 3, "gsa_npu.", op, ": k [T, H, D] and weight [H, D, R] expected");
@@ -70,19 +70,24 @@ void HashEncodeAndCache(const at::Tensor& k, const at::Tensor& weight, at::Tenso
     TORCH_CHECK(colOff >= 0 && colOff + r / 8 <= cache.size(3), "gsa_npu.", op, ": code bytes [", colOff, ", ",
                 colOff + r / 8, ") do not fit the cache's ", cache.size(3), " bytes per slot");
     TORCH_CHECK(s.dim() == 1 && s.size(0) == t, "gsa_npu.", op, ": slot_mapping must be [T]");
+    // spec 13: fp32 [H, R] thresholds (a shared [R] is expanded per head); none: never read
+    const bool hasThr = threshold.has_value() && threshold->defined();
+    at::Tensor th = hasThr ? threshold->to(at::kFloat).expand({h, r}).contiguous() : w;
+    TORCH_CHECK(!hasThr || (th.size(0) == h && th.size(1) == r), "gsa_npu.", op, ": threshold shape ",
+                threshold->sizes(), " does not match [H, R] = [", h, ", ", r, "]");
     if (t == 0) {
         return;
     }
     const uint32_t blockDim = gsa::BlockDim(t * h, VectorCores());
     const int64_t dTile = gsa::HashDTile(d, r);
     void* stream = c10_npu::getCurrentNPUStream().stream();
-    void *px = x.data_ptr(), *pw = w.data_ptr(), *pc = cache.data_ptr(), *ps = s.data_ptr();
+    void *px = x.data_ptr(), *pw = w.data_ptr(), *pc = cache.data_ptr(), *ps = s.data_ptr(), *pt = th.data_ptr();
     const int64_t nb = cache.size(0), bs = cache.size(2), cTotal = cache.size(3);
     // the lambda holds x/w/s (temporaries of this call) until the queued launch has run
-    Enqueue("GsaHashEncodeAndCache", [=, keep = std::make_tuple(x, w, s, cache)]() {
+    Enqueue("GsaHashEncodeAndCache", [=, keep = std::make_tuple(x, w, s, cache, th)]() {
         (void)keep;
-        gsa::launch_hash_encode_and_cache(stream, blockDim, px, pw, pc, ps, t, h, d, r, nb, bs, cTotal, colOff,
-                                          dTile);
+        gsa::launch_hash_encode_and_cache(stream, blockDim, px, pw, pc, ps, pt, t, h, d, r, nb, bs, cTotal, colOff,
+                                          dTile, hasThr ? 1 : 0);
     });
 }
 

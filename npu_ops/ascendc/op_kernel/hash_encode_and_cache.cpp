@@ -6,6 +6,9 @@
  *   x      float32 [T, H, D]   keys (the binding widens fp16/bf16 exactly)
  *   w      float32 [H, D, R]   per-head projection (a shared [D, R] is expanded)
  *   slots  int64   [T]         slot = block * bs + offset; < 0 or >= NB*bs: not written
+ *   thr    float32 [H, R]      spec 13 (centred codes), read only when hasThr != 0:
+ *                              bit r = y[r] > thr[head, r] (y > t is y - t > 0 without the
+ *                              subtraction's rounding; the binding expands a shared [R])
  * Work item = (token, head), strided over the vector cores. The projection is
  * fp32 Axpy on the vector unit (y += x[d] * W[d, :]), never the cube: no HF32,
  * so codes differ from the float64 reference only inside the spec-2 band. The
@@ -18,10 +21,12 @@ using namespace AscendC;
 
 class HashEncodeAndCache {
 public:
-    __aicore__ inline void Init(GM_ADDR x, GM_ADDR w, GM_ADDR cache, GM_ADDR slots, int64_t t, int64_t h, int64_t d,
-                                int64_t r, int64_t nb, int64_t bs, int64_t cTotal, int64_t colOff, int64_t dTile)
+    __aicore__ inline void Init(GM_ADDR x, GM_ADDR w, GM_ADDR cache, GM_ADDR slots, GM_ADDR thr, int64_t t, int64_t h,
+                                int64_t d, int64_t r, int64_t nb, int64_t bs, int64_t cTotal, int64_t colOff,
+                                int64_t dTile, int64_t hasThr)
     {
         t_ = t; h_ = h; d_ = d; r_ = r; nSlots_ = nb * bs; bs_ = bs; cTotal_ = cTotal; colOff_ = colOff; dTile_ = dTile;
+        hasThr_ = hasThr != 0;
         xG_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(x), t * h * d);
         wG_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(w), h * d * r);
         cacheG_.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(cache), nb * h * bs * cTotal);
@@ -30,6 +35,10 @@ public:
         pipe_.InitBuffer(wBuf_, Align32(dTile * r * sizeof(float)));
         pipe_.InitBuffer(yBuf_, Align32(r * sizeof(float)));
         pipe_.InitBuffer(codeBuf_, Align32(r / 8));
+        if (hasThr_) {
+            thrG_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(thr), h * r);
+            pipe_.InitBuffer(thrBuf_, Align32(r * sizeof(float)));
+        }
     }
 
     __aicore__ inline void Process()
@@ -43,6 +52,10 @@ public:
                 continue;  // padding (or a slot past the cache): nothing is written
             }
             Project(tok, head);
+            if (hasThr_) {
+                gsa::CopyIn(thrBuf_.Get<float>(), thrG_[head * r_], static_cast<uint32_t>(r_));
+                gsa::FullSync();
+            }
             Pack();
             const int64_t dst = (((slot / bs_) * h_ + head) * bs_ + slot % bs_) * cTotal_ + colOff_;
             gsa::CopyOut(cacheG_[dst], codeBuf_.Get<uint8_t>(), static_cast<uint32_t>(r_ / 8));
@@ -83,8 +96,9 @@ private:
         for (int64_t c = 0; c < r_ / 8; ++c) {
             uint32_t byte = 0;
             for (int64_t i = 0; i < 8; ++i) {
-                // NaN > 0 and -0 > 0 are false: both give 0, as spec 1 says
-                byte |= (y.GetValue(c * 8 + i) > 0.0f ? 1u : 0u) << i;
+                // NaN > 0 and -0 > 0 are false: both give 0, as spec 1 says (spec 13: > t)
+                const float t = hasThr_ ? thrBuf_.Get<float>().GetValue(c * 8 + i) : 0.0f;
+                byte |= (y.GetValue(c * 8 + i) > t ? 1u : 0u) << i;
             }
             code.SetValue(c, static_cast<uint8_t>(byte));
         }
@@ -92,32 +106,34 @@ private:
     }
 
     TPipe pipe_;
-    TBuf<TPosition::VECCALC> xBuf_, wBuf_, yBuf_, codeBuf_;
-    GlobalTensor<float> xG_, wG_;
+    TBuf<TPosition::VECCALC> xBuf_, wBuf_, yBuf_, codeBuf_, thrBuf_;
+    GlobalTensor<float> xG_, wG_, thrG_;
     GlobalTensor<uint8_t> cacheG_;
     GlobalTensor<int64_t> slotG_;
     int64_t t_, h_, d_, r_, nSlots_, bs_, cTotal_, colOff_, dTile_;
+    bool hasThr_;
 };
 
 extern "C" __global__ __aicore__ void gsa_hash_encode_and_cache(GM_ADDR x, GM_ADDR w, GM_ADDR cache, GM_ADDR slots,
-                                                                int64_t t, int64_t h, int64_t d, int64_t r,
-                                                                int64_t nb, int64_t bs, int64_t cTotal,
-                                                                int64_t colOff, int64_t dTile)
+                                                                GM_ADDR thr, int64_t t, int64_t h, int64_t d,
+                                                                int64_t r, int64_t nb, int64_t bs, int64_t cTotal,
+                                                                int64_t colOff, int64_t dTile, int64_t hasThr)
 {
     HashEncodeAndCache op;
-    op.Init(x, w, cache, slots, t, h, d, r, nb, bs, cTotal, colOff, dTile);
+    op.Init(x, w, cache, slots, thr, t, h, d, r, nb, bs, cTotal, colOff, dTile, hasThr);
     op.Process();
 }
 
 #ifndef ASCENDC_CPU_DEBUG  // <<<>>> needs bisheng; CPU twin-debug builds (cpu/build_and_test.sh) launch with ICPU_RUN_KF
 namespace gsa {
 void launch_hash_encode_and_cache(void* stream, uint32_t blockDim, void* x, void* w, void* cache, void* slots,
-                                  int64_t t, int64_t h, int64_t d, int64_t r, int64_t nb, int64_t bs,
-                                  int64_t cTotal, int64_t colOff, int64_t dTile)
+                                  void* thr, int64_t t, int64_t h, int64_t d, int64_t r, int64_t nb, int64_t bs,
+                                  int64_t cTotal, int64_t colOff, int64_t dTile, int64_t hasThr)
 {
     gsa_hash_encode_and_cache<<<blockDim, nullptr, stream>>>(
         static_cast<uint8_t*>(x), static_cast<uint8_t*>(w), static_cast<uint8_t*>(cache),
-        static_cast<uint8_t*>(slots), t, h, d, r, nb, bs, cTotal, colOff, dTile);
+        static_cast<uint8_t*>(slots), static_cast<uint8_t*>(thr), t, h, d, r, nb, bs, cTotal, colOff, dTile,
+        hasThr);
 }
 }  // namespace gsa
 #endif
