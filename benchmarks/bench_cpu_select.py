@@ -1,6 +1,6 @@
 """Benchmark: C++ CPU backend selection (hamming_dist_top_k) vs the pure-torch reference.
 
-Setup (issue 7): B=4 rows of 32K tokens, Hkv=8 KV heads, G=4 query heads per KV
+Setup (issue 7): B=4 rows (``--batch``) of 32K tokens (``--tokens``), Hkv=8 KV heads, G=4 query heads per KV
 head, 128-bit codes (C=16 bytes), block size 128 (``--block-size``), "max"
 block scores, forced first and last block, budget 1/8 of the blocks. The block
 table is a random permutation (blocks scattered over the cache, as in a real
@@ -18,7 +18,8 @@ default path.
 The machine may be shared (other jobs on the same cores): timings are medians
 of many calls, and the load average before and after is recorded.
 
-Usage: python benchmarks/bench_cpu_select.py [--block-size 128] [--repeat 30] [--tag NAME]
+Usage: python benchmarks/bench_cpu_select.py [--block-size 128] [--tokens 32768] [--batch 4] [--repeat 30] [--tag NAME]
+(the offload benchmark's CPU top-k shapes: ``--tokens 131072 --batch 6``; one call is one layer's selection)
 Writes benchmarks/results/cpu_select[_TAG].{json,md,png}.
 """
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--batch", type=int, default=4, help="rows B")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--ref-repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -102,7 +104,7 @@ def main(argv=None) -> dict:
     from cpu_ops import _kernels
 
     torch.set_num_threads(max(args.threads))  # the reference's torch ops get the same cores
-    inputs = make_inputs(tokens=args.tokens, bs=args.block_size)
+    inputs = make_inputs(b=args.batch, tokens=args.tokens, bs=args.block_size)
     q, kc = inputs[0], inputs[1]
     code_bytes = kc.numel()  # every key code of every row is read once
     load_before = _loadavg()
@@ -169,7 +171,7 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "cpu_select",
-        "problem": {"B": 4, "tokens": args.tokens, "Hkv": 8, "G": 4, "bits": 128, "block_size": args.block_size,
+        "problem": {"B": args.batch, "tokens": args.tokens, "Hkv": 8, "G": 4, "bits": 128, "block_size": args.block_size,
                     "method": "max", "forced": [0, -1], "budget_blocks": int(inputs[4][0]), "k": inputs[5],
                     "code_bytes": code_bytes},
         "machine": {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "paths": cpu_ops.supported_paths(),

@@ -22,9 +22,11 @@ value; ``gsa.eval.selectors.gsa_select``, checked against
 * with ``--e2e``: next-token agreement and KL vs dense of GSA and of GSA with
   the lag, teacher-forced over the same tokens (ratio ``--e2e-ratio``).
 
-Usage: python benchmarks/offload_traces.py [--model smollm2] [--context 4096] [--n-eval 256]
-       [--block-size 128] [--e2e] [--tag NAME]
-Writes benchmarks/results/offload_traces[_TAG].{json,md}; the JSON's headline
+Usage: python benchmarks/offload_traces.py [--model smollm2|qwen] [--context 4096] [--n-eval 256]
+       [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections]
+Writes benchmarks/results/offload_traces[_TAG].{json,md} (``--save-selections``: also the
+selection sequences, ``..._selections.pt``, so eviction policies can be replayed
+offline with :func:`rates`); the JSON's headline
 ``hit_rate_1_8`` (pool hit at ratio 1/8, the first pool fraction) is what
 benchmarks/offload_bench.py reports.
 """
@@ -105,6 +107,14 @@ class Tracer:
             self.acc.add(f"r={r:.4g}/mass_recall_lag1", layer, M.mass_recall(mass, lag)[1 if not hist else 0:])
             hist.append(sel)
             self.wsel.setdefault((r, layer), []).append(wide)
+
+
+def pad_steps(chunks: List[torch.Tensor], nblk: int) -> torch.Tensor:
+    """Selection chunks ``bool [n_i, nblk_i]`` -> ``bool [sum n_i, nblk]`` (zero padded)."""
+    out = []
+    for c in chunks:
+        out.append(torch.nn.functional.pad(c, (0, nblk - c.shape[1])))
+    return torch.cat(out)
 
 
 def sequences(chunks: List[torch.Tensor], nblk: int) -> List[set]:
@@ -188,6 +198,8 @@ def main(argv=None):
     ap.add_argument("--e2e-ratio", type=float, default=0.125)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--save-selections", action="store_true",
+                    help="also write the per-step selections (bool [steps, blocks] per ratio and layer) as .pt")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     from gsa.eval.assets import austen_text
@@ -245,6 +257,12 @@ def main(argv=None):
     tag = f"_{args.tag}" if args.tag else ""
     os.makedirs(RESULTS, exist_ok=True)
     base = os.path.join(RESULTS, f"offload_traces{tag}")
+    if args.save_selections:
+        torch.save(dict(context=args.context, n_eval=args.n_eval, n_blocks_final=nblk, block_size=cfg.chunk_size,
+                        forced=forced_sets(cfg, args.context, args.n_eval),
+                        sel={(r, l): pad_steps(tracer.sel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse},
+                        wide={(r, l): pad_steps(tracer.wsel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse}),
+                   base + "_selections.pt")
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1)
     with open(base + ".md", "w") as f:
