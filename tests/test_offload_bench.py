@@ -65,3 +65,52 @@ def test_trace_lagged_rows_add_the_new_forced_blocks():
     got = mod.lagged_rows(pol, 1, prev, torch.tensor([16, 21]))
     assert got[0].nonzero()[:, 0].tolist() == [0, 2, 3]
     assert got[1].nonzero()[:, 0].tolist() == [0, 2, 4, 5]
+
+
+def test_bench_counts_steady_state_steps_only(tmp_path):
+    # the counters cover the timed steps, not the warm-up whose first step fills an empty pool: with
+    # cpu_lag=1 every request after the first step was prefetched, so the timed steps hit every block
+    res = _load("offload_bench").main(["--smoke", "--out", str(tmp_path), "--batches", "1",
+                                      "--skip-rows", "offload_lookahead", "offload_prefetch"])
+    assert res["counted_steps"] == res["args"]["steps"]
+    lag = [r for r in res["rows"] if r["row"] == "cpu_topk_lag1"]
+    assert lag and all(r["hit_rate"] == 1.0 and r["predicted_rate"] == 1.0 for r in lag)
+
+
+def test_projection_steady_state_by_hand():
+    mod = _load("offload_projection")
+    # W = 100 wanted blocks per layer-step over n = 6 counted steps; the first misses all 100, the next five
+    # 10 each: reported fetched = 150 / 6 = 25, hit = 450 / 600 = 0.75; steady: hit 0.9, 10 fetched per step
+    bb, pcie = mod.block_bytes({}), 50.0
+    bench = {"args": {"warmup": 2, "steps": 4}, "pcie_h2d_gbs": pcie, "rows": [
+        {"row": "dense_hbm", "batch": 2, "t_layer_ms": 1.0, "tok_s": 2 / 0.036},
+        {"row": "gsa_hbm", "batch": 2, "t_layer_ms": 0.5, "tok_s": 2 / (0.003 + 33 * 0.0005)},
+        {"row": "offload_ondemand", "batch": 2, "pool_frac": 0.25, "t_layer_ms": 2.0,
+         "tok_s": 2 / (0.003 + 33 * 0.002), "hit_rate": 0.75, "fetched_blocks_per_layer_step": 25.0}]}
+    rows = mod.steady_rows(bench)
+    r = rows[0]
+    assert r["wanted_per_layer_step"] == pytest.approx(100) and r["hit_ss"] == pytest.approx(0.9)
+    assert r["fetched_ss"] == pytest.approx(10)
+    assert r["h2d_ss_gbs"] == pytest.approx(10 * bb / 2e-3 / 1e9)
+    # at a real hit rate of 0.95 five blocks fewer are fetched, each worth bb / pcie of PCIe time
+    p = mod.project(bench, rows, {0.25: 0.95}, "t")[0]
+    assert p["t_projected_ms"] == pytest.approx(2.0 - 5 * bb / pcie / 1e6)
+    assert p["t_no_fetch_ms"] == pytest.approx(2.0 - 10 * bb / pcie / 1e6)
+    assert p["tok_s_projected"] == pytest.approx(2 / (0.003 + 33 * p["t_projected_ms"] * 1e-3))
+    assert p["per_request_vs_gsa_hbm"] == pytest.approx(0.5 / p["t_projected_ms"])
+
+
+def test_eviction_replay_by_hand():
+    mod = _load("offload_eviction_replay")
+    seq = [{0, 1}, {2}, {0}, {1}]
+    # 2 slots: recency (and, tied, fewest uses) evicts block 0 at step 1, block 1 at step 2: no hits;
+    # the offline optimum keeps block 0 (needed sooner) and hits it at step 2
+    assert mod.hits_engine(seq, 2, 4) == 0
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n: (n, lu)) == 0
+    assert mod.hits_belady(seq, 2) == 1
+    # 3 slots hold every block after step 1; an unbounded pool misses only first-time blocks
+    assert mod.hits_engine(seq, 3, 4) == mod.hits_belady(seq, 3) == mod.hits_unbounded(seq) == 2
+    # frequency first: block 0 selected twice survives where recency would evict it
+    seq = [{0}, {0}, {1}, {2}, {0}]
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n: (n, lu)) == 2
+    assert mod.hits_engine(seq, 2, 4) == 1
