@@ -114,3 +114,20 @@ def test_eviction_replay_by_hand():
     seq = [{0}, {0}, {1}, {2}, {0}]
     assert mod.hits_keyed(seq, 2, lambda b, lu, n: (n, lu)) == 2
     assert mod.hits_engine(seq, 2, 4) == 1
+
+
+def test_bench_headline_hit_rate_is_the_lowest_trace(tmp_path):
+    import argparse
+    mod = _load("offload_bench")
+    paths = []
+    for name, hit in (("a", 0.95), ("b", 0.91), ("c", None)):
+        p = tmp_path / f"offload_traces_{name}.json"
+        p.write_text(json.dumps({"headline": {"hit_rate_1_8": hit}}))
+        paths.append(str(p))
+    args = argparse.Namespace(pool_fracs=[0.25], traces=paths + [str(tmp_path / "missing.json")])
+    res = {"memory_model": {"offload_pool0.25_max_batch": 6, "dense_max_batch": 2}, "rows": []}
+    h = mod.headline(res, args)
+    assert h["hit_rate_1_8"] == 0.91 and "offload_traces_b.json" in h["hit_rate_1_8_source"]
+    assert sorted(h["hit_rate_1_8_by_trace"].values()) == [0.91, 0.95]
+    args.traces = [str(tmp_path / "missing.json")]
+    assert mod.headline(res, args)["hit_rate_1_8"] is None
