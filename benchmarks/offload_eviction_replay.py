@@ -11,6 +11,9 @@ selected block, summed over layers:
   ties by fewest selections, then the lowest slot);
 * ``lfu``: fewest selections first, ties by least recent (the same two keys in
   the other order);
+* ``score``: the engine's order, but blocks inside the step's ``--lookahead``-wide
+  selection (saved by offload_traces.py: the runners-up by hash score) go last, a
+  stand-in for evicting by score;
 * ``belady``: the offline optimum for a pool of that size (evict the resident
   block whose next selection is farthest away): no online policy can beat it;
 * ``unbounded``: an infinite pool: only first-time selections miss (the
@@ -57,9 +60,10 @@ def hits_engine(seq: List[set], slots: int, nblk: int) -> int:
     return hits
 
 
-def hits_keyed(seq: List[set], slots: int, key) -> int:
+def hits_keyed(seq: List[set], slots: int, key, wide: List[set] = None) -> int:
     """Hits of a policy that evicts the resident block (not in the request) with the
-    smallest ``key(block, last_used, uses)``; ties by block id."""
+    smallest ``key(block, last_used, uses, in_wide)`` (``in_wide``: the block is in
+    ``wide[t]``, the step's wide selection; False without ``wide``); ties by block id."""
     res: Dict[int, List[int]] = {}  # block -> [last_used, uses]
     hits = 0
     for t, s in enumerate(seq):
@@ -68,7 +72,8 @@ def hits_keyed(seq: List[set], slots: int, key) -> int:
         miss = [b for b in s if b not in res]
         over = len(res) + len(miss) - slots
         if over > 0:
-            cand = sorted((key(b, *res[b]), b) for b in res if b not in s)
+            w = wide[t] if wide is not None else set()
+            cand = sorted((key(b, *res[b], b in w), b) for b in res if b not in s)
             for _, b in cand[:over]:
                 del res[b]
         for b in s:
@@ -110,7 +115,7 @@ def hits_unbounded(seq: List[set]) -> int:
     return hits
 
 
-POLICIES = ("engine", "lfu", "belady", "unbounded")
+POLICIES = ("engine", "lfu", "score", "belady", "unbounded")
 
 
 def replay(data: dict, pool_fracs) -> dict:
@@ -118,18 +123,19 @@ def replay(data: dict, pool_fracs) -> dict:
     out: Dict[str, dict] = {}
     by_ratio: Dict[float, list] = {}
     for (r, l), sel in data["sel"].items():
-        by_ratio.setdefault(r, []).append((l, as_sets(sel)))
+        by_ratio.setdefault(r, []).append((l, as_sets(sel), as_sets(data["wide"][(r, l)])))
     for r, layers in sorted(by_ratio.items(), reverse=True):
         tot = {f"{p}_{f:g}": 0 for p in POLICIES for f in pool_fracs}
         wanted = 0
-        for _, seq in layers:
+        for _, seq, wide in layers:
             wanted += sum(len(s) for s in seq[1:])
             widest = max(len(s) for s in seq)
             unb = hits_unbounded(seq)
             for f in pool_fracs:
                 slots = max(math.ceil(f * nblk), widest)
                 tot[f"engine_{f:g}"] += hits_engine(seq, slots, nblk)
-                tot[f"lfu_{f:g}"] += hits_keyed(seq, slots, lambda b, lu, n: (n, lu))
+                tot[f"lfu_{f:g}"] += hits_keyed(seq, slots, lambda b, lu, n, w: (n, lu))
+                tot[f"score_{f:g}"] += hits_keyed(seq, slots, lambda b, lu, n, w: (w, lu, n), wide)
                 tot[f"belady_{f:g}"] += hits_belady(seq, slots)
                 tot[f"unbounded_{f:g}"] += unb
         out[f"{r:.4g}"] = {k: v / max(wanted, 1) for k, v in tot.items()}

@@ -106,14 +106,18 @@ def test_eviction_replay_by_hand():
     # 2 slots: recency (and, tied, fewest uses) evicts block 0 at step 1, block 1 at step 2: no hits;
     # the offline optimum keeps block 0 (needed sooner) and hits it at step 2
     assert mod.hits_engine(seq, 2, 4) == 0
-    assert mod.hits_keyed(seq, 2, lambda b, lu, n: (n, lu)) == 0
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n, w: (n, lu)) == 0
     assert mod.hits_belady(seq, 2) == 1
     # 3 slots hold every block after step 1; an unbounded pool misses only first-time blocks
     assert mod.hits_engine(seq, 3, 4) == mod.hits_belady(seq, 3) == mod.hits_unbounded(seq) == 2
     # frequency first: block 0 selected twice survives where recency would evict it
     seq = [{0}, {0}, {1}, {2}, {0}]
-    assert mod.hits_keyed(seq, 2, lambda b, lu, n: (n, lu)) == 2
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n, w: (n, lu)) == 2
     assert mod.hits_engine(seq, 2, 4) == 1
+    # recency order, but block 0 in the wide selection of step 3 is kept over block 1: the last step hits
+    wide = [set(), set(), set(), {0, 2}, set()]
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n, w: (w, lu, n), wide) == 2
+    assert mod.hits_keyed(seq, 2, lambda b, lu, n, w: (lu, n)) == 1
 
 
 def test_bench_headline_hit_rate_is_the_lowest_trace(tmp_path):
