@@ -96,7 +96,7 @@ def project(bench: dict, rows: list, hit: dict, tag: str) -> list:
 
 def markdown(bench_path: str, bench: dict, rows: list, proj: list) -> str:
     f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    out = [f"# Offload on the H200: steady state and a projection at real-trace hit rates", "",
+    out = ["# Offload on the H200: steady state and a projection at real-trace hit rates", "",
            f"From `{os.path.relpath(bench_path)}` (PCIe host->device {bench['pcie_h2d_gbs']:.1f} GB/s). "
            "Written by benchmarks/offload_projection.py; see its docstring for the model.", "",
            "## Steady state (measured rows, first cold step taken out of the counters)", "",
