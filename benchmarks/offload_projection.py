@@ -33,7 +33,7 @@ import json
 import os
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEFAULT_TRACES = ["offload_traces_qwen_8k.json", "offload_traces_smollm2_8k.json",
+DEFAULT_TRACES = ["offload_traces_qwen_16k.json", "offload_traces_qwen_8k.json", "offload_traces_smollm2_8k.json",
                   "offload_traces_smollm2_4k_bs16.json"]
 
 

@@ -28,7 +28,7 @@ Writes benchmarks/results/offload_traces[_TAG].{json,md} (``--save-selections``:
 selection sequences, ``..._selections.pt``, so eviction policies can be replayed
 offline with :func:`rates`); the JSON's headline
 ``hit_rate_1_8`` (pool hit at ratio 1/8, the first pool fraction) is what
-benchmarks/offload_bench.py reports.
+benchmarks/offload_bench.py reports (the lowest among its ``--traces``).
 """
 from __future__ import annotations
 
