@@ -32,39 +32,25 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_triton, engine_step: shared timers
 
 B, HQ, HKV, D, R, BS = 16, 32, 8, 128, 128, 128
 CONTEXTS = (32768, 131072)
 
 
-def bench(fn, reps=100):
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=10, rep=reps, return_mode="median"))
-
-
 def graph_ms(fn, reps=100):
-    """Median ms of ``fn`` replayed from a CUDA graph (after eager warm-up/compile)."""
+    """Median ms of ``fn`` replayed from a CUDA graph, after one eager call (compiles)."""
+    from bench_triton import gbench
+
     fn()
     torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay, reps)
+    return gbench(fn, reps)
 
 
 def copy_tbs():
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
-    dst = torch.empty_like(src)
-    ms = bench(lambda: dst.copy_(src))
-    del src, dst
-    return 2 * n / ms / 1e9
+    from engine_step import copy_tbs as measure
+
+    return measure()
 
 
 def progress(msg):
