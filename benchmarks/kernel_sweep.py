@@ -62,6 +62,7 @@ SCORE_GRID = dict(lop3=(False, True), wide=(False, True), unroll=(False, True), 
 
 def sweep_score_select(res, gen):
     from cuda_ops import scoring
+    from cuda_ops.launch import next_pow2
 
     out = res.setdefault("score", {})
     sel = res.setdefault("select", {})
@@ -98,10 +99,6 @@ def sweep_score_select(res, gen):
                 srows.append(dict(method=method, fanout=fan, ms=ms))
         progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}: {r['ms'] * 1e3:.1f}us" for r in srows))
         del cache
-
-
-def next_pow2(n):
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
 # First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.

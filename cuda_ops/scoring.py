@@ -159,7 +159,7 @@ def _csa(a, b, c, LOP3: tl.constexpr = False):
     """Carry-save adder on bit vectors: ``a + b + c = 2 * carry + sum`` per bit.
     ``LOP3`` (CUDA): one ``lop3`` instruction each for the carry (majority,
     table 0xE8) and the sum (three-way XOR, 0x96); otherwise five plain logic
-    ops, which the compiler does not always fuse."""
+    ops (on the H200 ptxas fused them to the same speed: kernel_sweep_h200.md)."""
     if LOP3:
         return _lop3(a, b, c, "0xE8"), _lop3(a, b, c, "0x96")
     else:
@@ -428,7 +428,8 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
     benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
     ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
-    ``hw_popc``); ``unroll``: the loop over KV heads unrolled. Defaults: ``SCORE_WIDE`` / ``SCORE_LOP3`` (set by benchmarks)."""
+    ``hw_popc``); ``unroll``: the loop over KV heads unrolled. Defaults: the device's
+    tuning file (``tuning.py``), else ``SCORE_*`` above."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
     m = block_table.shape[1]
