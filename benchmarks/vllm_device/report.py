@@ -59,6 +59,12 @@ def main():
                     for r in checks), "",
           "A bad GSA config at start-up: " + "; ".join(r["error"] for r in bad), "",
           f"Published reference: {UCM['note']} ({UCM['gain']:.2f}x)."]
+    for r in (r for r in live if r.get("profile_top")):
+        L += ["", f"Host-time profile (cProfile over the decode steps; its own overhead inflates Python-heavy "
+              f"entries): {r['model']}, {r['context'] // 1024}K x {r['batch']}, {r['cudagraph_mode']}, {r['config']}, "
+              f"{r['ms_per_step']:.2f} ms/step. Top functions by cumulative time per decode step:", "",
+              "| function | calls/step | own us/step | cumulative us/step |", "|---|---|---|---|"]
+        L += [f"| `{n}` | {c:g} | {o:.0f} | {t:.0f} |" for n, c, o, t in r["profile_top"]["by_cum"][:25]]
     with open(a.out + ".md", "w") as f:
         f.write("\n".join(L) + "\n")
     import matplotlib
@@ -66,21 +72,26 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    models = sorted({r["model"] for r in live if r["context"] >= 16384})
+    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 4.2), squeeze=False)
     cfgs = ["dense", "0.3", "1/8", "1/16"]
-    ctxs = sorted({r["context"] for r in live})
     w = 0.18
-    for i, c in enumerate(cfgs):
-        vals = [next((r["decode_tok_s"] for r in live if r["config"] == c and r["context"] == x
-                      and r["cudagraph_mode"] == "FULL_AND_PIECEWISE"), 0) for x in ctxs]
-        ax.bar([j + (i - 1.5) * w for j in range(len(ctxs))], vals, w, label=f"{c} (FULL)")
-    pw = [next((r["decode_tok_s"] for r in live if r["config"] == "1/8" and r["context"] == x
-                and r["cudagraph_mode"] == "PIECEWISE"), 0) for x in ctxs]
-    ax.scatter([j - 0.5 * w for j in range(len(ctxs))], pw, color="black", marker="x", zorder=3, label="1/8 PIECEWISE")
-    ax.set_xticks(range(len(ctxs)), [f"{x // 1024}K, B={next(r['batch'] for r in live if r['context'] == x)}" for x in ctxs])
-    ax.set_ylabel("decode tokens/s")
-    ax.set_title(f"vLLM {live[0]['vllm']}, Qwen3-4B shape (dummy weights), {live[0]['device']}")
-    ax.legend(fontsize=8)
+    for ax, m in zip(axes[0], models):
+        mine = [r for r in live if r["model"] == m and r["context"] >= 16384]
+        runs = sorted({(r["context"], r["batch"]) for r in mine})
+        for i, c in enumerate(cfgs):
+            vals = [next((r["decode_tok_s"] for r in mine if r["config"] == c and (r["context"], r["batch"]) == x
+                          and r["cudagraph_mode"] == "FULL_AND_PIECEWISE"), 0) for x in runs]
+            ax.bar([j + (i - 1.5) * w for j in range(len(runs))], vals, w, label=f"{c} (FULL)")
+        pw = [next((r["decode_tok_s"] for r in mine if r["config"] == "1/8" and (r["context"], r["batch"]) == x
+                    and r["cudagraph_mode"] == "PIECEWISE"), None) for x in runs]
+        pts = [(j - 0.5 * w, v) for j, v in enumerate(pw) if v]
+        if pts:
+            ax.scatter(*zip(*pts), color="black", marker="x", zorder=3, label="1/8 PIECEWISE")
+        ax.set_xticks(range(len(runs)), [f"{c // 1024}K, B={b}" for c, b in runs])
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(f"vLLM {live[0]['vllm']}, {m} shape (dummy weights), {live[0]['device']}", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(a.out + ".png", dpi=120)
     print(a.out + ".{json,md,png}")

@@ -122,8 +122,9 @@ def main() -> None:
         ids = torch.randint(0, VOCAB, (n, length), generator=gen).tolist()
         return [TokensPrompt(prompt_token_ids=x) for x in ids]
 
-    def decode_run(ps, max_tokens):
-        """Step the engine by hand; returns (decode seconds, prefill seconds, token ids per request)."""
+    def decode_run(ps, max_tokens, prof=None):
+        """Step the engine by hand; returns (decode seconds, prefill seconds, token ids per request).
+        ``prof``: a ``cProfile.Profile`` enabled over the decode steps only (host-time breakdown)."""
         sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
         eng = llm.llm_engine
         ids = [f"r{time.perf_counter_ns()}_{i}" for i in range(len(ps))]
@@ -139,7 +140,11 @@ def main() -> None:
                     toks[o.request_id] = list(o.outputs[0].token_ids)
             if t_first is None and all(len(v) >= 1 for v in toks.values()):
                 t_first = time.perf_counter()
+                if prof is not None:
+                    prof.enable()
         t_end = time.perf_counter()
+        if prof is not None:
+            prof.disable()
         return t_end - t_first, t_first - t0, [toks[r] for r in ids]
 
     decode_run(prompts(2, 512), 4)  # warm-up
@@ -152,7 +157,12 @@ def main() -> None:
                 rt.enable_capture(int(spec["capture_layer"]))
         plen = ctx - n_new
         ps = prompts(batch, plen)
-        t_dec, t_pre, toks = decode_run(ps, n_new)
+        prof = None
+        if spec.get("profile"):  # host-time breakdown of the decode steps (cProfile adds its own overhead)
+            import cProfile
+
+            prof = cProfile.Profile()
+        t_dec, t_pre, toks = decode_run(ps, n_new, prof)
         dec = batch * (n_new - 1) / t_dec
         row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
                    context=ctx, batch=batch, cudagraph_mode=mode, cudagraph_mode_kept=kept_mode,
@@ -160,6 +170,8 @@ def main() -> None:
                    prefill_s=t_pre, decode_s=t_dec, new_tokens=n_new, init_s=init_s,
                    tokens_sha=hashlib.sha256(json.dumps(toks).encode()).hexdigest()[:16],
                    tokens_head=[t[:12] for t in toks[:2]])
+        if prof is not None:
+            row["profile_top"] = profile_top(prof, n_new - 1)
         if rt is not None:
             st = rt.stats()
             row["gsa_stats"] = {k: st[k] for k in ("steps", "sparse_steps", "sparse_rows", "decode_rows",
@@ -169,6 +181,22 @@ def main() -> None:
         print("[e2e] ROW", json.dumps(row), flush=True)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def profile_top(prof, steps: int, n: int = 40) -> dict:
+    """The ``n`` functions with the most own (tottime) and cumulative host time over the
+    profiled decode steps, in microseconds per step: ``[name, calls/step, own us/step, cum us/step]``."""
+    import pstats
+
+    st = pstats.Stats(prof)
+    rows = []
+    for (fn, line, name), (cc, nc, tt, ct, _) in st.stats.items():
+        where = f"{os.path.basename(os.path.dirname(fn))}/{os.path.basename(fn)}:{line}({name})"
+        rows.append([where, nc / steps, tt / steps * 1e6, ct / steps * 1e6])
+    own = sorted(rows, key=lambda r: -r[2])[:n]
+    cum = sorted(rows, key=lambda r: -r[3])[:n]
+    r3 = lambda r: [r[0], round(r[1], 2), round(r[2], 1), round(r[3], 1)]
+    return {"by_own": [r3(r) for r in own], "by_cum": [r3(r) for r in cum]}
 
 
 def check_capture(c) -> dict:
