@@ -59,7 +59,7 @@ def main():
                     for r in checks), "",
           "A bad GSA config at start-up: " + "; ".join(r["error"] for r in bad), "",
           f"Published reference: {UCM['note']} ({UCM['gain']:.2f}x)."]
-    for r in (r for r in live if r.get("profile_top")):
+    for r in (r for r in rows if r.get("profile_top")):
         L += ["", f"Host-time profile (cProfile over the decode steps; its own overhead inflates Python-heavy "
               f"entries): {r['model']}, {r['context'] // 1024}K x {r['batch']}, {r['cudagraph_mode']}, {r['config']}, "
               f"{r['ms_per_step']:.2f} ms/step. Top functions by cumulative time per decode step:", "",
