@@ -33,6 +33,7 @@ if not hasattr(transformers, "Gemma3TextConfig"):
 
 import gsa.integrations.vllm as gv  # noqa: E402
 from gsa import reference as R  # noqa: E402
+from conftest import assert_captured_selection  # noqa: E402
 from gsa import use_backend  # noqa: E402
 from gsa.config import GSAConfig  # noqa: E402
 from gsa.integrations.vllm.hybrid import gsa_group  # noqa: E402
@@ -128,10 +129,7 @@ def test_sparse_full_layer_equals_reference(model_dir):
     assert bool((sparse_lens < lens).all()), (lens, sparse_lens)
     with use_backend("reference"):
         q_codes = R.hash_encode(cap["q"], cap["weight"])
-        idx, n_sel = R.hamming_dist_top_k(q_codes, cap["hash_cache"], cap["block_table"], lens, cap["budgets"],
-                                          cap["k"], cfg.must_select_blocks, cfg.chunk_repre_method, 0, 1.0)
-        table, slens = R.kv_select(idx, n_sel, cap["block_table"], lens, BLOCK, 0)
-    assert torch.equal(table, cap["sparse_block_table"]) and torch.equal(slens, sparse_lens)
+    assert_captured_selection(cap, cfg, q_codes, BLOCK)
     ref = R.paged_decode_attention(cap["q"], cap["k_cache"], cap["v_cache"], cap["sparse_block_table"], sparse_lens,
                                    cap["scale"])
     torch.testing.assert_close(cap["out"], ref, rtol=1e-4, atol=1e-4)

@@ -37,6 +37,7 @@ if not hasattr(transformers, "DeepseekV2Config"):
 
 import gsa.integrations.vllm as gv  # noqa: E402
 from gsa import reference as R  # noqa: E402
+from conftest import assert_captured_selection  # noqa: E402
 from gsa import use_backend  # noqa: E402
 from gsa.integrations.vllm.runtime import release_runtimes, runtime_for  # noqa: E402
 
@@ -160,13 +161,8 @@ def test_sparse_layer_output_equals_reference(sparse):
     q = cap["q"]  # [R, N, L + P]: absorbed q_nope @ W_UK^T, then q_pe
     kv = cap["kv_cache"]  # [NB, bs, L + P]: c_kv, then k_pe
     with use_backend("reference"):
-        # the selection is spec 9's: absorbed query + q_pe codes against the latent codes
         q_codes = R.mla_hash_encode(q[..., :LORA], q[..., LORA:], w_lora, w_rope)
-        idx, n_sel = R.hamming_dist_top_k(q_codes, cap["hash_cache"], cap["block_table"], lens, cap["budgets"],
-                                          cap["k"], cfg.must_select_blocks, cfg.chunk_repre_method, cfg.rope_bytes,
-                                          cfg.rope_score_weight)
-        table, slens = R.kv_select(idx, n_sel, cap["block_table"], lens, BLOCK, 0)
-    assert torch.equal(table, cap["sparse_block_table"]) and torch.equal(slens, sparse_lens)
+    assert_captured_selection(cap, cfg, q_codes, BLOCK)
     # the hash cache holds the codes of c_kv and k_pe as vLLM cached them (outside spec 2's band: exact)
     n = int(lens[0])
     nb = (n + BLOCK - 1) // BLOCK

@@ -31,6 +31,7 @@ torch = pytest.importorskip("torch")
 import gsa.integrations.vllm as gv  # noqa: E402
 from gsa import use_backend  # noqa: E402
 from gsa import reference as R  # noqa: E402
+from conftest import assert_captured_selection  # noqa: E402
 from gsa.config import GSAConfig  # noqa: E402
 from gsa.integrations.vllm.runtime import release_runtimes, runtime_for  # noqa: E402
 
@@ -222,12 +223,8 @@ def test_kernel_output_equals_reference_sparse_attention(sparse_run):
     lens, sparse_lens = cap["seq_lens"], cap["sparse_seq_lens"]
     assert bool((sparse_lens < lens).all()), (lens, sparse_lens)
     with use_backend("reference"):
-        # the selection is the spec's, from the codes in the hash cache
         q_codes = R.hash_encode(cap["q"], cap["weight"])
-        idx, n_sel = R.hamming_dist_top_k(q_codes, cap["hash_cache"], cap["block_table"], lens, cap["budgets"],
-                                          cap["k"], cfg.must_select_blocks, cfg.chunk_repre_method, 0, 1.0)
-        table, slens = R.kv_select(idx, n_sel, cap["block_table"], lens, BLOCK, 0)
-    assert torch.equal(table, cap["sparse_block_table"]) and torch.equal(slens, sparse_lens)
+    assert_captured_selection(cap, cfg, q_codes, BLOCK)
     # the hash cache holds the codes of the keys vLLM wrote (outside the spec-2 band: exact)
     nb = (int(lens[0]) + BLOCK - 1) // BLOCK
     blocks = cap["block_table"][0, :nb].long()
