@@ -60,3 +60,8 @@ class TritonHotPath:
         from .offload_copy import scatter_rows
 
         scatter_rows(host_k, host_v, slots, k, v)
+
+    def residency_admit(self, state, work, blocks, src, dst, n_miss, request):
+        from .offload_residency import residency_admit
+
+        residency_admit(state, work, blocks, src, dst, n_miss, request)

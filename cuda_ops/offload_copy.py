@@ -17,11 +17,12 @@ import triton
 import triton.language as tl
 
 from . import interpreting
-from .launch import cdiv
+from .launch import cdiv, sm_count
 
 __all__ = ["gather_blocks", "scatter_rows"]
 
-CHUNK = 4096  # elements a program copies per tensor (8 KB of bf16)
+CHUNK = 4096  # elements a program copies per tensor and block (8 KB of bf16)
+PROGRAMS_PER_SM = 8  # gather programs per multiprocessor (each streams blocks over PCIe)
 
 
 class _HostPtr:
@@ -39,14 +40,17 @@ def _arg(t: torch.Tensor):
 
 
 @triton.jit
-def _gather_kernel(hk, hv, pk, pv, src_ptr, dst_ptr, n_ptr, NB, S, ELEMS, CHUNK_: tl.constexpr):
-    i = tl.program_id(0)
+def _gather_kernel(hk, hv, pk, pv, src_ptr, dst_ptr, n_ptr, NB, S, ELEMS, P, CHUNK_: tl.constexpr):
+    # program (p, c) copies chunk c of the entries p, p + P, p + 2P, ... below n_miss: the grid is
+    # sized by the device, the loop by the miss count (device data), so no program starts idle
+    p = tl.program_id(0)
     c = tl.program_id(1)
-    if i < tl.load(n_ptr):
+    n = tl.load(n_ptr)
+    offs = c * CHUNK_ + tl.arange(0, CHUNK_)
+    m = offs < ELEMS
+    for i in range(p, n, P):
         s = tl.minimum(tl.maximum(tl.load(src_ptr + i), 0), NB - 1).to(tl.int64)
         d = tl.minimum(tl.maximum(tl.load(dst_ptr + i), 0), S - 1).to(tl.int64)
-        offs = c * CHUNK_ + tl.arange(0, CHUNK_)
-        m = offs < ELEMS
         tl.store(pk + d * ELEMS + offs, tl.load(hk + s * ELEMS + offs, mask=m), mask=m)
         tl.store(pv + d * ELEMS + offs, tl.load(hv + s * ELEMS + offs, mask=m), mask=m)
 
@@ -64,15 +68,21 @@ def _scatter_kernel(hk, hv, k_ptr, v_ptr, slot_ptr, NSLOTS, ROW, BLOCK: tl.const
 
 def gather_blocks(host_k, host_v, pool_k, pool_v, src, dst, n_miss) -> None:
     """``pool[dst[i]] = host[src[i]]`` for ``i < n_miss`` (K and V). ``src, dst int64
-    [N]`` and ``n_miss`` (a one-element integer tensor) on the pool's device; ids
-    are clamped into range (never an out-of-bounds access)."""
+    [N]`` and ``n_miss`` (a one-element integer tensor, at most ``N``) on the pool's
+    device; ids are clamped into range (never an out-of-bounds access).
+
+    Grid: ``chunks`` programs per block (``CHUNK`` elements each) times ``P`` block
+    lanes, ``P = min(N, ~8 programs per SM / chunks)``: enough loads in flight to
+    fill PCIe, and not ``N x chunks`` programs of which all but ``n_miss`` would exit."""
     n = src.shape[0]
     elems = host_k[0].numel()
     if n == 0:
         return
-    _gather_kernel[(n, cdiv(elems, CHUNK))](
+    chunks = cdiv(elems, CHUNK)
+    lanes = max(1, min(n, cdiv(PROGRAMS_PER_SM * sm_count(pool_k.device), chunks)))
+    _gather_kernel[(lanes, chunks)](
         _arg(host_k), _arg(host_v), pool_k, pool_v, src, dst, n_miss.reshape(1), host_k.shape[0], pool_k.shape[0],
-        elems, CHUNK_=CHUNK)
+        elems, lanes, CHUNK_=CHUNK)
 
 
 def scatter_rows(host_k, host_v, slots, k, v) -> None:

@@ -95,12 +95,11 @@ class BlockMover:
                 pool.index_copy_(0, dst, host.index_select(0, src))
             return
         if self.mode == "uva":
+            # keep: lists made by torch ops are freed on return, while the copy stream still reads them
             self._on_copy_stream(lambda: self.copier.gather_blocks(self.host_k, self.host_v, self.pool_k,
-                                                                   self.pool_v, src, dst, n_miss))
+                                                                   self.pool_v, src, dst, n_miss),
+                                 keep=(src, dst, n_miss) if src.device.type == "cuda" else ())
             return
-        if self._dev_mod is not None:
-            ready = self._dev_mod.Event()
-            ready.record()  # residency map computed on the compute stream
         lists = torch.stack([src, dst, n_miss.expand_as(src)]).to("cpu")  # the host sync
         n = int(lists[2, 0])
         if n == 0:
@@ -115,22 +114,23 @@ class BlockMover:
         staged = self._staging(n)
         for host, buf in zip((self.host_k, self.host_v), staged):
             torch.index_select(host, 0, s, out=buf)  # gather straight into pinned memory
-        with self._dev_mod.stream(self.stream):
-            self.stream.wait_event(ready)
+
+        def copy_in():
             d_dev = (d.pin_memory() if self._pin else d).to(self.pool_k.device, non_blocking=True)
             for buf, pool in zip(staged, (self.pool_k, self.pool_v)):
                 pool.index_copy_(0, d_dev, buf.to(pool.device, non_blocking=True))
-            self._done = self._dev_mod.Event()
-            self._done.record(self.stream)
-        self._buf_events[self._buf_i] = self._done
+        # after the sync the map is computed; the copy stream still waits for the compute stream's
+        # queue (attention of the previous layer may read the slots being replaced)
+        self._buf_events[self._buf_i] = self._on_copy_stream(copy_in)
         self.bytes_h2d += sum(b.numel() * b.element_size() for b in staged)
 
-    def _on_copy_stream(self, fn, keep=()) -> None:
-        """Run ``fn`` (kernel launches) on the copy stream after the work queued so far
-        on the current stream; ``wait()`` then orders the compute stream after it."""
+    def _on_copy_stream(self, fn, keep=()):
+        """Run ``fn`` (kernel launches / copies) on the copy stream after the work queued so
+        far on the current stream; ``wait()`` then orders the compute stream after it.
+        Returns the event recorded after ``fn`` (``None`` on CPU)."""
         if self._dev_mod is None:  # CPU (interpreter tests): in order anyway
             fn()
-            return
+            return None
         ready = self._dev_mod.Event()
         ready.record()
         with self._dev_mod.stream(self.stream):
@@ -140,6 +140,7 @@ class BlockMover:
                 t.record_stream(self.stream)
             self._done = self._dev_mod.Event()
             self._done.record(self.stream)
+        return self._done
 
     def _staging(self, n: int) -> List[Tensor]:
         """Pinned K and V staging views for ``n`` blocks, alternating between two
@@ -176,19 +177,13 @@ class BlockMover:
             self._scatter_host(slots.to(self.host_k.device), k.to(self.host_k.device), v.to(self.host_k.device))
             return
         sh = slots_host if slots_host is not None else slots.to("cpu")  # sync unless the caller has it
-        ready = self._dev_mod.Event()
-        ready.record()
-        with self._dev_mod.stream(self.stream):
-            self.stream.wait_event(ready)
-            kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=self._pin)
-            vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=self._pin)
+        kh = torch.empty(k.shape, dtype=k.dtype, pin_memory=self._pin)
+        vh = torch.empty(v.shape, dtype=v.dtype, pin_memory=self._pin)
+
+        def copy_out():
             kh.copy_(k, non_blocking=True)
             vh.copy_(v, non_blocking=True)
-            if k.device.type == "cuda":  # the compute stream must not reuse them before the copy
-                k.record_stream(self.stream)
-                v.record_stream(self.stream)
-            ev = self._dev_mod.Event()
-            ev.record(self.stream)
+        ev = self._on_copy_stream(copy_out, keep=(k, v) if k.device.type == "cuda" else ())
         self._pending.append((ev, sh.clone(), kh, vh))
 
     def flush_writes(self) -> None:

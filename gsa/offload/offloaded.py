@@ -145,6 +145,9 @@ class OffloadedGSA:
         self.pool_v: Dict[int, Tensor] = {}
         self.maps: Dict[int, ResidencyMap] = {}
         self.movers: Dict[int, BlockMover] = {}
+        # the step number on the device: a captured step reads the value begin_step wrote
+        self.now_t = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.selector = selector
         stream = None
         if self.device.type != "cpu" and mover_mode != "direct":
             stream = torch.get_device_module(self.device).Stream(device=self.device)  # one copy stream
@@ -155,6 +158,7 @@ class OffloadedGSA:
             self.pool_k[l] = torch.zeros((self.s + 1, *shape[1:]), dtype=dtype, device=self.device)
             self.pool_v[l] = torch.zeros_like(self.pool_k[l])
             self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
+            self.maps[l].now_t = self.now_t  # one step counter on the device for every layer
             self.movers[l] = BlockMover(self.host_k[l], self.host_v[l], self.pool_k[l], self.pool_v[l],
                                         mover_mode, stream)
         self.cpu_topk = CPUTopK(gsa, self.nb, lag=cpu_lag, layers=sources) if selector == "cpu" else None
@@ -198,16 +202,30 @@ class OffloadedGSA:
 
     # ------------------------------------------------------------------ steps
     def begin_step(self, seq_lens, query_lens=None, k: Optional[int] = None,
-                   block_table_host: Optional[Tensor] = None) -> Step:
+                   block_table_host: Optional[Tensor] = None, graph: bool = False) -> Step:
         """:meth:`GSASparse.begin_step` plus the pool capacity check of this step
-        (host data) and, with prefetch, the first offloaded layer's prediction.
-        ``block_table_host int32 [B, M]``: the step's block table on the host (CPU
-        top-k: the lagged selections become predictions)."""
-        step = self.gsa.begin_step(seq_lens, query_lens, k)
+        (host data), the step number written to the device (``now_t``) and, with
+        prefetch, the first offloaded layer's prediction. ``block_table_host int32
+        [B, M]``: the step's block table on the host (CPU top-k: the lagged
+        selections become predictions).
+
+        ``graph=True`` (needs ``k``): the step in CUDA-graph form
+        (:meth:`GSASparse.begin_step`): call it before every replay, outside the
+        graph; the captured layers read its budgets and ``now_t``. Needs the
+        device selector and prefetch ``None`` or ``"previous"`` (the lookahead's
+        budgets and the CPU worker are host-side per step)."""
+        if graph and (self.selector != "device" or self.prefetch == "lookahead"):
+            raise ValueError(f"OffloadedGSA: begin_step(graph=True) needs the device selector and prefetch None or "
+                             f"'previous', got selector {self.selector!r}, prefetch {self.prefetch!r}")
+        step = self.gsa.begin_step(seq_lens, query_lens, k, graph=graph)
         self._step, self._bt_host = step, block_table_host
         self.now += 1
+        self.now_t.fill_(self.now)
         plan = step.plan
-        if plan.sparse:
+        if step.graph:
+            need = plan.batch_size * plan.k  # a captured step selects on every sparse layer
+            what = f"this step ({plan.batch_size} rows x k = {plan.k} blocks)"
+        elif plan.sparse:
             need = plan.batch_size * plan.k
             what = f"this step ({plan.batch_size} rows x k = {plan.k} blocks)"
         else:
@@ -241,7 +259,7 @@ class OffloadedGSA:
             pred = lagged if lagged is not None else pred
         if pred is None:
             return
-        src, dst, n = self.maps[layer].predict(pred.to(self.device), self.now)
+        src, dst, n = self.maps[layer].predict(pred.to(self.device))
         self.movers[layer].fetch(src, dst, n)
 
     def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
@@ -285,7 +303,7 @@ class OffloadedGSA:
         table, lens = self.select(layer, step, block_table, seq_lens, q, block_table_host, seq_lens_host)
         needed = self._blocks(table, lens)
         self.maps[layer].check_capacity(needed.shape[0])
-        src, dst, n = self.maps[layer].request(needed, self.now)
+        src, dst, n = self.maps[layer].request(needed)
         self.movers[layer].fetch(src, dst, n)
         self._pred[layer] = needed
         src_layer = self.gsa.policy.layer(layer).selection_layer

@@ -24,12 +24,28 @@ Counters (int64 tensors on the device, read only when the caller asks):
 A request list's width ``N`` (padding and duplicates included) must not exceed
 ``S``: the number of distinct blocks is device data, so the host checks the
 width (``OffloadedGSA`` sizes the pool for ``B * k``).
+
+The step number ``now`` may be a host int or a device tensor; it is kept in a
+device tensor (``now_t``) either way, so a CUDA graph captured around a request
+reads the value current at replay (write it with :meth:`ResidencyMap.set_now`
+or pass a device tensor that the caller updates).
+
+Two implementations with identical decisions (every tensor and counter equal,
+tests/test_offload_residency.py): the torch ops below (the reference, and the
+CPU path: ~70-90 small ops per call) and a backend's fused kernel
+(``residency_admit`` of the device's hot path, e.g. ``cuda_ops/offload_residency.py``:
+four launches), found through :func:`gsa.hotpath.hot_path_for` as the mover
+finds its copy kernels. ``backend=None`` picks the kernel on CUDA where the
+backend has it, ``False`` forces the torch ops, an object with
+``residency_admit`` forces it (the interpreter tests).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
+
+from gsa.hotpath import hot_path_for
 
 __all__ = ["ResidencyMap", "PoolTooSmallError"]
 
@@ -38,6 +54,15 @@ Tensor = torch.Tensor
 # key = last_used * _USES_RANGE + min(uses, _USES_RANGE - 1): recency first, then score
 _USES_RANGE = 1 << 20
 _NEVER = torch.iinfo(torch.int64).max
+
+
+def residency_kernel(device: torch.device) -> Optional[Any]:
+    """The backend object with ``residency_admit`` for maps on ``device``, or ``None``
+    (not CUDA, or the backend serving it has no such kernel): then the torch ops run."""
+    if device.type != "cuda":
+        return None
+    hp = hot_path_for(device)
+    return hp if hasattr(hp, "residency_admit") else None
 
 
 class PoolTooSmallError(ValueError):
@@ -54,7 +79,7 @@ class ResidencyMap:
 
     COUNTERS = ("wanted", "hits", "predicted_hits", "fetched", "prefetched")
 
-    def __init__(self, num_host_blocks: int, num_slots: int, device="cpu"):
+    def __init__(self, num_host_blocks: int, num_slots: int, device="cpu", backend: Union[None, bool, Any] = None):
         for name, v in (("num_host_blocks", num_host_blocks), ("num_slots", num_slots)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"ResidencyMap: '{name}' must be an int >= 1, got {v!r}")
@@ -66,7 +91,25 @@ class ResidencyMap:
         self.last_used = torch.full((self.s + 1,), -1, **i64)
         self.uses = torch.zeros(self.s + 1, **i64)
         self._predicted = torch.zeros(self.nb + 1, dtype=torch.bool, device=self.device)
-        self.counters: Dict[str, Tensor] = {c: torch.zeros((), **i64) for c in self.COUNTERS}
+        self._counts = torch.zeros(len(self.COUNTERS), **i64)  # one tensor: the kernel adds in place
+        self.counters: Dict[str, Tensor] = {c: self._counts[i] for i, c in enumerate(self.COUNTERS)}
+        self.now_t = torch.zeros(1, **i64)
+        if backend is None:
+            backend = residency_kernel(self.device)
+        elif backend is not False and not hasattr(backend, "residency_admit"):
+            raise ValueError(f"ResidencyMap: 'backend' must be None, False or an object with residency_admit, "
+                             f"got {type(backend).__name__}")
+        self.backend = backend or None
+        self._work: Dict[Any, Any] = {}  # the kernel's scratch and recorded launches
+        self._out: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}  # kernel outputs, one set per call kind
+
+    def set_now(self, now: Union[int, Tensor]) -> None:
+        """Write the step number into ``now_t`` (an op on the device; no host sync)."""
+        if isinstance(now, Tensor):
+            if now.data_ptr() != self.now_t.data_ptr():
+                self.now_t.copy_(now.reshape(1))
+        else:
+            self.now_t.fill_(int(now))
 
     # ------------------------------------------------------------------ helpers
     def _mark(self, blocks: Tensor) -> Tensor:
@@ -94,7 +137,7 @@ class ResidencyMap:
         return self.slot_of[: self.nb] >= 0
 
     # ------------------------------------------------------------------ the step
-    def _admit(self, blocks: Tensor, now: int, counter: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _admit(self, blocks: Tensor, now: Tensor, counter: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Make the distinct blocks of ``blocks int64 [N]`` resident (``N <= S``).
 
         Returns ``(want bool [NB], src int64 [N], dst int64 [N], n_miss int64 [])``:
@@ -133,14 +176,35 @@ class ResidencyMap:
         self.counters[counter] += n_miss
         return want, src, dst, n_miss
 
-    def request(self, blocks: Tensor, now: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def _fused(self, blocks: Tensor, request: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        """The backend kernel's ``request`` / ``predict``; outputs live in persistent
+        buffers per kind (a prefetch's lists are still being read by the copy stream
+        when the same step's request is computed)."""
+        n = blocks.shape[0]
+        self.check_capacity(n, "this request")
+        out = self._out.get(request)
+        if out is None:
+            i64 = dict(dtype=torch.int64, device=self.device)
+            out = self._out[request] = (torch.zeros(self.s, **i64), torch.zeros(self.s, **i64), torch.zeros((), **i64))
+        src, dst, n_miss = out[0][:n], out[1][:n], out[2]
+        state = dict(slot_of=self.slot_of, block_of=self.block_of, last_used=self.last_used, uses=self.uses,
+                     predicted=self._predicted.view(torch.uint8), counters=self._counts, now=self.now_t)
+        self.backend.residency_admit(state, self._work, blocks, src, dst, n_miss, request)
+        return src, dst, n_miss
+
+    def request(self, blocks: Tensor, now: Union[int, Tensor, None] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """The blocks one attention call needs: ``blocks int [N]`` host block ids
-        (``-1`` padding, duplicates allowed), ``now`` the step number (host int,
-        increasing). Counts hits and prediction hits, picks victims, updates the map.
+        (``-1`` padding, duplicates allowed), ``now`` the step number (increasing;
+        a host int or a device tensor, written into ``now_t``; ``None``: ``now_t``
+        as it is). Counts hits and prediction hits, picks victims, updates the map.
 
         Returns ``(src int64 [N], dst int64 [N], n_miss int64 [])`` for the mover."""
         blocks = blocks.reshape(-1).long()
-        want, src, dst, n_miss = self._admit(blocks, now, "fetched")
+        if now is not None:
+            self.set_now(now)
+        if self.backend is not None:
+            return self._fused(blocks, True)
+        want, src, dst, n_miss = self._admit(blocks, self.now_t[0], "fetched")
         n_want = want.sum()
         self.counters["wanted"] += n_want
         self.counters["hits"] += n_want - n_miss
@@ -149,19 +213,22 @@ class ResidencyMap:
         self.uses[: self.s] += (want[held.clamp(min=0)] & (held >= 0)).long()
         return src, dst, n_miss
 
-    def predict(self, blocks: Tensor, now: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def predict(self, blocks: Tensor, now: Union[int, Tensor, None] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Prefetch: make ``blocks int [N]`` (a prediction of the next request)
         resident ahead of time and remember it for the ``predicted_hits`` counter.
         Returns ``(src, dst, n_miss)`` like :meth:`request`."""
         blocks = blocks.reshape(-1).long()
-        want, src, dst, n_miss = self._admit(blocks, now, "prefetched")
+        if now is not None:
+            self.set_now(now)
+        if self.backend is not None:
+            return self._fused(blocks, False)
+        want, src, dst, n_miss = self._admit(blocks, self.now_t[0], "prefetched")
         self._predicted[: self.nb] = want
         return src, dst, n_miss
 
     def stats(self) -> Dict[str, int]:
         """Counters as host ints (a host sync: call outside the decode step)."""
-        return {c: int(v.item()) for c, v in self.counters.items()}
+        return dict(zip(self.COUNTERS, (int(v) for v in self._counts.tolist())))
 
     def reset_counters(self) -> None:
-        for v in self.counters.values():
-            v.zero_()
+        self._counts.zero_()

@@ -1,0 +1,128 @@
+"""The fused residency kernel (cuda_ops/offload_residency.py) against the torch
+ResidencyMap (the reference): on fresh random request / predict sequences (padding
+-1, duplicates, a full pool, prefetch then request, misses beyond the free slots)
+every tensor of the map, the mover's src / dst / n_miss and every counter are equal
+after every call. Runs the kernels in the Triton interpreter on CPU (TRITON_INTERPRET=1;
+ci/test.sh's interpreter stage) or on CUDA."""
+import os
+
+import pytest
+import torch
+
+from gsa.offload import ResidencyMap
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
+                                reason="the residency kernel runs on CUDA, or on the CPU under TRITON_INTERPRET=1")
+
+
+def _dev():
+    return torch.device("cpu" if INTERPRET else "cuda")
+
+
+def _pair(nb, s):
+    from cuda_ops.hotpath import TritonHotPath
+
+    dev = _dev()
+    ref = ResidencyMap(nb, s, dev, backend=False)
+    fused = ResidencyMap(nb, s, dev, backend=TritonHotPath())
+    assert ref.backend is None and fused.backend is not None
+    return ref, fused
+
+
+def _assert_same(ref, fused, out_ref, out_fused, what):
+    for name in ("slot_of", "block_of", "last_used", "uses", "_predicted", "_counts"):
+        a, b = getattr(ref, name), getattr(fused, name)
+        assert torch.equal(a, b), f"{what}: {name} differs\nref   {a.tolist()}\nfused {b.tolist()}"
+    for name, a, b in zip(("src", "dst", "n_miss"), out_ref, out_fused):
+        assert a.shape == b.shape and torch.equal(a, b), f"{what}: {name} differs\nref   {a.tolist()}\nfused {b.tolist()}"
+
+
+def _random_blocks(g, nb, n, pad_frac, dup_frac):
+    """``n`` entries: distinct ids, some repeated, some padding (-1)."""
+    blocks = torch.randperm(nb, generator=g)[:n].clone()
+    if n < 2:
+        return blocks
+    r = torch.rand(n, generator=g)
+    dup = r < dup_frac
+    blocks[dup] = blocks[torch.randint(0, n, (int(dup.sum()),), generator=g)]
+    blocks[(r >= dup_frac) & (r < dup_frac + pad_frac)] = -1
+    return blocks
+
+
+@pytest.mark.parametrize("nb,s", [(7, 7), (40, 12), (3000, 300)])
+def test_fused_residency_equals_torch_map_on_random_sequences(rng, nb, s):
+    # the (3000, 300) case spans several host-block chunks and slot programs of the kernel
+    ref, fused = _pair(nb, s)
+    dev = _dev()
+    steps = 12 if nb < 1000 else 5
+    for t in range(1, steps + 1):
+        for kind in ("predict", "request") if t % 3 else ("request",):
+            n = int(torch.randint(1, s + 1, (1,), generator=rng))
+            if t == steps:
+                n = s  # a request as wide as the pool
+            blocks = _random_blocks(rng, nb, min(n, nb), 0.2, 0.2)
+            if blocks.shape[0] < n:  # more entries than host blocks: pad
+                blocks = torch.cat([blocks, blocks.new_full((n - blocks.shape[0],), -1)])
+            blocks = blocks.to(dev)
+            out_r = getattr(ref, kind)(blocks, t)
+            out_f = getattr(fused, kind)(blocks, t)
+            _assert_same(ref, fused, out_r, out_f, f"step {t} {kind} n={n}")
+    assert ref.stats() == fused.stats()
+    assert fused.stats()["wanted"] > 0
+
+
+def test_fused_residency_full_pool_and_eviction_order_by_hand():
+    # every slot taken, then a request keeping some and missing as many as the rest
+    ref, fused = _pair(10, 4)
+    dev = _dev()
+    seq = [("request", [0, 1, 2, 3], 1), ("request", [1, 1, -1, 2], 2), ("predict", [5, 6, 1, -1], 3),
+           ("request", [5, 7, 8, 1], 4), ("request", [9, 9, 9, 9], 5), ("request", [-1, -1, -1, -1], 6),
+           ("predict", [0, 2, 4, 6], 7), ("request", [0, 2, 4, 6], 7)]
+    for kind, blocks, now in seq:
+        b = torch.tensor(blocks, device=dev)
+        out_r = getattr(ref, kind)(b, now)
+        out_f = getattr(fused, kind)(b, now)
+        _assert_same(ref, fused, out_r, out_f, f"{kind} {blocks} at {now}")
+    # the last request was predicted exactly: all hits, nothing fetched
+    assert int(out_f[2]) == 0
+    st = fused.stats()
+    assert st["predicted_hits"] >= 4 and st["wanted"] == st["hits"] + st["fetched"]
+
+
+def test_fused_residency_now_as_device_tensor(rng):
+    # a step counter kept on the device (what a captured CUDA graph reads at replay)
+    ref, fused = _pair(30, 10)
+    now = torch.zeros(1, dtype=torch.int64, device=_dev())
+    for t in range(1, 6):
+        now += 1
+        blocks = _random_blocks(rng, 30, 8, 0.1, 0.1).to(_dev())
+        out_r = ref.request(blocks, int(t))
+        out_f = fused.request(blocks, now)
+        _assert_same(ref, fused, out_r, out_f, f"step {t}")
+    assert int(fused.now_t) == 5
+
+
+def test_residency_backend_argument_is_checked():
+    with pytest.raises(ValueError, match="backend"):
+        ResidencyMap(4, 2, backend=object())
+    assert ResidencyMap(4, 2).backend is None  # CPU: the torch ops
+
+
+def test_uva_gather_with_fewer_lanes_than_misses(rng, monkeypatch):
+    # the gather kernel's grid is sized by the device, not by N: one lane loops over every miss
+    import cuda_ops.offload_copy as oc
+
+    monkeypatch.setattr(oc, "PROGRAMS_PER_SM", 1)
+    dev = _dev()
+    nb, s, bs, hkv, d = 9, 6, 2, 2, 3
+    hk, hv = (torch.randn(nb, bs, hkv, d, generator=rng) for _ in range(2))
+    pk, pv = torch.zeros(s + 1, bs, hkv, d), torch.zeros(s + 1, bs, hkv, d)
+    src = torch.tensor([8, 3, 0, 5, 0, 0])
+    dst = torch.tensor([1, 4, 0, 2, 6, 6])
+    want_k, want_v = pk.clone(), pv.clone()
+    want_k[dst[:4]], want_v[dst[:4]] = hk[src[:4]], hv[src[:4]]
+    pk, pv = pk.to(dev), pv.to(dev)
+    oc.gather_blocks(hk.to(dev) if not INTERPRET else hk, hv.to(dev) if not INTERPRET else hv, pk, pv,
+                     src.to(dev), dst.to(dev), torch.tensor(4, device=dev))
+    assert torch.equal(pk.cpu(), want_k) and torch.equal(pv.cpu(), want_v)
