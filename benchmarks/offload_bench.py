@@ -6,23 +6,32 @@ shapes: first two and last layer dense), 128-token blocks, 128-bit codes,
 ``--context`` tokens per request (128K), GSA ratio ``--ratio`` (1/8) on the
 sparse layers, device pool ``--pool-frac`` (1/4) of each offloaded layer's KV.
 
-What is timed (decode attention only, per step, medians over ``--steps``):
-only ``--timed-layers`` sparse layers are allocated (host memory bounds the
-rest: a 128K request holds 16.5 GiB of offloaded KV), plus one dense layer;
-tokens/s of the whole model = ``B / (3 * t_dense + 33 * t_sparse)``.
+What is timed (decode attention only): one whole decode step of the timed layers,
+``--timed-layers`` sparse layers (host memory bounds the rest: a 128K request holds
+16.5 GiB of offloaded KV) or one dense layer, per step ``begin_step`` (host planning)
+plus every layer, medians over ``--steps`` steps after ``--warmup`` (steady state: the
+pool's cold fill is not counted, neither in times nor in hit rates). In two modes
+(``--modes``): **eager** (the layers called from Python, as an engine calls attention per
+layer) and **graph** (CUDA: the layers captured once in a CUDA graph after the warm-up,
+each step ``begin_step(graph=True)`` + a replay). Queries and lengths are made on the device
+into static inputs before the clock starts (no host->device copy in the timed step).
+Tokens/s of the whole model = ``B / (3 * t_dense + 33 * t_sparse)`` with the same mode's
+dense layer time. Offload rows per batch: the largest pool fraction whose memory-model
+batch reaches it (``--all-fracs``: every such fraction), so the 1/8 pool runs at 4x the
+dense batch.
 
 Rows (each batch size ``B``):
   dense_hbm            paged attention over the full KV on the device (where it fits)
   dense_host_streamed  the full KV copied host->device per layer, then attention
-                       (a zero-copy kernel reading pinned memory was not written;
-                       this is the same PCIe-bound traffic)
+                       (eager, first batch only: PCIe-bound at every batch; a zero-copy
+                       kernel reading pinned memory was not written, this is the same traffic)
   gsa_hbm              GSASparse.select + attention, all KV on the device
   offload_ondemand     OffloadedGSA, no prefetch
-  offload_prefetch     OffloadedGSA, prefetch "previous" (and "lookahead" as its own row)
+  offload_prefetch     OffloadedGSA, prefetch "previous" (and "lookahead" as its own row, eager)
   cpu_topk_lag1        OffloadedGSA with codes in host memory, selection on a CPU worker
-                       one step behind (its blocks are prefetched exactly)
+                       one step behind (its blocks are prefetched exactly; eager)
 
-Queries drift (``q_t = normalise(q_{t-1} + drift * noise / sqrt(D))``), key codes
+Each layer's query drifts once per step (``q_t = normalise(q_{t-1} + drift * noise / sqrt(D))``), key codes
 are random bytes with a planted hot set per row (``--hot-frac`` of the budget, see
 :func:`plant_hot_blocks`), KV values zeros (values do not change timings). The
 defaults (drift 0.2, hot 0.75) were calibrated on CPU at 128K tokens: consecutive
@@ -78,9 +87,15 @@ def sync(dev: torch.device) -> None:
 
 
 class Workload:
-    """B rows of ``ctx`` tokens growing by one per step; block tables a random permutation."""
+    """B rows of ``ctx`` tokens growing by one per step; block tables a random permutation.
 
-    def __init__(self, cfg: GSAConfig, b: int, ctx: int, steps: int, dev, seed: int = 0):
+    Static device inputs (what a captured step reads): ``qs[l]`` the query of timed layer
+    ``l`` (``[B, Hq, D]``), ``seq`` the lengths (``int32 [B]``); :meth:`advance` writes
+    the next step's values into them with device ops (no host->device copy), outside
+    the timed region. Each layer's query drifts on its own:
+    ``q_t = normalise(q_{t-1} + drift * noise / sqrt(D))``, from one first query ``q0``."""
+
+    def __init__(self, cfg: GSAConfig, b: int, ctx: int, steps: int, dev, n_layers: int, dtype, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         self.bs = cfg.chunk_size
         self.m = math.ceil((ctx + steps + 2) / self.bs)
@@ -89,13 +104,21 @@ class Workload:
         self.table = self.table_host.to(dev)
         self.b, self.ctx, self.dev = b, ctx, dev
         self.hq, self.d = cfg.num_attention_heads, cfg.head_dim
-        self.q = torch.nn.functional.normalize(torch.randn(b, self.hq, self.d, generator=g), dim=-1)
-        self.g = g
+        self.q0 = torch.nn.functional.normalize(torch.randn(b, self.hq, self.d, generator=g), dim=-1)
+        self.q = self.q0.to(dev).expand(n_layers, -1, -1, -1).clone()
+        self.qs = [torch.empty(b, self.hq, self.d, dtype=dtype, device=dev) for _ in range(n_layers)]
+        self.seq = torch.full((b,), ctx, dtype=torch.int32, device=dev)
+        self.gd = torch.Generator(device=dev).manual_seed(seed + 1)
 
-    def step_queries(self, drift: float, dtype) -> torch.Tensor:
-        noise = torch.randn(self.q.shape, generator=self.g) / math.sqrt(self.d)  # unit-norm scale: drift is relative
+    def lens(self, i: int) -> list:
+        return [self.ctx + i] * self.b
+
+    def advance(self, i: int, drift: float) -> None:
+        noise = torch.randn(self.q.shape, generator=self.gd, device=self.dev) / math.sqrt(self.d)
         self.q = torch.nn.functional.normalize(self.q + drift * noise, dim=-1)
-        return self.q.to(self.dev, dtype)
+        for l, buf in enumerate(self.qs):
+            buf.copy_(self.q[l])
+        self.seq.fill_(self.ctx + i)
 
 
 def plant_hot_blocks(hc: dict, w: Workload, gsa_rt: GSASparse, ratio: float, hot_frac: float, seed: int = 0) -> int:
@@ -113,7 +136,7 @@ def plant_hot_blocks(hc: dict, w: Workload, gsa_rt: GSASparse, ratio: float, hot
     g = torch.Generator().manual_seed(seed)
     for l, cache in hc.items():
         hkv, group = cache.shape[1], w.hq // cache.shape[1]
-        codes = ops.hash_encode(w.q.to(cache.device, torch.float32), gsa_rt.weights(l))[:, ::group]  # [B, Hkv, C]
+        codes = ops.hash_encode(w.q0.to(cache.device), gsa_rt.weights(l))[:, ::group]  # [B, Hkv, C]
         for b in range(w.b):
             logical = torch.randperm(nb_row - 3, generator=g)[:n_hot] + 1  # not block 0 nor the last two
             phys = w.table_host[b, logical].long().to(cache.device)
@@ -121,16 +144,37 @@ def plant_hot_blocks(hc: dict, w: Workload, gsa_rt: GSASparse, ratio: float, hot
     return n_hot
 
 
-def timed_steps(run_step, steps: int, warmup: int, dev) -> float:
-    """Median seconds of ``run_step(i)`` over ``steps`` after ``warmup``."""
-    times = []
-    for i in range(warmup + steps):
+def timed_steps(w: Workload, args, dev, begin, body, graph: bool, on_timed=None) -> float:
+    """Median seconds of one decode step over ``args.steps`` after ``args.warmup`` (steady state).
+
+    A step is ``begin(i, graph)`` (host-side planning, e.g. ``begin_step``) then ``body()``
+    (every timed layer). ``graph=False``: both eager, as an engine calls them per layer
+    from Python. ``graph=True``: the warm-up steps run eager, then ``body`` is captured once
+    in a CUDA graph and each timed step is ``begin(i, True)`` + a replay; the replays read
+    the new queries and lengths from the static inputs. ``w.advance`` writes those before
+    the clock starts; ``on_timed()`` runs once before the first timed step (counter reset)."""
+    times, g = [], None
+    for i in range(args.warmup + args.steps):
+        w.advance(i, args.drift)
+        if i == args.warmup and on_timed is not None:
+            on_timed()
+        if graph and i == args.warmup:
+            begin(i, True)  # (the warm-up ran the same graph-form calls eagerly: nothing compiles in capture)
+            sync(dev)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                body()
         sync(dev)
         t0 = time.perf_counter()
-        run_step(i)
+        begin(i, graph)
+        if g is not None:
+            g.replay()
+        else:
+            body()
         sync(dev)
-        if i >= warmup:
+        if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    del g
     return statistics.median(times)
 
 
@@ -169,107 +213,155 @@ def memory_model(cfg: GSAConfig, args) -> dict:
     return out
 
 
-def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool) -> list:
+def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) -> list:
+    """Every row at batch ``b``, in each of ``args.modes`` (eager, graph); offload rows for the
+    pool fractions ``fracs`` (those whose memory-model batch reaches ``b``)."""
     rows = []
     gsa_rt = GSASparse(cfg, dev, block_size=cfg.chunk_size)
     sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1][: args.timed_layers]
     hkv, d, bs = cfg.num_key_value_heads, cfg.head_dim, cfg.chunk_size
     n_dense = sum(1 for r in cfg.top_k_ratio_per_layer if r >= 1)
     n_sparse = cfg.num_hidden_layers - n_dense
+    nl = len(sparse_layers)
+    w = Workload(cfg, b, args.context, args.warmup + args.steps, dev, nl, dtype)
+    max_len = args.context + args.warmup + args.steps + 1
+    k = gsa_rt.begin_step([max_len] * b).plan.k  # the width a captured step needs (its largest selection)
+    modes = [m for m in args.modes if m == "eager" or dev.type == "cuda"]
 
     def tok_s(t_dense, t_sparse):
         return b / (n_dense * t_dense + n_sparse * t_sparse)
 
-    w = Workload(cfg, b, args.context, args.warmup + args.steps, dev)
-    lens = lambda i: [args.context + i] * b  # noqa: E731
-    seq_dev = lambda i: torch.tensor(lens(i), dtype=torch.int32, device=dev)  # noqa: E731
+    def measure(name, begin, body, mode, on_timed=None, per=1):
+        try:
+            return timed_steps(w, args, dev, begin, body, mode == "graph", on_timed) / per, None
+        except Exception as e:  # a capture that fails: the row says why, the run goes on
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            print(f"{name} {mode} B={b}: {type(e).__name__}: {e}", flush=True)
+            return None, f"{type(e).__name__}: {str(e)[:200]}"
 
     # one dense layer's attention over the full KV on the device: every row's dense layers
     kc = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, device=dev)
     vc = torch.zeros_like(kc)
-    t_dense = timed_steps(lambda i: ops.paged_decode_attention(w.step_queries(args.drift, dtype), kc, vc, w.table,
-                                                               seq_dev(i)), args.steps, args.warmup, dev)
-    if dense_fits:
-        rows.append(dict(row="dense_hbm", batch=b, t_layer_ms=t_dense * 1e3, tok_s=tok_s(t_dense, t_dense)))
+    nothing = lambda i, graph: None  # noqa: E731
+    t_dense, t_gsa = {}, {}
+    for mode in modes:
+        t, err = measure("dense_hbm", nothing, lambda: gsa_rt._attention_hot(0, w.qs[0], kc, vc, w.table, w.seq,
+                                                                           None), mode)
+        t_dense[mode] = t
+        rows.append(dict(row="dense_hbm", mode=mode, batch=b, fits_hbm=dense_fits, error=err,
+                         t_layer_ms=t and t * 1e3, tok_s=t and tok_s(t, t)))
 
-    # dense reading host KV: copy a layer's whole KV host->device, then attend
-    hk = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, pin_memory=dev.type != "cpu")
+    # dense reading host KV: copy a layer's whole KV host->device, then attend (eager; PCIe-bound)
+    if b == args.batches[0] and "dense_host_streamed" not in args.skip_rows:
+        hk = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, pin_memory=dev.type != "cpu")
 
-    def dense_stream(i):
-        kc.copy_(hk, non_blocking=True)
-        vc.copy_(hk, non_blocking=True)
-        ops.paged_decode_attention(w.step_queries(args.drift, dtype), kc, vc, w.table, seq_dev(i))
-    t = timed_steps(dense_stream, args.steps, args.warmup, dev)
-    rows.append(dict(row="dense_host_streamed", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t, t)))
-    hk = None  # free the pinned copy
+        def dense_stream():
+            kc.copy_(hk, non_blocking=True)
+            vc.copy_(hk, non_blocking=True)
+            gsa_rt._attention_hot(0, w.qs[0], kc, vc, w.table, w.seq, None)
+        t, err = measure("dense_host_streamed", nothing, dense_stream, "eager")
+        rows.append(dict(row="dense_host_streamed", mode="eager", batch=b, error=err, t_layer_ms=t and t * 1e3,
+                         tok_s=t and tok_s(t, t)))
+        hk = None  # free the pinned copy
 
     # GSA with all KV on the device
     hc = {l: torch.randint(0, 256, gsa_rt.hash_cache_shape(w.nb), dtype=torch.uint8, device=dev)
           for l in sparse_layers}
     plant_hot_blocks(hc, w, gsa_rt, args.ratio, args.hot_frac)
+    cur = {}
 
-    def gsa_step(i):
-        st = gsa_rt.begin_step(lens(i))
-        s = seq_dev(i)
-        for l in sparse_layers:
-            gsa_rt.decode_attention(l, st, w.step_queries(args.drift, dtype), kc, vc, w.table, s, hc[l])
-    t = timed_steps(gsa_step, args.steps, args.warmup, dev) / len(sparse_layers)
-    t_gsa = t
-    if dense_fits:
-        rows.append(dict(row="gsa_hbm", batch=b, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t)))
+    def gsa_begin(i, graph):
+        cur["st"] = gsa_rt.begin_step(w.lens(i), k=k if graph else None, graph=graph)
+
+    def gsa_body():
+        for j, l in enumerate(sparse_layers):
+            gsa_rt.decode_attention(l, cur["st"], w.qs[j], kc, vc, w.table, w.seq, hc[l])
+    for mode in modes:
+        t, err = measure("gsa_hbm", gsa_begin, gsa_body, mode, per=nl)
+        t_gsa[mode] = t
+        rows.append(dict(row="gsa_hbm", mode=mode, batch=b, fits_hbm=dense_fits, error=err, t_layer_ms=t and t * 1e3,
+                         tok_s=t and t_dense[mode] and tok_s(t_dense[mode], t)))
     kc = vc = None  # free the full device KV before the offload rows
 
-    variants = [("offload_ondemand", dict(prefetch=None)), ("offload_prefetch", dict(prefetch="previous")),
-                ("offload_lookahead", dict(prefetch="lookahead", lookahead=1.5)),
-                ("cpu_topk_lag1", dict(prefetch="previous", selector="cpu", cpu_lag=1))]
+    variants = [("offload_ondemand", dict(prefetch=None), modes), ("offload_prefetch", dict(prefetch="previous"), modes),
+                ("offload_lookahead", dict(prefetch="lookahead", lookahead=1.5), ["eager"]),
+                ("cpu_topk_lag1", dict(prefetch="previous", selector="cpu", cpu_lag=1), ["eager"])]
     variants = [v for v in variants if v[0] not in args.skip_rows]
-    for frac in args.pool_fracs:
-        for name, kw in variants:
-            if frac != args.pool_fracs[0] and name != "offload_prefetch":
+    for frac in fracs:
+        made = None  # one OffloadedGSA per pool for on-demand / previous (pinned host KV is slow to allocate)
+        for name, kw, vmodes in variants:
+            if frac != args.pool_fracs[0] and name not in args.all_frac_rows:
                 continue
-            max_len = args.context + args.warmup + args.steps + 1
             lag = kw.get("cpu_lag", 0)
             need = min_pool_blocks(gsa_rt, b, max_len, lag, kw.get("lookahead", 1.0) if kw["prefetch"] == "lookahead" else 1.0)
             pool = int(math.ceil(frac * w.nb))
             if pool < need and need <= 1.05 * pool:  # 1/8 of the KV at ratio 1/8: round up to a step's width
                 pool = need
+            shared = "selector" not in kw and kw["prefetch"] != "lookahead"
             try:
-                off = OffloadedGSA(gsa_rt, w.nb, pool, b, max_len, hkv, d, dtype, layers=sparse_layers,
-                                   mover_mode=args.mover, **kw)
+                if shared and made is not None and made.s == pool:
+                    off = made
+                else:
+                    made = None
+                    off = OffloadedGSA(gsa_rt, w.nb, pool, b, max_len, hkv, d, dtype, layers=sparse_layers,
+                                       mover_mode=args.mover, **kw)
+                    for l in sparse_layers:
+                        codes = hc[l].cpu() if off.cpu_topk else hc[l]
+                        (off.cpu_topk.codes if off.cpu_topk else off.hash_caches)[l].copy_(codes)
+                    if shared:
+                        made = off
             except ValueError as e:  # the pool cannot hold a step (e.g. lookahead at pool 1/8)
                 rows.append(dict(row=name, batch=b, pool_frac=frac, skipped=str(e)))
                 continue
-            for l in sparse_layers:
-                codes = hc[l].cpu() if off.cpu_topk else hc[l]
-                (off.cpu_topk.codes if off.cpu_topk else off.hash_caches)[l].copy_(codes)
 
-            def off_step(i):
-                if i == args.warmup:  # count the timed steps only (the first step fills an empty pool)
-                    for m in off.maps.values():
-                        m.reset_counters()
-                st = off.begin_step(lens(i), block_table_host=w.table_host)
-                s, sh = seq_dev(i), torch.tensor(lens(i), dtype=torch.int32)
-                for l in sparse_layers:
-                    off.decode_attention(l, st, w.step_queries(args.drift, dtype), w.table, s,
-                                         block_table_host=w.table_host, seq_lens_host=sh)
-            t = timed_steps(off_step, args.steps, args.warmup, dev) / len(sparse_layers)
-            stt = off.stats()
-            moved = (stt["fetched"] + stt["prefetched"]) * stt["block_bytes"]
-            steps_run = args.steps  # the counters cover the timed steps
-            rows.append(dict(row=name, batch=b, pool_frac=frac, pool_slots=pool, mover=off.movers[sparse_layers[0]].mode, t_layer_ms=t * 1e3, tok_s=tok_s(t_dense, t),
-                             per_request_vs_gsa_hbm=t_gsa / t, hit_rate=stt["hit_rate"],
-                             predicted_rate=stt["predicted_rate"],
-                             h2d_gbs=moved / max(steps_run * len(sparse_layers), 1) / t / 1e9,
-                             fetched_blocks_per_layer_step=(stt["fetched"] + stt["prefetched"]) / (steps_run * len(sparse_layers)),
-                             cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None,
-                             cpu_select_ms=statistics.median(off.cpu_topk.select_seconds) * 1e3
-                             if off.cpu_topk and off.cpu_topk.select_seconds else None))
+            def off_begin(i, graph):
+                cur["st"] = off.begin_step(w.lens(i), k=k if graph else None, block_table_host=w.table_host,
+                                           graph=graph)
+
+            sh = {}
+
+            def off_body():
+                for j, l in enumerate(sparse_layers):
+                    extra = dict(block_table_host=w.table_host, seq_lens_host=sh["seq"]) if off.cpu_topk else {}
+                    off.decode_attention(l, cur["st"], w.qs[j], w.table, w.seq, **extra)
+
+            def reset_counters():  # count the timed steps only (the first step fills an empty pool)
+                for m in off.maps.values():
+                    m.reset_counters()
+            for mode in vmodes:
+                if off is made:
+                    off.reset_residency(kw["prefetch"])  # cold pool for every (variant, mode)
+                if off.cpu_topk:
+                    sh["seq"] = torch.tensor(w.lens(0), dtype=torch.int32)
+
+                    def cpu_begin(i, graph):
+                        sh["seq"] = torch.tensor(w.lens(i), dtype=torch.int32)
+                        off_begin(i, graph)
+                    begin = cpu_begin
+                else:
+                    begin = off_begin
+                t, err = measure(name, begin, off_body, mode, reset_counters, per=nl)
+                row = dict(row=name, mode=mode, batch=b, pool_frac=frac, pool_slots=pool, error=err,
+                           mover=off.movers[sparse_layers[0]].mode, t_layer_ms=t and t * 1e3)
+                if t is not None:
+                    stt = off.stats()
+                    fetched = (stt["fetched"] + stt["prefetched"]) / (args.steps * nl)
+                    row.update(tok_s=t_dense[mode] and tok_s(t_dense[mode], t),
+                               per_request_vs_gsa_hbm=t_gsa[mode] and t_gsa[mode] / t, hit_rate=stt["hit_rate"],
+                               predicted_rate=stt["predicted_rate"], fetched_blocks_per_layer_step=fetched,
+                               h2d_gbs=fetched * stt["block_bytes"] / t / 1e9,
+                               cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None,
+                               cpu_select_ms=statistics.median(off.cpu_topk.select_seconds) * 1e3
+                               if off.cpu_topk and off.cpu_topk.select_seconds else None)
+                rows.append(row)
             if off.cpu_topk:
                 off.cpu_topk.close()
             off = None
-            empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # give pinned memory back
-            if dev.type == "cuda" and empty_host_cache is not None:
-                empty_host_cache()
+        made = None
+        empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # give pinned memory back
+        if dev.type == "cuda" and empty_host_cache is not None:
+            empty_host_cache()
     return rows
 
 
@@ -282,8 +374,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--pool-fracs", type=float, nargs="+", default=[0.25, 0.125])
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="default: dense max, 2x, 4x of it")
     ap.add_argument("--timed-layers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per row and mode (after --warmup)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph"],
+                    help="eager: the layers called from Python; graph: the step captured once, replayed (CUDA)")
+    ap.add_argument("--all-fracs", action="store_true", help="offload rows for every pool fraction whose "
+                    "memory-model batch reaches B (default: only the largest such fraction)")
+    ap.add_argument("--all-frac-rows", nargs="*", default=["offload_ondemand", "offload_prefetch"],
+                    help="rows that run at pool fractions other than the first")
     ap.add_argument("--drift", type=float, default=0.2, help="relative query step per decode step")
     ap.add_argument("--hot-frac", type=float, default=0.75, help="hot share of each row's budget (plant_hot_blocks)")
     ap.add_argument("--threshold", type=int, default=2048, help="seq_len threshold of sparse rows (sizes the pool "
@@ -316,13 +414,16 @@ def main(argv=None) -> dict:
     cfg = config(args.ratio, args.threshold)
     mem = memory_model(cfg, args)
     b_dense = max(mem["dense_max_batch"], 1)
-    batches = args.batches or sorted({b_dense, 2 * b_dense, 4 * b_dense,
-                                      mem[f"offload_pool{args.pool_fracs[0]:g}_max_batch"]})
+    args.batches = batches = args.batches or sorted({b_dense, 2 * b_dense, 4 * b_dense,
+                                                     mem[f"offload_pool{args.pool_fracs[0]:g}_max_batch"]})
     t0 = time.time()
     rows = []
     for b in batches:
-        print(f"batch {b} ...", flush=True)
-        rows += run_rows(cfg, b, args, dev, dtype, dense_fits=b <= mem["dense_max_batch"] or args.smoke)
+        fit = sorted((f for f in args.pool_fracs if b <= mem[f"offload_pool{f:g}_max_batch"] or args.smoke),
+                     reverse=True)
+        fracs = [f for f in args.pool_fracs if f in fit] if args.all_fracs else fit[:1]
+        print(f"batch {b}, pools {fracs} ... ({time.time() - t0:.0f} s)", flush=True)
+        rows += run_rows(cfg, b, args, dev, dtype, b <= mem["dense_max_batch"] or args.smoke, fracs)
     res = dict(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
                smoke=args.smoke, args=vars(args), memory_model=mem, pcie_h2d_gbs=pcie_gbs(dev, 1.0 if not args.smoke else 0.01),
                rows=rows, seconds=time.time() - t0, mover=args.mover or "auto", counted_steps=args.steps)
@@ -340,15 +441,37 @@ def main(argv=None) -> dict:
 
 
 def headline(res: dict, args) -> dict:
-    mem, rows = res["memory_model"], [r for r in res["rows"] if "tok_s" in r]
-    frac = args.pool_fracs[0]
-    b_off = mem[f"offload_pool{frac:g}_max_batch"]
-    dense = [r for r in rows if r["row"] == "dense_hbm"]
-    best_dense = max(dense, key=lambda r: r["batch"]) if dense else None
-    pref = [r for r in rows if r["row"] == "offload_prefetch" and r.get("pool_frac") == frac]
-    at_max = [r for r in pref if r["batch"] <= b_off]
-    top = max(at_max, key=lambda r: r["batch"]) if at_max else None
-    same_b = [r for r in pref if best_dense and r["batch"] == best_dense["batch"]]
+    """The issue's headline keys, from the best measured configuration (say which):
+
+    per mode, the offload row (variant, pool, batch <= that pool's memory-model batch) with
+    the highest tokens/s; ``throughput_gain_vs_dense`` = its tokens/s over dense at dense's
+    largest fitting batch in the same mode; ``concurrency_gain`` = its batch over dense's
+    (requests actually timed side by side; ``concurrency_gain_memory_model``: what its pool
+    fraction allows); ``per_request_vs_gsa_in_hbm`` = GSA-in-HBM time over the best offload
+    row's time at dense's batch, same mode. The top-level keys are those of the mode with the
+    higher throughput gain (``headline_mode``)."""
+    mem, rows = res["memory_model"], [r for r in res["rows"] if r.get("tok_s")]
+    b_dense = max(mem["dense_max_batch"], 1)
+    by_mode = {}
+    for mode in args.modes:
+        dense = [r for r in rows if r["row"] == "dense_hbm" and r["mode"] == mode and r["batch"] <= b_dense]
+        best_dense = max(dense, key=lambda r: r["batch"]) if dense else None
+        off = [r for r in rows if r["row"].startswith(("offload", "cpu_topk")) and r["mode"] == mode
+               and r["batch"] <= mem[f"offload_pool{r['pool_frac']:g}_max_batch"]]
+        if not best_dense or not off:
+            continue
+        top = max(off, key=lambda r: r["tok_s"])
+        same_b = [r for r in off if r["batch"] == best_dense["batch"]]
+        pr = max(same_b, key=lambda r: r["per_request_vs_gsa_hbm"] or 0) if same_b else None
+        by_mode[mode] = dict(
+            throughput_gain_vs_dense=top["tok_s"] / best_dense["tok_s"],
+            concurrency_gain=top["batch"] / best_dense["batch"],
+            concurrency_gain_memory_model=mem[f"offload_pool{top['pool_frac']:g}_max_batch"] / b_dense,
+            per_request_vs_gsa_in_hbm=pr["per_request_vs_gsa_hbm"] if pr else None,
+            config=f"{mode}: {top['row']}, pool {top['pool_frac']:g}, B = {top['batch']} ({top['tok_s']:.1f} tok/s) vs "
+                   f"dense_hbm B = {best_dense['batch']} ({best_dense['tok_s']:.1f} tok/s); per request: "
+                   + (f"{pr['row']} pool {pr['pool_frac']:g} at B = {pr['batch']}" if pr else "-"))
+    mode = max(by_mode, key=lambda m: by_mode[m]["throughput_gain_vs_dense"]) if by_mode else None
     by_trace = {}
     for path in [args.traces] if isinstance(args.traces, str) else args.traces:
         if os.path.exists(path):
@@ -357,16 +480,18 @@ def headline(res: dict, args) -> dict:
     by_trace = {k: v for k, v in by_trace.items() if v is not None}
     traces = min(by_trace, key=by_trace.get) if by_trace else None
     hit = by_trace[traces] if traces else None
+    top = by_mode.get(mode, {})
     return dict(
-        concurrency_gain=b_off / max(mem["dense_max_batch"], 1),
-        throughput_gain_vs_dense=(top["tok_s"] / best_dense["tok_s"]) if top and best_dense else None,
+        concurrency_gain=top.get("concurrency_gain"),
+        concurrency_gain_memory_model=top.get("concurrency_gain_memory_model"),
+        throughput_gain_vs_dense=top.get("throughput_gain_vs_dense"),
         hit_rate_1_8=hit,
         hit_rate_1_8_source=f"{traces} (real decode traces; the lowest of {len(by_trace)})" if hit is not None
         else "not measured: run benchmarks/offload_traces.py first",
         hit_rate_1_8_by_trace=by_trace,
-        per_request_vs_gsa_in_hbm=same_b[0]["per_request_vs_gsa_hbm"] if same_b else None,
-        headline_notes=f"pool {frac:g} of the KV; throughput at the largest timed batch <= {b_off} vs dense at "
-                       f"{best_dense['batch'] if best_dense else '-'}; decode attention only",
+        per_request_vs_gsa_in_hbm=top.get("per_request_vs_gsa_in_hbm"),
+        headline_mode=mode, headline_by_mode=by_mode,
+        headline_notes=(top.get("config", "no offload row measured") + "; decode attention only"),
     )
 
 
@@ -377,14 +502,18 @@ def markdown(res: dict) -> str:
     out += [f"| {k} | {res[k] if not isinstance(res[k], float) else round(res[k], 3)} |" for k in keys]
     out += ["", f"memory model: {json.dumps({k: round(v, 2) for k, v in res['memory_model'].items()})}",
             f"PCIe host->device: {res['pcie_h2d_gbs']:.1f} GB/s", "",
-            "| row | batch | pool | ms/layer | tok/s | hit | predicted | H2D GB/s | vs GSA-HBM | CPU select ms |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            f"headline configuration ({res.get('headline_mode')}): {res.get('headline_notes')}", "",
+            "| row | mode | batch | pool | ms/layer | tok/s | hit | predicted | H2D GB/s | vs GSA-HBM | CPU select ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in res["rows"]:
-        if "skipped" in r:
-            out.append(f"| {r['row']} | {r['batch']} | {r['pool_frac']} | skipped: {r['skipped'][:80]} | | | | | | |")
+        if "skipped" in r or r.get("error"):
+            why = r.get("skipped") or r.get("error")
+            out.append(f"| {r['row']} | {r.get('mode', '-')} | {r['batch']} | {f(r.get('pool_frac'))} | "
+                       f"{'skipped' if 'skipped' in r else 'error'}: {why[:100]} | | | | | | |")
             continue
-        out.append(f"| {r['row']} | {r['batch']} | {f(r.get('pool_frac'))} | {f(r['t_layer_ms'])} | {f(r['tok_s'], 1)} | "
+        out.append(f"| {r['row']} | {r['mode']} | {r['batch']} | {f(r.get('pool_frac'))} | {f(r['t_layer_ms'])} | "
+                   f"{f(r.get('tok_s'), 1)} | "
                    f"{f(r.get('hit_rate'))} | {f(r.get('predicted_rate'))} | {f(r.get('h2d_gbs'), 2)} | "
                    f"{f(r.get('per_request_vs_gsa_hbm'))} | {f(r.get('cpu_select_ms'))} |")
     return "\n".join(out) + "\n"
@@ -399,14 +528,16 @@ def plot(res: dict, path: str) -> None:
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    names = sorted({r["row"] for r in res["rows"] if "tok_s" in r})
-    for n in names:
-        pts = sorted((r["batch"], r["tok_s"]) for r in res["rows"] if r["row"] == n and "tok_s" in r
-                     and r.get("pool_frac") in (None, res["args"]["pool_fracs"][0]))
+    names = sorted({(r["row"], r["mode"]) for r in res["rows"] if r.get("tok_s")})
+    for n, mode in names:
+        pts = sorted((r["batch"], r["tok_s"]) for r in res["rows"] if (r["row"], r.get("mode")) == (n, mode)
+                     and r.get("tok_s"))
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=n)
+            ax.plot(*zip(*pts), marker="o" if mode == "graph" else "x", linestyle="-" if mode == "graph" else ":",
+                    label=f"{n} ({mode})")
     ax.set_xlabel("concurrent requests")
     ax.set_ylabel("decode-attention tokens/s (model)")
+    ax.set_yscale("log")
     ax.set_title(f"GSA offload, {res['args']['context']} tokens, ratio {Fraction(res['args']['ratio']).limit_denominator(64)}")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -26,7 +26,16 @@ def test_bench_smoke_writes_headline_and_rows(tmp_path):
     saved = json.loads((tmp_path / "offload_smoke.json").read_text())
     for key in ("concurrency_gain", "throughput_gain_vs_dense", "hit_rate_1_8", "per_request_vs_gsa_in_hbm"):
         assert key in saved
-    assert saved["concurrency_gain"] == res["memory_model"]["offload_pool0.5_max_batch"] / res["memory_model"]["dense_max_batch"]
+    mm, mode = res["memory_model"], saved["headline_mode"]
+    assert mode == "eager" and {r.get("mode") for r in saved["rows"]} == {"eager"}  # CPU: no graph rows
+    best = saved["headline_by_mode"][mode]
+    assert saved["concurrency_gain"] == best["concurrency_gain"]
+    assert best["concurrency_gain_memory_model"] in {mm[f"offload_pool{f}_max_batch"] / mm["dense_max_batch"]
+                                                     for f in ("0.5", "0.25")}
+    # the headline row is the fastest offload row of its mode, against dense at dense's largest batch
+    off = [r for r in saved["rows"] if r["row"].startswith(("offload", "cpu")) and r.get("tok_s")]
+    dense = max((r for r in saved["rows"] if r["row"] == "dense_hbm"), key=lambda r: r["batch"])
+    assert saved["throughput_gain_vs_dense"] == pytest.approx(max(r["tok_s"] for r in off) / dense["tok_s"])
     names = {r["row"] for r in saved["rows"] if "tok_s" in r}
     assert names == {"dense_hbm", "dense_host_streamed", "gsa_hbm", "offload_ondemand", "offload_prefetch",
                      "offload_lookahead", "cpu_topk_lag1"}
@@ -128,7 +137,7 @@ def test_bench_headline_hit_rate_is_the_lowest_trace(tmp_path):
         p = tmp_path / f"offload_traces_{name}.json"
         p.write_text(json.dumps({"headline": {"hit_rate_1_8": hit}}))
         paths.append(str(p))
-    args = argparse.Namespace(pool_fracs=[0.25], traces=paths + [str(tmp_path / "missing.json")])
+    args = argparse.Namespace(pool_fracs=[0.25], modes=["eager"], traces=paths + [str(tmp_path / "missing.json")])
     res = {"memory_model": {"offload_pool0.25_max_batch": 6, "dense_max_batch": 2}, "rows": []}
     h = mod.headline(res, args)
     assert h["hit_rate_1_8"] == 0.91 and "offload_traces_b.json" in h["hit_rate_1_8_source"]

@@ -248,9 +248,28 @@ class OffloadedGSA:
                         t = t.pin_memory()  # a truly asynchronous copy
                     dev_budgets[key] = t.to(self.device, non_blocking=True)
                 self._wide[l] = dev_budgets[key]
-        if self.prefetch and self.layers:
+        if self.prefetch and self.layers and not step.graph:
+            # (graph form: the first layer requests on demand; its previous selection is still
+            # resident in a per-layer pool, and a copy issued here would not be ordered before a replay)
             self._predict(self.layers[0])
         return step
+
+    def reset_residency(self, prefetch: Union[bool, str, None, type(...)] = ...) -> None:
+        """Forget what the pools hold (fresh residency maps, counters zero; pool and host
+        contents stay) and optionally switch ``prefetch`` (``None`` or ``"previous"``):
+        a cold start without reallocating the host KV (the benchmark's variants)."""
+        if prefetch is not ...:
+            prefetch = "previous" if prefetch is True else (prefetch or None)
+            if prefetch not in (None, "previous") or (self.prefetch == "lookahead") != (prefetch == "lookahead"):
+                raise ValueError(f"OffloadedGSA.reset_residency: 'prefetch' must be None or 'previous' (lookahead "
+                                 f"is fixed at construction), got {prefetch!r}")
+            self.prefetch = prefetch
+        for mv in self.movers.values():
+            mv.wait()
+        for l in self.layers:
+            self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
+            self.maps[l].now_t = self.now_t
+        self._pred = {}
 
     def _predict(self, layer: int) -> None:
         pred = self._pred.get(layer)
@@ -318,7 +337,8 @@ class OffloadedGSA:
                 self._predict(self.layers[i + 1])
         self.movers[layer].wait()
         pool_table = self.maps[layer].table(table)
-        return ops.paged_decode_attention(q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
+        # the orchestrator's hot-path attention (validated once per signature; no per-call op dispatch)
+        return self.gsa._attention_hot(layer, q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
 
     # ------------------------------------------------------------------ accounting
     def stats(self, layers: Optional[Sequence[int]] = None) -> Dict[str, float]:
