@@ -166,6 +166,7 @@ class OffloadedGSA:
         self.hash_caches = {} if self.cpu_topk else {
             l: torch.zeros(hc_shape, dtype=torch.uint8, device=self.device) for l in sorted(sources)}
         self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
+        self._pred_bufs: Dict[tuple, Tensor] = {}  # (layer, width) -> persistent copy of a selection
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
         self._step: Optional[Step] = None
         self._bt_host: Optional[Tensor] = None
@@ -324,7 +325,14 @@ class OffloadedGSA:
         self.maps[layer].check_capacity(needed.shape[0])
         src, dst, n = self.maps[layer].request(needed)
         self.movers[layer].fetch(src, dst, n)
-        self._pred[layer] = needed
+        if self.prefetch:
+            # a persistent buffer per layer and width: a captured step's prediction for this layer
+            # reads the selection the previous replay wrote, at an address that outlives both
+            buf = self._pred_bufs.get((layer, needed.shape[0]))
+            if buf is None:
+                buf = self._pred_bufs[(layer, needed.shape[0])] = torch.empty_like(needed)
+            buf.copy_(needed)
+            self._pred[layer] = buf
         src_layer = self.gsa.policy.layer(layer).selection_layer
         if self.prefetch == "lookahead" and src_layer in self._wide:
             if src_layer == layer:
