@@ -60,26 +60,33 @@ def hits_engine(seq: List[set], slots: int, nblk: int) -> int:
     return hits
 
 
-def hits_keyed(seq: List[set], slots: int, key, wide: List[set] = None) -> int:
-    """Hits of a policy that evicts the resident block (not in the request) with the
-    smallest ``key(block, last_used, uses, in_wide)`` (``in_wide``: the block is in
-    ``wide[t]``, the step's wide selection; False without ``wide``); ties by block id."""
-    res: Dict[int, List[int]] = {}  # block -> [last_used, uses]
+def _replay_evicting(seq: List[set], slots: int, evict_order, on_use) -> int:
+    """Hits (steps after the first) of a pool of ``slots`` blocks that, when a step's
+    misses overflow it, evicts resident blocks not in the step in ascending
+    ``evict_order(t, block, state)`` (``state``: what ``on_use`` last stored for the
+    block); after each step ``on_use(t, block, state or None)`` gives every selected
+    block its new state. The one loop the keyed policies and the optimum share."""
+    res: Dict[int, object] = {}  # resident block -> its state
     hits = 0
     for t, s in enumerate(seq):
         if t:
             hits += sum(1 for b in s if b in res)
-        miss = [b for b in s if b not in res]
-        over = len(res) + len(miss) - slots
+        over = len(res) + sum(1 for b in s if b not in res) - slots
         if over > 0:
-            w = wide[t] if wide is not None else set()
-            cand = sorted((key(b, *res[b], b in w), b) for b in res if b not in s)
-            for _, b in cand[:over]:
+            for _, b in sorted((evict_order(t, b, res[b]), b) for b in res if b not in s)[:over]:
                 del res[b]
         for b in s:
-            lu, n = res.get(b, [0, 0])
-            res[b] = [t + 1, n + 1]
+            res[b] = on_use(t, b, res.get(b))
     return hits
+
+
+def hits_keyed(seq: List[set], slots: int, key, wide: List[set] = None) -> int:
+    """Hits of a policy that evicts the resident block (not in the request) with the
+    smallest ``key(block, last_used, uses, in_wide)`` (``in_wide``: the block is in
+    ``wide[t]``, the step's wide selection; False without ``wide``); ties by block id."""
+    def order(t, b, st):
+        return key(b, st[0], st[1], wide is not None and b in wide[t])
+    return _replay_evicting(seq, slots, order, lambda t, b, st: (t + 1, (st[1] if st else 0) + 1))
 
 
 def hits_belady(seq: List[set], slots: int) -> int:
@@ -90,20 +97,8 @@ def hits_belady(seq: List[set], slots: int) -> int:
         nxt[t] = {b: upcoming.get(b, math.inf) for b in seq[t]}
         for b in seq[t]:
             upcoming[b] = t
-    res: Dict[int, float] = {}  # block -> its next use
-    hits = 0
-    for t, s in enumerate(seq):
-        if t:
-            hits += sum(1 for b in s if b in res)
-        miss = [b for b in s if b not in res]
-        over = len(res) + len(miss) - slots
-        if over > 0:
-            cand = sorted(((res[b], b) for b in res if b not in s), reverse=True)
-            for _, b in cand[:over]:
-                del res[b]
-        for b in s:
-            res[b] = nxt[t][b]
-    return hits
+    # farthest next use first (ties: the larger block id first, as a descending sort of (next, block))
+    return _replay_evicting(seq, slots, lambda t, b, nu: (-nu, -b), lambda t, b, st: nxt[t][b])
 
 
 def hits_unbounded(seq: List[set]) -> int:

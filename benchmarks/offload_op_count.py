@@ -13,7 +13,13 @@ layer's ops are its own (not the selection's or the attention's). Backend kernel
 ops (Triton on CUDA) are not counted, so on a GPU the select/attention share
 differs; the residency map's ops are plain torch ops on every device.
 
-Usage: python benchmarks/offload_op_count.py
+With ``TRITON_INTERPRET=1`` the same counts are taken a second time with the fused
+residency kernel (cuda_ops/offload_residency.py, what CUDA runs) in every map: its
+Triton launches are counted beside the aten ops ("launches"), as on a GPU each is a
+kernel launch too. The mover is the CPU's ``direct`` copy here (4 aten ops); on CUDA
+it is one ``gather_blocks`` launch plus stream/event calls.
+
+Usage: [TRITON_INTERPRET=1] python benchmarks/offload_op_count.py
 """
 from __future__ import annotations
 
@@ -29,25 +35,68 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gsa import ops  # noqa: E402
-from gsa.offload import OffloadedGSA, min_pool_blocks  # noqa: E402
+from gsa.offload import OffloadedGSA, ResidencyMap, min_pool_blocks  # noqa: E402
 from gsa.sparse import GSASparse  # noqa: E402
 
 
+_LAUNCHES = [0]  # Triton launches of the counted kernels (see _count_launches)
+_IN_LAUNCH = [False]  # inside a launch: the interpreter's own torch ops are not the caller's
+
+
 class OpCount(TorchDispatchMode):
-    """Counts aten ops dispatched inside the ``with`` block."""
+    """Counts aten ops and Triton launches dispatched inside the ``with`` block."""
 
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
 
+    def __enter__(self):
+        self._l0 = _LAUNCHES[0]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.launches = _LAUNCHES[0] - self._l0
+        return super().__exit__(*exc)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func)] += 1
+        if not _IN_LAUNCH[0]:
+            self.ops[str(func)] += 1
         return func(*args, **(kwargs or {}))
 
     @property
     def total(self) -> int:
-        return sum(self.ops.values())
+        return sum(self.ops.values()) + getattr(self, "launches", 0)
+
+
+class _Counted:
+    """A Triton kernel whose launches (``kernel[grid](...)``) are counted."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+    def __getitem__(self, grid):
+        launcher = self.fn[grid]
+
+        def run(*args, **kwargs):
+            _LAUNCHES[0] += 1
+            _IN_LAUNCH[0] = True
+            try:
+                return launcher(*args, **kwargs)
+            finally:
+                _IN_LAUNCH[0] = False
+        return run
+
+
+def _count_launches() -> None:
+    import cuda_ops.offload_copy as oc
+    import cuda_ops.offload_residency as orr
+
+    for mod, names in ((orr, ("_mark", "_count", "_rank", "_apply")), (oc, ("_gather_kernel", "_scatter_kernel"))):
+        for n in names:
+            setattr(mod, n, _Counted(getattr(mod, n)))
 
 
 def main() -> dict:
@@ -55,23 +104,32 @@ def main() -> dict:
     ob = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ob)
     cfg, dev, dt, b, ctx = ob.config(0.125, 512), torch.device("cpu"), torch.bfloat16, 2, 8192
-    w = ob.Workload(cfg, b, ctx, 8, dev)
+    w = ob.Workload(cfg, b, ctx, 8, dev, 1, dt)
+    w.advance(1, 0.2)
     g = GSASparse(cfg, dev, block_size=cfg.chunk_size)
     layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1][:2]
     hc = {l: torch.randint(0, 256, g.hash_cache_shape(w.nb), dtype=torch.uint8) for l in layers}
     kc = torch.zeros(w.nb, cfg.chunk_size, cfg.num_key_value_heads, cfg.head_dim, dtype=dt)
     lens, s = [ctx] * b, torch.tensor([ctx] * b, dtype=torch.int32)
-    q = w.step_queries(0.2, dt)
+    q = w.qs[0]
     out = {}
     st = g.begin_step(lens)
     g.decode_attention(layers[0], st, q, kc, kc, w.table, s, hc[layers[0]])  # first call validates inputs
     with OpCount() as c:
         g.decode_attention(layers[0], st, q, kc, kc, w.table, s, hc[layers[0]])
     out["GSASparse.decode_attention"] = c.total
-    for pf in (None, "previous"):
+    fused = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if fused:
+        from cuda_ops.hotpath import TritonHotPath
+        _count_launches()
+    for pf, kernel in [(None, None), ("previous", None)] + ([(None, "fused"), ("previous", "fused")] if fused else []):
         pool = max(min_pool_blocks(g, b, ctx + 10), w.nb // 4)
         off = OffloadedGSA(g, w.nb, pool, b, ctx + 10, cfg.num_key_value_heads, cfg.head_dim, dt, layers=layers,
                            prefetch=pf)
+        if kernel:
+            for m in off.maps.values():
+                m.backend = TritonHotPath()
+            pf = f"{pf}, fused residency kernel"
         for l in layers:
             off.hash_caches[l].copy_(hc[l])
         for i in range(2):
@@ -87,16 +145,22 @@ def main() -> dict:
             table, tl = off.select(layers[0], st, w.table, s, q)
         n_select = c.total
         pool_table = off.maps[layers[0]].table(table)
-        with OpCount() as c:
-            ops.paged_decode_attention(q, off.pool_k[layers[0]], off.pool_v[layers[0]], pool_table, tl)
+        with OpCount() as c:  # the hot-path attention decode_attention uses
+            g._attention_hot(layers[0], q, off.pool_k[layers[0]], off.pool_v[layers[0]], pool_table, tl, None)
         out[f"  of which offload's own (not select/attention), prefetch={pf}"] = (
             out[f"OffloadedGSA.decode_attention, prefetch={pf}"] - n_select - c.total)
-    m = off.maps[layers[0]]
-    blocks = torch.arange(min(20, m.s))
-    for name, fn in (("ResidencyMap.request", m.request), ("ResidencyMap.predict", m.predict)):
-        with OpCount() as c:
-            fn(blocks, 99)
-        out[name] = c.total
+    blocks = torch.arange(20)
+    maps = [("", lambda: ResidencyMap(w.nb, w.nb // 4, backend=False))]
+    if fused:
+        maps.append((", fused kernel (aten ops + launches)", lambda: ResidencyMap(w.nb, w.nb // 4, backend=TritonHotPath())))
+    for tag, make in maps:
+        m = make()
+        m.request(blocks + 1, 1)  # first calls: the kernel's buffers and recorded launches
+        m.predict(blocks + 2, 1)
+        for name, fn in (("ResidencyMap.request", m.request), ("ResidencyMap.predict", m.predict)):
+            with OpCount() as c:
+                fn(blocks, 99)
+            out[name + tag] = c.total
     for k, v in out.items():
         print(f"{k}: {v} ops")
     return out

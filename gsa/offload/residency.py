@@ -101,7 +101,7 @@ class ResidencyMap:
                              f"got {type(backend).__name__}")
         self.backend = backend or None
         self._work: Dict[Any, Any] = {}  # the kernel's scratch and recorded launches
-        self._out: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}  # kernel outputs, one set per call kind
+        self._out: Dict[Any, Tuple] = {}  # kernel outputs, one set per call kind (and their views per width)
 
     def set_now(self, now: Union[int, Tensor]) -> None:
         """Write the step number into ``now_t`` (an op on the device; no host sync)."""
@@ -182,13 +182,17 @@ class ResidencyMap:
         when the same step's request is computed)."""
         n = blocks.shape[0]
         self.check_capacity(n, "this request")
-        out = self._out.get(request)
-        if out is None:
-            i64 = dict(dtype=torch.int64, device=self.device)
-            out = self._out[request] = (torch.zeros(self.s, **i64), torch.zeros(self.s, **i64), torch.zeros((), **i64))
-        src, dst, n_miss = out[0][:n], out[1][:n], out[2]
-        state = dict(slot_of=self.slot_of, block_of=self.block_of, last_used=self.last_used, uses=self.uses,
-                     predicted=self._predicted.view(torch.uint8), counters=self._counts, now=self.now_t)
+        out = self._out.get((request, n))
+        if out is None:  # views and the state dict made once per width (no per-call torch ops)
+            full = self._out.get(request)
+            if full is None:
+                i64 = dict(dtype=torch.int64, device=self.device)
+                full = self._out[request] = (torch.zeros(self.s, **i64), torch.zeros(self.s, **i64),
+                                             torch.zeros((), **i64))
+            state = dict(slot_of=self.slot_of, block_of=self.block_of, last_used=self.last_used, uses=self.uses,
+                         predicted=self._predicted.view(torch.uint8), counters=self._counts, now=self.now_t)
+            out = self._out[(request, n)] = (full[0][:n], full[1][:n], full[2], state)
+        src, dst, n_miss, state = out
         self.backend.residency_admit(state, self._work, blocks, src, dst, n_miss, request)
         return src, dst, n_miss
 
