@@ -418,26 +418,33 @@ def main(argv=None) -> dict:
                                                      mem[f"offload_pool{args.pool_fracs[0]:g}_max_batch"]})
     t0 = time.time()
     rows = []
+    tag = "offload_smoke" if args.smoke else "offload_h200"
+    base = os.path.join(args.out, tag)
+    os.makedirs(args.out, exist_ok=True)
+    pcie = pcie_gbs(dev, 1.0 if not args.smoke else 0.01)
     for b in batches:
         fit = sorted((f for f in args.pool_fracs if b <= mem[f"offload_pool{f:g}_max_batch"] or args.smoke),
                      reverse=True)
         fracs = [f for f in args.pool_fracs if f in fit] if args.all_fracs else fit[:1]
         print(f"batch {b}, pools {fracs} ... ({time.time() - t0:.0f} s)", flush=True)
         rows += run_rows(cfg, b, args, dev, dtype, b <= mem["dense_max_batch"] or args.smoke, fracs)
-    res = dict(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-               smoke=args.smoke, args=vars(args), memory_model=mem, pcie_h2d_gbs=pcie_gbs(dev, 1.0 if not args.smoke else 0.01),
-               rows=rows, seconds=time.time() - t0, mover=args.mover or "auto", counted_steps=args.steps)
-    res.update(headline(res, args))
-    tag = "offload_smoke" if args.smoke else "offload_h200"
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, tag)
+        res = dict(device=str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+                   smoke=args.smoke, args=vars(args), memory_model=mem, pcie_h2d_gbs=pcie, rows=rows,
+                   seconds=time.time() - t0, mover=args.mover or "auto", counted_steps=args.steps,
+                   complete=b == batches[-1])
+        res.update(headline(res, args))
+        write(res, base, plot_it=b == batches[-1])  # after every batch: a run cut short keeps its rows
+    print(markdown(res))
+    return res
+
+
+def write(res: dict, base: str, plot_it: bool) -> None:
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1, default=float)
     with open(base + ".md", "w") as f:
         f.write(markdown(res))
-    plot(res, base + ".png")
-    print(markdown(res))
-    return res
+    if plot_it:
+        plot(res, base + ".png")
 
 
 def headline(res: dict, args) -> dict:

@@ -154,7 +154,7 @@ def _apply(part_ptr, miss_ptr, victim_ptr, slot_of_ptr, block_of_ptr, src_ptr, d
 def _record(rec, st: Dict[str, torch.Tensor], work: Dict, blocks, src, dst, n_miss, request: bool) -> None:
     nb, s, n = st["slot_of"].shape[0] - 1, st["block_of"].shape[0] - 1, blocks.shape[0]
     nch = cdiv(nb, BLK)
-    p2 = next_pow2(nch)
+    p2 = max(32, next_pow2(nch))  # one compiled variant for pools of up to 32K host blocks
     nsc = cdiv(s, BLK)
     launch(_mark, (max(cdiv(n, BLK), 1),), (blocks, work["want"], n, nb), dict(BLK_=BLK), rec)
     launch(_count, (nch + nsc,), (work["want"], st["slot_of"], st["predicted"], st["block_of"], st["last_used"],
