@@ -235,8 +235,10 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) 
         try:
             return timed_steps(w, args, dev, begin, body, mode == "graph", on_timed) / per, None
         except Exception as e:  # a capture that fails: the row says why, the run goes on
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            try:
+                sync(dev)
+            except Exception as e2:  # noqa: BLE001 (a broken capture can poison the context: say so)
+                print(f"sync after the failure: {type(e2).__name__}: {e2}", flush=True)
             print(f"{name} {mode} B={b}: {type(e).__name__}: {e}", flush=True)
             return None, f"{type(e).__name__}: {str(e)[:200]}"
 

@@ -72,14 +72,14 @@ def _count(want_ptr, slot_of_ptr, pred_ptr, block_of_ptr, last_used_ptr, uses_pt
         if PREDICT:
             tl.store(pred_ptr + offs, w.to(tl.int8), mask=m)
     else:  # slots: eviction keys (a slot whose block the request keeps is never a victim)
-        offs = (pid - NCH) * BLK_ + tl.arange(0, BLK_)
-        m = offs < S
-        held = tl.load(block_of_ptr + offs, mask=m, other=-1)
-        kept = (held >= 0) & (tl.load(want_ptr + tl.maximum(held, 0), mask=m & (held >= 0), other=0) != 0)
-        lu = tl.load(last_used_ptr + offs, mask=m, other=0)
-        us = tl.minimum(tl.load(uses_ptr + offs, mask=m, other=0), RANGE - 1)
+        sl = (pid - NCH) * BLK_ + tl.arange(0, BLK_)  # (names differ per branch: Triton types them)
+        ms = sl < S
+        held = tl.load(block_of_ptr + sl, mask=ms, other=-1)
+        kept = (held >= 0) & (tl.load(want_ptr + tl.maximum(held, 0), mask=ms & (held >= 0), other=0) != 0)
+        lu = tl.load(last_used_ptr + sl, mask=ms, other=0)
+        us = tl.minimum(tl.load(uses_ptr + sl, mask=ms, other=0), RANGE - 1)
         key = tl.where(kept, NEVER_, lu * RANGE + us)
-        tl.store(key_ptr + offs, key, mask=m)
+        tl.store(key_ptr + sl, key, mask=ms)
 
 
 @triton.jit
@@ -96,8 +96,8 @@ def _rank(want_ptr, slot_of_ptr, key_ptr, part_ptr, miss_ptr, victim_ptr, last_u
         m = offs < NB
         w = tl.load(want_ptr + offs, mask=m, other=0) != 0
         miss = w & (tl.load(slot_of_ptr + offs, mask=m, other=0) < 0)
-        rank = before + tl.cumsum(miss.to(tl.int64), 0) - 1
-        tl.store(miss_ptr + tl.where(miss, rank, 0), offs.to(tl.int64), mask=miss)
+        pos = before + tl.cumsum(miss.to(tl.int64), 0) - 1  # (names differ per branch: Triton types them)
+        tl.store(miss_ptr + tl.where(miss, pos, 0), offs.to(tl.int64), mask=miss)
         tl.store(want_ptr + offs, tl.zeros([BLK_], tl.int8), mask=m)
     else:  # slots: stable rank of the key, victims, recency and score
         i = (pid - NCH) * BI_ + tl.arange(0, BI_)
