@@ -126,3 +126,52 @@ def test_uva_gather_with_fewer_lanes_than_misses(rng, monkeypatch):
     oc.gather_blocks(hk.to(dev) if not INTERPRET else hk, hv.to(dev) if not INTERPRET else hv, pk, pv,
                      src.to(dev), dst.to(dev), torch.tensor(4, device=dev))
     assert torch.equal(pk.cpu(), want_k) and torch.equal(pv.cpu(), want_v)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="on CUDA, tests/test_offload_gpu.py runs the offloaded step end to end")
+@pytest.mark.parametrize("prefetch", [None, "previous"])
+def test_offloaded_steps_with_the_fused_maps_equal_the_torch_maps(rng, prefetch):
+    # OffloadedGSA end to end (shared device step counter, per-kind output buffers, the
+    # prediction buffers): the fused kernel in every map gives the torch maps' outputs and state
+    from cuda_ops.hotpath import TritonHotPath
+    from gsa.config import GSAConfig
+    from gsa.offload import OffloadedGSA, min_pool_blocks
+    from gsa.sparse import GSASparse
+
+    bs, hq, hkv, d, b = 4, 4, 2, 16, 3
+    cfg = GSAConfig(model_name="t/offload-fused", num_hidden_layers=4, num_attention_heads=hq, num_key_value_heads=hkv,
+                    head_dim=d, hash_bits=32, chunk_size=bs, top_k_ratio_per_layer=[1, .3, .25, .3],
+                    top_k_index_reuse=[-1, -1, -1, 1], must_select_blocks=[0, -1], gpu_seq_len_threshold=12,
+                    gpu_concurrency_threshold=1, seed=5)
+    dev = _dev()
+    lens = [29, 40, 33]
+    m = 16
+    nb = b * m + 3
+    table = torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32).to(dev)
+    pool = min_pool_blocks(GSASparse(cfg, dev, block_size=bs), b, m * bs) + 2
+    offs = [OffloadedGSA(GSASparse(cfg, dev, block_size=bs), nb, pool, b, m * bs, hkv, d, torch.float32,
+                         prefetch=prefetch) for _ in range(2)]
+    for l in offs[1].layers:
+        offs[1].maps[l].backend = TritonHotPath()
+    kv = {l: [torch.randn(nb + 1, bs, hkv, d, generator=rng) for _ in range(2)] for l in offs[0].layers}
+    codes = {l: torch.randint(0, 256, offs[0].hash_caches[l].shape, dtype=torch.uint8, generator=rng)
+             for l in offs[0].hash_caches}
+    for off in offs:
+        for l in off.layers:
+            off.host_k[l].copy_(kv[l][0])
+            off.host_v[l].copy_(kv[l][1])
+        for l, c in codes.items():
+            off.hash_caches[l].copy_(c)
+    for t in range(3):
+        seq = [x + 2 * t for x in lens]
+        qs = {l: torch.randn(b, hq, d, generator=rng).to(dev) for l in offs[0].layers}
+        outs = []
+        for off in offs:
+            st = off.begin_step(seq)
+            outs.append([off.decode_attention(l, st, qs[l], table, torch.tensor(seq, dtype=torch.int32, device=dev))
+                         for l in off.layers])
+        for l, a, c in zip(offs[0].layers, *outs):
+            assert torch.equal(a, c), (t, l)
+        for l in offs[0].layers:
+            _assert_same(offs[0].maps[l], offs[1].maps[l], (), (), f"step {t} layer {l}")
+    assert offs[1].stats() == offs[0].stats() and offs[1].stats()["fetched"] > 0
