@@ -124,7 +124,8 @@ def main() -> None:
 
     def decode_run(ps, max_tokens, prof=None):
         """Step the engine by hand; returns (decode seconds, prefill seconds, token ids per request).
-        ``prof``: a ``cProfile.Profile`` enabled over the decode steps only (host-time breakdown)."""
+        ``prof``: started (``enable()``) when decoding starts and stopped after the last step: a
+        ``cProfile.Profile`` (host-time breakdown) or a :class:`_Diag` (sync warnings, GPU profile)."""
         sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
         eng = llm.llm_engine
         ids = [f"r{time.perf_counter_ns()}_{i}" for i in range(len(ps))]
@@ -163,6 +164,9 @@ def main() -> None:
             import cProfile
 
             prof = cProfile.Profile()
+        elif i_run in spec.get("sync_debug_runs", []) or i_run in spec.get("torch_profile_runs", []):
+            prof = _Diag(sync=i_run in spec.get("sync_debug_runs", []),
+                         gpu=i_run in spec.get("torch_profile_runs", []))
         t_dec, t_pre, toks = decode_run(ps, n_new, prof)
         dec = batch * (n_new - 1) / t_dec
         row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
@@ -171,7 +175,10 @@ def main() -> None:
                    prefill_s=t_pre, decode_s=t_dec, new_tokens=n_new, init_s=init_s,
                    tokens_sha=hashlib.sha256(json.dumps(toks).encode()).hexdigest()[:16],
                    tokens_head=[t[:12] for t in toks[:2]], commit=os.environ.get("GSA_COMMIT"))
-        if prof is not None:
+        if isinstance(prof, _Diag):
+            row.update(prof.report(n_new - 1, t_dec))
+            row["superseded"] = "diagnostic run (sync-debug warnings or torch profiler in its timing)"
+        elif prof is not None:
             row["profile_top"] = profile_top(prof, n_new - 1)
             row["superseded"] = "profiled run (cProfile overhead in its timing)"
         if rt is not None:
@@ -183,6 +190,61 @@ def main() -> None:
         print("[e2e] ROW", json.dumps(row), flush=True)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class _Diag:
+    """Diagnostics over the decode steps: ``sync``: ``torch.cuda.set_sync_debug_mode("warn")``
+    (every synchronizing CUDA call warns; the warnings' Python call sites are kept, deduplicated);
+    ``gpu``: a ``torch.profiler`` trace (CUDA kernel time per step vs wall time, top kernels)."""
+
+    def __init__(self, sync: bool, gpu: bool) -> None:
+        self.sync, self.gpu = sync, gpu
+        self._warn = None
+        self._prof = None
+
+    def enable(self) -> None:
+        import warnings
+
+        import torch
+
+        if self.sync:
+            self._warn = warnings.catch_warnings(record=True)
+            self.records = self._warn.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        if self.gpu:
+            self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                            torch.profiler.ProfilerActivity.CUDA])
+            self._prof.__enter__()
+
+    def disable(self) -> None:
+        import torch
+
+        if self.gpu and self._prof is not None:
+            torch.cuda.synchronize()
+            self._prof.__exit__(None, None, None)
+        if self.sync and self._warn is not None:
+            torch.cuda.set_sync_debug_mode(0)
+            self._warn.__exit__(None, None, None)
+
+    def report(self, steps: int, wall_s: float) -> dict:
+        out = {}
+        if self.sync:
+            sites = {}
+            for w in getattr(self, "records", []):
+                if "synchroniz" not in str(w.message):
+                    continue
+                key = f"{os.path.basename(os.path.dirname(w.filename))}/{os.path.basename(w.filename)}:{w.lineno}"
+                sites[key] = sites.get(key, 0) + 1
+            out["sync_sites_per_step"] = {k: v / steps for k, v in sorted(sites.items(), key=lambda kv: -kv[1])[:15]}
+        if self.gpu and self._prof is not None:
+            ev = [e for e in self._prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+            ev.sort(key=lambda e: -e.self_device_time_total)
+            total = sum(e.self_device_time_total for e in ev)  # us over the profiled steps
+            out["gpu_us_per_step"] = total / steps
+            out["wall_us_per_step_profiled"] = wall_s / steps * 1e6
+            out["gpu_top"] = [[e.key[:90], e.count / steps, e.self_device_time_total / steps] for e in ev[:20]]
+        return out
 
 
 def profile_top(prof, steps: int, n: int = 40) -> dict:
