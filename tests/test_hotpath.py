@@ -126,6 +126,49 @@ def test_fused_select_gather_equals_reference(rng, method):
 
 @pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
                     reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("fuse,planes", [(True, True), (True, False), (False, True)])
+def test_select_program_launch_choices_replay(rng, monkeypatch, fuse, planes):
+    """TritonHotPath.select_program recorded with the score kernel's launch choices (one
+    launch for scores + selection; bit-plane scores), replayed with new inputs: equal to
+    the reference every call, padding rows empty, the fused kernel's counters zero again."""
+    from cuda_ops import scoring
+    from cuda_ops.hotpath import TritonHotPath
+
+    monkeypatch.setattr(scoring, "SELECT_FUSE", fuse)
+    monkeypatch.setattr(scoring, "SCORE_PLANES", planes)
+    b, hq, hkv, d, r, m, k = 4, 8, 2, 32, 128, 6, 3
+    nb = b * m + 3
+    w = random_hash_weight(3, 0, hkv, d, r)
+    cache = torch.randint(0, 256, (nb, hkv, BS, r // 8), dtype=torch.uint8, generator=rng)
+    mk = lambda: torch.empty(b, m, dtype=torch.int32)  # noqa: E731
+    q_codes, keys = torch.empty(b, hq, r // 8, dtype=torch.uint8), mk()
+    table_out, lens = torch.empty(b, k, dtype=torch.int32), torch.empty(b, dtype=torch.int32)
+    args = lambda: (torch.randn(b, hq, d, generator=rng),  # noqa: E731
+                    torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32),
+                    torch.tensor([m * BS, 1, 0, int(torch.randint(1, m * BS, (1,), generator=rng))], dtype=torch.int32),
+                    torch.randint(1, m + 2, (b,), generator=rng).to(torch.int32))
+    q, table, seq, bud = args()
+    prog = TritonHotPath().select_program(q, w, cache, table, seq, bud, k, [0, -1], "max", 9, q_codes, keys,
+                                          table_out, lens)
+    names = {l.fn.__name__ for l in prog.launches}
+    assert ("_score_select_kernel" in names) == fuse and len(prog.launches) == (2 if fuse else 3)
+    for _ in range(2):
+        q, table, seq, bud = args()
+        prog(q, table, seq, bud)
+        live = seq > 0
+        idx, n = R.hamming_dist_top_k(R.hash_encode(q, w)[live], cache, table[live], seq[live], bud[live], k,
+                                      [0, -1], "max")
+        want_t, want_l = R.kv_select(idx, n, table[live], seq[live], BS, 9)
+        assert torch.equal(table_out[live], want_t) and torch.equal(lens[live], want_l)
+        assert lens[2] == 0 and bool((table_out[2] == 9).all())
+        for launch in prog.launches:
+            if launch.fn.__name__ == "_score_select_kernel":
+                cnt = launch.full[launch.fn.arg_names.index("cnt_ptr")]
+                assert cnt.shape == (b,) and bool((cnt == 0).all())
+
+
+@pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
+                    reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
 def test_program_refuses_temporaries_and_replays_inputs(rng):
     """cuda_ops.program: a recorded launch over an undeclared tensor is refused (its address
     would go stale); declared inputs are swapped per call."""
