@@ -236,7 +236,8 @@ def _plane_words(k, q_head, w: tl.constexpr, sq_h):
     v = ts & d
     c1 = tc ^ v
     c2 = tc & v
-    return c1 ^ (k & c0), c2 ^ (k & ~(c0 | c1))
+    m = c0 | c1
+    return c1 ^ (k & c0), c2 ^ ((k | m) ^ m)  # (k | m) ^ m = k & ~m: no 32-bit constant (triton-ascend)
 
 
 @triton.jit
@@ -297,13 +298,12 @@ def _plane_counts(kc_ptr, q_ptr, phys, b, t, tmask, sq_b, sq_h, skc_n, skc_h, sk
 
 
 @triton.jit
-def _hs_block_key(q_ptr, kc_ptr, bt_ptr, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b,
+def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
                   BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
                   BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
                   UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr):
-    """The int32 order key of logical block ``j`` of row ``b`` (``j * BS < seq``); see
-    ``_block_score_hs_kernel``."""
-    phys = tl.load(bt_ptr + b * sbt_b + j)
+    """The int32 order key of logical block ``j`` of row ``b`` (``j * BS < seq``), whose
+    block-table entry is ``phys``; see ``_block_score_hs_kernel``."""
     phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
     t = tl.arange(0, BLOCK_T)
     tmask = t < BS
@@ -360,7 +360,8 @@ def _block_score_hs_kernel(
     j = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
+    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
     if j * BS < seq:
-        key = _hs_block_key(q_ptr, kc_ptr, bt_ptr, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b,
+        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
                             BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP)
         tl.store(out_ptr + b * so_b + j, key)

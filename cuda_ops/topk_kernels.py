@@ -161,8 +161,9 @@ def _score_select_kernel(
     j = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
+    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
     if j * BS < seq:
-        key = _hs_block_key(q_ptr, kc_ptr, bt_ptr, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b,
+        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
                             BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP)
         tl.store(key_ptr + b * sk_b + j, key)
     tl.debug_barrier()  # the key store (any thread) comes before the release below
