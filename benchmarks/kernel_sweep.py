@@ -5,16 +5,21 @@ graph (GPU time only), at the engine-step shapes (B=16, Hq=32, Hkv=8, D=128,
 R=128, bs=128, bf16; 32K and 128K), and writes the fastest as the device's
 tuning file (``cuda_ops/tuning.py``):
 
-* block scores (``_block_score_hs_kernel``): ``lop3`` carry-save adders, 16-byte
-  ``wide`` loads, warps; code bytes per second;
+* block scores (``_block_score_hs_kernel``): warps, unrolled head loop, bit-plane
+  query folding (``planes``); code bytes per second;
 * selection (``_select_kernel`` with ``kv_select`` fused): search fan-out;
+* the hot path's whole selection (``select_blocks``) in two launches or one
+  (``fuse``: the last score program of each row selects), for the best score
+  launch with and without bit planes;
 * paged decode attention, dense and 1/8-sparse tables: tile, warps, stages,
   programs per SM; SDPA on contiguous KV as the baseline;
 * ``hash_encode_and_cache`` at 64K tokens: weight split hoisting, tile, warps,
   programs per SM, bit packing by matmul; against copy bandwidth.
 
-Every variant computes the same result (tests/test_triton_gpu.py checks each);
-this only picks launches. Output: ``DIR/kernel_sweep.json`` (every timing),
+Every variant computes the same result (tests/test_triton_gpu.py checks each,
+and this script compares every score and selection variant's output with the
+SWAR kernel and the two-launch selection on the device; a variant that differs
+is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sweep.json`` (every timing),
 ``DIR/kernel_sweep.md`` and ``DIR/<device>.json`` (the tuning file to commit under
 ``cuda_ops/tuning/``).
 
@@ -57,48 +62,109 @@ def progress(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-SCORE_GRID = dict(lop3=(False, True), wide=(False, True), unroll=(False, True), num_warps=(1, 2, 4))
+# The 06:24 / 06:35 UTC sweeps also swept lop3 off (no difference: ptxas fuses the logic)
+# and 16-byte `wide` loads (slower everywhere); `planes` always unrolls its head loop.
+SCORE_GRID = dict(lop3=(True,), wide=(False,), unroll=(False, True), num_warps=(1, 2, 4), planes=(False, True))
+SCORE_BEFORE = dict(lop3=True, wide=False, unroll=True, num_warps=1, planes=False)  # tuning of 2026-11-29 06:35
+
+
+def score_variants():
+    for combo in itertools.product(*SCORE_GRID.values()):
+        v = dict(zip(SCORE_GRID, combo))
+        if not (v["planes"] and not v["unroll"]):
+            yield v
+
+
+def _inputs(ctx, gen):
+    m = ctx // BS
+    nb = B * m
+    cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
+                          dtype=torch.int32).to(torch.uint8)
+    table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+    seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    return m, cache, table, seq, q
 
 
 def sweep_score_select(res, gen):
+    """Score kernel launches, the selection kernel's fan-out, and the whole hot-path
+    selection (``select_blocks``: scores, selection, kv_select) with and without
+    the fused one-launch kernel, for the best score launch with and without bit planes."""
     from cuda_ops import scoring
     from cuda_ops.launch import next_pow2
 
     out = res.setdefault("score", {})
     sel = res.setdefault("select", {})
-    for ctx in CONTEXTS:
-        m = ctx // BS
-        nb = B * m
-        cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
-                              dtype=torch.int32).to(torch.uint8)
-        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
-        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    ops_ = res.setdefault("op", {})
+    data = {ctx: _inputs(ctx, gen) for ctx in CONTEXTS}
+    forced, fs = scoring._forced_args([0, -2, -1])
+    for ctx, (m, cache, table, seq, q) in data.items():
         keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
         nbytes = B * m * BS * HKV * (R // 8)
         rows = out.setdefault(str(ctx), [])
-        for lop3, wide, unroll, warps in itertools.product(*SCORE_GRID.values()):
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
-                                                           lop3=lop3, wide=wide, unroll=unroll, num_warps=warps))
-            rows.append(dict(lop3=lop3, wide=wide, unroll=unroll, num_warps=warps, ms=ms, tbs=nbytes / ms / 1e9))
-        progress(f"score {ctx}: best {max(r['tbs'] for r in rows):.2f} TB/s")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
+        for v in score_variants():
+            keys.fill_(-7)
+            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs", **v))
+            rows.append(dict(v, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        bad = [r for r in rows if not r["same"]]
+        progress(f"score {ctx}: best {max(r['tbs'] for r in rows if r['same']):.2f} TB/s"
+                 + (f"; DIFFERENT KEYS (never chosen): {bad}" if bad else ""))
         # selection + fused kv_select on those keys, budget 1/8
         k = m // 8
         budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
         tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
         lens = torch.empty(B, dtype=torch.int32, device="cuda")
-        forced, fs = scoring._forced_args([0, -2, -1])
         srows = sel.setdefault(str(ctx), [])
         for method in ("max", "mean"):
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
-            for fan in (1, 2, 4, 8, 16, 32):
+            for fan in (1, 4, 8):
                 if scoring.select_fanout(next_pow2(m), fan) != fan:
                     continue
                 ms = graph_ms(lambda: scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens,
                                                              None, None, 0, None, fan))
                 srows.append(dict(method=method, fanout=fan, ms=ms))
         progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}: {r['ms'] * 1e3:.1f}us" for r in srows))
-        del cache
+    # the hot path's selection as one unit (select_blocks: scores, selection, kv_select), in
+    # two launches or one (fused), for the best 128K score launch with and without bit planes
+    big = out[str(CONTEXTS[-1])]
+    for ctx, (m, cache, table, seq, q) in data.items():
+        k = m // 8
+        nbytes = B * m * BS * HKV * (R // 8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
+        tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
+        lens = torch.empty(B, dtype=torch.int32, device="cuda")
+        counter = torch.zeros(B, dtype=torch.int32, device="cuda")
+        orows = ops_.setdefault(str(ctx), [])
+        want = {}
+        for method in ("max", "mean"):  # the SWAR scores and the selection kernel: the result to match
+            scoring.block_score_keys(q, cache, table, seq, method, keys=keys, path="swar")
+            scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1)
+            want[method] = (tab.clone(), lens.clone())
+        for planes in (False, True):
+            ok = [r for r in big if r["planes"] == planes and r["same"]]
+            if not ok:
+                continue
+            v = {x: min(ok, key=lambda r: r["ms"])[x] for x in SCORE_GRID}
+            for fuse in (False, True):
+                if fuse and not scoring.fused_select_ok(m, v["num_warps"]):
+                    continue
+                for method in ("max", "mean"):
+                    run = lambda: scoring.select_blocks(  # noqa: E731
+                        q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, 0, keys, tab, lens,
+                        counter=counter, fuse=fuse, path="hs", **v)
+                    ms = graph_ms(run)
+                    # once more after the replays: a counter left non-zero would select nothing now
+                    tab.fill_(-7)
+                    lens.fill_(-7)
+                    run()
+                    same = bool(torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1]))
+                    orows.append(dict(v, fuse=fuse, method=method, ms=ms, tbs=nbytes / ms / 1e9, same=same))
+        progress(f"select_blocks {ctx}: " + ", ".join(
+            f"planes={r['planes']}/fuse={r['fuse']}/{r['method']}: {r['ms'] * 1e3:.1f}us"
+            + ("" if r["same"] else " DIFFERENT RESULT (never chosen)") for r in orows))
+    del data
 
 
 # First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.
@@ -181,13 +247,32 @@ def choose(res):
     smallest sum over contexts of dense and sparse time relative to each case's best)."""
     knobs = {}
     big = str(CONTEXTS[-1])
-    best = min(res["score"][big], key=lambda r: r["ms"])
-    knobs["score"] = {k: best[k] for k in SCORE_GRID}
     by_fan = {}
     for ctx, rows in res["select"].items():
         for r in rows:
             by_fan.setdefault(r["fanout"], []).append(r["ms"])
-    knobs["select"] = {"fanout": min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))}
+    fanout = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
+    # score family (bit planes or not) and one launch or two: the smallest sum over contexts
+    # and methods of the whole selection's time relative to each case's best
+    op = [r for rows in res["op"].values() for r in rows if r["same"]]
+    lo = {}
+    for ctx, rows in res["op"].items():
+        for r in rows:
+            if r["same"]:
+                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
+
+    def op_cost(combo):
+        total = 0.0
+        for (ctx, method), best_ms in lo.items():
+            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
+                     and (r["planes"], r["fuse"]) == combo]
+            total += (match[0]["ms"] / best_ms) if match else 1e9
+        return total
+
+    planes, fuse = min({(r["planes"], r["fuse"]) for r in op}, key=op_cost)
+    best = min([r for r in res["score"][big] if r["planes"] == planes and r["same"]], key=lambda r: r["ms"])
+    knobs["score"] = {k: best[k] for k in SCORE_GRID}
+    knobs["select"] = {"fanout": fanout, "fuse": fuse}
     cases = []
     for ctx, c in res["attention"].items():
         ok = [r for r in c["rows"] if "error" not in r]
@@ -215,16 +300,31 @@ def markdown(res) -> str:
     lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
              f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
              f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
-             "| context | score kernel: old launch (lop3=F, wide=F, unroll=F, 4 warps) TB/s | chosen TB/s | select 1/8 binary us | chosen fan-out us |",
-             "|---|---|---|---|---|"]
+             "| context | score kernel: 06:35 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
+             "chosen fan-out us |",
+             "|---|---|---|---|---|---|"]
     for ctx in res["score"]:
         rows = res["score"][ctx]
-        d = [r for r in rows if not r["lop3"] and not r["wide"] and not r["unroll"] and r["num_warps"] == 4][0]
+        d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
         c = [r for r in rows if all(r[x] == k["score"][x] for x in k["score"])][0]
+        pl = max((r["tbs"] for r in rows if r["planes"] and r["same"]), default=float("nan"))
+        if not all(r["same"] for r in rows):
+            lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
+                         f"{[x for x in rows if not x['same']]} |||||")
         s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r["method"] == "max"][0]
         sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
-        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {s1['ms'] * 1e3:.1f} | "
+        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
+    lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
+              "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
+              "| context | method | planes | fuse | score launch | us | TB/s | same result |",
+              "|---|---|---|---|---|---|---|---|"]
+    for ctx, rows in res["op"].items():
+        for r in rows:
+            mark = " (chosen)" if (r["planes"], r["fuse"]) == (k["score"]["planes"], k["select"]["fuse"]) else ""
+            lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
+                         f"{r['num_warps']} warps, unroll={r['unroll']} | {r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | "
+                         f"{'yes' if r['same'] else 'NO'} |")
     lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
               "|---|---|---|---|---|---|---|"]
     for ctx, c in res["attention"].items():
