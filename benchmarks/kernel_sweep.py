@@ -105,8 +105,11 @@ def sweep_score_select(res, gen):
         ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
         for v in score_variants():
             keys.fill_(-7)
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs", **v))
-            rows.append(dict(v, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+            try:
+                ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs", **v))
+                rows.append(dict(v, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+            except Exception as e:  # a launch that does not compile: recorded, never chosen
+                rows.append(dict(v, ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}"))
         bad = [r for r in rows if not r["same"]]
         progress(f"score {ctx}: best {max(r['tbs'] for r in rows if r['same']):.2f} TB/s"
                  + (f"; DIFFERENT KEYS (never chosen): {bad}" if bad else ""))
@@ -147,24 +150,120 @@ def sweep_score_select(res, gen):
             if not ok:
                 continue
             v = {x: min(ok, key=lambda r: r["ms"])[x] for x in SCORE_GRID}
-            for fuse in (False, True):
+            # the fused kernel's selection part needs more registers than scoring: also capped at
+            # what the plain score kernel uses (ptxas, sm_90: 64 without planes, 128 with)
+            for fuse, cap in ((False, 0), (True, 0), (True, 128 if planes else 64)):
                 if fuse and not scoring.fused_select_ok(m, v["num_warps"]):
                     continue
                 for method in ("max", "mean"):
                     run = lambda: scoring.select_blocks(  # noqa: E731
                         q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, 0, keys, tab, lens,
-                        counter=counter, fuse=fuse, path="hs", **v)
-                    ms = graph_ms(run)
-                    # once more after the replays: a counter left non-zero would select nothing now
-                    tab.fill_(-7)
-                    lens.fill_(-7)
-                    run()
-                    same = bool(torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1]))
-                    orows.append(dict(v, fuse=fuse, method=method, ms=ms, tbs=nbytes / ms / 1e9, same=same))
+                        counter=counter, fuse=fuse, maxnreg=cap, path="hs", **v)
+                    row = dict(v, fuse=fuse, maxnreg=cap, method=method)
+                    try:
+                        ms = graph_ms(run)
+                        # once more after the replays: a counter left non-zero would select nothing now
+                        tab.fill_(-7)
+                        lens.fill_(-7)
+                        run()
+                        same = bool(torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1]))
+                        row.update(ms=ms, tbs=nbytes / ms / 1e9, same=same)
+                    except Exception as e:  # a launch that does not compile: recorded, never chosen
+                        row.update(ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+                    orows.append(row)
         progress(f"select_blocks {ctx}: " + ", ".join(
-            f"planes={r['planes']}/fuse={r['fuse']}/{r['method']}: {r['ms'] * 1e3:.1f}us"
-            + ("" if r["same"] else " DIFFERENT RESULT (never chosen)") for r in orows))
+            f"planes={r['planes']}/fuse={r['fuse']}/cap={r['maxnreg']}/{r['method']}: {r['ms'] * 1e3:.1f}us"
+            + ("" if r["same"] else " DIFFERENT RESULT OR ERROR (never chosen)") for r in orows))
+    res["selection_choice"] = pick_selection(res)
+    sweep_pdl(res, data, gen)
     del data
+
+
+def pick_selection(res):
+    """(planes, fuse, maxnreg) of the ``select_blocks`` rows with the smallest sum over contexts
+    and methods of time relative to each case's best (rows with a different result excluded)."""
+    lo = {}
+    for ctx, rows in res["op"].items():
+        for r in rows:
+            if r["same"]:
+                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
+
+    def cost(combo):
+        total = 0.0
+        for (ctx, method), best_ms in lo.items():
+            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
+                     and (r["planes"], r["fuse"], r["maxnreg"]) == combo]
+            total += (match[0]["ms"] / best_ms) if match else 1e9
+        return total
+
+    combos = {(r["planes"], r["fuse"], r["maxnreg"]) for rows in res["op"].values() for r in rows if r["same"]}
+    planes, fuse, cap = min(combos, key=cost)
+    best = min([r for r in res["score"][str(CONTEXTS[-1])] if r["planes"] == planes and r["same"]],
+               key=lambda r: r["ms"])
+    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap)
+
+
+class tuned:
+    """Temporarily set knobs in the device's (cached) tuning dict: the hot path reads them."""
+
+    def __init__(self, knobs):
+        from cuda_ops import tuning
+
+        self.d = tuning.load(torch.device("cuda"))
+        self.knobs = knobs
+
+    def __enter__(self):
+        self.saved = {k: dict(self.d.get(k, {})) for k in self.knobs}
+        for k, v in self.knobs.items():
+            self.d.setdefault(k, {}).update(v)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            self.d[k] = v
+
+
+def sweep_pdl(res, data, gen):
+    """The hot path's selection program (query hash, then scores + selection) with the chosen
+    selection launches, with and without PDL (the score kernel starts while the query hash
+    runs, prefetches its codes and waits before reading the query codes); output checked
+    against the program without PDL and without fusion."""
+    from cuda_ops.hotpath import TritonHotPath
+
+    ch = res["selection_choice"]
+    rows = res.setdefault("pdl", {})
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    for ctx, (m, cache, table, seq, _) in data.items():
+        k = m // 8
+        nbytes = B * m * BS * HKV * (R // 8)
+        q = torch.randn(B, HQ, D, device="cuda", generator=gen).to(torch.bfloat16)
+        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
+        outs = {}
+        crow = rows.setdefault(str(ctx), [])
+        for name, pdl, fuse in (("plain", False, False), ("chosen", False, ch["fuse"]), ("chosen+pdl", True, ch["fuse"])):
+            bufs = (torch.empty(B, HQ, R // 8, dtype=torch.uint8, device="cuda"),
+                    torch.empty(B, m, dtype=torch.int32, device="cuda"),
+                    torch.empty(B, k, dtype=torch.int32, device="cuda"), torch.empty(B, dtype=torch.int32, device="cuda"))
+            knobs = dict(score=dict(ch["score"], pdl=pdl), select=dict(fuse=fuse, fuse_maxnreg=ch["fuse_maxnreg"]))
+            row = dict(variant=name, pdl=pdl, fuse=fuse)
+            try:
+                with tuned(knobs):
+                    prog = TritonHotPath().select_program(q, w, cache, table, seq, budgets, k, [0, -2, -1], "max", 0,
+                                                          *bufs)
+                run = lambda: prog(q, table, seq, budgets)  # noqa: E731
+                ms = graph_ms(run)
+                bufs[2].fill_(-7)
+                bufs[3].fill_(-7)
+                run()
+                torch.cuda.synchronize()
+                outs[name] = (bufs[2].clone(), bufs[3].clone())
+                same = name == "plain" or (torch.equal(outs[name][0], outs["plain"][0])
+                                           and torch.equal(outs[name][1], outs["plain"][1]))
+                row.update(ms=ms, tbs=nbytes / ms / 1e9, same=bool(same), launches=len(prog.launches))
+            except Exception as e:
+                row.update(ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+            crow.append(row)
+        progress(f"select program {ctx}: " + ", ".join(
+            f"{r['variant']}: {r['ms'] * 1e3:.1f}us" + ("" if r["same"] else " DIFFERENT RESULT OR ERROR") for r in crow))
 
 
 # First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.
@@ -252,27 +351,14 @@ def choose(res):
         for r in rows:
             by_fan.setdefault(r["fanout"], []).append(r["ms"])
     fanout = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
-    # score family (bit planes or not) and one launch or two: the smallest sum over contexts
-    # and methods of the whole selection's time relative to each case's best
-    op = [r for rows in res["op"].values() for r in rows if r["same"]]
-    lo = {}
-    for ctx, rows in res["op"].items():
-        for r in rows:
-            if r["same"]:
-                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
-
-    def op_cost(combo):
-        total = 0.0
-        for (ctx, method), best_ms in lo.items():
-            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
-                     and (r["planes"], r["fuse"]) == combo]
-            total += (match[0]["ms"] / best_ms) if match else 1e9
-        return total
-
-    planes, fuse = min({(r["planes"], r["fuse"]) for r in op}, key=op_cost)
-    best = min([r for r in res["score"][big] if r["planes"] == planes and r["same"]], key=lambda r: r["ms"])
-    knobs["score"] = {k: best[k] for k in SCORE_GRID}
-    knobs["select"] = {"fanout": fanout, "fuse": fuse}
+    ch = res["selection_choice"]
+    pdl_ok = all(any(r["variant"] == v and r["same"] for r in rows)
+                 for rows in res["pdl"].values() for v in ("chosen", "chosen+pdl"))
+    pdl_gain = [min(r["ms"] for r in rows if r["variant"] == "chosen" and r["same"])
+                - min(r["ms"] for r in rows if r["variant"] == "chosen+pdl" and r["same"])
+                for rows in res["pdl"].values()] if pdl_ok else []
+    knobs["score"] = dict(ch["score"], pdl=bool(pdl_gain) and sum(pdl_gain) > 0)
+    knobs["select"] = {"fanout": fanout, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
     cases = []
     for ctx, c in res["attention"].items():
         ok = [r for r in c["rows"] if "error" not in r]
@@ -306,7 +392,7 @@ def markdown(res) -> str:
     for ctx in res["score"]:
         rows = res["score"][ctx]
         d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
-        c = [r for r in rows if all(r[x] == k["score"][x] for x in k["score"])][0]
+        c = [r for r in rows if all(r[x] == k["score"][x] for x in SCORE_GRID)][0]
         pl = max((r["tbs"] for r in rows if r["planes"] and r["same"]), default=float("nan"))
         if not all(r["same"] for r in rows):
             lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
@@ -317,14 +403,22 @@ def markdown(res) -> str:
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
     lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
               "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
-              "| context | method | planes | fuse | score launch | us | TB/s | same result |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
     for ctx, rows in res["op"].items():
         for r in rows:
-            mark = " (chosen)" if (r["planes"], r["fuse"]) == (k["score"]["planes"], k["select"]["fuse"]) else ""
+            mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
             lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
-                         f"{r['num_warps']} warps, unroll={r['unroll']} | {r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | "
-                         f"{'yes' if r['same'] else 'NO'} |")
+                         f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
+                         f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+    lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
+              f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
+              "|---|---|---|---|---|---|"]
+    for ctx, rows in res["pdl"].items():
+        for r in rows:
+            lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
+                         f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
     lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
               "|---|---|---|---|---|---|---|"]
     for ctx, c in res["attention"].items():

@@ -32,9 +32,11 @@ class TritonHotPath:
         rec = Recorder()
         # zeros the fused score + selection kernel counts finished blocks in (it leaves them zero)
         counter = torch.zeros(block_table.shape[0], dtype=torch.int32, device=q.device)
-        hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec)
+        pdl = scoring.use_pdl(q.device)  # the score kernel may start while the query hash runs
+        hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec, launch_dependents=pdl)
         scoring.select_blocks(q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                              chunk_repre_method, 0, 1.0, pad_id, keys, table, lens, cache=rec, counter=counter)
+                              chunk_repre_method, 0, 1.0, pad_id, keys, table, lens, cache=rec, counter=counter,
+                              pdl=pdl)
         return Program(rec, [("q", q), ("block_table", block_table), ("seq_lens", seq_lens), ("budgets", budgets)],
                        [weight, hash_cache, q_codes, keys, table, lens, counter], q.device)
 

@@ -298,13 +298,36 @@ def _plane_counts(kc_ptr, q_ptr, phys, b, t, tmask, sq_b, sq_h, skc_n, skc_h, sk
 
 
 @triton.jit
+def _prefetch_block(kc_ptr, phys, skc_n, skc_h, skc_t, HKV: tl.constexpr, HKV_P: tl.constexpr,
+                    BLOCK_T: tl.constexpr):
+    """Ask L2 for the block's code lines (``prefetch.global.L2``, one per 8 tokens of each KV
+    head: 128 bytes of R = 128 codes): used before ``gdc_wait`` under PDL, while the
+    previous kernel still runs. A hint only; the real loads come after the wait.
+    ``HKV_P``: ``HKV`` rounded up to a power of two (extra lanes repeat the last head)."""
+    hh = tl.minimum(tl.arange(0, HKV_P), HKV - 1)
+    if BLOCK_T >= 8:
+        tt = tl.arange(0, BLOCK_T // 8) * 8
+    else:
+        tt = tl.arange(0, 1)
+    ptrs = kc_ptr + phys * skc_n + hh[:, None] * skc_h + tt[None, :] * skc_t
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
                   BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
                   BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
-                  UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr):
+                  UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr,
+                  HKV_P: tl.constexpr):
     """The int32 order key of logical block ``j`` of row ``b`` (``j * BS < seq``), whose
-    block-table entry is ``phys``; see ``_block_score_hs_kernel``."""
+    block-table entry is ``phys``; see ``_block_score_hs_kernel``. ``PDL``: launched as a
+    programmatic dependent of the kernel that writes ``q`` (the hot path's query hash):
+    prefetch this block's codes, then wait for that kernel (``gdc_wait``) before any ``q`` load."""
     phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
+    if PDL:
+        _prefetch_block(kc_ptr, phys, skc_n, skc_h, skc_t, HKV, HKV_P, BLOCK_T)
+        tl.extra.cuda.gdc_wait()
     t = tl.arange(0, BLOCK_T)
     tmask = t < BS
     if PLANES:
@@ -343,7 +366,8 @@ def _block_score_hs_kernel(
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr = False, WIDE: tl.constexpr = False,
-    UNROLL: tl.constexpr = False, PLANES: tl.constexpr = False, HWP: tl.constexpr = 1,
+    UNROLL: tl.constexpr = False, PLANES: tl.constexpr = False, HWP: tl.constexpr = 1, PDL: tl.constexpr = False,
+    HKV_P: tl.constexpr = 1,
 ):
     """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
     ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits); ``PLANES``:
@@ -363,5 +387,5 @@ def _block_score_hs_kernel(
     phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
     if j * BS < seq:
         key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
-                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP)
+                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
         tl.store(out_ptr + b * so_b + j, key)

@@ -35,7 +35,7 @@ from .score_kernels import _block_score_hs_kernel, _block_score_kernel
 from .topk_kernels import _score_select_kernel, _select_kernel
 from .tuning import knob
 
-__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "fused_select_ok", "MAX_FORCED",
+__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "fused_select_ok", "use_pdl", "MAX_FORCED",
            "MAX_BLOCKS"]
 
 MAX_FORCED = 8  # forced-block entries passed as scalar arguments (graph-safe)
@@ -51,6 +51,8 @@ SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
 SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
+SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
+SCORE_PDL = False  # hot path: the score kernel as a programmatic dependent launch of the query hash
 FUSE_ROW_PER_WARP = 1024  # widest row (next_pow2(M)) a fused selection holds per score warp
 
 
@@ -61,8 +63,18 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32)
 
 
+def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
+    """Whether the hot path launches the score kernel as a programmatic dependent of the
+    query hash (``pdl``, default the device's ``score.pdl`` tuning): CUDA sm_90+ only, never
+    in the interpreter."""
+    want = knob(device, "score", "pdl", SCORE_PDL) if pdl is None else pdl
+    if not want or device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
-                  hw_popc, wide, lop3, unroll, planes):
+                  hw_popc, wide, lop3, unroll, planes, pdl=False):
     """The score kernel, its per-launch integers and constexprs for these codes:
     ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"`` or ``"swar"``)."""
     b, hq, c = q_codes.shape
@@ -92,10 +104,13 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
                          f"got path={path!r}, G={g}, R={8 * c}")
     ints = (nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2))
     if path == "hs":
-        return _block_score_hs_kernel, q32, kc32, ints, dict(
+        consts = dict(
             BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean", BLOCK_T=next_pow2(bs),
             HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4, UNROLL=bool(unroll),
-            PLANES=bool(planes), HWP=next_pow2(hkv * w), num_warps=num_warps)
+            PLANES=bool(planes), HWP=next_pow2(hkv * w), PDL=bool(pdl), HKV_P=next_pow2(hkv), num_warps=num_warps)
+        if pdl:
+            consts["launch_pdl"] = True
+        return _block_score_hs_kernel, q32, kc32, ints, consts
     block_w = next_pow2(w)
     block_g = max(1, min(next_pow2(g), 16 // block_w))
     return _block_score_kernel, q32, kc32, ints, dict(
@@ -184,16 +199,20 @@ def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, tabl
 
 
 def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
-            rope_score_weight, keys, counter, table, lens, idx, nsel, pad_id, cache, fanout, fuse, score_opts):
+            rope_score_weight, keys, counter, table, lens, idx, nsel, pad_id, cache, fanout, fuse, score_opts,
+            pdl=False, maxnreg=None):
     """Scores then selection: one fused launch when ``fuse`` (None: the device's
     tuning) and it applies, else two. ``counter``: ``int32 [B]`` zeros for the fused
-    kernel (None: allocated here when it runs)."""
+    kernel (None: allocated here when it runs). ``pdl``: the score kernel is a
+    programmatic dependent launch (the caller's previous kernel triggers it; hot path
+    only, see ``use_pdl``). ``maxnreg``: register cap of the fused kernel (None: the
+    device's ``select.fuse_maxnreg``)."""
     b, m = block_table.shape
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, score_opts.get("num_warps"),
                                                 score_opts.get("path"), score_opts.get("hw_popc"),
                                                 score_opts.get("wide"), score_opts.get("lop3"),
-                                                score_opts.get("unroll"), score_opts.get("planes"))
+                                                score_opts.get("unroll"), score_opts.get("planes"), pdl)
     dev = q_codes.device
     want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
     ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"])
@@ -212,6 +231,9 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
         counter = torch.zeros(b, dtype=torch.int32, device=dev)
     t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
     sel = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, dev)
+    maxnreg = knob(dev, "select", "fuse_maxnreg", SELECT_FUSE_MAXNREG) if maxnreg is None else maxnreg
+    if maxnreg:
+        sel["maxnreg"] = int(maxnreg)
     while sel["FANOUT"] > 1 and sel["FANOUT"] * sel["BLOCK_M"] > FUSE_ROW_PER_WARP * consts["num_warps"]:
         sel["FANOUT"] //= 2  # the [FANOUT, BLOCK_M] comparison within the score program's registers
     launch(_score_select_kernel, (m, b, 1), (
@@ -243,11 +265,14 @@ def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, mu
 
 def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks, chunk_repre_method,
                   rope_bytes, rope_score_weight, pad_id, keys, table, lens, cache=None, counter=None, fanout=None,
-                  fuse=None, **score_opts):
+                  fuse=None, pdl=False, maxnreg=None, **score_opts):
     """Hot path: ``hamming_dist_top_k`` then ``kv_select`` (block scores; selection with
     the table gather fused; or both in one launch, see ``_select``), into caller-owned
     buffers ``keys int32 [B, M]``, ``table int32 [B, k]``, ``lens int32 [B]``, and
     ``counter int32 [B]`` (zeros, kept zero between calls) for the one-launch variant.
+    ``pdl``: launch the score kernel as a programmatic dependent of the previous kernel,
+    which must write nothing but ``q_codes`` that this reads (the hot path's query hash,
+    launched with ``launch_dependents``); callers decide with ``use_pdl``.
     Rows with ``seq_len <= 0`` (an engine's padding) come back empty (length 0, all ``pad_id``)."""
     b, m = block_table.shape
     forced, fs = _forced_args(must_select_blocks)
@@ -256,5 +281,6 @@ def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_se
     if b == 0:
         return table, lens
     _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
-            rope_score_weight, keys, counter, table, lens, None, None, pad_id, cache, fanout, fuse, score_opts)
+            rope_score_weight, keys, counter, table, lens, None, None, pad_id, cache, fanout, fuse, score_opts,
+            pdl, maxnreg)
     return table, lens

@@ -64,33 +64,36 @@ def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, 
     if NF > 7:
         forced = forced | _is_forced(cols, nblk, F7)
     n_forced = tl.sum(forced.to(tl.int32), axis=0)
-    key = tl.where(forced, 2147483647, key).to(tl.int64)
+    # keys stay int32 (registers: the fused kernel runs this in one score warp); the search
+    # bounds are int64 scalars so that `hi - lo + 1` cannot overflow, and every threshold
+    # compared with the keys lies in [lo, hi], inside the int32 range
+    key = tl.where(forced, 2147483647, key)
     key = tl.where(valid, key, -2147483648)
     bud = tl.load(bud_ptr + b)
     nsel = tl.where(bud >= nblk, nblk, tl.maximum(bud, n_forced))
     free = valid & (key < 2147483647)
-    lo = tl.min(tl.where(free, key, 2147483647), axis=0)
-    hi = tl.max(tl.where(free, key, -2147483648), axis=0)
+    lo = tl.min(tl.where(free, key, 2147483647), axis=0).to(tl.int64)
+    hi = tl.max(tl.where(free, key, -2147483648), axis=0).to(tl.int64)
     if nsel <= n_forced:
         lo = tl.full((), 2147483647, tl.int64)
         hi = lo
     if FANOUT == 1:
         while lo < hi:
             mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= nsel
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0) >= nsel
             lo = tl.where(enough, mid, lo)
             hi = tl.where(enough, hi, mid - 1)
     else:  # FANOUT thresholds a step: the interval shrinks FANOUT-fold per reduction round
-        key32 = key.to(tl.int32)  # every key (and sentinel) is in the int32 range
         ii = tl.arange(0, FANOUT).to(tl.int64) + 1
         while lo < hi:
             cand = lo + ((hi - lo) * ii + FANOUT - 1) // FANOUT  # ceil steps in (lo, hi], the last = hi
-            cnt = tl.sum((key32[None, :] >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+            cnt = tl.sum((key[None, :] >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
             enough = cnt >= nsel
             lo = tl.max(tl.where(enough, cand, lo), axis=0)
             hi = tl.min(tl.where(enough, hi, cand - 1), axis=0)
-    above = key > lo
-    tie = (key == lo).to(tl.int32)
+    lo32 = lo.to(tl.int32)
+    above = key > lo32
+    tie = (key == lo32).to(tl.int32)
     need = nsel - tl.sum(above.to(tl.int32), axis=0)
     tie_rank = tl.cumsum(tie, axis=0) - tie
     chosen = valid & (above | ((tie > 0) & (tie_rank < need)))
@@ -149,7 +152,7 @@ def _score_select_kernel(
     F0, F1, F2, F3, F4, F5, F6, F7,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
-    UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr,
+    UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr, HKV_P: tl.constexpr,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
     FANOUT: tl.constexpr,
 ):
@@ -164,7 +167,7 @@ def _score_select_kernel(
     phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
     if j * BS < seq:
         key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
-                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP)
+                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
         tl.store(key_ptr + b * sk_b + j, key)
     tl.debug_barrier()  # the key store (any thread) comes before the release below
     done = tl.atomic_add(cnt_ptr + b, 1, sem="acq_rel", scope="gpu")
