@@ -9,8 +9,9 @@ tuning file (``cuda_ops/tuning.py``):
   query folding (``planes``); code bytes per second;
 * selection (``_select_kernel`` with ``kv_select`` fused): search fan-out;
 * the hot path's whole selection (``select_blocks``) in two launches or one
-  (``fuse``: the last score program of each row selects), for the best score
-  launch with and without bit planes;
+  (``fuse``: the last score program of each row selects; with and without a
+  register cap), for the best score launch with and without bit planes; then the
+  hot path's selection program (query hash first) with and without PDL;
 * paged decode attention, dense and 1/8-sparse tables: tile, warps, stages,
   programs per SM; SDPA on contiguous KV as the baseline;
 * ``hash_encode_and_cache`` at 64K tokens: weight split hoisting, tile, warps,
@@ -24,6 +25,10 @@ is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sw
 ``cuda_ops/tuning/``).
 
     python benchmarks/kernel_sweep.py --out DIR
+    python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
+
+With ``--parts`` the tuning file written keeps the committed file's choices for the
+kernels not swept.
 """
 from __future__ import annotations
 
@@ -342,10 +347,23 @@ def sweep_hash(res, gen, copy):
 
 
 def choose(res):
-    """The tuning file's knobs: the fastest variant of each kernel (attention: the
-    smallest sum over contexts of dense and sparse time relative to each case's best)."""
+    """The tuning file's knobs for the kernels swept: the fastest variant of each kernel
+    (attention: the smallest sum over contexts of dense and sparse time relative to each
+    case's best)."""
     knobs = {}
     big = str(CONTEXTS[-1])
+    if "score" in res:
+        knobs.update(choose_selection(res))
+    if "attention" in res:
+        knobs["attention"] = choose_attention(res, big)
+    if "hash" in res:
+        h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
+        knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
+    return knobs
+
+
+def choose_selection(res):
+    knobs = {}
     by_fan = {}
     for ctx, rows in res["select"].items():
         for r in rows:
@@ -359,6 +377,10 @@ def choose(res):
                 for rows in res["pdl"].values()] if pdl_ok else []
     knobs["score"] = dict(ch["score"], pdl=bool(pdl_gain) and sum(pdl_gain) > 0)
     knobs["select"] = {"fanout": fanout, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
+    return knobs
+
+
+def choose_attention(res, big):
     cases = []
     for ctx, c in res["attention"].items():
         ok = [r for r in c["rows"] if "error" not in r]
@@ -375,10 +397,7 @@ def choose(res):
         return total
 
     a = min(cfgs, key=cost)
-    knobs["attention"] = {k: a[k] for k in ATTN_GRID}
-    h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
-    knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
-    return knobs
+    return {k: a[k] for k in ATTN_GRID}
 
 
 def markdown(res) -> str:
@@ -389,7 +408,7 @@ def markdown(res) -> str:
              "| context | score kernel: 06:35 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
              "chosen fan-out us |",
              "|---|---|---|---|---|---|"]
-    for ctx in res["score"]:
+    for ctx in res.get("score", {}):
         rows = res["score"][ctx]
         d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
         c = [r for r in rows if all(r[x] == k["score"][x] for x in SCORE_GRID)][0]
@@ -401,41 +420,44 @@ def markdown(res) -> str:
         sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
         lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
-    lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
-              "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
-              "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
-    for ctx, rows in res["op"].items():
-        for r in rows:
-            mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
-            lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
-                         f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
-                         f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
-    lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
-              f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
-              "|---|---|---|---|---|---|"]
-    for ctx, rows in res["pdl"].items():
-        for r in rows:
-            lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
-                         f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
-    lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
-              "|---|---|---|---|---|---|---|"]
-    for ctx, c in res["attention"].items():
-        ok = [r for r in c["rows"] if "error" not in r]
-        old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
-               (64, 4, 3, 16, 256)]
-        ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
-        o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
-        lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
-                     f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
-    ok = [r for r in res["hash"] if "error" not in r]
-    old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
-           (False, 128, 4, 2, False)]
-    best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
-    lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
-              f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
-              if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    if "op" in res:
+        lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
+                  "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
+                  "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
+        for ctx, rows in res.get("op", {}).items():
+            for r in rows:
+                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
+                lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
+                             f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
+                             f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+        lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
+                  f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|"]
+        for ctx, rows in res.get("pdl", {}).items():
+            for r in rows:
+                lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
+                             f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+    if "attention" in res:
+        lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for ctx, c in res.get("attention", {}).items():
+            ok = [r for r in c["rows"] if "error" not in r]
+            old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
+                   (64, 4, 3, 16, 256)]
+            ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
+            o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
+            lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
+                         f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
+    if "hash" in res:
+        ok = [r for r in res["hash"] if "error" not in r]
+        old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
+               (False, 128, 4, 2, False)]
+        best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
+        lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
+                  f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
+                  if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
     return "\n".join(lines) + "\n"
 
 
@@ -459,17 +481,22 @@ def main(out_dir: str, parts) -> None:
         sweep_hash(res, gen, res["copy_tbs"])
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
-    if set(parts) == {"score", "attention", "hash"}:
-        res["knobs"] = choose(res)
-        with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        tfile = os.path.join(out_dir, os.path.basename(tuning.device_file(name)))
-        with open(tfile, "w") as f:
-            json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
-                       "knobs": res["knobs"]}, f, indent=1)
-        with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
-            f.write(markdown(res))
-        progress(f"wrote {tfile}: {res['knobs']}")
+    # a partial run (--parts) keeps the committed file's choices for the kernels it did not sweep
+    knobs = {}
+    if set(parts) != {"score", "attention", "hash"} and os.path.exists(tuning.device_file(name)):
+        with open(tuning.device_file(name)) as f:
+            knobs = json.load(f).get("knobs", {})
+    knobs.update(choose(res))
+    res["knobs"] = knobs
+    with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    tfile = os.path.join(out_dir, os.path.basename(tuning.device_file(name)))
+    with open(tfile, "w") as f:
+        json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
+                   "parts": list(parts), "knobs": knobs}, f, indent=1)
+    with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
+        f.write(markdown(res))
+    progress(f"wrote {tfile}: {knobs}")
 
 
 if __name__ == "__main__":
