@@ -317,6 +317,58 @@ def test_fused_score_select_realistic(gen, planes, warps):
             assert int(lens[3]) == 0 and bool((tab[3] == 5).all())
 
 
+@pytest.mark.parametrize("fuse,planes,pdl", [(False, False, True), (True, False, True), (True, True, True),
+                                              (True, True, False)])
+def test_select_program_launch_choices_graph_realistic(gen, monkeypatch, fuse, planes, pdl):
+    # the hot path's selection program (query hash, then scores + selection) with each launch
+    # choice, eager and replayed from a CUDA graph with new inputs: equal to the reference
+    from cuda_ops import scoring
+    from cuda_ops.hotpath import TritonHotPath
+
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs sm_90+")
+    monkeypatch.setattr(scoring, "use_pdl", lambda device, p=None: pdl)
+    real, forced = scoring.knob, {("select", "fuse"): fuse, ("score", "planes"): planes}  # over the tuning file
+    monkeypatch.setattr(scoring, "knob", lambda dev, kern, name, default: forced.get((kern, name),
+                                                                                   real(dev, kern, name, default)))
+    b, hq, hkv, d, r, bs, m, k = 8, 32, 8, 128, 128, 128, 256, 32
+    w = torch.linalg.qr(torch.randn(hkv, d, r, device=DEV, generator=gen))[0].contiguous()
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16)
+    budgets = torch.full((b,), k, dtype=torch.int32, device=DEV)
+    bufs = (torch.empty(b, hq, r // 8, dtype=torch.uint8, device=DEV), torch.empty(b, m, dtype=torch.int32, device=DEV),
+            torch.empty(b, k, dtype=torch.int32, device=DEV), torch.empty(b, dtype=torch.int32, device=DEV))
+    prog = TritonHotPath().select_program(q, w, cache, table, seq, budgets, k, [0, -1], "max", 3, *bufs)
+    assert any(l.consts.get("PDL") for l in prog.launches) == pdl
+    assert any(l.fn.__name__ == "_score_select_kernel" for l in prog.launches) == fuse
+
+    def check():  # the selection of the codes the program hashed (hash codes: test_hash_encode_*)
+        qc = bufs[0].cpu()
+        idx, n = ref.hamming_dist_top_k(qc, cache.cpu(), table.cpu(), seq.cpu(), budgets.cpu(), k, [0, -1], "max")
+        t, l = ref.kv_select(idx, n, table.cpu(), seq.cpu(), bs, 3)
+        assert torch.equal(bufs[2].cpu(), t) and torch.equal(bufs[3].cpu(), l)
+
+    prog(q, table, seq, budgets)
+    torch.cuda.synchronize()
+    check()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        prog(q, table, seq, budgets)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        prog(q, table, seq, budgets)
+    for _ in range(2):
+        q.copy_(torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16))
+        table.copy_(table[:, torch.randperm(m, device=DEV, generator=gen)])
+        seq.copy_(torch.randint(1, m * bs + 1, (b,), device=DEV, generator=gen).to(torch.int32))
+        bufs[2].fill_(-7)
+        g.replay()
+        torch.cuda.synchronize()
+        check()
+
+
 @pytest.mark.parametrize("fanout", [1, 4, 16, 32])
 def test_select_fanout_realistic(gen, fanout):
     from cuda_ops import scoring
