@@ -5,20 +5,30 @@ graph (GPU time only), at the engine-step shapes (B=16, Hq=32, Hkv=8, D=128,
 R=128, bs=128, bf16; 32K and 128K), and writes the fastest as the device's
 tuning file (``cuda_ops/tuning.py``):
 
-* block scores (``_block_score_hs_kernel``): ``lop3`` carry-save adders, 16-byte
-  ``wide`` loads, warps; code bytes per second;
+* block scores (``_block_score_hs_kernel``): warps, unrolled head loop, bit-plane
+  query folding (``planes``); code bytes per second;
 * selection (``_select_kernel`` with ``kv_select`` fused): search fan-out;
+* the hot path's whole selection (``select_blocks``) in two launches or one
+  (``fuse``: the last score program of each row selects; with and without a
+  register cap), for the best score launch with and without bit planes; then the
+  hot path's selection program (query hash first) with and without PDL;
 * paged decode attention, dense and 1/8-sparse tables: tile, warps, stages,
   programs per SM; SDPA on contiguous KV as the baseline;
 * ``hash_encode_and_cache`` at 64K tokens: weight split hoisting, tile, warps,
   programs per SM, bit packing by matmul; against copy bandwidth.
 
-Every variant computes the same result (tests/test_triton_gpu.py checks each);
-this only picks launches. Output: ``DIR/kernel_sweep.json`` (every timing),
+Every variant computes the same result (tests/test_triton_gpu.py checks each,
+and this script compares every score and selection variant's output with the
+SWAR kernel and the two-launch selection on the device; a variant that differs
+is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sweep.json`` (every timing),
 ``DIR/kernel_sweep.md`` and ``DIR/<device>.json`` (the tuning file to commit under
 ``cuda_ops/tuning/``).
 
     python benchmarks/kernel_sweep.py --out DIR
+    python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
+
+With ``--parts`` the tuning file written keeps the committed file's choices for the
+kernels not swept.
 """
 from __future__ import annotations
 
@@ -57,48 +67,208 @@ def progress(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-SCORE_GRID = dict(lop3=(False, True), wide=(False, True), unroll=(False, True), num_warps=(1, 2, 4))
+# The 06:24 / 06:35 UTC sweeps also swept lop3 off (no difference: ptxas fuses the logic)
+# and 16-byte `wide` loads (slower everywhere); `planes` always unrolls its head loop.
+SCORE_GRID = dict(lop3=(True,), wide=(False,), unroll=(False, True), num_warps=(1, 2, 4), planes=(False, True))
+SCORE_BEFORE = dict(lop3=True, wide=False, unroll=True, num_warps=1, planes=False)  # tuning of 2026-11-29 06:35
+
+
+def score_variants():
+    for combo in itertools.product(*SCORE_GRID.values()):
+        v = dict(zip(SCORE_GRID, combo))
+        if not (v["planes"] and not v["unroll"]):
+            yield v
+
+
+def _inputs(ctx, gen):
+    m = ctx // BS
+    nb = B * m
+    cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
+                          dtype=torch.int32).to(torch.uint8)
+    table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+    seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    return m, cache, table, seq, q
 
 
 def sweep_score_select(res, gen):
+    """Score kernel launches, the selection kernel's fan-out, and the whole hot-path
+    selection (``select_blocks``: scores, selection, kv_select) with and without
+    the fused one-launch kernel, for the best score launch with and without bit planes."""
     from cuda_ops import scoring
     from cuda_ops.launch import next_pow2
 
     out = res.setdefault("score", {})
     sel = res.setdefault("select", {})
-    for ctx in CONTEXTS:
-        m = ctx // BS
-        nb = B * m
-        cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
-                              dtype=torch.int32).to(torch.uint8)
-        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
-        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    ops_ = res.setdefault("op", {})
+    data = {ctx: _inputs(ctx, gen) for ctx in CONTEXTS}
+    forced, fs = scoring._forced_args([0, -2, -1])
+    for ctx, (m, cache, table, seq, q) in data.items():
         keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
         nbytes = B * m * BS * HKV * (R // 8)
         rows = out.setdefault(str(ctx), [])
-        for lop3, wide, unroll, warps in itertools.product(*SCORE_GRID.values()):
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
-                                                           lop3=lop3, wide=wide, unroll=unroll, num_warps=warps))
-            rows.append(dict(lop3=lop3, wide=wide, unroll=unroll, num_warps=warps, ms=ms, tbs=nbytes / ms / 1e9))
-        progress(f"score {ctx}: best {max(r['tbs'] for r in rows):.2f} TB/s")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
+        for v in score_variants():
+            keys.fill_(-7)
+            try:
+                ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs", **v))
+                rows.append(dict(v, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+            except Exception as e:  # a launch that does not compile: recorded, never chosen
+                rows.append(dict(v, ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}"))
+        bad = [r for r in rows if not r["same"]]
+        progress(f"score {ctx}: best {max(r['tbs'] for r in rows if r['same']):.2f} TB/s"
+                 + (f"; DIFFERENT KEYS (never chosen): {bad}" if bad else ""))
         # selection + fused kv_select on those keys, budget 1/8
         k = m // 8
         budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
         tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
         lens = torch.empty(B, dtype=torch.int32, device="cuda")
-        forced, fs = scoring._forced_args([0, -2, -1])
         srows = sel.setdefault(str(ctx), [])
         for method in ("max", "mean"):
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
-            for fan in (1, 2, 4, 8, 16, 32):
+            for fan in (1, 4, 8):
                 if scoring.select_fanout(next_pow2(m), fan) != fan:
                     continue
                 ms = graph_ms(lambda: scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens,
                                                              None, None, 0, None, fan))
                 srows.append(dict(method=method, fanout=fan, ms=ms))
         progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}: {r['ms'] * 1e3:.1f}us" for r in srows))
-        del cache
+    # the hot path's selection as one unit (select_blocks: scores, selection, kv_select), in
+    # two launches or one (fused), for the best 128K score launch with and without bit planes
+    big = out[str(CONTEXTS[-1])]
+    for ctx, (m, cache, table, seq, q) in data.items():
+        k = m // 8
+        nbytes = B * m * BS * HKV * (R // 8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
+        tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
+        lens = torch.empty(B, dtype=torch.int32, device="cuda")
+        counter = torch.zeros(B, dtype=torch.int32, device="cuda")
+        orows = ops_.setdefault(str(ctx), [])
+        want = {}
+        for method in ("max", "mean"):  # the SWAR scores and the selection kernel: the result to match
+            scoring.block_score_keys(q, cache, table, seq, method, keys=keys, path="swar")
+            scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1)
+            want[method] = (tab.clone(), lens.clone())
+        for planes in (False, True):
+            ok = [r for r in big if r["planes"] == planes and r["same"]]
+            if not ok:
+                continue
+            v = {x: min(ok, key=lambda r: r["ms"])[x] for x in SCORE_GRID}
+            # the fused kernel's selection part needs more registers than scoring: also capped at
+            # what the plain score kernel uses (ptxas, sm_90: 64 without planes, 128 with)
+            for fuse, cap in ((False, 0), (True, 0), (True, 128 if planes else 64)):
+                if fuse and not scoring.fused_select_ok(m, v["num_warps"]):
+                    continue
+                for method in ("max", "mean"):
+                    run = lambda: scoring.select_blocks(  # noqa: E731
+                        q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, 0, keys, tab, lens,
+                        counter=counter, fuse=fuse, maxnreg=cap, path="hs", **v)
+                    row = dict(v, fuse=fuse, maxnreg=cap, method=method)
+                    try:
+                        ms = graph_ms(run)
+                        # once more after the replays: a counter left non-zero would select nothing now
+                        tab.fill_(-7)
+                        lens.fill_(-7)
+                        run()
+                        same = bool(torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1]))
+                        row.update(ms=ms, tbs=nbytes / ms / 1e9, same=same)
+                    except Exception as e:  # a launch that does not compile: recorded, never chosen
+                        row.update(ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+                    orows.append(row)
+        progress(f"select_blocks {ctx}: " + ", ".join(
+            f"planes={r['planes']}/fuse={r['fuse']}/cap={r['maxnreg']}/{r['method']}: {r['ms'] * 1e3:.1f}us"
+            + ("" if r["same"] else " DIFFERENT RESULT OR ERROR (never chosen)") for r in orows))
+    res["selection_choice"] = pick_selection(res)
+    sweep_pdl(res, data, gen)
+    del data
+
+
+def pick_selection(res):
+    """(planes, fuse, maxnreg) of the ``select_blocks`` rows with the smallest sum over contexts
+    and methods of time relative to each case's best (rows with a different result excluded)."""
+    lo = {}
+    for ctx, rows in res["op"].items():
+        for r in rows:
+            if r["same"]:
+                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
+
+    def cost(combo):
+        total = 0.0
+        for (ctx, method), best_ms in lo.items():
+            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
+                     and (r["planes"], r["fuse"], r["maxnreg"]) == combo]
+            total += (match[0]["ms"] / best_ms) if match else 1e9
+        return total
+
+    combos = {(r["planes"], r["fuse"], r["maxnreg"]) for rows in res["op"].values() for r in rows if r["same"]}
+    planes, fuse, cap = min(combos, key=cost)
+    best = min([r for r in res["score"][str(CONTEXTS[-1])] if r["planes"] == planes and r["same"]],
+               key=lambda r: r["ms"])
+    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap)
+
+
+class tuned:
+    """Temporarily set knobs in the device's (cached) tuning dict: the hot path reads them."""
+
+    def __init__(self, knobs):
+        from cuda_ops import tuning
+
+        self.d = tuning.load(torch.device("cuda"))
+        self.knobs = knobs
+
+    def __enter__(self):
+        self.saved = {k: dict(self.d.get(k, {})) for k in self.knobs}
+        for k, v in self.knobs.items():
+            self.d.setdefault(k, {}).update(v)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            self.d[k] = v
+
+
+def sweep_pdl(res, data, gen):
+    """The hot path's selection program (query hash, then scores + selection) with the chosen
+    selection launches, with and without PDL (the score kernel starts while the query hash
+    runs, prefetches its codes and waits before reading the query codes); output checked
+    against the program without PDL and without fusion."""
+    from cuda_ops.hotpath import TritonHotPath
+
+    ch = res["selection_choice"]
+    rows = res.setdefault("pdl", {})
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    for ctx, (m, cache, table, seq, _) in data.items():
+        k = m // 8
+        nbytes = B * m * BS * HKV * (R // 8)
+        q = torch.randn(B, HQ, D, device="cuda", generator=gen).to(torch.bfloat16)
+        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
+        outs = {}
+        crow = rows.setdefault(str(ctx), [])
+        for name, pdl, fuse in (("plain", False, False), ("chosen", False, ch["fuse"]), ("chosen+pdl", True, ch["fuse"])):
+            bufs = (torch.empty(B, HQ, R // 8, dtype=torch.uint8, device="cuda"),
+                    torch.empty(B, m, dtype=torch.int32, device="cuda"),
+                    torch.empty(B, k, dtype=torch.int32, device="cuda"), torch.empty(B, dtype=torch.int32, device="cuda"))
+            knobs = dict(score=dict(ch["score"], pdl=pdl), select=dict(fuse=fuse, fuse_maxnreg=ch["fuse_maxnreg"]))
+            row = dict(variant=name, pdl=pdl, fuse=fuse)
+            try:
+                with tuned(knobs):
+                    prog = TritonHotPath().select_program(q, w, cache, table, seq, budgets, k, [0, -2, -1], "max", 0,
+                                                          *bufs)
+                run = lambda: prog(q, table, seq, budgets)  # noqa: E731
+                ms = graph_ms(run)
+                bufs[2].fill_(-7)
+                bufs[3].fill_(-7)
+                run()
+                torch.cuda.synchronize()
+                outs[name] = (bufs[2].clone(), bufs[3].clone())
+                same = name == "plain" or (torch.equal(outs[name][0], outs["plain"][0])
+                                           and torch.equal(outs[name][1], outs["plain"][1]))
+                row.update(ms=ms, tbs=nbytes / ms / 1e9, same=bool(same), launches=len(prog.launches))
+            except Exception as e:
+                row.update(ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}")
+            crow.append(row)
+        progress(f"select program {ctx}: " + ", ".join(
+            f"{r['variant']}: {r['ms'] * 1e3:.1f}us" + ("" if r["same"] else " DIFFERENT RESULT OR ERROR") for r in crow))
 
 
 # First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.
@@ -177,17 +347,40 @@ def sweep_hash(res, gen, copy):
 
 
 def choose(res):
-    """The tuning file's knobs: the fastest variant of each kernel (attention: the
-    smallest sum over contexts of dense and sparse time relative to each case's best)."""
+    """The tuning file's knobs for the kernels swept: the fastest variant of each kernel
+    (attention: the smallest sum over contexts of dense and sparse time relative to each
+    case's best)."""
     knobs = {}
     big = str(CONTEXTS[-1])
-    best = min(res["score"][big], key=lambda r: r["ms"])
-    knobs["score"] = {k: best[k] for k in SCORE_GRID}
+    if "score" in res:
+        knobs.update(choose_selection(res))
+    if "attention" in res:
+        knobs["attention"] = choose_attention(res, big)
+    if "hash" in res:
+        h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
+        knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
+    return knobs
+
+
+def choose_selection(res):
+    knobs = {}
     by_fan = {}
     for ctx, rows in res["select"].items():
         for r in rows:
             by_fan.setdefault(r["fanout"], []).append(r["ms"])
-    knobs["select"] = {"fanout": min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))}
+    fanout = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
+    ch = res["selection_choice"]
+    pdl_ok = all(any(r["variant"] == v and r["same"] for r in rows)
+                 for rows in res["pdl"].values() for v in ("chosen", "chosen+pdl"))
+    pdl_gain = [min(r["ms"] for r in rows if r["variant"] == "chosen" and r["same"])
+                - min(r["ms"] for r in rows if r["variant"] == "chosen+pdl" and r["same"])
+                for rows in res["pdl"].values()] if pdl_ok else []
+    knobs["score"] = dict(ch["score"], pdl=bool(pdl_gain) and sum(pdl_gain) > 0)
+    knobs["select"] = {"fanout": fanout, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
+    return knobs
+
+
+def choose_attention(res, big):
     cases = []
     for ctx, c in res["attention"].items():
         ok = [r for r in c["rows"] if "error" not in r]
@@ -204,10 +397,7 @@ def choose(res):
         return total
 
     a = min(cfgs, key=cost)
-    knobs["attention"] = {k: a[k] for k in ATTN_GRID}
-    h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
-    knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
-    return knobs
+    return {k: a[k] for k in ATTN_GRID}
 
 
 def markdown(res) -> str:
@@ -215,33 +405,59 @@ def markdown(res) -> str:
     lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
              f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
              f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
-             "| context | score kernel: old launch (lop3=F, wide=F, unroll=F, 4 warps) TB/s | chosen TB/s | select 1/8 binary us | chosen fan-out us |",
-             "|---|---|---|---|---|"]
-    for ctx in res["score"]:
+             "| context | score kernel: 06:35 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
+             "chosen fan-out us |",
+             "|---|---|---|---|---|---|"]
+    for ctx in res.get("score", {}):
         rows = res["score"][ctx]
-        d = [r for r in rows if not r["lop3"] and not r["wide"] and not r["unroll"] and r["num_warps"] == 4][0]
-        c = [r for r in rows if all(r[x] == k["score"][x] for x in k["score"])][0]
+        d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
+        c = [r for r in rows if all(r[x] == k["score"][x] for x in SCORE_GRID)][0]
+        pl = max((r["tbs"] for r in rows if r["planes"] and r["same"]), default=float("nan"))
+        if not all(r["same"] for r in rows):
+            lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
+                         f"{[x for x in rows if not x['same']]} |||||")
         s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r["method"] == "max"][0]
         sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
-        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {s1['ms'] * 1e3:.1f} | "
+        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
-    lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
-              "|---|---|---|---|---|---|---|"]
-    for ctx, c in res["attention"].items():
-        ok = [r for r in c["rows"] if "error" not in r]
-        old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
-               (64, 4, 3, 16, 256)]
-        ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
-        o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
-        lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
-                     f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
-    ok = [r for r in res["hash"] if "error" not in r]
-    old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
-           (False, 128, 4, 2, False)]
-    best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
-    lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
-              f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
-              if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    if "op" in res:
+        lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
+                  "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
+                  "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
+        for ctx, rows in res.get("op", {}).items():
+            for r in rows:
+                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
+                lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
+                             f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
+                             f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+        lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
+                  f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|"]
+        for ctx, rows in res.get("pdl", {}).items():
+            for r in rows:
+                lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
+                             f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+    if "attention" in res:
+        lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for ctx, c in res.get("attention", {}).items():
+            ok = [r for r in c["rows"] if "error" not in r]
+            old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
+                   (64, 4, 3, 16, 256)]
+            ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
+            o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
+            lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
+                         f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
+    if "hash" in res:
+        ok = [r for r in res["hash"] if "error" not in r]
+        old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
+               (False, 128, 4, 2, False)]
+        best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
+        lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
+                  f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
+                  if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
     return "\n".join(lines) + "\n"
 
 
@@ -265,17 +481,22 @@ def main(out_dir: str, parts) -> None:
         sweep_hash(res, gen, res["copy_tbs"])
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
-    if set(parts) == {"score", "attention", "hash"}:
-        res["knobs"] = choose(res)
-        with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        tfile = os.path.join(out_dir, os.path.basename(tuning.device_file(name)))
-        with open(tfile, "w") as f:
-            json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
-                       "knobs": res["knobs"]}, f, indent=1)
-        with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
-            f.write(markdown(res))
-        progress(f"wrote {tfile}: {res['knobs']}")
+    # a partial run (--parts) keeps the committed file's choices for the kernels it did not sweep
+    knobs = {}
+    if set(parts) != {"score", "attention", "hash"} and os.path.exists(tuning.device_file(name)):
+        with open(tuning.device_file(name)) as f:
+            knobs = json.load(f).get("knobs", {})
+    knobs.update(choose(res))
+    res["knobs"] = knobs
+    with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    tfile = os.path.join(out_dir, os.path.basename(tuning.device_file(name)))
+    with open(tfile, "w") as f:
+        json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
+                   "parts": list(parts), "knobs": knobs}, f, indent=1)
+    with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
+        f.write(markdown(res))
+    progress(f"wrote {tfile}: {knobs}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def _hash_kernel(
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, HAS_THR: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-    HOIST: tl.constexpr = False,
+    HOIST: tl.constexpr = False, LAUNCH_DEPENDENTS: tl.constexpr = False,
 ):
     """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
     ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
@@ -136,6 +136,8 @@ def _hash_kernel(
     (``< 0`` or ``>= NSLOTS``: not written). ``HAS_THR``: ``thr [Hw, R]`` (row
     stride ``st_h``, unit column stride) is subtracted from the projection (spec 13).
     """
+    if LAUNCH_DEPENDENTS:  # CUDA PDL: the next kernel (the hot path's block scores) may start; it
+        tl.extra.cuda.gdc_launch_dependents()  # waits (gdc_wait) before it reads these codes
     h = tl.program_id(1)
     c0 = tl.program_id(2) * BLOCK_C  # this program's first code byte (wide codes are split)
     j = c0 * 8 + tl.arange(0, 8 * BLOCK_C)
@@ -208,10 +210,11 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None):
+            pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches).
-    ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32)."""
+    ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32).
+    ``launch_dependents`` (CUDA, sm_90+): let a PDL-launched next kernel start early (``scoring.use_pdl``)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -254,7 +257,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         threshold = threshold.contiguous()
     thr, st_h = (threshold, threshold.stride(0)) if threshold is not None else (w3, 0)
     consts = dict(HAS_THR=threshold is not None, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot,
-                  PREFETCH=prefetch, HOIST=bool(hoist),
+                  PREFETCH=prefetch, HOIST=bool(hoist), LAUNCH_DEPENDENTS=bool(launch_dependents),
                   BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
     if slots is None:
         args = (x3, w3, out, out, thr, l, d, c, g, 0, 1, byte_off,

@@ -5,11 +5,13 @@ signature (shapes, strides, dtypes, devices and its persistent tensors) and owns
 the output buffers; for that signature each method here returns a
 :class:`~cuda_ops.program.Program` (the wrappers' launches recorded once, replayed
 by calling the compiled kernels directly). A sparse layer's selection is three
-launches: query hash, block scores, selection with ``kv_select`` fused; new-key
+launches: query hash, block scores, selection with ``kv_select`` fused (or two:
+scores and selection in one kernel, the ``select.fuse`` tuning choice); new-key
 hashing one; attention two (split, reduce).
 """
 from __future__ import annotations
 
+import torch
 
 from . import attention, hashing, scoring
 from .program import Program, Recorder
@@ -28,11 +30,15 @@ class TritonHotPath:
         spec 4-6 into ``table int32 [B, k]`` / ``lens int32 [B]`` (``keys int32 [B, M]`` scratch).
         ``weight`` and ``hash_cache`` are fixed for the program."""
         rec = Recorder()
-        hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec)
+        # zeros the fused score + selection kernel counts finished blocks in (it leaves them zero)
+        counter = torch.zeros(block_table.shape[0], dtype=torch.int32, device=q.device)
+        pdl = scoring.use_pdl(q.device)  # the score kernel may start while the query hash runs
+        hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec, launch_dependents=pdl)
         scoring.select_blocks(q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                              chunk_repre_method, 0, 1.0, pad_id, keys, table, lens, cache=rec)
+                              chunk_repre_method, 0, 1.0, pad_id, keys, table, lens, cache=rec, counter=counter,
+                              pdl=pdl)
         return Program(rec, [("q", q), ("block_table", block_table), ("seq_lens", seq_lens), ("budgets", budgets)],
-                       [weight, hash_cache, q_codes, keys, table, lens], q.device)
+                       [weight, hash_cache, q_codes, keys, table, lens, counter], q.device)
 
     def cache_program(self, k, weight, hash_cache, slots):
         """``run(k, slots)``: spec 3 into the fixed ``hash_cache`` with the fixed ``weight``."""

@@ -1,36 +1,42 @@
-"""Triton selection: spec sections 4 and 5 (``hamming_dist_top_k``).
+"""Triton selection: spec sections 4 and 5 (``hamming_dist_top_k``); the wrappers.
 
-Two kernels, no host sync, CUDA-graph capturable:
+Kernel sources: ``score_kernels.py`` (block scores) and ``topk_kernels.py``
+(selection, and the fused score + selection kernel). No host sync, CUDA-graph
+capturable. Two launches by default:
 
-1. ``_block_score_kernel``, grid ``(M, B)``: one program per (row, logical
-   block). It reads the block's key codes once through the block table (int32
-   words), XORs them with every query head of the matching KV head, counts bits
-   with a portable SWAR popcount (shifts, masks, adds: no CUDA intrinsic, no
-   inline asm, so the source also suits triton-ascend), sums the token score
-   ``S16`` over heads and group in registers and reduces it to the block score
-   (``max`` of ``S16``, or ``div_rn(float32(sum), float32(count))``). Per-token
-   scores never leave registers; the block score goes to HBM as an int32 key
-   whose signed order is the score's order (float bits are made monotone).
-2. ``_select_kernel``, grid ``(B,)``: one program per row loads the row's keys,
-   marks forced blocks (+inf) and blocks past the sequence (-inf), finds the
+1. block scores, grid ``(M, B)``: one program per (row, logical block). It reads
+   the block's key codes once through the block table (int32 words), XORs them
+   with every query head of the matching KV head, counts bits, sums the token
+   score ``S16`` over heads and group in registers and reduces it to the block
+   score (``max`` of ``S16``, or ``div_rn(float32(sum), float32(count))``).
+   Per-token scores never leave registers; the block score goes to HBM as an
+   int32 key whose signed order is the score's order (float bits made monotone).
+2. selection, grid ``(B,)``: one program per row loads the row's keys, marks
+   forced blocks (+inf) and blocks past the sequence (-inf), finds the
    ``n_sel``-th largest key by a binary search between the smallest and largest
-   non-forced key (at most 32 steps; about 12 for ``max`` scores), breaks
-   ties at the threshold to the smaller index with a prefix sum, and writes the
-   chosen indices ascending by a second prefix sum; ``-1`` after ``n_sel``.
+   non-forced key (at most 32 steps; about 17 for ``max`` scores), breaks ties at
+   the threshold to the smaller index with a prefix sum, and writes the chosen
+   indices ascending by a second prefix sum; ``-1`` after ``n_sel``.
+
+With the ``select.fuse`` launch choice (Harley-Seal path, ``next_pow2(M) <=
+1024 * num_warps``) both run as one launch: the last score program of each row
+selects (``topk_kernels._score_select_kernel``); it needs an ``int32 [B]`` zero
+counter (the hot path owns a persistent one; the op allocates it).
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from gsa.reference.scoring import SCORE_SCALE
 
 from . import interpreting
 from .launch import launch, next_pow2
+from .score_kernels import _block_score_hs_kernel, _block_score_kernel
+from .topk_kernels import _score_select_kernel, _select_kernel
 from .tuning import knob
 
-__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "MAX_FORCED", "MAX_BLOCKS"]
+__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "fused_select_ok", "use_pdl", "MAX_FORCED",
+           "MAX_BLOCKS"]
 
 MAX_FORCED = 8  # forced-block entries passed as scalar arguments (graph-safe)
 MAX_BLOCKS = 65536  # block-table width one select program holds in registers
@@ -42,356 +48,102 @@ SCORE_LOP3 = True  # CUDA: carry-save adders as lop3 instructions
 SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
 SCORE_NUM_WARPS = 4
 SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block in flight)
+SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
+SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
+SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
+SCORE_PDL = False  # hot path: the score kernel as a programmatic dependent launch of the query hash
+FUSE_ROW_PER_WARP = 1024  # widest row (next_pow2(M)) a fused selection holds per score warp
 
 
-@triton.jit
-def _popcount_bytes(x):
-    """uint32 -> the bit count of each of its 4 bytes, in place (each 0..8)."""
-    x = x - ((x >> 1) & 0x55555555)
-    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
-    return (x + (x >> 4)) & 0x0F0F0F0F
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """uint8 codes ``[..., C]`` (C % 4 == 0) viewed as int32 ``[..., C/4]`` (no copy if contiguous)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.view(torch.int32)
 
 
-@triton.jit
-def _sum_bytes(x):
-    """uint32 holding 4 byte fields -> their sum (exact while each field <= 255)."""
-    x = (x & 0x00FF00FF) + ((x >> 8) & 0x00FF00FF)
-    return (x & 0xFFFF) + (x >> 16)
+def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
+    """Whether the hot path launches the score kernel as a programmatic dependent of the
+    query hash (``pdl``, default the device's ``score.pdl`` tuning): CUDA sm_90+ only, never
+    in the interpreter."""
+    want = knob(device, "score", "pdl", SCORE_PDL) if pdl is None else pdl
+    if not want or device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-@triton.jit
-def _bit_counts(k, q, gmask, wsel, MASK_G: tl.constexpr, MASK_W: tl.constexpr, DEFER: tl.constexpr):
-    """``k uint32 [T, W]`` XOR ``q uint32 [G, W]`` -> bit count per token ``[T]``
-    over the word lanes where ``wsel`` (``[W]`` bool) is set and the valid ``g``.
-    Padded word lanes hold 0 in both operands (count 0), so they need no mask."""
-    cnt = _popcount_bytes(k[:, None, :] ^ q[None, :, :])
-    if MASK_G:
-        cnt = tl.where(gmask[None, :, None], cnt, 0)
-    if MASK_W:
-        cnt = tl.where(wsel[None, None, :], cnt, 0)
-    if DEFER:  # at most 31 words summed per byte field: no overflow
-        return _sum_bytes(tl.sum(tl.sum(cnt, axis=2), axis=1)).to(tl.int32)
-    else:
-        return tl.sum(tl.sum(_sum_bytes(cnt), axis=2), axis=1).to(tl.int32)
+def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
+                  hw_popc, wide, lop3, unroll, planes, pdl=False):
+    """The score kernel, its per-launch integers and constexprs for these codes:
+    ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"`` or ``"swar"``)."""
+    b, hq, c = q_codes.shape
+    nb, hkv, bs, _ = key_cache.shape
+    q32, kc32 = _words(q_codes), _words(key_cache)
+    w = c // 4
+    g = hq // hkv
+    if hw_popc is None:
+        hw_popc = not interpreting()
+    dev = q_codes.device
+    lop3 = (knob(dev, "score", "lop3", SCORE_LOP3) and hw_popc) if lop3 is None else lop3
+    wide = knob(dev, "score", "wide", SCORE_WIDE) if wide is None else wide
+    unroll = knob(dev, "score", "unroll", SCORE_UNROLL) if unroll is None else unroll
+    if num_warps is None:
+        num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
+    hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
+    if path is None:
+        path = "hs" if hs_ok else "swar"
+    if path == "hs" and not hs_ok:
+        raise ValueError(f"the Harley-Seal path needs rope_bytes == 0 and (W == 4, G even) or W == 8; "
+                         f"got rope_bytes={rope_bytes}, W={w}, G={g}")
+    planes_ok = path == "hs" and g == 4 and w == 4
+    if planes is None:
+        planes = knob(dev, "score", "planes", SCORE_PLANES) and planes_ok
+    elif planes and not planes_ok:
+        raise ValueError(f"the bit-plane score path needs the Harley-Seal path with G == 4 and R == 128; "
+                         f"got path={path!r}, G={g}, R={8 * c}")
+    ints = (nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2))
+    if path == "hs":
+        consts = dict(
+            BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean", BLOCK_T=next_pow2(bs),
+            HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4, UNROLL=bool(unroll),
+            PLANES=bool(planes), HWP=next_pow2(hkv * w), PDL=bool(pdl), HKV_P=next_pow2(hkv), num_warps=num_warps)
+        if pdl:
+            consts["launch_pdl"] = True
+        return _block_score_hs_kernel, q32, kc32, ints, consts
+    block_w = next_pow2(w)
+    block_g = max(1, min(next_pow2(g), 16 // block_w))
+    return _block_score_kernel, q32, kc32, ints, dict(
+        BS=bs, HKV=hkv, G=g, W=w, W_MAIN=(c - rope_bytes) // 4,
+        W16=int(round(rope_score_weight * SCORE_SCALE)), MEAN=chunk_repre_method == "mean",
+        DEFER=block_g * w <= 31, BLOCK_T=next_pow2(bs), BLOCK_G=block_g, BLOCK_W=block_w, num_warps=num_warps)
 
 
-@triton.jit
-def _block_score_kernel(
-    q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
-    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
-    BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
-    W16: tl.constexpr, MEAN: tl.constexpr, DEFER: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr,
-):
-    """Block ``j = program_id(0)`` of row ``b = program_id(1)``.
-
-    ``q int32 [B, Hq, W]`` and ``kc int32 [NB, Hkv, BS, W]`` are the uint8 codes
-    viewed as words; ``bt int32 [B, M]``; ``sl int32 [B]``; ``out int32 [B, M]``
-    (the block's order key; blocks past the sequence are not written).
-    """
-    j = tl.program_id(0)
-    b = tl.program_id(1)
-    seq = tl.load(sl_ptr + b)
-    if j * BS < seq:
-        phys = tl.load(bt_ptr + b * sbt_b + j)
-        phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
-        t = tl.arange(0, BLOCK_T)
-        w = tl.arange(0, BLOCK_W)
-        g = tl.arange(0, BLOCK_G)
-        wmask = w < W
-        is_main = w < W_MAIN
-        is_rope = wmask & (w >= W_MAIN)
-        pc_main = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        pc_rope = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        k_base = kc_ptr + phys * skc_n + t[:, None] * skc_t + w[None, :]
-        kmask = (t < BS)[:, None] & wmask[None, :]
-        for h in range(HKV):
-            k = tl.load(k_base + h * skc_h, mask=kmask, other=0).to(tl.uint32, bitcast=True)
-            for g0 in range(0, G, BLOCK_G):
-                gmask = (g0 + g) < G
-                q_off = b * sq_b + (h * G + g0 + g)[:, None] * sq_h + w[None, :]
-                q = tl.load(q_ptr + q_off, mask=gmask[:, None] & wmask[None, :], other=0).to(tl.uint32, bitcast=True)
-                pc_main += _bit_counts(k, q, gmask, is_main, G % BLOCK_G != 0, W_MAIN < W, DEFER)
-                if W_MAIN < W:
-                    pc_rope += _bit_counts(k, q, gmask, is_rope, G % BLOCK_G != 0, True, DEFER)
-        # S16 = 16 * sum sim_main + w16 * sum sim_rope, sim = bits - 2 * popcount
-        s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
-        if W_MAIN < W:
-            s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
-        valid = (t < BS) & (j * BS + t < seq)
-        if MEAN:
-            total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
-            count = tl.sum(valid.to(tl.int32), axis=0)
-            mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
-            bits = mean.to(tl.int32, bitcast=True)
-            key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
-        else:
-            key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
-        tl.store(out_ptr + b * so_b + j, key)
-
-
-@triton.jit
-def _popcount32(x):
-    """uint32 -> its bit count (SWAR; no intrinsic)."""
-    return _sum_bytes(_popcount_bytes(x))
-
-
-@triton.jit
-def _popc(x, HW: tl.constexpr):
-    """uint32 -> bit count: the ``popc`` instruction on CUDA (``HW``), else SWAR
-    (the interpreter and triton-ascend have no inline PTX)."""
-    if HW:
-        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return _popcount32(x).to(tl.int32)
-
-
-@triton.jit
-def _lop3(a, b, c, LUT: tl.constexpr):
-    """One ``lop3.b32`` (any three-input logic function, truth table ``LUT``)."""
-    return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, " + LUT + ";", "=r,r,r,r", [a, b, c],
-                                     dtype=tl.uint32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _csa(a, b, c, LOP3: tl.constexpr = False):
-    """Carry-save adder on bit vectors: ``a + b + c = 2 * carry + sum`` per bit.
-    ``LOP3`` (CUDA): one ``lop3`` instruction each for the carry (majority,
-    table 0xE8) and the sum (three-way XOR, 0x96); otherwise five plain logic
-    ops (on the H200 ptxas fused them to the same speed: kernel_sweep_h200.md)."""
-    if LOP3:
-        return _lop3(a, b, c, "0xE8"), _lop3(a, b, c, "0x96")
-    else:
-        u = a ^ b
-        return (a & b) | (u & c), u ^ c
-
-
-@triton.jit
-def _add8(ones, twos, fours, x0, x1, x2, x3, x4, x5, x6, x7, LOP3: tl.constexpr = False):
-    """Harley-Seal step: add 8 words to the bit-sliced counter ``(ones, twos, fours)``;
-    returns the new counter and the carry word of weight 8."""
-    t2a, ones = _csa(ones, x0, x1, LOP3)
-    t2b, ones = _csa(ones, x2, x3, LOP3)
-    f4a, twos = _csa(twos, t2a, t2b, LOP3)
-    t2a, ones = _csa(ones, x4, x5, LOP3)
-    t2b, ones = _csa(ones, x6, x7, LOP3)
-    f4b, twos = _csa(twos, t2a, t2b, LOP3)
-    e8, fours = _csa(fours, f4a, f4b, LOP3)
-    return ones, twos, fours, e8
-
-
-@triton.jit
-def _qw(q_head, g: tl.constexpr, w: tl.constexpr, sq_h):
-    """Word ``w`` of query head ``g`` of the current KV head (a uniform scalar)."""
-    return tl.load(q_head + g * sq_h + w).to(tl.uint32, bitcast=True)
-
-
-@triton.jit
-def _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights, sq_b, sq_h, skc_n, skc_h, skc_t,
-             G: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr,
-             LOP3: tl.constexpr, WIDE: tl.constexpr):
-    """One KV head's code words of a block added to the bit-sliced counters (see
-    ``_block_score_hs_kernel``)."""
-    row = kc_ptr + phys * skc_n + h * skc_h + t * skc_t
-    q_head = q_ptr + b * sq_b + h * G * sq_h
-    if WIDE and W == 4:  # one 16-byte load per token, split into its 4 words in registers
-        kw = tl.load(row[:, None] + tl.arange(0, 4)[None, :], mask=tmask[:, None], other=0)
-        k02, k13 = tl.split(tl.reshape(kw, (BLOCK_T, 2, 2)))
-        k0, k2 = tl.split(k02)
-        k1, k3 = tl.split(k13)
-        k0 = k0.to(tl.uint32, bitcast=True)
-        k1 = k1.to(tl.uint32, bitcast=True)
-        k2 = k2.to(tl.uint32, bitcast=True)
-        k3 = k3.to(tl.uint32, bitcast=True)
-    else:
-        k0 = tl.load(row + 0, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k1 = tl.load(row + 1, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k2 = tl.load(row + 2, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k3 = tl.load(row + 3, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-    if W == 4:  # two query heads a step
-        for g in tl.static_range(0, G, 2):
-            ones, twos, fours, e8 = _add8(
-                ones, twos, fours,
-                k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
-                k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
-                k0 ^ _qw(q_head, g + 1, 0, sq_h), k1 ^ _qw(q_head, g + 1, 1, sq_h),
-                k2 ^ _qw(q_head, g + 1, 2, sq_h), k3 ^ _qw(q_head, g + 1, 3, sq_h),
-                LOP3,
-            )
-            eights += _popc(e8, HW_POPC)
-    else:  # W == 8: one query head a step
-        k4 = tl.load(row + 4, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k5 = tl.load(row + 5, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k6 = tl.load(row + 6, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        k7 = tl.load(row + 7, mask=tmask, other=0).to(tl.uint32, bitcast=True)
-        for g in tl.static_range(G):
-            ones, twos, fours, e8 = _add8(
-                ones, twos, fours,
-                k0 ^ _qw(q_head, g, 0, sq_h), k1 ^ _qw(q_head, g, 1, sq_h),
-                k2 ^ _qw(q_head, g, 2, sq_h), k3 ^ _qw(q_head, g, 3, sq_h),
-                k4 ^ _qw(q_head, g, 4, sq_h), k5 ^ _qw(q_head, g, 5, sq_h),
-                k6 ^ _qw(q_head, g, 6, sq_h), k7 ^ _qw(q_head, g, 7, sq_h),
-                LOP3,
-            )
-            eights += _popc(e8, HW_POPC)
-    return ones, twos, fours, eights
-
-
-@triton.jit
-def _block_score_hs_kernel(
-    q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
-    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
-    BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
-    BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr = False, WIDE: tl.constexpr = False,
-    UNROLL: tl.constexpr = False,
-):
-    """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
-    ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits).
-
-    Same inputs and output. Instead of a popcount per XOR word, the XOR words of
-    a token (every head and group) are summed in a bit-sliced counter with
-    carry-save adders (Harley-Seal): 8 words cost 7 CSAs (two three-input logic
-    ops each) and one popcount, about a third of the integer work. Each key word
-    is loaded once as its own ``[T]`` vector (4-byte loads; the block's 16 KB
-    stay in L1), so the 8 words of a step are plain registers. ``HW_POPC``: count
-    the carry words with the ``popc`` instruction (CUDA) instead of SWAR.
-    """
-    j = tl.program_id(0)
-    b = tl.program_id(1)
-    seq = tl.load(sl_ptr + b)
-    if j * BS < seq:
-        phys = tl.load(bt_ptr + b * sbt_b + j)
-        phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)
-        t = tl.arange(0, BLOCK_T)
-        tmask = t < BS
-        ones = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        twos = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        fours = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        eights = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        if UNROLL:  # every head's loads can issue at once
-            for h in tl.static_range(HKV):
-                ones, twos, fours, eights = _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights,
-                                                     sq_b, sq_h, skc_n, skc_h, skc_t, G, W, BLOCK_T, HW_POPC, LOP3, WIDE)
-        else:
-            for h in range(HKV):
-                ones, twos, fours, eights = _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights,
-                                                     sq_b, sq_h, skc_n, skc_h, skc_t, G, W, BLOCK_T, HW_POPC, LOP3, WIDE)
-        pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
-        s16 = 16 * (HKV * G * W * 32 - 2 * pc)
-        valid = tmask & (j * BS + t < seq)
-        if MEAN:
-            total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
-            count = tl.sum(valid.to(tl.int32), axis=0)
-            mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
-            bits = mean.to(tl.int32, bitcast=True)
-            key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-        else:
-            key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
-        tl.store(out_ptr + b * so_b + j, key)
-
-
-@triton.jit
-def _is_forced(cols, nblk, m):
-    target = tl.where(m >= 0, m, nblk + m)
-    return (cols == target) & (target >= 0) & (target < nblk)
-
-
-@triton.jit
-def _select_kernel(
-    key_ptr, sl_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
-    M, K, BS, PAD, sk_b, sbt_b, st_b, si_b,
-    F0, F1, F2, F3, F4, F5, F6, F7,
-    NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
-    FANOUT: tl.constexpr = 1,
-):
-    """Selection (spec 5), and with ``GATHER`` also ``kv_select`` (spec 6), one program per row.
-
-    ``key int32 [B, M]`` (block order keys of ``scoring.block_score_keys``),
-    ``sl int32 [B]``, ``bud int32 [B]``, ``bt int32 [B, M]`` -> ``table int32 [B, K]``
-    (physical ids of the selected blocks ascending, ``PAD`` after) and ``lens int32 [B]``
-    when ``GATHER``; ``idx int32 [B, K]`` / ``nsel int32 [B]`` as ``hamming_dist_top_k``
-    returns them when ``WRITE_IDX``. Forced blocks get key ``INT32_MAX``; the
-    ``n_sel``-th largest key is found by a binary search between the smallest and
-    largest non-forced key (``FANOUT`` > 1: a ``FANOUT``-ary search, one reduction
-    round per ``FANOUT``-fold shrink); ties go to the smaller block index (prefix sum) and a
-    second prefix sum gives each chosen block its ascending slot; slots ``>= K``
-    are dropped (``n_sel`` clamped to ``K``). A row with ``seq_len <= 0`` (an
-    engine's padding row, hot path only; the op requires ``>= 1``) selects
-    nothing: length 0, all ``PAD``.
-    """
-    b = tl.program_id(0)
-    seq = tl.load(sl_ptr + b)
-    nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
-    cols = tl.arange(0, BLOCK_M)
-    valid = cols < nblk
-    key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648)
-    forced = cols < 0
-    if NF > 0:
-        forced = forced | _is_forced(cols, nblk, F0)
-    if NF > 1:
-        forced = forced | _is_forced(cols, nblk, F1)
-    if NF > 2:
-        forced = forced | _is_forced(cols, nblk, F2)
-    if NF > 3:
-        forced = forced | _is_forced(cols, nblk, F3)
-    if NF > 4:
-        forced = forced | _is_forced(cols, nblk, F4)
-    if NF > 5:
-        forced = forced | _is_forced(cols, nblk, F5)
-    if NF > 6:
-        forced = forced | _is_forced(cols, nblk, F6)
-    if NF > 7:
-        forced = forced | _is_forced(cols, nblk, F7)
-    n_forced = tl.sum(forced.to(tl.int32), axis=0)
-    key = tl.where(forced, 2147483647, key).to(tl.int64)
-    key = tl.where(valid, key, -2147483648)
-    bud = tl.load(bud_ptr + b)
-    nsel = tl.where(bud >= nblk, nblk, tl.maximum(bud, n_forced))
-    free = valid & (key < 2147483647)
-    lo = tl.min(tl.where(free, key, 2147483647), axis=0)
-    hi = tl.max(tl.where(free, key, -2147483648), axis=0)
-    if nsel <= n_forced:
-        lo = tl.full((), 2147483647, tl.int64)
-        hi = lo
-    if FANOUT == 1:
-        while lo < hi:
-            mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= nsel
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-    else:  # FANOUT thresholds a step: the interval shrinks FANOUT-fold per reduction round
-        key32 = key.to(tl.int32)  # every key (and sentinel) is in the int32 range
-        ii = tl.arange(0, FANOUT).to(tl.int64) + 1
-        while lo < hi:
-            cand = lo + ((hi - lo) * ii + FANOUT - 1) // FANOUT  # ceil steps in (lo, hi], the last = hi
-            cnt = tl.sum((key32[None, :] >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
-            enough = cnt >= nsel
-            lo = tl.max(tl.where(enough, cand, lo), axis=0)
-            hi = tl.min(tl.where(enough, hi, cand - 1), axis=0)
-    above = key > lo
-    tie = (key == lo).to(tl.int32)
-    need = nsel - tl.sum(above.to(tl.int32), axis=0)
-    tie_rank = tl.cumsum(tie, axis=0) - tie
-    chosen = valid & (above | ((tie > 0) & (tie_rank < need)))
-    ch = chosen.to(tl.int32)
-    pos = tl.cumsum(ch, axis=0) - ch
-    keep = chosen & (pos < K)
-    nsel_c = tl.minimum(nsel, K)
-    kk = tl.arange(0, BLOCK_K)
-    tail = (kk >= nsel_c) & (kk < K)
-    if GATHER:
-        phys = tl.load(bt_ptr + b * sbt_b + cols, mask=keep, other=0)
-        tl.store(table_ptr + b * st_b + pos, phys, mask=keep)
-        length = tl.minimum(tl.maximum(seq - cols * BS, 0), BS)
-        tl.store(lens_ptr + b, tl.sum(tl.where(keep, length, 0), axis=0))
-        tl.store(table_ptr + b * st_b + kk, PAD, mask=tail)
-    if WRITE_IDX:
-        tl.store(idx_ptr + b * si_b + pos, cols, mask=keep)
-        tl.store(idx_ptr + b * si_b + kk, -1, mask=tail)
-        tl.store(nsel_ptr + b, nsel_c)
-
-
+def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
+                     rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
+                     hw_popc=None, wide=None, lop3=None, unroll=None, planes=None):
+    """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
+    blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
+    R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
+    that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
+    ``launch.LaunchCache`` (hot path); ``hw_popc``: the ``popc`` instruction in the
+    Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
+    benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
+    ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
+    ``hw_popc``); ``unroll``: the loop over KV heads unrolled; ``planes``: the
+    bit-plane query folding (G == 4, R = 128; ``score_kernels.py``). Defaults: the
+    device's tuning file (``tuning.py``), else ``SCORE_*`` above."""
+    b = q_codes.shape[0]
+    m = block_table.shape[1]
+    fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
+                                                rope_score_weight, num_warps, path, hw_popc, wide, lop3, unroll,
+                                                planes)
+    if keys is None:
+        keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
+    if b and m:
+        launch(fn, (m, b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0), keys.stride(0)),
+               consts, cache)
+    return keys
 def select_fanout(block_m: int, fanout: int | None = None, device: torch.device | None = None) -> int:
     """Search fan-out for a ``BLOCK_M``-wide row: ``fanout`` (default: the device's
     tuning, else ``SELECT_FANOUT``), reduced so the ``[FANOUT, BLOCK_M]`` comparison
@@ -410,71 +162,6 @@ def select_num_warps(block_m: int) -> int:
     return 4 if block_m <= 2048 else (8 if block_m <= 8192 else 16)
 
 
-def _words(t: torch.Tensor) -> torch.Tensor:
-    """uint8 codes ``[..., C]`` (C % 4 == 0) viewed as int32 ``[..., C/4]`` (no copy if contiguous)."""
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.view(torch.int32)
-
-
-def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
-                     rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
-                     hw_popc=None, wide=None, lop3=None, unroll=None):
-    """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
-    blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
-    R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
-    that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
-    ``launch.LaunchCache`` (hot path); ``hw_popc``: the ``popc`` instruction in the
-    Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
-    benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
-    ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
-    ``hw_popc``); ``unroll``: the loop over KV heads unrolled. Defaults: the device's
-    tuning file (``tuning.py``), else ``SCORE_*`` above."""
-    b, hq, c = q_codes.shape
-    nb, hkv, bs, _ = key_cache.shape
-    m = block_table.shape[1]
-    q32, kc32 = _words(q_codes), _words(key_cache)
-    w = c // 4
-    g = hq // hkv
-    block_w = next_pow2(w)
-    block_g = max(1, min(next_pow2(g), 16 // block_w))
-    if keys is None:
-        keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
-    if hw_popc is None:
-        hw_popc = not interpreting()
-    dev = q_codes.device
-    lop3 = (knob(dev, "score", "lop3", SCORE_LOP3) and hw_popc) if lop3 is None else lop3
-    wide = knob(dev, "score", "wide", SCORE_WIDE) if wide is None else wide
-    unroll = knob(dev, "score", "unroll", SCORE_UNROLL) if unroll is None else unroll
-    if num_warps is None:
-        num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
-    hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
-    if path is None:
-        path = "hs" if hs_ok else "swar"
-    if path == "hs" and not hs_ok:
-        raise ValueError(f"the Harley-Seal path needs rope_bytes == 0 and (W == 4, G even) or W == 8; "
-                         f"got rope_bytes={rope_bytes}, W={w}, G={g}")
-    if b and m and path == "hs":
-        launch(_block_score_hs_kernel, (m, b, 1), (
-            q32, kc32, block_table, seq_lens, keys,
-            nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
-            block_table.stride(0), keys.stride(0)),
-            dict(BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean",
-                 BLOCK_T=next_pow2(bs), HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4,
-                 UNROLL=bool(unroll),
-                 num_warps=num_warps), cache)
-    elif b and m:
-        launch(_block_score_kernel, (m, b, 1), (
-            q32, kc32, block_table, seq_lens, keys,
-            nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2),
-            block_table.stride(0), keys.stride(0)),
-            dict(BS=bs, HKV=hkv, G=g, W=w, W_MAIN=(c - rope_bytes) // 4,
-                 W16=int(round(rope_score_weight * SCORE_SCALE)), MEAN=chunk_repre_method == "mean",
-                 DEFER=block_g * w <= 31, BLOCK_T=next_pow2(bs), BLOCK_G=block_g, BLOCK_W=block_w,
-                 num_warps=num_warps), cache)
-    return keys
-
-
 def _forced_args(must_select_blocks):
     forced = list(dict.fromkeys(int(x) for x in must_select_blocks))  # exact duplicates merge
     if len(forced) > MAX_FORCED:
@@ -482,55 +169,118 @@ def _forced_args(must_select_blocks):
     return forced, forced + [0] * (MAX_FORCED - len(forced))
 
 
+def fused_select_ok(m: int, num_warps: int) -> bool:
+    """Whether a fused selection fits a score program of ``num_warps`` warps for an ``M``-wide row."""
+    return next_pow2(max(m, 1)) <= FUSE_ROW_PER_WARP * num_warps
+
+
+def _select_consts(block_table, k, forced, fanout, gather, write_idx, device):
+    block_m = next_pow2(max(block_table.shape[1], 1))
+    return dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather, WRITE_IDX=write_idx,
+                FANOUT=select_fanout(block_m, fanout, device))
+
+
+def _select_outs(table, lens, idx, nsel):
+    """Pointer arguments for (table, lens, idx, nsel); an unused pair aliases the used one."""
+    t_, l_ = (table, lens) if table is not None else (idx, nsel)
+    i_, n_ = (idx, nsel) if idx is not None else (t_, l_)
+    return t_, l_, i_, n_
+
+
 def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache,
                    fanout=None):
     b, m = block_table.shape
-    block_m = next_pow2(max(m, 1))
-    gather = table is not None
-    write_idx = idx is not None
-    t_, l_ = (table, lens) if gather else (idx, nsel)
-    i_, n_ = (idx, nsel) if write_idx else (t_, l_)
+    t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
+    consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device)
     launch(_select_kernel, (b, 1, 1), (
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
-        dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather,
-             WRITE_IDX=write_idx, FANOUT=select_fanout(block_m, fanout, keys.device), num_warps=select_num_warps(block_m)), cache)
+        dict(consts, num_warps=select_num_warps(consts["BLOCK_M"])), cache)
+
+
+def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
+            rope_score_weight, keys, counter, table, lens, idx, nsel, pad_id, cache, fanout, fuse, score_opts,
+            pdl=False, maxnreg=None):
+    """Scores then selection: one fused launch when ``fuse`` (None: the device's
+    tuning) and it applies, else two. ``counter``: ``int32 [B]`` zeros for the fused
+    kernel (None: allocated here when it runs). ``pdl``: the score kernel is a
+    programmatic dependent launch (the caller's previous kernel triggers it; hot path
+    only, see ``use_pdl``). ``maxnreg``: register cap of the fused kernel (None: the
+    device's ``select.fuse_maxnreg``)."""
+    b, m = block_table.shape
+    fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
+                                                rope_score_weight, score_opts.get("num_warps"),
+                                                score_opts.get("path"), score_opts.get("hw_popc"),
+                                                score_opts.get("wide"), score_opts.get("lop3"),
+                                                score_opts.get("unroll"), score_opts.get("planes"), pdl)
+    dev = q_codes.device
+    want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
+    ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"])
+    if fuse and not ok:
+        raise ValueError(f"fused selection needs the Harley-Seal score path and next_pow2(M) <= "
+                         f"{FUSE_ROW_PER_WARP} * num_warps; got M={m}, num_warps={consts['num_warps']}, "
+                         f"kernel {fn.__name__}")
+    if not (want and ok) or m == 0:
+        if m:
+            launch(fn, (m, b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0),
+                                   keys.stride(0)), consts, cache)
+        _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs, table, lens, idx,
+                       nsel, pad_id, cache, fanout)
+        return
+    if counter is None:
+        counter = torch.zeros(b, dtype=torch.int32, device=dev)
+    t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
+    sel = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, dev)
+    maxnreg = knob(dev, "select", "fuse_maxnreg", SELECT_FUSE_MAXNREG) if maxnreg is None else maxnreg
+    if maxnreg:
+        sel["maxnreg"] = int(maxnreg)
+    while sel["FANOUT"] > 1 and sel["FANOUT"] * sel["BLOCK_M"] > FUSE_ROW_PER_WARP * consts["num_warps"]:
+        sel["FANOUT"] //= 2  # the [FANOUT, BLOCK_M] comparison within the score program's registers
+    launch(_score_select_kernel, (m, b, 1), (
+        q32, kc32, block_table, seq_lens, keys, counter, budgets, t_, l_, i_, n_,
+        ints[0], m, k, pad_id, *ints[1:], block_table.stride(0), keys.stride(0), t_.stride(0), i_.stride(0), *fs),
+        dict(consts, **sel), cache)
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                       chunk_repre_method, rope_bytes, rope_score_weight, fanout=None):
+                       chunk_repre_method, rope_bytes, rope_score_weight, fanout=None, fuse=None, **score_opts):
     """Spec 4 + 5. ``q_codes uint8 [B, Hq, C]``, ``key_cache uint8 [NB, Hkv, bs, C]``,
     ``block_table int32 [B, M]``, ``seq_lens int32 [B]``, ``budgets int32 [B]`` ->
-    ``(indices int32 [B, k], n_sel int32 [B])``, indices ascending, ``-1`` after."""
+    ``(indices int32 [B, k], n_sel int32 [B])``, indices ascending, ``-1`` after.
+    ``fanout``, ``fuse`` and ``score_opts`` (``block_score_keys``' launch choices):
+    default to the device's tuning."""
     b = q_codes.shape[0]
     m = block_table.shape[1]
     forced, fs = _forced_args(must_select_blocks)
     if m > MAX_BLOCKS:
         raise ValueError(f"triton hamming_dist_top_k: block_table width M <= {MAX_BLOCKS}, got {m}")
-    keys = block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method,
-                            rope_bytes, rope_score_weight)
     idx = torch.empty(b, k, dtype=torch.int32, device=q_codes.device)
     nsel = torch.empty(b, dtype=torch.int32, device=q_codes.device)
     if b:
-        _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs,
-                       None, None, idx, nsel, 0, None, fanout)
+        keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
+        _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
+                rope_score_weight, keys, None, None, None, idx, nsel, 0, None, fanout, fuse, score_opts)
     return idx, nsel
 
 
 def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks, chunk_repre_method,
-                  rope_bytes, rope_score_weight, pad_id, keys, table, lens, cache=None):
-    """Hot path: ``hamming_dist_top_k`` then ``kv_select`` in two launches (block
-    scores; selection with the table gather fused), into caller-owned buffers
-    ``keys int32 [B, M]``, ``table int32 [B, k]``, ``lens int32 [B]``. Rows with
-    ``seq_len <= 0`` (an engine's padding) come back empty (length 0, all ``pad_id``)."""
+                  rope_bytes, rope_score_weight, pad_id, keys, table, lens, cache=None, counter=None, fanout=None,
+                  fuse=None, pdl=False, maxnreg=None, **score_opts):
+    """Hot path: ``hamming_dist_top_k`` then ``kv_select`` (block scores; selection with
+    the table gather fused; or both in one launch, see ``_select``), into caller-owned
+    buffers ``keys int32 [B, M]``, ``table int32 [B, k]``, ``lens int32 [B]``, and
+    ``counter int32 [B]`` (zeros, kept zero between calls) for the one-launch variant.
+    ``pdl``: launch the score kernel as a programmatic dependent of the previous kernel,
+    which must write nothing but ``q_codes`` that this reads (the hot path's query hash,
+    launched with ``launch_dependents``); callers decide with ``use_pdl``.
+    Rows with ``seq_len <= 0`` (an engine's padding) come back empty (length 0, all ``pad_id``)."""
     b, m = block_table.shape
     forced, fs = _forced_args(must_select_blocks)
     if m > MAX_BLOCKS:
         raise ValueError(f"triton hamming_dist_top_k: block_table width M <= {MAX_BLOCKS}, got {m}")
     if b == 0:
         return table, lens
-    block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method, rope_bytes,
-                     rope_score_weight, keys=keys, cache=cache)
-    _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs,
-                   table, lens, None, None, pad_id, cache)
+    _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
+            rope_score_weight, keys, counter, table, lens, None, None, pad_id, cache, fanout, fuse, score_opts,
+            pdl, maxnreg)
     return table, lens

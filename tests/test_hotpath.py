@@ -126,6 +126,75 @@ def test_fused_select_gather_equals_reference(rng, method):
 
 @pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
                     reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("fuse,planes,maxnreg", [(True, True, None), (True, False, 64), (False, True, None)])
+def test_select_program_launch_choices_replay(rng, monkeypatch, fuse, planes, maxnreg):
+    """TritonHotPath.select_program recorded with the score kernel's launch choices (one
+    launch for scores + selection; bit-plane scores), replayed with new inputs: equal to
+    the reference every call, padding rows empty, the fused kernel's counters zero again."""
+    from cuda_ops import scoring
+    from cuda_ops.hotpath import TritonHotPath
+
+    monkeypatch.setattr(scoring, "SELECT_FUSE", fuse)
+    monkeypatch.setattr(scoring, "SCORE_PLANES", planes)
+    monkeypatch.setattr(scoring, "SELECT_FUSE_MAXNREG", maxnreg)
+    b, hq, hkv, d, r, m, k = 4, 8, 2, 32, 128, 6, 3
+    nb = b * m + 3
+    w = random_hash_weight(3, 0, hkv, d, r)
+    cache = torch.randint(0, 256, (nb, hkv, BS, r // 8), dtype=torch.uint8, generator=rng)
+    mk = lambda: torch.empty(b, m, dtype=torch.int32)  # noqa: E731
+    q_codes, keys = torch.empty(b, hq, r // 8, dtype=torch.uint8), mk()
+    table_out, lens = torch.empty(b, k, dtype=torch.int32), torch.empty(b, dtype=torch.int32)
+    args = lambda: (torch.randn(b, hq, d, generator=rng),  # noqa: E731
+                    torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32),
+                    torch.tensor([m * BS, 1, 0, int(torch.randint(1, m * BS, (1,), generator=rng))], dtype=torch.int32),
+                    torch.randint(1, m + 2, (b,), generator=rng).to(torch.int32))
+    q, table, seq, bud = args()
+    prog = TritonHotPath().select_program(q, w, cache, table, seq, bud, k, [0, -1], "max", 9, q_codes, keys,
+                                          table_out, lens)
+    names = {l.fn.__name__ for l in prog.launches}
+    assert ("_score_select_kernel" in names) == fuse and len(prog.launches) == (2 if fuse else 3)
+    if fuse:
+        assert prog.launches[1].consts.get("maxnreg") == maxnreg
+    for _ in range(2):
+        q, table, seq, bud = args()
+        prog(q, table, seq, bud)
+        live = seq > 0
+        idx, n = R.hamming_dist_top_k(R.hash_encode(q, w)[live], cache, table[live], seq[live], bud[live], k,
+                                      [0, -1], "max")
+        want_t, want_l = R.kv_select(idx, n, table[live], seq[live], BS, 9)
+        assert torch.equal(table_out[live], want_t) and torch.equal(lens[live], want_l)
+        assert lens[2] == 0 and bool((table_out[2] == 9).all())
+        for launch in prog.launches:
+            if launch.fn.__name__ == "_score_select_kernel":
+                cnt = launch.full[launch.fn.arg_names.index("cnt_ptr")]
+                assert cnt.shape == (b,) and bool((cnt == 0).all())
+
+
+@pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
+                    reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
+def test_select_program_pdl_is_wired_and_off_in_the_interpreter(rng, monkeypatch):
+    """PDL (CUDA sm_90+ only, cannot run here): the query hash triggers its dependents and
+    the score kernel is launched as one that waits; recorded, not run. Off on the CPU."""
+    from cuda_ops import scoring
+    from cuda_ops.hotpath import TritonHotPath
+
+    assert not scoring.use_pdl(torch.device("cpu"), True)
+    monkeypatch.setattr(scoring, "use_pdl", lambda device, pdl=None: True)
+    b, hq, hkv, d, r, m = 2, 8, 2, 32, 128, 4
+    w = random_hash_weight(3, 0, hkv, d, r)
+    cache = torch.zeros(b * m, hkv, BS, r // 8, dtype=torch.uint8)
+    table = torch.arange(b * m, dtype=torch.int32).reshape(b, m)
+    prog = TritonHotPath().select_program(
+        torch.randn(b, hq, d, generator=rng), w, cache, table, torch.full((b,), m * BS, dtype=torch.int32),
+        torch.ones(b, dtype=torch.int32), 2, [0], "max", 0, torch.empty(b, hq, r // 8, dtype=torch.uint8),
+        torch.empty(b, m, dtype=torch.int32), torch.empty(b, 2, dtype=torch.int32), torch.empty(b, dtype=torch.int32))
+    hash_l, score_l = prog.launches[0], prog.launches[1]
+    assert hash_l.fn.__name__ == "_hash_kernel" and hash_l.consts["LAUNCH_DEPENDENTS"] is True
+    assert score_l.consts["PDL"] is True and score_l.consts["launch_pdl"] is True
+
+
+@pytest.mark.skipif(not gsa.dispatch.backends().get("triton") or not gsa.dispatch.backends()["triton"].serves("cpu"),
+                    reason="the triton backend serves CPU tensors only with TRITON_INTERPRET=1")
 def test_program_refuses_temporaries_and_replays_inputs(rng):
     """cuda_ops.program: a recorded launch over an undeclared tensor is refused (its address
     would go stale); declared inputs are swapped per call."""

@@ -269,6 +269,106 @@ def test_score_kernel_paths_agree_realistic(gen):
                     assert torch.equal(hs[used], swar[used]), (method, wide, lop3, unroll)
 
 
+def test_score_planes_agree_realistic(gen):
+    from cuda_ops import scoring
+
+    b, hq, hkv, r, bs, m = 4, 32, 8, 128, 128, 64
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randint(0, 256, (b, hq, r // 8), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    used = torch.arange(m, device=DEV).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
+    for method in ("max", "mean"):
+        swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+        for warps in (1, 4):
+            got = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=True, num_warps=warps)
+            assert torch.equal(got[used], swar[used]), (method, warps)
+
+
+@pytest.mark.parametrize("planes", [False, True])
+@pytest.mark.parametrize("warps", [1, 4])
+def test_fused_score_select_realistic(gen, planes, warps):
+    # one launch (last program per row selects): equal to the reference with 1024-block rows,
+    # repeated calls on one counter (it must come back to zero), padding rows in select_blocks
+    from cuda_ops import scoring
+
+    b, hq, hkv, r, bs, m = 8, 32, 8, 128, 128, 1024
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randint(0, 256, (b, hq, r // 8), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    budgets = torch.tensor([1, 7, 128, 600, 1100, 16, 3, 64], dtype=torch.int32, device=DEV)
+    k = 600
+    counter = torch.zeros(b, dtype=torch.int32, device=DEV)
+    keys = torch.empty(b, m, dtype=torch.int32, device=DEV)
+    tab = torch.empty(b, k, dtype=torch.int32, device=DEV)
+    lens = torch.empty(b, dtype=torch.int32, device=DEV)
+    for method in ("max", "mean"):
+        got = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, fuse=True,
+                                         planes=planes, num_warps=warps)
+        want = ref.hamming_dist_top_k(q.cpu(), cache.cpu(), table.cpu(), seq.cpu(), budgets.cpu(), k, [0, -2, -1],
+                                      method, 0, 1.0)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), method
+        pad = seq.clone()
+        pad[3] = 0
+        for _ in range(3):
+            scoring.select_blocks(q, cache, table, pad, budgets, k, [0, -2, -1], method, 0, 1.0, 5, keys, tab, lens,
+                                  counter=counter, fuse=True, planes=planes, num_warps=warps)
+            assert bool((counter == 0).all())
+            live = (pad > 0).cpu()
+            t_ref, l_ref = ref.kv_select(want[0][live], want[1][live], table.cpu()[live], seq.cpu()[live], bs, 5)
+            assert torch.equal(tab.cpu()[live], t_ref) and torch.equal(lens.cpu()[live], l_ref)
+            assert int(lens[3]) == 0 and bool((tab[3] == 5).all())
+
+
+@pytest.mark.parametrize("fuse,planes,pdl", [(False, False, True), (True, False, True), (True, True, True),
+                                              (True, True, False)])
+def test_select_program_launch_choices_graph_realistic(gen, monkeypatch, fuse, planes, pdl):
+    # the hot path's selection program (query hash, then scores + selection) with each launch
+    # choice, eager and replayed from a CUDA graph with new inputs: equal to the reference
+    from cuda_ops import scoring
+    from cuda_ops.hotpath import TritonHotPath
+
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs sm_90+")
+    monkeypatch.setattr(scoring, "use_pdl", lambda device, p=None: pdl)
+    real, forced = scoring.knob, {("select", "fuse"): fuse, ("score", "planes"): planes}  # over the tuning file
+    monkeypatch.setattr(scoring, "knob", lambda dev, kern, name, default: forced.get((kern, name),
+                                                                                   real(dev, kern, name, default)))
+    b, hq, hkv, d, r, bs, m, k = 8, 32, 8, 128, 128, 128, 256, 32
+    w = torch.linalg.qr(torch.randn(hkv, d, r, device=DEV, generator=gen))[0].contiguous()
+    cache, table, seq = _paged(gen, b, m, b * m, bs, hkv, r // 8, 1)
+    q = torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16)
+    budgets = torch.full((b,), k, dtype=torch.int32, device=DEV)
+    bufs = (torch.empty(b, hq, r // 8, dtype=torch.uint8, device=DEV), torch.empty(b, m, dtype=torch.int32, device=DEV),
+            torch.empty(b, k, dtype=torch.int32, device=DEV), torch.empty(b, dtype=torch.int32, device=DEV))
+    prog = TritonHotPath().select_program(q, w, cache, table, seq, budgets, k, [0, -1], "max", 3, *bufs)
+    assert any(l.consts.get("PDL") for l in prog.launches) == pdl
+    assert any(l.fn.__name__ == "_score_select_kernel" for l in prog.launches) == fuse
+
+    def check():  # the selection of the codes the program hashed (hash codes: test_hash_encode_*)
+        qc = bufs[0].cpu()
+        idx, n = ref.hamming_dist_top_k(qc, cache.cpu(), table.cpu(), seq.cpu(), budgets.cpu(), k, [0, -1], "max")
+        t, l = ref.kv_select(idx, n, table.cpu(), seq.cpu(), bs, 3)
+        assert torch.equal(bufs[2].cpu(), t) and torch.equal(bufs[3].cpu(), l)
+
+    prog(q, table, seq, budgets)
+    torch.cuda.synchronize()
+    check()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        prog(q, table, seq, budgets)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        prog(q, table, seq, budgets)
+    for _ in range(2):
+        q.copy_(torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16))
+        table.copy_(table[:, torch.randperm(m, device=DEV, generator=gen)])
+        seq.copy_(torch.randint(1, m * bs + 1, (b,), device=DEV, generator=gen).to(torch.int32))
+        bufs[2].fill_(-7)
+        g.replay()
+        torch.cuda.synchronize()
+        check()
+
+
 @pytest.mark.parametrize("fanout", [1, 4, 16, 32])
 def test_select_fanout_realistic(gen, fanout):
     from cuda_ops import scoring

@@ -182,6 +182,83 @@ def test_score_kernel_wide_loads_agree(gen, hq, hkv, bs):
             assert torch.equal(hs[used], swar[used]), (wide, unroll)
 
 
+@pytest.mark.parametrize("hq,hkv,bs", [(8, 2, 8), (12, 3, 5), (4, 1, 4)])
+def test_score_planes_agree(gen, hq, hkv, bs):
+    # G = 4, R = 128: the 4 query heads folded into bit planes first (score_kernels.py);
+    # odd HKV pairs the last head with zero words; few distinct codes stress the carries
+    from cuda_ops import scoring
+
+    b, m = 2, 4
+    for alphabet in (None, [0, 255, 15]):
+        q, cache, table, seq = _case(gen, b, hq, hkv, 16, bs, m, alphabet=alphabet)
+        used = torch.arange(m).unsqueeze(0) < ((seq + bs - 1) // bs).unsqueeze(1)
+        for method in ("max", "mean"):
+            swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+            for unroll in (False, True):  # (planes always unrolls; the knob must not change it)
+                got = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=True, unroll=unroll)
+                assert torch.equal(got[used], swar[used]), (alphabet, method)
+
+
+def test_score_planes_and_fusion_refuse_other_shapes(gen):
+    from cuda_ops import scoring
+
+    q, cache, table, seq = _case(gen, 2, 6, 2, 16, 4, 3)  # G = 3
+    with pytest.raises(ValueError, match="bit-plane"):
+        scoring.block_score_keys(q, cache, table, seq, "max", planes=True)
+    budgets = torch.ones(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="fused selection"):  # the SWAR path has no fused kernel
+        scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 3, [], "max", 0, 1.0, fuse=True)
+    q, cache, table, seq = _case(gen, 1, 8, 2, 16, 4, 3)
+    wide = torch.zeros(1, 4097, dtype=torch.int32)  # next_pow2(M) = 8192 > 1024 * 4 warps
+    with pytest.raises(ValueError, match="fused selection"):
+        scoring.hamming_dist_top_k(q, cache, wide, seq, budgets[:1], 3, [], "max", 0, 1.0, fuse=True, num_warps=4)
+    assert scoring.fused_select_ok(1024, 1) and not scoring.fused_select_ok(1025, 1)
+
+
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_fused_score_select_equals_reference(gen, method):
+    # one launch: the last score program of each row selects (topk_kernels.py). Ties
+    # (few distinct codes), forced blocks past the budget, budgets >= n_blocks, k < n_sel
+    from cuda_ops import scoring
+
+    b, m, bs = 3, 6, 4
+    for alphabet, planes in ((None, True), ([0, 255, 15], False), ([0, 255, 15], True)):
+        q, cache, table, seq = _case(gen, b, 8, 2, 16, bs, m, alphabet=alphabet)
+        seq[0] = m * bs
+        budgets = torch.randint(1, m + 2, (b,), generator=gen).to(torch.int32)
+        budgets[1] = m + 3
+        for forced, k in (([], m), ([0, -1], m), ([1, -2, 3], 3)):
+            got = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, k, forced, method, 0, 1.0, fuse=True,
+                                             planes=planes)
+            want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, k, forced, method, 0, 1.0)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (alphabet, forced, k)
+
+
+def test_fused_select_blocks_padding_rows_and_counter_reuse(gen):
+    # the hot path's form (kv_select gathered): padding rows (seq_len 0) come back empty,
+    # and the row counters are zero again after every launch, so calls can reuse them
+    from cuda_ops import scoring
+
+    b, m, bs, k = 5, 7, 4, 4
+    counter = torch.zeros(b, dtype=torch.int32)
+    keys = torch.empty(b, m, dtype=torch.int32)
+    table_out = torch.full((b, k), 77, dtype=torch.int32)
+    lens = torch.full((b,), 77, dtype=torch.int32)
+    for _ in range(2):
+        q, cache, table, seq = _case(gen, b, 8, 2, 16, bs, m)
+        seq[2] = 0
+        seq[4] = m * bs
+        budgets = torch.randint(1, m + 2, (b,), generator=gen).to(torch.int32)
+        scoring.select_blocks(q, cache, table, seq, budgets, k, [0, -1], "max", 0, 1.0, 5, keys, table_out, lens,
+                              counter=counter, fuse=True, planes=True)
+        assert bool((counter == 0).all())
+        live = seq > 0
+        idx, n = ref.hamming_dist_top_k(q[live], cache, table[live], seq[live], budgets[live], k, [0, -1], "max")
+        want_t, want_l = ref.kv_select(idx, n, table[live], seq[live], bs, 5)
+        assert torch.equal(table_out[live], want_t) and torch.equal(lens[live], want_l)
+        assert lens[2] == 0 and bool((table_out[2] == 5).all())
+
+
 @pytest.mark.parametrize("fanout", [2, 4, 16])
 @pytest.mark.parametrize("method", ["max", "mean"])
 def test_select_fanout_search_equals_reference(gen, fanout, method):
