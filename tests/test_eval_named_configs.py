@@ -92,11 +92,12 @@ def test_names_parse_and_missing_bundles_name_their_command(loaded, cache):
                      ("x0.1-b128", "expected 'shipped'")):
         with pytest.raises(SystemExit, match=why):
             cli._named_config(cfg, bad, key)
-    # configs whose key codes differ never share a paged prefill
-    keys = {cli._hash_key(cli._named_config(cfg, n, key)) for n in ("r0.125-b128", "r0.125-b128-centred", "r0.125-b64-mlp2")}
-    assert len(keys) == 3
-    assert cli._hash_key(cli._named_config(cfg, "r0.125-b128", key)) == \
-        cli._hash_key(cli._named_config(cfg, "r0.0625-b128", key))
+    # configs whose key codes differ never share a hash cache
+    from gsa.eval.harness import hash_signature
+    sigs = {hash_signature(cli._named_config(cfg, n, key)) for n in ("r0.125-b128", "r0.125-b128-centred", "r0.125-b64-mlp2")}
+    assert len(sigs) == 3
+    assert hash_signature(cli._named_config(cfg, "r0.125-b128", key)) == \
+        hash_signature(cli._named_config(cfg, "r0.0625-b128-bs16", key))
 
 
 def _prefill_codes(model, cfg, ids):
@@ -134,6 +135,31 @@ def test_centred_config_writes_centred_codes(loaded, cache):
         flipped = (codes ^ rnd[l][1]).to(torch.int64)
         share = sum(int(((flipped >> i) & 1).sum()) for i in range(8)) / (codes.numel() * 8)
         assert share > 0.05, share  # centring moved many bits on keys with a shared component
+
+
+def test_restore_with_rehash_equals_a_prefill_with_that_config(loaded, cache):
+    """One dense prefill serves configs with other codes: restoring with ``rehash``
+    fills the hash caches from the cached keys exactly as that config's prefill does."""
+    from gsa.eval.model import PagedRun
+    model, _, cfg, key = loaded
+    _write_means(cfg, key)
+    _write_mlp(cfg, key, 64, 1)
+    ids = torch.randint(3, 300, (150,), generator=torch.Generator().manual_seed(7))
+    plain = cli._named_config(cfg, "r0.25-b128-bs16", key)
+    run = PagedRun(model, plain, max_tokens=ids.shape[0] + 1)
+    run.prefill(ids)
+    snap = run.snapshot()
+    for name in ("r0.25-b128-bs16-centred", "r0.25-b64-bs16-mlp1", "r0.25-b64-bs16"):
+        other = cli._named_config(cfg, name, key)
+        direct = PagedRun(model, other, max_tokens=ids.shape[0] + 1)
+        direct.prefill(ids)
+        run.restore(snap, other, rehash=True)
+        assert set(run.hash_caches) == set(direct.hash_caches)
+        for l, hc in direct.hash_caches.items():
+            assert torch.equal(run.hash_caches[l], hc), (name, l)
+        assert not torch.equal(run.hash_caches[l], snap["h"][l]) or name.endswith("b128-bs16")
+    with pytest.raises(ValueError, match="block size 16"):
+        run.restore(snap, cli._named_config(cfg, "r0.25-b64-bs32", key), rehash=True)
 
 
 def test_centred_threshold_hand_checked(loaded, cache):

@@ -141,12 +141,6 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
     return c.replace(chunk_size=bs) if bs else c
 
 
-def _hash_key(c) -> tuple:
-    """What decides the key codes a paged prefill writes: configs that share it can share
-    one prefill and hash cache (bits, weights and their type, spec-13 key means, block size)."""
-    return (c.hash_bits, c.hash_weight_type, c.hash_weight, c.seed, c.hash_centre, c.chunk_size)
-
-
 def _fraction(flag: str, open_low: bool = False):
     """argparse type: a float in [0, 1] ((0, 1] with open_low). A depth of 10
     meaning 10% would otherwise put the passkey past the prompt and run for
@@ -237,8 +231,8 @@ def run(args) -> int:
             {n: {"hash_weight": c.hash_weight, "hash_centre": c.hash_centre} for n, c in cfgs.items()
              if c.hash_weight or c.hash_centre})
         groups = {}
-        for n, c in cfgs.items():  # one prefill per group of configs whose key codes agree
-            groups.setdefault(_hash_key(c), {})[n] = c
+        for n, c in cfgs.items():  # one dense prefill per block size; other codes rehash its cached keys
+            groups.setdefault(c.chunk_size, {})[n] = c
         res[part] = []
         for n in args.lengths:
             for d in args.depths:
