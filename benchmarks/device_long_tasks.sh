@@ -40,15 +40,22 @@ fi
 HW="$GSA_CACHE_DIR/hash_weights"
 mkdir -p "$HW"
 cp benchmarks/device_assets/qwen-centre.safetensors "$HW/qwen-centre.safetensors"
-CONFIGS="r0.125-b128 r0.125-b128-centred quest-r0.125"
+NEW="r0.125-b128-centred"
 if [ -f benchmarks/device_assets/qwen-mlp1-b128.safetensors ]; then
     cp benchmarks/device_assets/qwen-mlp1-b128.safetensors "$HW/qwen-mlp1-b128.safetensors"
-    CONFIGS="$CONFIGS r0.125-b128-mlp1"
+    NEW="$NEW r0.125-b128-mlp1"
 fi
 {
-    echo "[device_long_tasks] $(date -u '+%F %T') UTC, device $DEVICE, lengths $LENGTHS, depths $DEPTHS, configs dense $CONFIGS, limit ${LIMIT}s"
+    echo "[device_long_tasks] $(date -u '+%F %T') UTC, device $DEVICE, lengths $LENGTHS, depths $DEPTHS, limit ${LIMIT}s"
     "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$LOG"
+# the new codes' kernels on this device vs the CPU first: a config whose codes disagree or whose op
+# fails is left out with the reason in the log, instead of ending the whole run at its first prompt
+# shellcheck disable=SC2086
+KEEP=$("$PY" -m gsa.eval.codes_check --model qwen --device "$DEVICE" $NEW 2>>"$LOG") || KEEP=""
+grep "codes_check" "$LOG" || true
+CONFIGS="r0.125-b128 $KEEP quest-r0.125"
+echo "[device_long_tasks] configs: dense $CONFIGS" | tee -a "$LOG"
 t0=$(date +%s)
 set +e
 # shellcheck disable=SC2086

@@ -199,3 +199,20 @@ def test_cli_passkey_runs_centred_and_mlp_configs(folder, loaded, cache, tmp_pat
     assert bundles["r0.25-b128-centred"]["hash_centre"].endswith(f"{key}-centre.safetensors")
     assert bundles["r0.25-b64-mlp1"]["hash_weight"].endswith(f"{key}-mlp1-b64.safetensors")
     assert "r0.25-b128" not in bundles
+
+
+def test_codes_check_keeps_matching_configs_and_names_why_others_leave(cache, capsys):
+    """`python -m gsa.eval.codes_check` (used by benchmarks/device_long_tasks.sh): on the CPU
+    every present config agrees with itself and is kept; a missing bundle is left out, with its
+    command in the reason."""
+    from gsa.config import GSAConfig
+    from gsa.eval import codes_check
+    from gsa.eval.load import PACKAGED
+    cfg = GSAConfig.for_model(PACKAGED["qwen"])
+    _write_means(cfg, "qwen")
+    assert codes_check.main(["--model", "qwen", "--device", "cpu", "r0.125-b128-centred", "r0.125-b128-mlp1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["r0.125-b128-centred"]
+    assert "r0.125-b128-centred on cpu: key / query code bits equal to the CPU's: 1.0000 / 1.0000 -> kept" in err
+    assert "r0.125-b128-mlp1 on cpu: LEFT OUT" in err and "gsa train-hash --model qwen --method mlp --depth 1" in err
+    assert codes_check.code_agreement(cli._named_config(cfg, "r0.125-b64", "qwen"), "cpu") == (1.0, 1.0)

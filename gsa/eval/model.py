@@ -317,9 +317,9 @@ class PagedRun:
         if src >= 0 and src in self._quest_sel:
             sel = self._quest_sel[src]
         else:
-            keys = self._gather(kc, n)
-            sel = S.quest_select(self.gsa.policy, layer, q.float().cpu(), keys.float().cpu(),
-                                 torch.tensor([n]), scale)[0]
+            # the block bounds on the run's device (a 32K-token layer's keys are not copied to the host
+            # every step), the budget rule on the host as the teacher-forced metrics apply it
+            sel = S.quest_select(self.gsa.policy, layer, q.float(), self._gather(kc, n), torch.tensor([n]), scale)[0]
             self._quest_sel[layer] = sel
         idx = sel.nonzero()[:, 0]
         table = self.block_table[0, idx.to(self.device)].unsqueeze(0)
