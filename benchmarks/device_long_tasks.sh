@@ -24,7 +24,7 @@ PY="${PYTHON:-python3}"
 DEVICE="${GSA_DEVICE:-cuda}"
 LENGTHS="${GSA_LENGTHS:-8192 16384 32000}"
 DEPTHS="${GSA_DEPTHS:-0.1 0.5 0.9}"
-LIMIT="${GSA_TIMEOUT:-225}"  # seconds for the eval itself; results so far are written after every prompt
+LIMIT="${GSA_TIMEOUT:-210}"  # seconds for the eval itself; results so far are written after every prompt
 TAG=qwen-long-tasks-cuda
 [ "$DEVICE" = cuda ] || TAG="qwen-long-tasks-$DEVICE"
 LOG="$OUT/accuracy_$TAG.log"
