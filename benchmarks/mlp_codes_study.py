@@ -8,8 +8,15 @@ section "MLP codes").
         --block-sizes 128 32 --ratio 0.125 --bits 128 \\
         --weights random hata=PATH mlp1=PATH mlp3=PATH --out benchmarks/results/accuracy_smollm2-mlp-codes.json
 
-``--weights``: ``random`` (the seeded spec-10 projection) or ``name=bundle`` (a
-``gsa train-hash`` bundle, linear or MLP: the bundle's metadata says which).
+``--weights``: ``random`` (the seeded spec-10 projection), ``name=bundle`` (a
+``gsa train-hash`` bundle, linear or MLP: the bundle's metadata says which) or
+``name=centre:BUNDLE`` (spec-13 centred codes: the seeded random projection with the
+key means of a ``gsa calibrate-centre`` bundle, e.g. ``centred=centre:~/.cache/gsa/
+hash_weights/qwen-centre.safetensors``).
+
+Quest's equal-bytes allowance is the harness's signed rule
+(:func:`gsa.eval.harness.quest_extra_fraction`) and every selector and metric uses the
+model's own softmax scale (``run.attn``), as ``gsa eval``'s grid does.
 """
 from __future__ import annotations
 
@@ -53,11 +60,17 @@ def main(argv=None) -> int:
 
     model, tok, cfg = load_model(args.model)
     d = cfg.head_dim
-    scale = d ** -0.5
     variants = {}
     for spec in args.weights:
         name, _, path = spec.partition("=")
-        variants[name] = eval_config(cfg, bits=args.bits, hash_weight=path or None)
+        if path.startswith("centre:"):  # spec 13: random projection, thresholds from the key means
+            centre = pathlib.Path(path[len("centre:"):]).expanduser()
+            if not centre.is_file():
+                raise SystemExit(f"--weights {spec}: no such bundle (make it: gsa calibrate-centre --model "
+                                 f"{args.model} --gate {args.bits})")
+            variants[name] = eval_config(cfg, bits=args.bits).replace(hash_centre=str(centre))
+        else:
+            variants[name] = eval_config(cfg, bits=args.bits, hash_weight=path or None)
     sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     policies = {bs: GSAPolicy(eval_config(cfg.replace(chunk_size=bs), ratio=args.ratio), "cpu")
                 for bs in args.block_sizes}
@@ -72,7 +85,9 @@ def main(argv=None) -> int:
             return
         qs = q[rows].contiguous()
         seq = torch.tensor([pos0 + i + 1 for i in rows])
-        probs = S.dense_probs(qs, k_all, seq, scale)
+        attn = run.attn[layer]  # the model's own softmax scale and softcap for this layer
+        scale = attn.scale
+        probs = S.dense_probs(qs, k_all, seq, scale, attn.softcap)
         codes = {}
         for name, wc in variants.items():
             t0 = time.time()
@@ -86,7 +101,7 @@ def main(argv=None) -> int:
             quest = S.quest_select(pol, layer, qs, k_all, seq, scale)
             acc.add(f"bs={bs}/quest", layer, M.mass_recall(mass, quest))
             qb = S.quest_select(pol, layer, qs, k_all, seq, scale,
-                                budget_add=max(0.0, quest_extra_fraction(args.bits, d, bs)))
+                                budget_add=quest_extra_fraction(args.bits, d, bs))
             acc.add(f"bs={bs}/quest_eqbytes", layer, M.mass_recall(mass, qb))
             for name, (qc, kc) in codes.items():
                 sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)

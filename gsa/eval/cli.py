@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grid: also score spec-12 MLP codes of these depths (`gsa train-hash --method mlp "
                              "--depth D` bundles, named mlp<D>)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
-                        help="e2e configs: 'shipped' or 'r<ratio>-b<bits>[-trained]'")
+                        help="e2e configs: 'shipped', 'dense' or 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>]' "
+                             "(trained: `gsa train-hash` bundle; mlp<D>: `gsa train-hash --method mlp --depth D`; "
+                             "centred: spec-13 key means from `gsa calibrate-centre`)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192],
                         help="passkey: prompt lengths in tokens")
     parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
@@ -74,11 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
-    """'shipped' -> the shipped config (seq-len threshold 1 unless ``shipped_threshold``);
-    'dense'; 'r<ratio>-b<bits>[-trained][-bs<block size>]' (the shipped config with every
-    sparse layer at that ratio, bits, weights and block size; seq-len threshold 1);
-    'quest-r<ratio>[-bs<N>]': the config of 'r<ratio>-b<the config's bits>[-bs<N>]' (its
-    budget rule; the caller runs it with the Quest-style selector)."""
+    """A config by name (``--e2e``, ``--passkey-configs``, ``--task-configs``):
+
+    * ``shipped``: the shipped config (seq-len threshold 1 unless ``shipped_threshold``);
+    * ``dense``;
+    * ``r<ratio>-b<bits>[-<extra>...]``: the shipped config with every sparse layer at
+      that ratio and bits (seq-len threshold 1); extras, in any order:
+      ``trained`` (the ``gsa train-hash`` linear bundle), ``mlp<D>`` (the spec-12 bundle
+      of ``gsa train-hash --method mlp --depth D``), ``centred`` (spec-13 centred key
+      codes: the key means ``gsa calibrate-centre`` wrote, turned into per-bit
+      thresholds ``mu W`` for whatever linear weights the config uses), ``bs<N>`` (block
+      size). A missing bundle is an error naming the command that makes it.
+    * ``quest-r<ratio>[-bs<N>]``: the config of ``r<ratio>-b<the config's bits>[-bs<N>]``
+      (its budget rule; the caller runs it with the Quest-style selector).
+
+    ``model``: the bundle key (``smollm2``, ``qwen``, or a model path's folder/file name)."""
+    from gsa.eval.centre import default_centre_bundle
     from gsa.eval.model import eval_config
     from gsa.eval.train import default_bundle
     if name.startswith("quest-"):
@@ -88,24 +101,43 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
         return eval_config(cfg, threshold=None if shipped_threshold else 1)
     if name == "dense":
         return eval_config(cfg, ratio=1.0)
+    expected = ("expected 'shipped', 'dense', 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>]' or "
+                "'quest-r<ratio>[-bs<N>]'")
     parts = name.split("-")
     try:
         ratio, bits = float(parts[0][1:]), int(parts[1][1:])
         assert parts[0][0] == "r" and parts[1][0] == "b"
     except (ValueError, IndexError, AssertionError):
-        raise SystemExit(f"gsa eval: config name {name!r}: expected 'shipped', 'dense', "
-                         "'r<ratio>-b<bits>[-trained][-bs<N>]' or 'quest-r<ratio>[-bs<N>]'") from None
-    hw, bs = None, None
+        raise SystemExit(f"gsa eval: config name {name!r}: {expected}") from None
+    hw, bs, centre = None, None, None
     for extra in parts[2:]:
-        if extra == "trained":
-            hw = default_bundle(model, bits)
+        if extra == "trained" or (extra.startswith("mlp") and extra[3:].isdigit()):
+            if hw is not None:
+                raise SystemExit(f"gsa eval: config name {name!r}: two weight choices (trained / mlp<D>); pick one")
+            if extra == "trained":
+                hw, make = default_bundle(model, bits), f"gsa train-hash --model {model} --bits {bits}"
+            else:
+                depth = int(extra[3:])
+                hw = default_bundle(model, bits, "mlp", depth)
+                make = f"gsa train-hash --model {model} --method mlp --depth {depth} --bits {bits}"
             if not hw.is_file():
-                raise SystemExit(f"gsa eval: {name} needs {hw}: run `gsa train-hash --model {model} --bits {bits}` first")
-        elif extra.startswith("bs"):
+                raise SystemExit(f"gsa eval: {name} needs {hw}: run `{make}` first")
+        elif extra == "centred":
+            centre = default_centre_bundle(model)
+            if not centre.is_file():
+                raise SystemExit(f"gsa eval: {name} needs the key means {centre}: run "
+                                 f"`gsa calibrate-centre --model {model} --gate {bits}` first")
+        elif extra.startswith("bs") and extra[2:].isdigit():
             bs = int(extra[2:])
         else:
-            raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} (expected 'trained' or 'bs<N>')")
+            raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} "
+                             "(expected 'trained', 'mlp<D>', 'centred' or 'bs<N>')")
     c = eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
+    if centre is not None:
+        if c.hash_weight_type == "mlp":  # spec 13 thresholds a linear projection; an MLP learns its own offsets
+            raise SystemExit(f"gsa eval: config name {name!r}: 'centred' applies to linear codes (spec 13), "
+                             "not to MLP codes (spec 12)")
+        c = c.replace(hash_centre=str(centre))
     return c.replace(chunk_size=bs) if bs else c
 
 
@@ -195,9 +227,12 @@ def run(args) -> int:
         for n in names:
             cfgs[n] = _named_config(cfg, n, key, shipped_threshold=True)
         selectors = {n: "quest" for n in cfgs if n.startswith("quest-")}
+        res["meta"].setdefault("config_bundles", {}).update(
+            {n: {"hash_weight": c.hash_weight, "hash_centre": c.hash_centre} for n, c in cfgs.items()
+             if c.hash_weight or c.hash_centre})
         groups = {}
-        for n, c in cfgs.items():  # one prefill per (bits, weights) group
-            groups.setdefault((c.hash_bits, c.hash_weight, c.chunk_size), {})[n] = c
+        for n, c in cfgs.items():  # one dense prefill per block size; other codes rehash its cached keys
+            groups.setdefault(c.chunk_size, {})[n] = c
         res[part] = []
         for n in args.lengths:
             for d in args.depths:

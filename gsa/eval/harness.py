@@ -26,7 +26,7 @@ from gsa.policy import GSAPolicy
 from gsa.hash_codes import key_codes, query_codes
 
 __all__ = ["selection_grid", "end_to_end", "passkey", "retrieval", "make_select", "quest_extra_fraction", "PagedRecall",
-           "print_code_quality"]
+           "print_code_quality", "hash_signature"]
 
 
 def quest_extra_fraction(bits: int, head_dim: int, block_size: int) -> float:
@@ -202,13 +202,20 @@ def end_to_end(model, grid_result: dict, cfgs: Dict[str, GSAConfig], prefix_len:
     return out
 
 
+def hash_signature(c: GSAConfig) -> tuple:
+    """What decides the key codes a config writes (bits, weights and their type and
+    seed, spec-13 key means): configs that agree can share one hash cache."""
+    return (c.hash_bits, c.hash_weight_type, c.hash_weight, c.seed, c.hash_centre)
+
+
 def passkey(model, tok, cfgs: Dict[str, GSAConfig], lengths: Sequence[int], depths: Sequence[float],
             max_new: int = 8, seed: int = 0, observer_factory: Optional[Callable] = None,
             selectors: Optional[Dict[str, str]] = None) -> List[dict]:
     """Passkey retrieval through the paged decode path. For each length and depth:
     one dense prefill, then greedy decoding once per config (restored from a
-    snapshot of the prefill). ``cfgs`` must share hash bits and weights (one
-    hash cache is filled during prefill); ``selectors``: config name -> ``"gsa"``
+    snapshot of the prefill). ``cfgs`` must share the block size; a config whose
+    codes differ from the first one's (bits, weights, key means) rehashes the
+    prefill's cached keys (:meth:`PagedRun.restore`); ``selectors``: config name -> ``"gsa"``
     (default) or ``"quest"`` (the Quest-style selection at the same budget).
     Returns one record per (length, depth, config)."""
     import random
@@ -256,6 +263,9 @@ def _decode_configs(model, tok, cfgs: Dict[str, GSAConfig], ids: torch.Tensor, m
     """One dense prefill of ``ids [T]``, then greedy decoding per config from its snapshot."""
     names = list(cfgs)
     base = cfgs[names[0]]
+    if len({c.chunk_size for c in cfgs.values()}) > 1:
+        raise ValueError(f"_decode_configs: configs {names} must share one block size (the paged KV layout), got "
+                         f"{sorted({c.chunk_size for c in cfgs.values()})}")
     # the prefill must fill a hash cache for every layer any config scores
     union = [min(c.top_k_ratio_per_layer[l] for c in cfgs.values()) for l in range(base.num_hidden_layers)]
     fill_cfg = base.replace(top_k_ratio_per_layer=[0.5 if r < 1 else 1.0 for r in union], top_k_index_reuse=None)
@@ -270,7 +280,9 @@ def _decode_configs(model, tok, cfgs: Dict[str, GSAConfig], ids: torch.Tensor, m
         obs = observer_factory() if observer_factory else None
         if obs is not None and hasattr(obs, "attn_of"):
             obs.attn_of = run.attn.get
-        run.restore(snap, cfgs[name], selector=(selectors or {}).get(name, "gsa"))
+        # a config with other key codes (bits, weights, key means) rehashes the prefill's cached keys
+        run.restore(snap, cfgs[name], selector=(selectors or {}).get(name, "gsa"),
+                    rehash=hash_signature(cfgs[name]) != hash_signature(fill_cfg))
         run.observer = obs
         t1 = time.time()
         new = run.generate(first, max_new, stop)

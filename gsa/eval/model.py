@@ -317,9 +317,9 @@ class PagedRun:
         if src >= 0 and src in self._quest_sel:
             sel = self._quest_sel[src]
         else:
-            keys = self._gather(kc, n)
-            sel = S.quest_select(self.gsa.policy, layer, q.float().cpu(), keys.float().cpu(),
-                                 torch.tensor([n]), scale)[0]
+            # the block bounds on the run's device (a 32K-token layer's keys are not copied to the host
+            # every step), the budget rule on the host as the teacher-forced metrics apply it
+            sel = S.quest_select(self.gsa.policy, layer, q.float(), self._gather(kc, n), torch.tensor([n]), scale)[0]
             self._quest_sel[layer] = sel
         idx = sel.nonzero()[:, 0]
         table = self.block_table[0, idx.to(self.device)].unsqueeze(0)
@@ -386,11 +386,20 @@ class PagedRun:
         return {"pos": self.pos, "k": [c.clone() for c in self.k_cache], "v": [c.clone() for c in self.v_cache],
                 "h": {l: c.clone() for l, c in self.hash_caches.items()}}
 
-    def restore(self, snap: dict, cfg: Optional[GSAConfig] = None, selector: str = "gsa") -> None:
-        """Back to ``snap``; with ``cfg`` (same hash bits and weights), switch the policy;
-        ``selector``: ``"gsa"`` or ``"quest"`` (see :attr:`selector`)."""
+    def restore(self, snap: dict, cfg: Optional[GSAConfig] = None, selector: str = "gsa",
+                rehash: bool = False) -> None:
+        """Back to ``snap``; with ``cfg``, switch the policy; ``selector``: ``"gsa"`` or
+        ``"quest"`` (see :attr:`selector`). Without ``rehash`` the snapshot's hash caches
+        are reused, so ``cfg`` must hash keys as the prefill's config did (same bits,
+        weights, key means). ``rehash=True`` (a ``cfg`` with other codes, same block
+        size): fresh hash caches are filled from the snapshot's cached keys with
+        ``cfg``'s encoder, the same keys and op the prefill hashes, so one dense
+        prefill serves configs with different codes."""
         if selector not in ("gsa", "quest"):
             raise ValueError(f"PagedRun.restore: 'selector' must be 'gsa' or 'quest', got {selector!r}")
+        if rehash and (cfg is None or cfg.chunk_size != self.bs):
+            raise ValueError(f"PagedRun.restore: 'rehash' needs a cfg with block size {self.bs}, got "
+                             f"{None if cfg is None else cfg.chunk_size}")
         self.selector = selector
         if cfg is not None:
             self.cfg = cfg
@@ -399,7 +408,15 @@ class PagedRun:
         for l in range(len(self.k_cache)):
             self.k_cache[l].copy_(snap["k"][l])
             self.v_cache[l].copy_(snap["v"][l])
-        self.hash_caches = {l: c.clone() for l, c in snap["h"].items()}
+        if rehash:
+            self.hash_caches = self.gsa.allocate_hash_caches(self.nb)
+            n, self.pos = self.pos, 0
+            slots = self._slots(n)
+            self.pos = n
+            for l, hc in self.hash_caches.items():
+                self.gsa.cache_keys(l, hc, slots, self._gather(self.k_cache[l], n))
+        else:
+            self.hash_caches = {l: c.clone() for l, c in snap["h"].items()}
         missing = set(self.gsa.scoring_layers) - set(self.hash_caches)
         if missing:
             raise ValueError(f"PagedRun.restore: the snapshot has no hash cache for layers {sorted(missing)}")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-__all__ = ["write_results"]
+__all__ = ["write_results", "plot_retrieval_summary", "RETRIEVAL_PARTS"]
 
 
 def _fmt(x, nd=3):
@@ -38,6 +38,65 @@ def _task_rows(records: List[dict]) -> List[str]:
                      f"{p['score']:.2f} | {p['answer'][:40]!r} | {p['expected']} | "
                      f"{_fmt(p['blocks_read'], 1)} / {p['n_blocks']} |")
     return lines
+
+
+RETRIEVAL_PARTS = ("passkey", "multikey", "vartrack")
+
+
+def _score(p: dict) -> float:
+    return float(p.get("score", float(p["found"])))
+
+
+def _retrieval_summary_rows(res: dict) -> List[str]:
+    """One row per (part, config): the summed score over depths at each length, ``s/n``."""
+    parts = [p for p in RETRIEVAL_PARTS if res.get(p)]
+    if not parts:
+        return []
+    lens = sorted({r["target_length"] for p in parts for r in res[p]})
+    lines = ["| task | config | " + " | ".join(str(n) for n in lens) + " |", "|---|---|" + "---|" * len(lens)]
+    for part in parts:
+        for c in dict.fromkeys(r["config"] for r in res[part]):
+            cells = []
+            for n in lens:
+                rows = [r for r in res[part] if r["config"] == c and r["target_length"] == n]
+                cells.append(f"{sum(_score(r) for r in rows):g}/{len(rows)}" if rows else "-")
+            lines.append(f"| {part} | {c} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_retrieval_summary(res: dict, path: pathlib.Path) -> Optional[pathlib.Path]:
+    """One figure, one panel per retrieval part present (passkey, multikey, vartrack):
+    mean score over depths vs prompt length, a line per config. ``None`` without
+    matplotlib or retrieval results."""
+    parts = [p for p in RETRIEVAL_PARTS if res.get(p)]
+    if not parts:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        lens = sorted({r["target_length"] for r in res[part]})
+        for c in dict.fromkeys(r["config"] for r in res[part]):
+            ys = []
+            for n in lens:
+                rows = [r for r in res[part] if r["config"] == c and r["target_length"] == n]
+                ys.append(sum(_score(r) for r in rows) / len(rows) if rows else None)
+            ax.plot(lens, ys, marker="o", label=c)
+        ax.set_title(part)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("mean score over depths")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _grid_rows(grid: Dict[str, dict], ratios, bits, weights, allowance=None) -> List[str]:
@@ -96,6 +155,9 @@ def write_results(res: dict, out_dir: pathlib.Path, tag: str) -> Dict[str, pathl
             md.append(f"| {p['length']} | {p['depth']:.0%} | {p['config']} | {'yes' if p['found'] else 'NO'} | "
                       f"{p['answer'][:24]!r} | {_fmt(p['blocks_read'], 1)} / {p['n_blocks']} | {rec} |")
         md.append("")
+    summary = _retrieval_summary_rows(res)
+    if summary:
+        md += ["## Retrieval summary (score summed over depths / prompts, per config and length)", ""] + summary + [""]
     for task in ("multikey", "vartrack"):
         if res.get(task):
             md += [f"## {task} (RULER-style, paged decode path)", ""] + _task_rows(res[task]) + [""]

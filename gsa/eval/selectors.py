@@ -26,7 +26,7 @@ from gsa import ops
 from gsa.eval.metrics import unpack_signs
 from gsa.policy import GSAPolicy
 
-__all__ = ["unpack_signs", "select_top", "budgets_for", "gsa_select", "oracle_select",
+__all__ = ["unpack_signs", "select_top", "quest_scores", "budgets_for", "gsa_select", "oracle_select",
            "quest_select", "block_mass", "dense_probs"]
 
 
@@ -148,6 +148,24 @@ def oracle_select(policy: GSAPolicy, layer: int, mass: torch.Tensor, seq_lens: t
     return select_top(mass.sum(dim=1), n_blocks, bud, forced)
 
 
+def quest_scores(q: torch.Tensor, k: torch.Tensor, bs: int, scale: float) -> torch.Tensor:
+    """Quest's block scores on ``q``'s device: ``q [N, Hq, D]``, keys ``k [S, Hkv, D]``
+    -> float32 ``[N, NBLK]``, the upper bound ``sum_d max(q_d min_d, q_d max_d)`` of
+    ``q . k`` per block (channel-wise min/max over its valid keys), summed over the
+    query heads, times ``scale``."""
+    n, hq, d = q.shape
+    s, hkv, _ = k.shape
+    nblk = math.ceil(s / bs)
+    kp = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, nblk * bs - s)).reshape(nblk, bs, hkv, d)
+    mn, mx = kp.amin(dim=1), kp.amax(dim=1)  # [NBLK, Hkv, D]; padding rows only touch the last block
+    if s % bs:
+        last = k[(nblk - 1) * bs:].float()
+        mn[-1], mx[-1] = last.amin(dim=0), last.amax(dim=0)
+    qf = q.float().reshape(n, hkv, hq // hkv, d)
+    ub = torch.maximum(torch.einsum("nkgd,bkd->nkgbd", qf, mn), torch.einsum("nkgd,bkd->nkgbd", qf, mx))
+    return ub.sum(dim=-1).sum(dim=(1, 2)) * scale
+
+
 def quest_select(policy: GSAPolicy, layer: int, q: torch.Tensor, k: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float, budget_add: float = 0.0) -> torch.Tensor:
     """Quest-style peer: per block and KV head, channel-wise min/max of the keys;
@@ -160,18 +178,7 @@ def quest_select(policy: GSAPolicy, layer: int, q: torch.Tensor, k: torch.Tensor
     ``[n_forced, n_blocks]`` (the forced blocks are read whatever the budget).
     Partial last blocks use their valid tokens; they are forced anyway with the
     shipped ``must_select_blocks``."""
-    bs = policy.config.chunk_size
-    n, hq, d = q.shape
-    s, hkv, _ = k.shape
-    nblk = math.ceil(s / bs)
-    kp = torch.nn.functional.pad(k.float(), (0, 0, 0, 0, 0, nblk * bs - s)).reshape(nblk, bs, hkv, d)
-    mn, mx = kp.amin(dim=1), kp.amax(dim=1)  # [NBLK, Hkv, D]; padding rows only touch the last block
-    if s % bs:
-        last = k[(nblk - 1) * bs:].float()
-        mn[-1], mx[-1] = last.amin(dim=0), last.amax(dim=0)
-    qf = q.float().reshape(n, hkv, hq // hkv, d)
-    ub = torch.maximum(torch.einsum("nkgd,bkd->nkgbd", qf, mn), torch.einsum("nkgd,bkd->nkgbd", qf, mx))
-    scores = ub.sum(dim=-1).sum(dim=(1, 2)) * scale  # [N, NBLK]
+    scores = quest_scores(q, k, policy.config.chunk_size, scale).cpu()
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
     if budget_add:
         bud = torch.minimum(n_blocks, bud + torch.ceil(budget_add * n_blocks.double()).long())
