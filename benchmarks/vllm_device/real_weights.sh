@@ -21,16 +21,16 @@ site=${GSA_SITE:-/tmp/site}  # where device.sh installed vLLM (and setup puts th
 # the device's model cache (setup converts the GGUF into $GSA_CACHE_DIR/models, run reads it)
 dev_cache=${GSA_DEVICE_CACHE:-/tmp/gsacache}
 gguf="$dev_cache/gguf/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf"
-# piece sizes (bytes): the first two ride with vllm_c1 / vllm_c2 (31 MiB each), the third with
-# vllm_c3 (~12 MiB), the rest alone; every call stays under 64 MiB with the repo (~5 MiB)
-sizes=(28311552 28311552 48234496 60817408 60817408 60817408 60817408 60817408 60817408 60817408)
+# piece size (bytes): 50 MiB, each carried alone (the device tool counts the repository, ~6 MB,
+# against its 64 MiB per call; pieces that rode with the vLLM payload's parts no longer fit)
+sizes=()
 cmd=${1:?usage: real_weights.sh pack | stash DIR | setup | run CONFIG... | report}; shift
 case "$cmd" in
   pack)
     src=$(python3 -c "from gsa.eval.assets import qwen_coder_gguf; print(qwen_coder_gguf())")
     rm -rf .whl/qw[0-9][0-9]; off=0; i=0; total=$(stat -c %s "$src")
     while (( off < total )); do
-      n=${sizes[$i]:-60817408}; d=$(printf ".whl/qw%02d" $((i + 1))); mkdir -p "$d"
+      n=${sizes[$i]:-52428800}; d=$(printf ".whl/qw%02d" $((i + 1))); mkdir -p "$d"
       dd if="$src" of="$d/piece" bs=1M iflag=skip_bytes,count_bytes skip="$off" count="$n" status=none
       off=$((off + n)); i=$((i + 1))
     done

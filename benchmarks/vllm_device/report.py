@@ -38,9 +38,11 @@ def main():
          "128 new tokens after the prompt; decode tok/s = batch x 127 / decode time (engine stepped by hand, prefill "
          "excluded). `vs dense`: against dense in the same cudagraph mode (FULL's when that mode has no dense row); "
          "`vs FULL`: the same config under FULL_AND_PIECEWISE. `same tokens as dense`: all generated ids equal "
-         "(a weak signal with dummy weights: their greedy outputs repeat two tokens).", "",
-         "| model | context | batch | cudagraph mode (kept) | config | decode tok/s | ms/step | vs dense | vs FULL | same tokens as dense | sparse steps |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "(a weak signal with dummy weights: their greedy outputs repeat two tokens; prompts are drawn per engine "
+         "in run order, so a row from an engine with other earlier runs, such as the diagnostic ones, was given "
+         "other prompts than the dense row and can differ for that reason alone). `commit`: the code measured.", "",
+         "| model | context | batch | cudagraph mode (kept) | config | decode tok/s | ms/step | vs dense | vs FULL | same tokens as dense | sparse steps | commit |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     dense_sha = {(r["model"], r["context"], r["batch"]): r["tokens_sha"] for r in live if r["config"] == "dense"}
     for r in sorted(live, key=lambda r: (r["model"], r["context"], r["cudagraph_mode"], r["config"] != "dense", r["config"])):
         st = r.get("gsa_stats") or {}
@@ -50,7 +52,7 @@ def main():
         same_tok = "" if same is None or r["config"] == "dense" else ("yes" if same == r["tokens_sha"] else "no")
         L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']} | "
                  f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {vs_d} | {vs_f} | {same_tok} | "
-                 f"{st.get('sparse_steps', '')}/{st.get('steps', '')} |")
+                 f"{st.get('sparse_steps', '')}/{st.get('steps', '')} | {r.get('commit') or 'earlier session'} |")
     checks = [r for r in rows if r.get("capture_check")]
     bad = [r for r in rows if r.get("started") is False]
     L += ["", "Reference check of a sparse layer's output (layer 10, PIECEWISE, eager attention): " +
