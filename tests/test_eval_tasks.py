@@ -133,3 +133,18 @@ def test_gsa_eval_end_to_end_on_a_model_path(folder, tmp_path, capsys):
     import importlib.util
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "accuracy_tiny_multikey.png").is_file() and (tmp_path / "accuracy_tiny_vartrack.png").is_file()
+
+
+def test_vartrack_names_do_not_depend_on_the_process_hash_seed():
+    """The same seed gives the same variable names in any process (a set's order follows
+    PYTHONHASHSEED; the first GPU/CPU runs of vartrack differed between processes)."""
+    import os
+    import subprocess
+    import sys
+    code = "import random; from gsa.eval.tasks import _var_names; print(_var_names(random.Random(8678), 8))"
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1 and len(eval(outs.pop())) == 8

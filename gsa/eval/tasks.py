@@ -88,7 +88,8 @@ def _var_names(rng: random.Random, n: int) -> List[str]:
     names = set()
     while len(names) < n:
         names.add("".join(rng.choice(string.ascii_uppercase) for _ in range(5)))
-    return sorted(names, key=lambda _: rng.random())
+    # sorted first: a set's order follows str hashing, which differs between processes
+    return sorted(sorted(names), key=lambda _: rng.random())
 
 
 def vartrack_prompt(tok, n_tokens: int, depth: float, rng: random.Random, hops: int = 4,
