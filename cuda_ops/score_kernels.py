@@ -100,15 +100,23 @@ def _block_score_kernel(
         if W_MAIN < W:
             s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
         valid = (t < BS) & (j * BS + t < seq)
-        if MEAN:
-            total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
-            count = tl.sum(valid.to(tl.int32), axis=0)
-            mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
-            bits = mean.to(tl.int32, bitcast=True)
-            key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
-        else:
-            key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
+        key = _block_key(s16, valid, MEAN)
         tl.store(out_ptr + b * so_b + j, key)
+
+
+@triton.jit
+def _block_key(s16, valid, MEAN: tl.constexpr):
+    """A block's sortable int32 key from its tokens' ``S16`` scores (``valid``: tokens inside
+    the row): the mean (spec 4; a float's bits made monotone) or the max."""
+    if MEAN:
+        total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
+        count = tl.sum(valid.to(tl.int32), axis=0)
+        mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
+        bits = mean.to(tl.int32, bitcast=True)
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
+    else:
+        key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
+    return key
 
 
 @triton.jit
@@ -349,15 +357,7 @@ def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, 
         pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
     s16 = 16 * (HKV * G * W * 32 - 2 * pc)
     valid = tmask & (j * BS + t < seq)
-    if MEAN:
-        total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
-        count = tl.sum(valid.to(tl.int32), axis=0)
-        mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
-        bits = mean.to(tl.int32, bitcast=True)
-        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
-    else:
-        key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
-    return key
+    return _block_key(s16, valid, MEAN)
 
 
 @triton.jit
