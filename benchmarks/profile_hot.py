@@ -65,7 +65,7 @@ def main():
         torch.cuda.synchronize()
         print(f"profiled: {dt / 100 * 1e6:.1f} us per layer")
         pstats.Stats(pr).sort_stats("tottime").print_stats(28)
-        progs = [("select", gs._hot[0].cur.program)] + [(f"cache {i}", p) for i, p in enumerate(gs._hot_keys[0].values())]
+        progs = [("select", gs._hot[0].cur.program)] + [(f"cache {i}", p) for i, (p, _) in enumerate(gs._hot_keys[0].values())]
         progs += [("attention", w.get("program")) for w in gs._hot_attn[0].values()]
         for name, prog in progs:
             kinds = [(l.fn.__name__, l.ck is not None) for l in getattr(prog, "launches", [])]

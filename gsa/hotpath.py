@@ -98,7 +98,8 @@ def _unit_inner(t: Tensor) -> bool:
 
 
 class _Buffers:
-    __slots__ = ("direct", "q_codes", "keys", "table", "lens", "program")
+    # cpu: every tensor of the signature is on the CPU (a fact of the signature, which holds the devices)
+    __slots__ = ("direct", "cpu", "q_codes", "keys", "table", "lens", "program")
 
 
 class HotLayer:
@@ -160,6 +161,7 @@ class HotLayer:
                       and _unit_inner(seq_lens) and _unit_inner(budgets) and weight.is_contiguous()
                       and q.device.type != "meta")
         dev = q.device
+        out.cpu = dev.type == "cpu"  # same_device above: every input is on q's device
         out.q_codes = torch.empty(b, hq, c, dtype=torch.uint8, device=dev)
         out.keys = torch.empty(b, block_table.shape[1], dtype=torch.int32, device=dev)
         out.table = torch.empty(b, k, dtype=torch.int32, device=dev)
@@ -206,5 +208,14 @@ def build_program(make, *args):
 def range_checks(*tensors: Tensor) -> bool:
     """:func:`gsa.validate.range_checks_on`, with the common accelerator case decided first."""
     if not V.debug_enabled() and any(t.device.type != "cpu" for t in tensors):
+        return False
+    return V.range_checks_on(*tensors)
+
+
+def range_checks_known(on_cpu: bool, *tensors: Tensor) -> bool:
+    """:func:`range_checks` when the caller already knows whether every tensor is on the CPU
+    (a validated signature holds the devices): the accelerator case without debug mode is
+    decided without touching the tensors."""
+    if not on_cpu and not V.debug_enabled():
         return False
     return V.range_checks_on(*tensors)

@@ -26,7 +26,7 @@ import torch
 from gsa import op_checks as C
 from gsa import ops
 from gsa.config import GSAConfig
-from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks
+from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks, range_checks_known
 from gsa.policy import GSAPolicy, HostInts, StepPlan
 from gsa import hash_codes
 from gsa.weights import load_hash_threshold, load_hash_weights
@@ -86,7 +86,8 @@ class GSASparse:
         self.pad_id = int(pad_id)
         self._hot: Dict[int, HotLayer] = {}  # per layer: validated signature + reused outputs
         self._hot_attn: Dict[int, Dict[Tuple, Dict]] = {}
-        self._hot_keys: Dict[int, Dict[Tuple, object]] = {}  # per layer and signature: a launch program
+        # per layer and signature (_keys_sig): (launch program, whether the slots are on the CPU)
+        self._hot_keys: Dict[int, Dict[Tuple, Tuple[object, bool]]] = {}
         self._w: Dict[int, object] = {}
         self._thr: Dict[int, Optional[Tensor]] = {}  # spec 13 key thresholds (config's hash_centre), per layer
         self._checked: set = set()  # (layer, cache shape, dtype, query shape) already checked by select()
@@ -143,6 +144,19 @@ class GSASparse:
         """
         if not self.policy.needs_hash_cache(layer):
             return
+        progs = self._hot_keys.get(layer)
+        if progs is not None and key_rope is None and isinstance(key, torch.Tensor) and \
+                isinstance(hash_cache, torch.Tensor) and isinstance(slot_mapping, torch.Tensor):
+            # a launch program exists only for a signature whose first call ran every check
+            # (_check_cache of this cache's shape and dtype, the op's validation): only the
+            # value-reading slot check is left, when it runs at all (CPU tensors or GSA_DEBUG)
+            hit = progs.get(self._keys_sig(layer, key, hash_cache, slot_mapping))
+            if hit is not None:
+                prog, slots_on_cpu = hit
+                if range_checks_known(slots_on_cpu, slot_mapping):
+                    C._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
+                prog(key, slot_mapping)
+                return
         self._check_cache(layer, hash_cache)
         if self.config.is_mla:
             if key_rope is None:
@@ -160,20 +174,21 @@ class GSASparse:
             if thr is not None:  # centred keys (spec 13) go through the op: hot-path programs take no threshold
                 ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping, thr)
                 return
-            sig = (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), slot_mapping.shape,
-                   slot_mapping.dtype, slot_mapping.stride(), slot_mapping.device, w.data_ptr())
-            prog = self._hot_keys.get(layer, {}).get(sig)
-            if prog is not None:
-                if range_checks(slot_mapping):
-                    C._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
-                prog(key, slot_mapping)
-                return
             ops.hash_encode_and_cache(key, w, hash_cache, slot_mapping)  # validates (and range-checks on CPU)
             if (key.device.type != "meta" and key.stride(-1) == 1 and slot_mapping.stride(0) == 1
                     and hash_cache.is_contiguous() and key.shape[0] > 0):
                 prog = build_program(hot_path_for(key.device).cache_program, key, w, hash_cache, slot_mapping)
                 if prog is not None:
-                    self._hot_keys.setdefault(layer, {})[sig] = prog
+                    sig = self._keys_sig(layer, key, hash_cache, slot_mapping)
+                    self._hot_keys.setdefault(layer, {})[sig] = (prog, slot_mapping.device.type == "cpu")
+
+    def _keys_sig(self, layer: int, key: Tensor, hash_cache: Tensor, slot_mapping: Tensor) -> Tuple:
+        """What a key-hashing launch program was validated and recorded for: the layouts of
+        ``key`` and ``slot_mapping``, the hash cache's storage, shape, strides and dtype (what
+        :meth:`_check_cache` checks) and the layer's weight."""
+        return (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), hash_cache.shape,
+                hash_cache.stride(), hash_cache.dtype, slot_mapping.shape, slot_mapping.dtype, slot_mapping.stride(),
+                slot_mapping.device, self._weight(layer).data_ptr())
 
     def _weight(self, layer: int):
         w = self._w.get(layer)
@@ -327,9 +342,9 @@ class GSASparse:
             hot = self._hot[layer] = HotLayer()
         k = step.plan.k
         if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, k, (self.pad_id,)):
-            if range_checks(block_table, seq_lens, budgets):
-                check_select_values(hash_cache, block_table, seq_lens, budgets, k, c.must_select_blocks)
             bufs = hot.cur
+            if range_checks_known(bufs.cpu, block_table, seq_lens, budgets):
+                check_select_values(hash_cache, block_table, seq_lens, budgets, k, c.must_select_blocks)
             if bufs.program is None:
                 bufs.program = build_program(hot_path_for(q.device).select_program, q, w, hash_cache, block_table,
                                              seq_lens, budgets, k, c.must_select_blocks, c.chunk_repre_method,

@@ -8,6 +8,7 @@ Two levels:
   enough, ...): they read tensor values, so on an accelerator they need a host
   sync. They run when the tensors are on the CPU (free) or when debug mode is
   on (``GSA_DEBUG=1`` or :func:`set_debug`), never while compiling or capturing.
+  ``GSA_DEBUG`` is read at import and by ``set_debug(None)``, not on every check.
 
 Every error is a :class:`GSAInputError` (a ``ValueError``) that names the
 argument and says expected vs got.
@@ -31,7 +32,15 @@ INT32_MAX = 2**31 - 1
 # backend (the Triton selection kernel takes them as scalar arguments).
 MAX_FORCED_BLOCKS = 8
 
-_DEBUG: Optional[bool] = None
+
+def _env_debug() -> bool:
+    return os.environ.get("GSA_DEBUG", "0") not in ("", "0", "false", "False")
+
+
+_DEBUG: Optional[bool] = None  # set_debug's setting (None: follow GSA_DEBUG)
+# The answer of debug_enabled(). GSA_DEBUG is read here, at import, and again by set_debug(None):
+# a decode step asks tens of times per layer, and an os.environ read costs about a microsecond.
+_DEBUG_ON: bool = _env_debug()
 
 
 class GSAInputError(ValueError):
@@ -39,15 +48,17 @@ class GSAInputError(ValueError):
 
 
 def set_debug(enabled: Optional[bool]) -> None:
-    """Turn full range checks on device tensors on/off (``None``: follow ``GSA_DEBUG``)."""
-    global _DEBUG
+    """Turn full range checks on device tensors on/off (``None``: follow ``GSA_DEBUG``, read
+    again now: a change of the environment variable after ``import gsa`` takes effect here)."""
+    global _DEBUG, _DEBUG_ON
     _DEBUG = enabled
+    _DEBUG_ON = _env_debug() if enabled is None else bool(enabled)
 
 
 def debug_enabled() -> bool:
-    if _DEBUG is not None:
-        return _DEBUG
-    return os.environ.get("GSA_DEBUG", "0") not in ("", "0", "false", "False")
+    """Debug mode: :func:`set_debug`'s setting, else ``GSA_DEBUG`` as read at import or at
+    the last ``set_debug(None)``."""
+    return _DEBUG_ON
 
 
 def _capturing() -> bool:

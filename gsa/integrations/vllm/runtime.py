@@ -218,12 +218,13 @@ class GSAVllmRuntime:
         (``T' <= T``: vLLM may pad the token axis; ``-1`` slots are skipped). Under TP
         the rank's codes ``[T', Hkv_rank, C]`` are all-gathered and every KV head's code
         is written (the same on every rank)."""
-        if not self.policy.needs_hash_cache(layer) and layer != self.capture_layer:
+        scores = self.policy.layers[layer].scores  # needs a hash cache
+        if not scores and layer != self.capture_layer:
             return
         t0 = time.perf_counter()
         n = slot_mapping.shape[0]
-        k = key[:n]
-        if self.policy.needs_hash_cache(layer):
+        k = key if key.shape[0] == n else key[:n]  # no view op when vLLM did not pad the tokens
+        if scores:
             hc = self.hash_cache(layer, num_blocks)
             if self.tp_size == 1:
                 self.sparse.cache_keys(layer, hc, slot_mapping, k)
@@ -308,7 +309,14 @@ class GSAVllmRuntime:
                 if hc is None:
                     raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
                                        "(do_kv_cache_update was not called through the GSA backend)")
-                out = self.sparse._select_hot(layer, step, block_table[:b], seq_lens[:b], hc, query[:b])
+                # the step's rows (no view op when nothing is padded: the same signature either way)
+                if block_table.shape[0] != b:
+                    block_table = block_table[:b]
+                if seq_lens.shape[0] != b:
+                    seq_lens = seq_lens[:b]
+                if query.shape[0] != b:
+                    query = query[:b]
+                out = self.sparse._select_hot(layer, step, block_table, seq_lens, hc, query)
                 step._selections[layer] = out
                 self.counters.layer_selections += 1
             else:
