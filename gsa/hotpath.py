@@ -87,10 +87,16 @@ def hot_path_for(device: torch.device) -> Any:
     return hp
 
 
-def _sig(t: Optional[Tensor]) -> Tuple:
-    if t is None:
-        return ()
-    return (t.shape, t.dtype, t.device, t.stride())
+def _select_sig(q: Tensor, weight: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
+                budgets: Tensor, k: int, extra: Tuple) -> Tuple:
+    """The layouts of a selection's inputs (what :meth:`HotLayer._validate` checks), flat: one
+    tuple built per layer and step, compared field by field with the last one."""
+    return (q.shape, q.dtype, q.device, q.stride(), weight.shape, weight.dtype, weight.device, weight.stride(),
+            hash_cache.shape, hash_cache.dtype, hash_cache.device, hash_cache.stride(),
+            block_table.shape, block_table.dtype, block_table.device, block_table.stride(),
+            seq_lens.shape, seq_lens.dtype, seq_lens.device, seq_lens.stride(),
+            budgets.shape, budgets.dtype, budgets.device, budgets.stride(), k, extra,
+            weight.data_ptr(), hash_cache.data_ptr())  # a program keeps these two
 
 
 def _unit_inner(t: Tensor) -> bool:
@@ -129,8 +135,7 @@ class HotLayer:
         """Whether the raw kernels may run on these inputs. On a new signature: the
         public checks (raising :class:`gsa.GSAInputError`), buffers allocated.
         ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`)."""
-        sig = (_sig(q), _sig(weight), _sig(hash_cache), _sig(block_table), _sig(seq_lens), _sig(budgets), k, extra,
-               weight.data_ptr(), hash_cache.data_ptr())  # a program keeps these two
+        sig = _select_sig(q, weight, hash_cache, block_table, seq_lens, budgets, k, extra)
         if sig == self.sig:
             return self.cur.direct
         bufs = self.seen.get(sig)

@@ -224,3 +224,31 @@ def test_random_weights_under_another_default_device():
     finally:
         torch.set_default_device(None)
     assert got.device.type == "cpu" and torch.equal(got, want)
+
+
+def test_cache_keys_program_checks_a_changed_hash_cache(backend, rng):
+    """A key-hashing program is reused only for the hash cache (storage, shape, strides, dtype)
+    its first call checked: another view of the same storage is checked again, and slot values
+    are still range-checked on CPU tensors."""
+    cfg = GSAConfig(**CFG)
+    gs = GSASparse(cfg)
+    nb = 16
+    hc = gs.allocate_hash_caches(nb)[1]
+    _, slots = _layout([20, 13], 4, nb, rng)
+    keys = torch.randn(slots.numel(), 2, 32, generator=rng)
+    gs.cache_keys(1, hc, slots, keys)  # validated by the op, program recorded
+    assert gs._hot_keys.get(1), "no key-hashing program: the fast path is not exercised"
+    hc.zero_()
+    gs.cache_keys(1, hc, slots, keys)  # the program
+    written = hc.permute(0, 2, 1, 3).reshape(-1, 2, cfg.code_bytes)[slots]
+    assert torch.equal(written, R.hash_encode(keys, random_hash_weight(cfg.seed, 1, 2, 32, 64)))
+    with pytest.raises(ValueError, match="chunk_size"):  # same storage, another block size
+        gs.cache_keys(1, hc.view(nb, 2, BS // 2, 2 * cfg.code_bytes), slots, keys)
+    with pytest.raises(ValueError, match="expected uint8"):  # same storage, another dtype
+        gs.cache_keys(1, hc.view(torch.int8), slots, keys)
+    with pytest.raises(gsa.GSAInputError, match="slot"):  # fewer blocks: slots past them refused
+        gs.cache_keys(1, hc[:2], slots, keys)
+    bad = slots.clone()
+    bad[0] = nb * BS
+    with pytest.raises(gsa.GSAInputError, match="slot"):  # the program's own call: slot values checked
+        gs.cache_keys(1, hc, bad, keys)

@@ -68,3 +68,44 @@ def test_static_steps_equal_reference(backend_name, rng):
                 assert bool((n[~live] == 0).all())
     # one persistent buffer per ratio, the same storage at every step (what a captured graph reads)
     assert len(addrs) == 2
+
+
+def test_shallow_copy_equals_copy_copy():
+    """The FLASH_ATTN wrapper's metadata copy: copy.copy's result for plain classes, copy.copy
+    itself for classes with slots or their own copy protocol."""
+    import copy
+    import dataclasses
+
+    from gsa.integrations.vllm.common import shallow_copy
+
+    @dataclasses.dataclass
+    class Plain:
+        a: object
+        b: int = 0
+
+    @dataclasses.dataclass
+    class Sub(Plain):
+        c: int = 3
+
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        a: object
+        b: int = 0
+
+    class OwnCopy:
+        def __init__(self):
+            self.a = [1]
+
+        def __copy__(self):
+            out = OwnCopy()
+            out.a = list(self.a)
+            return out
+
+    shared = torch.zeros(2)
+    for obj in (Plain(shared, 1), Sub(shared, 2, 4), Slotted(shared, 5)):
+        got, want = shallow_copy(obj), copy.copy(obj)
+        assert type(got) is type(obj) and got == want and got is not obj and got.a is shared
+        got.b = 99
+        assert obj.b != 99
+    own = OwnCopy()
+    assert shallow_copy(own).a is not own.a  # its __copy__ ran

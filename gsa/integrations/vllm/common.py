@@ -25,7 +25,7 @@ from .compat import host_seq_lens
 from .runtime import GSAVllmRuntime, StepState, _register, runtime_for
 from .settings import GSAVllmConfigError, check_against_model, read_settings
 
-__all__ = ["runtime_at_init", "layer_index", "host_lengths", "GSAImplMixin"]
+__all__ = ["runtime_at_init", "layer_index", "host_lengths", "shallow_copy", "GSAImplMixin"]
 
 logger = logging.getLogger("gsa.vllm")
 
@@ -121,6 +121,35 @@ def host_lengths(common: Any) -> Tuple[np.ndarray, np.ndarray]:
     n = int(common.num_reqs)
     qsl = common.query_start_loc_cpu[: n + 1].numpy().astype(np.int64)
     return host_seq_lens(common, n), qsl[1:] - qsl[:-1]
+
+
+_PLAIN: Dict[type, bool] = {}
+
+
+def _plain_class(cls: type) -> bool:
+    """Whether ``copy.copy`` of a ``cls`` instance is ``cls.__new__(cls)`` plus its ``__dict__``:
+    no ``__copy__``, no custom reduce, no ``copyreg`` entry and no ``__slots__`` anywhere."""
+    import copyreg
+
+    return (getattr(cls, "__copy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__ and cls not in copyreg.dispatch_table
+            and not any("__slots__" in vars(c) for c in cls.__mro__[:-1]))
+
+
+def shallow_copy(obj: Any) -> Any:
+    """``copy.copy(obj)`` without the reduce protocol for plain classes (a backend's metadata
+    dataclass): the same object, at a few microseconds less per sparse layer and step."""
+    cls = type(obj)
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        plain = _PLAIN[cls] = _plain_class(cls)
+    if not plain:
+        import copy
+
+        return copy.copy(obj)
+    out = cls.__new__(cls)
+    out.__dict__.update(obj.__dict__)
+    return out
 
 
 class GSAImplMixin:

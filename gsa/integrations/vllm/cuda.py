@@ -29,7 +29,6 @@ parallelism (codes all-gathered per layer) keeps ``AttentionCGSupport.NEVER``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -42,7 +41,7 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionMetadataBuilder,
 )
 
-from .common import GSAImplMixin, host_lengths
+from .common import GSAImplMixin, host_lengths, shallow_copy
 from .compat import GSABackendCompat, NoCascadeWithGSA, kv_blocks
 from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
@@ -112,10 +111,11 @@ class GSAFlashAttentionImpl(GSAImplMixin, FlashAttentionImpl):
                                  output_scale=output_scale, output_block_scale=output_block_scale)
 
     def _sparse_metadata(self, md: Any, table, lens, state: StepState, layer: int) -> Any:
-        # A shallow copy (dataclasses.replace re-runs __init__: ~10x the host time). max_seq_len
+        # A shallow copy (dataclasses.replace re-runs __init__: ~10x the host time; shallow_copy is
+        # copy.copy without its reduce protocol). max_seq_len
         # stays the dense bound (sparse lengths are never longer; a captured graph keeps it), and
         # FA3 schedules the sparse lengths itself: the AOT schedule was made for the dense ones.
-        out = copy.copy(md)
+        out = shallow_copy(md)
         out.block_table = table
         out.seq_lens = lens
         out.scheduler_metadata = None
