@@ -225,8 +225,8 @@ class GSAPolicy:
                     bud = np.where(rows, np.maximum(self.sparse_budget(l, nb), nf), nb)
                     sel = np.where(bud >= nb, nb, np.maximum(bud, nf))
                     by_ratio[key] = (_frozen(bud.astype(np.int32)), _frozen(sel))
+                    need = max(need, int(sel.max()))  # once per group: its layers share the arrays
                 budgets[l], n_sel[l] = by_ratio[key]
-                need = max(need, int(n_sel[l].max()))
         if k is None:
             k = max(need, 1)
         elif not isinstance(k, int) or isinstance(k, bool) or k < max(need, 1):

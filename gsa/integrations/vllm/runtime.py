@@ -269,12 +269,20 @@ class GSAVllmRuntime:
         n_dec = int(decode.sum())
         c.decode_rows += n_dec
         if n_dec:
-            nb = plan.n_blocks[decode]
-            c.blocks_dense += int(nb.sum()) * self.num_layers
+            dense = int(plan.n_blocks[decode].sum())
+            c.blocks_dense += dense * self.num_layers
             read = 0
+            summed: Dict[int, int] = {}  # layers of one budget group share their n_sel array: sum it once
             for lp in self.policy.layers:
                 src = lp.selection_layer
-                read += int(plan.n_sel[src][decode].sum()) if (plan.sparse and src >= 0) else int(nb.sum())
+                if plan.sparse and src >= 0:
+                    sel = plan.n_sel[src]
+                    n = summed.get(id(sel))
+                    if n is None:
+                        n = summed[id(sel)] = int(sel[decode].sum())
+                    read += n
+                else:
+                    read += dense
             c.blocks_read += read
         if plan.sparse:
             c.sparse_steps += 1
