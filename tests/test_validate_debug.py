@@ -40,6 +40,6 @@ def test_range_checks_known_follows_debug_mode():
         assert not range_checks_known(False, t)  # an accelerator signature without debug mode
         set_debug(True)
         assert range_checks_known(False, t)  # debug mode: checked (the tensors decide the rest)
-        assert not range_checks_known(True, torch.zeros(3, device="meta"))  # no values to read
+        assert not range_checks_known(False, torch.zeros(3, device="meta"))  # no values to read
     finally:
         set_debug(None)
