@@ -277,10 +277,9 @@ class GSAVllmRuntime:
                 src = lp.selection_layer
                 if plan.sparse and src >= 0:
                     sel = plan.n_sel[src]
-                    n = summed.get(id(sel))
-                    if n is None:
-                        n = summed[id(sel)] = int(sel[decode].sum())
-                    read += n
+                    if id(sel) not in summed:
+                        summed[id(sel)] = int(sel[decode].sum())
+                    read += summed[id(sel)]
                 else:
                     read += dense
             c.blocks_read += read
@@ -318,13 +317,9 @@ class GSAVllmRuntime:
                     raise RuntimeError(f"GSA: layer {layer} scores but no keys were hashed into its hash cache "
                                        "(do_kv_cache_update was not called through the GSA backend)")
                 # the step's rows (no view op when nothing is padded: the same signature either way)
-                if block_table.shape[0] != b:
-                    block_table = block_table[:b]
-                if seq_lens.shape[0] != b:
-                    seq_lens = seq_lens[:b]
-                if query.shape[0] != b:
-                    query = query[:b]
-                out = self.sparse._select_hot(layer, step, block_table, seq_lens, hc, query)
+                bt = block_table if block_table.shape[0] == b else block_table[:b]
+                sl = seq_lens if seq_lens.shape[0] == b else seq_lens[:b]
+                out = self.sparse._select_hot(layer, step, bt, sl, hc, query if query.shape[0] == b else query[:b])
                 step._selections[layer] = out
                 self.counters.layer_selections += 1
             else:
