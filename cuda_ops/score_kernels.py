@@ -361,6 +361,26 @@ def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, 
 
 
 @triton.jit
+def _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+                      BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
+                      BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
+                      UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr,
+                      HKV_P: tl.constexpr):
+    """One program of the Harley-Seal score launch (plain or fused with the selection): the key
+    of block ``program_id(0)`` of row ``program_id(1)`` into ``out[b, j]`` (blocks past the row's
+    length are left alone). Returns the row's length."""
+    j = tl.program_id(0)
+    b = tl.program_id(1)
+    seq = tl.load(sl_ptr + b)
+    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
+    if j * BS < seq:
+        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
+                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
+        tl.store(out_ptr + b * so_b + j, key)
+    return seq
+
+
+@triton.jit
 def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
@@ -381,11 +401,5 @@ def _block_score_hs_kernel(
     stay in L1), so the 8 words of a step are plain registers. ``HW_POPC``: count
     the carry words with the ``popc`` instruction (CUDA) instead of SWAR.
     """
-    j = tl.program_id(0)
-    b = tl.program_id(1)
-    seq = tl.load(sl_ptr + b)
-    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
-    if j * BS < seq:
-        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
-                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
-        tl.store(out_ptr + b * so_b + j, key)
+    _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+                      BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)

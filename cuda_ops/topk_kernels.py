@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .score_kernels import _hs_block_key
+from .score_kernels import _hs_score_program
 
 __all__ = ["_select_kernel", "_score_select_kernel", "_select_row"]
 
@@ -161,14 +161,9 @@ def _score_select_kernel(
     Inputs and outputs of both (``key int32 [B, M]`` is scratch between them) plus
     ``cnt int32 [B]``: zero before the launch, zero again after it.
     """
-    j = tl.program_id(0)
-    b = tl.program_id(1)
-    seq = tl.load(sl_ptr + b)
-    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
-    if j * BS < seq:
-        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
+    seq = _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, key_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, sk_b,
                             BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
-        tl.store(key_ptr + b * sk_b + j, key)
+    b = tl.program_id(1)
     tl.debug_barrier()  # the key store (any thread) comes before the release below
     done = tl.atomic_add(cnt_ptr + b, 1, sem="acq_rel", scope="gpu")
     if done == M - 1:  # every block of the row is scored
