@@ -11,6 +11,14 @@ UCM = {"note": "UCM GSA, published, non-offload, DeepSeek-R1-Distill-Qwen-32B on
        "gain": 70 / 48}
 
 
+def _median_cell(r) -> str:
+    """Steady-state throughput from the median decode step, and the first steps' times (rows since
+    per-step timing; older rows have only the mean over the whole decode)."""
+    if not r.get("decode_tok_s_median"):
+        return "-"
+    return f"{r['decode_tok_s_median']:.0f} ({', '.join(f'{x:.0f}' for x in r.get('first_steps_ms', []))})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("rows", nargs="+")
@@ -36,13 +44,14 @@ def main():
     L = [f"# vLLM {live[0]['vllm']} end to end on the {live[0]['device']} (torch {live[0]['torch']})", "",
          "Dummy-weight models (`load_format=\"dummy\"`), token-id prompts, FLASH_ATTN (FA3), block size 128, greedy, "
          "128 new tokens after the prompt; decode tok/s = batch x 127 / decode time (engine stepped by hand, prefill "
-         "excluded). `vs dense`: against dense in the same cudagraph mode (FULL's when that mode has no dense row); "
+         "excluded); median-step tok/s = batch / the median step (the steady state; a first step far above it is a "
+         "one-time cost, e.g. Triton compiling a launch shape at a PIECEWISE run's first decode step). `vs dense`: against dense in the same cudagraph mode (FULL's when that mode has no dense row); "
          "`vs FULL`: the same config under FULL_AND_PIECEWISE. `same tokens as dense`: all generated ids equal "
          "(a weak signal with dummy weights: their greedy outputs repeat two tokens; prompts are drawn per engine "
          "in run order, so a row from an engine with other earlier runs, such as the diagnostic ones, was given "
          "other prompts than the dense row and can differ for that reason alone). `commit`: the code measured.", "",
-         "| model | context | batch | cudagraph mode (kept) | config | decode tok/s | ms/step | vs dense | vs FULL | same tokens as dense | sparse steps | commit |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| model | context | batch | cudagraph mode (kept) | config | decode tok/s | ms/step | median-step tok/s (first steps, ms) | vs dense | vs FULL | same tokens as dense | sparse steps | commit |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     dense_sha = {(r["model"], r["context"], r["batch"]): r["tokens_sha"] for r in live if r["config"] == "dense"}
     for r in sorted(live, key=lambda r: (r["model"], r["context"], r["cudagraph_mode"], r["config"] != "dense", r["config"])):
         st = r.get("gsa_stats") or {}
@@ -51,7 +60,7 @@ def main():
         vs_f = "" if r["vs_full"] is None else f"{r['vs_full']:.2f}x"
         same_tok = "" if same is None or r["config"] == "dense" else ("yes" if same == r["tokens_sha"] else "no")
         L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']} | "
-                 f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {vs_d} | {vs_f} | {same_tok} | "
+                 f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {_median_cell(r)} | {vs_d} | {vs_f} | {same_tok} | "
                  f"{st.get('sparse_steps', '')}/{st.get('steps', '')} | {r.get('commit') or 'earlier session'} |")
     checks = [r for r in rows if r.get("capture_check")]
     bad = [r for r in rows if r.get("started") is False]

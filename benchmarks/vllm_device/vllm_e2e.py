@@ -10,7 +10,10 @@ error). ``mode``: vLLM's ``cudagraph_mode``. Weights: ``load_format="dummy"`` (a
 shape from a config.json alone; token-id prompts, prefix caching off). The engine is
 stepped by hand (``llm_engine.add_request`` / ``step``): decode tokens/s = batch x (N - 1)
 / (time from the step where every request has its first token to the last step), so one
-prefill per measurement and no prefill time in the decode figure.
+prefill per measurement and no prefill time in the decode figure. Each step's wall time is
+kept too: ``decode_tok_s_median`` (batch / the median step) is the steady state, and
+``first_steps_ms`` / ``slow_steps`` show one-time costs (a Triton launch specialisation
+compiled at a run's first decode step, which PIECEWISE meets there and FULL at capture).
 Appends one JSON row per (context, batch) to DIR/vllm_e2e.jsonl, with the GSA counters,
 the cudagraph mode vLLM kept, and, with ``capture_layer``, the check of one sparse layer's
 output against our reference sparse attention on the same table.
@@ -135,20 +138,24 @@ def main() -> None:
             eng.add_request(rid, p, sp)
         toks = {rid: [] for rid in ids}
         t_first = None
+        steps_ms = []  # wall time of each decode step (after every request has its first token)
         while eng.has_unfinished_requests():
+            t_s = time.perf_counter()
             for o in eng.step():
                 if o.request_id in toks:
                     toks[o.request_id] = list(o.outputs[0].token_ids)
-            if t_first is None and all(len(v) >= 1 for v in toks.values()):
+            if t_first is not None:
+                steps_ms.append((time.perf_counter() - t_s) * 1e3)
+            elif all(len(v) >= 1 for v in toks.values()):
                 t_first = time.perf_counter()
                 if prof is not None:
                     prof.enable()
         t_end = time.perf_counter()
         if prof is not None:
             prof.disable()
-        return t_end - t_first, t_first - t0, [toks[r] for r in ids]
+        return t_end - t_first, t_first - t0, [toks[r] for r in ids], steps_ms
 
-    decode_run(prompts(2, 512), 4)  # warm-up
+    decode_run(prompts(2, 512), 4)  # warm-up (small: the runs' own shapes may still compile at their first steps)
     n_new = spec.get("max_tokens", 129)
     for i_run, (ctx, batch) in enumerate(runs):
         rt = gv.current_runtime()
@@ -167,14 +174,21 @@ def main() -> None:
         elif i_run in spec.get("sync_debug_runs", []) or i_run in spec.get("torch_profile_runs", []):
             prof = _Diag(sync=i_run in spec.get("sync_debug_runs", []),
                          gpu=i_run in spec.get("torch_profile_runs", []))
-        t_dec, t_pre, toks = decode_run(ps, n_new, prof)
+        t_dec, t_pre, toks, steps_ms = decode_run(ps, n_new, prof)
         dec = batch * (n_new - 1) / t_dec
+        srt = sorted(steps_ms)
+        med = srt[len(srt) // 2] if srt else float("nan")
         row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
                    context=ctx, batch=batch, cudagraph_mode=mode, cudagraph_mode_kept=kept_mode,
                    config=ratio_key or "dense", decode_tok_s=dec, ms_per_step=t_dec / (n_new - 1) * 1e3,
                    prefill_s=t_pre, decode_s=t_dec, new_tokens=n_new, init_s=init_s,
                    tokens_sha=hashlib.sha256(json.dumps(toks).encode()).hexdigest()[:16],
-                   tokens_head=[t[:12] for t in toks[:2]], commit=os.environ.get("GSA_COMMIT"))
+                   tokens_head=[t[:12] for t in toks[:2]], commit=os.environ.get("GSA_COMMIT"),
+                   # steady state: the median step, so a one-time cost in the first steps (Triton compiling a
+                   # launch specialisation the warm-up did not meet) shows as first_steps_ms, not as throughput
+                   step_ms_median=med, decode_tok_s_median=batch * 1e3 / med if srt else None,
+                   first_steps_ms=[round(x, 2) for x in steps_ms[:4]], step_ms_max=srt[-1] if srt else None,
+                   slow_steps=sum(x > 2 * med for x in steps_ms))
         if isinstance(prof, _Diag):
             row.update(prof.report(n_new - 1, t_dec))
             row["superseded"] = "diagnostic run (sync-debug warnings or torch profiler in its timing)"
