@@ -28,13 +28,17 @@ def main():
     for p in a.rows:
         rows += [json.loads(l) for l in open(p) if l.strip()]
     live = [r for r in rows if not r.get("superseded") and r.get("decode_tok_s")]
+    # dense of the same lease (``session``) first, else the newest dense of that shape (rows are in run order)
     dense = {(r["model"], r["context"], r["batch"], r["cudagraph_mode"]): r["decode_tok_s"]
              for r in live if r["config"] == "dense"}
+    dense.update({(r["model"], r["context"], r["batch"], r["cudagraph_mode"], r["session"]): r["decode_tok_s"]
+                  for r in live if r["config"] == "dense" and r.get("session")})
     full = {(r["model"], r["context"], r["batch"], r["config"]): r["decode_tok_s"]
             for r in live if r["cudagraph_mode"] == "FULL_AND_PIECEWISE"}
     for r in live:
-        d = dense.get((r["model"], r["context"], r["batch"], r["cudagraph_mode"])) or \
-            dense.get((r["model"], r["context"], r["batch"], "FULL_AND_PIECEWISE"))
+        key = (r["model"], r["context"], r["batch"])
+        d = dense.get(key + (r["cudagraph_mode"], r.get("session"))) or dense.get(key + (r["cudagraph_mode"],)) or \
+            dense.get(key + ("FULL_AND_PIECEWISE", r.get("session"))) or dense.get(key + ("FULL_AND_PIECEWISE",))
         r["vs_dense"] = r["decode_tok_s"] / d if d else None
         f = full.get((r["model"], r["context"], r["batch"], r["config"]))
         r["vs_full"] = r["decode_tok_s"] / f if (f and r["cudagraph_mode"] != "FULL_AND_PIECEWISE") else None
