@@ -101,7 +101,13 @@ def main():
         pts = [(j - 0.5 * w, r["decode_tok_s"]) for j, x in enumerate(runs) for r in mine
                if r["config"] == "1/8" and (r["context"], r["batch"]) == x and r["cudagraph_mode"] == "PIECEWISE"]
         if pts:
-            ax.scatter(*zip(*pts), color="black", marker="x", zorder=3, label="1/8 PIECEWISE (each run)")
+            ax.scatter(*zip(*pts), color="black", marker="x", zorder=3, label="1/8 PIECEWISE (each run, mean step)")
+        med = [(j - 0.5 * w, r["decode_tok_s_median"]) for j, x in enumerate(runs) for r in mine
+               if r["config"] == "1/8" and (r["context"], r["batch"]) == x and r["cudagraph_mode"] == "PIECEWISE"
+               and r.get("decode_tok_s_median")]
+        if med:
+            ax.scatter(*zip(*med), facecolors="none", edgecolors="black", marker="o", zorder=3,
+                       label="1/8 PIECEWISE (median step)")
         ax.set_xticks(range(len(runs)), [f"{c // 1024}K, B={b}" for c, b in runs])
         ax.set_ylabel("decode tokens/s")
         ax.set_title(f"vLLM {live[0]['vllm']}, {m} shape (dummy weights), {live[0]['device']}", fontsize=9)
