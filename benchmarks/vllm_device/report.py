@@ -63,7 +63,7 @@ def main():
         vs_d = "" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}x"
         vs_f = "" if r["vs_full"] is None else f"{r['vs_full']:.2f}x"
         same_tok = "" if same is None or r["config"] == "dense" else ("yes" if same == r["tokens_sha"] else "no")
-        L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']} | "
+        L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']}{' [' + r['variant'] + ']' if r.get('variant') else ''} | "
                  f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {_median_cell(r)} | {vs_d} | {vs_f} | {same_tok} | "
                  f"{st.get('sparse_steps', '')}/{st.get('steps', '')} | {r.get('commit') or 'earlier session'} |")
     checks = [r for r in rows if r.get("capture_check")]
