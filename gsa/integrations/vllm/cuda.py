@@ -137,13 +137,16 @@ def sparse_max_seq_len(dense_max: int, state: StepState, layer: int, block_size:
     dense bound at 128K and a few requests, its heuristic picks a few splits of ~40K tokens each, and
     the ~16K tokens a 1/8 row keeps then fill only the first split of each (row, head). Not yet
     measured on a GPU (docs/vllm.md, "CUDA graphs")."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        return dense_max
     step = state.step
     sel = step.plan.n_sel.get(layer) if step is not None else None
     if sel is None or sel.size == 0 or rows != sel.shape[0]:  # a dense step in graph form, or padded rows
         return dense_max
-    return min(int(dense_max), int(sel.max()) * int(block_size))
+    key = ("fa_max_seq_len", id(sel))  # layers of one budget group share their n_sel array
+    got = state.memo.get(key)
+    if got is None:
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        got = state.memo[key] = None if capturing else int(sel.max()) * int(block_size)
+    return dense_max if got is None else min(int(dense_max), got)
 
 
 class GSAFlashAttentionBackend(GSABackendCompat, FlashAttentionBackend):

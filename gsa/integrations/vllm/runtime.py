@@ -110,6 +110,9 @@ class StepState:
     host_seq_lens: Optional[np.ndarray] = None
     derived: Dict[int, Any] = field(default_factory=dict)
     builder: Any = None  # the backend's metadata builder (rebuilds derived metadata)
+    #: per-step values derived from the plan, computed once for the step's layers (e.g. FA3's
+    #: sparse ``max_seq_len`` per budget group)
+    memo: Dict[Any, Any] = field(default_factory=dict)
     #: a uniform decode step in CUDA-graph form (see :meth:`GSAVllmRuntime.plan`): every
     #: sparse layer selects (dense rows and steps through their budgets), over the whole
     #: block table, from persistent budget buffers, with a fixed width
