@@ -72,12 +72,7 @@ def assert_captured_selection(cap, cfg, q_codes, block: int) -> None:
     """A vLLM engine's captured sparse step (``GSAVllmRuntime.captured``) selected what
     the reference selects from the codes in its hash cache: ``q_codes`` are the captured
     queries' codes (GQA or MLA), the table and lengths must be equal bit for bit."""
-    from gsa import reference as R
+    from gsa.integrations.vllm.capture_check import reference_selection
 
-    lens = cap["seq_lens"]
-    weight = 1.0 if cfg.rope_score_weight is None else cfg.rope_score_weight  # GQA configs leave it unset
-    with dispatch.use_backend("reference"):
-        idx, n_sel = R.hamming_dist_top_k(q_codes, cap["hash_cache"], cap["block_table"], lens, cap["budgets"],
-                                          cap["k"], cfg.must_select_blocks, cfg.chunk_repre_method, cfg.rope_bytes, weight)
-        table, slens = R.kv_select(idx, n_sel, cap["block_table"], lens, block, 0)
+    table, slens = reference_selection(cap, cfg, q_codes, block)
     assert torch.equal(table, cap["sparse_block_table"]) and torch.equal(slens, cap["sparse_seq_lens"])

@@ -130,6 +130,9 @@ def test_sparse_full_layer_equals_reference(model_dir):
     with use_backend("reference"):
         q_codes = R.hash_encode(cap["q"], cap["weight"])
     assert_captured_selection(cap, cfg, q_codes, BLOCK)
+    from gsa.integrations.vllm.capture_check import check_capture
+
+    assert check_capture(cap, cfg, BLOCK, atol=1e-4)["ok"]  # what vllm_e2e.py records on the GPU (GQA)
     ref = R.paged_decode_attention(cap["q"], cap["k_cache"], cap["v_cache"], cap["sparse_block_table"], sparse_lens,
                                    cap["scale"])
     torch.testing.assert_close(cap["out"], ref, rtol=1e-4, atol=1e-4)

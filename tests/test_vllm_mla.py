@@ -163,6 +163,11 @@ def test_sparse_layer_output_equals_reference(sparse):
     with use_backend("reference"):
         q_codes = R.mla_hash_encode(q[..., :LORA], q[..., LORA:], w_lora, w_rope)
     assert_captured_selection(cap, cfg, q_codes, BLOCK)
+    from gsa.integrations.vllm.capture_check import check_capture, query_codes
+
+    assert torch.equal(query_codes(cap, cfg), q_codes)
+    summary = check_capture(cap, cfg, BLOCK, atol=1e-4)  # what vllm_e2e.py records on the GPU
+    assert summary["ok"] and summary["rows"] == q.shape[0], summary
     # the hash cache holds the codes of c_kv and k_pe as vLLM cached them (outside spec 2's band: exact)
     n = int(lens[0])
     nb = (n + BLOCK - 1) // BLOCK

@@ -37,43 +37,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))
+sys.path.insert(0, HERE)
 
-MODELS = {
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-}
-RATIOS = {"1": 1.0, "0.3": 0.3, "1/8": 0.125, "1/16": 0.0625}
-VOCAB = 151936
+from e2e_models import gsa_inline, is_mla, model_dir, vocab  # noqa: E402  (this folder)
 
 
-def model_dir(name: str, max_len: int) -> str:
-    cfg = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=VOCAB, hidden_act="silu",
-               max_position_embeddings=max_len, initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True,
-               rope_parameters={"rope_type": "default", "rope_theta": 1000000}, rope_theta=1000000,
-               dtype="bfloat16", torch_dtype="bfloat16", attention_bias=False, attention_dropout=0.0,
-               use_sliding_window=False, sliding_window=None, bos_token_id=151643, eos_token_id=151645,
-               **MODELS[name])
-    cfg["max_window_layers"] = cfg["num_hidden_layers"]
-    path = f"/tmp/{name}-dummy"
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return path
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def gsa_inline(name: str, ratio_key: str) -> dict:
-    m = MODELS[name]
-    layers = m["num_hidden_layers"]
-    r = RATIOS.get(ratio_key, 0.125)
-    ratios = [1.0 if (l in (0, 1, layers - 1) and ratio_key != "1") else r for l in range(layers)]
-    cfg = dict(model_name=f"Qwen/{name}", num_hidden_layers=layers, num_attention_heads=m["num_attention_heads"],
-               num_key_value_heads=m["num_key_value_heads"], head_dim=m["head_dim"], hash_bits=128,
-               chunk_size=64 if ratio_key == "bad" else 128, top_k_ratio_per_layer=ratios)
-    if ratio_key == "1":  # ratio 1 everywhere would make every layer dense: keep them scoring at 0.99999
-        cfg["top_k_ratio_per_layer"] = [0.99999] * layers
-    return {"config": cfg, "log_every": 0}
+def _device_name() -> str:
+    import platform
+
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
 
 
 def main() -> None:
@@ -98,20 +79,23 @@ def main() -> None:
         import gsa.integrations.vllm.cuda as gcuda
 
         gcuda.sparse_max_seq_len = lambda dense_max, *a: dense_max
-    print(f"[e2e] vllm {vllm.__version__} imported in {time.perf_counter() - t_imp:.1f}s; {torch.cuda.get_device_name()}",
-          flush=True)
+    print(f"[e2e] vllm {vllm.__version__} imported in {time.perf_counter() - t_imp:.1f}s; {_device_name()}", flush=True)
     name, ratio_key, mode = spec["model"], spec.get("gsa"), spec.get("mode", "FULL_AND_PIECEWISE")
     runs = spec["runs"]
     max_len = max(c for c, _ in runs) + 1024
-    kw = dict(model=model_dir(name, max_len), load_format="dummy", skip_tokenizer_init=True, max_model_len=max_len,
-              block_size=128, enable_prefix_caching=False, gpu_memory_utilization=spec.get("mem", 0.88),
+    ov = spec.get("model_overrides")
+    block = int(spec.get("block_size", 128))
+    backend = spec.get("backend", "FLASH_ATTN_MLA" if is_mla(name) else "FLASH_ATTN")
+    kw = dict(model=model_dir(name, max_len, ov), load_format="dummy", skip_tokenizer_init=True, max_model_len=max_len,
+              block_size=block, enable_prefix_caching=False, gpu_memory_utilization=spec.get("mem", 0.88),
               max_num_seqs=max(b for _, b in runs), seed=0,
               max_num_batched_tokens=spec.get("mbt", 16384),
-              attention_config={"backend": "FLASH_ATTN"},
+              attention_config={"backend": backend},
               compilation_config={"cudagraph_mode": mode,
                                   "cudagraph_capture_sizes": sorted({1, 2, 4, 8, 16, 32} | {b for _, b in runs})})
+    kw.update(spec.get("engine_kw", {}))  # e.g. {"dtype": "float32", "enforce_eager": true} for a CPU check
     if ratio_key is not None:
-        kw["additional_config"] = {"gsa": gsa_inline(name, ratio_key)}
+        kw["additional_config"] = {"gsa": gsa_inline(name, ratio_key, block, ov, spec.get("gsa_overrides"))}
     t0 = time.perf_counter()
     try:
         llm = LLM(**kw)
@@ -128,7 +112,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
 
     def prompts(n, length):
-        ids = torch.randint(0, VOCAB, (n, length), generator=gen).tolist()
+        ids = torch.randint(0, vocab(name, ov), (n, length), generator=gen).tolist()
         return [TokensPrompt(prompt_token_ids=x) for x in ids]
 
     def decode_run(ps, max_tokens, prof=None):
@@ -138,7 +122,7 @@ def main() -> None:
         sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
         eng = llm.llm_engine
         ids = [f"r{time.perf_counter_ns()}_{i}" for i in range(len(ps))]
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         for rid, p in zip(ids, ps):
             eng.add_request(rid, p, sp)
@@ -184,7 +168,7 @@ def main() -> None:
         dec = batch * (n_new - 1) / t_dec
         srt = sorted(steps_ms)
         med = srt[len(srt) // 2] if srt else float("nan")
-        row = dict(vllm=vllm.__version__, torch=torch.__version__, device=torch.cuda.get_device_name(), model=name,
+        row = dict(vllm=vllm.__version__, torch=torch.__version__, device=_device_name(), model=name, backend=backend,
                    context=ctx, batch=batch, cudagraph_mode=mode, cudagraph_mode_kept=kept_mode,
                    config=ratio_key or "dense", decode_tok_s=dec, ms_per_step=t_dec / (n_new - 1) * 1e3,
                    prefill_s=t_pre, decode_s=t_dec, new_tokens=n_new, init_s=init_s,
@@ -207,7 +191,9 @@ def main() -> None:
             row["gsa_stats"] = {k: st[k] for k in ("steps", "sparse_steps", "sparse_rows", "decode_rows",
                                                     "layer_selections", "blocks_read_fraction")}
             if rt.captured is not None:
-                row["capture_check"] = check_capture(rt.captured)
+                from gsa.integrations.vllm.capture_check import check_capture
+
+                row["capture_check"] = check_capture(rt.captured, rt.config, block)
         print("[e2e] ROW", json.dumps(row), flush=True)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -282,29 +268,6 @@ def profile_top(prof, steps: int, n: int = 40) -> dict:
     cum = sorted(rows, key=lambda r: -r[3])[:n]
     r3 = lambda r: [r[0], round(r[1], 2), round(r[2], 1), round(r[3], 1)]
     return {"by_own": [r3(r) for r in own], "by_cum": [r3(r) for r in cum]}
-
-
-def check_capture(c) -> dict:
-    """The captured sparse layer's output vs our reference sparse attention on its table."""
-    import torch
-
-    from gsa import reference as R
-
-    q = c["q"].float().cpu()
-    ref = R.paged_decode_attention(q, c["k_cache"].float().cpu(), c["v_cache"].float().cpu(),
-                                   c["sparse_block_table"].cpu(), c["sparse_seq_lens"].cpu(), c["scale"])
-    got = c["out"].float().cpu()
-    err = (got - ref).abs().max().item()
-    sel = R.hamming_dist_top_k(R.hash_encode(c["q"].cpu(), c["weight"].cpu()), c["hash_cache"].cpu(),
-                               c["block_table"].cpu(), c["seq_lens"].cpu(), c["budgets"].cpu(), c["k"],
-                               [0, -2, -1])
-    want_t, want_l = R.kv_select(*sel, c["block_table"].cpu(), c["seq_lens"].cpu(), 128)
-    k = c["sparse_block_table"].shape[1]
-    same_lens = bool(torch.equal(want_l, c["sparse_seq_lens"].cpu()))
-    same_table = bool(torch.equal(want_t[:, :k], c["sparse_block_table"].cpu()[:, : want_t.shape[1]])) \
-        if want_t.shape[1] <= k else False
-    return dict(layer=c["layer"], max_abs_err=err, ok=err < 2e-2, rows=int(q.shape[0]),
-                reference_lens_equal=same_lens, reference_table_equal=same_table)
 
 
 if __name__ == "__main__":
