@@ -168,25 +168,14 @@ def pick(st: dict) -> dict:
 
 def check_capture(c: dict, cfg) -> dict:
     """The captured sparse layer's output vs ``gsa.reference`` sparse attention on the same
-    table, and that table vs the reference selection from the captured hash cache."""
-    import torch
+    table, and that table vs the reference selection from the captured hash cache
+    (:func:`gsa.integrations.vllm.capture_check.check_capture`), with the lengths."""
+    from gsa.integrations.vllm.capture_check import check_capture as shared
 
-    from gsa import reference as R
-
-    q = c["q"].float().cpu()
-    ref = R.paged_decode_attention(q, c["k_cache"].float().cpu(), c["v_cache"].float().cpu(),
-                                   c["sparse_block_table"].cpu(), c["sparse_seq_lens"].cpu(), c["scale"])
-    err = (c["out"].float().cpu() - ref).abs().max().item()
-    sel = R.hamming_dist_top_k(R.hash_encode(c["q"].cpu(), c["weight"].cpu()), c["hash_cache"].cpu(),
-                               c["block_table"].cpu(), c["seq_lens"].cpu(), c["budgets"].cpu(), c["k"],
-                               list(cfg.must_select_blocks))
-    want_t, want_l = R.kv_select(*sel, c["block_table"].cpu(), c["seq_lens"].cpu(), cfg.chunk_size)
-    got_t, got_l = c["sparse_block_table"].cpu(), c["sparse_seq_lens"].cpu()
-    w = want_t.shape[1]
-    table_ok = w <= got_t.shape[1] and bool(torch.equal(want_t, got_t[:, :w]))
-    return dict(layer=c["layer"], rows=int(q.shape[0]), max_abs_err=err, output_ok=err < 2e-2,
-                reference_lens_equal=bool(torch.equal(want_l, got_l)), reference_table_equal=table_ok,
-                dense_lens=c["seq_lens"].tolist(), sparse_lens=got_l.tolist())
+    out = shared(c, cfg, cfg.chunk_size)
+    out["output_ok"] = out["max_abs_err"] < 2e-2
+    out.update(dense_lens=c["seq_lens"].tolist(), sparse_lens=c["sparse_seq_lens"].tolist())
+    return out
 
 
 def first_difference(a, b):
