@@ -33,7 +33,8 @@ Rows (each batch size ``B``):
 
 Each layer's query drifts once per step (``q_t = normalise(q_{t-1} + drift * noise / sqrt(D))``), key codes
 are random bytes with a planted hot set per row (``--hot-frac`` of the budget, see
-:func:`plant_hot_blocks`), KV values zeros (values do not change timings). The
+:func:`plant_hot_blocks`), KV values zeros (values do not change timings); every row and
+mode restarts the same query chain (``Workload.restart``), so rows see the same selections. The
 defaults (drift 0.2, hot 0.75) were calibrated on CPU at 128K tokens: consecutive
 selections at ratio 1/8 overlap 0.84 (12 steps, one row), as the SmolLM2 8K
 trace with 128-token blocks does (0.840); random codes alone overlap ~0.15.
@@ -106,10 +107,20 @@ class Workload:
         self.b, self.ctx, self.dev = b, ctx, dev
         self.hq, self.d = cfg.num_attention_heads, cfg.head_dim
         self.q0 = torch.nn.functional.normalize(torch.randn(b, self.hq, self.d, generator=g), dim=-1)
-        self.q = self.q0.to(dev).expand(n_layers, -1, -1, -1).clone()
+        self.n_layers, self.seed = n_layers, seed
         self.qs = [torch.empty(b, self.hq, self.d, dtype=dtype, device=dev) for _ in range(n_layers)]
         self.seq = torch.full((b,), ctx, dtype=torch.int32, device=dev)
-        self.gd = torch.Generator(device=dev).manual_seed(seed + 1)
+        self.gd = torch.Generator(device=dev)
+        self.restart()
+
+    def restart(self) -> None:
+        """Back to the first query of the chain and the same noise sequence: every row (and mode)
+        replays the same queries. (Without it the rows ran one after another on ONE chain, so each
+        later row's queries had drifted further from the planted hot set: in the 2026-11-29 H200
+        run the hit rate fell in run order at every batch, 0.854 -> 0.735 -> 0.697 -> 0.675 at B = 6,
+        and graph / prefetch rows fetched more blocks than eager / on-demand for that reason.)"""
+        self.q = self.q0.to(self.dev).expand(self.n_layers, -1, -1, -1).clone()
+        self.gd.manual_seed(self.seed + 1)
 
     def lens(self, i: int) -> list:
         return [self.ctx + i] * self.b
@@ -153,8 +164,10 @@ def timed_steps(w: Workload, args, dev, begin, body, graph: bool, on_timed=None)
     from Python. ``graph=True``: the warm-up steps run eager, then ``body`` is captured once
     in a CUDA graph and each timed step is ``begin(i, True)`` + a replay; the replays read
     the new queries and lengths from the static inputs. ``w.advance`` writes those before
-    the clock starts; ``on_timed()`` runs once before the first timed step (counter reset)."""
+    the clock starts; ``on_timed()`` runs once before the first timed step (counter reset).
+    Starts with ``w.restart()``: the same query sequence for every call."""
     times, g = [], None
+    w.restart()  # every row and mode sees the same query sequence (comparable hit rates and fetches)
     for i in range(args.warmup + args.steps):
         w.advance(i, args.drift)
         if i == args.warmup and on_timed is not None:
@@ -353,6 +366,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) 
                     row.update(tok_s=t_dense[mode] and tok_s(t_dense[mode], t),
                                per_request_vs_gsa_hbm=t_gsa[mode] and t_gsa[mode] / t, hit_rate=stt["hit_rate"],
                                predicted_rate=stt["predicted_rate"], fetched_blocks_per_layer_step=fetched,
+                               wanted_blocks_per_layer_step=stt["wanted"] / (args.steps * nl),
                                h2d_gbs=fetched * stt["block_bytes"] / t / 1e9,
                                cpu_fallbacks=off.cpu_topk.fallbacks if off.cpu_topk else None,
                                cpu_select_ms=statistics.median(off.cpu_topk.select_seconds) * 1e3

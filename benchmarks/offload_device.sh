@@ -11,6 +11,9 @@
 # Host memory: the largest pool set (B = 24, 2 timed layers) pins 25 GiB of host KV (of 128 GiB).
 # Batches: 6 (dense's largest: the baselines) and 24 (4x, the 1/8 pool: the concurrency target) first,
 # so a cut run still has the headline; then 18 (the 1/4 pool's largest) and 12.
+# Since the 2026-11-29 rerun every row and mode replays the same query chain (Workload.restart): that
+# run's rows drifted on one chain in run order, so its graph and prefetch rows (run later) saw lower hit
+# rates and fetched more; the next run compares eager vs graph and on-demand vs prefetch at equal work.
 #
 #   bash benchmarks/offload_device.sh
 set -uo pipefail
