@@ -165,3 +165,19 @@ def test_bench_headline_hit_rate_is_the_lowest_trace(tmp_path):
     assert sorted(h["hit_rate_1_8_by_trace"].values()) == [0.91, 0.95]
     args.traces = [str(tmp_path / "missing.json")]
     assert mod.headline(res, args)["hit_rate_1_8"] is None
+
+
+def test_policy_replay_by_hand():
+    mod = _load("offload_policy_replay")
+    seq = [{0, 1}, {1, 2}, {2, 3}]
+    # 2 slots, on demand: step 1 hits block 1, step 2 hits block 2 (the other block is new each step)
+    assert mod.replay_pool(seq, 2) == dict(hits=2, wanted=4, misses=2, prefetched=0)
+    # predicting {2, 3} before step 1 (a "wide" runner-up list): block 3 fetched ahead hits at step 2;
+    # block 2 too; step 1's block 2 was prefetched, so it is a hit as well
+    wide = [{1, 2}, {2, 3}, {3, 4}]
+    out = mod.replay_pool(seq, 3, predict=lambda t: wide[t - 1])
+    assert out["wanted"] == 4 and out["hits"] == 4 and out["misses"] == 0 and out["prefetched"] == 2
+    # 2 slots: at step 2 block 3 evicts 2 (lfu: 1 use against block 0's 2; lru: tied recency, then uses)
+    seq2 = [{0, 1}, {0, 2}, {3}, {0}]
+    assert mod.replay_pool(seq2, 2, "lfu")["hits"] == 2  # block 0 at steps 1 and 3
+    assert mod.replay_pool(seq2, 2, "lru")["hits"] == 2

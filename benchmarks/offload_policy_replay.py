@@ -1,0 +1,156 @@
+"""Pool policies on saved real decode-trace selections: hit rate and fetch traffic (CPU, seconds).
+
+Input: ``offload_traces.py --save-selections`` output (per ratio and sparse layer the
+selection of every decode step and its ``--lookahead``-wide selection, ``bool [steps,
+blocks]``). One pool per layer and request of ``max(ceil(f * blocks), widest selection)``
+slots, as offload_traces.py sizes it; rates over the steps after the first, per selected
+block, summed over layers. Policies (a request's own blocks are never evicted):
+
+* ``engine``: :class:`gsa.offload.ResidencyMap` itself (on demand; least recently selected,
+  ties by fewest selections, then the lowest slot) -- the number the headline uses;
+* ``lru``: the same order in plain Python (ties by block id instead of slot);
+* ``lfu``: fewest selections first, then least recent;
+* ``lrfu``: smallest decayed selection count ``sum 0.8^(t - t_use)`` (recency + frequency);
+* ``lookahead``: ``lru`` plus a prefetch before each step of the previous step's wide
+  selection (the runners-up by hash score: ``prefetch="lookahead"``), counted as traffic;
+* ``union2``: ``lru`` plus a prefetch of the union of the last two selections;
+* ``belady``: the offline optimum for on-demand fetching at that pool size;
+* ``unbounded``: an infinite pool (only first-time selections miss).
+
+``fetch`` = blocks copied (misses + prefetches) per selected block: the PCIe traffic.
+(The "previous" prediction is not a row: the last selection is still resident in a pool
+one step wide, so it fetches nothing and the hits equal ``engine``'s; tested in
+tests/test_offload_bench.py.)
+
+Usage: python benchmarks/offload_policy_replay.py SELECTIONS.pt [--pool-fracs ...] [--tag NAME]
+Writes benchmarks/results/offload_policy_replay[_TAG].{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from offload_eviction_replay import as_sets, hits_belady, hits_engine, hits_unbounded  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+POLICIES = ("engine", "lru", "lfu", "lrfu", "lookahead", "union2", "belady", "unbounded")
+
+
+def replay_pool(seq: List[set], slots: int, key: str = "lru", decay: float = 0.8,
+                predict: Optional[Callable[[int], set]] = None) -> Dict[str, int]:
+    """A pool of ``slots`` blocks over the selections ``seq``; ``predict(t)`` (t >= 1): blocks
+    made resident before step ``t``'s request (recency of the step before). Returns hits,
+    wanted (steps after the first), misses and prefetched blocks (steps after the first)."""
+    res: Dict[int, list] = {}  # block -> [last_used, uses, decayed count]
+
+    def order(b, st, now):
+        lu, n, f = st
+        return {"lru": (lu, n), "lfu": (n, lu), "lrfu": (f * decay ** (now - lu), lu)}[key] + (b,)
+
+    def admit(blocks: set, now: int, stamp: int) -> int:
+        miss = [b for b in blocks if b not in res]
+        over = len(res) + len(miss) - slots
+        if over > 0:
+            for _, b in sorted((order(b, res[b], now), b) for b in res if b not in blocks)[:over]:
+                del res[b]
+        for b in miss:
+            res[b] = [stamp, 0, 0.0]
+        return len(miss)
+
+    out = dict(hits=0, wanted=0, misses=0, prefetched=0)
+    for t, s in enumerate(seq):
+        now = t + 1
+        if predict is not None and t:
+            p = set(sorted(predict(t))[:slots])
+            out["prefetched"] += admit(p, now, now - 1)
+            for b in p:
+                res[b][0] = max(res[b][0], now - 1)
+        if t:
+            out["hits"] += sum(1 for b in s if b in res)
+            out["wanted"] += len(s)
+        n = admit(s, now, now)
+        if t:
+            out["misses"] += n
+        for b in s:
+            st = res[b]
+            st[2] = st[2] * decay ** (now - st[0]) + 1
+            st[0], st[1] = now, st[1] + 1
+    return out
+
+
+def replay(data: dict, pool_fracs, ratios=None) -> dict:
+    nblk = data["n_blocks_final"]
+    by_ratio: Dict[float, list] = {}
+    for (r, l), sel in data["sel"].items():
+        if ratios is None or any(abs(r - x) < 1e-9 for x in ratios):
+            by_ratio.setdefault(r, []).append((as_sets(sel), as_sets(data["wide"][(r, l)])))
+    out: Dict[str, dict] = {}
+    for r, layers in sorted(by_ratio.items(), reverse=True):
+        for f in pool_fracs:
+            tot = {p: [0, 0] for p in POLICIES}  # hits, copied blocks
+            wanted = 0
+            for seq, wide in layers:
+                slots = max(math.ceil(f * nblk), max(len(s) for s in seq))
+                w = sum(len(s) for s in seq[1:])
+                wanted += w
+                runs = {"lru": replay_pool(seq, slots), "lfu": replay_pool(seq, slots, "lfu"),
+                        "lrfu": replay_pool(seq, slots, "lrfu"),
+                        "lookahead": replay_pool(seq, slots, predict=lambda t: wide[t - 1]),
+                        "union2": replay_pool(seq, slots, predict=lambda t: seq[t - 1] | seq[max(t - 2, 0)])}
+                for p, o in runs.items():
+                    tot[p][0] += o["hits"]
+                    tot[p][1] += o["misses"] + o["prefetched"]
+                for p, h in (("engine", hits_engine(seq, slots, nblk)), ("belady", hits_belady(seq, slots)),
+                             ("unbounded", hits_unbounded(seq))):
+                    tot[p][0] += h
+                    tot[p][1] += w - h
+            out[f"{r:.4g}/{f:g}"] = dict(ratio=r, pool_frac=f, slots_example=max(math.ceil(f * nblk), 1), **{
+                p: dict(hit=h / max(wanted, 1), fetch=c / max(wanted, 1)) for p, (h, c) in tot.items()})
+            print(f"ratio {r:.4g} pool {f:g}: " + ", ".join(
+                f"{p} {v[0] / max(wanted, 1):.3f}" for p, v in tot.items()), flush=True)
+    return out
+
+
+def markdown(res: dict) -> str:
+    out = [f"# Pool policies on real decode-trace selections ({res['source']})", "",
+           f"{res['n_blocks_final']} blocks at the end; hit rate per selected block (steps after the first, summed "
+           "over the sparse layers), in brackets the blocks copied per selected block (misses + prefetches). "
+           "Command: `" + res["command"] + "`", "",
+           "| ratio | pool | " + " | ".join(POLICIES) + " |", "|---" * (2 + len(POLICIES)) + "|"]
+    for v in res["rows"].values():
+        out.append(f"| {v['ratio']:.4g} | {v['pool_frac']:g} | " + " | ".join(
+            f"{v[p]['hit']:.3f} ({v[p]['fetch']:.2f})" for p in POLICIES) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("selections")
+    ap.add_argument("--pool-fracs", type=float, nargs="+", default=[0.125, 0.1625, 0.25, 0.3125, 0.375])
+    ap.add_argument("--ratios", type=float, nargs="+", default=None, help="default: every saved ratio")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--out", default=RESULTS)
+    args = ap.parse_args(argv)
+    data = torch.load(args.selections, weights_only=False)
+    cmd = "python benchmarks/offload_policy_replay.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = dict(source=os.path.basename(args.selections), n_blocks_final=data["n_blocks_final"], command=cmd,
+               rows=replay(data, args.pool_fracs, args.ratios))
+    base = os.path.join(args.out, "offload_policy_replay" + (f"_{args.tag}" if args.tag else ""))
+    with open(base + ".json", "w") as fh:
+        json.dump(res, fh, indent=1)
+    with open(base + ".md", "w") as fh:
+        fh.write(markdown(res))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
