@@ -152,6 +152,19 @@ def test_offload_matches_all_in_hbm_gsa(pool_slack, prefetch):
         assert st["prefetched"] > 0
 
 
+@pytest.mark.parametrize("pool_slack", [0, 3])
+def test_previous_prefetch_hits_and_fetches_exactly_as_on_demand(pool_slack):
+    """In a per-layer pool the previous selection is still resident when it is predicted (only
+    that layer's request evicts), so the prediction fetches nothing and relabels every resident
+    block's recency by the same step: eviction, hits and fetches equal on-demand's, also when
+    the pool is tight and evicts (the benchmark's prefetch rows can only differ through their
+    workload). docs/offload.md, "Why the graph rows were slower"."""
+    ond, prev = (_run(pool_slack, p, "direct")[0].stats() for p in (None, "previous"))
+    assert prev["prefetched"] == 0 and ond["fetched"] > 0
+    assert {k: prev[k] for k in ("wanted", "hits", "fetched")} == {k: ond[k] for k in ("wanted", "hits", "fetched")}
+    assert prev["predicted_hits"] > 0
+
+
 def test_lookahead_predicts_at_least_what_the_previous_selection_does():
     """The wide selection contains the step's selection (same scores, larger budget),
     so it covers at least as much of the next request."""
