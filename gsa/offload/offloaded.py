@@ -19,9 +19,10 @@ layer ``l`` attends, on the copy stream), and how much of the request it
 covered is counted (``predicted_rate``). Sources (``prefetch=``):
 
 * ``"previous"``: the layer's selection of the previous step (the issue's
-  predictor). In a per-layer pool that selection is still resident (the pool is
-  at least one step wide and evicts least recent first), so this mostly
-  measures the overlap; it fetches only what an eviction took.
+  predictor). In a per-layer pool that selection is the layer's own last request,
+  still resident (only the layer's requests evict), so it is only marked for the
+  ``predicted_rate`` counter (:meth:`ResidencyMap.mark_predicted`: no residency
+  pass, no copy); hits and fetches are on-demand's (tested).
 * ``"lookahead"``: a second, wider selection (budgets times ``lookahead``) of
   the same query; its extra blocks (the runners-up) are fetched for the next
   step. Costs one more ``hamming_dist_top_k`` per scoring layer.
@@ -274,10 +275,16 @@ class OffloadedGSA:
 
     def _predict(self, layer: int) -> None:
         pred = self._pred.get(layer)
+        lagged = None
         if self.cpu_topk is not None and self.cpu_topk.lag and self._bt_host is not None:
             lagged = self.cpu_topk.lagged(layer, self._step, self._bt_host)
             pred = lagged if lagged is not None else pred
         if pred is None:
+            return
+        if self.prefetch == "previous" and lagged is None:
+            # the layer's own last request: still resident in its pool (only that layer's requests
+            # evict), so admitting it would fetch nothing; only mark it for the predicted_hits counter
+            self.maps[layer].mark_predicted(pred.to(self.device))
             return
         src, dst, n = self.maps[layer].predict(pred.to(self.device))
         self.movers[layer].fetch(src, dst, n)

@@ -230,6 +230,17 @@ class ResidencyMap:
         self._predicted[: self.nb] = want
         return src, dst, n_miss
 
+    def mark_predicted(self, blocks: Tensor) -> None:
+        """Remember ``blocks int [N]`` (``-1`` padding) as the prediction of the next request
+        for the ``predicted_hits`` counter, without admitting them: for a prediction that is
+        resident already (a per-layer pool's own last request: :class:`OffloadedGSA`'s
+        ``"previous"``), where :meth:`predict` would fetch nothing and only relabel recency.
+        In place (three ops, capturable; the fused kernel reads the same buffer)."""
+        ids = torch.where(blocks.reshape(-1) >= 0, blocks.reshape(-1).long(), self.nb)
+        self._predicted.zero_()
+        self._predicted.index_fill_(0, ids, True)
+        self._predicted[self.nb] = False
+
     def stats(self) -> Dict[str, int]:
         """Counters as host ints (a host sync: call outside the decode step)."""
         return dict(zip(self.COUNTERS, (int(v) for v in self._counts.tolist())))
