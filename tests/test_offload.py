@@ -62,6 +62,19 @@ def test_residency_prediction_counts_predicted_hits():
     assert m.stats() == {"wanted": 2, "hits": 1, "predicted_hits": 1, "fetched": 1, "prefetched": 2}
 
 
+def test_residency_mark_predicted_counts_without_admitting():
+    m = ResidencyMap(num_host_blocks=8, num_slots=4)
+    _req(m, [1, 2], 1)
+    state = [t.clone() for t in (m.slot_of, m.block_of, m.last_used, m.uses)]
+    m.mark_predicted(torch.tensor([2, 5, -1]))  # 5 is not resident: it stays so (nothing fetched)
+    assert all(torch.equal(a, b) for a, b in zip(state, (m.slot_of, m.block_of, m.last_used, m.uses)))
+    _req(m, [2, 5, 6], 2)  # 2 predicted and resident; 5 predicted but a miss; 6 neither
+    assert m.stats() == {"wanted": 5, "hits": 1, "predicted_hits": 2, "fetched": 4, "prefetched": 0}
+    m.mark_predicted(torch.tensor([6]))  # a new mark replaces the old one
+    _req(m, [2, 6], 3)
+    assert m.stats()["predicted_hits"] == 3
+
+
 def test_residency_request_wider_than_the_pool_names_the_minimum():
     m = ResidencyMap(num_host_blocks=8, num_slots=2)
     with pytest.raises(PoolTooSmallError, match="at least 3 slots"):
