@@ -14,6 +14,8 @@
 # Since the 2026-11-29 rerun every row and mode replays the same query chain (Workload.restart): that
 # run's rows drifted on one chain in run order, so its graph and prefetch rows (run later) saw lower hit
 # rates and fetched more; the next run compares eager vs graph and on-demand vs prefetch at equal work.
+# Also since then "previous" prefetch only marks its prediction (no residency pass, no gather launch):
+# its rows should match on-demand's hits and fetches exactly and differ only by the mark's few ops.
 #
 #   bash benchmarks/offload_device.sh
 set -uo pipefail
