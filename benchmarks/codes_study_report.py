@@ -34,7 +34,9 @@ def _variants(res: dict) -> List[str]:
 
 def study_rows(results: Sequence[dict]) -> List[dict]:
     """One dict per (bits, block size) of each result: ``{"bits", "block_size", "oracle",
-    "quest", "quest_eqbytes", "gsa": {name: (mass, mass / oracle, block_recall)}}``."""
+    "quest", "quest_eqbytes", "gsa": {name: (mass, mass / oracle, block_recall)}}``. Runs
+    that measured the same rows (same bits and block size, equal oracle and Quest values)
+    share one dict, their selectors merged (a later run's value wins for a repeated name)."""
     rows = []
     for res in results:
         ov, bits = res["overall"], res["meta"]["bits"]
@@ -44,8 +46,14 @@ def study_rows(results: Sequence[dict]) -> List[dict]:
             for n in _variants(res):
                 m = ov[f"bs={bs}/gsa_{n}"]
                 gsa[n] = (m, m / orc, ov.get(f"bs={bs}/gsa_{n}/block_recall"))
-            rows.append({"bits": bits, "block_size": bs, "oracle": orc, "quest": ov[f"bs={bs}/quest"],
-                         "quest_eqbytes": ov[f"bs={bs}/quest_eqbytes"], "gsa": gsa})
+            row = {"bits": bits, "block_size": bs, "oracle": orc, "quest": ov[f"bs={bs}/quest"],
+                   "quest_eqbytes": ov[f"bs={bs}/quest_eqbytes"], "gsa": gsa}
+            same = [r for r in rows if all(r[k] == row[k] for k in ("bits", "block_size", "oracle", "quest",
+                                                                     "quest_eqbytes"))]
+            if same:  # another run on the same rows (equal oracle and Quest): one row, its selectors added
+                same[0]["gsa"].update(gsa)
+            else:
+                rows.append(row)
     return rows
 
 

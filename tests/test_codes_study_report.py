@@ -66,3 +66,19 @@ def test_cli_writes_markdown_and_plot(tmp_path):
     except ImportError:
         return
     assert (tmp_path / "out.v1.png").stat().st_size > 1000
+
+
+def test_runs_on_the_same_rows_merge_and_other_rows_stay_apart():
+    mod = _load()
+    a, b = _two_runs()
+    c = _result(128, ["mlp1=/x/b.safetensors"], {
+        "bs=32/oracle": 0.8, "bs=32/quest": 0.7, "bs=32/quest_eqbytes": 0.75,
+        "bs=32/gsa_mlp1": 0.7, "bs=32/gsa_mlp1/block_recall": 0.4})
+    d = _result(128, ["random"], {  # another eval (different oracle): its own row
+        "bs=32/oracle": 0.9, "bs=32/quest": 0.7, "bs=32/quest_eqbytes": 0.75,
+        "bs=32/gsa_random": 0.81, "bs=32/gsa_random/block_recall": 0.5})
+    rows = mod.study_rows([a, b, c, d])
+    assert [(r["bits"], r["oracle"]) for r in rows] == [(128, 0.8), (256, 0.8), (128, 0.9)]
+    assert sorted(rows[0]["gsa"]) == ["mlp1", "mlp2", "random"]
+    assert rows[0]["gsa"]["mlp1"] == pytest.approx((0.7, 0.875, 0.4))
+    assert rows[2]["gsa"]["random"] == pytest.approx((0.81, 0.9, 0.5))
