@@ -143,10 +143,10 @@ def sparse_max_seq_len(dense_max: int, state: StepState, layer: int, block_size:
         return dense_max
     key = ("fa_max_seq_len", id(sel))  # layers of one budget group share their n_sel array
     got = state.memo.get(key)
-    if got is None:
+    if got is None:  # once per budget group and step; -1: under capture, keep the dense bound
         capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        got = state.memo[key] = None if capturing else int(sel.max()) * int(block_size)
-    return dense_max if got is None else min(int(dense_max), got)
+        got = state.memo[key] = -1 if capturing else int(sel.max()) * int(block_size)
+    return dense_max if got < 0 else min(int(dense_max), got)
 
 
 class GSAFlashAttentionBackend(GSABackendCompat, FlashAttentionBackend):
