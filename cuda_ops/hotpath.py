@@ -25,26 +25,47 @@ class TritonHotPath:
     name = "triton"
 
     def select_program(self, q, weight, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                       chunk_repre_method, pad_id, q_codes, keys, table, lens):
+                       chunk_repre_method, pad_id, q_codes, keys, table, lens, rope=None):
         """``run(q, block_table, seq_lens, budgets)``: spec 2 (query codes into ``q_codes``),
         spec 4-6 into ``table int32 [B, k]`` / ``lens int32 [B]`` (``keys int32 [B, M]`` scratch).
-        ``weight`` and ``hash_cache`` are fixed for the program."""
+        ``weight`` and ``hash_cache`` are fixed for the program. MLA (spec 9): ``weight`` is
+        ``w_lora [L, R_lora]``, ``rope = (q_rope [B, N, P], w_rope [P, R_rope], rope_bytes,
+        rope_score_weight)`` and the program is ``run(q, block_table, seq_lens, budgets, q_rope)``:
+        two hash launches (latent bytes, then rope bytes), every head sharing one projection."""
         rec = Recorder()
         # zeros the fused score + selection kernel counts finished blocks in (it leaves them zero)
         counter = torch.zeros(block_table.shape[0], dtype=torch.int32, device=q.device)
-        pdl = scoring.use_pdl(q.device)  # the score kernel may start while the query hash runs
-        hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec, launch_dependents=pdl)
+        inputs = [("q", q), ("block_table", block_table), ("seq_lens", seq_lens), ("budgets", budgets)]
+        fixed = [weight, hash_cache, q_codes, keys, table, lens, counter]
+        if rope is None:
+            pdl = scoring.use_pdl(q.device)  # the score kernel may start while the query hash runs
+            hashing._launch(q, weight, q.shape[1] // weight.shape[0], q_codes, 0, cache=rec, launch_dependents=pdl)
+            rope_bytes, rope_w = 0, 1.0
+        else:
+            q_rope, w_rope, rope_bytes, rope_w = rope
+            pdl = False  # two hash launches: the score kernel must wait for both
+            n = q.shape[1]
+            hashing._launch(q, weight.unsqueeze(0), n, q_codes, 0, cache=rec)
+            hashing._launch(q_rope, w_rope.unsqueeze(0), n, q_codes, weight.shape[1] // 8, cache=rec)
+            inputs.append(("q_rope", q_rope))
+            fixed.append(w_rope)
         scoring.select_blocks(q_codes, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                              chunk_repre_method, 0, 1.0, pad_id, keys, table, lens, cache=rec, counter=counter,
-                              pdl=pdl)
-        return Program(rec, [("q", q), ("block_table", block_table), ("seq_lens", seq_lens), ("budgets", budgets)],
-                       [weight, hash_cache, q_codes, keys, table, lens, counter], q.device)
+                              chunk_repre_method, rope_bytes, rope_w, pad_id, keys, table, lens, cache=rec,
+                              counter=counter, pdl=pdl)
+        return Program(rec, inputs, fixed, q.device)
 
-    def cache_program(self, k, weight, hash_cache, slots):
-        """``run(k, slots)``: spec 3 into the fixed ``hash_cache`` with the fixed ``weight``."""
+    def cache_program(self, k, weight, hash_cache, slots, rope=None):
+        """``run(k, slots)``: spec 3 into the fixed ``hash_cache`` with the fixed ``weight``.
+        MLA (spec 9): ``k = c_kv [T, L]``, ``weight = w_lora``, ``rope = (k_pe [T, P], w_rope)``
+        and the program is ``run(k, slots, k_rope)``."""
         rec = Recorder()
-        hashing._launch(k, weight, k.shape[1] // weight.shape[0], hash_cache, 0, slots, cache=rec)
-        return Program(rec, [("k", k), ("slots", slots)], [weight, hash_cache], k.device)
+        if rope is None:
+            hashing._launch(k, weight, k.shape[1] // weight.shape[0], hash_cache, 0, slots, cache=rec)
+            return Program(rec, [("k", k), ("slots", slots)], [weight, hash_cache], k.device)
+        k_pe, w_rope = rope
+        hashing._launch(k.unsqueeze(1), weight.unsqueeze(0), 1, hash_cache, 0, slots, cache=rec)
+        hashing._launch(k_pe.unsqueeze(1), w_rope.unsqueeze(0), 1, hash_cache, weight.shape[1] // 8, slots, cache=rec)
+        return Program(rec, [("k", k), ("slots", slots), ("k_rope", k_pe)], [weight, w_rope, hash_cache], k.device)
 
     def attention_program(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
         """``run(q, k_cache, v_cache, block_table, seq_lens, out)``: spec 7 into ``out``

@@ -31,7 +31,7 @@ import torch
 from gsa import dispatch
 from gsa import validate as V
 
-__all__ = ["GenericHotPath", "hot_path_for", "HotLayer"]
+__all__ = ["GenericHotPath", "hot_path_for", "HotLayer", "mla_extra"]
 
 Tensor = torch.Tensor
 
@@ -48,24 +48,41 @@ class GenericHotPath:
         return dispatch.kernel(op, self.device_type)
 
     def select_program(self, q, weight, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                       chunk_repre_method, pad_id, q_codes, keys, table, lens):
-        hash_encode, top_k, kv_select = self._k("hash_encode"), self._k("hamming_dist_top_k"), self._k("kv_select")
+                       chunk_repre_method, pad_id, q_codes, keys, table, lens, rope=None):
+        top_k, kv_select = self._k("hamming_dist_top_k"), self._k("kv_select")
         forced, bs = list(must_select_blocks), hash_cache.shape[2]
+        if rope is None:
+            hash_encode = self._k("hash_encode")
+            rope_bytes, rope_w = 0, 1.0
 
-        def run(q, block_table, seq_lens, budgets):
-            q_codes.copy_(hash_encode(q, weight))
+            def encode(q, q_rope):
+                return hash_encode(q, weight)
+        else:  # MLA (spec 9): the absorbed query and q_pe, one projection each
+            mla_encode = self._k("mla_hash_encode")
+            _, w_rope, rope_bytes, rope_w = rope
+
+            def encode(q, q_rope):
+                return mla_encode(q, q_rope, weight, w_rope)
+
+        def run(q, block_table, seq_lens, budgets, q_rope=None):
+            q_codes.copy_(encode(q, q_rope))
             pad_rows = seq_lens <= 0  # an engine's padding rows: empty selections (as the fused kernels)
             sl = seq_lens.clamp(min=1)
-            idx, n_sel = top_k(q_codes, hash_cache, block_table, sl, budgets, k, forced, chunk_repre_method, 0, 1.0)
+            idx, n_sel = top_k(q_codes, hash_cache, block_table, sl, budgets, k, forced, chunk_repre_method,
+                               rope_bytes, rope_w)
             t, l = kv_select(idx, n_sel, block_table, sl, bs, pad_id)
             table.copy_(t.masked_fill(pad_rows[:, None], pad_id))
             lens.copy_(l.masked_fill(pad_rows, 0))
 
         return run
 
-    def cache_program(self, k, weight, hash_cache, slots):
-        kern = self._k("hash_encode_and_cache")
-        return lambda k, slots: kern(k, weight, hash_cache, slots)
+    def cache_program(self, k, weight, hash_cache, slots, rope=None):
+        if rope is None:
+            kern = self._k("hash_encode_and_cache")
+            return lambda k, slots: kern(k, weight, hash_cache, slots)
+        mla = self._k("mla_hash_encode_and_cache")
+        w_rope = rope[1]
+        return lambda k, slots, k_rope: mla(k, k_rope, weight, w_rope, hash_cache, slots)
 
     def attention_program(self, q, k_cache, v_cache, block_table, seq_lens, scale, out, work):
         kern = self._k("paged_decode_attention")
@@ -97,6 +114,12 @@ def _select_sig(q: Tensor, weight: Tensor, hash_cache: Tensor, block_table: Tens
             seq_lens.shape, seq_lens.dtype, seq_lens.device, seq_lens.stride(),
             budgets.shape, budgets.dtype, budgets.device, budgets.stride(), k, extra,
             weight.data_ptr(), hash_cache.data_ptr())  # a program keeps these two
+
+
+def mla_extra(pad_id: int, q_rope: Tensor, w_rope: Tensor, rope_bytes: int, rope_w: float) -> Tuple:
+    """The ``extra`` of an MLA selection's signature: the layout of its rope inputs."""
+    return (pad_id, q_rope.shape, q_rope.dtype, q_rope.device, q_rope.stride(), w_rope.shape, w_rope.dtype,
+            w_rope.stride(), w_rope.data_ptr(), rope_bytes, rope_w)
 
 
 def _unit_inner(t: Tensor) -> bool:
@@ -131,28 +154,38 @@ class HotLayer:
         return getattr(cur, name)
 
     def check_select(self, q: Tensor, weight: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
-                     budgets: Tensor, k: int, extra: Tuple) -> bool:
+                     budgets: Tensor, k: int, extra: Tuple, rope: Optional[Tuple] = None) -> bool:
         """Whether the raw kernels may run on these inputs. On a new signature: the
         public checks (raising :class:`gsa.GSAInputError`), buffers allocated.
-        ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`)."""
+        ``False``: a layout the raw kernels do not take (the caller uses :mod:`gsa.ops`).
+        MLA: ``weight`` is ``w_lora [L, R_lora]`` and ``rope = (q_rope [B, N, P], w_rope
+        [P, R_rope], rope_bytes, rope_score_weight)``, whose layout the caller puts in ``extra``
+        (:func:`mla_extra`)."""
         sig = _select_sig(q, weight, hash_cache, block_table, seq_lens, budgets, k, extra)
         if sig == self.sig:
             return self.cur.direct
         bufs = self.seen.get(sig)
         if bufs is None:
-            bufs = self.seen[sig] = self._validate(q, weight, hash_cache, block_table, seq_lens, budgets, k)
+            bufs = self.seen[sig] = self._validate(q, weight, hash_cache, block_table, seq_lens, budgets, k, rope)
         self.sig, self.cur = sig, bufs
         return bufs.direct
 
     @staticmethod
-    def _validate(q, weight, hash_cache, block_table, seq_lens, budgets, k) -> _Buffers:
+    def _validate(q, weight, hash_cache, block_table, seq_lens, budgets, k, rope=None) -> _Buffers:
         from gsa import op_checks as C
 
         b, hq, _ = q.shape if q.dim() == 3 else (0, 0, 0)
-        C._check_weight("hash_encode", "weight", weight, q.shape[-1], hq if q.dim() >= 2 else None)
-        V.tensor("hash_encode", "x", q, V.FLOAT_DTYPES, dim=3)
+        if rope is None:
+            C._check_weight("hash_encode", "weight", weight, q.shape[-1], hq if q.dim() >= 2 else None)
+            V.tensor("hash_encode", "x", q, V.FLOAT_DTYPES, dim=3)
+            c = weight.shape[-1] // 8
+        else:
+            q_rope, w_rope, rope_bytes, rope_w = rope
+            C.check_mla_hash_encode(q, q_rope, weight, w_rope)
+            V.tensor("mla_hash_encode", "x_lora", q, V.FLOAT_DTYPES, dim=3)
+            c = (weight.shape[-1] + w_rope.shape[-1]) // 8
+            C.check_score_args("hamming_dist_top_k", hq, c, rope_bytes, rope_w)
         V.tensor("hamming_dist_top_k", "key_cache", hash_cache, (torch.uint8,), dim=4)
-        c = weight.shape[-1] // 8
         V.size("hamming_dist_top_k", "key_cache", hash_cache, 3, c, "code bytes R/8 of the weight")
         C._check_rows("hamming_dist_top_k", block_table, seq_lens, b)
         V.tensor("hamming_dist_top_k", "budgets", budgets, V.INDEX_DTYPES, dim=1)
@@ -164,7 +197,8 @@ class HotLayer:
         out = _Buffers()
         out.direct = (hash_cache.is_contiguous() and _unit_inner(q) and _unit_inner(block_table)
                       and _unit_inner(seq_lens) and _unit_inner(budgets) and weight.is_contiguous()
-                      and q.device.type != "meta")
+                      and q.device.type != "meta"
+                      and (rope is None or (_unit_inner(rope[0]) and rope[1].is_contiguous())))
         dev = q.device
         out.cpu = dev.type == "cpu"  # same_device above: every input is on q's device
         out.q_codes = torch.empty(b, hq, c, dtype=torch.uint8, device=dev)

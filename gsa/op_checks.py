@@ -158,6 +158,16 @@ def _largest_n_sel(n_blocks: np.ndarray, budgets: np.ndarray, forced: Sequence[i
     return int(n_sel.max()) if n_sel.size else 0
 
 
+def check_score_args(op: str, hq: int, c: int, rope_bytes: int, rope_score_weight: float) -> None:
+    """Spec 4's MLA score arguments for ``hq`` query heads and ``c`` code bytes."""
+    if isinstance(rope_bytes, bool) or not isinstance(rope_bytes, int) or not 0 <= rope_bytes < c or rope_bytes % 4:
+        V.fail(op, "rope_bytes", f"a multiple of 4 in [0, {c})", rope_bytes)
+    w16 = float(rope_score_weight) * SCORE_SCALE
+    if not (0 <= w16 <= 16 * SCORE_SCALE) or w16 != int(w16):
+        V.fail(op, "rope_score_weight", "a multiple of 1/16 in [0, 16]", rope_score_weight)
+    V.score_bound(op, hq, c, rope_bytes, int(w16))
+
+
 def check_hamming_dist_top_k(q_codes: Tensor, key_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
                              budgets: Tensor, k: int, must_select_blocks: Sequence[int], chunk_repre_method: str,
                              rope_bytes: int, rope_score_weight: float) -> None:
@@ -181,12 +191,7 @@ def check_hamming_dist_top_k(q_codes: Tensor, key_cache: Tensor, block_table: Te
     V.check_forced(op, "must_select_blocks", must_select_blocks)
     if chunk_repre_method not in ("max", "mean"):
         V.fail(op, "chunk_repre_method", "'max' or 'mean'", repr(chunk_repre_method))
-    if isinstance(rope_bytes, bool) or not isinstance(rope_bytes, int) or not 0 <= rope_bytes < c or rope_bytes % 4:
-        V.fail(op, "rope_bytes", f"a multiple of 4 in [0, {c})", rope_bytes)
-    w16 = float(rope_score_weight) * SCORE_SCALE
-    if not (0 <= w16 <= 16 * SCORE_SCALE) or w16 != int(w16):
-        V.fail(op, "rope_score_weight", "a multiple of 1/16 in [0, 16]", rope_score_weight)
-    V.score_bound(op, hq, c, rope_bytes, int(w16))
+    check_score_args(op, hq, c, rope_bytes, rope_score_weight)
     if V.range_checks_on(block_table, seq_lens, budgets):
         n_blocks = _check_row_values(op, block_table, seq_lens, bs, nb)
         bud = V.host_values(budgets).astype(np.int64)

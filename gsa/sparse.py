@@ -26,7 +26,8 @@ import torch
 from gsa import op_checks as C
 from gsa import ops
 from gsa.config import GSAConfig
-from gsa.hotpath import HotLayer, build_program, check_select_values, hot_path_for, range_checks, range_checks_known
+from gsa.hotpath import (HotLayer, build_program, check_select_values, hot_path_for, mla_extra, range_checks,
+                         range_checks_known)
 from gsa.policy import GSAPolicy, HostInts, StepPlan
 from gsa import hash_codes
 from gsa.weights import load_hash_threshold, load_hash_weights
@@ -62,6 +63,10 @@ def _to_device(a: np.ndarray, device: torch.device, stage_only: bool = False) ->
     if device.type == "cuda":
         t = t.pin_memory()  # a truly asynchronous copy; the caching host allocator keeps it alive
     return t if stage_only else t.to(device, non_blocking=True)
+
+
+def _shape(t: Optional[Tensor]):
+    return None if t is None else t.shape
 
 
 class GSASparse:
@@ -145,24 +150,34 @@ class GSASparse:
         if not self.policy.needs_hash_cache(layer):
             return
         progs = self._hot_keys.get(layer)
-        if progs is not None and key_rope is None and isinstance(key, torch.Tensor) and \
-                isinstance(hash_cache, torch.Tensor) and isinstance(slot_mapping, torch.Tensor):
+        if progs is not None and isinstance(key, torch.Tensor) and isinstance(hash_cache, torch.Tensor) and \
+                isinstance(slot_mapping, torch.Tensor) and (key_rope is None or isinstance(key_rope, torch.Tensor)):
             # a launch program exists only for a signature whose first call ran every check
             # (_check_cache of this cache's shape and dtype, the op's validation): only the
             # value-reading slot check is left, when it runs at all (CPU tensors or GSA_DEBUG)
-            hit = progs.get(self._keys_sig(layer, key, hash_cache, slot_mapping))
+            hit = progs.get(self._keys_sig(layer, key, hash_cache, slot_mapping, key_rope))
             if hit is not None:
                 prog, slots_on_cpu = hit
                 if range_checks_known(slots_on_cpu, slot_mapping):
                     C._check_slots("hash_encode_and_cache", slot_mapping, key.shape[0], hash_cache)
-                prog(key, slot_mapping)
+                if key_rope is None:
+                    prog(key, slot_mapping)
+                else:
+                    prog(key, slot_mapping, key_rope)
                 return
         self._check_cache(layer, hash_cache)
         if self.config.is_mla:
             if key_rope is None:
                 raise ValueError(f"GSA: layer {layer}: 'key_rope' (k_pe [T, qk_rope_head_dim]) is required for MLA")
-            w_lora, w_rope = self.weights(layer)
-            ops.mla_hash_encode_and_cache(key, key_rope, w_lora, w_rope, hash_cache, slot_mapping)
+            w_lora, w_rope = self._weight(layer)
+            ops.mla_hash_encode_and_cache(key, key_rope, w_lora, w_rope, hash_cache, slot_mapping)  # validates
+            if (key.device.type != "meta" and key.stride(-1) == 1 and key_rope.stride(-1) == 1
+                    and slot_mapping.stride(0) == 1 and hash_cache.is_contiguous() and key.shape[0] > 0):
+                prog = build_program(hot_path_for(key.device).cache_program, key, w_lora, hash_cache, slot_mapping,
+                                     (key_rope, w_rope))
+                if prog is not None:
+                    sig = self._keys_sig(layer, key, hash_cache, slot_mapping, key_rope)
+                    self._hot_keys.setdefault(layer, {})[sig] = (prog, slot_mapping.device.type == "cpu")
         else:
             if key_rope is not None:
                 raise ValueError(f"GSA: layer {layer}: 'key_rope' is only for MLA configs")
@@ -182,13 +197,16 @@ class GSASparse:
                     sig = self._keys_sig(layer, key, hash_cache, slot_mapping)
                     self._hot_keys.setdefault(layer, {})[sig] = (prog, slot_mapping.device.type == "cpu")
 
-    def _keys_sig(self, layer: int, key: Tensor, hash_cache: Tensor, slot_mapping: Tensor) -> Tuple:
+    def _keys_sig(self, layer: int, key: Tensor, hash_cache: Tensor, slot_mapping: Tensor,
+                  key_rope: Optional[Tensor] = None) -> Tuple:
         """What a key-hashing launch program was validated and recorded for: the layouts of
-        ``key`` and ``slot_mapping``, the hash cache's storage, shape, strides and dtype (what
-        :meth:`_check_cache` checks) and the layer's weight."""
+        ``key`` (and MLA's ``key_rope``) and ``slot_mapping``, the hash cache's storage, shape,
+        strides and dtype (what :meth:`_check_cache` checks) and the layer's weight."""
+        w = self._weight(layer)
+        rope = None if key_rope is None else (key_rope.shape, key_rope.dtype, key_rope.device, key_rope.stride())
         return (key.shape, key.dtype, key.device, key.stride(), hash_cache.data_ptr(), hash_cache.shape,
                 hash_cache.stride(), hash_cache.dtype, slot_mapping.shape, slot_mapping.dtype, slot_mapping.stride(),
-                slot_mapping.device, self._weight(layer).data_ptr())
+                slot_mapping.device, w[0].data_ptr() if isinstance(w, tuple) else w.data_ptr(), rope)
 
     def _weight(self, layer: int):
         w = self._w.get(layer)
@@ -285,8 +303,12 @@ class GSASparse:
                                  "been selected in this step yet (select layers in order)")
             return step._selections[src]
         c = self.config
-        if not c.is_mla and isinstance(q, torch.Tensor) and isinstance(hash_cache, torch.Tensor) and \
-                (layer, hash_cache.shape, hash_cache.dtype, q.shape) in self._checked:
+        if isinstance(q, torch.Tensor) and isinstance(hash_cache, torch.Tensor) and \
+                (layer, hash_cache.shape, hash_cache.dtype, q.shape, _shape(q_rope)) in self._checked:
+            if c.is_mla:
+                out = step._selections[layer] = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q,
+                                                                 q_rope)
+                return out
             return self._select_gqa(layer, step, block_table, seq_lens, hash_cache, q)
         self._check_cache(layer, hash_cache)
         if q is None:
@@ -295,25 +317,16 @@ class GSASparse:
             self._check_query(layer, "q", q, c.kv_lora_rank, "kv_lora_rank", 1)
         else:
             self._check_query(layer, "q", q, c.head_dim, "head_dim", hash_cache.shape[1])
-            self._checked.add((layer, hash_cache.shape, hash_cache.dtype, q.shape))
-        if c.is_mla:
-            if q_rope is None:
-                raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
-            self._check_query(layer, "q_rope", q_rope, c.qk_rope_head_dim, "qk_rope_head_dim", 1)
-            if q_rope.shape[:2] != q.shape[:2]:
-                raise ValueError(f"GSA: layer {layer}: 'q_rope' must have the rows and heads of 'q' "
-                                 f"{tuple(q.shape[:2])}, got {tuple(q_rope.shape)}")
-            w_lora, w_rope = self._weight(layer)
-            q_codes = ops.mla_hash_encode(q, q_rope, w_lora, w_rope)
-        else:
+            self._checked.add((layer, hash_cache.shape, hash_cache.dtype, q.shape, None))
             return self._select_gqa(layer, step, block_table, seq_lens, hash_cache, q)
-        indices, n_sel = ops.hamming_dist_top_k(
-            q_codes, hash_cache, block_table, seq_lens, step.budgets[layer], plan.k,
-            c.must_select_blocks, c.chunk_repre_method, c.rope_bytes,
-            c.rope_score_weight if c.is_mla else 1.0,
-        )
-        out = ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
-        step._selections[layer] = out
+        if q_rope is None:
+            raise ValueError(f"GSA: layer {layer}: 'q_rope' (q_pe [B, N, qk_rope_head_dim]) is required for MLA")
+        self._check_query(layer, "q_rope", q_rope, c.qk_rope_head_dim, "qk_rope_head_dim", 1)
+        if q_rope.shape[:2] != q.shape[:2]:
+            raise ValueError(f"GSA: layer {layer}: 'q_rope' must have the rows and heads of 'q' "
+                             f"{tuple(q.shape[:2])}, got {tuple(q_rope.shape)}")
+        self._checked.add((layer, hash_cache.shape, hash_cache.dtype, q.shape, q_rope.shape))
+        out = step._selections[layer] = self._select_hot(layer, step, block_table, seq_lens, hash_cache, q, q_rope)
         return out
 
     def _select_gqa(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
@@ -331,9 +344,10 @@ class GSASparse:
         return out
 
     def _select_hot(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, hash_cache: Tensor,
-                    q: Tensor) -> Tuple[Tensor, Tensor]:
-        """GQA selection through :mod:`gsa.hotpath`: the layer's signature is validated
-        once, outputs are the layer's reused buffers (valid until its next selection)."""
+                    q: Tensor, q_rope: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Selection through :mod:`gsa.hotpath` (GQA, or MLA with ``q_rope``): the layer's
+        signature is validated once, outputs are the layer's reused buffers (valid until its
+        next selection)."""
         c = self.config
         w = self._weight(layer)
         budgets = step.budgets[layer]
@@ -341,23 +355,36 @@ class GSASparse:
         if hot is None:
             hot = self._hot[layer] = HotLayer()
         k = step.plan.k
-        if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, k, (self.pad_id,)):
+        if c.is_mla:  # spec 9: the latent projection is the "weight"; the rope side rides in the signature
+            w, w_rope = w
+            rope = (q_rope, w_rope, c.rope_bytes, c.rope_score_weight)
+            extra = mla_extra(self.pad_id, q_rope, w_rope, c.rope_bytes, c.rope_score_weight)
+        else:
+            rope, extra = None, (self.pad_id,)
+        if hot.check_select(q, w, hash_cache, block_table, seq_lens, budgets, k, extra, rope):
             bufs = hot.cur
             if range_checks_known(bufs.cpu, block_table, seq_lens, budgets):
                 check_select_values(hash_cache, block_table, seq_lens, budgets, k, c.must_select_blocks)
             if bufs.program is None:
                 bufs.program = build_program(hot_path_for(q.device).select_program, q, w, hash_cache, block_table,
                                              seq_lens, budgets, k, c.must_select_blocks, c.chunk_repre_method,
-                                             self.pad_id, bufs.q_codes, bufs.keys, bufs.table, bufs.lens)
+                                             self.pad_id, bufs.q_codes, bufs.keys, bufs.table, bufs.lens, rope)
                 if bufs.program is None:
                     bufs.direct = False
             if bufs.program is not None:
-                bufs.program(q, block_table, seq_lens, budgets)
+                if rope is None:
+                    bufs.program(q, block_table, seq_lens, budgets)
+                else:
+                    bufs.program(q, block_table, seq_lens, budgets, q_rope)
                 return bufs.table, bufs.lens
         # a layout the raw kernels do not take (or meta tensors): the public ops
-        q_codes = ops.hash_encode(q, w)
+        if rope is None:
+            q_codes = ops.hash_encode(q, w)
+        else:
+            q_codes = ops.mla_hash_encode(q, q_rope, w, rope[1])
         indices, n_sel = ops.hamming_dist_top_k(q_codes, hash_cache, block_table, seq_lens, budgets, step.plan.k,
-                                                c.must_select_blocks, c.chunk_repre_method, 0, 1.0)
+                                                c.must_select_blocks, c.chunk_repre_method,
+                                                c.rope_bytes if rope else 0, c.rope_score_weight if rope else 1.0)
         return ops.kv_select(indices, n_sel, block_table, seq_lens, c.chunk_size, self.pad_id)
 
     def _check_query(self, layer: int, name: str, q: Tensor, dim: int, dim_key: str, cache_heads: int) -> None:

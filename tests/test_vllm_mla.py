@@ -143,6 +143,36 @@ def sparse(model_dir):
     return _run(model_dir, {"config": gsa_config(0.25), "log_every": 0}, capture_layer=1)
 
 
+def test_graph_form_equals_compact_form(model_dir, sparse, monkeypatch):
+    """Uniform decode steps planned in graph form (what the CUDA MLA builders do for FULL
+    graphs: persistent budgets, the table's full width, the hot path's persistent buffers)
+    decode the same tokens as the compact form, and the captured layer still equals the
+    reference selection and attention."""
+    from gsa.integrations.vllm.capture_check import check_capture
+    from gsa.integrations.vllm.cpu_mla import GSACPUMLAMetadataBuilder
+
+    from gsa.integrations.vllm.runtime import GSAVllmRuntime
+
+    monkeypatch.setattr(GSACPUMLAMetadataBuilder, "_gsa_graph_form", True)
+    static = []
+    plan_static = GSAVllmRuntime._plan_static
+
+    def counted(self, *a):
+        static.append(a[-1])  # the selection width: the block table's
+        return plan_static(self, *a)
+
+    monkeypatch.setattr(GSAVllmRuntime, "_plan_static", counted)
+    r = _run(model_dir, {"config": gsa_config(0.25), "log_every": 0}, capture_layer=1)
+    assert len(static) > 5, "no uniform decode step was planned in graph form"
+    assert r["tokens"] == sparse["tokens"]
+    st = r["stats"]
+    assert st["sparse_steps"] > 0 and st["blocks_read"] == sparse["stats"]["blocks_read"], (st, sparse["stats"])
+    cap = r["rt"].captured
+    assert cap is not None
+    res = check_capture(cap, r["rt"].config, BLOCK)
+    assert res["ok"] and res["max_abs_err"] < 1e-4, res
+
+
 def test_sparse_path_taken(sparse, dense):
     st = sparse["stats"]
     assert st["sparse_steps"] > 0 and st["sparse_rows"] > 0 and st["mixed_steps"] > 0, st
@@ -238,10 +268,16 @@ def test_cuda_mla_wrappers_import(monkeypatch):
         assert builder.build is m._Builder.build
     assert gv.WRAPPED["FLASH_ATTN_MLA"].endswith("cuda_mla.GSAFlashAttnMLABackend")
     assert gv.WRAPPED["TRITON_MLA"].endswith("cuda_mla.GSATritonMLABackend")
-    # GSA off: the backend's own CUDA-graph support; on: attention outside the graphs
+    # GSA off and on: the backend's own CUDA-graph support (uniform decode steps are planned in
+    # graph form: the CUDA builders set _gsa_graph_form, the CPU one keeps the compact form)
     off = types.SimpleNamespace(additional_config={}, model_config=None)
     on = types.SimpleNamespace(additional_config={"gsa": {"config": gsa_config(0.25)}}, model_config=None)
-    base = m.FlashAttnMLAMetadataBuilder.get_cudagraph_support(off, None)
-    assert m.GSAFlashAttnMLAMetadataBuilder.get_cudagraph_support(off, None) == base
-    assert m.GSAFlashAttnMLAMetadataBuilder.get_cudagraph_support(on, None) == AttentionCGSupport.NEVER
-    assert m.GSATritonMLAMetadataBuilder.get_cudagraph_support(on, None) == AttentionCGSupport.NEVER
+    for ours, base in ((m.GSAFlashAttnMLAMetadataBuilder, m.FlashAttnMLAMetadataBuilder),
+                       (m.GSATritonMLAMetadataBuilder, m.TritonMLAMetadataBuilder)):
+        own = base.get_cudagraph_support(off, None)
+        assert own != AttentionCGSupport.NEVER
+        assert ours.get_cudagraph_support(off, None) == own == ours.get_cudagraph_support(on, None)
+        assert ours._gsa_graph_form
+    from gsa.integrations.vllm.cpu_mla import GSACPUMLAMetadataBuilder
+
+    assert not GSACPUMLAMetadataBuilder._gsa_graph_form

@@ -16,9 +16,9 @@ kept too: ``decode_tok_s_median`` (batch / the median step) is the steady state,
 compiled at a run's first decode step, which PIECEWISE meets there and FULL at capture).
 Appends one JSON row per (context, batch) to DIR/vllm_e2e.jsonl, with the GSA counters,
 the cudagraph mode vLLM kept, and, with ``capture_layer``, the check of one sparse layer's
-output against our reference sparse attention on the same table. ``"dense_max_seq_len": true``
-(an A/B switch): eager sparse steps give FA3 the dense ``max_seq_len`` instead of the plan's sparse
-bound (``gsa.integrations.vllm.cuda.sparse_max_seq_len``).
+output against our reference sparse attention on the same table. Diagnostics per run index:
+``"cprofile_runs"`` (host-time breakdown, ``profile_top``), ``"torch_profile_runs"`` (GPU
+kernels), ``"sync_debug_runs"``; ``"variant"``: a free label copied into the rows.
 """
 from __future__ import annotations
 
@@ -75,10 +75,6 @@ def main() -> None:
     import gsa.integrations.vllm as gv
 
     gv.register()  # the entry point is not installed on the device: register in-process
-    if spec.get("dense_max_seq_len"):  # A/B: eager sparse steps keep the dense max_seq_len (before 2026-11-29)
-        import gsa.integrations.vllm.cuda as gcuda
-
-        gcuda.sparse_max_seq_len = lambda dense_max, *a: dense_max
     print(f"[e2e] vllm {vllm.__version__} imported in {time.perf_counter() - t_imp:.1f}s; {_device_name()}", flush=True)
     name, ratio_key, mode = spec["model"], spec.get("gsa"), spec.get("mode", "FULL_AND_PIECEWISE")
     runs = spec["runs"]
@@ -157,7 +153,8 @@ def main() -> None:
         ps = prompts(batch, plen)
         prof = None
         # "profile": "first" profiles the first run only (repeat it unprofiled for the clean figure)
-        if spec.get("profile") == "first" and i_run == 0:  # host-time breakdown (cProfile adds overhead)
+        if (spec.get("profile") == "first" and i_run == 0) or i_run in spec.get("cprofile_runs", []):
+            # host-time breakdown (cProfile adds overhead)
             import cProfile
 
             prof = cProfile.Profile()
@@ -176,7 +173,7 @@ def main() -> None:
                    tokens_head=[t[:12] for t in toks[:2]], commit=os.environ.get("GSA_COMMIT"),
                    # steady state: the median step, so a one-time cost in the first steps (Triton compiling a
                    # launch specialisation the warm-up did not meet) shows as first_steps_ms, not as throughput
-                   variant="dense_max_seq_len" if spec.get("dense_max_seq_len") else None,
+                   variant=spec.get("variant"),
                    step_ms_median=med, decode_tok_s_median=batch * 1e3 / med if srt else None,
                    first_steps_ms=[round(x, 2) for x in steps_ms[:4]], step_ms_max=srt[-1] if srt else None,
                    slow_steps=sum(x > 2 * med for x in steps_ms))

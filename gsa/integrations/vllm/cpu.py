@@ -17,7 +17,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,

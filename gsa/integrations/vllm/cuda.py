@@ -21,9 +21,12 @@ device buffers, every sparse layer selects over the whole block table with a
 fixed width (so the captured kernels and shapes serve every later step; a dense
 row or step is a budget of ``n_blocks``), the selection writes into the layer's
 persistent buffers (``gsa.hotpath``), and the sparse metadata keeps the dense
-``max_seq_len`` bound under capture (eager steps: the plan's sparse bound, see
-:func:`sparse_max_seq_len`) and ``max_num_splits`` while FA3 schedules the sparse
-lengths itself (``scheduler_metadata=None``). The same graph form serves eager
+``max_seq_len`` bound and ``max_num_splits`` while FA3 schedules the sparse lengths
+itself (``scheduler_metadata=None``). The dense bound also in eager steps: FA3 divides
+each row's own length into the splits its heuristic picks from ``max_seq_len``, so a
+smaller bound means fewer splits and fewer CTAs; giving it the plan's sparse bound
+(the largest ``n_sel`` x block size) made PIECEWISE steps slower on the H200
+(median 12.8 -> 19.8 ms at 128K x 5, 12.9 -> 17.3 ms at 32K x 16; docs/vllm.md). The same graph form serves eager
 uniform decode steps (PIECEWISE mode). Mixed prefill/decode batches run piecewise
 (attention eager) with the compact selection width. Tensor
 parallelism (codes all-gathered per layer) keeps ``AttentionCGSupport.NEVER``.
@@ -34,7 +37,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 from vllm.v1.attention.backend import AttentionCGSupport
 from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionBackend,
@@ -49,7 +51,7 @@ from .hybrid import gsa_group
 from .runtime import StepState, runtime_for
 
 __all__ = ["GSAFlashAttentionBackend", "GSAFlashAttentionMetadata", "GSAFlashAttentionMetadataBuilder",
-           "GSAFlashAttentionImpl", "sparse_max_seq_len"]
+           "GSAFlashAttentionImpl"]
 
 
 @dataclass
@@ -120,33 +122,7 @@ class GSAFlashAttentionImpl(GSAImplMixin, FlashAttentionImpl):
         out.block_table = table
         out.seq_lens = lens
         out.scheduler_metadata = None
-        out.max_seq_len = sparse_max_seq_len(md.max_seq_len, state, layer, self.gsa.config.chunk_size, lens.shape[0])
         return out
-
-
-def sparse_max_seq_len(dense_max: int, state: StepState, layer: int, block_size: int, rows: int) -> int:
-    """``max_seq_len`` for FA3 on the sparse table of scoring layer ``layer``.
-
-    Under CUDA-graph capture, the dense bound ``dense_max``: a FULL graph replays every later step,
-    and vLLM caps FA3's splits for it (``max_num_splits``). In an eager step (PIECEWISE, or a batch
-    that no graph covers), the plan's own bound: the largest ``n_sel`` of the step times the block
-    size. Every sparse row holds at most ``n_sel`` whole blocks, so this bound holds for every planned row;
-    ``rows``: the rows of the sparse metadata: when vLLM padded the batch past the planned rows (their
-    lengths live on the device only), the dense bound is kept.
-    FA3 sizes its KV splits from ``max_seq_len`` when ``max_num_splits`` is 0 (eager). With the
-    dense bound at 128K and a few requests, its heuristic picks a few splits of ~40K tokens each, and
-    the ~16K tokens a 1/8 row keeps then fill only the first split of each (row, head). Not yet
-    measured on a GPU (docs/vllm.md, "CUDA graphs")."""
-    step = state.step
-    sel = step.plan.n_sel.get(layer) if step is not None else None
-    if sel is None or sel.size == 0 or rows != sel.shape[0]:  # a dense step in graph form, or padded rows
-        return dense_max
-    key = ("fa_max_seq_len", id(sel))  # layers of one budget group share their n_sel array
-    got = state.memo.get(key)
-    if got is None:  # once per budget group and step; -1: under capture, keep the dense bound
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        got = state.memo[key] = -1 if capturing else int(sel.max()) * int(block_size)
-    return dense_max if got < 0 else min(int(dense_max), got)
 
 
 class GSAFlashAttentionBackend(GSABackendCompat, FlashAttentionBackend):

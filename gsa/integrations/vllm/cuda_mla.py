@@ -1,7 +1,7 @@
 """GSA around vLLM's CUDA MLA backends: ``FLASH_ATTN_MLA`` and ``TRITON_MLA``.
 
-Written against vLLM 0.32 (``vllm/v1/attention/backends/mla/flashattn_mla.py``,
-``triton_mla.py``); NOT run on a GPU here. On the CPU build ``flashattn_mla`` does
+Written against vLLM 0.26 and 0.32 (``vllm/v1/attention/backends/mla/flashattn_mla.py``,
+``triton_mla.py``); run on an H200 with vLLM 0.26 (docs/vllm.md says what ran). On the CPU build ``flashattn_mla`` does
 not even import (its FlashAttention-3 symbols are absent), so CI import-checks
 this module with those two symbols stubbed (tests/test_vllm_mla.py); docs/vllm.md
 says what was and was not exercised.
@@ -19,12 +19,13 @@ from the new lengths itself; ``max_seq_len`` stays the dense upper bound).
 FLASH_ATTN_MLA's builder treats rows of up to 512 query tokens as "decode" rows:
 those rows are dense in the GSA plan (spec 8) and keep their blocks.
 
-CUDA graphs: as :mod:`.cuda`, the builders report ``AttentionCGSupport.NEVER``
-while GSA is on (attention runs outside the graphs).
+CUDA graphs: the builders report the wrapped backend's own graph support with GSA
+on, as :mod:`.cuda` does: a uniform decode batch is planned in graph form
+(persistent budgets, the block table's full width, the selection written into the
+layer's persistent buffers), so FULL decode graphs capture the selection too. The
+sparse copy keeps the dense ``max_seq_len`` and ``max_num_splits``.
 """
 from __future__ import annotations
-
-import dataclasses
 
 from vllm.v1.attention.backend import AttentionCGSupport
 from vllm.v1.attention.backends.mla.flashattn_mla import (
@@ -36,19 +37,20 @@ from vllm.v1.attention.backends.mla.triton_mla import TritonMLABackend, TritonML
 
 from .compat import GSABackendCompat, MLAKVCacheUpdate
 from .mla import GSAMLABuilderMixin, GSAMLAImplMixin
-from .settings import read_settings
 
 __all__ = ["GSAFlashAttnMLABackend", "GSAFlashAttnMLAMetadataBuilder", "GSAFlashAttnMLAImpl",
            "GSATritonMLABackend", "GSATritonMLAMetadataBuilder", "GSATritonMLAImpl"]
 
 
 def _cg_support(base, vllm_config, kv_cache_spec) -> AttentionCGSupport:
-    if read_settings(getattr(vllm_config, "additional_config", None), vllm_config.model_config) is None:
-        return base.get_cudagraph_support(vllm_config, kv_cache_spec)  # GSA off: the backend's own
-    return AttentionCGSupport.NEVER
+    """The backend's own graph support, GSA on or off: uniform decode steps are planned in
+    graph form (:mod:`.mla`), and the MLA path refuses tensor parallelism at start-up."""
+    return base.get_cudagraph_support(vllm_config, kv_cache_spec)
 
 
 class _Builder(GSAMLABuilderMixin):
+    _gsa_graph_form = True
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self._gsa_builder_init(vllm_config, layer_names)
@@ -76,7 +78,9 @@ class GSAFlashAttnMLAMetadataBuilder(_Builder, FlashAttnMLAMetadataBuilder):
 
 class GSAFlashAttnMLAImpl(_Impl, FlashAttnMLAImpl):
     def _sparse_decode(self, dec, table, lens, state):
-        return dataclasses.replace(dec, block_table=table, seq_lens=lens, scheduler_metadata=None)
+        out = super()._sparse_decode(dec, table, lens, state)
+        out.scheduler_metadata = None  # made for the dense lengths: FA3 schedules the sparse ones itself
+        return out
 
 
 class GSAFlashAttnMLABackend(GSABackendCompat, FlashAttnMLABackend):

@@ -21,7 +21,10 @@ GSA hooks in at exactly those two places:
   dense (spec 8).
 
 The step is planned by the metadata builder over the decode rows only, from
-host lengths (:class:`GSAMLABuilderMixin`). Limits (start-up errors):
+host lengths (:class:`GSAMLABuilderMixin`); a uniform decode batch in graph form
+(as :mod:`.cuda`: persistent budgets, the table's full width, the selection in the
+layer's persistent hot-path buffers), so the wrapped backends keep their own CUDA
+graph support (FULL decode graphs). Limits (start-up errors):
 tensor parallelism > 1 (the scores sum over all heads; the MLA path does not
 gather query codes across ranks yet), and a config whose ``kv_lora_rank`` /
 ``qk_rope_head_dim`` differ from the model's.
@@ -36,7 +39,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .common import host_lengths, layer_index, runtime_at_init
+from .common import host_lengths, layer_index, runtime_at_init, shallow_copy
 from .hybrid import gsa_group
 from .runtime import GSAVllmRuntime, StepState, runtime_for
 from .settings import GSAVllmConfigError
@@ -65,6 +68,9 @@ def with_gsa_field(md: Any) -> Any:
 class GSAMLABuilderMixin:
     """Put before the backend's MLA metadata builder: ``class X(GSAMLABuilderMixin, FooBuilder)``."""
 
+    #: plan uniform decode batches in graph form (a backend whose builder keeps CUDA graphs)
+    _gsa_graph_form = False
+
     def _gsa_builder_init(self, vllm_config: Any, layer_names: Any) -> None:
         self._gsa_vllm_config = vllm_config
         rt = runtime_for(vllm_config)
@@ -80,7 +86,12 @@ class GSAMLABuilderMixin:
         # decode rows come first and are the only rows forward_mqa sees; a step
         # without them is planned whole (all prefill: dense) so that it is counted
         rows = int(md.num_decodes) if int(md.num_decodes) > 0 else seq_lens.shape[0]
-        md.gsa = rt.plan(seq_lens[:rows], query_lens[:rows], common.query_start_loc[: rows + 1])
+        static = None
+        if self._gsa_graph_form and common.max_query_len == 1 and int(md.num_prefills) == 0 and rows <= 1024:
+            # a uniform decode batch: graph form (the table's full width, persistent budgets), which a
+            # FULL graph needs and which also spares eager (PIECEWISE) steps the per-step gathers
+            static = common.block_table_tensor.shape[1]
+        md.gsa = rt.plan(seq_lens[:rows], query_lens[:rows], common.query_start_loc[: rows + 1], static_width=static)
         if md.gsa.step is not None and int(md.num_prefills) > 0:
             rt.counters.mixed_steps += 1  # the plan saw only the decode rows
         md.gsa.builder = self
@@ -180,7 +191,9 @@ class GSAMLAImplMixin:
             if dense_lens.shape[0] > b:  # rows padded past the step's requests keep theirs
                 lens = torch.cat([lens, dense_lens[b:].to(lens.dtype)])
                 table = torch.cat([table, table.new_zeros((dense_table.shape[0] - b, table.shape[1]))])
-            md = dataclasses.replace(attn_metadata, decode=self._sparse_decode(dec, table, lens, state))
+            # shallow copies (dataclasses.replace re-runs __init__: ~10x the host time)
+            md = shallow_copy(attn_metadata)
+            md.decode = self._sparse_decode(dec, table, lens, state)
             state.derived[src] = md
         return md
 
@@ -189,9 +202,11 @@ class GSAMLAImplMixin:
         return dec.block_table, dec.seq_lens
 
     def _sparse_decode(self, dec: Any, table: torch.Tensor, lens: torch.Tensor, state: StepState) -> Any:
-        """A ``dataclasses.replace`` copy of the decode metadata ``dec`` over the sparse
-        ``(table int32 [B, K], lens int32 [B])``, derived fields rebuilt (per backend)."""
-        return dataclasses.replace(dec, block_table=table, seq_lens=lens)
+        """A shallow copy of the decode metadata ``dec`` over the sparse ``(table int32
+        [B, K], lens int32 [B])``, derived fields rebuilt (per backend)."""
+        out = shallow_copy(dec)
+        out.block_table, out.seq_lens = table, lens
+        return out
 
     # -- debug capture (tests) -------------------------------------------
     def _gsa_capture(self, rt: GSAVllmRuntime, l: int, state: StepState, q_nope: torch.Tensor, q_pe: torch.Tensor,
@@ -200,7 +215,7 @@ class GSAMLAImplMixin:
         sparse rows' absorbed query ``q [R, N, L + P]``, output ``[R, N, L]``, dense and sparse
         tables and lengths, the latent cache ``[NB, bs, L + P]`` and the hash cache."""
         step = state.step
-        rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0])
+        rows = torch.from_numpy(np.nonzero(step.plan.sparse_rows)[0]).to(q_nope.device)
         if rows.numel() == 0:
             return
         sel = rt.policy.layer(l).selection_layer

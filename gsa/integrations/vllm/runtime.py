@@ -110,9 +110,6 @@ class StepState:
     host_seq_lens: Optional[np.ndarray] = None
     derived: Dict[int, Any] = field(default_factory=dict)
     builder: Any = None  # the backend's metadata builder (rebuilds derived metadata)
-    #: per-step values derived from the plan, computed once for the step's layers (e.g. FA3's
-    #: sparse ``max_seq_len`` per budget group)
-    memo: Dict[Any, Any] = field(default_factory=dict)
     #: a uniform decode step in CUDA-graph form (see :meth:`GSAVllmRuntime.plan`): every
     #: sparse layer selects (dense rows and steps through their budgets), over the whole
     #: block table, from persistent budget buffers, with a fixed width
@@ -322,7 +319,8 @@ class GSAVllmRuntime:
                 # the step's rows (no view op when nothing is padded: the same signature either way)
                 bt = block_table if block_table.shape[0] == b else block_table[:b]
                 sl = seq_lens if seq_lens.shape[0] == b else seq_lens[:b]
-                out = self.sparse._select_hot(layer, step, bt, sl, hc, query if query.shape[0] == b else query[:b])
+                qr = query_rope if query_rope is None or query_rope.shape[0] == b else query_rope[:b]
+                out = self.sparse._select_hot(layer, step, bt, sl, hc, query if query.shape[0] == b else query[:b], qr)
                 step._selections[layer] = out
                 self.counters.layer_selections += 1
             else:
