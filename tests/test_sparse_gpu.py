@@ -102,3 +102,64 @@ def test_cuda_graph_decode_step():
         torch.cuda.synchronize()
         for a, b in zip(captured, eager):
             assert torch.equal(a, b)
+
+
+def test_cuda_graph_mla_step_replays_new_lengths():
+    """MLA (spec 9) in graph form, as the FLASH_ATTN_MLA wrapper runs FULL decode graphs: key
+    hashing and selection captured once, replayed over new queries, keys, lengths and budgets
+    (persistent budget buffers), equal to eager and to the CPU reference on the CUDA codes."""
+    if resolve("hamming_dist_top_k", "cuda").name == "reference":
+        pytest.skip("the pure-torch reference is not graph-capturable (it builds lookup tables per call)")
+    dev = torch.device("cuda")
+    cfg = GSAConfig.for_model("DeepSeek-V2-Lite")
+    gs = GSASparse(cfg, dev)
+    layer = gs.scoring_layers[0]
+    seq = [16384, 9000, 3000]
+    nb, table, slots, g = layout(cfg, seq, 4)
+    hc = gs.allocate_hash_caches(nb)[layer]
+    gs.cache_keys(layer, hc, slots.to(dev), torch.randn(slots.numel(), 512, generator=g).to(dev, torch.bfloat16),
+                  torch.randn(slots.numel(), 64, generator=g).to(dev, torch.bfloat16))
+    table = table.to(dev)
+    lens = torch.tensor(seq, dtype=torch.int32, device=dev)
+    new_slots = (table[:, -1].long() * cfg.chunk_size).contiguous()  # one new key per row (a decode step)
+    c_kv = torch.zeros(3, 512, device=dev, dtype=torch.bfloat16)
+    k_pe = torch.zeros(3, 64, device=dev, dtype=torch.bfloat16)
+    q = torch.zeros(3, cfg.num_attention_heads, 576, device=dev, dtype=torch.bfloat16)
+    q_lat, q_pe = q.split([512, 64], dim=-1)  # views of one tensor, as vLLM hands them
+    step = gs.begin_step(seq, k=table.shape[1], graph=True)
+
+    def body():
+        step._selections.clear()
+        gs.cache_keys(layer, hc, new_slots, c_kv, k_pe)
+        t, n = gs.select(layer, step, table, lens, hc, q_lat, q_pe)
+        return t.clone(), n.clone()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        body(), body()  # warm up (compilation, signature checks, programs) outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = body()
+    for i in range(3):
+        seq_i = [16384 - 700 * i, 9000 + 128 * i, 3000 - 64 * i]
+        lens.copy_(torch.tensor(seq_i, dtype=torch.int32))
+        gs.begin_step(seq_i, k=table.shape[1], graph=True)  # new budgets into the same buffers
+        q.copy_(torch.randn(q.shape, device=dev, dtype=torch.bfloat16))
+        c_kv.copy_(torch.randn(c_kv.shape, device=dev, dtype=torch.bfloat16))
+        k_pe.copy_(torch.randn(k_pe.shape, device=dev, dtype=torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        got = [x.clone() for x in captured]
+        eager = body()
+        assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1]), i
+        w = gs.weights(layer)
+        q_codes = ops.mla_hash_encode(q_lat, q_pe, *w)
+        with use_backend("reference"):
+            budgets = step.budgets[layer].cpu()
+            idx, n_sel = ops.hamming_dist_top_k(q_codes.cpu(), hc.cpu(), table.cpu(), lens.cpu(), budgets,
+                                                table.shape[1], cfg.must_select_blocks, cfg.chunk_repre_method,
+                                                cfg.rope_bytes, cfg.rope_score_weight)
+            want = ops.kv_select(idx, n_sel, table.cpu(), lens.cpu(), cfg.chunk_size)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), i

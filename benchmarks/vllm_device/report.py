@@ -11,6 +11,12 @@ UCM = {"note": "UCM GSA, published, non-offload, DeepSeek-R1-Distill-Qwen-32B on
        "gain": 70 / 48}
 
 
+def _tags(r: dict) -> str:
+    """`` [variant, backend]`` after the config: a run's label and a backend other than the default."""
+    tags = [t for t in (r.get("variant"), r.get("backend")) if t and t not in ("FLASH_ATTN", "FLASH_ATTN_MLA")]
+    return f" [{', '.join(tags)}]" if tags else ""
+
+
 def _median_cell(r) -> str:
     """Steady-state throughput from the median decode step, and the first steps' times (rows since
     per-step timing; older rows have only the mean over the whole decode)."""
@@ -63,7 +69,7 @@ def main():
         vs_d = "" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}x"
         vs_f = "" if r["vs_full"] is None else f"{r['vs_full']:.2f}x"
         same_tok = "" if same is None or r["config"] == "dense" else ("yes" if same == r["tokens_sha"] else "no")
-        L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']}{' [' + r['variant'] + ']' if r.get('variant') else ''} | "
+        L.append(f"| {r['model']} | {r['context'] // 1024}K | {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']}{_tags(r)} | "
                  f"{r['decode_tok_s']:.0f} | {r['ms_per_step']:.2f} | {_median_cell(r)} | {vs_d} | {vs_f} | {same_tok} | "
                  f"{st.get('sparse_steps', '')}/{st.get('steps', '')} | {r.get('commit') or 'earlier session'} |")
     checks = [r for r in rows if r.get("capture_check")]
