@@ -25,8 +25,9 @@ value; ``gsa.eval.selectors.gsa_select``, checked against
 Usage: python benchmarks/offload_traces.py [--model smollm2|qwen] [--context 4096] [--n-eval 256]
        [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections]
 Writes benchmarks/results/offload_traces[_TAG].{json,md} (``--save-selections``: also the
-selection sequences, ``..._selections.pt``, so eviction policies can be replayed
-offline with :func:`rates`); the JSON's headline
+selection sequences and every step's block scores (``scores``: ``float32 [steps, blocks]`` per
+sparse layer, the ranking all ratios share), ``..._selections.pt``, so eviction policies can be
+replayed offline with :func:`rates` and benchmarks/offload_policy_replay.py); the JSON's headline
 ``hit_rate_1_8`` (pool hit at ratio 1/8, the first pool fraction) is what
 benchmarks/offload_bench.py reports (the lowest among its ``--traces``).
 """
@@ -84,6 +85,7 @@ class Tracer:
         self.sparse = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
         self.sel: Dict[tuple, List[torch.Tensor]] = {}
         self.wsel: Dict[tuple, List[torch.Tensor]] = {}
+        self.scores: Dict[int, List[torch.Tensor]] = {}  # layer -> block scores [n, nblk] per chunk
         self.acc = M.Accumulator()
 
     def __call__(self, layer, q, k_all, v_all, pos0):
@@ -93,6 +95,7 @@ class Tracer:
         w = load_hash_weights(self.cfg, layer)
         qc, kc = ops.hash_encode(q, w), ops.hash_encode(k_all, w)
         mass = S.block_mass(S.dense_probs(q, k_all, seq, self.scale), self.bs)
+        self.scores.setdefault(layer, []).append(block_scores(qc, kc, seq, self.bs))
         for r, pol in self.pols.items():
             sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)
             wide = S.gsa_select(self.wide[r], layer, qc, kc, seq, check_rows=0)
@@ -107,6 +110,19 @@ class Tracer:
             self.acc.add(f"r={r:.4g}/mass_recall_lag1", layer, M.mass_recall(mass, lag)[1 if not hist else 0:])
             hist.append(sel)
             self.wsel.setdefault((r, layer), []).append(wide)
+
+
+def block_scores(q_codes: torch.Tensor, k_codes: torch.Tensor, seq: torch.Tensor, bs: int) -> torch.Tensor:
+    """The block scores every GSA selection ranks (chunk_repre_method 'max', as
+    ``S.gsa_select`` computes them; independent of the ratio): ``q_codes uint8 [N, Hq, C]``,
+    ``k_codes uint8 [S, Hkv, C]``, ``seq int64 [N]`` -> ``float32 [N, NBLK]``, higher = nearer
+    (``-inf`` past the row's length). Saved so eviction/prefetch policies that rank blocks by
+    score can be replayed offline."""
+    n, hq, c = q_codes.shape
+    hkv = k_codes.shape[1]
+    qs = S.unpack_signs(q_codes).reshape(n, hkv, hq // hkv, c * 8).sum(dim=2)
+    tok = torch.einsum("nhr,shr->ns", qs, S.unpack_signs(k_codes))
+    return S._block_max(tok, seq, bs).float()
 
 
 def pad_steps(chunks: List[torch.Tensor], nblk: int) -> torch.Tensor:
@@ -261,7 +277,9 @@ def main(argv=None):
         torch.save(dict(context=args.context, n_eval=args.n_eval, n_blocks_final=nblk, block_size=cfg.chunk_size,
                         forced=forced_sets(cfg, args.context, args.n_eval),
                         sel={(r, l): pad_steps(tracer.sel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse},
-                        wide={(r, l): pad_steps(tracer.wsel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse}),
+                        wide={(r, l): pad_steps(tracer.wsel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse},
+                        scores={l: torch.cat([torch.nn.functional.pad(c, (0, nblk - c.shape[1]), value=-math.inf)
+                                              for c in tracer.scores[l]]) for l in tracer.sparse}),
                    base + "_selections.pt")
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1)
