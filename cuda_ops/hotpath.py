@@ -23,6 +23,9 @@ class TritonHotPath:
     """Builds launch programs for validated signatures (one instance per process)."""
 
     name = "triton"
+    # select_program writes every block's order key into its ``keys [B, M]`` buffer (scores and
+    # selection, fused or not): gsa.offload's score-aware eviction reads them there
+    fills_block_keys = True
 
     def select_program(self, q, weight, hash_cache, block_table, seq_lens, budgets, k, must_select_blocks,
                        chunk_repre_method, pad_id, q_codes, keys, table, lens, rope=None):

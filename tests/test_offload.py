@@ -97,7 +97,8 @@ def _slots(table, starts, ends):
     return torch.cat(out)
 
 
-def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, dtype=torch.bfloat16, cpu_lag=0):
+def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, dtype=torch.bfloat16, cpu_lag=0,
+         eviction="lru"):
     """Prefill 3 rows, decode ``steps`` steps; compare with GSASparse over the full KV
     (with ``cpu_lag=1``: attention over the full KV with the offload's own tables)."""
     cfg = GSAConfig(**CFG)
@@ -110,7 +111,8 @@ def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, d
     vc = {l: torch.zeros(nb, BS, HKV, D, dtype=dtype) for l in range(cfg.num_hidden_layers)}
     pool = min_pool_blocks(ref, batch, seq_max, cpu_lag, 2.0 if prefetch == "lookahead" else 1.0) + pool_slack
     off = OffloadedGSA(GSASparse(cfg, "cpu", block_size=BS), nb, pool, batch, seq_max, HKV, D, dtype,
-                       prefetch=prefetch, selector=selector, mover_mode=mover_mode, cpu_lag=cpu_lag)
+                       prefetch=prefetch, selector=selector, mover_mode=mover_mode, cpu_lag=cpu_lag,
+                       eviction=eviction)
     g = torch.Generator().manual_seed(seed + 1)
 
     def write(starts, ends):

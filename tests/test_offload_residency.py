@@ -175,3 +175,23 @@ def test_offloaded_steps_with_the_fused_maps_equal_the_torch_maps(rng, prefetch)
         for l in offs[0].layers:
             _assert_same(offs[0].maps[l], offs[1].maps[l], (), (), f"step {t} layer {l}")
     assert offs[1].stats() == offs[0].stats() and offs[1].stats()["fetched"] > 0
+
+
+@pytest.mark.parametrize("nb,s", [(40, 12), (3000, 300)])
+def test_fused_residency_equals_torch_map_with_score_priorities(rng, nb, s):
+    """Score-aware eviction writes priorities (up to 2^31) into last_used before each
+    request (ResidencyMap.set_priority); the fused kernel must order them as the torch map."""
+    ref, fused = _pair(nb, s)
+    dev = _dev()
+    prio = torch.full((nb + 1,), float("nan"), device=dev)
+    for t in range(1, 9):
+        scored = torch.rand(nb, generator=rng) < 0.7  # some blocks never scored (NaN: kept least)
+        prio[:nb] = torch.where(scored, torch.randn(nb, generator=rng) * 3, prio[:nb].cpu()).to(dev)
+        if t == 4:
+            prio[: nb // 2] = 0.5  # ties: fewest uses, then the lowest slot
+        for m in (ref, fused):
+            m.set_priority(prio)
+        n = int(torch.randint(1, s + 1, (1,), generator=rng))
+        blocks = _random_blocks(rng, nb, min(n, nb), 0.2, 0.2).to(dev)
+        _assert_same(ref, fused, ref.request(blocks, t), fused.request(blocks, t), f"step {t} n={n}")
+    assert ref.stats() == fused.stats() and fused.stats()["fetched"] > s

@@ -29,6 +29,12 @@ covered is counted (``predicted_rate``). Sources (``prefetch=``):
 * CPU top-k with ``cpu_lag=1``: the lagged selection *is* the next request, so
   it is prefetched exactly (pass ``block_table_host`` to :meth:`begin_step`).
 
+Eviction (``eviction=``): ``"lru"`` (default) evicts the least recently selected block
+(ties by fewest selections); ``"score"`` evicts the lowest exponentially decayed
+block score (:mod:`gsa.offload.scores`: every step's block scores of the selection,
+z-scored per row, decayed by ``score_decay``), which on real traces hits more and
+fetches less (docs/offload.md). Neither changes what attention reads.
+
 Dense layers (ratio >= 1) are not offloaded: they read every block, so their
 KV stays on the device under the engine's own cache (3 of 36 layers in the
 shipped Qwen3 configs). Which layers are offloaded: :attr:`OffloadedGSA.layers`.
@@ -44,6 +50,7 @@ from gsa import ops
 from gsa.offload.cpu_topk import CPUTopK
 from gsa.offload.mover import BlockMover
 from gsa.offload.residency import PoolTooSmallError, ResidencyMap
+from gsa.offload.scores import block_scores, new_priority, update_priority
 from gsa.sparse import GSASparse, Step
 
 __all__ = ["OffloadedGSA", "min_pool_blocks"]
@@ -92,14 +99,17 @@ class OffloadedGSA:
     memory, ``cpu_lag`` 0 or 1 steps; with lag 1 the lagged selection is the
     prediction whatever ``prefetch`` says, unless it is off). ``mover_mode``:
     see :class:`BlockMover`. ``layers``: the sparse layers to offload (default
-    all; a reusing layer needs its source among them).
+    all; a reusing layer needs its source among them). ``eviction``: ``"lru"``
+    or ``"score"`` (device selector, prefetch ``None`` or ``"previous"``), with
+    ``score_decay`` in ``[0, 1)`` (the weight of a block's past scores).
     """
 
     def __init__(self, gsa: GSASparse, num_host_blocks: int, pool_blocks: int, max_batch: int, max_seq_len: int,
                  kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16,
                  prefetch: Union[bool, str, None] = "previous", lookahead: float = 2.0,
                  selector: str = "device", cpu_lag: int = 0, mover_mode: Optional[str] = None,
-                 host_device: Union[str, torch.device] = "cpu", layers: Optional[Sequence[int]] = None):
+                 host_device: Union[str, torch.device] = "cpu", layers: Optional[Sequence[int]] = None,
+                 eviction: str = "lru", score_decay: float = 0.7):
         if not isinstance(gsa, GSASparse):
             raise TypeError(f"OffloadedGSA: 'gsa' must be a GSASparse, got {type(gsa).__name__}")
         c = gsa.config
@@ -117,6 +127,16 @@ class OffloadedGSA:
         if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
             raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
                              f"got selector {selector!r}, lookahead {lookahead!r}")
+        if eviction not in ("lru", "score"):
+            raise ValueError(f"OffloadedGSA: 'eviction' must be 'lru' or 'score', got {eviction!r}")
+        if eviction == "score" and (selector != "device" or prefetch not in (None, "previous")):
+            # a lookahead or lagged prediction admits blocks between two priority updates, when
+            # the keys of the last request's blocks still hold its recency stamp
+            raise ValueError(f"OffloadedGSA: eviction 'score' needs the device selector and prefetch None or "
+                             f"'previous', got selector {selector!r}, prefetch {prefetch!r}")
+        if not (isinstance(score_decay, (int, float)) and 0.0 <= float(score_decay) < 1.0):
+            raise ValueError(f"OffloadedGSA: 'score_decay' must be a number in [0, 1), got {score_decay!r}")
+        self.eviction, self.score_decay = eviction, float(score_decay)
         self.lookahead = float(lookahead) if prefetch == "lookahead" else 1.0
         need = min_pool_blocks(gsa, max_batch, max_seq_len, cpu_lag if selector == "cpu" else 0, self.lookahead)
         if pool_blocks < need:
@@ -167,6 +187,10 @@ class OffloadedGSA:
         self.hash_caches = {} if self.cpu_topk else {
             l: torch.zeros(hc_shape, dtype=torch.uint8, device=self.device) for l in sorted(sources)}
         self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
+        # eviction "score": per offloaded layer the decayed block score of every host block
+        self.priority: Dict[int, Tensor] = {
+            l: new_priority(self.nb, self.device) for l in self.layers} if eviction == "score" else {}
+        self._scores: Dict[int, Tensor] = {}  # scoring layer -> this step's block scores [B, M]
         self._pred_bufs: Dict[tuple, Tensor] = {}  # (layer, width) -> persistent copy of a selection
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
         self._step: Optional[Step] = None
@@ -221,6 +245,7 @@ class OffloadedGSA:
                              f"'previous', got selector {self.selector!r}, prefetch {self.prefetch!r}")
         step = self.gsa.begin_step(seq_lens, query_lens, k, graph=graph)
         self._step, self._bt_host = step, block_table_host
+        self._scores = {}
         self.now += 1
         self.now_t.fill_(self.now)
         plan = step.plan
@@ -271,6 +296,8 @@ class OffloadedGSA:
         for l in self.layers:
             self.maps[l] = ResidencyMap(self.nb, self.s, self.device)
             self.maps[l].now_t = self.now_t
+            if l in self.priority:
+                self.priority[l].fill_(float("nan"))
         self._pred = {}
 
     def _predict(self, layer: int) -> None:
@@ -301,6 +328,22 @@ class OffloadedGSA:
         table, lens = ops.kv_select(idx, n_sel, block_table, seq_lens, self.bs, self.gsa.pad_id)
         return self._blocks(table, lens)
 
+    def _score_eviction(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> None:
+        """Eviction "score": fold this step's block scores into the layer's priorities and
+        write them into its map's eviction keys (before its request). A reusing layer takes
+        its source's scores (same rows, same blocks); a step that did not score (a dense
+        step) leaves the priorities as they are."""
+        src = self.gsa.policy.layer(layer).selection_layer
+        plan = step.plan
+        if plan.sparse or step.graph:
+            sc = self._scores.get(src)
+            if sc is None and src == layer:
+                sc = self._scores[src] = block_scores(self.gsa, layer, q, self.hash_caches[layer], block_table,
+                                                      seq_lens)
+            if sc is not None:
+                update_priority(self.priority[layer], block_table, sc, self.score_decay)
+        self.maps[layer].set_priority(self.priority[layer])
+
     def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:
         """Host block ids a sparse table uses, ``-1`` for unused entries, flat ``int64 [B * K]``."""
         used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
@@ -330,6 +373,8 @@ class OffloadedGSA:
         table, lens = self.select(layer, step, block_table, seq_lens, q, block_table_host, seq_lens_host)
         needed = self._blocks(table, lens)
         self.maps[layer].check_capacity(needed.shape[0])
+        if self.eviction == "score":
+            self._score_eviction(layer, step, q, block_table, seq_lens)
         src, dst, n = self.maps[layer].request(needed)
         self.movers[layer].fetch(src, dst, n)
         if self.prefetch:

@@ -13,8 +13,10 @@ block 0 into the scratch slot ``S``, which no table ever points at.
 
 Eviction: a miss takes the slot with the smallest key ``(last_used, uses)``:
 free slots first (``last_used = -1``), then least recently selected, ties by
-fewest selections (the "score"), then the lowest slot. Slots holding blocks of
-the current request are never victims.
+fewest selections, then the lowest slot. Slots holding blocks of the current
+request are never victims. Score-aware eviction (:meth:`ResidencyMap.set_priority`,
+:mod:`gsa.offload.scores`) writes a per-block priority into ``last_used`` before
+each request, so the same key then orders by priority.
 
 Counters (int64 tensors on the device, read only when the caller asks):
 ``wanted`` distinct requested blocks, ``hits`` of them already resident,
@@ -240,6 +242,21 @@ class ResidencyMap:
         self._predicted.zero_()
         self._predicted.index_fill_(0, ids, True)
         self._predicted[self.nb] = False
+
+    def set_priority(self, prio: Tensor) -> None:
+        """Score-aware eviction (``OffloadedGSA(eviction="score")``, :mod:`gsa.offload.scores`):
+        write each resident block's priority ``prio float [NB + 1]`` (higher = keep; NaN = never
+        scored, kept least) into its slot's ``last_used``, so the next request (torch ops or the
+        fused kernel, unchanged: key ``last_used * 2^20 + uses``) evicts the lowest priority first,
+        ties by fewest uses, then the lowest slot. Free slots keep ``-1`` (taken first). Priorities
+        are clamped to ``[-64, 64]`` and quantised to 2^-24 (``0 .. 2^31``: the key stays far inside
+        int64). Call before every request: a request stamps its blocks with ``now`` (small), which
+        only the next ``set_priority`` overwrites. In place, no host sync."""
+        held = self.block_of[: self.s]
+        p = prio[torch.where(held >= 0, held, self.nb)].float()
+        p = torch.where(torch.isnan(p), -64.0, p).clamp(-64.0, 64.0)
+        q = torch.round((p + 64.0) * float(1 << 24)).to(torch.int64)
+        self.last_used[: self.s] = torch.where(held >= 0, q, self.last_used[: self.s])
 
     def stats(self) -> Dict[str, int]:
         """Counters as host ints (a host sync: call outside the decode step)."""

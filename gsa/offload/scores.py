@@ -1,0 +1,111 @@
+"""Score-aware eviction for the offload pool: every step's block scores, kept per host block
+as an exponentially decayed z-score, become the pool's eviction order (``eviction="score"``).
+
+Why: the selection scores every block of every row at every step; a block that scores high
+now but just missed the budget is likely selected soon, and one that has scored low for a
+while is not. On real Qwen2.5-0.5B decode traces (ratio 1/8, pool 1/4 of the KV) evicting the
+lowest decayed score hits 0.882 of the selected blocks at 16K (least-recent: 0.861) and
+fetches less (benchmarks/offload_policy_replay.py, docs/offload.md "Score-aware eviction").
+
+Pieces (all fixed-shape tensor ops on the pool's device: no host sync, capturable):
+
+* :func:`block_scores`: ``float32 [B, M]`` block scores of the layer's selection this step
+  (``-inf`` for blocks past a row's length). Where the device's hot path writes its block
+  order keys into the layer's buffers (the Triton backend: ``fills_block_keys``; the keys are
+  the scores in 1/16 units for ``max``, a monotone int32 image of the float for ``mean``),
+  they are read there at no extra cost; elsewhere (CPU, the generic hot path, MLP codes)
+  they are recomputed with the pure-torch reference scoring (:mod:`gsa.reference.scoring`:
+  exact, but it reads and unpacks the codes again; fine for CPU and tests, slow at 128K).
+* :func:`update_priority`: ``prio [NB + 1]`` (NaN: never scored) <- per row z-score of the
+  block scores (rows become comparable in a pool they share), decayed:
+  ``prio = decay * prio + (1 - decay) * z`` (the first score of a block is taken as is).
+* :meth:`gsa.offload.ResidencyMap.set_priority` writes the priority of each resident block
+  into the map's eviction key (``last_used``), so the map (torch ops or the fused kernel,
+  unchanged) evicts the lowest priority first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from gsa import hash_codes
+from gsa.hotpath import hot_path_for
+from gsa.reference import scoring as ref_scoring
+
+__all__ = ["block_scores", "update_priority", "new_priority", "fast_block_scores_available"]
+
+Tensor = torch.Tensor
+_INT32_MIN = -(2 ** 31)
+
+
+def new_priority(num_host_blocks: int, device) -> Tensor:
+    """``float32 [NB + 1]`` of NaN (never scored); entry ``NB`` is the padding dummy."""
+    return torch.full((num_host_blocks + 1,), math.nan, dtype=torch.float32, device=device)
+
+
+def _hot_keys(gsa, layer: int, batch: int, width: int) -> Optional[Tensor]:
+    """The layer's hot-path block keys ``int32 [B, M]`` of its last selection, if the
+    device's hot path wrote them (else ``None``)."""
+    hot = getattr(gsa, "_hot", {}).get(layer)
+    bufs = getattr(hot, "cur", None) if hot is not None else None
+    if bufs is None or not bufs.direct or bufs.program is None:
+        return None
+    keys = bufs.keys
+    if keys is None or tuple(keys.shape) != (batch, width):
+        return None
+    if not getattr(hot_path_for(keys.device), "fills_block_keys", False):
+        return None
+    return keys
+
+
+def fast_block_scores_available(gsa, layer: int, batch: int, width: int) -> bool:
+    """Whether :func:`block_scores` reads the hot path's keys (no recomputation)."""
+    return _hot_keys(gsa, layer, batch, width) is not None
+
+
+def block_scores(gsa, layer: int, q: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
+    """Block scores of ``layer``'s selection this step (call right after the layer selected):
+    ``q [B, Hq, D]``, ``hash_cache uint8 [NB, Hkv, bs, C]``, ``block_table int32 [B, M]``,
+    ``seq_lens int32 [B]`` -> ``float32 [B, M]``, ``-inf`` where a block has no token of the
+    row. Higher = nearer; the order (and ties) of the selection's own scores."""
+    c = gsa.config
+    b, m = block_table.shape
+    keys = _hot_keys(gsa, layer, b, m)
+    if keys is not None:
+        if c.chunk_repre_method == "mean":  # undo the monotone int32 image of the float32 mean
+            bits = keys ^ ((keys >> 31) & 0x7FFFFFFF)
+            vals = bits.view(torch.float32)
+        else:
+            vals = keys.to(torch.float32)
+        return torch.where(keys == _INT32_MIN, -math.inf, vals)
+    if q.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise ValueError(f"GSA offload: eviction 'score' under CUDA-graph capture needs the hot path's block keys "
+                         f"(the Triton backend, linear codes); layer {layer} has none (its scores would be "
+                         f"recomputed with host-built tensors)")
+    q_codes = hash_codes.query_codes(c, layer, q)
+    tok, valid = ref_scoring.token_scores(q_codes, hash_cache, block_table, seq_lens.clamp(min=0))
+    return ref_scoring.block_scores(tok, valid, hash_cache.shape[2], c.chunk_repre_method).to(torch.float32)
+
+
+def update_priority(prio: Tensor, block_table: Tensor, scores: Tensor, decay: float) -> None:
+    """Fold one step's block scores into ``prio float32 [NB + 1]`` (in place).
+
+    ``block_table int [B, M]`` host block ids, ``scores float32 [B, M]`` (``-inf``: not a
+    block of the row; never read). Per row the finite scores become z-scores (mean 0, std
+    1 over the row's blocks), then ``prio[block] = decay * prio[block] + (1 - decay) * z``,
+    or ``z`` for a block never scored. A block in several rows (shared prefix) takes one
+    of its rows' values."""
+    nb = prio.shape[0] - 1
+    valid = torch.isfinite(scores)
+    s = torch.where(valid, scores, 0.0)
+    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    mu = s.sum(dim=1, keepdim=True) / n
+    var = torch.where(valid, (s - mu) ** 2, 0.0).sum(dim=1, keepdim=True) / n
+    z = (s - mu) / var.sqrt().clamp(min=1e-6)
+    ids = torch.where(valid, block_table.long().clamp(0, nb), nb).reshape(-1)
+    old = prio[ids]
+    new = torch.where(torch.isnan(old), z.reshape(-1), decay * old + (1.0 - decay) * z.reshape(-1))
+    prio.index_put_((ids,), new)
+    prio[nb] = math.nan
