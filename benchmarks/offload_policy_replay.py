@@ -17,6 +17,20 @@ block, summed over layers. Policies (a request's own blocks are never evicted):
 * ``belady``: the offline optimum for on-demand fetching at that pool size;
 * ``unbounded``: an infinite pool (only first-time selections miss).
 
+With the block scores in the file (``offload_traces.py`` since 2026-11-29 saves every step's
+block scores per layer; older files skip these rows):
+
+* ``score``: the engine's score-aware eviction itself (``OffloadedGSA(eviction="score")``:
+  :func:`gsa.offload.scores.update_priority` with decay ``--score-decay`` and
+  :meth:`ResidencyMap.set_priority` before each request, the map evicting the lowest
+  priority), on demand;
+* ``score_now``: the same with decay 0 (only the step's own scores);
+* ``score_pf{m}`` (``--score-prefetch``): ``score`` plus a prefetch, after each step, of up to
+  ``m`` non-resident blocks with the highest priority (each replacing a lower-priority block
+  outside the step's selection), counted as traffic (plain Python; not in the engine);
+* ``score_top``: the pool made equal, after each step, to the step's selection plus the
+  highest-priority blocks (``score_pf`` with no limit): what this predictor gives at most.
+
 ``fetch`` = blocks copied (misses + prefetches) per selected block: the PCIe traffic.
 (The "previous" prediction is not a row: the last selection is still resident in a pool
 one step wide, so it fetches nothing and the hits equal ``engine``'s; tested in
@@ -40,8 +54,74 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from offload_eviction_replay import as_sets, hits_belady, hits_engine, hits_unbounded  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gsa.offload import ResidencyMap  # noqa: E402
+from gsa.offload.scores import new_priority, update_priority  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 POLICIES = ("engine", "lru", "lfu", "lrfu", "lookahead", "union2", "belady", "unbounded")
+SCORE_POLICIES = ("score", "score_now", "score_top")  # plus score_pf{m}
+
+
+def priorities(scores: torch.Tensor, decay: float) -> List[torch.Tensor]:
+    """The engine's priority after each step: ``scores float [steps, blocks]`` (one request)."""
+    prio = new_priority(scores.shape[1], "cpu")
+    table = torch.arange(scores.shape[1], dtype=torch.int32)[None]
+    out = []
+    for row in scores:
+        update_priority(prio, table, row[None].float(), decay)
+        out.append(prio[:-1].clone())
+    return out
+
+
+def hits_score_engine(seq: List[set], scores: torch.Tensor, slots: int, decay: float) -> int:
+    """Hits (steps after the first) of the engine's ResidencyMap with score-aware eviction,
+    driven exactly as OffloadedGSA drives it (priority update, set_priority, request)."""
+    nblk = scores.shape[1]
+    m, prio = ResidencyMap(nblk, slots), new_priority(nblk, "cpu")
+    table = torch.arange(nblk, dtype=torch.int32)[None]
+    hits = 0
+    for t, s in enumerate(seq):
+        if t:
+            resident = m.resident()
+            hits += sum(bool(resident[b]) for b in s)
+        update_priority(prio, table, scores[t][None].float(), decay)
+        m.set_priority(prio)
+        m.request(torch.tensor(sorted(s)), t + 1)
+    return hits
+
+
+def replay_score_prefetch(seq: List[set], prio: List[torch.Tensor], slots: int, limit: Optional[int]) -> Dict[str, int]:
+    """Score-aware eviction (``prio[t]``: the priority after step t's scores) plus, after each
+    step, a prefetch of up to ``limit`` (None: any number of) non-resident blocks of highest
+    priority, each evicting the lowest-priority resident block outside the step's selection
+    while that one ranks lower. Returns hits, wanted, misses, prefetched (steps after the first)."""
+    res: set = set()
+    out = dict(hits=0, wanted=0, misses=0, prefetched=0)
+    for t, s in enumerate(seq):
+        p = prio[t].tolist()
+        if t:
+            out["hits"] += len(s & res)
+            out["wanted"] += len(s)
+        new = s - res
+        over = len(res) + len(new) - slots
+        if over > 0:
+            res -= {b for _, b in sorted((p[b], b) for b in res - s)[:over]}
+        res |= new
+        if t:
+            out["misses"] += len(new)
+        if t + 1 < len(seq):
+            order = sorted((b for b in range(len(p)) if not math.isnan(p[b])), key=lambda b: (-p[b], b))
+            cand = [b for b in order[:slots] if b not in res][:limit]
+            for b in cand:
+                if len(res) >= slots:
+                    low = min(((p[x], x) for x in res - s), default=None)
+                    if low is None or low[0] >= p[b]:
+                        break
+                    res.discard(low[1])
+                res.add(b)
+                out["prefetched"] += 1
+    return out
 
 
 def replay_pool(seq: List[set], slots: int, key: str = "lru", decay: float = 0.8,
@@ -86,18 +166,21 @@ def replay_pool(seq: List[set], slots: int, key: str = "lru", decay: float = 0.8
     return out
 
 
-def replay(data: dict, pool_fracs, ratios=None) -> dict:
+def replay(data: dict, pool_fracs, ratios=None, score_decay: float = 0.7, score_prefetch=(2,)) -> dict:
     nblk = data["n_blocks_final"]
+    scores = data.get("scores")
+    pols = POLICIES + ((SCORE_POLICIES + tuple(f"score_pf{m}" for m in score_prefetch)) if scores else ())
+    prio = {l: priorities(sc, score_decay) for l, sc in scores.items()} if scores else {}
     by_ratio: Dict[float, list] = {}
     for (r, l), sel in data["sel"].items():
         if ratios is None or any(abs(r - x) < 1e-9 for x in ratios):
-            by_ratio.setdefault(r, []).append((as_sets(sel), as_sets(data["wide"][(r, l)])))
+            by_ratio.setdefault(r, []).append((as_sets(sel), as_sets(data["wide"][(r, l)]), l))
     out: Dict[str, dict] = {}
     for r, layers in sorted(by_ratio.items(), reverse=True):
         for f in pool_fracs:
-            tot = {p: [0, 0] for p in POLICIES}  # hits, copied blocks
+            tot = {p: [0, 0] for p in pols}  # hits, copied blocks
             wanted = 0
-            for seq, wide in layers:
+            for seq, wide, l in layers:
                 slots = max(math.ceil(f * nblk), max(len(s) for s in seq))
                 w = sum(len(s) for s in seq[1:])
                 wanted += w
@@ -108,8 +191,16 @@ def replay(data: dict, pool_fracs, ratios=None) -> dict:
                 for p, o in runs.items():
                     tot[p][0] += o["hits"]
                     tot[p][1] += o["misses"] + o["prefetched"]
-                for p, h in (("engine", hits_engine(seq, slots, nblk)), ("belady", hits_belady(seq, slots)),
-                             ("unbounded", hits_unbounded(seq))):
+                on_demand = [("engine", hits_engine(seq, slots, nblk)), ("belady", hits_belady(seq, slots)),
+                             ("unbounded", hits_unbounded(seq))]
+                if scores:
+                    on_demand += [("score", hits_score_engine(seq, scores[l], slots, score_decay)),
+                                  ("score_now", hits_score_engine(seq, scores[l], slots, 0.0))]
+                    for p, lim in [("score_top", None)] + [(f"score_pf{m}", m) for m in score_prefetch]:
+                        o = replay_score_prefetch(seq, prio[l], slots, lim)
+                        tot[p][0] += o["hits"]
+                        tot[p][1] += o["misses"] + o["prefetched"]
+                for p, h in on_demand:
                     tot[p][0] += h
                     tot[p][1] += w - h
             out[f"{r:.4g}/{f:g}"] = dict(ratio=r, pool_frac=f, slots_example=max(math.ceil(f * nblk), 1), **{
@@ -120,14 +211,15 @@ def replay(data: dict, pool_fracs, ratios=None) -> dict:
 
 
 def markdown(res: dict) -> str:
+    pols = [p for p in next(iter(res["rows"].values())) if p not in ("ratio", "pool_frac", "slots_example")]
     out = [f"# Pool policies on real decode-trace selections ({res['source']})", "",
            f"{res['n_blocks_final']} blocks at the end; hit rate per selected block (steps after the first, summed "
            "over the sparse layers), in brackets the blocks copied per selected block (misses + prefetches). "
            "Command: `" + res["command"] + "`", "",
-           "| ratio | pool | " + " | ".join(POLICIES) + " |", "|---" * (2 + len(POLICIES)) + "|"]
+           "| ratio | pool | " + " | ".join(pols) + " |", "|---" * (2 + len(pols)) + "|"]
     for v in res["rows"].values():
         out.append(f"| {v['ratio']:.4g} | {v['pool_frac']:g} | " + " | ".join(
-            f"{v[p]['hit']:.3f} ({v[p]['fetch']:.2f})" for p in POLICIES) + " |")
+            f"{v[p]['hit']:.3f} ({v[p]['fetch']:.2f})" for p in pols) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -136,13 +228,16 @@ def main(argv=None) -> dict:
     ap.add_argument("selections")
     ap.add_argument("--pool-fracs", type=float, nargs="+", default=[0.125, 0.1625, 0.25, 0.3125, 0.375])
     ap.add_argument("--ratios", type=float, nargs="+", default=None, help="default: every saved ratio")
+    ap.add_argument("--score-decay", type=float, default=0.7, help="the score policies' decay (engine default 0.7)")
+    ap.add_argument("--score-prefetch", type=int, nargs="*", default=[2], help="score_pf{m} rows: blocks per step")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     data = torch.load(args.selections, weights_only=False)
     cmd = "python benchmarks/offload_policy_replay.py " + " ".join(argv if argv is not None else sys.argv[1:])
     res = dict(source=os.path.basename(args.selections), n_blocks_final=data["n_blocks_final"], command=cmd,
-               rows=replay(data, args.pool_fracs, args.ratios))
+               score_decay=args.score_decay,
+               rows=replay(data, args.pool_fracs, args.ratios, args.score_decay, args.score_prefetch))
     base = os.path.join(args.out, "offload_policy_replay" + (f"_{args.tag}" if args.tag else ""))
     with open(base + ".json", "w") as fh:
         json.dump(res, fh, indent=1)

@@ -25,8 +25,9 @@ SEQS = [[640, 639, 600, 70, 33, 640, 129, 400], [640, 20, 601, 71, 34, 640, 130,
         [50, 60, 40, 30, 20, 10, 5, 1]]  # the last: a dense step (every row under the threshold)
 
 
-@pytest.mark.parametrize("prefetch", [None, "previous"])
-def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch):
+@pytest.mark.parametrize("prefetch,eviction", [(None, "lru"), ("previous", "lru"), (None, "score"),
+                                               ("previous", "score")])
+def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, eviction):
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
     cfg = GSAConfig(**CFG)
@@ -40,7 +41,8 @@ def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch):
         pool = min_pool_blocks(ref, B, M * BS) + 7  # far below NB: evictions every step
         offs = []
         for _ in range(2):  # [0] captured and replayed, [1] eager: the same calls in the same order
-            off = OffloadedGSA(GSASparse(cfg, dev), NB, pool, B, M * BS, HKV, D, torch.bfloat16, prefetch=prefetch)
+            off = OffloadedGSA(GSASparse(cfg, dev), NB, pool, B, M * BS, HKV, D, torch.bfloat16, prefetch=prefetch,
+                               eviction=eviction)
             assert off.maps[off.layers[0]].backend is not None and off.movers[off.layers[0]].mode == "uva"
             for l in off.layers:
                 off.host_k[l][:NB].copy_(kv[l][0])
@@ -98,6 +100,10 @@ def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch):
             a, b = offs[0].maps[l], offs[1].maps[l]
             for name in ("slot_of", "block_of", "last_used", "uses", "_counts"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), (l, name)
+            if eviction == "score":  # the priorities too (the scores came from the hot path's keys)
+                assert torch.equal(offs[0].priority[l], offs[1].priority[l]) or torch.allclose(
+                    offs[0].priority[l], offs[1].priority[l], equal_nan=True), l
         st = offs[0].stats()
         assert st["fetched"] > 0 and 0 < st["hit_rate"] < 1  # the pool really evicted and refetched
         assert int(offs[0].now_t) == len(SEQS)
+

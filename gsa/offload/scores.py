@@ -79,7 +79,10 @@ def block_scores(gsa, layer: int, q: Tensor, hash_cache: Tensor, block_table: Te
             vals = bits.view(torch.float32)
         else:
             vals = keys.to(torch.float32)
-        return torch.where(keys == _INT32_MIN, -math.inf, vals)
+        # keys past a row's last block are not written (stale): mask by the row's length
+        bs = hash_cache.shape[2]
+        live = torch.arange(m, device=keys.device)[None, :] < ((seq_lens.long() + bs - 1) // bs)[:, None]
+        return torch.where(live & (keys != _INT32_MIN), vals, -math.inf)
     if q.is_cuda and torch.cuda.is_current_stream_capturing():
         raise ValueError(f"GSA offload: eviction 'score' under CUDA-graph capture needs the hot path's block keys "
                          f"(the Triton backend, linear codes); layer {layer} has none (its scores would be "
