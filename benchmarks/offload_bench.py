@@ -28,6 +28,7 @@ Rows (each batch size ``B``):
   gsa_hbm              GSASparse.select + attention, all KV on the device
   offload_ondemand     OffloadedGSA, no prefetch
   offload_prefetch     OffloadedGSA, prefetch "previous" (and "lookahead" as its own row, eager)
+  offload_score        OffloadedGSA, on demand, score-aware eviction (``eviction="score"``)
   cpu_topk_lag1        OffloadedGSA with codes in host memory, selection on a CPU worker
                        one step behind (its blocks are prefetched exactly; eager)
 
@@ -301,6 +302,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) 
     kc = vc = None  # free the full device KV before the offload rows
 
     variants = [("offload_ondemand", dict(prefetch=None), modes), ("offload_prefetch", dict(prefetch="previous"), modes),
+                ("offload_score", dict(prefetch=None, eviction="score"), modes),
                 ("offload_lookahead", dict(prefetch="lookahead", lookahead=1.5), ["eager"]),
                 ("cpu_topk_lag1", dict(prefetch="previous", selector="cpu", cpu_lag=1), ["eager"])]
     variants = [v for v in variants if v[0] not in args.skip_rows]
@@ -347,7 +349,7 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) 
                     m.reset_counters()
             for mode in vmodes:
                 if off is made:
-                    off.reset_residency(kw["prefetch"])  # cold pool for every (variant, mode)
+                    off.reset_residency(kw["prefetch"], kw.get("eviction", "lru"))  # cold pool per (variant, mode)
                 if off.cpu_topk:
                     sh["seq"] = torch.tensor(w.lens(0), dtype=torch.int32)
 
@@ -397,7 +399,7 @@ def main(argv=None) -> dict:
                     help="eager: the layers called from Python; graph: the step captured once, replayed (CUDA)")
     ap.add_argument("--all-fracs", action="store_true", help="offload rows for every pool fraction whose "
                     "memory-model batch reaches B (default: only the largest such fraction)")
-    ap.add_argument("--all-frac-rows", nargs="*", default=["offload_ondemand", "offload_prefetch"],
+    ap.add_argument("--all-frac-rows", nargs="*", default=["offload_ondemand", "offload_prefetch", "offload_score"],
                     help="rows that run at pool fractions other than the first")
     ap.add_argument("--drift", type=float, default=0.2, help="relative query step per decode step")
     ap.add_argument("--hot-frac", type=float, default=0.75, help="hot share of each row's budget (plant_hot_blocks)")

@@ -129,8 +129,8 @@ def test_uva_gather_with_fewer_lanes_than_misses(rng, monkeypatch):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="on CUDA, tests/test_offload_gpu.py runs the offloaded step end to end")
-@pytest.mark.parametrize("prefetch", [None, "previous"])
-def test_offloaded_steps_with_the_fused_maps_equal_the_torch_maps(rng, prefetch):
+@pytest.mark.parametrize("prefetch,eviction", [(None, "lru"), ("previous", "lru"), (None, "score")])
+def test_offloaded_steps_with_the_fused_maps_equal_the_torch_maps(rng, prefetch, eviction):
     # OffloadedGSA end to end (shared device step counter, per-kind output buffers, the
     # prediction buffers): the fused kernel in every map gives the torch maps' outputs and state
     from cuda_ops.hotpath import TritonHotPath
@@ -150,7 +150,7 @@ def test_offloaded_steps_with_the_fused_maps_equal_the_torch_maps(rng, prefetch)
     table = torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32).to(dev)
     pool = min_pool_blocks(GSASparse(cfg, dev, block_size=bs), b, m * bs) + 2
     offs = [OffloadedGSA(GSASparse(cfg, dev, block_size=bs), nb, pool, b, m * bs, hkv, d, torch.float32,
-                         prefetch=prefetch) for _ in range(2)]
+                         prefetch=prefetch, eviction=eviction) for _ in range(2)]
     for l in offs[1].layers:
         offs[1].maps[l].backend = TritonHotPath()
     kv = {l: [torch.randn(nb + 1, bs, hkv, d, generator=rng) for _ in range(2)] for l in offs[0].layers}

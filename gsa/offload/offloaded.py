@@ -281,10 +281,21 @@ class OffloadedGSA:
             self._predict(self.layers[0])
         return step
 
-    def reset_residency(self, prefetch: Union[bool, str, None, type(...)] = ...) -> None:
-        """Forget what the pools hold (fresh residency maps, counters zero; pool and host
-        contents stay) and optionally switch ``prefetch`` (``None`` or ``"previous"``):
-        a cold start without reallocating the host KV (the benchmark's variants)."""
+    def reset_residency(self, prefetch: Union[bool, str, None, type(...)] = ...,
+                        eviction: Union[str, type(...)] = ...) -> None:
+        """Forget what the pools hold (fresh residency maps, counters zero, priorities unknown;
+        pool and host contents stay) and optionally switch ``prefetch`` (``None`` or
+        ``"previous"``) and ``eviction`` (``"lru"`` or ``"score"``): a cold start without
+        reallocating the host KV (the benchmark's variants)."""
+        if eviction is not ...:
+            if eviction not in ("lru", "score") or (eviction == "score" and self.selector != "device"):
+                raise ValueError(f"OffloadedGSA.reset_residency: 'eviction' must be 'lru' or 'score' (score: device "
+                                 f"selector), got {eviction!r}")
+            if eviction == "score" and self.prefetch == "lookahead":
+                raise ValueError("OffloadedGSA.reset_residency: eviction 'score' needs prefetch None or 'previous'")
+            self.eviction = eviction
+            if eviction == "score" and not self.priority:
+                self.priority = {l: new_priority(self.nb, self.device) for l in self.layers}
         if prefetch is not ...:
             prefetch = "previous" if prefetch is True else (prefetch or None)
             if prefetch not in (None, "previous") or (self.prefetch == "lookahead") != (prefetch == "lookahead"):
