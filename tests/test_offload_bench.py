@@ -38,7 +38,7 @@ def test_bench_smoke_writes_headline_and_rows(tmp_path):
     assert saved["throughput_gain_vs_dense"] == pytest.approx(max(r["tok_s"] for r in off) / dense["tok_s"])
     names = {r["row"] for r in saved["rows"] if "tok_s" in r}
     assert names == {"dense_hbm", "dense_host_streamed", "gsa_hbm", "offload_ondemand", "offload_prefetch",
-                     "offload_lookahead", "cpu_topk_lag1"}
+                     "offload_score", "offload_lookahead", "cpu_topk_lag1"}
     for r in saved["rows"]:
         if r["row"].startswith(("offload", "cpu")) and "tok_s" in r:
             assert 0 <= r["hit_rate"] <= 1 and r["tok_s"] > 0
@@ -49,6 +49,12 @@ def test_bench_smoke_writes_headline_and_rows(tmp_path):
         pair = {r["row"]: r for r in off if r["batch"] == b and r["row"] in ("offload_ondemand", "offload_prefetch")
                 and r["pool_frac"] == max(x["pool_frac"] for x in off if x["batch"] == b)}
         assert pair["offload_prefetch"]["hit_rate"] == pair["offload_ondemand"]["hit_rate"], b
+    # the score-eviction row ran on the same pools and requests: the same blocks wanted
+    for b in {r["batch"] for r in off}:
+        rows = {r["row"]: r for r in off if r["batch"] == b and r["pool_frac"] == max(
+            x["pool_frac"] for x in off if x["batch"] == b)}
+        assert rows["offload_score"]["wanted_blocks_per_layer_step"] == rows["offload_ondemand"][
+            "wanted_blocks_per_layer_step"], b
 
 
 def test_bench_rows_replay_the_same_queries():
@@ -181,3 +187,24 @@ def test_policy_replay_by_hand():
     seq2 = [{0, 1}, {0, 2}, {3}, {0}]
     assert mod.replay_pool(seq2, 2, "lfu")["hits"] == 2  # block 0 at steps 1 and 3
     assert mod.replay_pool(seq2, 2, "lru")["hits"] == 2
+
+
+def test_policy_replay_score_rows_by_hand():
+    """The replay's score rows: the engine's ResidencyMap with set_priority evicts the block the
+    step scores lowest (least-recent would evict the other); the prefetch replay fetches the
+    highest-priority block that is not resident."""
+    pr = _load("offload_policy_replay")
+    seq = [{0, 1, 2}, {0, 3}, {2}]
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0], [3.0, 5.0, 1.0, 4.0], [0.0, 0.0, 9.0, 0.0]])
+    # step 1 needs one slot among blocks 1 and 2 (same recency and uses): score evicts 2 (scored 1 < 5)
+    assert pr.hits_score_engine(seq, scores, 3, 0.0) == 1  # step 1: block 0; step 2: block 2 was evicted
+    lru = _load("offload_eviction_replay").hits_keyed(seq, 3, lambda b, lu, n, w: (lu, n))
+    assert lru == 2  # least recent (tie -> smaller block id) evicts block 1, so block 2 hits at step 2
+    prio = pr.priorities(scores, 0.0)
+    # after step 0 the best non-resident block is 3 (z of 0.0 is the lowest of the row: no room
+    # in a 3-slot pool holding 0, 1, 2 with higher priority): nothing is prefetched
+    o = pr.replay_score_prefetch(seq, prio, 3, None)
+    assert o["prefetched"] == 0 and o["hits"] == 1
+    # a 4-slot pool has room: after step 0 block 3 is prefetched, so step 1 hits both blocks
+    o = pr.replay_score_prefetch(seq, prio, 4, 1)
+    assert o["prefetched"] == 1 and o["hits"] == 3 and o["misses"] == 0
