@@ -19,6 +19,11 @@ Triton launches are counted beside the aten ops ("launches"), as on a GPU each i
 kernel launch too. The mover is the CPU's ``direct`` copy here (4 aten ops); on CUDA
 it is one ``gather_blocks`` launch plus stream/event calls.
 
+Score-aware eviction (``eviction="score"``) adds, per offloaded layer, the block-score
+read (with ``TRITON_INTERPRET=1``: from the Triton select program's keys, as on CUDA;
+without: the pure-torch reference recomputation, CPU only), ``update_priority`` and
+``ResidencyMap.set_priority``: counted alone on the same shapes.
+
 Usage: [TRITON_INTERPRET=1] python benchmarks/offload_op_count.py
 """
 from __future__ import annotations
@@ -149,6 +154,26 @@ def main() -> dict:
             g._attention_hot(layers[0], q, off.pool_k[layers[0]], off.pool_v[layers[0]], pool_table, tl, None)
         out[f"  of which offload's own (not select/attention), prefetch={pf}"] = (
             out[f"OffloadedGSA.decode_attention, prefetch={pf}"] - n_select - c.total)
+    # score-aware eviction's own ops on the same shapes (the selection has run: its keys are fresh)
+    from gsa import use_backend
+    from gsa.offload.scores import block_scores, fast_block_scores_available, new_priority, update_priority
+    ctx_mgr = use_backend("triton") if fused else contextlib.nullcontext()
+    with ctx_mgr:
+        gs = GSASparse(cfg, dev, block_size=cfg.chunk_size)
+        stp = gs.begin_step(lens)
+        for _ in range(2):
+            gs.select(layers[0], stp, w.table, s, hc[layers[0]], q)
+        fast = fast_block_scores_available(gs, layers[0], *w.table.shape)
+        with OpCount() as c:
+            sc = block_scores(gs, layers[0], q, hc[layers[0]], w.table, s)
+        out[f"block_scores ({'hot-path keys' if fast else 'reference recomputation'})"] = c.total
+    prio, m = new_priority(w.nb, dev), ResidencyMap(w.nb, w.nb // 4, backend=False)
+    with OpCount() as c:
+        update_priority(prio, w.table, sc, 0.7)
+    out["update_priority"] = c.total
+    with OpCount() as c:
+        m.set_priority(prio)
+    out["ResidencyMap.set_priority"] = c.total
     blocks = torch.arange(20)
     maps = [("", lambda: ResidencyMap(w.nb, w.nb // 4, backend=False))]
     if fused:

@@ -223,6 +223,38 @@ def markdown(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot(res: dict, path: str, ratio: float = 0.125, target: float = 0.9) -> None:
+    """Two panels at ``ratio``: hit rate against the pool fraction per policy, and hit rate
+    against the blocks copied per selected block (PCIe traffic) at every pool fraction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [v for v in res["rows"].values() if abs(v["ratio"] - ratio) < 1e-9]
+    if not rows:
+        return
+    pols = [p for p in rows[0] if p not in ("ratio", "pool_frac", "slots_example")]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for p in pols:
+        style = dict(marker="o", lw=2) if p in ("engine", "score") else dict(marker=".", lw=1, alpha=0.7)
+        if p in ("belady", "unbounded"):
+            style = dict(ls="--", lw=1)
+        a.plot([v["pool_frac"] for v in rows], [v[p]["hit"] for v in rows], label=p, **style)
+        b.plot([v[p]["fetch"] for v in rows], [v[p]["hit"] for v in rows], label=p, **style)
+    for ax in (a, b):
+        ax.axhline(target, color="k", lw=0.8, ls=":")
+        ax.set_ylabel("pool hit rate (per selected block)")
+        ax.grid(alpha=0.3)
+    a.set_xlabel("pool size (fraction of the KV blocks)")
+    b.set_xlabel("blocks copied per selected block (misses + prefetches)")
+    a.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{res['source']}: ratio {ratio:g}, {res['n_blocks_final']} blocks (dotted: target {target})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("selections")
@@ -243,6 +275,7 @@ def main(argv=None) -> dict:
         json.dump(res, fh, indent=1)
     with open(base + ".md", "w") as fh:
         fh.write(markdown(res))
+    plot(res, base + ".png")
     print(markdown(res))
     return res
 

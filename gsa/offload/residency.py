@@ -253,10 +253,10 @@ class ResidencyMap:
         int64). Call before every request: a request stamps its blocks with ``now`` (small), which
         only the next ``set_priority`` overwrites. In place, no host sync."""
         held = self.block_of[: self.s]
-        p = prio[torch.where(held >= 0, held, self.nb)].float()
-        p = torch.where(torch.isnan(p), -64.0, p).clamp(-64.0, 64.0)
-        q = torch.round((p + 64.0) * float(1 << 24)).to(torch.int64)
-        self.last_used[: self.s] = torch.where(held >= 0, q, self.last_used[: self.s])
+        free = held < 0
+        p = prio[held.masked_fill(free, self.nb)].nan_to_num_(nan=-64.0).clamp_(-64.0, 64.0)
+        q = p.add_(64.0).mul_(float(1 << 24)).round_().to(torch.int64).masked_fill_(free, -1)
+        self.last_used[: self.s] = q  # (free slots: -1, as before)
 
     def stats(self) -> Dict[str, int]:
         """Counters as host ints (a host sync: call outside the decode step)."""

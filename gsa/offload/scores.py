@@ -100,15 +100,15 @@ def update_priority(prio: Tensor, block_table: Tensor, scores: Tensor, decay: fl
     1 over the row's blocks), then ``prio[block] = decay * prio[block] + (1 - decay) * z``,
     or ``z`` for a block never scored. A block in several rows (shared prefix) takes one
     of its rows' values."""
+    # written in few ops: each is a kernel launch on an accelerator (benchmarks/offload_op_count.py)
     nb = prio.shape[0] - 1
-    valid = torch.isfinite(scores)
-    s = torch.where(valid, scores, 0.0)
-    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    mu = s.sum(dim=1, keepdim=True) / n
-    var = torch.where(valid, (s - mu) ** 2, 0.0).sum(dim=1, keepdim=True) / n
-    z = (s - mu) / var.sqrt().clamp(min=1e-6)
-    ids = torch.where(valid, block_table.long().clamp(0, nb), nb).reshape(-1)
+    inv = scores == -math.inf  # scores are finite or -inf (never +inf / NaN)
+    cnt = (~inv).sum(dim=1, keepdim=True).clamp_(min=1)
+    s = scores.masked_fill(inv, 0.0)
+    dev = (s - s.sum(dim=1, keepdim=True) / cnt).masked_fill_(inv, 0.0)
+    z = dev * (dev.square().sum(dim=1, keepdim=True) / cnt).clamp_(min=1e-12).rsqrt_()
+    ids = block_table.long().masked_fill(inv, nb).view(-1)
     old = prio[ids]
-    new = torch.where(torch.isnan(old), z.reshape(-1), decay * old + (1.0 - decay) * z.reshape(-1))
-    prio.index_put_((ids,), new)
-    prio[nb] = math.nan
+    z = z.view(-1)
+    prio.index_put_((ids,), torch.where(old.isnan(), z, torch.lerp(z, old, decay)))
+    prio[nb:].fill_(math.nan)
