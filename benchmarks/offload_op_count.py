@@ -99,7 +99,8 @@ def _count_launches() -> None:
     import cuda_ops.offload_copy as oc
     import cuda_ops.offload_residency as orr
 
-    for mod, names in ((orr, ("_mark", "_count", "_rank", "_apply")), (oc, ("_gather_kernel", "_scatter_kernel"))):
+    for mod, names in ((orr, ("_mark", "_count", "_rank", "_apply", "_prio_update", "_prio_keys")),
+                       (oc, ("_gather_kernel", "_scatter_kernel"))):
         for n in names:
             setattr(mod, n, _Counted(getattr(mod, n)))
 
@@ -170,10 +171,22 @@ def main() -> dict:
     prio, m = new_priority(w.nb, dev), ResidencyMap(w.nb, w.nb // 4, backend=False)
     with OpCount() as c:
         update_priority(prio, w.table, sc, 0.7)
-    out["update_priority"] = c.total
+    out["update_priority (torch)"] = c.total
     with OpCount() as c:
         m.set_priority(prio)
-    out["ResidencyMap.set_priority"] = c.total
+    out["ResidencyMap.set_priority (torch)"] = c.total
+    if fused:  # what CUDA runs: the select program's keys into one update launch, one key launch
+        from gsa.offload.scores import fold_step_scores, step_scores
+        with use_backend("triton"):
+            got = step_scores(gs, layers[0], q, hc[layers[0]], w.table, s)
+            with OpCount() as c:
+                got = step_scores(gs, layers[0], q, hc[layers[0]], w.table, s)
+                fold_step_scores(gs, got, prio, w.table, s, 0.7)
+            out[f"step_scores + fold_step_scores ({got[0]}, fused priority_update)"] = c.total
+        m = ResidencyMap(w.nb, w.nb // 4, backend=TritonHotPath())
+        with OpCount() as c:
+            m.set_priority(prio)
+        out["ResidencyMap.set_priority (fused priority_keys)"] = c.total
     blocks = torch.arange(20)
     maps = [("", lambda: ResidencyMap(w.nb, w.nb // 4, backend=False))]
     if fused:

@@ -95,3 +95,14 @@ class TritonHotPath:
         from .offload_residency import residency_admit
 
         residency_admit(state, work, blocks, src, dst, n_miss, request)
+
+    # gsa.offload's score-aware eviction: the priority update and the eviction keys in one launch each
+    def priority_update(self, keys, block_table, seq_lens, prio, decay, block_size, mean):
+        from .offload_residency import priority_update
+
+        priority_update(keys, block_table, seq_lens, prio, decay, block_size, mean)
+
+    def priority_keys(self, block_of, prio, last_used):
+        from .offload_residency import priority_keys
+
+        priority_keys(block_of, prio, last_used)

@@ -39,7 +39,7 @@ import triton.language as tl
 from .launch import cdiv, launch, next_pow2
 from .program import Program, ProgramError, Recorder
 
-__all__ = ["residency_admit", "USES_RANGE"]
+__all__ = ["residency_admit", "USES_RANGE", "priority_update", "priority_keys"]
 
 USES_RANGE = 1 << 20  # the reference's key: recency first, then min(uses, 2^20 - 1)
 NEVER = torch.iinfo(torch.int64).max
@@ -203,3 +203,71 @@ def residency_admit(state: Dict[str, torch.Tensor], work: Dict, blocks: torch.Te
         prog(blocks, src, dst, n_miss)
     else:
         _record(None, state, work, blocks, src, dst, n_miss, request)
+
+
+# ---------------------------------------------------------------------------------------------
+# Score-aware eviction (gsa.offload.scores; OffloadedGSA(eviction="score")): the torch ops there
+# (~40 small ops per layer and step) in two launches. Same formulas; the z-score's sums run in a
+# different order than torch's, so priorities agree to float32 rounding (tested with a tolerance),
+# and the eviction keys computed from equal priorities are bit-identical.
+
+@triton.jit
+def _prio_update(keys_ptr, bt_ptr, seq_ptr, prio_ptr, M, NB, sk_b, sbt_b, decay,
+                 BS: tl.constexpr, MEAN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One program per row: the row's block keys (live: inside the row's length and scored)
+    -> z-scores over the row -> ``prio[block] = z`` (never scored) or ``decay * prio + (1 - decay) * z``."""
+    b = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_M)
+    seq = tl.load(seq_ptr + b).to(tl.int32)
+    m = cols < M
+    key = tl.load(keys_ptr + b * sk_b + cols, mask=m, other=-2147483648)
+    live = m & (cols < (seq + BS - 1) // BS) & (key != -2147483648)
+    if MEAN:  # undo the monotone int32 image of the float32 mean
+        val = (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    else:
+        val = key.to(tl.float32)
+    val = tl.where(live, val, 0.0)
+    cnt = tl.maximum(tl.sum(live.to(tl.float32), axis=0), 1.0)
+    dev = tl.where(live, val - tl.sum(val, axis=0) / cnt, 0.0)
+    var = tl.maximum(tl.sum(dev * dev, axis=0) / cnt, 1e-12)
+    z = dev / tl.sqrt(var)
+    blk = tl.load(bt_ptr + b * sbt_b + cols, mask=live, other=0).to(tl.int64)
+    blk = tl.where(live & (blk >= 0) & (blk < NB), blk, NB)
+    old = tl.load(prio_ptr + blk, mask=live, other=0.0)
+    new = tl.where(old != old, z, z + decay * (old - z))  # old != old: NaN, never scored
+    tl.store(prio_ptr + blk, new, mask=live & (blk < NB))
+
+
+@triton.jit
+def _prio_keys(block_of_ptr, prio_ptr, last_used_ptr, S, NB, BLK_: tl.constexpr):
+    """Per slot: ``last_used = floor((clamp(prio[block], -64, 64) + 64) * 2^24 + 0.5)`` (NaN -> -64),
+    ``-1`` for a free slot: the eviction key of ``ResidencyMap.set_priority``."""
+    offs = tl.program_id(0) * BLK_ + tl.arange(0, BLK_)
+    m = offs < S
+    held = tl.load(block_of_ptr + offs, mask=m, other=-1)
+    free = held < 0
+    p = tl.load(prio_ptr + tl.where(free, NB, held), mask=m, other=0.0)
+    p = tl.where(p != p, -64.0, p)
+    p = tl.minimum(tl.maximum(p, -64.0), 64.0)
+    q = tl.floor((p + 64.0) * 16777216.0 + 0.5).to(tl.int64)
+    tl.store(last_used_ptr + offs, tl.where(free, -1, q), mask=m)
+
+
+def priority_update(keys: torch.Tensor, block_table: torch.Tensor, seq_lens: torch.Tensor, prio: torch.Tensor,
+                    decay: float, block_size: int, mean: bool) -> None:
+    """``gsa.offload.scores.update_priority`` from the select program's block keys: ``keys int32
+    [B, M]``, ``block_table int32 [B, M]``, ``seq_lens int32 [B]``, ``prio float32 [NB + 1]`` (in
+    place; entry ``NB`` stays as it is). A block in several rows takes one row's value."""
+    b, m = keys.shape
+    if b == 0 or m == 0:
+        return
+    launch(_prio_update, (b,), (keys, block_table, seq_lens, prio, m, prio.shape[0] - 1, keys.stride(0),
+                                block_table.stride(0), float(decay)),
+           dict(BS=int(block_size), MEAN=bool(mean), BLOCK_M=max(16, next_pow2(m))))
+
+
+def priority_keys(block_of: torch.Tensor, prio: torch.Tensor, last_used: torch.Tensor) -> None:
+    """``ResidencyMap.set_priority``: ``block_of, last_used int64 [S + 1]`` (the first ``S`` entries
+    written), ``prio float32 [NB + 1]``."""
+    s = block_of.shape[0] - 1
+    launch(_prio_keys, (cdiv(s, BLK),), (block_of, prio, last_used, s, prio.shape[0] - 1), dict(BLK_=BLK))

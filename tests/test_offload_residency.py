@@ -195,3 +195,36 @@ def test_fused_residency_equals_torch_map_with_score_priorities(rng, nb, s):
         blocks = _random_blocks(rng, nb, min(n, nb), 0.2, 0.2).to(dev)
         _assert_same(ref, fused, ref.request(blocks, t), fused.request(blocks, t), f"step {t} n={n}")
     assert ref.stats() == fused.stats() and fused.stats()["fetched"] > s
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_fused_priority_update_equals_the_torch_update(rng, mean):
+    """cuda_ops' priority_update (one launch from the select program's keys) against
+    gsa.offload.scores.update_priority on the decoded scores: the same priorities up to float32
+    rounding of the z-score sums, the same never-scored (NaN) entries, the dummy untouched."""
+    import math
+
+    from cuda_ops.offload_residency import priority_update
+    from gsa.offload.scores import new_priority, update_priority
+
+    dev, nb, b, m, bs = _dev(), 300, 5, 40, 16
+    fused, ref = new_priority(nb, dev), new_priority(nb, dev)
+    for step in range(4):
+        table = torch.randperm(nb, generator=rng)[: b * m].reshape(b, m).to(torch.int32)
+        seq = torch.randint(-3, m * bs + 1, (b,), generator=rng).to(torch.int32)  # <= 0: padding rows
+        if mean:
+            vals = torch.randn(b, m, generator=rng) * 50
+            bits = vals.view(torch.int32)
+            keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # the kernels' monotone image of a float32
+        else:
+            keys = torch.randint(-4000, 4000, (b, m), generator=rng, dtype=torch.int32) * 16
+            vals = keys.float()
+        keys[0, 3] = -(2 ** 31)  # a block the kernel left unscored
+        live = torch.arange(m)[None, :] < ((seq.long() + bs - 1) // bs).clamp(min=0)[:, None]
+        live &= keys != -(2 ** 31)
+        scores = torch.where(live, vals, -math.inf)
+        update_priority(ref, table.to(dev), scores.to(dev), 0.7)
+        priority_update(keys.to(dev), table.to(dev), seq.to(dev), fused, 0.7, bs, mean)
+        assert torch.equal(fused.isnan(), ref.isnan()), step
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert int((~ref.isnan()).sum()) > b * m

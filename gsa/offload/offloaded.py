@@ -50,7 +50,7 @@ from gsa import ops
 from gsa.offload.cpu_topk import CPUTopK
 from gsa.offload.mover import BlockMover
 from gsa.offload.residency import PoolTooSmallError, ResidencyMap
-from gsa.offload.scores import block_scores, new_priority, update_priority
+from gsa.offload.scores import fold_step_scores, new_priority, step_scores
 from gsa.sparse import GSASparse, Step
 
 __all__ = ["OffloadedGSA", "min_pool_blocks"]
@@ -190,7 +190,7 @@ class OffloadedGSA:
         # eviction "score": per offloaded layer the decayed block score of every host block
         self.priority: Dict[int, Tensor] = {
             l: new_priority(self.nb, self.device) for l in self.layers} if eviction == "score" else {}
-        self._scores: Dict[int, Tensor] = {}  # scoring layer -> this step's block scores [B, M]
+        self._scores: Dict[int, tuple] = {}  # scoring layer -> this step's scores (scores.step_scores)
         self._pred_bufs: Dict[tuple, Tensor] = {}  # (layer, width) -> persistent copy of a selection
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
         self._step: Optional[Step] = None
@@ -347,12 +347,12 @@ class OffloadedGSA:
         src = self.gsa.policy.layer(layer).selection_layer
         plan = step.plan
         if plan.sparse or step.graph:
-            sc = self._scores.get(src)
-            if sc is None and src == layer:
-                sc = self._scores[src] = block_scores(self.gsa, layer, q, self.hash_caches[layer], block_table,
+            got = self._scores.get(src)
+            if got is None and src == layer:
+                got = self._scores[src] = step_scores(self.gsa, layer, q, self.hash_caches[layer], block_table,
                                                       seq_lens)
-            if sc is not None:
-                update_priority(self.priority[layer], block_table, sc, self.score_decay)
+            if got is not None:
+                fold_step_scores(self.gsa, got, self.priority[layer], block_table, seq_lens, self.score_decay)
         self.maps[layer].set_priority(self.priority[layer])
 
     def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:

@@ -249,13 +249,16 @@ class ResidencyMap:
         scored, kept least) into its slot's ``last_used``, so the next request (torch ops or the
         fused kernel, unchanged: key ``last_used * 2^20 + uses``) evicts the lowest priority first,
         ties by fewest uses, then the lowest slot. Free slots keep ``-1`` (taken first). Priorities
-        are clamped to ``[-64, 64]`` and quantised to 2^-24 (``0 .. 2^31``: the key stays far inside
-        int64). Call before every request: a request stamps its blocks with ``now`` (small), which
+        are clamped to ``[-64, 64]`` and quantised to 2^-24 (``floor((p + 64) * 2^24 + 0.5)``, ``0 .. 2^31``:
+        the key stays far inside int64); the backend's fused ``priority_keys`` (CUDA) writes the same. Call before every request: a request stamps its blocks with ``now`` (small), which
         only the next ``set_priority`` overwrites. In place, no host sync."""
+        if self.backend is not None and hasattr(self.backend, "priority_keys"):
+            self.backend.priority_keys(self.block_of, prio, self.last_used)  # one launch, same keys
+            return
         held = self.block_of[: self.s]
         free = held < 0
         p = prio[held.masked_fill(free, self.nb)].nan_to_num_(nan=-64.0).clamp_(-64.0, 64.0)
-        q = p.add_(64.0).mul_(float(1 << 24)).round_().to(torch.int64).masked_fill_(free, -1)
+        q = p.add_(64.0).mul_(float(1 << 24)).add_(0.5).floor_().to(torch.int64).masked_fill_(free, -1)
         self.last_used[: self.s] = q  # (free slots: -1, as before)
 
     def stats(self) -> Dict[str, int]:

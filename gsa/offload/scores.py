@@ -34,7 +34,8 @@ from gsa import hash_codes
 from gsa.hotpath import hot_path_for
 from gsa.reference import scoring as ref_scoring
 
-__all__ = ["block_scores", "update_priority", "new_priority", "fast_block_scores_available"]
+__all__ = ["block_scores", "update_priority", "new_priority", "fast_block_scores_available", "step_scores",
+           "fold_step_scores"]
 
 Tensor = torch.Tensor
 _INT32_MIN = -(2 ** 31)
@@ -58,6 +59,29 @@ def _hot_keys(gsa, layer: int, batch: int, width: int) -> Optional[Tensor]:
     if not getattr(hot_path_for(keys.device), "fills_block_keys", False):
         return None
     return keys
+
+
+def step_scores(gsa, layer: int, q: Tensor, hash_cache: Tensor, block_table: Tensor, seq_lens: Tensor):
+    """What :func:`fold_step_scores` needs of ``layer``'s selection this step (call right after
+    it): ``("keys", keys int32 [B, M])`` where the device's hot path wrote its block keys and
+    fuses the update (``priority_update``: one launch instead of ~40 ops), else
+    ``("scores", float32 [B, M])`` from :func:`block_scores`."""
+    b, m = block_table.shape
+    keys = _hot_keys(gsa, layer, b, m)
+    if keys is not None and hasattr(hot_path_for(keys.device), "priority_update"):
+        return ("keys", keys)
+    return ("scores", block_scores(gsa, layer, q, hash_cache, block_table, seq_lens))
+
+
+def fold_step_scores(gsa, got, prio: Tensor, block_table: Tensor, seq_lens: Tensor, decay: float) -> None:
+    """Fold :func:`step_scores`' result into ``prio`` (:func:`update_priority`, or the backend's
+    fused ``priority_update`` on the keys; same formulas, float32 rounding apart)."""
+    kind, t = got
+    if kind == "keys":
+        hot_path_for(t.device).priority_update(t, block_table, seq_lens, prio, decay, gsa.config.chunk_size,
+                                              gsa.config.chunk_repre_method == "mean")
+    else:
+        update_priority(prio, block_table, t, decay)
 
 
 def fast_block_scores_available(gsa, layer: int, batch: int, width: int) -> bool:
