@@ -12,7 +12,8 @@
 # (on demand, OffloadedGSA(eviction="score"): the pool evicts the lowest decayed block score, read
 # from the Triton select program's block keys), eager and graph, beside offload_ondemand (LRU) at
 # the same pool and workload; the tests add the graph/eager/all-in-HBM test with eviction="score",
-# the fused residency kernel with score priorities, and the hot-path keys vs the reference scores.
+# the fused residency kernel with score priorities, the hot-path keys vs the reference scores, and
+# the fused priority kernels (priority_update / priority_keys) vs the torch ops.
 # Host memory: the largest pool set (B = 24, 2 timed layers) pins 25 GiB of host KV (of 128 GiB).
 # Batches: 6 (dense's largest: the baselines) and 24 (4x, the 1/8 pool: the concurrency target) first,
 # so a cut run still has the headline; then 18 (the 1/4 pool's largest) and 12.

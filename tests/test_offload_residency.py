@@ -228,3 +228,53 @@ def test_fused_priority_update_equals_the_torch_update(rng, mean):
         assert torch.equal(fused.isnan(), ref.isnan()), step
         torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert int((~ref.isnan()).sum()) > b * m
+
+
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_hot_path_block_keys_equal_the_reference_block_scores(method):
+    """Score-aware eviction reads the Triton select program's block keys (no recomputation):
+    decoded and masked past each row's last block (the kernel leaves those stale), they
+    equal the pure-torch reference block scores exactly."""
+    from gsa import hash_codes, use_backend
+    from gsa.config import GSAConfig
+    from gsa.offload.scores import block_scores, fast_block_scores_available
+    from gsa.reference import scoring as ref_scoring
+    from gsa.sparse import GSASparse
+    from test_offload_gpu import B, CFG as GCFG, HQ as GHQ, D as GD, M, NB, SEQS, BS as GBS
+
+    dev = torch.device("cpu" if INTERPRET else "cuda")
+    gen = torch.Generator().manual_seed(1)
+    cfg = GSAConfig(**dict(GCFG, chunk_repre_method=method))
+    with use_backend("triton"):
+        gs = GSASparse(cfg, dev)
+        hc = gs.allocate_hash_caches(NB)[1]
+        hc.copy_(torch.randint(0, 256, hc.shape, dtype=torch.uint8, generator=gen))
+        table = torch.randperm(NB, generator=gen)[: B * M].reshape(B, M).to(torch.int32).to(dev)
+        seq_t = torch.tensor(SEQS[0], dtype=torch.int32, device=dev)
+        q = torch.randn(B, GHQ, GD, generator=gen).to(torch.bfloat16).to(dev)
+        gs.select(1, gs.begin_step(SEQS[0]), table, seq_t, hc, q)
+        assert fast_block_scores_available(gs, 1, B, M)
+        got = block_scores(gs, 1, q, hc, table, seq_t)
+        tok, valid = ref_scoring.token_scores(hash_codes.query_codes(cfg, 1, q), hc, table, seq_t)
+        want = ref_scoring.block_scores(tok, valid, GBS, method).to(torch.float32)
+        assert torch.equal(got, want)  # both in spec 4's 1/16 units; -inf past each row
+
+
+def test_score_eviction_on_the_triton_hot_path_equals_the_reference_path():
+    """End to end (outputs vs all-in-HBM GSA inside _run): the priorities, maps and counters
+    built from the hot path's keys equal those from the reference scores."""
+    if not INTERPRET:
+        pytest.skip("_run builds CPU pools; on CUDA tests/test_offload_gpu.py covers the hot path")
+    from gsa import use_backend
+    from gsa.offload.scores import fast_block_scores_available
+    from test_offload import _run
+    with use_backend("triton"):
+        fast, _, _ = _run(0, None, "direct", eviction="score", steps=4)
+        keys = fast.gsa._hot[1].cur.keys
+        assert fast_block_scores_available(fast.gsa, 1, *keys.shape)  # the keys path really ran
+    slow, _, _ = _run(0, None, "direct", eviction="score", steps=4)
+    for l in fast.layers:
+        assert torch.equal(fast.priority[l].isnan(), slow.priority[l].isnan())
+        torch.testing.assert_close(fast.priority[l], slow.priority[l], equal_nan=True, rtol=1e-6, atol=1e-6)
+        for name in ("slot_of", "block_of", "last_used", "uses", "_counts"):
+            assert torch.equal(getattr(fast.maps[l], name), getattr(slow.maps[l], name)), (l, name)

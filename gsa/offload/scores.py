@@ -22,6 +22,11 @@ Pieces (all fixed-shape tensor ops on the pool's device: no host sync, capturabl
 * :meth:`gsa.offload.ResidencyMap.set_priority` writes the priority of each resident block
   into the map's eviction key (``last_used``), so the map (torch ops or the fused kernel,
   unchanged) evicts the lowest priority first.
+
+Where the hot path has them (CUDA: ``cuda_ops/offload_residency.py``), the update from the keys
+(``priority_update``) and the keys of the slots (``priority_keys``) are one launch each
+(:func:`step_scores` / :func:`fold_step_scores` pick the path); the torch ops here are the
+reference and every other device's path.
 """
 from __future__ import annotations
 
