@@ -249,7 +249,7 @@ def _prio_keys(block_of_ptr, prio_ptr, last_used_ptr, S, NB, BLK_: tl.constexpr)
     p = tl.load(prio_ptr + tl.where(free, NB, held), mask=m, other=0.0)
     p = tl.where(p != p, -64.0, p)
     p = tl.minimum(tl.maximum(p, -64.0), 64.0)
-    q = tl.floor((p + 64.0) * 16777216.0 + 0.5).to(tl.int64)
+    q = ((p + 64.0) * 16777216.0 + 0.5).to(tl.int64)  # >= 0.5: truncation is the floor
     tl.store(last_used_ptr + offs, tl.where(free, -1, q), mask=m)
 
 
