@@ -115,18 +115,10 @@ def measure(ctx: int, batch: int, dev: torch.device, iters: int) -> dict:
                eager_us={"keys": _gpu_us(keys, dev, iters), "select": _gpu_us(select, dev, iters),
                          "both": _gpu_us(both, dev, iters)})
     if dev.type == "cuda":
-        graphs = {}
-        for name, fn in (("keys", keys), ("select", select), ("both", both)):
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                fn()
-            torch.cuda.current_stream().wait_stream(s)
-            gr = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(gr):
-                fn()
-            graphs[name] = _gpu_us(gr.replay, dev, iters)
-        row["graph_us"] = graphs
+        from bench_triton import gbench  # benchmarks/ (this script's folder): capture once, replay
+
+        row["graph_us"] = {name: gbench(fn, iters) * 1e3 for name, fn in (("keys", keys), ("select", select),
+                                                                           ("both", both))}
     row["code_mb"] = batch * ctx * c / 1e6
     row["dense_latent_mb"] = batch * ctx * (L + P) * 2 / 1e6
     return row

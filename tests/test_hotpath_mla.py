@@ -12,22 +12,15 @@ from gsa import reference as R
 from gsa.config import GSAConfig
 from gsa.sparse import GSASparse
 from gsa.weights import random_hash_weight
+from test_hotpath import BS as HOT_BS, _layout  # the paged layout of the GQA hot-path tests
 
 BS = 8
+assert BS == HOT_BS
 L, P, N = 32, 16, 4
 CFG = dict(model_name="t/mla-hot", is_mla=True, num_hidden_layers=4, num_attention_heads=N, kv_lora_rank=L,
            qk_rope_head_dim=P, hash_bits_kv_lora=64, hash_bits_qk_rope=32, rope_score_weight=0.75, chunk_size=BS,
            top_k_ratio_per_layer=[1, .25, .5, .25], top_k_index_reuse=[-1, -1, -1, 1], must_select_blocks=[0, -1],
            gpu_seq_len_threshold=24, gpu_concurrency_threshold=1, seed=7)
-
-
-def _layout(seq, m, nb, g):
-    table = torch.randperm(nb, generator=g)[: len(seq) * m].reshape(len(seq), m).to(torch.int32)
-    slots = []
-    for b, s in enumerate(seq):
-        t = torch.arange(s)
-        slots.append(table[b].long()[t // BS] * BS + t % BS)
-    return table, torch.cat(slots)
 
 
 def _weights(cfg, layer):
