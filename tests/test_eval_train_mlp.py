@@ -62,3 +62,80 @@ def test_train_mlp_beats_random_and_bundle_loads(tmp_path):
     assert m.depth == (2, 2) and m.key_weights[0].shape == (1, 16, 32) and m.query_weights[1].shape == (2, 32, 32)
     codes = ops.mlp_hash_encode(k, m.key_weights, m.key_biases)
     assert codes.shape == (k.shape[0], 1, 4)
+
+
+def test_block_mass_targets_known_answer_and_loop_reference():
+    from gsa.eval.train_mlp import block_mass_targets
+    # q = 0: uniform attention over keys 0..p. p = 3, blocks of 2: 1/2 per block per head,
+    # summed over 2 heads -> [1, 1]; p = 2: keys 0..2 at 1/3 -> [2/3, 1/3] x 2 heads
+    q, k = torch.zeros(4, 2, 3), torch.randn(4, 1, 3)
+    got = block_mass_targets(q, k, torch.tensor([3, 2]), block=2)
+    assert torch.allclose(got, torch.tensor([[1.0, 1.0], [4 / 3, 2 / 3]]), atol=1e-6)
+    # random inputs against a per-query, per-head loop over the dense softmax
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(37, 4, 8, generator=g), torch.randn(37, 2, 8, generator=g)
+    pos = torch.tensor([0, 5, 16, 36])
+    got = block_mass_targets(q, k, pos, block=8, chunk=3)
+    for i, p in enumerate(pos.tolist()):
+        want = torch.zeros(5)
+        for h in range(4):
+            w = torch.softmax(k[: p + 1, h // 2] @ q[p, h] * 8 ** -0.5, dim=0)
+            for t in range(p + 1):
+                want[t // 8] += w[t]
+        assert torch.allclose(got[i], want, atol=1e-5), (p, got[i], want)
+
+
+def test_block_loss_known_answer_masks_forced_and_future_tokens():
+    import math
+    from gsa.eval.train_mlp import block_loss
+    # 8 keys, blocks of 2, query at position 6 (n_blocks 4; token 7 is in its future).
+    # Block 0 is forced and token 7 unseen: their huge scores must not count. With tau = kappa = 1
+    # the block scores are log-sum-exps: block 1 (s 0, 0) -> log 2, block 2 (0, 0) -> log 2,
+    # block 3 (s6 = log 2) -> log 2: a uniform softmax over the 3 free blocks, so the
+    # cross-entropy is log 3 whatever the (renormalised) target mass
+    score = torch.tensor([[[50.0, 50.0, 0, 0, 0, 0, math.log(2), 50.0]]], requires_grad=True)
+    mass = torch.tensor([[[5.0, 1.0, 2.0, 1.0]]])
+    loss = block_loss(score, torch.tensor([6]), mass, block=2, forced=(0,), tau=1.0, kappa=1.0)
+    assert abs(loss.item() - math.log(3)) < 1e-5
+    loss.backward()
+    assert score.grad[0, 0, [0, 1, 7]].abs().max() == 0  # forced block and future token: no gradient
+    # unequal block scores: block 2 doubled in exp -> softmax (1/4, 1/2, 1/4); target (1, 2, 1) / 4
+    s2 = torch.tensor([[[0.0, 0, 0, 0, math.log(2), math.log(2), math.log(2), 0]]])
+    want = -(0.25 * math.log(0.25) + 0.5 * math.log(0.5) + 0.25 * math.log(0.25))
+    got = block_loss(s2, torch.tensor([6]), mass, block=2, forced=(0,), tau=1.0, kappa=1.0)
+    assert abs(got.item() - want) < 1e-5
+    # a query with fewer than two free blocks (shipped forced blocks 0, -2, -1 at 4 blocks) adds
+    # nothing; rows whose blocks are all in the future keep finite gradients
+    s3 = torch.randn(2, 3, 16, requires_grad=True)
+    m3 = torch.rand(2, 3, 8)
+    l3 = block_loss(s3, torch.tensor([6, 3, 15]), m3, block=2)
+    l3.backward()
+    assert torch.isfinite(l3) and torch.isfinite(s3.grad).all()
+    assert s3.grad[:, :2].abs().max() == 0  # positions 6 and 3: 4 and 2 blocks, none free beyond forced
+
+
+def test_heldout_block_recall_known_answer():
+    from gsa.eval.train_mlp import heldout_block_recall
+    # 8 keys, blocks of 2, query at 7, forced (0, -1), budget ceil(0.75 * 4) = 3: one free pick of
+    # blocks 1 / 2. Key codes (1 bit): block 1 (-1, -1), block 2 (+1, -1)
+    ck = torch.tensor([1.0, 1, -1, -1, 1, -1, 1, 1]).view(8, 1, 1)
+    mass = torch.tensor([[0.1, 0.5, 0.2, 0.2]])
+    pos = torch.tensor([7])
+    up = heldout_block_recall(torch.ones(1, 1, 1), ck, mass, pos, block=2, forced=(0, -1), ratio=0.75)
+    assert abs(up - 0.5) < 1e-6  # q = +1 picks block 2 (max +1 vs -1): 0.1 + 0.2 + 0.2
+    down = heldout_block_recall(-torch.ones(1, 1, 1), ck, mass, pos, block=2, forced=(0, -1), ratio=0.75)
+    assert abs(down - 0.8) < 1e-6  # q = -1: both blocks reach +1, the tie goes to block 1
+
+
+def test_train_mlp_block_target_runs_and_improves_block_recall(tmp_path):
+    q, k = _structured()
+    out = tmp_path / "mlp_block.safetensors"
+    res = train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, hidden=32, steps=60, queries=16, top=8, edge=16,
+                         lr=1e-2, n_train=256, target="block", block=8, log=lambda *a: None)
+    rnd, mlp = res["heldout_block"][1]
+    assert mlp > rnd + 0.02, (rnd, mlp)  # 0.344 -> 0.395 when written
+    clear_cache()
+    assert load_mlp_hash_weights(_cfg(out), 1).depth == (1, 1)
+    import pytest
+    with pytest.raises(ValueError, match="target"):
+        train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, target="blocks")

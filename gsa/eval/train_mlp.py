@@ -13,11 +13,22 @@ layers' heads are one batch of small matrix products, so a step costs one pass):
   ``D -> F -> .. -> R``, SiLU between layers. Codes are the exact signs in the
   forward pass, with the gradient of ``tanh`` (straight-through, as
   :class:`gsa.eval.train._SignSTE`).
-* **Loss.** Per step, ``queries`` positions are drawn; each KV head scores
+* **Loss** (``target="top"``, the default). Per step, ``queries`` positions are drawn; each KV head scores
   ``positives`` random keys of each (query, head)'s top set plus ``negatives``
   random visible keys (labels from the full top sets) against every query of its group with
   ``alpha * <c(q), c(k)> / R + bias`` and a BCE on its sigmoid, positives
   up-weighted to balance the negatives (``pos_weight``). Adam.
+* **Block loss** (``target="block"``, or ``"top+block"`` for the sum of both). What GSA
+  selects is blocks, once per layer: a block's score is the best token's
+  ``sum_h <sum_g c(q_hg), c(k_h)>`` (spec 4, ``chunk_repre_method "max"``). The block
+  loss computes exactly that score (codes of every key the drawn queries see, the
+  query code summed over the layer's query heads, divided by ``R Hq``), takes a soft
+  block maximum (``logsumexp(kappa x) / kappa`` over the block's causal tokens, ``x =
+  tau * score``) and fits a softmax over the query's *unforced* blocks to the exact
+  attention mass per block summed over the layer's query heads (the oracle's
+  ranking; ``must_select_blocks`` are left out of both, as selection forces them), by
+  cross-entropy (:func:`block_loss`). Blocks of ``block`` tokens (32 by default, the
+  size where codes differ most); exact masses use the softmax scale ``D ** -0.5``.
 
 Initialisation: a 1-layer encoder starts as the seeded random HATA projection
 (spec 10; query heads use their KV head's), so it starts from random-HATA codes;
@@ -38,7 +49,11 @@ import torch.nn.functional as F
 
 from gsa.eval.train import _SignSTE
 
-__all__ = ["top_key_targets", "MLPStack", "train_mlp_hash", "heldout_top_recall"]
+__all__ = ["top_key_targets", "block_mass_targets", "block_loss", "MLPStack", "train_mlp_hash",
+           "heldout_top_recall", "heldout_block_recall", "TARGETS"]
+
+TARGETS = ("top", "block", "top+block")
+_MASKED = -1e4  # masked scores (|tau kappa score| <= 80 for the defaults)
 
 
 def top_key_targets(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, top: int = 32,
@@ -55,6 +70,65 @@ def top_key_targets(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, top: in
     allowed = (tok.unsqueeze(0) >= edge) & (tok.unsqueeze(0) <= (pos - edge).unsqueeze(1))  # [N, T]
     logits = logits.masked_fill(~allowed.unsqueeze(1), -math.inf)
     return logits.topk(top, dim=-1).indices
+
+
+def block_mass_targets(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, block: int,
+                       scale: Optional[float] = None, chunk: int = 128) -> torch.Tensor:
+    """``q [T, Hq, D]``, ``k [T, Hkv, D]`` of one layer, query positions ``pos [N]`` ->
+    ``float32 [N, ceil(T / block)]``: each query's exact softmax attention (scale
+    ``D ** -0.5`` unless given) over keys ``0..p``, summed per block of ``block`` tokens
+    and over the layer's ``Hq`` query heads (the oracle's block ranking; rows sum to Hq)."""
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    scale = d ** -0.5 if scale is None else scale
+    nblk = math.ceil(t / block)
+    out = torch.empty(len(pos), nblk)
+    kf = k.float()
+    tok = torch.arange(t)
+    for c0 in range(0, len(pos), chunk):
+        p = pos[c0:c0 + chunk]
+        qs = q[p].float().reshape(len(p), hkv, g, d)
+        logits = torch.einsum("nhgd,thd->nhgt", qs, kf) * scale
+        causal = (tok.unsqueeze(0) <= p.unsqueeze(1)).view(len(p), 1, 1, t)
+        probs = torch.softmax(logits.masked_fill(~causal, -math.inf), dim=-1).sum(dim=(1, 2))  # [n, T]
+        out[c0:c0 + chunk] = F.pad(probs, (0, nblk * block - t)).reshape(len(p), nblk, block).sum(dim=2)
+    return out
+
+
+def block_loss(score: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor, block: int,
+               forced: Sequence[int] = (0, -2, -1), tau: float = 20.0, kappa: float = 4.0) -> torch.Tensor:
+    """Block-level loss of GSA token scores: ``score [L, P, S]`` (the spec-4 token score
+    of each query at positions ``pos [P]`` against keys ``0..S-1``, scaled to [-1, 1]),
+    ``mass [L, P, NBLK >= ceil(S / block)]`` (:func:`block_mass_targets`) -> scalar.
+
+    Per (layer, query): the soft block maximum ``logsumexp(kappa tau s) / kappa`` over
+    the block's causal tokens, a log-softmax over the query's blocks that are neither
+    past its position nor forced (``forced``: spec-5 ``must_select_blocks``, relative to
+    its ``n_blocks = ceil((p + 1) / block)``), and the cross-entropy against its exact
+    mass renormalised over the same blocks; mean over (layer, query). A query with
+    fewer than two such blocks contributes nothing."""
+    nl, p_, s = score.shape
+    nblk = math.ceil(s / block)
+    causal = torch.arange(s).unsqueeze(0) <= pos.unsqueeze(1)  # [P, S]
+    # large finite, not -inf, for masked tokens: an all-masked block's logsumexp would
+    # otherwise back-propagate NaN (exp(-inf - -inf)) even where its loss weight is 0
+    x = (tau * kappa * score).masked_fill(~causal.unsqueeze(0), _MASKED)
+    x = F.pad(x, (0, nblk * block - s), value=_MASKED).reshape(nl, p_, nblk, block)
+    bscore = torch.logsumexp(x, dim=3) / kappa  # [L, P, NBLK]
+    n_blocks = (pos + block) // block  # ceil((p + 1) / block)
+    cols = torch.arange(nblk).unsqueeze(0)
+    free = cols < n_blocks.unsqueeze(1)  # [P, NBLK]
+    for m in forced:
+        idx = torch.full_like(n_blocks, m) if m >= 0 else n_blocks + m
+        free &= cols != idx.unsqueeze(1)
+    ok = free.sum(dim=1) >= 2  # [P]
+    free = free & ok.unsqueeze(1)
+    tgt = mass[..., :nblk] * free
+    tgt = tgt / tgt.sum(dim=2, keepdim=True).clamp(min=1e-12)
+    logp = torch.log_softmax(bscore.masked_fill(~free, _MASKED), dim=2).masked_fill(~free, 0.0)
+    n = (ok.sum() * nl).clamp(min=1)
+    return -(tgt * logp).sum() / n
 
 
 class MLPStack(torch.nn.Module):
@@ -89,6 +163,34 @@ class MLPStack(torch.nn.Module):
         return a
 
 
+def _top_loss(kmlp, qmlp, bias, qs, ks, tgt, pick, pos, nl, hkv, g, t, d, bits, queries, positives, negatives,
+              top, edge, alpha, beta, max_pos_weight, gen) -> torch.Tensor:
+    """The ``target="top"`` BCE of one step (module docstring): ``positives`` of each
+    (query, head)'s top keys plus ``negatives`` random visible keys, scored against
+    every query of the KV head's group."""
+    pos_keys = tgt[:, pick].reshape(nl, queries, hkv, g, top).permute(0, 2, 1, 3, 4)  # [nL, Hkv, P, G, top]
+    # keys scored this step: `positives` of each (query, head)'s top keys, plus random visible keys
+    sub = torch.rand(nl, hkv, queries, g, top, generator=gen).argsort(dim=-1)[..., :positives]
+    some_pos = torch.gather(pos_keys, 4, sub).reshape(nl, hkv, -1)
+    neg = torch.randint(edge, int(pos.max()) - edge + 1, (nl, hkv, negatives), generator=gen)
+    kidx = torch.cat([some_pos, neg], dim=2).reshape(nl * hkv, -1)  # [B, K]
+    kx = torch.gather(ks, 1, kidx.unsqueeze(-1).expand(-1, -1, d))  # [B, K, D]
+    qx = qs[:, pos]  # [nL*Hq, P, D]
+    ck = _SignSTE.apply(kmlp(kx), beta)  # [B, K, R]
+    cq = _SignSTE.apply(qmlp(qx), beta).reshape(nl * hkv, g, queries, bits)  # [B, G, P, R]
+    sim = torch.einsum("bgpr,bkr->bgpk", cq, ck) / bits
+    # labels from the full top sets (a sampled key may be a positive of several queries)
+    marks = torch.zeros(nl * hkv, g, queries, t, dtype=torch.bool)
+    marks.scatter_(3, pos_keys.reshape(nl * hkv, queries, g, top).transpose(1, 2), True)
+    label = torch.gather(marks, 3, kidx.view(nl * hkv, 1, 1, -1).expand(-1, g, queries, -1)).float()  # [B, G, P, K]
+    valid = ((kidx.unsqueeze(1) >= edge) & (kidx.unsqueeze(1) <= (pos - edge).view(1, -1, 1))).unsqueeze(1)
+    valid = valid.expand_as(label).float()
+    n_pos = (label * valid).sum().clamp(min=1)
+    pw = ((valid.sum() - n_pos) / n_pos).clamp(max=max_pos_weight)
+    loss = F.binary_cross_entropy_with_logits(alpha * sim + bias, label, pos_weight=pw, reduction="none")
+    return (loss * valid).sum() / valid.sum()
+
+
 def _progress(total: int, desc: str):
     try:
         from tqdm.auto import tqdm
@@ -117,6 +219,38 @@ def heldout_top_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, targets: to
     return float(hit.float().mean())
 
 
+def heldout_block_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, mass: torch.Tensor, pos: torch.Tensor,
+                         block: int, forced: Sequence[int] = (0, -2, -1), ratio: float = 0.125) -> float:
+    """Layer-level selection check on held-out queries: ``codes_q [N, Hq, R]``, ``codes_k
+    [T, Hkv, R]`` (+-1 floats, one layer), exact block masses ``mass [N, NBLK]``
+    (:func:`block_mass_targets`, summed over the ``Hq`` heads). Each query selects, as
+    GSA does (spec 4 token score, block max, spec 5/8 budget), its ``forced`` blocks plus
+    the best others up to ``max(ceil(ratio * n_blocks), n_forced)`` blocks (ties to the
+    smaller index); returns the mean share of the exact attention mass selected."""
+    n, hq, r = codes_q.shape
+    t, hkv, _ = codes_k.shape
+    qsum = codes_q.reshape(n, hkv, hq // hkv, r).sum(dim=2)
+    tok = torch.einsum("nhr,thr->nt", qsum, codes_k)
+    tok = tok.masked_fill(torch.arange(t).unsqueeze(0) > pos.unsqueeze(1), -math.inf)
+    nblk = math.ceil(t / block)
+    bmax = F.pad(tok, (0, nblk * block - t), value=-math.inf).reshape(n, nblk, block).amax(dim=2)
+    n_blocks = (pos + block) // block
+    cols = torch.arange(nblk).unsqueeze(0)
+    is_forced = torch.zeros(n, nblk, dtype=torch.bool)
+    for m in forced:
+        idx = torch.full_like(n_blocks, m) if m >= 0 else n_blocks + m
+        is_forced |= (cols == idx.unsqueeze(1)) & (idx.unsqueeze(1) >= 0)
+    is_forced &= cols < n_blocks.unsqueeze(1)
+    n_forced = is_forced.sum(dim=1)
+    budget = torch.maximum(torch.ceil(ratio * n_blocks.double()).long(), n_forced)
+    take = torch.minimum(budget, n_blocks) - n_forced
+    sc = bmax.double().masked_fill(is_forced | (cols >= n_blocks.unsqueeze(1)), -math.inf)
+    order = torch.sort(sc, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, cols.expand(n, -1).contiguous())
+    picked = is_forced | ((rank < take.unsqueeze(1)) & (cols < n_blocks.unsqueeze(1)))
+    return float(((mass[:, :nblk] * picked).sum(dim=1) / mass[:, :nblk].sum(dim=1)).mean())
+
+
 def _stack(store: Dict[int, tuple], layers: Sequence[int]):
     """``[len(layers) * H, T, D]`` stacks of queries and keys (layer-major, then head)."""
     qs = torch.cat([store[l][0].float().permute(1, 0, 2) for l in layers])
@@ -127,18 +261,25 @@ def _stack(store: Dict[int, tuple], layers: Sequence[int]):
 def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, depth: int = 3, hidden: int = 128,
                    steps: int = 300, queries: int = 8, positives: int = 4, negatives: int = 64, top: int = 32, edge: int = 128,
                    lr: float = 1e-3, alpha: float = 10.0, beta: float = 1.0, max_pos_weight: float = 30.0,
-                   n_train: int = 1024, seed: int = 0, layers: Optional[Sequence[int]] = None, log=print) -> dict:
+                   n_train: int = 1024, seed: int = 0, layers: Optional[Sequence[int]] = None,
+                   target: str = "top", block: int = 32, tau: float = 20.0, kappa: float = 4.0,
+                   block_weight: float = 1.0, log=print) -> dict:
     """Train spec-12 encoders for ``cfg``'s scoring layers (or ``layers``) on captured
     ``store = {layer: (q [T, Hq, D], k [T, Hkv, D])}`` and save the bundle at ``out``.
 
+    ``target``: ``"top"`` (BCE on each query's top keys), ``"block"`` (the block loss,
+    :func:`block_loss` with ``block``, ``tau``, ``kappa``, the config's
+    ``must_select_blocks``) or ``"top+block"`` (BCE + ``block_weight`` x block loss).
     Training queries come from the first 3/4 of the captured positions, held-out ones
-    from the last quarter; returns ``{"layers", "heldout": {layer: (random_hata, mlp)},
+    from the last quarter; returns ``{"layers", "heldout": {layer: (random_hata, mlp)}, "heldout_block": (the same),
     "seconds"}`` where held-out scores are :func:`heldout_top_recall` (ratio 1/8)."""
     from gsa.eval.model import eval_config
     from gsa.eval.selectors import unpack_signs
     from gsa.weights import MLPHashWeights, load_hash_weights, save_mlp_hash_weights
     from gsa import ops
 
+    if target not in TARGETS:
+        raise ValueError(f"train_mlp_hash: target must be one of {TARGETS}, got {target!r}")
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -157,6 +298,9 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
     val_pos = torch.arange(split, t, max(1, (t - split) // 32))
     qs, ks = _stack(store, layers)  # [nL*Hq, T, D], [nL*Hkv, T, D]
     tgt = torch.stack([top_key_targets(store[l][0], store[l][1], train_pos, top, edge) for l in layers])  # [nL, N, Hq, top]
+    use_top, use_block = target in ("top", "top+block"), target in ("block", "top+block")
+    if use_block:  # exact per-block attention mass of every training query, summed over the layer's heads
+        bmass = torch.stack([block_mass_targets(store[l][0], store[l][1], train_pos, block) for l in layers])
     cfg_b = eval_config(cfg, bits=bits, threshold=None)
     init = None
     if depth == 1:
@@ -173,27 +317,17 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
     for step in range(steps):
         pick = torch.randint(0, n_train, (queries,), generator=gen)
         pos = train_pos[pick]  # [P]
-        pos_keys = tgt[:, pick].reshape(nl, queries, hkv, g, top).permute(0, 2, 1, 3, 4)  # [nL, Hkv, P, G, top]
-        # keys scored this step: `positives` of each (query, head)'s top keys, plus random visible keys
-        sub = torch.rand(nl, hkv, queries, g, top, generator=gen).argsort(dim=-1)[..., :positives]
-        some_pos = torch.gather(pos_keys, 4, sub).reshape(nl, hkv, -1)
-        neg = torch.randint(edge, int(pos.max()) - edge + 1, (nl, hkv, negatives), generator=gen)
-        kidx = torch.cat([some_pos, neg], dim=2).reshape(nl * hkv, -1)  # [B, K]
-        kx = torch.gather(ks, 1, kidx.unsqueeze(-1).expand(-1, -1, d))  # [B, K, D]
-        qx = qs[:, pos]  # [nL*Hq, P, D]
-        ck = _SignSTE.apply(kmlp(kx), beta)  # [B, K, R]
-        cq = _SignSTE.apply(qmlp(qx), beta).reshape(nl * hkv, g, queries, bits)  # [B, G, P, R]
-        sim = torch.einsum("bgpr,bkr->bgpk", cq, ck) / bits
-        # labels from the full top sets (a sampled key may be a positive of several queries)
-        marks = torch.zeros(nl * hkv, g, queries, t, dtype=torch.bool)
-        marks.scatter_(3, pos_keys.reshape(nl * hkv, queries, g, top).transpose(1, 2), True)
-        label = torch.gather(marks, 3, kidx.view(nl * hkv, 1, 1, -1).expand(-1, g, queries, -1)).float()  # [B, G, P, K]
-        valid = ((kidx.unsqueeze(1) >= edge) & (kidx.unsqueeze(1) <= (pos - edge).view(1, -1, 1))).unsqueeze(1)
-        valid = valid.expand_as(label).float()
-        n_pos = (label * valid).sum().clamp(min=1)
-        pw = ((valid.sum() - n_pos) / n_pos).clamp(max=max_pos_weight)
-        loss = F.binary_cross_entropy_with_logits(alpha * sim + bias, label, pos_weight=pw, reduction="none")
-        loss = (loss * valid).sum() / valid.sum()
+        loss = torch.zeros(())
+        if use_top:
+            loss = loss + _top_loss(kmlp, qmlp, bias, qs, ks, tgt, pick, pos, nl, hkv, g, t, d, bits, queries, positives,
+                                    negatives, top, edge, alpha, beta, max_pos_weight, gen)
+        if use_block:
+            s_max = int(pos.max()) + 1  # keys any drawn query sees
+            ck = _SignSTE.apply(kmlp(ks[:, :s_max]), beta).reshape(nl, hkv, s_max, bits)
+            cq = _SignSTE.apply(qmlp(qs[:, pos]), beta).reshape(nl, hkv, g, queries, bits).sum(dim=2)  # [nL, Hkv, P, R]
+            score = torch.einsum("lhpr,lhsr->lps", cq, ck) / (bits * hkv * g)  # spec-4 token score in [-1, 1]
+            lb = block_loss(score, pos, bmass[:, pick], block, cfg.must_select_blocks, tau, kappa)
+            loss = loss + (block_weight if use_top else 1.0) * lb
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -213,7 +347,7 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
         qb = tuple(b.detach()[i * hq:(i + 1) * hq].contiguous() for b in qmlp.b)
         per_layer[l] = MLPHashWeights(kw, kb, qw, qb)
     # held-out check: the exact ops' codes (spec 12 and spec 2) on the last quarter's queries
-    heldout = {}
+    heldout, heldout_block = {}, {}
     for l in layers:
         q, k = store[l][0].float(), store[l][1].float()
         vt = top_key_targets(q, k, val_pos, top, edge)
@@ -224,14 +358,25 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
         rq = unpack_signs(ops.hash_encode(q[val_pos].contiguous(), w))
         rk = unpack_signs(ops.hash_encode(k.contiguous(), w))
         heldout[l] = (heldout_top_recall(rq, rk, vt, val_pos, g, edge), heldout_top_recall(mq, mk, vt, val_pos, g, edge))
+        vm = block_mass_targets(q, k, val_pos, block)
+        heldout_block[l] = (heldout_block_recall(rq, rk, vm, val_pos, block, cfg.must_select_blocks),
+                            heldout_block_recall(mq, mk, vm, val_pos, block, cfg.must_select_blocks))
     mean_r = sum(v[0] for v in heldout.values()) / len(heldout)
     mean_m = sum(v[1] for v in heldout.values()) / len(heldout)
+    mean_br = sum(v[0] for v in heldout_block.values()) / len(heldout_block)
+    mean_bm = sum(v[1] for v in heldout_block.values()) / len(heldout_block)
     save_mlp_hash_weights(out, per_layer, metadata={
         "model_name": cfg.model_name, "hash_bits": bits, "depth": depth, "hidden": hidden, "steps": steps,
-        "recipe": "HashAttention-style: top-32 targets (edge 128), weighted BCE, sign STE, Adam (gsa.eval.train_mlp)",
+        "recipe": ("HashAttention-style: top-32 targets (edge 128), weighted BCE, sign STE, Adam (gsa.eval.train_mlp)"
+                   if target == "top" else f"gsa.eval.train_mlp target={target}: block loss (block {block}, tau {tau}, "
+                   f"kappa {kappa}{', weight %g' % block_weight if use_top else ''}), sign STE, Adam, lr {lr}"),
+        "target": target,
         "trained_layers": ",".join(map(str, layers)),
-        "heldout_top_recall_random_mlp": ",".join(f"{l}:{a:.4f}:{b:.4f}" for l, (a, b) in heldout.items())})
+        "heldout_top_recall_random_mlp": ",".join(f"{l}:{a:.4f}:{b:.4f}" for l, (a, b) in heldout.items()),
+        "heldout_block_recall_random_mlp": ",".join(f"{l}:{a:.4f}:{b:.4f}" for l, (a, b) in heldout_block.items())})
     secs = time.time() - t0
     log(f"  mlp{depth} b{bits}: held-out top-{top} recall at 1/8 of keys: random HATA {mean_r:.3f}, "
-        f"MLP {mean_m:.3f} ({secs:.0f}s) -> {out}")
-    return {"layers": layers, "heldout": heldout, "seconds": secs, "final_loss": float(loss.detach())}
+        f"MLP {mean_m:.3f}; block mass recall at 1/8 ({block}-token blocks): random {mean_br:.3f}, MLP {mean_bm:.3f} "
+        f"({secs:.0f}s) -> {out}")
+    return {"layers": layers, "heldout": heldout, "heldout_block": heldout_block, "seconds": secs,
+            "final_loss": float(loss.detach())}
