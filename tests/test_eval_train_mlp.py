@@ -53,7 +53,7 @@ def test_train_mlp_beats_random_and_bundle_loads(tmp_path):
     store = {1: (q, k)}
     out = tmp_path / "mlp.safetensors"
     res = train_mlp_hash(_cfg(), store, 32, out, depth=2, hidden=32, steps=60, queries=16, top=8, edge=16,
-                         lr=1e-2, n_train=256, log=lambda *a: None)
+                         lr=1e-2, n_train=256, target="top", log=lambda *a: None)
     rnd, mlp = res["heldout"][1]
     assert mlp > rnd and 1 - mlp < 0.5 * (1 - rnd), (rnd, mlp)  # at least half the misses gone
     clear_cache()
@@ -139,3 +139,24 @@ def test_train_mlp_block_target_runs_and_improves_block_recall(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="target"):
         train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, target="blocks")
+
+
+def test_train_hash_cli_passes_the_target_options(monkeypatch, tmp_path):
+    # `gsa train-hash --method mlp --target ...` reaches train_mlp_hash with the parsed options;
+    # the default is top+block (measured better than top on Qwen and SmolLM2, docs/accuracy.md)
+    import argparse
+    from gsa.eval import assets, model as model_mod, train as train_mod, train_mlp as tm
+    seen = []
+    monkeypatch.setattr(model_mod, "load_model", lambda name: (None, None, _cfg()))
+    monkeypatch.setattr(assets, "austen_texts", lambda: {"prideprejudice": "text"})
+    monkeypatch.setattr(train_mod, "capture", lambda m, t, text, n: {})
+    monkeypatch.setattr(tm, "train_mlp_hash", lambda cfg, store, b, out, **kw: seen.append(kw))
+    ap = argparse.ArgumentParser()
+    train_mod.add_arguments(ap)
+    base = ["--model", "qwen", "--method", "mlp", "--text", "prideprejudice", "--out", str(tmp_path)]
+    assert train_mod.run(ap.parse_args(base)) == 0
+    assert seen[-1]["target"] == "top+block" and seen[-1]["queries"] == 8
+    assert train_mod.run(ap.parse_args(base + ["--target", "block", "--tau", "30", "--block", "16",
+                                               "--block-weight", "2", "--queries", "12"])) == 0
+    assert {k: seen[-1][k] for k in ("target", "tau", "block", "block_weight", "queries")} == \
+        {"target": "block", "tau": 30.0, "block": 16, "block_weight": 2.0, "queries": 12}

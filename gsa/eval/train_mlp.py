@@ -13,12 +13,12 @@ layers' heads are one batch of small matrix products, so a step costs one pass):
   ``D -> F -> .. -> R``, SiLU between layers. Codes are the exact signs in the
   forward pass, with the gradient of ``tanh`` (straight-through, as
   :class:`gsa.eval.train._SignSTE`).
-* **Loss** (``target="top"``, the default). Per step, ``queries`` positions are drawn; each KV head scores
+* **Token loss** (``target="top"``). Per step, ``queries`` positions are drawn; each KV head scores
   ``positives`` random keys of each (query, head)'s top set plus ``negatives``
   random visible keys (labels from the full top sets) against every query of its group with
   ``alpha * <c(q), c(k)> / R + bias`` and a BCE on its sigmoid, positives
   up-weighted to balance the negatives (``pos_weight``). Adam.
-* **Block loss** (``target="block"``, or ``"top+block"`` for the sum of both). What GSA
+* **Block loss** (``target="block"``, or ``"top+block"``, the default: the sum of both). What GSA
   selects is blocks, once per layer: a block's score is the best token's
   ``sum_h <sum_g c(q_hg), c(k_h)>`` (spec 4, ``chunk_repre_method "max"``). The block
   loss computes exactly that score (codes of every key the drawn queries see, the
@@ -262,7 +262,7 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
                    steps: int = 300, queries: int = 8, positives: int = 4, negatives: int = 64, top: int = 32, edge: int = 128,
                    lr: float = 1e-3, alpha: float = 10.0, beta: float = 1.0, max_pos_weight: float = 30.0,
                    n_train: int = 1024, seed: int = 0, layers: Optional[Sequence[int]] = None,
-                   target: str = "top", block: int = 32, tau: float = 20.0, kappa: float = 4.0,
+                   target: str = "top+block", block: int = 32, tau: float = 20.0, kappa: float = 4.0,
                    block_weight: float = 1.0, log=print) -> dict:
     """Train spec-12 encoders for ``cfg``'s scoring layers (or ``layers``) on captured
     ``store = {layer: (q [T, Hq, D], k [T, Hkv, D])}`` and save the bundle at ``out``.
