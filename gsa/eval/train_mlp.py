@@ -28,7 +28,10 @@ layers' heads are one batch of small matrix products, so a step costs one pass):
   attention mass per block summed over the layer's query heads (the oracle's
   ranking; ``must_select_blocks`` are left out of both, as selection forces them), by
   cross-entropy (:func:`block_loss`). Blocks of ``block`` tokens (32 by default, the
-  size where codes differ most); exact masses use the softmax scale ``D ** -0.5``.
+  size where codes differ most); exact masses use the softmax scale ``D ** -0.5`` (no
+  softcap). Measured against ``"top"`` in docs/accuracy.md (*A block-level training target*):
+  better block selection on Qwen and SmolLM2, at a few times the cost per step (every key the
+  drawn queries see is encoded).
 
 Initialisation: a 1-layer encoder starts as the seeded random HATA projection
 (spec 10; query heads use their KV head's), so it starts from random-HATA codes;
