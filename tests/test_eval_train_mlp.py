@@ -139,6 +139,9 @@ def test_train_mlp_block_target_runs_and_improves_block_recall(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="target"):
         train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, target="blocks")
+    for bad in ({"block": 0}, {"tau": 0.0}, {"block_weight": -1.0}, {"queries": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, **bad)
 
 
 def test_train_hash_cli_passes_the_target_options(monkeypatch, tmp_path):

@@ -283,6 +283,12 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
 
     if target not in TARGETS:
         raise ValueError(f"train_mlp_hash: target must be one of {TARGETS}, got {target!r}")
+    for name, v, ok, want in (("block", block, isinstance(block, int) and block > 0, "a positive int"),
+                              ("tau", tau, tau > 0, "> 0"), ("kappa", kappa, kappa > 0, "> 0"),
+                              ("block_weight", block_weight, block_weight >= 0, ">= 0"),
+                              ("queries", queries, isinstance(queries, int) and queries > 0, "a positive int")):
+        if not ok:
+            raise ValueError(f"train_mlp_hash: {name} must be {want}, got {v!r}")
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
