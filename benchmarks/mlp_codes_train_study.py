@@ -13,13 +13,14 @@ picks at ratio 1/8, forced blocks included). The eval-text numbers come from
 
     python benchmarks/mlp_codes_train_study.py --model qwen --text prideprejudice --tokens 8192 \\
         --cache /tmp/qwen-pp-8192.pt --out-dir /tmp/mlp-screen --json benchmarks/results/accuracy_qwen-mlp-screen.json \\
-        --variant top150:depth=1,steps=150 --variant block150:depth=1,steps=150,target=block \\
+        --variant top150:depth=1,steps=150,target=top --variant block150:depth=1,steps=150,target=block \\
         --variant topblock150:depth=1,steps=150,target=top+block,use_tokens=4096
 
 A variant is ``NAME:key=value,...`` with keys of ``train_mlp_hash`` (``depth``,
 ``steps``, ``target``, ``tau``, ``lr``, ``block_weight``, ``queries``, ``hidden``, ...)
 plus ``bits`` (default 128) and ``use_tokens`` (train on the first N captured tokens;
-default all). Bundles go to ``OUT_DIR/NAME.safetensors``.
+default all); ``target`` defaults to ``top+block``, as in the CLI. Bundles go to
+``OUT_DIR/NAME.safetensors``.
 """
 from __future__ import annotations
 
