@@ -84,6 +84,16 @@ def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: i
     return max_batch * widest
 
 
+def _check_eviction(where: str, eviction, selector: str, prefetch) -> None:
+    if eviction not in ("lru", "score"):
+        raise ValueError(f"{where}: 'eviction' must be 'lru' or 'score', got {eviction!r}")
+    if eviction == "score" and (selector != "device" or prefetch not in (None, "previous")):
+        # a lookahead or lagged prediction admits blocks between two priority updates, when
+        # the keys of the last request's blocks still hold its recency stamp
+        raise ValueError(f"{where}: eviction 'score' needs the device selector and prefetch None or "
+                         f"'previous', got selector {selector!r}, prefetch {prefetch!r}")
+
+
 class OffloadedGSA:
     """Two-tier KV for the sparse layers of one model (see the module docstring).
 
@@ -127,13 +137,7 @@ class OffloadedGSA:
         if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
             raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
                              f"got selector {selector!r}, lookahead {lookahead!r}")
-        if eviction not in ("lru", "score"):
-            raise ValueError(f"OffloadedGSA: 'eviction' must be 'lru' or 'score', got {eviction!r}")
-        if eviction == "score" and (selector != "device" or prefetch not in (None, "previous")):
-            # a lookahead or lagged prediction admits blocks between two priority updates, when
-            # the keys of the last request's blocks still hold its recency stamp
-            raise ValueError(f"OffloadedGSA: eviction 'score' needs the device selector and prefetch None or "
-                             f"'previous', got selector {selector!r}, prefetch {prefetch!r}")
+        _check_eviction("OffloadedGSA", eviction, selector, prefetch)
         if not (isinstance(score_decay, (int, float)) and 0.0 <= float(score_decay) < 1.0):
             raise ValueError(f"OffloadedGSA: 'score_decay' must be a number in [0, 1), got {score_decay!r}")
         self.eviction, self.score_decay = eviction, float(score_decay)
@@ -288,11 +292,8 @@ class OffloadedGSA:
         ``"previous"``) and ``eviction`` (``"lru"`` or ``"score"``): a cold start without
         reallocating the host KV (the benchmark's variants)."""
         if eviction is not ...:
-            if eviction not in ("lru", "score") or (eviction == "score" and self.selector != "device"):
-                raise ValueError(f"OffloadedGSA.reset_residency: 'eviction' must be 'lru' or 'score' (score: device "
-                                 f"selector), got {eviction!r}")
-            if eviction == "score" and self.prefetch == "lookahead":
-                raise ValueError("OffloadedGSA.reset_residency: eviction 'score' needs prefetch None or 'previous'")
+            # (prefetch may switch below, but never to or from "lookahead": the check holds for both)
+            _check_eviction("OffloadedGSA.reset_residency", eviction, self.selector, self.prefetch)
             self.eviction = eviction
             if eviction == "score" and not self.priority:
                 self.priority = {l: new_priority(self.nb, self.device) for l in self.layers}
