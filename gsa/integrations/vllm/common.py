@@ -152,6 +152,18 @@ def shallow_copy(obj: Any) -> Any:
     return out
 
 
+def with_padded_rows(table: torch.Tensor, lens: torch.Tensor, full_table: torch.Tensor,
+                     full_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The step's sparse ``(table [B, K], lens [B])`` extended to the backend's rows
+    (``full_table [B', M]``, ``full_lens [B']``, ``B' >= B``): rows an engine padded past the
+    step's requests keep their lengths and get an all-zero table row."""
+    b = lens.shape[0]
+    if full_lens.shape[0] <= b:
+        return table, lens
+    return (torch.cat([table, table.new_zeros((full_table.shape[0] - b, table.shape[1]))]),
+            torch.cat([lens, full_lens[b:].to(lens.dtype)]))
+
+
 class GSAImplMixin:
     """Put before the backend's impl class: ``class X(GSAImplMixin, FooImpl)``."""
 
@@ -202,11 +214,7 @@ class GSAImplMixin:
         md = state.derived.get(src)
         if md is None:
             full_table, full_lens = self._gsa_table_and_lens(attn_metadata)
-            table, lens = rt.select(l, state, query, full_table, full_lens)
-            if full_lens.shape[0] > lens.shape[0]:  # rows padded past the step's requests keep theirs
-                b = lens.shape[0]
-                lens = torch.cat([lens, full_lens[b:].to(lens.dtype)])
-                table = torch.cat([table, table.new_zeros((full_table.shape[0] - b, table.shape[1]))])
+            table, lens = with_padded_rows(*rt.select(l, state, query, full_table, full_lens), full_table, full_lens)
             md = self._sparse_metadata(attn_metadata, table, lens, state, src)
             state.derived[src] = md
         out = base_forward(layer, query, key, value, kv_cache, md, output, **kw)

@@ -39,7 +39,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .common import host_lengths, layer_index, runtime_at_init, shallow_copy
+from .common import host_lengths, layer_index, runtime_at_init, shallow_copy, with_padded_rows
 from .hybrid import gsa_group
 from .runtime import GSAVllmRuntime, StepState, runtime_for
 from .settings import GSAVllmConfigError
@@ -184,13 +184,10 @@ class GSAMLAImplMixin:
         md = state.derived.get(src)
         if md is None:
             dec = attn_metadata.decode
-            b = state.step.plan.batch_size
             dense_table, dense_lens = self._gsa_decode_table_and_lens(dec)
             # the first b query tokens are the b decode rows (one token each): q_rows is 0..b-1
-            table, lens = self.gsa.select(l, state, q_nope, dense_table, dense_lens, query_rope=q_pe)
-            if dense_lens.shape[0] > b:  # rows padded past the step's requests keep theirs
-                lens = torch.cat([lens, dense_lens[b:].to(lens.dtype)])
-                table = torch.cat([table, table.new_zeros((dense_table.shape[0] - b, table.shape[1]))])
+            table, lens = with_padded_rows(*self.gsa.select(l, state, q_nope, dense_table, dense_lens, query_rope=q_pe),
+                                           dense_table, dense_lens)
             # shallow copies (dataclasses.replace re-runs __init__: ~10x the host time)
             md = shallow_copy(attn_metadata)
             md.decode = self._sparse_decode(dec, table, lens, state)
