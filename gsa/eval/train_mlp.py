@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import pathlib
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,19 @@ def block_mass_targets(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, bloc
     return out
 
 
+def _block_masks(n_blocks: torch.Tensor, nblk: int, forced: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``bool [P, NBLK]`` masks for queries with ``n_blocks [P]`` blocks: ``inside`` (the
+    query's own blocks) and ``is_forced`` (spec 5's ``forced`` blocks among them; negative
+    entries count from each query's last block)."""
+    cols = torch.arange(nblk).unsqueeze(0)
+    inside = cols < n_blocks.unsqueeze(1)
+    is_forced = torch.zeros_like(inside)
+    for m in forced:
+        idx = torch.full_like(n_blocks, m) if m >= 0 else n_blocks + m
+        is_forced |= cols == idx.unsqueeze(1)
+    return inside, is_forced & inside
+
+
 def block_loss(score: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor, block: int,
                forced: Sequence[int] = (0, -2, -1), tau: float = 20.0, kappa: float = 4.0) -> torch.Tensor:
     """Block-level loss of GSA token scores: ``score [L, P, S]`` (the spec-4 token score
@@ -120,11 +133,8 @@ def block_loss(score: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor, block
     x = F.pad(x, (0, nblk * block - s), value=_MASKED).reshape(nl, p_, nblk, block)
     bscore = torch.logsumexp(x, dim=3) / kappa  # [L, P, NBLK]
     n_blocks = (pos + block) // block  # ceil((p + 1) / block)
-    cols = torch.arange(nblk).unsqueeze(0)
-    free = cols < n_blocks.unsqueeze(1)  # [P, NBLK]
-    for m in forced:
-        idx = torch.full_like(n_blocks, m) if m >= 0 else n_blocks + m
-        free &= cols != idx.unsqueeze(1)
+    inside, is_forced = _block_masks(n_blocks, nblk, forced)
+    free = inside & ~is_forced  # [P, NBLK]
     ok = free.sum(dim=1) >= 2  # [P]
     free = free & ok.unsqueeze(1)
     tgt = mass[..., :nblk] * free
@@ -239,18 +249,14 @@ def heldout_block_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, mass: tor
     bmax = F.pad(tok, (0, nblk * block - t), value=-math.inf).reshape(n, nblk, block).amax(dim=2)
     n_blocks = (pos + block) // block
     cols = torch.arange(nblk).unsqueeze(0)
-    is_forced = torch.zeros(n, nblk, dtype=torch.bool)
-    for m in forced:
-        idx = torch.full_like(n_blocks, m) if m >= 0 else n_blocks + m
-        is_forced |= (cols == idx.unsqueeze(1)) & (idx.unsqueeze(1) >= 0)
-    is_forced &= cols < n_blocks.unsqueeze(1)
+    inside, is_forced = _block_masks(n_blocks, nblk, forced)
     n_forced = is_forced.sum(dim=1)
     budget = torch.maximum(torch.ceil(ratio * n_blocks.double()).long(), n_forced)
     take = torch.minimum(budget, n_blocks) - n_forced
-    sc = bmax.double().masked_fill(is_forced | (cols >= n_blocks.unsqueeze(1)), -math.inf)
+    sc = bmax.double().masked_fill(is_forced | ~inside, -math.inf)
     order = torch.sort(sc, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, cols.expand(n, -1).contiguous())
-    picked = is_forced | ((rank < take.unsqueeze(1)) & (cols < n_blocks.unsqueeze(1)))
+    picked = is_forced | ((rank < take.unsqueeze(1)) & inside)
     return float(((mass[:, :nblk] * picked).sum(dim=1) / mass[:, :nblk].sum(dim=1)).mean())
 
 
