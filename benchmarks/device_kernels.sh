@@ -1,38 +1,51 @@
 #!/usr/bin/env bash
-# Issue 12 on one GPU in ONE device call (<= ~9 min): the Triton GPU tests of the selection
-# variants, the launch-choice sweep of the selection kernels (fused score+selection, bit planes,
-# PDL; `benchmarks/kernel_sweep.py --parts score`), then the engine step with the tuning file the
-# sweep wrote, so the step's speedups are measured with the new choices in the same call.
+# Issue 12 on one GPU, one device call per stage (each <= ~9 min):
 #
-#   bash benchmarks/device_kernels.sh            # on the device machine ($OUT set)
+#   bash benchmarks/device_kernels.sh sweep   # GPU tests of the launch choices, then the launch-choice
+#                                             # sweep of every kernel (kernel_sweep.py, all parts)
+#   bash benchmarks/device_kernels.sh step    # engine_step.py and mla_step.py with the committed tuning
+#   bash benchmarks/device_kernels.sh         # both in one call, the step with the tuning just swept
+#                                             # (only if the sweep is short enough: caps below)
 #
-# Every part has its own timeout, so the call always ends in time and keeps what finished. The
-# device tool returns at most 8 files: the results travel as one tarball plus the log.
+# Between `sweep` and `step`, commit the tuning file the sweep wrote (cuda_ops/tuning/nvidia_h200.json)
+# so that the step call measures the new choices. Every part has its own timeout, so the call always
+# ends in time and keeps what finished. The device tool returns at most 8 files: the results travel as
+# one tarball plus the log.
 #   $OUT/device_kernels.log       versions, test summary, each part's tail
-#   $OUT/device_kernels.tar.gz    kernel_sweep.{json,md}, nvidia_h200.json (the tuning file to commit
-#                                 to cuda_ops/tuning/ if the sweep picked new choices), engine_step.{json,md,png} (commit as benchmarks/results/engine_step_h200.*)
+#   $OUT/device_kernels.tar.gz    kernel_sweep.{json,md}, nvidia_h200.json (the tuning file to commit to
+#                                 cuda_ops/tuning/), engine_step.{json,md,png} (commit as
+#                                 benchmarks/results/engine_step_h200.*), mla_step.{json,md}
 # Here: tar xzf device_kernels.tar.gz -C /tmp/k, then copy into benchmarks/results/ and cuda_ops/tuning/.
 set -uo pipefail
 : "${OUT:?run on the device machine (needs \$OUT)}"
+STAGE="${1:-all}"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 LOG="$OUT/device_kernels.log"
 WORK="$(mktemp -d)"
 t0=$(date +%s)
 left() { echo $(( ${1} - ($(date +%s) - t0) )); }
 {
-    echo "== $(date -u) $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
+    echo "== $(date -u) $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) stage=$STAGE"
     python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
-    echo "== GPU tests of the selection variants (cap 120 s)"
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py -k "fuse or planes or pdl or launch or select" 2>&1 | tail -6
-    echo "tests rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
-    echo "== kernel sweep, selection kernels (cap 240 s)"
-    timeout 240 python3 benchmarks/kernel_sweep.py --out "$WORK" --parts score 2>&1 | tail -30
-    echo "sweep rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
     tuning=""
-    [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json"
-    echo "== engine step with ${tuning:-the committed tuning} (cap: what is left of 540 s)"
-    GSA_TRITON_TUNING="$tuning" timeout "$(left 540)" python3 benchmarks/engine_step.py --out "$WORK" 2>&1 | tail -30
-    echo "engine_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+    if [ "$STAGE" != step ]; then
+        echo "== GPU tests of the launch choices (cap 150 s)"
+        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_triton_launch_choices_gpu.py \
+            tests/test_triton_gpu.py -k "fuse or planes or pdl or launch or select or blocks or warps or paged" 2>&1 | tail -6
+        echo "tests rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        echo "== kernel sweep, every kernel (cap: what is left of 520 s)"
+        timeout "$(left 520)" python3 benchmarks/kernel_sweep.py --out "$WORK" 2>&1 | tail -30
+        echo "sweep rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json"
+    fi
+    if [ "$STAGE" != sweep ]; then
+        echo "== engine step with ${tuning:-the committed tuning} (cap: what is left of 470 s)"
+        GSA_TRITON_TUNING="$tuning" timeout "$(left 470)" python3 benchmarks/engine_step.py --out "$WORK" 2>&1 | tail -30
+        echo "engine_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        echo "== MLA step (cap: what is left of 560 s)"
+        GSA_TRITON_TUNING="$tuning" timeout "$(left 560)" python3 benchmarks/mla_step.py --out "$WORK" 2>&1 | tail -20
+        echo "mla_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+    fi
 } > "$LOG" 2>&1
 (cd "$WORK" && tar czf "$OUT/device_kernels.tar.gz" .) 2>>"$LOG"
-tail -40 "$LOG"
+tail -60 "$LOG"

@@ -69,8 +69,11 @@ def progress(msg):
 
 # The 06:24 / 06:35 UTC sweeps also swept lop3 off (no difference: ptxas fuses the logic)
 # and 16-byte `wide` loads (slower everywhere); `planes` always unrolls its head loop.
-SCORE_GRID = dict(lop3=(True,), wide=(False,), unroll=(False, True), num_warps=(1, 2, 4), planes=(False, True))
-SCORE_BEFORE = dict(lop3=True, wide=False, unroll=True, num_warps=1, planes=False)  # tuning of 2026-11-29 06:35
+SCORE_GRID = dict(lop3=(True,), wide=(False,), unroll=(False, True), num_warps=(1, 2, 4), planes=(False, True),
+                  blocks=(1, 2, 4))
+# the tuning of 2026-11-29 12:02 (fifth session's file), the "before" column of the table
+SCORE_BEFORE = dict(lop3=True, wide=False, unroll=False, num_warps=2, planes=False, blocks=1)
+SELECT_WARPS = (0, 1, 2, 4, 8)  # 0: by row width (select_num_warps)
 
 
 def score_variants():
@@ -126,13 +129,14 @@ def sweep_score_select(res, gen):
         srows = sel.setdefault(str(ctx), [])
         for method in ("max", "mean"):
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
-            for fan in (1, 4, 8):
+            for fan, nw in itertools.product((1, 4, 8), SELECT_WARPS):
                 if scoring.select_fanout(next_pow2(m), fan) != fan:
                     continue
                 ms = graph_ms(lambda: scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens,
-                                                             None, None, 0, None, fan))
-                srows.append(dict(method=method, fanout=fan, ms=ms))
-        progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}: {r['ms'] * 1e3:.1f}us" for r in srows))
+                                                             None, None, 0, None, fan, nw or None))
+                srows.append(dict(method=method, fanout=fan, num_warps=nw, ms=ms))
+        progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}/{r['num_warps']}w: {r['ms'] * 1e3:.1f}us"
+                                               for r in srows))
     # the hot path's selection as one unit (select_blocks: scores, selection, kv_select), in
     # two launches or one (fused), for the best 128K score launch with and without bit planes
     big = out[str(CONTEXTS[-1])]
@@ -158,7 +162,7 @@ def sweep_score_select(res, gen):
             # the fused kernel's selection part needs more registers than scoring: also capped at
             # what the plain score kernel uses (ptxas, sm_90: 64 without planes, 128 with)
             for fuse, cap in ((False, 0), (True, 0), (True, 128 if planes else 64)):
-                if fuse and not scoring.fused_select_ok(m, v["num_warps"]):
+                if fuse and (not scoring.fused_select_ok(m, v["num_warps"]) or v["blocks"] > 1):
                     continue
                 for method in ("max", "mean"):
                     run = lambda: scoring.select_blocks(  # noqa: E731
@@ -272,7 +276,9 @@ def sweep_pdl(res, data, gen):
 
 
 # First run (06:24 UTC) also swept block_n 32/128, 8 warps and 4 stages: 64 / 4 / 2-3 won everywhere.
-ATTN_GRID = dict(block_n=(64,), num_warps=(4,), num_stages=(2, 3), per_sm=(16, 32, 64), min_tokens=(128, 256, 512))
+# The fifth session's sweeps chose 64 / 4 / 2 / 32 / 512; `fuse` (the reduction in the split kernel) is new.
+ATTN_GRID = dict(block_n=(64,), num_warps=(4,), num_stages=(2, 3), per_sm=(16, 32, 64), min_tokens=(256, 512),
+                 fuse=(False, True))
 
 
 def sweep_attention(res, gen):
@@ -299,14 +305,25 @@ def sweep_attention(res, gen):
         kv_bytes = 2 * B * ctx * HKV * D * 2
         c = out.setdefault(str(ctx), {"sdpa_ms": sdpa, "sdpa_tbs": kv_bytes / sdpa / 1e9, "rows": []})
         o = torch.empty_like(q)
-        for bn, nw, ns, ps, mt in itertools.product(*ATTN_GRID.values()):
-            row = dict(block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps, min_tokens=mt)
+        want = {}
+        for name, tb, sl in (("dense", table, seq), ("sparse_1/8", sparse_table, sparse_seq)):
+            want[name] = attention.paged_decode_attention(q, kc, vc, tb, sl, None, fuse=False).float()
+        for bn, nw, ns, ps, mt, fu in itertools.product(*ATTN_GRID.values()):
+            row = dict(block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps, min_tokens=mt, fuse=fu)
             try:
                 for name, tb, sl in (("dense", table, seq), ("sparse_1/8", sparse_table, sparse_seq)):
                     work = {}
                     row[name + "_ms"] = graph_ms(lambda: attention.paged_decode_attention(
                         q, kc, vc, tb, sl, None, block_n=bn, num_warps=nw, num_stages=ns, per_sm=ps,
-                        min_tokens=mt, out=o, work=work), reps=60)
+                        min_tokens=mt, out=o, work=work, fuse=fu), reps=60)
+                    # after the replays: a counter left non-zero would leave the output stale
+                    o.fill_(float("nan"))
+                    attention.paged_decode_attention(q, kc, vc, tb, sl, None, block_n=bn, num_warps=nw,
+                                                     num_stages=ns, per_sm=ps, min_tokens=mt, out=o, work=work,
+                                                     fuse=fu)
+                    err = (o.float() - want[name]).abs().max().item()
+                    if not err <= 2e-2:  # bf16 output; split choices change the summation order only
+                        row["error"] = f"{name}: max abs difference {err} from the two-launch default"
             except Exception as e:  # a launch that does not fit (shared memory): recorded, skipped
                 row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
             c["rows"].append(row)
@@ -317,7 +334,10 @@ def sweep_attention(res, gen):
 
 
 # First run (06:24 UTC) also swept 8 warps and 1/3/4 programs per SM: within noise of these.
-HASH_GRID = dict(hoist=(False, True), block_m=(64, 128), num_warps=(4,), per_sm=(2,))
+# The fifth session chose no hoist, 64 rows, 4 warps, 2 programs per SM, pack_dot: at 41% of copy, the
+# split-bf16 products (2 x 17.2 GFLOP per 64K tokens) make it compute-heavy; more programs or warps
+# per SM may overlap loads and products better.
+HASH_GRID = dict(hoist=(False,), block_m=(64, 128), num_warps=(4, 8), per_sm=(1, 2, 4, 8))
 
 
 def sweep_hash(res, gen, copy):
@@ -333,7 +353,7 @@ def sweep_hash(res, gen, copy):
     hashing.hash_encode_and_cache(k, w, ref, slots, hoist=False)
     rows = res.setdefault("hash", [])
     for hoist, bm, nw, ps in itertools.product(*HASH_GRID.values()):
-        for pd in (False, True):
+        for pd in (True,) if (bm, nw, ps) != (128, 4, 2) else (False, True):  # (128, 4, 2, False): the old launch
             row = dict(hoist=hoist, block_m=bm, num_warps=nw, per_sm=ps, pack_dot=pd)
             try:
                 ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw,
@@ -367,8 +387,8 @@ def choose_selection(res):
     by_fan = {}
     for ctx, rows in res["select"].items():
         for r in rows:
-            by_fan.setdefault(r["fanout"], []).append(r["ms"])
-    fanout = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
+            by_fan.setdefault((r["fanout"], r.get("num_warps", 0)), []).append(r["ms"])
+    fanout, sel_warps = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
     ch = res["selection_choice"]
     pdl_ok = all(any(r["variant"] == v and r["same"] for r in rows)
                  for rows in res["pdl"].values() for v in ("chosen", "chosen+pdl"))
@@ -376,7 +396,7 @@ def choose_selection(res):
                 - min(r["ms"] for r in rows if r["variant"] == "chosen+pdl" and r["same"])
                 for rows in res["pdl"].values()] if pdl_ok else []
     knobs["score"] = dict(ch["score"], pdl=bool(pdl_gain) and sum(pdl_gain) > 0)
-    knobs["select"] = {"fanout": fanout, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
+    knobs["select"] = {"fanout": fanout, "num_warps": sel_warps, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
     return knobs
 
 
@@ -398,67 +418,6 @@ def choose_attention(res, big):
 
     a = min(cfgs, key=cost)
     return {k: a[k] for k in ATTN_GRID}
-
-
-def markdown(res) -> str:
-    k = res["knobs"]
-    lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
-             f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
-             f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
-             "| context | score kernel: 06:35 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
-             "chosen fan-out us |",
-             "|---|---|---|---|---|---|"]
-    for ctx in res.get("score", {}):
-        rows = res["score"][ctx]
-        d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
-        c = [r for r in rows if all(r[x] == k["score"][x] for x in SCORE_GRID)][0]
-        pl = max((r["tbs"] for r in rows if r["planes"] and r["same"]), default=float("nan"))
-        if not all(r["same"] for r in rows):
-            lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
-                         f"{[x for x in rows if not x['same']]} |||||")
-        s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r["method"] == "max"][0]
-        sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"]
-        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
-                     f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
-    if "op" in res:
-        lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
-                  "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
-                  "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
-        for ctx, rows in res.get("op", {}).items():
-            for r in rows:
-                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
-                lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
-                             f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
-                             f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
-        lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
-                  f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
-                  "|---|---|---|---|---|---|"]
-        for ctx, rows in res.get("pdl", {}).items():
-            for r in rows:
-                lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
-                             f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
-    if "attention" in res:
-        lines += ["", "| context | SDPA ms | dense: old launch (stages 3 for 4) ms | chosen ms | dense/SDPA chosen | sparse 1/8 old | chosen |",
-                  "|---|---|---|---|---|---|---|"]
-        for ctx, c in res.get("attention", {}).items():
-            ok = [r for r in c["rows"] if "error" not in r]
-            old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"]) ==
-                   (64, 4, 3, 16, 256)]
-            ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
-            o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
-            lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
-                         f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
-    if "hash" in res:
-        ok = [r for r in res["hash"] if "error" not in r]
-        old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
-               (False, 128, 4, 2, False)]
-        best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
-        lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
-                  f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
-                  if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
-    return "\n".join(lines) + "\n"
 
 
 def main(out_dir: str, parts) -> None:
@@ -494,6 +453,8 @@ def main(out_dir: str, parts) -> None:
     with open(tfile, "w") as f:
         json.dump({"device": name, "source": "benchmarks/kernel_sweep.py", "when": res["when"],
                    "parts": list(parts), "knobs": knobs}, f, indent=1)
+    from kernel_sweep_report import markdown
+
     with open(os.path.join(out_dir, "kernel_sweep.md"), "w") as f:
         f.write(markdown(res))
     progress(f"wrote {tfile}: {knobs}")

@@ -6,7 +6,8 @@ heads, padded to the 16-row minimum of a tensor-core product) in one tile,
 streams the split's tokens through the block table in tiles of ``BLOCK_N``
 tokens, and keeps an online softmax in fp32 (base-2 exponent). It writes the
 unnormalised partial output and its running max and sum. Kernel 2, grid
-``(B, Hq)``: rescales and sums the ``S`` partials. The split count is a
+``(B, Hq)``: rescales and sums the ``S`` partials (or, with the ``attention.fuse``
+launch choice, the last split program of each (row, KV head) does it: one launch). The split count is a
 function of the table width ``M`` (a shape), never of ``seq_lens`` (device
 data), so the launch is the same on every step: CUDA-graph safe.
 
@@ -29,6 +30,7 @@ from .tuning import knob
 __all__ = ["paged_decode_attention", "split_plan"]
 
 INTERPRET = interpreting()
+FUSE_DEFAULT = False  # the reduction fused into the split kernel (tuning "attention.fuse"; see _attn_split_kernel)
 _LOG2E = 1.4426950408889634
 
 
@@ -38,12 +40,22 @@ def _attn_split_kernel(
     qk_scale, NB, TOK_PER_SPLIT,
     sq_b, sq_h, sk_n, sk_t, sk_h, sv_n, sv_t, sv_h, sbt_b,
     so_b, so_h, so_s, sm_b, sm_h,
+    cnt_ptr, out_ptr, S, sout_b, sout_h,
     BS: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, FUSE: tl.constexpr = False, BLOCK_S: tl.constexpr = 1,
 ):
     """``q [B, Hq, D]``, ``k/v [NB, BS, Hkv, D]``, ``bt int32 [B, M]``, ``sl int32 [B]``
-    -> ``o fp32 [B, Hq, S, D]`` (unnormalised), ``m, l fp32 [B, Hq, S]`` (base-2 max, sum)."""
+    -> ``o fp32 [B, Hq, S, D]`` (unnormalised), ``m, l fp32 [B, Hq, S]`` (base-2 max, sum).
+
+    ``FUSE``: the reduction too, in the last of the ``S`` split programs of each
+    (row, KV head) to finish: every program stores its partials, then counts itself in
+    ``cnt int32 [B * Hkv]`` (``atomic_add``, acquire-release at GPU scope, after a CTA
+    barrier so that the release covers every thread's stores); the program that sees
+    ``S - 1`` reduces the group's ``G`` heads into ``out [B, Hq, D]`` reading the
+    partials past L1 (``.cg``: L1 is not coherent with other SMs' stores) and resets
+    its counter to 0 for the next launch (a CUDA-graph replay). One launch instead of
+    two; only the last group's reduction is exposed at the tail."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
@@ -92,6 +104,42 @@ def _attn_split_kernel(
     tl.store(o_ptr + o_off, acc, mask=gmask[:, None] & dmask[None, :])
     tl.store(m_ptr + b * sm_b + heads * sm_h + s, m_i, mask=gmask)
     tl.store(l_ptr + b * sm_b + heads * sm_h + s, l_i, mask=gmask)
+    if FUSE:
+        tl.debug_barrier()  # every thread's partial stores come before the release below
+        done = tl.atomic_add(cnt_ptr + b * tl.num_programs(1) + h, 1, sem="acq_rel", scope="gpu")
+        if done == S - 1:  # every split of (b, h) is stored
+            for g in tl.static_range(G):
+                _reduce_head(o_ptr, m_ptr, l_ptr, out_ptr, b, h * G + g, S, so_b, so_h, so_s, sm_b, sm_h,
+                             sout_b, sout_h, D, BLOCK_S, BLOCK_D, True)
+            tl.store(cnt_ptr + b * tl.num_programs(1) + h, 0)
+
+
+@triton.jit
+def _reduce_head(o_ptr, m_ptr, l_ptr, out_ptr, b, hq, S, so_b, so_h, so_s, sm_b, sm_h, sout_b, sout_h,
+                 D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, FRESH: tl.constexpr):
+    """The ``S`` partials of query head ``hq`` of row ``b`` -> ``out[b, hq]`` in ``out``'s dtype.
+    ``FRESH``: the partials were stored by other programs of this launch (load them from L2)."""
+    ss = tl.arange(0, BLOCK_S)
+    dd = tl.arange(0, BLOCK_D)
+    smask = ss < S
+    mo = m_ptr + b * sm_b + hq * sm_h + ss
+    lo = l_ptr + b * sm_b + hq * sm_h + ss
+    oo = o_ptr + b * so_b + hq * so_h + ss[:, None] * so_s + dd[None, :]
+    omask = smask[:, None] & (dd < D)[None, :]
+    if FRESH:
+        m = tl.load(mo, mask=smask, other=float("-inf"), cache_modifier=".cg")
+        l = tl.load(lo, mask=smask, other=0.0, cache_modifier=".cg")
+        o = tl.load(oo, mask=omask, other=0.0, cache_modifier=".cg")
+    else:
+        m = tl.load(mo, mask=smask, other=float("-inf"))
+        l = tl.load(lo, mask=smask, other=0.0)
+        o = tl.load(oo, mask=omask, other=0.0)
+    m_all = tl.max(m, axis=0)  # finite when split 0 holds token 0 (seq_len >= 1)
+    wgt = tl.where(smask & (l > 0), tl.exp2(m - m_all), 0.0)
+    den = tl.sum(l * wgt, axis=0)
+    # a row without tokens (an engine's padding row, seq_len <= 0; the op requires >= 1) gets zeros
+    out = tl.where(den > 0, tl.sum(o * wgt[:, None], axis=0) / tl.where(den > 0, den, 1.0), 0.0)
+    tl.store(out_ptr + b * sout_b + hq * sout_h + dd, out.to(out_ptr.dtype.element_ty), mask=dd < D)
 
 
 @triton.jit
@@ -99,19 +147,8 @@ def _attn_reduce_kernel(o_ptr, m_ptr, l_ptr, out_ptr, S,
                         so_b, so_h, so_s, sm_b, sm_h, sout_b, sout_h,
                         D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """Partials of ``(b, q) = program_id`` -> ``out [B, Hq, D]`` in ``out``'s dtype."""
-    b = tl.program_id(0)
-    hq = tl.program_id(1)
-    ss = tl.arange(0, BLOCK_S)
-    dd = tl.arange(0, BLOCK_D)
-    smask = ss < S
-    m = tl.load(m_ptr + b * sm_b + hq * sm_h + ss, mask=smask, other=float("-inf"))
-    l = tl.load(l_ptr + b * sm_b + hq * sm_h + ss, mask=smask, other=0.0)
-    m_all = tl.max(m, axis=0)  # finite: split 0 holds token 0 (seq_len >= 1)
-    wgt = tl.where(smask & (l > 0), tl.exp2(m - m_all), 0.0)
-    o = tl.load(o_ptr + b * so_b + hq * so_h + ss[:, None] * so_s + dd[None, :],
-                mask=smask[:, None] & (dd < D)[None, :], other=0.0)
-    out = tl.sum(o * wgt[:, None], axis=0) / tl.sum(l * wgt, axis=0)
-    tl.store(out_ptr + b * sout_b + hq * sout_h + dd, out.to(out_ptr.dtype.element_ty), mask=dd < D)
+    _reduce_head(o_ptr, m_ptr, l_ptr, out_ptr, tl.program_id(0), tl.program_id(1), S, so_b, so_h, so_s, sm_b, sm_h,
+                 sout_b, sout_h, D, BLOCK_S, BLOCK_D, False)
 
 
 def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n: int, per_sm: int = 16,
@@ -131,13 +168,16 @@ def split_plan(b: int, hkv: int, m: int, bs: int, device: torch.device, block_n:
 
 def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, block_n=None,
                            num_warps=None, num_stages=None, per_sm=None, min_tokens=None, out=None, work=None,
-                           cache=None):
+                           cache=None, fuse=None):
     """Spec 7. ``q [B, Hq, D]``; ``k_cache, v_cache [NB, bs, Hkv, D]``; ``block_table int32
     [B, M]``; ``seq_lens int32 [B]`` -> ``[B, Hq, D]`` in ``q.dtype`` (fp32 softmax).
     The keyword arguments are launch knobs for benchmarks and, for the hot path,
     ``out`` (the result buffer), ``work`` (a dict that keeps the fp32 partials
     between calls) and ``cache`` (a ``program.Recorder``); the op uses the defaults (the device's
-    tuning file, see ``tuning.py``, else 4 warps, 4 stages, 16 programs per SM, 256-token splits)."""
+    tuning file, see ``tuning.py``, else 4 warps, 4 stages, 16 programs per SM, 256-token splits).
+    ``fuse``: the reduction in the split kernel's last program per (row, KV head), one launch
+    (default: the device's ``attention.fuse`` tuning, else ``FUSE_DEFAULT``); it counts in an
+    ``int32 [B * Hkv]`` zero buffer that ``work`` keeps (the op allocates one per call)."""
     b, hq, d = q.shape
     nb, bs, hkv, _ = k_cache.shape
     m = block_table.shape[1]
@@ -161,25 +201,30 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     per_sm = knob(dev, "attention", "per_sm", 16) if per_sm is None else per_sm
     min_tokens = knob(dev, "attention", "min_tokens", 256) if min_tokens is None else min_tokens
     splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
+    fuse = bool(knob(dev, "attention", "fuse", FUSE_DEFAULT) if fuse is None else fuse)
     key = (b, hq, splits, d)
     if work is not None and work.get("key") == key:
-        o, ml = work["o"], work["ml"]
+        o, ml, cnt = work["o"], work["ml"], work["cnt"]
     else:
         o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
+        cnt = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)  # the fused kernel leaves it zero
         if work is not None:
-            work.update(key=key, o=o, ml=ml)
+            work.update(key=key, o=o, ml=ml, cnt=cnt)
     mm, ll = ml[0], ml[1]
     launch(_attn_split_kernel, (b, hkv, splits), (
         q, k_cache, v_cache, block_table, seq_lens, o, mm, ll,
         scale * _LOG2E, nb, per,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
-        o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1)),
+        o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
+        cnt, out, splits, out.stride(0), out.stride(1)),
         dict(BS=bs, G=g, D=d, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_N=block_n,
-             UPCAST=INTERPRET, IEEE=ieee, num_warps=num_warps, num_stages=num_stages), cache)
-    launch(_attn_reduce_kernel, (b, hq, 1), (
-        o, mm, ll, out, splits, o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
-        out.stride(0), out.stride(1)),
-        dict(D=d, BLOCK_S=next_pow2(splits), BLOCK_D=block_d), cache)
+             UPCAST=INTERPRET, IEEE=ieee, FUSE=fuse, BLOCK_S=next_pow2(splits), num_warps=num_warps,
+             num_stages=num_stages), cache)
+    if not fuse:
+        launch(_attn_reduce_kernel, (b, hq, 1), (
+            o, mm, ll, out, splits, o.stride(0), o.stride(1), o.stride(2), mm.stride(0), mm.stride(1),
+            out.stride(0), out.stride(1)),
+            dict(D=d, BLOCK_S=next_pow2(splits), BLOCK_D=block_d), cache)
     return out

@@ -7,7 +7,7 @@ the output buffers; for that signature each method here returns a
 by calling the compiled kernels directly). A sparse layer's selection is three
 launches: query hash, block scores, selection with ``kv_select`` fused (or two:
 scores and selection in one kernel, the ``select.fuse`` tuning choice); new-key
-hashing one; attention two (split, reduce).
+hashing one; attention two (split, reduce) or one (``attention.fuse``).
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ class TritonHotPath:
         attention.paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, out=out, work=work,
                                          cache=rec)
         return Program(rec, [("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table),
-                             ("seq_lens", seq_lens), ("out", out)], [work["o"], work["ml"][0], work["ml"][1]],
+                             ("seq_lens", seq_lens), ("out", out)],
+                       [work["o"], work["ml"][0], work["ml"][1], work["cnt"]],
                        q.device)
 
     # offload (gsa.offload's "uva" mover): the GPU reads / writes pinned host memory itself

@@ -105,17 +105,18 @@ def _block_score_kernel(
 
 
 @triton.jit
-def _block_key(s16, valid, MEAN: tl.constexpr):
+def _block_key(s16, valid, MEAN: tl.constexpr, AXIS: tl.constexpr = 0):
     """A block's sortable int32 key from its tokens' ``S16`` scores (``valid``: tokens inside
-    the row): the mean (spec 4; a float's bits made monotone) or the max."""
+    the row): the mean (spec 4; a float's bits made monotone) or the max. ``AXIS``: the
+    token axis (1 when ``s16`` is ``[blocks, tokens]``)."""
     if MEAN:
-        total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=0)  # int64: bs * S16 can pass int32
-        count = tl.sum(valid.to(tl.int32), axis=0)
+        total = tl.sum(tl.where(valid, s16, 0).to(tl.int64), axis=AXIS)  # int64: bs * S16 can pass int32
+        count = tl.sum(valid.to(tl.int32), axis=AXIS)
         mean = tl.div_rn(total.to(tl.float32), count.to(tl.float32))
         bits = mean.to(tl.int32, bitcast=True)
         key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
     else:
-        key = tl.max(tl.where(valid, s16, -2147483648), axis=0)
+        key = tl.max(tl.where(valid, s16, -2147483648), axis=AXIS)
     return key
 
 
@@ -275,19 +276,19 @@ def _plane_base(q_ptr, b, sq_b, sq_h, HKV: tl.constexpr, G: tl.constexpr, W: tl.
 @triton.jit
 def _plane_counts(kc_ptr, q_ptr, phys, b, t, tmask, sq_b, sq_h, skc_n, skc_h, skc_t,
                   HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr,
-                  HW_POPC: tl.constexpr, LOP3: tl.constexpr, HWP: tl.constexpr):
+                  HW_POPC: tl.constexpr, LOP3: tl.constexpr, HWP: tl.constexpr, J: tl.constexpr = 1):
     """``PLANES`` path of ``_hs_block_key`` (``G == 4``, ``W == 4``): per token the bit count
-    of ``k ^ q`` over every head, group and word, ``int32 [T]``. Plane words of two
-    KV heads (8 a level) go through one Harley-Seal step per level."""
-    o1 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    t1 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    f1 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    e1 = tl.zeros((BLOCK_T,), dtype=tl.int32)
-    o2 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    t2 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    f2 = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-    e2 = tl.zeros((BLOCK_T,), dtype=tl.int32)
-    zero = tl.zeros((BLOCK_T,), dtype=tl.uint32)
+    of ``k ^ q`` over every head, group and word, ``int32 [T]`` (``[J, T]`` for ``J`` blocks).
+    Plane words of two KV heads (8 a level) go through one Harley-Seal step per level."""
+    o1 = _counter(J, BLOCK_T, tl.uint32)
+    t1 = _counter(J, BLOCK_T, tl.uint32)
+    f1 = _counter(J, BLOCK_T, tl.uint32)
+    e1 = _counter(J, BLOCK_T, tl.int32)
+    o2 = _counter(J, BLOCK_T, tl.uint32)
+    t2 = _counter(J, BLOCK_T, tl.uint32)
+    f2 = _counter(J, BLOCK_T, tl.uint32)
+    e2 = _counter(J, BLOCK_T, tl.int32)
+    zero = _counter(J, BLOCK_T, tl.uint32)
     for h in tl.static_range(0, HKV, 2):
         a0, a1, a2, a3, b0, b1, b2, b3 = _plane_head(kc_ptr, q_ptr, phys, h, b, t, tmask,
                                                      sq_b, sq_h, skc_n, skc_h, skc_t, G)
@@ -303,6 +304,15 @@ def _plane_counts(kc_ptr, q_ptr, phys, b, t, tmask, sq_b, sq_h, skc_n, skc_h, sk
     pc1 = 8 * e1 + 4 * _popc(f1, HW_POPC) + 2 * _popc(t1, HW_POPC) + _popc(o1, HW_POPC)
     pc2 = 8 * e2 + 4 * _popc(f2, HW_POPC) + 2 * _popc(t2, HW_POPC) + _popc(o2, HW_POPC)
     return _plane_base(q_ptr, b, sq_b, sq_h, HKV, G, W, HWP) + 2 * pc1 + 4 * pc2
+
+
+@triton.jit
+def _counter(J: tl.constexpr, BLOCK_T: tl.constexpr, dtype: tl.constexpr):
+    """Zeros, one per token: ``[BLOCK_T]`` for one block, ``[J, BLOCK_T]`` for ``J`` blocks."""
+    if J == 1:
+        return tl.zeros((BLOCK_T,), dtype=dtype)
+    else:
+        return tl.zeros((J, BLOCK_T), dtype=dtype)
 
 
 @triton.jit
@@ -327,25 +337,30 @@ def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, 
                   BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
                   BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
                   UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr,
-                  HKV_P: tl.constexpr):
+                  HKV_P: tl.constexpr, J: tl.constexpr = 1):
     """The int32 order key of logical block ``j`` of row ``b`` (``j * BS < seq``), whose
     block-table entry is ``phys``; see ``_block_score_hs_kernel``. ``PDL``: launched as a
     programmatic dependent of the kernel that writes ``q`` (the hot path's query hash):
-    prefetch this block's codes, then wait for that kernel (``gdc_wait``) before any ``q`` load."""
+    prefetch this block's codes, then wait for that kernel (``gdc_wait``) before any ``q`` load.
+    ``J > 1``: ``j`` and ``phys`` are ``[J, 1]`` (``J`` blocks at once, every query word loaded
+    once for all of them) and the keys come back as ``[J]``."""
     phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
     if PDL:
         _prefetch_block(kc_ptr, phys, skc_n, skc_h, skc_t, HKV, HKV_P, BLOCK_T)
         tl.extra.cuda.gdc_wait()
-    t = tl.arange(0, BLOCK_T)
+    if J == 1:
+        t = tl.arange(0, BLOCK_T)
+    else:
+        t = tl.arange(0, BLOCK_T)[None, :]
     tmask = t < BS
     if PLANES:
         pc = _plane_counts(kc_ptr, q_ptr, phys, b, t, tmask, sq_b, sq_h, skc_n, skc_h, skc_t,
-                           HKV, G, W, BLOCK_T, HW_POPC, LOP3, HWP)
+                           HKV, G, W, BLOCK_T, HW_POPC, LOP3, HWP, J)
     else:
-        ones = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        twos = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        fours = tl.zeros((BLOCK_T,), dtype=tl.uint32)
-        eights = tl.zeros((BLOCK_T,), dtype=tl.int32)
+        ones = _counter(J, BLOCK_T, tl.uint32)
+        twos = _counter(J, BLOCK_T, tl.uint32)
+        fours = _counter(J, BLOCK_T, tl.uint32)
+        eights = _counter(J, BLOCK_T, tl.int32)
         if UNROLL:  # every head's loads can issue at once
             for h in tl.static_range(HKV):
                 ones, twos, fours, eights = _hs_head(kc_ptr, q_ptr, phys, h, b, t, tmask, ones, twos, fours, eights,
@@ -357,37 +372,48 @@ def _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, 
         pc = 8 * eights + 4 * _popc(fours, HW_POPC) + 2 * _popc(twos, HW_POPC) + _popc(ones, HW_POPC)
     s16 = 16 * (HKV * G * W * 32 - 2 * pc)
     valid = tmask & (j * BS + t < seq)
-    return _block_key(s16, valid, MEAN)
+    return _block_key(s16, valid, MEAN, 0 if J == 1 else 1)
 
 
 @triton.jit
-def _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+def _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
                       BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
                       BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
                       UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr,
-                      HKV_P: tl.constexpr):
+                      HKV_P: tl.constexpr, J: tl.constexpr = 1):
     """One program of the Harley-Seal score launch (plain or fused with the selection): the key
     of block ``program_id(0)`` of row ``program_id(1)`` into ``out[b, j]`` (blocks past the row's
-    length are left alone). Returns the row's length."""
-    j = tl.program_id(0)
+    length are left alone). Returns the row's length. ``J > 1``: blocks ``J * program_id(0)``
+    to ``J * program_id(0) + J - 1`` (those below ``M``)."""
+    jp = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
-    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
-    if j * BS < seq:
-        key = _hs_block_key(q_ptr, kc_ptr, phys, j, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
-                            BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
-        tl.store(out_ptr + b * so_b + j, key)
+    if J == 1:
+        phys = tl.load(bt_ptr + b * sbt_b + jp)  # in bounds for any j < M; issued with seq, not after it
+        if jp * BS < seq:
+            key = _hs_block_key(q_ptr, kc_ptr, phys, jp, b, seq, NB, sq_b, sq_h, skc_n, skc_h, skc_t,
+                                BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
+            tl.store(out_ptr + b * so_b + jp, key)
+    else:
+        jj = jp * J + tl.arange(0, J)
+        jm = jj < M
+        phys = tl.load(bt_ptr + b * sbt_b + jj, mask=jm, other=0)
+        if jp * J * BS < seq:
+            key = _hs_block_key(q_ptr, kc_ptr, phys[:, None], jj[:, None], b, seq, NB, sq_b, sq_h, skc_n, skc_h,
+                                skc_t, BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL,
+                                HKV_P, J)
+            tl.store(out_ptr + b * so_b + jj, key, mask=jm & (jj * BS < seq))
     return seq
 
 
 @triton.jit
 def _block_score_hs_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
-    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, MEAN: tl.constexpr,
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr = False, WIDE: tl.constexpr = False,
     UNROLL: tl.constexpr = False, PLANES: tl.constexpr = False, HWP: tl.constexpr = 1, PDL: tl.constexpr = False,
-    HKV_P: tl.constexpr = 1,
+    HKV_P: tl.constexpr = 1, BLOCKS: tl.constexpr = 1,
 ):
     """GQA fast path of ``_block_score_kernel``: codes without a rope part, and
     ``W == 4`` with even ``G`` or ``W == 8`` (R = 128 or 256 bits); ``PLANES``:
@@ -400,6 +426,8 @@ def _block_score_hs_kernel(
     is loaded once as its own ``[T]`` vector (4-byte loads; the block's 16 KB
     stay in L1), so the 8 words of a step are plain registers. ``HW_POPC``: count
     the carry words with the ``popc`` instruction (CUDA) instead of SWAR.
+    ``BLOCKS``: logical blocks per program (grid ``(cdiv(M, BLOCKS), B)``): each query
+    word is loaded once for all of them, and a program has more code loads in flight.
     """
-    _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
-                      BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
+    _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
+                      BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P, BLOCKS)

@@ -30,7 +30,7 @@ import torch
 from gsa.reference.scoring import SCORE_SCALE
 
 from . import interpreting
-from .launch import launch, next_pow2
+from .launch import cdiv, launch, next_pow2
 from .score_kernels import _block_score_hs_kernel, _block_score_kernel
 from .topk_kernels import _score_select_kernel, _select_kernel
 from .tuning import knob
@@ -48,8 +48,10 @@ SCORE_LOP3 = True  # CUDA: carry-save adders as lop3 instructions
 SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
 SCORE_NUM_WARPS = 4
 SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block in flight)
+SCORE_BLOCKS = 1  # logical blocks per Harley-Seal score program (query words loaded once for all)
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
+SELECT_NUM_WARPS = 0  # warps of a selection program (0: by row width, see select_num_warps)
 SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
 SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
 SCORE_PDL = False  # hot path: the score kernel as a programmatic dependent launch of the query hash
@@ -74,9 +76,11 @@ def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
 
 
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
-                  hw_popc, wide, lop3, unroll, planes, pdl=False):
+                  hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None):
     """The score kernel, its per-launch integers and constexprs for these codes:
-    ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"`` or ``"swar"``)."""
+    ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"`` or ``"swar"``). Launch with
+    :func:`_launch_scores` (the Harley-Seal kernel takes ``M`` and may score ``BLOCKS``
+    blocks per program)."""
     b, hq, c = q_codes.shape
     nb, hkv, bs, _ = key_cache.shape
     q32, kc32 = _words(q_codes), _words(key_cache)
@@ -104,10 +108,18 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
                          f"got path={path!r}, G={g}, R={8 * c}")
     ints = (nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2))
     if path == "hs":
+        if blocks is None:
+            blocks = knob(dev, "score", "blocks", SCORE_BLOCKS) if not pdl else 1
+        if blocks < 1 or blocks & (blocks - 1) or (blocks > 1 and pdl):
+            raise ValueError(f"score blocks per program must be a power of two >= 1 (1 under PDL), got {blocks}"
+                             f" with pdl={pdl}")
         consts = dict(
             BS=bs, HKV=hkv, G=g, W=w, MEAN=chunk_repre_method == "mean", BLOCK_T=next_pow2(bs),
             HW_POPC=bool(hw_popc), LOP3=bool(lop3), WIDE=bool(wide) and w == 4, UNROLL=bool(unroll),
-            PLANES=bool(planes), HWP=next_pow2(hkv * w), PDL=bool(pdl), HKV_P=next_pow2(hkv), num_warps=num_warps)
+            PLANES=bool(planes), HWP=next_pow2(hkv * w), PDL=bool(pdl), HKV_P=next_pow2(hkv), BLOCKS=int(blocks),
+            num_warps=num_warps)
+        if blocks > 1:  # the 16-byte load path is written for one block's token vector
+            consts["WIDE"] = False
         if pdl:
             consts["launch_pdl"] = True
         return _block_score_hs_kernel, q32, kc32, ints, consts
@@ -119,9 +131,21 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
         DEFER=block_g * w <= 31, BLOCK_T=next_pow2(bs), BLOCK_G=block_g, BLOCK_W=block_w, num_warps=num_warps)
 
 
+def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cache):
+    """The score launch of ``_score_launch``'s result into ``keys int32 [B, M]``."""
+    b, m = block_table.shape
+    if fn is _block_score_hs_kernel:
+        j = consts.get("BLOCKS", 1)
+        launch(fn, (cdiv(m, j), b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0),
+                                         keys.stride(0), m), consts, cache)
+    else:
+        launch(fn, (m, b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0), keys.stride(0)),
+               consts, cache)
+
+
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
-                     hw_popc=None, wide=None, lop3=None, unroll=None, planes=None):
+                     hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
@@ -131,18 +155,18 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);
     ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
     ``hw_popc``); ``unroll``: the loop over KV heads unrolled; ``planes``: the
-    bit-plane query folding (G == 4, R = 128; ``score_kernels.py``). Defaults: the
-    device's tuning file (``tuning.py``), else ``SCORE_*`` above."""
+    bit-plane query folding (G == 4, R = 128; ``score_kernels.py``); ``blocks``: logical
+    blocks per Harley-Seal program (a power of two). Defaults: the device's tuning file
+    (``tuning.py``), else ``SCORE_*`` above."""
     b = q_codes.shape[0]
     m = block_table.shape[1]
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, num_warps, path, hw_popc, wide, lop3, unroll,
-                                                planes)
+                                                planes, blocks=blocks)
     if keys is None:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if b and m:
-        launch(fn, (m, b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0), keys.stride(0)),
-               consts, cache)
+        _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cache)
     return keys
 def select_fanout(block_m: int, fanout: int | None = None, device: torch.device | None = None) -> int:
     """Search fan-out for a ``BLOCK_M``-wide row: ``fanout`` (default: the device's
@@ -157,8 +181,17 @@ def select_fanout(block_m: int, fanout: int | None = None, device: torch.device 
     return f
 
 
-def select_num_warps(block_m: int) -> int:
-    """Warps of one ``_select_kernel`` program for a ``BLOCK_M``-wide row."""
+def select_num_warps(block_m: int, device: torch.device | None = None, num_warps: int | None = None) -> int:
+    """Warps of one ``_select_kernel`` program for a ``BLOCK_M``-wide row: ``num_warps``,
+    else the device's ``select.num_warps`` tuning (0: automatic), else 4 up to 2048 blocks,
+    8 up to 8192, 16 beyond. Fewer warps make each search step's reduction cheaper (one
+    warp needs no shared memory or barrier) at the cost of more keys per thread."""
+    want = num_warps if num_warps is not None else (
+        knob(device, "select", "num_warps", SELECT_NUM_WARPS) if device is not None else SELECT_NUM_WARPS)
+    if want:
+        if want not in (1, 2, 4, 8, 16):
+            raise ValueError(f"select num_warps must be one of 1, 2, 4, 8, 16, got {want}")
+        return int(want)
     return 4 if block_m <= 2048 else (8 if block_m <= 8192 else 16)
 
 
@@ -188,14 +221,14 @@ def _select_outs(table, lens, idx, nsel):
 
 
 def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache,
-                   fanout=None):
+                   fanout=None, num_warps=None):
     b, m = block_table.shape
     t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
     consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device)
     launch(_select_kernel, (b, 1, 1), (
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
-        dict(consts, num_warps=select_num_warps(consts["BLOCK_M"])), cache)
+        dict(consts, num_warps=select_num_warps(consts["BLOCK_M"], keys.device, num_warps)), cache)
 
 
 def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
@@ -212,18 +245,18 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
                                                 rope_score_weight, score_opts.get("num_warps"),
                                                 score_opts.get("path"), score_opts.get("hw_popc"),
                                                 score_opts.get("wide"), score_opts.get("lop3"),
-                                                score_opts.get("unroll"), score_opts.get("planes"), pdl)
+                                                score_opts.get("unroll"), score_opts.get("planes"), pdl,
+                                                score_opts.get("blocks"))
     dev = q_codes.device
     want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
-    ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"])
+    ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"]) and consts.get("BLOCKS", 1) == 1
     if fuse and not ok:
-        raise ValueError(f"fused selection needs the Harley-Seal score path and next_pow2(M) <= "
-                         f"{FUSE_ROW_PER_WARP} * num_warps; got M={m}, num_warps={consts['num_warps']}, "
-                         f"kernel {fn.__name__}")
+        raise ValueError(f"fused selection needs the Harley-Seal score path, one block per program and "
+                         f"next_pow2(M) <= {FUSE_ROW_PER_WARP} * num_warps; got M={m}, "
+                         f"num_warps={consts['num_warps']}, blocks={consts.get('BLOCKS', 1)}, kernel {fn.__name__}")
     if not (want and ok) or m == 0:
         if m:
-            launch(fn, (m, b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0),
-                                   keys.stride(0)), consts, cache)
+            _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cache)
         _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs, table, lens, idx,
                        nsel, pad_id, cache, fanout)
         return
@@ -239,7 +272,7 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
     launch(_score_select_kernel, (m, b, 1), (
         q32, kc32, block_table, seq_lens, keys, counter, budgets, t_, l_, i_, n_,
         ints[0], m, k, pad_id, *ints[1:], block_table.stride(0), keys.stride(0), t_.stride(0), i_.stride(0), *fs),
-        dict(consts, **sel), cache)
+        dict({c: v for c, v in consts.items() if c != "BLOCKS"}, **sel), cache)
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,

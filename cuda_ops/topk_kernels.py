@@ -161,7 +161,7 @@ def _score_select_kernel(
     Inputs and outputs of both (``key int32 [B, M]`` is scratch between them) plus
     ``cnt int32 [B]``: zero before the launch, zero again after it.
     """
-    seq = _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, key_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, sk_b,
+    seq = _hs_score_program(q_ptr, kc_ptr, bt_ptr, sl_ptr, key_ptr, NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, sk_b, M,
                             BS, HKV, G, W, MEAN, BLOCK_T, HW_POPC, LOP3, WIDE, UNROLL, PLANES, HWP, PDL, HKV_P)
     b = tl.program_id(1)
     tl.debug_barrier()  # the key store (any thread) comes before the release below

@@ -1,0 +1,69 @@
+"""The markdown report of ``kernel_sweep.py`` (its JSON result -> ``kernel_sweep.md``)."""
+from __future__ import annotations
+
+import json
+
+from kernel_sweep import ATTN_GRID, B, BS, D, HKV, HQ, R, SCORE_BEFORE, SCORE_GRID
+
+
+def markdown(res) -> str:
+    k = res["knobs"]
+    lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
+             f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
+             f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
+             "| context | score kernel: 12:02 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
+             "chosen fan-out and warps us |",
+             "|---|---|---|---|---|---|"]
+    for ctx in res.get("score", {}):
+        rows = res["score"][ctx]
+        d = [r for r in rows if all(r[x] == SCORE_BEFORE[x] for x in SCORE_BEFORE)][0]
+        c = [r for r in rows if all(r[x] == k["score"][x] for x in SCORE_GRID)][0]
+        pl = max((r["tbs"] for r in rows if r["planes"] and r["same"]), default=float("nan"))
+        if not all(r["same"] for r in rows):
+            lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
+                         f"{[x for x in rows if not x['same']]} |||||")
+        s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r.get("num_warps", 0) == 0
+              and r["method"] == "max"][0]
+        sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"
+              and r.get("num_warps", 0) == k["select"].get("num_warps", 0)]
+        lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
+                     f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
+    if "op" in res:
+        lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
+                  "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
+                  "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
+        for ctx, rows in res.get("op", {}).items():
+            for r in rows:
+                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
+                lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
+                             f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']} | "
+                             f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+        lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
+                  f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
+                  "|---|---|---|---|---|---|"]
+        for ctx, rows in res.get("pdl", {}).items():
+            for r in rows:
+                lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
+                             f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+    if "attention" in res:
+        lines += ["", "| context | SDPA ms | dense: fifth session's launch ms | chosen ms | dense/SDPA chosen | sparse 1/8 before | chosen |",
+                  "|---|---|---|---|---|---|---|"]
+        for ctx, c in res.get("attention", {}).items():
+            ok = [r for r in c["rows"] if "error" not in r]
+            old = [r for r in ok if (r["block_n"], r["num_warps"], r["num_stages"], r["per_sm"], r["min_tokens"],
+                                     r.get("fuse", False)) == (64, 4, 2, 32, 512, False)]
+            ch = [r for r in ok if all(r[x] == k["attention"][x] for x in ATTN_GRID)][0]
+            o = old[0] if old else {"dense_ms": float("nan"), "sparse_1/8_ms": float("nan")}
+            lines.append(f"| {int(ctx) // 1024}K | {c['sdpa_ms']:.4f} | {o['dense_ms']:.4f} | {ch['dense_ms']:.4f} | "
+                         f"{c['sdpa_ms'] / ch['dense_ms']:.3f} | {o['sparse_1/8_ms']:.4f} | {ch['sparse_1/8_ms']:.4f} |")
+    if "hash" in res:
+        ok = [r for r in res["hash"] if "error" not in r]
+        old = [r for r in ok if (r["hoist"], r["block_m"], r["num_warps"], r["per_sm"], r["pack_dot"]) ==
+               (False, 128, 4, 2, False)]
+        best = [r for r in ok if all(r[x] == k["hash"][x] for x in k["hash"])][0]
+        lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
+                  f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
+                  if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,135 @@
+"""Launch choices of the Triton kernels (issue 12), each against the reference, in the interpreter.
+
+The tuning file (``cuda_ops/tuning/<device>.json``) may pick any of these on a GPU, so each one
+must compute what the default launch computes:
+
+* the score kernel scoring several logical blocks per program (``score.blocks``), for the
+  plain and the bit-plane Harley-Seal paths, both block representations, rows that end inside a
+  program's group of blocks, and a table width that is not a multiple of the group;
+* the selection program's warp count (``select.num_warps``): argument checks;
+* paged decode attention with the reduction fused into the split kernel (``attention.fuse``):
+  equal to the two-launch form and to the reference over several calls that reuse one ``work``
+  dict (the counter must come back to zero), with splits that hold no token.
+"""
+import os
+
+import pytest
+import torch
+
+from gsa import reference as ref
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") in ("", "0") or __import__("importlib").util.find_spec("triton") is None,
+    reason="needs triton with TRITON_INTERPRET=1 (CPU interpreter)",
+)
+
+
+@pytest.fixture
+def gen():
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _codes(gen, b, hq, hkv, bs, m, c):
+    nb = b * m + 3
+    cache = torch.randint(0, 256, (nb, hkv, bs, c), generator=gen, dtype=torch.int32).to(torch.uint8)
+    table = torch.randperm(nb, generator=gen)[: b * m].reshape(b, m).to(torch.int32)
+    q = torch.randint(0, 256, (b, hq, c), generator=gen, dtype=torch.int32).to(torch.uint8)
+    return cache, table, q
+
+
+@pytest.mark.parametrize("planes", [False, True])
+@pytest.mark.parametrize("method", ["max", "mean"])
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_score_blocks_per_program_equal_one(gen, planes, method, blocks):
+    from cuda_ops import scoring
+
+    b, hq, hkv, bs, m = 3, 8, 2, 8, 7  # M = 7: the last program's group is partial for 2 and 4
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, 16)  # G = 4, R = 128: the bit-plane path applies
+    seq = torch.tensor([m * bs, 3 * bs + 5, 1], dtype=torch.int32)  # full, mid-group, one token
+    one = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=planes, blocks=1)
+    got = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=planes, blocks=blocks)
+    swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+    for r in range(b):  # entries past a row's blocks are unwritten (garbage): compare the row's own
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], one[r, :n]) and torch.equal(got[r, :n], swar[r, :n]), (r, got[r], one[r])
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_select_with_blocks_matches_reference(gen, blocks):
+    from cuda_ops import scoring
+
+    b, hq, hkv, bs, m = 2, 4, 2, 4, 10
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, 16)
+    seq = torch.tensor([m * bs - 1, 5 * bs], dtype=torch.int32)
+    budgets = torch.tensor([4, 3], dtype=torch.int32)
+    idx, n = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 5, [0, -1], "max", 0, 1.0, path="hs",
+                                        blocks=blocks)
+    want_idx, want_n = ref.hamming_dist_top_k(q, cache, table, seq, budgets, 5, [0, -1], "max", 0, 1.0)
+    assert torch.equal(idx, want_idx) and torch.equal(n, want_n)
+
+
+def test_score_blocks_rejects_bad_values(gen):
+    from cuda_ops import scoring
+
+    cache, table, q = _codes(gen, 1, 4, 2, 4, 4, 16)
+    seq = torch.tensor([16], dtype=torch.int32)
+    with pytest.raises(ValueError, match="power of two"):
+        scoring.block_score_keys(q, cache, table, seq, "max", path="hs", blocks=3)
+    with pytest.raises(ValueError, match="one block per program"):
+        budgets = torch.tensor([2], dtype=torch.int32)
+        scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 2, [], "max", 0, 1.0, fuse=True, path="hs",
+                                   blocks=2)
+
+
+def test_select_num_warps_choice():
+    from cuda_ops import scoring
+
+    assert scoring.select_num_warps(256) == 4 and scoring.select_num_warps(4096) == 8
+    assert scoring.select_num_warps(256, None, 1) == 1
+    with pytest.raises(ValueError, match="num_warps"):
+        scoring.select_num_warps(256, None, 3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1.6e-2), (torch.float32, 1e-5)])
+def test_attention_fused_reduce_equals_two_launches(gen, dtype, tol):
+    from cuda_ops import attention
+
+    b, hq, hkv, d, bs, m = 3, 6, 2, 32, 4, 9  # G = 3; the interpreter plans 2 splits
+    nb = b * m + 2
+    kc = torch.randn(nb, bs, hkv, d, generator=gen).to(dtype)
+    vc = torch.randn(nb, bs, hkv, d, generator=gen).to(dtype)
+    table = torch.randperm(nb, generator=gen)[: b * m].reshape(b, m).to(torch.int32)
+    work_f, work_u = {}, {}
+    for step in range(3):  # one work dict across calls: the fused counter must return to zero
+        q = torch.randn(b, hq, d, generator=gen).to(dtype)
+        # row 1 ends in the first split (the second holds no token); lengths change every call
+        seq = torch.tensor([m * bs - step, 3 + step, 17], dtype=torch.int32)
+        fused = attention.paged_decode_attention(q, kc, vc, table, seq, 0.3, work=work_f, fuse=True, block_n=16)
+        plain = attention.paged_decode_attention(q, kc, vc, table, seq, 0.3, work=work_u, fuse=False, block_n=16)
+        want = ref.paged_decode_attention(q.double(), kc.double(), vc.double(), table, seq, 0.3)
+        assert work_f["o"].shape[2] == 2, "the interpreter's split plan changed: this test needs >= 2 splits"
+        assert torch.count_nonzero(work_f["cnt"]) == 0
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+        err = ((fused.double() - want).norm() / want.norm()).item()
+        assert fused.dtype == dtype and err < tol, err
+    # the op path (no work dict) allocates its own zeroed counter
+    once = attention.paged_decode_attention(q, kc, vc, table, seq, 0.3, fuse=True, block_n=16)
+    torch.testing.assert_close(once, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_attention_row_without_tokens_gives_zeros(gen, fuse):
+    # an engine's padding row (seq_len 0) through the kernels the hot path launches: zeros, not NaN
+    from cuda_ops import attention
+
+    kc = torch.randn(6, 4, 1, 16, generator=gen)
+    vc = torch.randn(6, 4, 1, 16, generator=gen)
+    q = torch.randn(2, 2, 16, generator=gen)
+    table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+    seq = torch.tensor([9, 0], dtype=torch.int32)
+    out = attention.paged_decode_attention(q, kc, vc, table, seq, None, fuse=fuse, block_n=16)
+    want = ref.paged_decode_attention(q[:1], kc, vc, table[:1], seq[:1], None)
+    torch.testing.assert_close(out[:1], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))

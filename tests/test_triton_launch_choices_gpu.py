@@ -1,0 +1,105 @@
+"""The Triton launch choices of issue 12 on a CUDA GPU at realistic shapes (skipped without CUDA).
+
+``tests/test_triton_launch_choices.py`` checks the same choices in the interpreter at small
+shapes; here they run compiled: several blocks per score program (``score.blocks``), the
+selection program's warps (``select.num_warps``) and the attention reduction fused into the split
+kernel (``attention.fuse``), the last also captured in a CUDA graph and replayed over new lengths,
+tables and queries (its counter must come back to zero on every replay).
+"""
+import pytest
+import torch
+
+from gsa import reference as ref
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+DEV = "cuda"
+
+
+@pytest.fixture
+def gen():
+    seed = int.from_bytes(__import__("os").urandom(4), "little")
+    print(f"seed={seed}")
+    return torch.Generator(device=DEV).manual_seed(seed)
+
+
+def _codes(gen, b, hq, hkv, bs, m, c):
+    nb = b * m + 5
+    cache = torch.randint(0, 256, (nb, hkv, bs, c), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    table = torch.randperm(nb, device=DEV, generator=gen)[: b * m].reshape(b, m).to(torch.int32)
+    q = torch.randint(0, 256, (b, hq, c), device=DEV, generator=gen, dtype=torch.int32).to(torch.uint8)
+    return cache, table, q
+
+
+@pytest.mark.parametrize("planes", [False, True])
+@pytest.mark.parametrize("method", ["max", "mean"])
+@pytest.mark.parametrize("blocks", [2, 4])
+@pytest.mark.parametrize("warps", [1, 2, 4])
+def test_score_blocks_realistic(gen, planes, method, blocks, warps):
+    from cuda_ops import scoring
+
+    b, hq, hkv, bs, m = 5, 32, 8, 128, 203
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, 16)
+    seq = torch.tensor([m * bs, 77 * bs + 3, 1, 130 * bs, 2 * bs + 127], dtype=torch.int32, device=DEV)
+    swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
+    got = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=planes, blocks=blocks,
+                                   num_warps=warps, unroll=planes)
+    for r in range(b):
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], swar[r, :n]), r
+
+
+@pytest.mark.parametrize("warps", [1, 2, 8])
+@pytest.mark.parametrize("fanout", [1, 4])
+def test_select_num_warps_realistic(gen, warps, fanout):
+    b, hq, hkv, bs, m = 6, 32, 8, 16, 1500
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, 16)
+    seq = torch.randint(1, m * bs + 1, (b,), device=DEV, generator=gen, dtype=torch.int32)
+    budgets = torch.randint(1, m // 4, (b,), device=DEV, generator=gen, dtype=torch.int32)
+    k = m // 4
+    want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, k, [0, -1], "max", 0, 1.0)
+    from cuda_ops import scoring
+
+    keys = scoring.block_score_keys(q, cache, table, seq, "max")
+    idx = torch.empty(b, k, dtype=torch.int32, device=DEV)
+    nsel = torch.empty(b, dtype=torch.int32, device=DEV)
+    forced, fs = scoring._forced_args([0, -1])
+    scoring._launch_select(keys, seq, budgets, table, k, bs, forced, fs, None, None, idx, nsel, 0, None, fanout, warps)
+    assert torch.equal(idx, want[0]) and torch.equal(nsel, want[1])
+
+
+def test_attention_fused_reduce_graph_realistic(gen):
+    from cuda_ops import attention
+
+    b, hq, hkv, d, bs, m = 8, 32, 8, 128, 128, 96
+    nb = b * m + 3
+    kc = torch.randn(nb, bs, hkv, d, device=DEV, generator=gen).to(torch.bfloat16)
+    vc = torch.randn(nb, bs, hkv, d, device=DEV, generator=gen).to(torch.bfloat16)
+    table = torch.randperm(nb, device=DEV, generator=gen)[: b * m].reshape(b, m).to(torch.int32)
+    q = torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16)
+    seq = torch.full((b,), m * bs, dtype=torch.int32, device=DEV)
+    out = torch.empty_like(q)
+    work = {}
+    run = lambda: attention.paged_decode_attention(q, kc, vc, table, seq, None, out=out, work=work,  # noqa: E731
+                                                   fuse=True, per_sm=32, min_tokens=256)
+    run()
+    assert work["o"].shape[2] > 1, "needs several splits"
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        run()
+    for step in range(4):
+        q.copy_(torch.randn(b, hq, d, device=DEV, generator=gen).to(torch.bfloat16))
+        seq.copy_(torch.randint(1, m * bs + 1, (b,), device=DEV, generator=gen, dtype=torch.int32))
+        table.copy_(torch.randperm(nb, device=DEV, generator=gen)[: b * m].reshape(b, m).to(torch.int32))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.count_nonzero(work["cnt"]) == 0
+        two = attention.paged_decode_attention(q, kc, vc, table, seq, None, fuse=False, per_sm=32, min_tokens=256)
+        want = ref.paged_decode_attention(q.double(), kc.double(), vc.double(), table, seq, None)
+        torch.testing.assert_close(out.float(), two.float(), rtol=0, atol=1e-2)
+        err = ((out.double() - want).norm() / want.norm()).item()
+        assert err < 1.6e-2, (step, err)
