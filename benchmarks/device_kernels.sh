@@ -4,6 +4,7 @@
 #   bash benchmarks/device_kernels.sh sweep   # GPU tests of the launch choices, then the launch-choice
 #                                             # sweep of every kernel (kernel_sweep.py, all parts)
 #   bash benchmarks/device_kernels.sh step    # engine_step.py and mla_step.py with the committed tuning
+#   bash benchmarks/device_kernels.sh mla     # GPU tests of the MLA score path and MLA graphs, mla_step.py
 #   bash benchmarks/device_kernels.sh         # both in one call, the step with the tuning just swept
 #                                             # (only if the sweep is short enough: caps below)
 #
@@ -28,7 +29,16 @@ left() { echo $(( ${1} - ($(date +%s) - t0) )); }
     echo "== $(date -u) $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) stage=$STAGE"
     python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
     tuning=""
-    if [ "$STAGE" != step ]; then
+    if [ "$STAGE" = mla ]; then
+        echo "== GPU tests of the MLA score path (cap 200 s)"
+        timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_launch_choices_gpu.py \
+            tests/test_triton_gpu.py tests/test_sparse_gpu.py -k "group_planes or mla" 2>&1 | tail -6
+        echo "tests rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        echo "== MLA step (cap: what is left of 560 s)"
+        timeout "$(left 560)" python3 benchmarks/mla_step.py --out "$WORK" 2>&1 | tail -20
+        echo "mla_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+    fi
+    if [ "$STAGE" = sweep ] || [ "$STAGE" = all ]; then
         echo "== GPU tests of the launch choices (cap 150 s)"
         timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_triton_launch_choices_gpu.py \
             tests/test_triton_gpu.py -k "fuse or planes or pdl or launch or select or blocks or warps or paged" 2>&1 | tail -6
@@ -38,7 +48,7 @@ left() { echo $(( ${1} - ($(date +%s) - t0) )); }
         echo "sweep rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
         [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json"
     fi
-    if [ "$STAGE" != sweep ]; then
+    if [ "$STAGE" = step ] || [ "$STAGE" = all ]; then
         echo "== engine step with ${tuning:-the committed tuning} (cap: what is left of 470 s)"
         GSA_TRITON_TUNING="$tuning" timeout "$(left 470)" python3 benchmarks/engine_step.py --out "$WORK" 2>&1 | tail -30
         echo "engine_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"

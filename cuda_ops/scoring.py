@@ -1,7 +1,9 @@
 """Triton selection: spec sections 4 and 5 (``hamming_dist_top_k``); the wrappers.
 
-Kernel sources: ``score_kernels.py`` (block scores) and ``topk_kernels.py``
-(selection, and the fused score + selection kernel). No host sync, CUDA-graph
+Kernel sources: ``score_kernels.py`` (block scores: the Harley-Seal GQA path and
+the SWAR reference path), ``score_planes.py`` (block scores for every other shape,
+MLA included: query bit planes) and ``topk_kernels.py`` (selection, and the fused
+score + selection kernel). No host sync, CUDA-graph
 capturable. Two launches by default:
 
 1. block scores, grid ``(M, B)``: one program per (row, logical block). It reads
@@ -32,6 +34,7 @@ from gsa.reference.scoring import SCORE_SCALE
 from . import interpreting
 from .launch import cdiv, launch, next_pow2
 from .score_kernels import _block_score_hs_kernel, _block_score_kernel
+from .score_planes import MAX_PLANES, _block_score_planes_kernel
 from .topk_kernels import _score_select_kernel, _select_kernel
 from .tuning import knob
 
@@ -48,6 +51,7 @@ SCORE_LOP3 = True  # CUDA: carry-save adders as lop3 instructions
 SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
 SCORE_NUM_WARPS = 4
 SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block in flight)
+PLANES_NUM_WARPS = 4  # warps of the bit-plane score kernel (MLA and other non-Harley-Seal shapes)
 SCORE_BLOCKS = 1  # logical blocks per Harley-Seal score program (query words loaded once for all)
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
@@ -78,7 +82,8 @@ def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
                   hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None):
     """The score kernel, its per-launch integers and constexprs for these codes:
-    ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"`` or ``"swar"``). Launch with
+    ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"``, ``"group_planes"`` or ``"swar"``;
+    a PDL launch applies to the Harley-Seal kernel only, the others wait as usual). Launch with
     :func:`_launch_scores` (the Harley-Seal kernel takes ``M`` and may score ``BLOCKS``
     blocks per program)."""
     b, hq, c = q_codes.shape
@@ -92,21 +97,34 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
     lop3 = (knob(dev, "score", "lop3", SCORE_LOP3) and hw_popc) if lop3 is None else lop3
     wide = knob(dev, "score", "wide", SCORE_WIDE) if wide is None else wide
     unroll = knob(dev, "score", "unroll", SCORE_UNROLL) if unroll is None else unroll
-    if num_warps is None:
-        num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
+    ints = (nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2))
     hs_ok = rope_bytes == 0 and ((w == 4 and g % 2 == 0) or w == 8)
     if path is None:
-        path = "hs" if hs_ok else "swar"
+        path = "hs" if hs_ok else ("group_planes" if g < (1 << MAX_PLANES) else "swar")
     if path == "hs" and not hs_ok:
         raise ValueError(f"the Harley-Seal path needs rope_bytes == 0 and (W == 4, G even) or W == 8; "
                          f"got rope_bytes={rope_bytes}, W={w}, G={g}")
+    if planes and not (path == "hs" and g == 4 and w == 4):
+        raise ValueError(f"the bit-plane score path needs the Harley-Seal path with G == 4 and R == 128; "
+                         f"got path={path!r}, G={g}, R={8 * c}")
+    if path == "group_planes":
+        if g >= (1 << MAX_PLANES):
+            raise ValueError(f"the bit-plane score path takes groups of at most {(1 << MAX_PLANES) - 1} query "
+                             f"heads, got G={g}")
+        w_main = (c - rope_bytes) // 4
+        if num_warps is None:
+            num_warps = knob(dev, "score_planes", "num_warps", PLANES_NUM_WARPS)
+        return _block_score_planes_kernel, q32, kc32, ints, dict(
+            BS=bs, HKV=hkv, G=g, W=w, W_MAIN=w_main, W16=int(round(rope_score_weight * SCORE_SCALE)),
+            MEAN=chunk_repre_method == "mean", NP=g.bit_length(), HW_POPC=bool(hw_popc), BLOCK_T=next_pow2(bs),
+            BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), num_warps=num_warps)
+    if path not in ("hs", "swar"):
+        raise ValueError(f"score path must be 'hs', 'group_planes', 'swar' or None, got {path!r}")
+    if num_warps is None:
+        num_warps = knob(dev, "score", "num_warps", SCORE_NUM_WARPS)
     planes_ok = path == "hs" and g == 4 and w == 4
     if planes is None:
         planes = knob(dev, "score", "planes", SCORE_PLANES) and planes_ok
-    elif planes and not planes_ok:
-        raise ValueError(f"the bit-plane score path needs the Harley-Seal path with G == 4 and R == 128; "
-                         f"got path={path!r}, G={g}, R={8 * c}")
-    ints = (nb, q32.stride(0), q32.stride(1), kc32.stride(0), kc32.stride(1), kc32.stride(2))
     if path == "hs":
         if blocks is None:
             blocks = knob(dev, "score", "blocks", SCORE_BLOCKS) if not pdl else 1
@@ -148,8 +166,9 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
                      hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
-    R = 128 with even G, or R = 256), ``"swar"`` (any shape) or ``None`` (the first
-    that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
+    R = 128 with even G, or R = 256), ``"group_planes"`` (query bit planes: any width, rope
+    bytes, groups up to 255 heads; ``score_planes.py``), ``"swar"`` (any shape; software popcounts)
+    or ``None`` (the first that applies). ``keys``: an ``int32 [B, M]`` output to reuse; ``cache``: a
     ``launch.LaunchCache`` (hot path); ``hw_popc``: the ``popc`` instruction in the
     Harley-Seal path (default: on CUDA, not in the interpreter). Exposed for
     benchmarks and tests. ``wide``: load a token's 16 code bytes at once (R = 128);

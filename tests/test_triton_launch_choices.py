@@ -133,3 +133,46 @@ def test_attention_row_without_tokens_gives_zeros(gen, fuse):
     want = ref.paged_decode_attention(q[:1], kc, vc, table[:1], seq[:1], None)
     torch.testing.assert_close(out[:1], want, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+@pytest.mark.parametrize("method", ["max", "mean"])
+@pytest.mark.parametrize("hq,hkv,c,rope,w", [
+    (16, 1, 72, 8, 1.0),     # DeepSeek-V2-Lite MLA: 16 heads, 64 latent + 8 rope bytes
+    (16, 1, 72, 8, 0.5),     # rope weighted (1/16 units)
+    (5, 1, 20, 4, 2.0),      # 5 heads: planes for counts up to 5
+    (12, 4, 8, 0, 1.0),      # GQA, 64-bit codes (W = 2), G = 3
+    (8, 8, 32, 0, 1.0),      # MHA, 256-bit... W = 8 with G = 1
+    (40, 1, 12, 4, 1.0),     # 40 heads: 6 planes; W_MAIN = 2, rope 1 word
+])
+def test_group_planes_score_path_equals_swar_and_reference(gen, method, hq, hkv, c, rope, w):
+    from cuda_ops import scoring
+
+    b, bs, m = 3, 8, 6
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, c)
+    seq = torch.tensor([m * bs, 2 * bs + 3, 1], dtype=torch.int32)
+    swar = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="swar")
+    got = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="group_planes")
+    for r in range(b):
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], swar[r, :n]), (r, got[r, :n], swar[r, :n])
+    budgets = torch.tensor([3, 2, 1], dtype=torch.int32)
+    idx, nsel = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 4, [0, -1], method, rope, w,
+                                           path="group_planes")
+    want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, 4, [0, -1], method, rope, w)
+    assert torch.equal(idx, want[0]) and torch.equal(nsel, want[1])
+
+
+def test_group_planes_hand_computed():
+    # one token, one KV head, 3 query heads, one word: counts per bit c = [3, 1, 0, 2] on bits 0..3
+    from cuda_ops import scoring
+
+    q = torch.zeros(1, 3, 4, dtype=torch.uint8)
+    q[0, 0, 0], q[0, 1, 0], q[0, 2, 0] = 0b1011, 0b0001, 0b1001  # bit0: 3 heads, bit1: 1, bit3: 2
+    cache = torch.zeros(1, 1, 1, 4, dtype=torch.uint8)
+    cache[0, 0, 0, 0] = 0b0011  # key bits 0 and 1
+    table = torch.zeros(1, 1, dtype=torch.int32)
+    seq = torch.ones(1, dtype=torch.int32)
+    # differing bits over the heads: bit0 (k=1): 3-3 = 0; bit1 (k=1): 3-1 = 2; bit3 (k=0): 2 -> 4
+    # S = sum_g (R - 2 popcount) = 3 * 32 - 2 * 4 = 88; S16 = 16 * 88
+    key = scoring.block_score_keys(q, cache, table, seq, "max", path="group_planes")
+    assert int(key[0, 0]) == 16 * 88

@@ -103,3 +103,24 @@ def test_attention_fused_reduce_graph_realistic(gen):
         torch.testing.assert_close(out.float(), two.float(), rtol=0, atol=1e-2)
         err = ((out.double() - want).norm() / want.norm()).item()
         assert err < 1.6e-2, (step, err)
+
+
+@pytest.mark.parametrize("method", ["max", "mean"])
+@pytest.mark.parametrize("hq,c,rope,w", [(16, 72, 8, 1.0), (16, 72, 8, 0.5), (128, 72, 8, 1.0), (64, 40, 8, 1.0)])
+def test_group_planes_mla_realistic(gen, method, hq, c, rope, w):
+    # MLA codes (one cache head; DeepSeek-V2-Lite 16 heads, R1 128 heads): the bit-plane path, now the
+    # default for them, against the SWAR path and the reference
+    from cuda_ops import scoring
+
+    b, bs, m = 4, 128, 300
+    cache, table, q = _codes(gen, b, hq, 1, bs, m, c)
+    seq = torch.tensor([m * bs, 100 * bs + 17, 1, 257 * bs], dtype=torch.int32, device=DEV)
+    swar = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="swar")
+    got = scoring.block_score_keys(q, cache, table, seq, method, rope, w)
+    for r in range(b):
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], swar[r, :n]), r
+    budgets = torch.tensor([37, 12, 1, 64], dtype=torch.int32, device=DEV)
+    idx, nsel = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 64, [0, -1], method, rope, w)
+    want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, 64, [0, -1], method, rope, w)
+    assert torch.equal(idx, want[0]) and torch.equal(nsel, want[1])

@@ -1,0 +1,158 @@
+"""Triton block scores for any group size and code width (spec 4), by query bit planes.
+
+``_block_score_planes_kernel`` serves what the Harley-Seal kernel (``score_kernels.py``)
+does not: MLA codes (one cache head, ``N`` query heads, a rope part scored with its own
+weight), and GQA codes of other widths or odd groups. Same inputs, output and
+arithmetic as ``_block_score_kernel`` (the SWAR kernel, kept as the reference path);
+only the counting differs.
+
+For one KV head and one code word, the ``G`` query heads' bits are summed per bit
+position into bit planes, ``c = sum_j 2**j p_j`` (``NP`` planes, ``c <= G``), once per
+program. A key word ``k`` then differs from the ``G`` query words in
+
+    sum_g popcount(k ^ q_g) = C + G * popcount(k) - 2 * sum_j 2**j * popcount(k & p_j)
+
+bits (per bit the count is ``c`` where ``k`` is 0 and ``G - c`` where it is 1;
+``C = sum_j 2**j popcount(p_j)`` does not depend on ``k``): ``NP + 1`` popcounts per
+key word instead of ``G`` (MLA with 16 heads: 6 instead of 16), with the ``popc``
+instruction on CUDA. On the H200 the SWAR kernel read DeepSeek-V2-Lite's MLA codes at
+150-175 GB/s (``benchmarks/mla_step.py``, 2026-11-29): it was compute-bound on
+software popcounts of every head.
+
+Words are loaded as two tiles, the main (latent) part ``[BLOCK_T, BLOCK_WM]`` and the
+rope part ``[BLOCK_T, BLOCK_WR]``, so that DeepSeek's 16 + 2 words need no padding.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .score_kernels import _block_key, _popc
+
+__all__ = ["_block_score_planes_kernel", "MAX_PLANES"]
+
+MAX_PLANES = 8  # bit planes of the per-position head count: groups of up to 255 query heads
+
+
+@triton.jit
+def _add_bit(p, carry):
+    """One plane of a bit-sliced ripple-carry add: ``(sum, carry)``."""
+    return p ^ carry, p & carry
+
+
+@triton.jit
+def _query_planes(q_ptr, b, h, sq_b, sq_h, w0, NWX, G: tl.constexpr, NP: tl.constexpr, BWX: tl.constexpr):
+    """Bit planes ``p0 .. p7`` (``uint32 [BWX]``; those past ``NP`` stay 0) of the per-bit
+    count of ones over the ``G`` query heads of KV head ``h``, words ``w0 .. w0 + NWX - 1``
+    (lanes past ``NWX`` are 0 in every plane)."""
+    w = tl.arange(0, BWX)
+    wm = w < NWX
+    base = q_ptr + b * sq_b + h * G * sq_h + w0 + w
+    z = tl.zeros((BWX,), dtype=tl.uint32)
+    p0, p1, p2, p3, p4, p5, p6, p7 = z, z, z, z, z, z, z, z
+    for g in range(G):
+        c = tl.load(base + g * sq_h, mask=wm, other=0).to(tl.uint32, bitcast=True)
+        p0, c = _add_bit(p0, c)
+        if NP > 1:
+            p1, c = _add_bit(p1, c)
+        if NP > 2:
+            p2, c = _add_bit(p2, c)
+        if NP > 3:
+            p3, c = _add_bit(p3, c)
+        if NP > 4:
+            p4, c = _add_bit(p4, c)
+        if NP > 5:
+            p5, c = _add_bit(p5, c)
+        if NP > 6:
+            p6, c = _add_bit(p6, c)
+        if NP > 7:
+            p7, c = _add_bit(p7, c)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
+def _plane_sum(k, p, j: tl.constexpr, HW: tl.constexpr):
+    """``2**j * sum_w popcount(k & p)`` per token (``k [T, BW]``, ``p [BW]``)."""
+    return tl.sum(_popc(k & p[None, :], HW), axis=1) << j
+
+
+@triton.jit
+def _plane_total(p, j: tl.constexpr, HW: tl.constexpr):
+    """``2**j * sum_w popcount(p)`` (the key-independent part ``C``)."""
+    return tl.sum(_popc(p, HW), axis=0) << j
+
+
+@triton.jit
+def _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.constexpr, HW: tl.constexpr):
+    """Per token ``sum_w sum_g popcount(k ^ q_g)`` for key words ``k uint32 [T, BW]`` and the
+    query planes of those words (see the module doc)."""
+    s = _plane_sum(k, p0, 0, HW)
+    c = _plane_total(p0, 0, HW)
+    if NP > 1:
+        s += _plane_sum(k, p1, 1, HW)
+        c += _plane_total(p1, 1, HW)
+    if NP > 2:
+        s += _plane_sum(k, p2, 2, HW)
+        c += _plane_total(p2, 2, HW)
+    if NP > 3:
+        s += _plane_sum(k, p3, 3, HW)
+        c += _plane_total(p3, 3, HW)
+    if NP > 4:
+        s += _plane_sum(k, p4, 4, HW)
+        c += _plane_total(p4, 4, HW)
+    if NP > 5:
+        s += _plane_sum(k, p5, 5, HW)
+        c += _plane_total(p5, 5, HW)
+    if NP > 6:
+        s += _plane_sum(k, p6, 6, HW)
+        c += _plane_total(p6, 6, HW)
+    if NP > 7:
+        s += _plane_sum(k, p7, 7, HW)
+        c += _plane_total(p7, 7, HW)
+    ones = tl.sum(_popc(k, HW), axis=1)
+    return c + G * ones - 2 * s
+
+
+@triton.jit
+def _block_score_planes_kernel(
+    q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
+    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+    BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
+    W16: tl.constexpr, MEAN: tl.constexpr, NP: tl.constexpr, HW_POPC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr,
+):
+    """Block ``j = program_id(0)`` of row ``b = program_id(1)``; the arguments and the output
+    of ``_block_score_kernel`` (``q int32 [B, Hq, W]``, ``kc int32 [NB, Hkv, BS, W]`` word
+    views, ``out int32 [B, M]`` order keys; blocks past the sequence are not written).
+    ``NP``: planes for counts up to ``G``; ``HW_POPC``: the ``popc`` instruction (CUDA)."""
+    j = tl.program_id(0)
+    b = tl.program_id(1)
+    seq = tl.load(sl_ptr + b)
+    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
+    if j * BS < seq:
+        phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
+        t = tl.arange(0, BLOCK_T)
+        tm = t < BS
+        wm = tl.arange(0, BLOCK_WM)
+        wr = tl.arange(0, BLOCK_WR)
+        pc_main = tl.zeros((BLOCK_T,), dtype=tl.int32)
+        pc_rope = tl.zeros((BLOCK_T,), dtype=tl.int32)
+        row = kc_ptr + phys * skc_n + t[:, None] * skc_t
+        for h in range(HKV):
+            k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
+                        other=0).to(tl.uint32, bitcast=True)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, 0, W_MAIN, G, NP, BLOCK_WM)
+            pc_main += _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC)
+            if W_MAIN < W:
+                kr = tl.load(row + h * skc_h + W_MAIN + wr[None, :], mask=tm[:, None] & (wr < W - W_MAIN)[None, :],
+                             other=0).to(tl.uint32, bitcast=True)
+                p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, W_MAIN, W - W_MAIN, G, NP,
+                                                               BLOCK_WR)
+                pc_rope += _diff_bits(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC)
+        # token lanes past BS loaded zeros (their count is C); `valid` leaves them out
+        s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
+        if W_MAIN < W:
+            s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
+        valid = tm & (j * BS + t < seq)
+        key = _block_key(s16, valid, MEAN)
+        tl.store(out_ptr + b * so_b + j, key)
