@@ -130,14 +130,14 @@ def _block_score_planes_kernel(
     seq = tl.load(sl_ptr + b)
     phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
     if j * BS < seq:
-        phys = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
+        blk = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
         t = tl.arange(0, BLOCK_T)
         tm = t < BS
         wm = tl.arange(0, BLOCK_WM)
         wr = tl.arange(0, BLOCK_WR)
         pc_main = tl.zeros((BLOCK_T,), dtype=tl.int32)
         pc_rope = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        row = kc_ptr + phys * skc_n + t[:, None] * skc_t
+        row = kc_ptr + blk * skc_n + t[:, None] * skc_t
         for h in range(HKV):
             k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
                         other=0).to(tl.uint32, bitcast=True)
