@@ -197,6 +197,7 @@ class OffloadedGSA:
         self._scores: Dict[int, tuple] = {}  # scoring layer -> this step's scores (scores.step_scores)
         self._pred_bufs: Dict[tuple, Tensor] = {}  # (layer, width) -> persistent copy of a selection
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
+        self._aranges: Dict[tuple, Tensor] = {}  # (width, device) -> arange(width), for _blocks
         self._step: Optional[Step] = None
         self._bt_host: Optional[Tensor] = None
         self.now = 0
@@ -380,7 +381,10 @@ class OffloadedGSA:
 
     def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:
         """Host block ids a sparse table uses, ``-1`` for unused entries, flat ``int64 [B * K]``."""
-        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
+        ar = self._aranges.get((table.shape[1], table.device))
+        if ar is None:  # made once per width (a captured step reads the same buffer)
+            ar = self._aranges[(table.shape[1], table.device)] = torch.arange(table.shape[1], device=table.device)
+        used = ar[None, :] < ((lens + (self.bs - 1)) // self.bs)[:, None]
         return torch.where(used, table.long(), -1).reshape(-1)
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
@@ -423,7 +427,8 @@ class OffloadedGSA:
                 mv.wait()
             raise
         self.movers[layer].wait()  # the join: attention reads the pool after the copies
-        pool_table = self.maps[layer].table(table)
+        # the sparse table in pool slots: `needed` is the table with unused entries -1 (slot 0; never read)
+        pool_table = self.maps[layer].slots(needed).view(table.shape)
         # the orchestrator's hot-path attention (validated once per signature; no per-call op dispatch)
         return self.gsa._attention_hot(layer, q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
 

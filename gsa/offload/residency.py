@@ -134,6 +134,12 @@ class ResidencyMap:
         s = self.slot_of[torch.where(blocks >= 0, blocks.long(), self.nb)]
         return s.clamp(min=0).to(torch.int32)
 
+    def slots(self, blocks: Tensor) -> Tensor:
+        """:meth:`table` for a list whose padding is ``-1``: ``blocks int64 [..]`` in ``[-1, NB)``
+        -> pool slots ``int32``, padding and non-resident entries slot 0. Three ops instead of six:
+        ``-1`` indexes the dummy entry ``slot_of[NB]``, which is always ``-1``."""
+        return self.slot_of[blocks].clamp_(min=0).to(torch.int32)
+
     def resident(self) -> Tensor:
         """``bool [NB]``: blocks currently in the pool."""
         return self.slot_of[: self.nb] >= 0
