@@ -17,7 +17,9 @@ over several steps, one run eagerly, plus the all-in-HBM GSA step):
   fix:previous           prefetch "previous", the fixed code                    expect: ok
   fix:previous_score     prefetch "previous", eviction "score"                  expect: ok
   fix:previous_torchmap  prefetch "previous", the torch ResidencyMap (no fused
-                         kernel; its dummy resets are slice fills now)          expect: ok
+                         kernel; its dummy resets are slice fills now)          expect: ok (informational:
+                         never captured on a GPU before, and its stable argsorts may not be capturable;
+                         it does not decide PASS)
   cause:old_mark         the old mark_predicted line, the fixed join            expect: fails with "Cannot copy
                                                                                 between CPU and CUDA"
   cause:old_mark_nojoin  the old line and no join on the error path (the code
@@ -86,7 +88,7 @@ VARIANTS = {
     "fix:ondemand": dict(prefetch=None, expect="ok"),
     "fix:previous": dict(prefetch="previous", expect="ok"),
     "fix:previous_score": dict(prefetch="previous", eviction="score", expect="ok"),
-    "fix:previous_torchmap": dict(prefetch="previous", torch_map=True, expect="ok"),
+    "fix:previous_torchmap": dict(prefetch="previous", torch_map=True, expect="ok", informational=True),
     "cause:old_mark": dict(prefetch="previous", patches=[(ResidencyMap, "mark_predicted", _old_mark_predicted)],
                            expect="Cannot copy between CPU and CUDA"),
     "cause:old_mark_nojoin": dict(prefetch="previous", patches=[(ResidencyMap, "mark_predicted", _old_mark_predicted),
@@ -277,8 +279,9 @@ def main(argv=None) -> int:
                 ok, msg = run_variant(name, VARIANTS[name], data)
             except Exception as e:  # noqa: BLE001
                 ok, msg = False, f"variant crashed outside the capture: {chain(e)}\n" + traceback.format_exc()
-            all_ok &= ok
-            print(f"[{'ok' if ok else 'UNEXPECTED'}] {name} (expect {VARIANTS[name]['expect']!r}, "
+            info = VARIANTS[name].get("informational", False)
+            all_ok &= ok or info
+            print(f"[{'ok' if ok else ('INFO' if info else 'UNEXPECTED')}] {name} (expect {VARIANTS[name]['expect']!r}, "
                   f"{time.time() - t1:.1f} s): {msg}", flush=True)
     print(f"CAPTURE CHECK: {'PASS' if all_ok else 'FAIL'} ({time.time() - t0:.0f} s)", flush=True)
     return 0 if all_ok else 1
