@@ -71,6 +71,7 @@ from gsa import ops  # noqa: E402
 from gsa.config import GSAConfig  # noqa: E402
 from gsa.offload import OffloadedGSA, min_pool_blocks  # noqa: E402
 from gsa.sparse import GSASparse  # noqa: E402
+from offload_capture_check import chain  # noqa: E402  (an exception and the one it replaced)
 from offload_report import markdown, plot  # noqa: E402  (the benchmark's md table and png)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -254,8 +255,11 @@ def run_rows(cfg: GSAConfig, b: int, args, dev, dtype, dense_fits: bool, fracs) 
                 sync(dev)
             except Exception as e2:  # noqa: BLE001 (a broken capture can poison the context: say so)
                 print(f"sync after the failure: {type(e2).__name__}: {e2}", flush=True)
-            print(f"{name} {mode} B={b}: {type(e).__name__}: {e}", flush=True)
-            return None, f"{type(e).__name__}: {str(e)[:200]}"
+            # with the exception it replaced: a capture that fails inside ends with capture_end's error
+            # (e.g. "unjoined work"), and the first error is only in the context (2026-11-29 H200 run)
+            why = chain(e)
+            print(f"{name} {mode} B={b}: {why}", flush=True)
+            return None, why[:300]
 
     # one dense layer's attention over the full KV on the device: every row's dense layers
     kc = torch.zeros(w.nb, bs, hkv, d, dtype=dtype, device=dev)

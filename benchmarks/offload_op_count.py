@@ -72,6 +72,14 @@ class OpCount(TorchDispatchMode):
     def total(self) -> int:
         return sum(self.ops.values()) + getattr(self, "launches", 0)
 
+    @property
+    def host(self) -> int:
+        """Host values made or read inside the block: a tensor made from a Python value
+        (``aten::lift_fresh``: ``t[i] = 0``, ``torch.tensor(...)``; on a GPU, written into device
+        memory, a blocking host->device copy, and illegal in a CUDA-graph capture) or a device
+        value read on the host (``.item()``, ``int(t)``: a host sync)."""
+        return sum(v for k, v in self.ops.items() if k.startswith(("aten.lift_fresh", "aten._local_scalar_dense")))
+
 
 class _Counted:
     """A Triton kernel whose launches (``kernel[grid](...)``) are counted."""
@@ -146,15 +154,20 @@ def main() -> dict:
                     off.decode_attention(l, st, q, w.table, s, block_table_host=w.table_host, seq_lens_host=s)
                 if i == 1 and l == layers[0]:
                     out[f"OffloadedGSA.decode_attention, prefetch={pf}"] = c.total
+                    layer_host = c.host
         # the same layer's select and attention alone: the rest is the offload's own work
         with OpCount() as c:
             table, tl = off.select(layers[0], st, w.table, s, q)
-        n_select = c.total
+        n_select, host_select = c.total, c.host
         pool_table = off.maps[layers[0]].table(table)
         with OpCount() as c:  # the hot-path attention decode_attention uses
             g._attention_hot(layers[0], q, off.pool_k[layers[0]], off.pool_v[layers[0]], pool_table, tl, None)
         out[f"  of which offload's own (not select/attention), prefetch={pf}"] = (
             out[f"OffloadedGSA.decode_attention, prefetch={pf}"] - n_select - c.total)
+        # (until 2026-11-29 "previous" made one per layer: mark_predicted's `t[NB] = False`, on the H200 a
+        # blocking copy per layer in eager steps and the graph rows' capture failure)
+        out[f"  offload's own host values (blocking copies / syncs on a GPU), prefetch={pf}"] = (
+            layer_host - host_select - c.host)
     # score-aware eviction's own ops on the same shapes (the selection has run: its keys are fresh)
     from gsa import use_backend
     from gsa.offload.scores import block_scores, fast_block_scores_available, new_priority, update_priority

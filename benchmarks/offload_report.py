@@ -18,9 +18,9 @@ def markdown(res: dict) -> str:
     f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in res["rows"]:
         if "skipped" in r or r.get("error"):
-            why = r.get("skipped") or r.get("error")
+            why = " ".join((r.get("skipped") or r.get("error")).split())  # one table line (errors span lines)
             out.append(f"| {r['row']} | {r.get('mode', '-')} | {r['batch']} | {f(r.get('pool_frac'))} | "
-                       f"{'skipped' if 'skipped' in r else 'error'}: {why[:100]} | | | | | | |")
+                       f"{'skipped' if 'skipped' in r else 'error'}: {why[:240]} | | | | | | |")
             continue
         out.append(f"| {r['row']} | {r['mode']} | {r['batch']} | {f(r.get('pool_frac'))} | {f(r['t_layer_ms'])} | "
                    f"{f(r.get('tok_s'), 1)} | "

@@ -75,6 +75,17 @@ def test_residency_mark_predicted_counts_without_admitting():
     assert m.stats()["predicted_hits"] == 3
 
 
+def test_residency_slots_remaps_a_padded_list_like_table():
+    # slots(): the -1-padded list of decode_attention -> pool slots, padding -> slot 0, as table() does
+    m = ResidencyMap(num_host_blocks=8, num_slots=4)
+    _req(m, [6, 2, 7], 1)  # free slots in order: 2 -> 0, 6 -> 1, 7 -> 2 (missing blocks ascending)
+    got = m.slots(torch.tensor([[6, 2, -1], [7, -1, -1]]))
+    assert got.dtype == torch.int32 and got.tolist() == [[1, 0, 0], [2, 0, 0]]
+    assert torch.equal(got, m.table(torch.tensor([[6, 2, -1], [7, -1, -1]])))
+    assert m.slots(torch.tensor([5])).tolist() == [0]  # not resident: slot 0 (never read)
+    assert int(m.slot_of[8]) == -1  # the dummy entry that -1 indexes
+
+
 def test_residency_request_wider_than_the_pool_names_the_minimum():
     m = ResidencyMap(num_host_blocks=8, num_slots=2)
     with pytest.raises(PoolTooSmallError, match="at least 3 slots"):

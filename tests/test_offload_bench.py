@@ -208,3 +208,21 @@ def test_policy_replay_score_rows_by_hand():
     # a 4-slot pool has room: after step 0 block 3 is prefetched, so step 1 hits both blocks
     o = pr.replay_score_prefetch(seq, prio, 4, 1)
     assert o["prefetched"] == 1 and o["hits"] == 3 and o["misses"] == 0
+
+
+def test_capture_check_runs_its_fix_variant_on_cpu_and_chains_errors(capsys):
+    # benchmarks/offload_capture_check.py (the H200 diagnostic) with its CPU dry run: the same
+    # setup, steps and comparisons, the "replay" rerunning the body (nothing is captured on CPU)
+    mod = _load("offload_capture_check")
+    assert mod.main(["--cpu-dry-run", "--variants", "fix:previous"]) == 0
+    out = capsys.readouterr().out
+    assert "[ok] fix:previous" in out and "CAPTURE CHECK: PASS" in out
+    try:
+        try:
+            raise RuntimeError("Cannot copy between CPU and CUDA tensors\nmore")
+        except RuntimeError:
+            raise ValueError("capturing stream has unjoined work")
+    except ValueError as e:
+        lines = mod.chain(e).splitlines()
+    assert lines[0] == "ValueError: capturing stream has unjoined work"
+    assert lines[1].strip() == "caused while handling: RuntimeError: Cannot copy between CPU and CUDA tensors"

@@ -8,7 +8,7 @@ import torch
 
 from gsa import use_backend
 from gsa.config import GSAConfig
-from gsa.offload import OffloadedGSA, min_pool_blocks
+from gsa.offload import OffloadedGSA, ResidencyMap, min_pool_blocks
 from gsa.sparse import GSASparse
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -25,9 +25,27 @@ SEQS = [[640, 639, 600, 70, 33, 640, 129, 400], [640, 20, 601, 71, 34, 640, 130,
         [50, 60, 40, 30, 20, 10, 5, 1]]  # the last: a dense step (every row under the threshold)
 
 
-@pytest.mark.parametrize("prefetch,eviction", [(None, "lru"), ("previous", "lru"), (None, "score"),
-                                               ("previous", "score")])
-def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, eviction):
+def _offloaded(cfg, dev, ref, caches, kv, pool, prefetch, eviction, torch_map=False):
+    off = OffloadedGSA(GSASparse(cfg, dev), NB, pool, B, M * BS, HKV, D, torch.bfloat16, prefetch=prefetch,
+                       eviction=eviction)
+    assert off.maps[off.layers[0]].backend is not None and off.movers[off.layers[0]].mode == "uva"
+    if torch_map:  # the torch ResidencyMap on CUDA (no fused kernel): capturable too
+        for l in off.layers:
+            off.maps[l] = ResidencyMap(NB, pool, dev, backend=False)
+            off.maps[l].now_t = off.now_t
+    for l in off.layers:
+        off.host_k[l][:NB].copy_(kv[l][0])
+        off.host_v[l][:NB].copy_(kv[l][1])
+        if l in off.hash_caches:
+            off.hash_caches[l].copy_(caches[l])
+    return off
+
+
+@pytest.mark.parametrize("prefetch,eviction,torch_map", [(None, "lru", False), ("previous", "lru", False),
+                                                         (None, "score", False), ("previous", "score", False)])
+def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, eviction, torch_map):
+    # ("previous" failed to capture on the H200 until ResidencyMap.mark_predicted stopped writing a
+    # Python number by item assignment: docs/offload.md, "Graph capture with prefetch")
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
     cfg = GSAConfig(**CFG)
@@ -39,17 +57,8 @@ def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, evict
         kv = {l: [torch.randn(NB, BS, HKV, D, generator=gen).to(torch.bfloat16) for _ in range(2)] for l in range(6)}
         k = ref.begin_step([M * BS] * B).plan.k  # the captured width: the largest selection
         pool = min_pool_blocks(ref, B, M * BS) + 7  # far below NB: evictions every step
-        offs = []
-        for _ in range(2):  # [0] captured and replayed, [1] eager: the same calls in the same order
-            off = OffloadedGSA(GSASparse(cfg, dev), NB, pool, B, M * BS, HKV, D, torch.bfloat16, prefetch=prefetch,
-                               eviction=eviction)
-            assert off.maps[off.layers[0]].backend is not None and off.movers[off.layers[0]].mode == "uva"
-            for l in off.layers:
-                off.host_k[l][:NB].copy_(kv[l][0])
-                off.host_v[l][:NB].copy_(kv[l][1])
-                if l in off.hash_caches:
-                    off.hash_caches[l].copy_(caches[l])
-            offs.append(off)
+        # [0] captured and replayed, [1] eager: the same calls in the same order
+        offs = [_offloaded(cfg, dev, ref, caches, kv, pool, prefetch, eviction, torch_map) for _ in range(2)]
         layers = offs[0].layers
         assert layers == (1, 2, 3, 4) and pool < NB
         dkv = {l: (a.to(dev), b.to(dev)) for l, (a, b) in kv.items()}
@@ -107,3 +116,47 @@ def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, evict
         assert st["fetched"] > 0 and 0 < st["hit_rate"] < 1  # the pool really evicted and refetched
         assert int(offs[0].now_t) == len(SEQS)
 
+
+
+def test_an_error_inside_a_captured_offloaded_layer_surfaces_as_itself(monkeypatch):
+    """An exception between a layer's fetch (forked onto the copy stream) and its join used to
+    end the capture with "capturing stream has unjoined work", hiding the error (the H200's
+    prefetch rows). Now every fork is joined first: the caller sees its own exception, and
+    the next capture of the same offloaded model works."""
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(1)
+    cfg = GSAConfig(**CFG)
+    with use_backend("triton"):
+        ref = GSASparse(cfg, dev)
+        caches = ref.allocate_hash_caches(NB)
+        for hc in caches.values():
+            hc.copy_(torch.randint(0, 256, hc.shape, dtype=torch.uint8, generator=gen))
+        kv = {l: [torch.randn(NB, BS, HKV, D, generator=gen).to(torch.bfloat16) for _ in range(2)] for l in range(6)}
+        k = ref.begin_step([M * BS] * B).plan.k
+        off = _offloaded(cfg, dev, ref, caches, kv, min_pool_blocks(ref, B, M * BS) + 7, "previous", "lru")
+        table = torch.randperm(NB, generator=gen)[: B * M].reshape(B, M).to(torch.int32).to(dev)
+        seq = torch.tensor(SEQS[0], dtype=torch.int32, device=dev)
+        q = torch.randn(B, HQ, D, generator=gen).to(torch.bfloat16).to(dev)
+        step = off.begin_step(SEQS[0], k=k, graph=True)
+        for _ in range(2):
+            [off.decode_attention(l, step, q, table, seq) for l in off.layers]
+        torch.cuda.synchronize()
+
+        def boom(self, layer):
+            raise ValueError("prefetch failed inside the capture")
+        with monkeypatch.context() as mp:
+            mp.setattr(OffloadedGSA, "_predict", boom)
+            with pytest.raises(ValueError, match="prefetch failed"):
+                with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                    off.decode_attention(off.layers[0], step, q, table, seq)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs = [off.decode_attention(l, step, q, table, seq) for l in off.layers]
+        g.replay()
+        torch.cuda.synchronize()
+        st_r = ref.begin_step(SEQS[0], k=k, graph=True)
+        for i, l in enumerate(off.layers):
+            src = ref.policy.layer(l).selection_layer
+            want = ref.decode_attention(l, st_r, q, kv[l][0].to(dev), kv[l][1].to(dev), table, seq, caches[src])
+            torch.testing.assert_close(outs[i].float(), want.float(), atol=2e-2, rtol=2e-2)

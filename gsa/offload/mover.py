@@ -134,12 +134,16 @@ class BlockMover:
         ready = self._dev_mod.Event()
         ready.record()
         with self._dev_mod.stream(self.stream):
-            self.stream.wait_event(ready)
-            fn()
-            for t in keep:  # the compute stream must not reuse them before the copy has read them
-                t.record_stream(self.stream)
-            self._done = self._dev_mod.Event()
-            self._done.record(self.stream)
+            self.stream.wait_event(ready)  # the fork (under capture: the copy stream joins it)
+            try:
+                fn()
+                for t in keep:  # the compute stream must not reuse them before the copy has read them
+                    t.record_stream(self.stream)
+            finally:
+                # recorded even when fn raised, so wait() can join the fork back (a capture that
+                # ends with it forked fails with "unjoined work" and hides fn's error)
+                self._done = self._dev_mod.Event()
+                self._done.record(self.stream)
         return self._done
 
     def _staging(self, n: int) -> List[Tensor]:

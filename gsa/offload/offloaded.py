@@ -197,6 +197,7 @@ class OffloadedGSA:
         self._scores: Dict[int, tuple] = {}  # scoring layer -> this step's scores (scores.step_scores)
         self._pred_bufs: Dict[tuple, Tensor] = {}  # (layer, width) -> persistent copy of a selection
         self._wide: Dict[int, Tensor] = {}  # scoring layer -> lookahead budgets of this step (device)
+        self._aranges: Dict[tuple, Tensor] = {}  # (width, device) -> arange(width), for _blocks
         self._step: Optional[Step] = None
         self._bt_host: Optional[Tensor] = None
         self.now = 0
@@ -356,9 +357,34 @@ class OffloadedGSA:
                 fold_step_scores(self.gsa, got, self.priority[layer], block_table, seq_lens, self.score_decay)
         self.maps[layer].set_priority(self.priority[layer])
 
+    def _prefetch_after(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor,
+                        needed: Tensor) -> None:
+        """After ``layer``'s request: remember its selection ``needed`` as its next prediction
+        (or the lookahead's wider one) and start the next offloaded layer's prefetch (it overlaps
+        this layer's copy and attention)."""
+        # a persistent buffer per layer and width: a captured step's prediction for this layer
+        # reads the selection the previous replay wrote, at an address that outlives both
+        buf = self._pred_bufs.get((layer, needed.shape[0]))
+        if buf is None:
+            buf = self._pred_bufs[(layer, needed.shape[0])] = torch.empty_like(needed)
+        buf.copy_(needed)
+        self._pred[layer] = buf
+        src_layer = self.gsa.policy.layer(layer).selection_layer
+        if self.prefetch == "lookahead" and src_layer in self._wide:
+            if src_layer == layer:
+                self._pred[layer] = self._lookahead(layer, step, q, block_table, seq_lens)
+            else:
+                self._pred[layer] = self._pred[src_layer]
+        i = self.layers.index(layer)
+        if i + 1 < len(self.layers):
+            self._predict(self.layers[i + 1])
+
     def _blocks(self, table: Tensor, lens: Tensor) -> Tensor:
         """Host block ids a sparse table uses, ``-1`` for unused entries, flat ``int64 [B * K]``."""
-        used = torch.arange(table.shape[1], device=table.device)[None, :] < ((lens + self.bs - 1) // self.bs)[:, None]
+        ar = self._aranges.get((table.shape[1], table.device))
+        if ar is None:  # made once per width (a captured step reads the same buffer)
+            ar = self._aranges[(table.shape[1], table.device)] = torch.arange(table.shape[1], device=table.device)
+        used = ar[None, :] < ((lens + (self.bs - 1)) // self.bs)[:, None]
         return torch.where(used, table.long(), -1).reshape(-1)
 
     def select(self, layer: int, step: Step, block_table: Tensor, seq_lens: Tensor, q: Tensor,
@@ -388,27 +414,21 @@ class OffloadedGSA:
         if self.eviction == "score":
             self._score_eviction(layer, step, q, block_table, seq_lens)
         src, dst, n = self.maps[layer].request(needed)
-        self.movers[layer].fetch(src, dst, n)
-        if self.prefetch:
-            # a persistent buffer per layer and width: a captured step's prediction for this layer
-            # reads the selection the previous replay wrote, at an address that outlives both
-            buf = self._pred_bufs.get((layer, needed.shape[0]))
-            if buf is None:
-                buf = self._pred_bufs[(layer, needed.shape[0])] = torch.empty_like(needed)
-            buf.copy_(needed)
-            self._pred[layer] = buf
-        src_layer = self.gsa.policy.layer(layer).selection_layer
-        if self.prefetch == "lookahead" and src_layer in self._wide:
-            if src_layer == layer:
-                self._pred[layer] = self._lookahead(layer, step, q, block_table, seq_lens)
-            else:
-                self._pred[layer] = self._pred[src_layer]
-        if self.prefetch:  # the next offloaded layer's prediction overlaps this layer's attention
-            i = self.layers.index(layer)
-            if i + 1 < len(self.layers):
-                self._predict(self.layers[i + 1])
-        self.movers[layer].wait()
-        pool_table = self.maps[layer].table(table)
+        try:
+            self.movers[layer].fetch(src, dst, n)  # forks the copy stream (uva / staged on a device)
+            if self.prefetch:
+                self._prefetch_after(layer, step, q, block_table, seq_lens, needed)
+        except BaseException:
+            # join every fork (this fetch, a next layer's prefetch) before the error leaves: under
+            # CUDA-graph capture an exception with the copy stream still forked makes capture_end
+            # fail with "capturing stream has unjoined work", which hides the real error (it did on
+            # the H200: docs/offload.md, "Graph capture with prefetch")
+            for mv in self.movers.values():
+                mv.wait()
+            raise
+        self.movers[layer].wait()  # the join: attention reads the pool after the copies
+        # the sparse table in pool slots: `needed` is the table with unused entries -1 (slot 0; never read)
+        pool_table = self.maps[layer].slots(needed).view(table.shape)
         # the orchestrator's hot-path attention (validated once per signature; no per-call op dispatch)
         return self.gsa._attention_hot(layer, q, self.pool_k[layer], self.pool_v[layer], pool_table, lens, scale)
 

@@ -134,6 +134,12 @@ class ResidencyMap:
         s = self.slot_of[torch.where(blocks >= 0, blocks.long(), self.nb)]
         return s.clamp(min=0).to(torch.int32)
 
+    def slots(self, blocks: Tensor) -> Tensor:
+        """:meth:`table` for a list whose padding is ``-1``: ``blocks int64 [..]`` in ``[-1, NB)``
+        -> pool slots ``int32``, padding and non-resident entries slot 0. Three ops instead of six:
+        ``-1`` indexes the dummy entry ``slot_of[NB]``, which is always ``-1``."""
+        return self.slot_of[blocks].clamp_(min=0).to(torch.int32)
+
     def resident(self) -> Tensor:
         """``bool [NB]``: blocks currently in the pool."""
         return self.slot_of[: self.nb] >= 0
@@ -169,8 +175,10 @@ class ResidencyMap:
         self.slot_of.index_fill_(0, torch.where(live & (old >= 0), old, self.nb), -1)
         self.slot_of.index_copy_(0, torch.where(live, miss_blocks, self.nb), torch.where(live, dst, -1))
         self.block_of.index_copy_(0, dst, torch.where(live, miss_blocks, -1))
-        self.slot_of[self.nb] = -1
-        self.block_of[self.s] = -1
+        # (slice fills, not `t[i] = -1`: item assignment of a Python number copies a pageable host
+        # scalar to the device, which a CUDA graph capture rejects; see mark_predicted)
+        self.slot_of[self.nb:].fill_(-1)
+        self.block_of[self.s:].fill_(-1)
         # recency and score of every requested block
         held = self.block_of[: self.s]
         hit_slot = want[held.clamp(min=0)] & (held >= 0)
@@ -237,11 +245,20 @@ class ResidencyMap:
         for the ``predicted_hits`` counter, without admitting them: for a prediction that is
         resident already (a per-layer pool's own last request: :class:`OffloadedGSA`'s
         ``"previous"``), where :meth:`predict` would fetch nothing and only relabel recency.
-        In place (three ops, capturable; the fused kernel reads the same buffer)."""
+        In place (two ops, capturable; the fused kernel reads the same buffer).
+
+        Padding marks the dummy entry ``NB``, which nothing reads (the torch path reads
+        ``[:NB]``, the fused kernel entries below ``NB``). It used to be cleared with
+        ``self._predicted[self.nb] = False``: item assignment of a Python number, which on CUDA
+        copies a pageable host scalar to the device. Eager that is a (synchronous) copy; under
+        CUDA-graph capture torch rejects it ("Cannot copy between CPU and CUDA tensors during
+        CUDA graph capture ..."), and the exception left the copy stream forked (the layer's
+        fetch, joined only by ``BlockMover.wait`` after this call), so ``capture_end`` reported
+        "capturing stream has unjoined work" instead: the H200 failure of the "previous" graph
+        rows (docs/offload.md, "Graph capture with prefetch")."""
         ids = torch.where(blocks.reshape(-1) >= 0, blocks.reshape(-1).long(), self.nb)
         self._predicted.zero_()
         self._predicted.index_fill_(0, ids, True)
-        self._predicted[self.nb] = False
 
     def set_priority(self, prio: Tensor) -> None:
         """Score-aware eviction (``OffloadedGSA(eviction="score")``, :mod:`gsa.offload.scores`):
