@@ -366,6 +366,37 @@ def sweep_hash(res, gen, copy):
     progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
 
 
+MLA_GRID = dict(num_warps=(1, 2, 4, 8))  # the group bit-plane score kernel (score_planes.py)
+
+
+def sweep_mla(res, gen, copy):
+    """The group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, one cache
+    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps per program; every
+    variant's keys compared with the SWAR path's."""
+    from cuda_ops import scoring
+
+    rows = res.setdefault("mla", {})
+    for ctx in CONTEXTS:
+        m = ctx // BS
+        nb = B * m
+        cache = torch.randint(0, 256, (nb, 1, BS, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randint(0, 256, (B, 16, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
+        nbytes = cache.numel()
+        out = rows.setdefault(str(ctx), [])
+        for nw in MLA_GRID["num_warps"]:
+            keys.fill_(-7)
+            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
+                                                           path="group_planes", num_warps=nw))
+            out.append(dict(num_warps=nw, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w {r['ms'] * 1e3:.1f}us ({r['tbs']:.2f} TB/s)"
+                                                  + ("" if r["same"] else " DIFFERENT") for r in out))
+        del cache
+
+
 def choose(res):
     """The tuning file's knobs for the kernels swept: the fastest variant of each kernel
     (attention: the smallest sum over contexts of dense and sparse time relative to each
@@ -376,6 +407,14 @@ def choose(res):
         knobs.update(choose_selection(res))
     if "attention" in res:
         knobs["attention"] = choose_attention(res, big)
+    if "mla" in res:
+        by = {}
+        for rows in res["mla"].values():
+            for r in rows:
+                if r["same"]:
+                    by.setdefault(r["num_warps"], []).append(r["ms"])
+        nw = min((w for w in by if len(by[w]) == len(res["mla"])), key=lambda w: sum(by[w]))
+        knobs["score_planes"] = {"num_warps": nw}
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
@@ -438,11 +477,13 @@ def main(out_dir: str, parts) -> None:
         sweep_attention(res, gen)
     if "hash" in parts:
         sweep_hash(res, gen, res["copy_tbs"])
+    if "mla" in parts:
+        sweep_mla(res, gen, res["copy_tbs"])
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
     # a partial run (--parts) keeps the committed file's choices for the kernels it did not sweep
     knobs = {}
-    if set(parts) != {"score", "attention", "hash"} and os.path.exists(tuning.device_file(name)):
+    if set(parts) != {"score", "attention", "hash", "mla"} and os.path.exists(tuning.device_file(name)):
         with open(tuning.device_file(name)) as f:
             knobs = json.load(f).get("knobs", {})
     knobs.update(choose(res))
@@ -463,7 +504,7 @@ def main(out_dir: str, parts) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", default="score,attention,hash")
+    ap.add_argument("--parts", default="score,attention,hash,mla")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_sweep.py needs a CUDA GPU")

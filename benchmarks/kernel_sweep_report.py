@@ -66,4 +66,13 @@ def markdown(res) -> str:
         lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
                   f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
                   if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    if "mla" in res:
+        lines += ["", "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "
+                  f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {}).get('num_warps', '-')} warps), us (TB/s of "
+                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} warps" for r in
+                                                          next(iter(res["mla"].values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(res["mla"].values())))]
+        for ctx, rows in res["mla"].items():
+            lines.append(f"| {int(ctx) // 1024}K | " + " | ".join(
+                f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})" + ("" if r["same"] else " DIFFERENT") for r in rows) + " |")
     return "\n".join(lines) + "\n"
