@@ -366,13 +366,14 @@ def sweep_hash(res, gen, copy):
     progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
 
 
-MLA_GRID = dict(num_warps=(1, 2, 4, 8))  # the group bit-plane score kernel (score_planes.py)
+# the group bit-plane score kernel (score_planes.py); 1 and 8 warps at one block were slower (17:24 UTC)
+MLA_GRID = dict(num_warps=(2, 4, 8), blocks=(1, 2, 4, 8))
 
 
 def sweep_mla(res, gen, copy):
     """The group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, one cache
-    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps per program; every
-    variant's keys compared with the SWAR path's."""
+    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps and blocks per program;
+    every variant's keys compared with the SWAR path's."""
     from cuda_ops import scoring
 
     rows = res.setdefault("mla", {})
@@ -387,13 +388,14 @@ def sweep_mla(res, gen, copy):
         ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
         nbytes = cache.numel()
         out = rows.setdefault(str(ctx), [])
-        for nw in MLA_GRID["num_warps"]:
+        for nw, j in itertools.product(*MLA_GRID.values()):
             keys.fill_(-7)
             ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
-                                                           path="group_planes", num_warps=nw))
-            out.append(dict(num_warps=nw, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
-        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w {r['ms'] * 1e3:.1f}us ({r['tbs']:.2f} TB/s)"
-                                                  + ("" if r["same"] else " DIFFERENT") for r in out))
+                                                           path="group_planes", num_warps=nw, blocks=j))
+            out.append(dict(num_warps=nw, blocks=j, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b {r['ms'] * 1e3:.1f}us "
+                                                  f"({r['tbs']:.2f} TB/s)" + ("" if r["same"] else " DIFFERENT")
+                                                  for r in out))
         del cache
 
 
@@ -412,9 +414,9 @@ def choose(res):
         for rows in res["mla"].values():
             for r in rows:
                 if r["same"]:
-                    by.setdefault(r["num_warps"], []).append(r["ms"])
-        nw = min((w for w in by if len(by[w]) == len(res["mla"])), key=lambda w: sum(by[w]))
-        knobs["score_planes"] = {"num_warps": nw}
+                    by.setdefault((r["num_warps"], r.get("blocks", 1)), []).append(r["ms"])
+        nw, j = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
+        knobs["score_planes"] = {"num_warps": nw, "blocks": j}
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}

@@ -68,8 +68,8 @@ def markdown(res) -> str:
                   if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
     if "mla" in res:
         lines += ["", "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "
-                  f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {}).get('num_warps', '-')} warps), us (TB/s of "
-                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} warps" for r in
+                  f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {})}), us (TB/s of "
+                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} w, {r.get('blocks', 1)} b" for r in
                                                           next(iter(res["mla"].values()))) + " |",
                   "|---|" + "---|" * len(next(iter(res["mla"].values())))]
         for ctx, rows in res["mla"].items():

@@ -116,28 +116,32 @@ def _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.conste
 @triton.jit
 def _block_score_planes_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
-    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b,
+    NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
     W16: tl.constexpr, MEAN: tl.constexpr, NP: tl.constexpr, HW_POPC: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr, J: tl.constexpr = 1,
 ):
-    """Block ``j = program_id(0)`` of row ``b = program_id(1)``; the arguments and the output
-    of ``_block_score_kernel`` (``q int32 [B, Hq, W]``, ``kc int32 [NB, Hkv, BS, W]`` word
-    views, ``out int32 [B, M]`` order keys; blocks past the sequence are not written).
-    ``NP``: planes for counts up to ``G``; ``HW_POPC``: the ``popc`` instruction (CUDA)."""
-    j = tl.program_id(0)
+    """Blocks ``J * program_id(0)`` .. ``+ J - 1`` (those below ``M``) of row ``b = program_id(1)``;
+    the arguments and the output of ``_block_score_kernel`` (``q int32 [B, Hq, W]``,
+    ``kc int32 [NB, Hkv, BS, W]`` word views, ``out int32 [B, M]`` order keys; blocks past the
+    sequence are not written) plus the table width ``M``. ``NP``: planes for counts up to ``G``;
+    ``HW_POPC``: the ``popc`` instruction (CUDA); ``J``: blocks per program (the query planes
+    are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``J > 1``)."""
+    jp = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
-    phys = tl.load(bt_ptr + b * sbt_b + j)  # in bounds for any j < M; issued with seq, not after it
-    if j * BS < seq:
+    if jp * J * BS < seq:
+        t = tl.arange(0, J * BLOCK_T)
+        jj = jp * J + t // BLOCK_T  # each token's logical block
+        tb = t % BLOCK_T
+        tm = (tb < BS) & (jj < M)
+        phys = tl.load(bt_ptr + b * sbt_b + jj, mask=tm, other=0)
         blk = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
-        t = tl.arange(0, BLOCK_T)
-        tm = t < BS
         wm = tl.arange(0, BLOCK_WM)
         wr = tl.arange(0, BLOCK_WR)
-        pc_main = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        pc_rope = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        row = kc_ptr + blk * skc_n + t[:, None] * skc_t
+        pc_main = tl.zeros((J * BLOCK_T,), dtype=tl.int32)
+        pc_rope = tl.zeros((J * BLOCK_T,), dtype=tl.int32)
+        row = kc_ptr + blk[:, None] * skc_n + tb[:, None] * skc_t
         for h in range(HKV):
             k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
                         other=0).to(tl.uint32, bitcast=True)
@@ -149,10 +153,15 @@ def _block_score_planes_kernel(
                 p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, W_MAIN, W - W_MAIN, G, NP,
                                                                BLOCK_WR)
                 pc_rope += _diff_bits(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC)
-        # token lanes past BS loaded zeros (their count is C); `valid` leaves them out
+        # token lanes past BS or M loaded zeros (their count is C); `valid` leaves them out
         s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
         if W_MAIN < W:
             s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
-        valid = tm & (j * BS + t < seq)
-        key = _block_key(s16, valid, MEAN)
-        tl.store(out_ptr + b * so_b + j, key)
+        valid = tm & (jj * BS + tb < seq)
+        if J == 1:
+            key = _block_key(s16, valid, MEAN)
+            tl.store(out_ptr + b * so_b + jp, key)
+        else:
+            key = _block_key(tl.reshape(s16, (J, BLOCK_T)), tl.reshape(valid, (J, BLOCK_T)), MEAN, 1)
+            jo = jp * J + tl.arange(0, J)
+            tl.store(out_ptr + b * so_b + jo, key, mask=(jo < M) & (jo * BS < seq))

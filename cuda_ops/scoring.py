@@ -52,6 +52,7 @@ SCORE_WIDE = False  # one 16-byte load per token instead of four 4-byte loads
 SCORE_NUM_WARPS = 4
 SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block in flight)
 PLANES_NUM_WARPS = 4  # warps of the bit-plane score kernel (MLA and other non-Harley-Seal shapes)
+PLANES_BLOCKS = 1  # logical blocks per bit-plane score program (the query planes built once for all)
 SCORE_BLOCKS = 1  # logical blocks per Harley-Seal score program (query words loaded once for all)
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
@@ -114,10 +115,15 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
         w_main = (c - rope_bytes) // 4
         if num_warps is None:
             num_warps = knob(dev, "score_planes", "num_warps", PLANES_NUM_WARPS)
+        if blocks is None:
+            blocks = knob(dev, "score_planes", "blocks", PLANES_BLOCKS)
+        if blocks < 1 or blocks & (blocks - 1) or (blocks > 1 and next_pow2(bs) != bs):
+            raise ValueError(f"bit-plane score blocks per program must be a power of two >= 1 (1 unless the "
+                             f"block size is a power of two), got {blocks} with block size {bs}")
         return _block_score_planes_kernel, q32, kc32, ints, dict(
             BS=bs, HKV=hkv, G=g, W=w, W_MAIN=w_main, W16=int(round(rope_score_weight * SCORE_SCALE)),
             MEAN=chunk_repre_method == "mean", NP=g.bit_length(), HW_POPC=bool(hw_popc), BLOCK_T=next_pow2(bs),
-            BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), num_warps=num_warps)
+            BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), J=int(blocks), num_warps=num_warps)
     if path not in ("hs", "swar"):
         raise ValueError(f"score path must be 'hs', 'group_planes', 'swar' or None, got {path!r}")
     if num_warps is None:
@@ -152,8 +158,8 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
 def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cache):
     """The score launch of ``_score_launch``'s result into ``keys int32 [B, M]``."""
     b, m = block_table.shape
-    if fn is _block_score_hs_kernel:
-        j = consts.get("BLOCKS", 1)
+    if fn is _block_score_hs_kernel or fn is _block_score_planes_kernel:
+        j = consts.get("BLOCKS", consts.get("J", 1))
         launch(fn, (cdiv(m, j), b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0),
                                          keys.stride(0), m), consts, cache)
     else:

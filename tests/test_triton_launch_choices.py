@@ -176,3 +176,22 @@ def test_group_planes_hand_computed():
     # S = sum_g (R - 2 popcount) = 3 * 32 - 2 * 4 = 88; S16 = 16 * 88
     key = scoring.block_score_keys(q, cache, table, seq, "max", path="group_planes")
     assert int(key[0, 0]) == 16 * 88
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+@pytest.mark.parametrize("method", ["max", "mean"])
+def test_group_planes_blocks_per_program(gen, blocks, method):
+    # several blocks per bit-plane program (score_planes.blocks): M = 7 leaves the last group partial,
+    # rows end mid-group and at one token
+    from cuda_ops import scoring
+
+    b, hq, bs, m = 3, 16, 8, 7
+    cache, table, q = _codes(gen, b, hq, 1, bs, m, 72)
+    seq = torch.tensor([m * bs, 3 * bs + 5, 1], dtype=torch.int32)
+    swar = scoring.block_score_keys(q, cache, table, seq, method, 8, 1.0, path="swar")
+    got = scoring.block_score_keys(q, cache, table, seq, method, 8, 1.0, path="group_planes", blocks=blocks)
+    for r in range(b):
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], swar[r, :n]), (r, got[r, :n], swar[r, :n])
+    with pytest.raises(ValueError, match="power of two"):
+        scoring.block_score_keys(q, cache, table, seq, method, 8, 1.0, path="group_planes", blocks=3)
