@@ -118,8 +118,6 @@ def test_group_planes_mla_realistic(gen, method, hq, c, rope, w, blocks):
     seq = torch.tensor([m * bs, 100 * bs + 17, 1, 257 * bs], dtype=torch.int32, device=DEV)
     swar = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="swar")
     got = scoring.block_score_keys(q, cache, table, seq, method, rope, w, blocks=blocks)
-    assert blocks > 1 or torch.equal(got, scoring.block_score_keys(q, cache, table, seq, method, rope, w,
-                                                                   path="group_planes"))
     for r in range(b):
         n = (int(seq[r]) + bs - 1) // bs
         assert torch.equal(got[r, :n], swar[r, :n]), r
