@@ -1,13 +1,14 @@
 """GSA's per-layer cost on an MLA model (issue 12/13): the DeepSeek-V2-Lite shape, eager and graph.
 
-On the H200 (2026-11-29) GSA 1/8 in FULL graphs decoded DeepSeek-V2-Lite attention at 32K x 16
-at 0.69x dense (docs/vllm.md, "MLA"): a latent cache of 1,152 bytes per token and layer is
-cheap to read densely, so GSA's fixed per-layer work decides. This measures that work alone,
-through the orchestrator's hot path as the vLLM MLA wrappers call it:
+On the H200 (2026-11-29) GSA 1/8 in FULL graphs first decoded DeepSeek-V2-Lite attention at 32K x
+16 at 0.69x dense (docs/vllm.md, "MLA"); this script found why (the selection read its codes at
+150-175 GB/s in the SWAR score kernel), and after the move to the group bit-plane kernel GSA ran at
+1.16-1.20x dense. It measures GSA's per-layer work alone, through the orchestrator's hot path as
+the vLLM MLA wrappers call it:
 
 * ``cache_keys``: spec 9 key hashing of the step's new ``c_kv [B, 512]`` / ``k_pe [B, 64]``;
 * ``select``: the absorbed query and ``q_pe`` hashed, blocks scored (the MLA codes take the
-  generic "swar" score kernel: the Harley-Seal one needs ``rope_bytes == 0``), selection.
+  group bit-plane score kernel, ``cuda_ops/score_planes.py``), selection.
 
 Per context: GPU time per layer of each part replayed from a CUDA graph (the step in graph
 form, as FULL graphs run it), host time to issue them eagerly, and what the bytes allow: the
