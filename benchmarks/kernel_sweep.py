@@ -366,8 +366,9 @@ def sweep_hash(res, gen, copy):
     progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
 
 
-# the group bit-plane score kernel (score_planes.py); 1 and 8 warps at one block were slower (17:24 UTC)
-MLA_GRID = dict(num_warps=(2, 4, 8), blocks=(1, 2, 4, 8))
+# the group bit-plane score kernel (score_planes.py). Sixth session: 1 and 8 warps were slower than 2 and 4;
+# 2-8 blocks per program slower than one (larger tiles spill); `pow2` (G a power of two) is new.
+MLA_GRID = dict(num_warps=(2, 4), blocks=(1,), pow2=(False, True))
 
 
 def sweep_mla(res, gen, copy):
@@ -388,12 +389,13 @@ def sweep_mla(res, gen, copy):
         ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
         nbytes = cache.numel()
         out = rows.setdefault(str(ctx), [])
-        for nw, j in itertools.product(*MLA_GRID.values()):
+        for nw, j, p2 in itertools.product(*MLA_GRID.values()):
             keys.fill_(-7)
             ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
-                                                           path="group_planes", num_warps=nw, blocks=j))
-            out.append(dict(num_warps=nw, blocks=j, ms=ms, tbs=nbytes / ms / 1e9, same=bool(torch.equal(keys, ref))))
-        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b {r['ms'] * 1e3:.1f}us "
+                                                           path="group_planes", num_warps=nw, blocks=j, pow2=p2))
+            out.append(dict(num_warps=nw, blocks=j, pow2=p2, ms=ms, tbs=nbytes / ms / 1e9,
+                            same=bool(torch.equal(keys, ref))))
+        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b/p{int(r['pow2'])} {r['ms'] * 1e3:.1f}us "
                                                   f"({r['tbs']:.2f} TB/s)" + ("" if r["same"] else " DIFFERENT")
                                                   for r in out))
         del cache
@@ -414,9 +416,9 @@ def choose(res):
         for rows in res["mla"].values():
             for r in rows:
                 if r["same"]:
-                    by.setdefault((r["num_warps"], r.get("blocks", 1)), []).append(r["ms"])
-        nw, j = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
-        knobs["score_planes"] = {"num_warps": nw, "blocks": j}
+                    by.setdefault((r["num_warps"], r.get("blocks", 1), r.get("pow2", False)), []).append(r["ms"])
+        nw, j, p2 = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
+        knobs["score_planes"] = {"num_warps": nw, "blocks": j, "pow2": p2}
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}

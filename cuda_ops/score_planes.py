@@ -114,19 +114,87 @@ def _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.conste
 
 
 @triton.jit
+def _neg_sum(k, c, low, j: tl.constexpr, LAST: tl.constexpr, HW: tl.constexpr):
+    """``2**j * sum_w popcount(d_j)`` per token, ``d_j`` bit ``j`` of ``k ? G - c : c`` (``G = 2**m``,
+    see ``_diff_bits_pow2``): ``c_j ^ (k & low)``, or ``c_m ^ (k & ~low)`` for the top plane;
+    ``low`` the OR of the planes below ``j`` (``[BW]``)."""
+    if LAST:
+        d = c[None, :] ^ ((k | low[None, :]) ^ low[None, :])  # k & ~low without a 32-bit constant
+    else:
+        d = c[None, :] ^ (k & low[None, :])
+    return tl.sum(_popc(d, HW), axis=1) << j
+
+
+@triton.jit
+def _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, HW: tl.constexpr):
+    """``_diff_bits`` for ``G = 2**m`` query heads (``NP = m + 1``, ``m >= 1``), with ``m``
+    popcounts per key word instead of ``m + 2``. Per bit the count of differing heads is
+    ``d = k ? G - c : c``; for ``c`` in ``[0, G]`` and ``k = 1``, ``G - c`` is ``c``'s two's
+    complement negation in ``m`` bits plus ``G`` when ``c = 0``, so its bit ``j < m`` is
+    ``c_j ^ (lower bits of c not all 0)`` and its bit ``m`` is ``c_m ^ (all bits below m are 0)``.
+    Bit 0 never depends on ``k`` (``sum popcount(c_0)`` is a per-program constant)."""
+    s = tl.sum(_popc(p0, HW), axis=0) + tl.zeros((k.shape[0],), dtype=tl.int32)
+    low = p0
+    if NP == 2:
+        s += _neg_sum(k, p1, low, 1, True, HW)
+    else:
+        s += _neg_sum(k, p1, low, 1, False, HW)
+        low = low | p1
+        if NP == 3:
+            s += _neg_sum(k, p2, low, 2, True, HW)
+        else:
+            s += _neg_sum(k, p2, low, 2, False, HW)
+            low = low | p2
+            if NP == 4:
+                s += _neg_sum(k, p3, low, 3, True, HW)
+            else:
+                s += _neg_sum(k, p3, low, 3, False, HW)
+                low = low | p3
+                if NP == 5:
+                    s += _neg_sum(k, p4, low, 4, True, HW)
+                else:
+                    s += _neg_sum(k, p4, low, 4, False, HW)
+                    low = low | p4
+                    if NP == 6:
+                        s += _neg_sum(k, p5, low, 5, True, HW)
+                    else:
+                        s += _neg_sum(k, p5, low, 5, False, HW)
+                        low = low | p5
+                        if NP == 7:
+                            s += _neg_sum(k, p6, low, 6, True, HW)
+                        else:
+                            s += _neg_sum(k, p6, low, 6, False, HW)
+                            low = low | p6
+                            s += _neg_sum(k, p7, low, 7, True, HW)
+    return s
+
+
+@triton.jit
+def _count(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.constexpr, HW: tl.constexpr,
+           POW2: tl.constexpr):
+    """Per token ``sum_w sum_g popcount(k ^ q_g)`` (``POW2``: ``G`` a power of two >= 2)."""
+    if POW2:
+        return _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP, HW)
+    else:
+        return _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW)
+
+
+@triton.jit
 def _block_score_planes_kernel(
     q_ptr, kc_ptr, bt_ptr, sl_ptr, out_ptr,
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
     W16: tl.constexpr, MEAN: tl.constexpr, NP: tl.constexpr, HW_POPC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr, J: tl.constexpr = 1,
+    POW2: tl.constexpr = False,
 ):
     """Blocks ``J * program_id(0)`` .. ``+ J - 1`` (those below ``M``) of row ``b = program_id(1)``;
     the arguments and the output of ``_block_score_kernel`` (``q int32 [B, Hq, W]``,
     ``kc int32 [NB, Hkv, BS, W]`` word views, ``out int32 [B, M]`` order keys; blocks past the
     sequence are not written) plus the table width ``M``. ``NP``: planes for counts up to ``G``;
     ``HW_POPC``: the ``popc`` instruction (CUDA); ``J``: blocks per program (the query planes
-    are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``J > 1``)."""
+    are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``J > 1``); ``POW2``: ``G``
+    is a power of two >= 2 (``_diff_bits_pow2``: two popcounts fewer per key word)."""
     jp = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
@@ -146,13 +214,13 @@ def _block_score_planes_kernel(
             k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
                         other=0).to(tl.uint32, bitcast=True)
             p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, 0, W_MAIN, G, NP, BLOCK_WM)
-            pc_main += _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC)
+            pc_main += _count(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2)
             if W_MAIN < W:
                 kr = tl.load(row + h * skc_h + W_MAIN + wr[None, :], mask=tm[:, None] & (wr < W - W_MAIN)[None, :],
                              other=0).to(tl.uint32, bitcast=True)
                 p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, W_MAIN, W - W_MAIN, G, NP,
                                                                BLOCK_WR)
-                pc_rope += _diff_bits(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC)
+                pc_rope += _count(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2)
         # token lanes past BS or M loaded zeros (their count is C); `valid` leaves them out
         s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
         if W_MAIN < W:

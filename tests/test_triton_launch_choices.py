@@ -195,3 +195,23 @@ def test_group_planes_blocks_per_program(gen, blocks, method):
         assert torch.equal(got[r, :n], swar[r, :n]), (r, got[r, :n], swar[r, :n])
     with pytest.raises(ValueError, match="power of two"):
         scoring.block_score_keys(q, cache, table, seq, method, 8, 1.0, path="group_planes", blocks=3)
+
+
+@pytest.mark.parametrize("hq,hkv,c,rope", [(16, 1, 72, 8), (2, 1, 8, 4), (8, 2, 12, 4), (32, 1, 8, 0),
+                                           (128, 1, 20, 4), (64, 2, 8, 0)])
+def test_group_planes_pow2_counts_equal_general(gen, hq, hkv, c, rope):
+    # G a power of two: the two's-complement plane counts (m popcounts per word) against the general
+    # plane counts (m + 2) and the SWAR path; G = 2 ... 128, with and without rope words
+    from cuda_ops import scoring
+
+    b, bs, m = 2, 8, 5
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, c)
+    # few distinct codes make every count from 0 to G occur (all heads equal or opposite per bit)
+    q[:, ::2] = q[:, :1]
+    seq = torch.tensor([m * bs, 2 * bs + 1], dtype=torch.int32)
+    swar = scoring.block_score_keys(q, cache, table, seq, "max", rope, 1.0, path="swar")
+    for pow2 in (True, False):
+        got = scoring.block_score_keys(q, cache, table, seq, "max", rope, 1.0, path="group_planes", pow2=pow2)
+        for r in range(b):
+            n = (int(seq[r]) + bs - 1) // bs
+            assert torch.equal(got[r, :n], swar[r, :n]), (pow2, r, got[r, :n], swar[r, :n])
