@@ -366,41 +366,6 @@ def sweep_hash(res, gen, copy):
     progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
 
 
-# the group bit-plane score kernel (score_planes.py). Sixth session: 1 and 8 warps were slower than 2 and 4;
-# 2-8 blocks per program slower than one (larger tiles spill); `pow2` (G a power of two) is new.
-MLA_GRID = dict(num_warps=(2, 4), blocks=(1,), pow2=(False, True))
-
-
-def sweep_mla(res, gen, copy):
-    """The group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, one cache
-    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps and blocks per program;
-    every variant's keys compared with the SWAR path's."""
-    from cuda_ops import scoring
-
-    rows = res.setdefault("mla", {})
-    for ctx in CONTEXTS:
-        m = ctx // BS
-        nb = B * m
-        cache = torch.randint(0, 256, (nb, 1, BS, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
-        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
-        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randint(0, 256, (B, 16, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
-        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
-        ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
-        nbytes = cache.numel()
-        out = rows.setdefault(str(ctx), [])
-        for nw, j, p2 in itertools.product(*MLA_GRID.values()):
-            keys.fill_(-7)
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
-                                                           path="group_planes", num_warps=nw, blocks=j, pow2=p2))
-            out.append(dict(num_warps=nw, blocks=j, pow2=p2, ms=ms, tbs=nbytes / ms / 1e9,
-                            same=bool(torch.equal(keys, ref))))
-        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b/p{int(r['pow2'])} {r['ms'] * 1e3:.1f}us "
-                                                  f"({r['tbs']:.2f} TB/s)" + ("" if r["same"] else " DIFFERENT")
-                                                  for r in out))
-        del cache
-
-
 def choose(res):
     """The tuning file's knobs for the kernels swept: the fastest variant of each kernel
     (attention: the smallest sum over contexts of dense and sparse time relative to each
@@ -419,9 +384,17 @@ def choose(res):
                     by.setdefault((r["num_warps"], r.get("blocks", 1), r.get("pow2", False)), []).append(r["ms"])
         nw, j, p2 = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
         knobs["score_planes"] = {"num_warps": nw, "blocks": j, "pow2": p2}
+    if "hash_decode" in res:
+        tot = {}
+        for rows in res["hash_decode"].values():
+            for r in rows:
+                if r["same"]:
+                    tot.setdefault(r["block_c"], []).append(r["us"])
+        bc = min((c for c in tot if len(tot[c]) == len(res["hash_decode"])), key=lambda c: sum(tot[c]))
+        knobs.setdefault("hash", {})["decode_block_c"] = bc
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
-        knobs["hash"] = {k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")}
+        knobs.setdefault("hash", {}).update({k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")})
     return knobs
 
 
@@ -482,15 +455,22 @@ def main(out_dir: str, parts) -> None:
     if "hash" in parts:
         sweep_hash(res, gen, res["copy_tbs"])
     if "mla" in parts:
+        from kernel_sweep_decode import sweep_mla
+
         sweep_mla(res, gen, res["copy_tbs"])
+    if "hashdec" in parts:
+        from kernel_sweep_decode import sweep_hash_decode
+
+        sweep_hash_decode(res, gen)
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
     # a partial run (--parts) keeps the committed file's choices for the kernels it did not sweep
     knobs = {}
-    if set(parts) != {"score", "attention", "hash", "mla"} and os.path.exists(tuning.device_file(name)):
+    if set(parts) != {"score", "attention", "hash", "mla", "hashdec"} and os.path.exists(tuning.device_file(name)):
         with open(tuning.device_file(name)) as f:
             knobs = json.load(f).get("knobs", {})
-    knobs.update(choose(res))
+    for kernel, vals in choose(res).items():  # per kernel: a partial sweep keeps the file's other knobs
+        knobs.setdefault(kernel, {}).update(vals)
     res["knobs"] = knobs
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -508,7 +488,7 @@ def main(out_dir: str, parts) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", default="score,attention,hash,mla")
+    ap.add_argument("--parts", default="score,attention,hash,mla,hashdec")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernel_sweep.py needs a CUDA GPU")

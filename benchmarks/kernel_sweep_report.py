@@ -75,4 +75,12 @@ def markdown(res) -> str:
         for ctx, rows in res["mla"].items():
             lines.append(f"| {int(ctx) // 1024}K | " + " | ".join(
                 f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})" + ("" if r["same"] else " DIFFERENT") for r in rows) + " |")
+    if "hash_decode" in res:
+        bcs = [r["block_c"] for r in next(iter(res["hash_decode"].values()))]
+        lines += ["", "A decode step's hashing (16 rows), us per launch set, by code bytes per program "
+                  f"(chosen: {k.get('hash', {}).get('decode_block_c', '-')}):", "",
+                  "| case | " + " | ".join(str(c) for c in bcs) + " |", "|---|" + "---|" * len(bcs)]
+        for name, rows in res["hash_decode"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{r['us']:.1f}" + ("" if r["same"] else " DIFFERENT")
+                                                     for r in rows) + " |")
     return "\n".join(lines) + "\n"

@@ -37,6 +37,7 @@ PACK_DOT_DEFAULT = False  # pack bits by a matrix product (see _pack_dot) instea
 PREFETCH_DEFAULT = True  # load the next row tile before projecting this one (when a program has several)
 HOIST_DEFAULT = True  # split the bf16 weight into hi/lo once per program, not per row tile
 BIG_ROWS = 4096  # from this many rows a launch reads the device's tuning file (tuning.py)
+DECODE_BLOCK_C = 16  # code bytes per program below BIG_ROWS rows (tuning "hash.decode_block_c")
 
 __all__ = [
     "sign_bits_pack",
@@ -198,10 +199,10 @@ def _hash_kernel(
             tl.store(dst[:, None] + c[None, :], packed, mask=rmask[:, None] & (c < C)[None, :])
 
 
-def _blocks(d: int, c: int, split: bool):
+def _blocks(d: int, c: int, split: bool, block_c: int = 16):
     # at most 128 projection columns a program: the bf16 weight split of a wider
     # tile (MLA's R_lora = 512) would not fit in shared memory
-    block_c = min(16, next_pow2(c))
+    block_c = min(block_c, next_pow2(c))
     block_d = max(16, min(128, next_pow2(d)))
     # fp32 tile [BLOCK_M, 8*BLOCK_C] of about 64 KB (H100, R = 128, bf16: 128 rows,
     # 4 warps, 2 programs per SM and a prefetched next tile was the fastest launch)
@@ -210,11 +211,15 @@ def _blocks(d: int, c: int, split: bool):
 
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
-            pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False):
+            pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False,
+            block_c=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches).
     ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32).
-    ``launch_dependents`` (CUDA, sm_90+): let a PDL-launched next kernel start early (``scoring.use_pdl``)."""
+    ``launch_dependents`` (CUDA, sm_90+): let a PDL-launched next kernel start early (``scoring.use_pdl``).
+    ``block_c``: code bytes per program (a power of two <= 16; default 16, or for a decode step's few
+    rows the device's ``hash.decode_block_c``: narrower programs spread a wide projection's weight
+    reads, e.g. MLA's 512 x 512, over more SMs)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -229,7 +234,11 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         num_warps = knob(dev, "hash", "num_warps", None) if num_warps is None else num_warps
         pack_dot = knob(dev, "hash", "pack_dot", None) if pack_dot is None else pack_dot
     hoist = knob(dev, "hash", "hoist", HOIST_DEFAULT) if hoist is None else hoist
-    bm, block_d, block_c = _blocks(d, c, split)
+    if block_c is None:
+        block_c = knob(dev, "hash", "decode_block_c", DECODE_BLOCK_C) if l < BIG_ROWS else 16
+    if block_c not in (1, 2, 4, 8, 16):
+        raise ValueError(f"hash block_c must be a power of two <= 16, got {block_c}")
+    bm, block_d, block_c = _blocks(d, c, split, block_c)
     if not split:  # the fp32 FMA product: small tiles keep it out of local memory
         bm = min(bm, 32)
     bm = min(bm, max(16, next_pow2(l)))  # a decode step hashes few rows

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from gsa import reference as ref
+from spec_literal import band_violations
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET", "0") in ("", "0") or __import__("importlib").util.find_spec("triton") is None,
@@ -215,3 +216,24 @@ def test_group_planes_pow2_counts_equal_general(gen, hq, hkv, c, rope):
         for r in range(b):
             n = (int(seq[r]) + bs - 1) // bs
             assert torch.equal(got[r, :n], swar[r, :n]), (pow2, r, got[r, :n], swar[r, :n])
+
+
+@pytest.mark.parametrize("block_c", [1, 4, 16])
+def test_hash_block_c_choices_agree(gen, block_c):
+    # code bytes per hash program (hash.decode_block_c for a decode step's few rows): MLA's wide latent
+    # projection (64 code bytes) and a GQA key projection, into a cache at scattered slots
+    from cuda_ops import hashing
+
+    x = torch.randn(5, 1, 64, generator=gen).to(torch.bfloat16)
+    w = torch.randn(1, 64, 256, generator=gen)
+    cache_a = torch.zeros(4, 1, 4, 32, dtype=torch.uint8)
+    cache_b = torch.zeros_like(cache_a)
+    slots = torch.tensor([3, 9, -1, 14, 0])
+    hashing._launch(x, w, 1, cache_a, 0, slots, block_c=16)
+    hashing._launch(x, w, 1, cache_b, 0, slots, block_c=block_c)
+    assert torch.equal(cache_a, cache_b)
+    got = cache_b.reshape(-1, 32)[torch.tensor([3, 9, 14, 0])]  # the rows' slots (row 2 skipped: -1)
+    assert band_violations(x[torch.tensor([0, 1, 3, 4])].reshape(4, 64), w[0], got) == 0
+    assert torch.count_nonzero(cache_b.reshape(-1, 32)[torch.tensor([1, 2, 4, 5])]) == 0  # untouched slots
+    with pytest.raises(ValueError, match="block_c"):
+        hashing._launch(x, w, 1, cache_b, 0, slots, block_c=3)
