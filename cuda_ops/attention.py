@@ -202,13 +202,14 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, bl
     min_tokens = knob(dev, "attention", "min_tokens", 256) if min_tokens is None else min_tokens
     splits, per = split_plan(b, hkv, m, bs, q.device, block_n, per_sm, min_tokens)
     fuse = bool(knob(dev, "attention", "fuse", FUSE_DEFAULT) if fuse is None else fuse)
-    key = (b, hq, splits, d)
+    key = (b, hq, splits, d, fuse)
     if work is not None and work.get("key") == key:
         o, ml, cnt = work["o"], work["ml"], work["cnt"]
     else:
         o = torch.empty(b, hq, splits, d, dtype=torch.float32, device=q.device)
         ml = torch.empty(2, b, hq, splits, dtype=torch.float32, device=q.device)
-        cnt = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)  # the fused kernel leaves it zero
+        # the fused kernel's counters (it leaves them zero); unfused, an unused pointer (no memset)
+        cnt = torch.zeros(b * hkv, dtype=torch.int32, device=q.device) if fuse else ml
         if work is not None:
             work.update(key=key, o=o, ml=ml, cnt=cnt)
     mm, ll = ml[0], ml[1]
