@@ -15,8 +15,14 @@ key means of a ``gsa calibrate-centre`` bundle, e.g. ``centred=centre:~/.cache/g
 hash_weights/qwen-centre.safetensors``).
 
 Quest's equal-bytes allowance is the harness's signed rule
-(:func:`gsa.eval.harness.quest_extra_fraction`) and every selector and metric uses the
-model's own softmax scale (``run.attn``), as ``gsa eval``'s grid does.
+(:func:`gsa.eval.harness.quest_extra_fraction`, blocks rounded up in Quest's favour:
+``bs=B/quest_eqbytes``) and every selector and metric uses the model's own softmax
+scale (``run.attn``), as ``gsa eval``'s grid does. Beside it, per code width in
+``--quest-bits`` (default: ``--bits``), the same allowance without rounding
+(:func:`gsa.eval.selectors.quest_equal_bytes_recall`): ``bs=B/quest_eqbytes_b{R}``
+(rounded up), ``..._floor_b{R}`` (rounded down: Quest never reads more bytes than GSA)
+and ``..._exact_b{R}`` (the fractional extra block read with probability equal to its
+fraction: exactly GSA's bytes on average).
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, default=128)
     ap.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32])
     ap.add_argument("--weights", nargs="+", default=["random"])
+    ap.add_argument("--quest-bits", type=int, nargs="+", default=None,
+                    help="code widths R for Quest's equal-bytes rows (default: --bits)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -56,6 +64,7 @@ def main(argv=None) -> int:
     from gsa.eval.harness import _tokens, quest_extra_fraction
     from gsa.eval.model import TeacherForcedRun, eval_config, load_model
     from gsa.hash_codes import key_codes, query_codes
+    quest_bits = args.quest_bits or [args.bits]
     from gsa.policy import GSAPolicy
 
     model, tok, cfg = load_model(args.model)
@@ -98,11 +107,19 @@ def main(argv=None) -> int:
             _, _, forced = S.budgets_for(pol, layer, seq)
             orc = S.oracle_select(pol, layer, mass, seq)
             acc.add(f"bs={bs}/oracle", layer, M.mass_recall(mass, orc))
-            quest = S.quest_select(pol, layer, qs, k_all, seq, scale)
+            n_blocks = torch.as_tensor(pol.n_blocks(seq.numpy()))
+            qsc = S.quest_scores(qs, k_all, bs, scale).cpu()
+            quest = S.quest_select_extra(pol, layer, qsc, seq, torch.zeros_like(n_blocks))
             acc.add(f"bs={bs}/quest", layer, M.mass_recall(mass, quest))
-            qb = S.quest_select(pol, layer, qs, k_all, seq, scale,
-                                budget_add=quest_extra_fraction(args.bits, d, bs))
-            acc.add(f"bs={bs}/quest_eqbytes", layer, M.mass_recall(mass, qb))
+            for r in sorted(set(quest_bits) | {args.bits}):
+                a = quest_extra_fraction(r, d, bs)
+                qb = S.quest_select_extra(pol, layer, qsc, seq, torch.ceil(a * n_blocks.double()).long())
+                acc.add(f"bs={bs}/quest_eqbytes_b{r}", layer, M.mass_recall(mass, qb))
+                if r == args.bits:
+                    acc.add(f"bs={bs}/quest_eqbytes", layer, M.mass_recall(mass, qb))
+                floor, exact = S.quest_equal_bytes_recall(pol, layer, qsc, mass, seq, a)
+                acc.add(f"bs={bs}/quest_eqbytes_floor_b{r}", layer, floor)
+                acc.add(f"bs={bs}/quest_eqbytes_exact_b{r}", layer, exact)
             for name, (qc, kc) in codes.items():
                 sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)
                 acc.add(f"bs={bs}/gsa_{name}", layer, M.mass_recall(mass, sel))
@@ -121,7 +138,7 @@ def main(argv=None) -> int:
     names = sorted(acc.names())
     res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
                     "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratio": args.ratio,
-                    "bits": args.bits, "block_sizes": args.block_sizes, "weights": args.weights,
+                    "bits": args.bits, "quest_bits": sorted(set(quest_bits) | {args.bits}), "block_sizes": args.block_sizes, "weights": args.weights,
                     "must_select_blocks": list(cfg.must_select_blocks), "sparse_layers": sparse_layers,
                     "metric": "attention-mass recall (mean over sampled decode positions, heads, sparse layers)",
                     "seconds": round(time.time() - t0, 1), "code_seconds": {k: round(v, 1) for k, v in code_s.items()},
@@ -134,6 +151,10 @@ def main(argv=None) -> int:
         orc = res["overall"][f"bs={bs}/oracle"]
         print(f"block size {bs}: oracle {orc:.4f}, quest {res['overall'][f'bs={bs}/quest']:.4f}, "
               f"quest same bytes {res['overall'][f'bs={bs}/quest_eqbytes']:.4f}")
+        for r in res["meta"]["quest_bits"]:
+            ov = res["overall"]
+            print(f"  quest at {r}-bit bytes: rounded up {ov[f'bs={bs}/quest_eqbytes_b{r}']:.4f}, "
+                  f"down {ov[f'bs={bs}/quest_eqbytes_floor_b{r}']:.4f}, exact {ov[f'bs={bs}/quest_eqbytes_exact_b{r}']:.4f}")
         for name in variants:
             v = res["overall"][f"bs={bs}/gsa_{name}"]
             print(f"  gsa {name:10s} {v:.4f}  ({v / orc:.3f} x oracle)")

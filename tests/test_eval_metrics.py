@@ -138,6 +138,31 @@ def test_quest_equal_bytes_allowance_rule():
     assert int(big.sum()) == 200
 
 
+
+def test_quest_equal_bytes_recall_interpolates_between_whole_blocks():
+    """Hand-made masses: 1 row of 10 blocks (8 tokens each), no forced blocks, budget
+    ceil(0.25 * 10) = 3. Quest's scores rank blocks 0..9 in order; block b holds mass
+    m_b. At a = 0.1 * 10 = 1 extra block exactly: floor = exact = recall(4 blocks). At
+    a = 0.05 * 10 = 0.5: floor = recall(3), exact = halfway to recall(4). Negative
+    allowances round down too (-0.5 -> -1 block, exact halfway between 2 and 3)."""
+    cfg = _cfg(must_select_blocks=[], hash_bits=64)
+    pol = GSAPolicy(cfg, "cpu")
+    m = torch.tensor([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.01, 0.01])
+    mass = m.reshape(1, 1, 10).repeat(1, 4, 1)  # 4 query heads, the same masses
+    scores = torch.arange(10, 0, -1).float().unsqueeze(0)  # block 0 ranked first
+    seq = torch.tensor([80])
+    r = lambda n: float(m[:n].sum())  # noqa: E731
+    floor, exact = S.quest_equal_bytes_recall(pol, 1, scores, mass, seq, 0.1)
+    assert floor.tolist() == pytest.approx([r(4)]) and exact.tolist() == pytest.approx([r(4)])
+    floor, exact = S.quest_equal_bytes_recall(pol, 1, scores, mass, seq, 0.05)
+    assert floor.tolist() == pytest.approx([r(3)]) and exact.tolist() == pytest.approx([(r(3) + r(4)) / 2])
+    floor, exact = S.quest_equal_bytes_recall(pol, 1, scores, mass, seq, -0.05)
+    assert floor.tolist() == pytest.approx([r(2)]) and exact.tolist() == pytest.approx([(r(2) + r(3)) / 2])
+    # quest_select_extra is quest_select's budget rule with a whole number of blocks
+    for extra in (-5, -1, 0, 2, 20):
+        sel = S.quest_select_extra(pol, 1, scores, seq, torch.tensor([extra]))
+        assert int(sel.sum()) == min(10, max(0, 3 + extra)) and bool(sel[0, : int(sel.sum())].all())
+
 def test_code_quality_diagnostics_hand_checked():
     # 10 keys, 1 KV head, 16 bits: byte 0 all 0xFF (8 constant bits), byte 1 alternating 0x00 / 0xFF
     k_codes = torch.zeros(10, 1, 2, dtype=torch.uint8)

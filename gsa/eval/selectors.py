@@ -23,11 +23,11 @@ from typing import Optional, Sequence
 import torch
 
 from gsa import ops
-from gsa.eval.metrics import unpack_signs
+from gsa.eval.metrics import mass_recall, unpack_signs
 from gsa.policy import GSAPolicy
 
 __all__ = ["unpack_signs", "select_top", "quest_scores", "budgets_for", "gsa_select", "oracle_select",
-           "quest_select", "block_mass", "dense_probs"]
+           "quest_select", "quest_select_extra", "quest_equal_bytes_recall", "block_mass", "dense_probs"]
 
 
 def budgets_for(policy: GSAPolicy, layer: int, seq_lens: torch.Tensor) -> tuple:
@@ -179,8 +179,38 @@ def quest_select(policy: GSAPolicy, layer: int, q: torch.Tensor, k: torch.Tensor
     Partial last blocks use their valid tokens; they are forced anyway with the
     shipped ``must_select_blocks``."""
     scores = quest_scores(q, k, policy.config.chunk_size, scale).cpu()
+    n_blocks = torch.as_tensor(policy.n_blocks(seq_lens.cpu().numpy()))
+    extra = torch.ceil(budget_add * n_blocks.double()).long() if budget_add else torch.zeros_like(n_blocks)
+    return quest_select_extra(policy, layer, scores, seq_lens, extra)
+
+
+def quest_select_extra(policy: GSAPolicy, layer: int, scores: torch.Tensor, seq_lens: torch.Tensor,
+                       extra: torch.Tensor) -> torch.Tensor:
+    """Quest's selection from its block ``scores float [N, NBLK]`` (:func:`quest_scores`)
+    at the spec-8 budget plus ``extra int64 [N]`` blocks per row (signed), kept within
+    ``[n_forced, n_blocks]`` -> ``bool [N, NBLK]``."""
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
-    if budget_add:
-        bud = torch.minimum(n_blocks, bud + torch.ceil(budget_add * n_blocks.double()).long())
-        bud = torch.maximum(bud, forced.sum(dim=1).to(bud.dtype))
+    bud = torch.minimum(n_blocks, bud + extra.to(bud.dtype))
+    bud = torch.maximum(bud, forced.sum(dim=1).to(bud.dtype))
     return select_top(scores, n_blocks, bud, forced)
+
+
+def quest_equal_bytes_recall(policy: GSAPolicy, layer: int, scores: torch.Tensor, mass: torch.Tensor,
+                             seq_lens: torch.Tensor, budget_add: float) -> tuple:
+    """Quest's attention-mass recall at *exactly* GSA's bytes, without rounding blocks.
+
+    The equal-bytes allowance ``a = budget_add * n_blocks`` (``budget_add`` from
+    :func:`gsa.eval.harness.quest_extra_fraction`) is a fraction of a block in general;
+    :func:`quest_select` rounds it up (Quest's favour). Here, per row, with ``f = a -
+    floor(a)``: ``floor`` = the recall at ``floor(a)`` extra blocks (Quest never reads
+    more bytes than GSA), ``exact = (1 - f) recall(floor(a)) + f recall(floor(a) + 1)``,
+    the expected recall of a Quest that reads the one extra block with probability
+    ``f``, i.e. exactly GSA's bytes on average. ``scores [N, NBLK]``, ``mass float [N,
+    Hq, NBLK]`` (:func:`block_mass`) -> ``(floor, exact)``, each ``float [N]``."""
+    n_blocks = torch.as_tensor(policy.n_blocks(seq_lens.cpu().numpy()))
+    a = budget_add * n_blocks.double()
+    lo = torch.floor(a)
+    f = (a - lo).float()
+    r_lo = mass_recall(mass, quest_select_extra(policy, layer, scores, seq_lens, lo.long()))
+    r_hi = mass_recall(mass, quest_select_extra(policy, layer, scores, seq_lens, lo.long() + 1))
+    return r_lo, (1 - f) * r_lo + f * r_hi
