@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 __all__ = ["study_rows", "markdown", "plot", "main"]
 
-_PEERS = (("oracle", "oracle"), ("quest", "Quest same blocks"), ("quest_eqbytes", "Quest same bytes"))
+_PEERS = (("oracle", "oracle"), ("quest", "Quest same blocks"), ("quest_eqbytes", "Quest same bytes"),
+          ("quest_exact", "Quest exact bytes"))  # the last only in runs with mlp_codes_study's exact rows
 
 
 def _variants(res: dict) -> List[str]:
@@ -47,7 +48,8 @@ def study_rows(results: Sequence[dict], tol: float = 1e-6) -> List[dict]:
                 m = ov[f"bs={bs}/gsa_{n}"]
                 gsa[n] = (m, m / orc, ov.get(f"bs={bs}/gsa_{n}/block_recall"))
             row = {"bits": bits, "block_size": bs, "oracle": orc, "quest": ov[f"bs={bs}/quest"],
-                   "quest_eqbytes": ov[f"bs={bs}/quest_eqbytes"], "gsa": gsa}
+                   "quest_eqbytes": ov[f"bs={bs}/quest_eqbytes"],
+                   "quest_exact": ov.get(f"bs={bs}/quest_eqbytes_exact_b{bits}"), "gsa": gsa}
             same = [r for r in rows if (r["bits"], r["block_size"]) == (bits, bs)
                     and all(abs(r[k] - row[k]) < tol for k in ("oracle", "quest", "quest_eqbytes"))]
             if same:  # another run on the same rows (equal oracle and Quest): one row, its selectors added
@@ -64,10 +66,12 @@ def markdown(results: Sequence[dict], title: str) -> str:
     head = "| bits | block | " + " | ".join(lbl for _, lbl in _PEERS) + " | " + " | ".join(f"GSA {n}" for n in names) + " |"
     lines = [f"# {title}", "", "Mean attention-mass recall over sampled decode rows, query heads and sparse "
              "layers; GSA cells: mass recall (x oracle; block recall vs the oracle's free picks). "
-             "Quest same bytes: Quest given the KV its smaller metadata saves at this code width.", "",
+             "Quest same bytes: Quest given the KV its smaller metadata saves at this code width "
+             "(whole blocks, rounded up); Quest exact bytes: the same allowance without rounding "
+             "(the fractional block read with that probability; gsa.eval.selectors.quest_equal_bytes_recall).", "",
              head, "|---|---|" + "---|" * (len(_PEERS) + len(names))]
     for r in rows:
-        peers = " | ".join(f"{r[k]:.4f}" for k, _ in _PEERS)
+        peers = " | ".join("-" if r[k] is None else f"{r[k]:.4f}" for k, _ in _PEERS)
         cells = []
         for n in names:
             if n not in r["gsa"]:
@@ -98,7 +102,8 @@ def plot(results: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pa
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) * len(names) / 4), 4))
     for i, n in enumerate(names):
-        vals = [r[n] if n in r else r["gsa"].get(n, (float("nan"),))[0] for r in rows]
+        vals = [(float("nan") if r[n] is None else r[n]) if n in r else r["gsa"].get(n, (float("nan"),))[0]
+                for r in rows]
         ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(rows))], vals, width,
                label=n if n in dict(_PEERS) else f"GSA {n}")
     ax.set_xticks(range(len(rows)), [f"{r['bits']} bits, bs {r['block_size']}" for r in rows])

@@ -47,9 +47,18 @@ def test_rows_give_mass_recall_and_multiple_of_the_oracle():
 def test_markdown_cells_and_missing_selector(tmp_path):
     mod = _load()
     md = mod.markdown(_two_runs(), "t")
-    assert "| 128 | 32 | 0.8000 | 0.7000 | 0.7500 | 0.6000 (0.750 x; 0.250) | 0.7800 (0.975 x; 0.500) |" in md
-    assert "| 256 | 32 | 0.8000 | 0.7000 | 0.9000 | 0.6400 (0.800 x; 0.375) | - |" in md
+    # runs without the exact-bytes rows show "-" for Quest exact bytes
+    assert "| 128 | 32 | 0.8000 | 0.7000 | 0.7500 | - | 0.6000 (0.750 x; 0.250) | 0.7800 (0.975 x; 0.500) |" in md
+    assert "| 256 | 32 | 0.8000 | 0.7000 | 0.9000 | - | 0.6400 (0.800 x; 0.375) | - |" in md
     assert "python benchmarks/mlp_codes_study.py --bits 128" in md
+
+
+def test_exact_bytes_column_comes_from_the_runs_own_width():
+    mod = _load()
+    a, _ = _two_runs()
+    a["overall"].update({"bs=32/quest_eqbytes_exact_b128": 0.7375, "bs=32/quest_eqbytes_exact_b64": 0.1})
+    md = mod.markdown([a], "t")
+    assert "| 128 | 32 | 0.8000 | 0.7000 | 0.7500 | 0.7375 | 0.6000 (0.750 x; 0.250) |" in md
 
 
 def test_cli_writes_markdown_and_plot(tmp_path):
