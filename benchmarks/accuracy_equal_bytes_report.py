@@ -16,8 +16,7 @@ writes ``<out>.md`` and ``<out>.png`` (no plot, with a printed reason, without m
 """
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import pathlib
 import re
 import statistics
@@ -133,21 +132,10 @@ def plot(results: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pa
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", nargs="+", help="mlp_codes_study.py JSON files")
-    ap.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.png")
-    ap.add_argument("--title", default="GSA vs Quest at equal bytes, ratio 1/8")
-    args = ap.parse_args(argv)
-    results = [json.loads(pathlib.Path(p).read_text()) for p in args.results]
-    stem = pathlib.Path(args.out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    md = pathlib.Path(f"{stem}.md")
-    md.write_text(markdown(results, args.title))
-    print(md)
-    png = plot(results, pathlib.Path(f"{stem}.png"), args.title)
-    if png:
-        print(png)
-    return 0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from codes_study_report import report_main
+
+    return report_main(argv, __doc__, markdown, plot, "GSA vs Quest at equal bytes, ratio 1/8")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = ["study_rows", "markdown", "plot", "main"]
 
@@ -122,25 +122,35 @@ def plot(results: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pa
     return path
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def report_main(argv, description, markdown_fn, plot_fn, default_title) -> int:
+    """The command line of this script and ``accuracy_equal_bytes_report.py``: study JSON files in,
+    ``STEM.md`` and ``STEM.png`` out. ``default_title``: a string, or a function of the results."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="mlp_codes_study.py JSON files")
     ap.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.png")
     ap.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     results = [json.loads(pathlib.Path(p).read_text()) for p in args.results]
-    m = results[0]["meta"]
-    title = args.title or (f"{m['model']}: codes vs oracle and Quest, ratio {m['ratio']}, "
-                           f"{m['book']} {m['prefix']}+{m['eval_tokens']} tokens")
+    title = args.title or (default_title(results) if callable(default_title) else default_title)
     stem = pathlib.Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md = pathlib.Path(f"{stem}.md")
-    md.write_text(markdown(results, title))
+    md.write_text(markdown_fn(results, title))
     print(md)
-    png = plot(results, pathlib.Path(f"{stem}.png"), title)
+    png = plot_fn(results, pathlib.Path(f"{stem}.png"), title)
     if png:
         print(png)
     return 0
+
+
+def _title(results) -> str:
+    m = results[0]["meta"]
+    return (f"{m['model']}: codes vs oracle and Quest, ratio {m['ratio']}, "
+            f"{m['book']} {m['prefix']}+{m['eval_tokens']} tokens")
+
+
+def main(argv=None) -> int:
+    return report_main(argv, __doc__, markdown, plot, _title)
 
 
 if __name__ == "__main__":
