@@ -154,11 +154,7 @@ def run_variant(name: str, spec: dict, data: dict) -> tuple:
             for l in off.layers:
                 off.maps[l] = ResidencyMap(NB, pool, dev, backend=False)
                 off.maps[l].now_t = off.now_t
-        for l in off.layers:
-            off.host_k[l][:NB].copy_(kv[l][0])
-            off.host_v[l][:NB].copy_(kv[l][1])
-            if l in off.hash_caches:
-                off.hash_caches[l].copy_(caches[l])
+        off.load_prefilled(kv, caches)
         offs.append(off)
     layers = offs[0].layers
     table_p = torch.zeros(B, M, dtype=torch.int32, device=dev)

@@ -60,12 +60,7 @@ class OffloadedRun(PagedRun):
 def attach(run: OffloadedRun, pool_blocks, **kw) -> OffloadedGSA:
     """An OffloadedGSA over ``run``'s config, loaded with its prefilled KV and codes."""
     off = OffloadedGSA(run.gsa, run.nb, pool_blocks, 1, run.nb * run.bs, run.hkv, run.d, run.dtype, **kw)
-    for l in off.layers:
-        off.host_k[l][: run.nb].copy_(run.k_cache[l])
-        off.host_v[l][: run.nb].copy_(run.v_cache[l])
-        src = run.gsa.policy.layer(l).selection_layer
-        if l == src:
-            (off.cpu_topk.codes if off.cpu_topk else off.hash_caches)[l].copy_(run.hash_caches[l])
+    off.load_prefilled({l: (run.k_cache[l], run.v_cache[l]) for l in off.layers}, run.hash_caches)
     run.off = off
     return off
 

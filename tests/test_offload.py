@@ -447,3 +447,25 @@ def test_uva_mover_on_cuda_equals_staged():
     assert torch.equal(movers[0].pool_v[used], movers[1].pool_v[used])
     assert torch.equal(movers[0].host_k[:nb], movers[1].host_k[:nb])
     assert torch.equal(movers[0].host_v[:nb], movers[1].host_v[:nb])
+
+
+@pytest.mark.parametrize("selector", ["device", "cpu"])
+def test_load_prefilled_fills_host_tier_and_codes(selector):
+    # a prefilled model's paged KV (fewer blocks than the host tier) and the scoring layers' codes:
+    # into host_k / host_v and into the device hash caches or the CPU top-k host codes
+    cfg = GSAConfig(**CFG)
+    gs = GSASparse(cfg, "cpu", block_size=BS)
+    off = OffloadedGSA(gs, 64, min_pool_blocks(gs, 3, 48), 3, 48, HKV, D, prefetch=None, selector=selector)
+    gen = torch.Generator().manual_seed(3)
+    kv = {l: [torch.randn(40, BS, HKV, D, generator=gen).to(torch.bfloat16) for _ in range(2)] for l in off.layers}
+    caches = gs.allocate_hash_caches(64)
+    for hc in caches.values():
+        hc.copy_(torch.randint(0, 256, hc.shape, dtype=torch.uint8, generator=gen))
+    off.load_prefilled(kv, caches)
+    codes = off.cpu_topk.codes if selector == "cpu" else off.hash_caches
+    assert set(codes) == {1, 2} and off.layers == (1, 2, 3)  # layer 3 reuses layer 1's selection
+    for l in off.layers:
+        assert torch.equal(off.host_k[l][:40], kv[l][0]) and torch.equal(off.host_v[l][:40], kv[l][1])
+        assert torch.count_nonzero(off.host_k[l][40:]) == 0
+    for l in codes:
+        assert torch.equal(codes[l], caches[l])

@@ -48,11 +48,7 @@ def _setup(prefetch, eviction, n=2, seed=0):
     for _ in range(n):
         off = OffloadedGSA(GSASparse(cfg, "cpu", block_size=BS), NB, pool, B, M * BS, HKV, D, torch.bfloat16,
                            prefetch=prefetch, eviction=eviction)
-        for l in off.layers:
-            off.host_k[l][:NB].copy_(kv[l][0])
-            off.host_v[l][:NB].copy_(kv[l][1])
-            if l in off.hash_caches:
-                off.hash_caches[l].copy_(caches[l])
+        off.load_prefilled(kv, caches)
         offs.append(off)
     assert pool < NB
     table = torch.randperm(NB, generator=gen)[: B * M].reshape(B, M).to(torch.int32)

@@ -226,6 +226,20 @@ class OffloadedGSA:
         for pool, x in ((self.pool_k[layer], k), (self.pool_v[layer], v)):
             pool.view(-1, *pool.shape[2:]).index_copy_(0, flat, x.to(pool.dtype))
 
+    def load_prefilled(self, kv: Dict[int, Sequence[Tensor]], hash_caches: Dict[int, Tensor]) -> None:
+        """A prefilled model's state into the host tier: per offloaded layer ``kv[l] = (k, v)``,
+        paged ``[N, bs, Hkv, D]`` with ``N <= num_host_blocks`` (blocks ``0 .. N-1``), and each
+        scoring layer's codes ``hash_caches[l]`` (the device hash caches, or the CPU top-k
+        mode's host codes). The pool and residency are left as they are: load before the first
+        step, or call :meth:`reset_residency` after."""
+        codes = self.cpu_topk.codes if self.cpu_topk else self.hash_caches
+        for l in self.layers:
+            k, v = kv[l]
+            self.host_k[l][: k.shape[0]].copy_(k)
+            self.host_v[l][: v.shape[0]].copy_(v)
+            if l in codes:
+                codes[l].copy_(hash_caches[l])
+
     def _check_layer(self, layer: int) -> None:
         if layer not in self.maps:
             raise ValueError(f"GSA offload: layer {layer} is not offloaded (dense layers keep their KV on the "
