@@ -133,39 +133,26 @@ def _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, HW: tl.
     complement negation in ``m`` bits plus ``G`` when ``c = 0``, so its bit ``j < m`` is
     ``c_j ^ (lower bits of c not all 0)`` and its bit ``m`` is ``c_m ^ (all bits below m are 0)``.
     Bit 0 never depends on ``k`` (``sum popcount(c_0)`` is a per-program constant)."""
-    s = tl.sum(_popc(p0, HW), axis=0) + tl.zeros((k.shape[0],), dtype=tl.int32)
+    s = _neg_sum(k, p1, p0, 1, NP == 2, HW) + tl.sum(_popc(p0, HW), axis=0)
     low = p0
-    if NP == 2:
-        s += _neg_sum(k, p1, low, 1, True, HW)
-    else:
-        s += _neg_sum(k, p1, low, 1, False, HW)
+    if NP > 2:  # one plane more per line: OR the previous into `low`, the last plane is the top one
         low = low | p1
-        if NP == 3:
-            s += _neg_sum(k, p2, low, 2, True, HW)
-        else:
-            s += _neg_sum(k, p2, low, 2, False, HW)
-            low = low | p2
-            if NP == 4:
-                s += _neg_sum(k, p3, low, 3, True, HW)
-            else:
-                s += _neg_sum(k, p3, low, 3, False, HW)
-                low = low | p3
-                if NP == 5:
-                    s += _neg_sum(k, p4, low, 4, True, HW)
-                else:
-                    s += _neg_sum(k, p4, low, 4, False, HW)
-                    low = low | p4
-                    if NP == 6:
-                        s += _neg_sum(k, p5, low, 5, True, HW)
-                    else:
-                        s += _neg_sum(k, p5, low, 5, False, HW)
-                        low = low | p5
-                        if NP == 7:
-                            s += _neg_sum(k, p6, low, 6, True, HW)
-                        else:
-                            s += _neg_sum(k, p6, low, 6, False, HW)
-                            low = low | p6
-                            s += _neg_sum(k, p7, low, 7, True, HW)
+        s += _neg_sum(k, p2, low, 2, NP == 3, HW)
+    if NP > 3:
+        low = low | p2
+        s += _neg_sum(k, p3, low, 3, NP == 4, HW)
+    if NP > 4:
+        low = low | p3
+        s += _neg_sum(k, p4, low, 4, NP == 5, HW)
+    if NP > 5:
+        low = low | p4
+        s += _neg_sum(k, p5, low, 5, NP == 6, HW)
+    if NP > 6:
+        low = low | p5
+        s += _neg_sum(k, p6, low, 6, NP == 7, HW)
+    if NP > 7:
+        low = low | p6
+        s += _neg_sum(k, p7, low, 7, True, HW)
     return s
 
 
