@@ -23,6 +23,9 @@ import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script or loaded from its path
+from codes_study_report import report_main, study_commands  # noqa: E402
+
 __all__ = ["groups", "rows", "markdown", "plot", "main"]
 
 _SEED = re.compile(r"_s\d+$")
@@ -79,10 +82,7 @@ def markdown(results: Sequence[dict], title: str) -> str:
                          f"{_f(r['quest_up'])} | {_f(r['quest_exact'])} | {g} | {spread} | {mean / r['oracle']:.3f} | "
                          f"{pair(mu)} | {pair(me)} |")
     lines.append("")
-    for res in results:
-        m = res["meta"]
-        lines.append(f"- {m['model']}, {m['bits']} bits: `python benchmarks/mlp_codes_study.py {' '.join(m['argv'])}` "
-                     f"({m['seconds']} s, {m['threads']} threads, {m['date']})")
+    lines += study_commands(results, with_model=True)
     return "\n".join(lines) + "\n"
 
 
@@ -132,9 +132,6 @@ def plot(results: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pa
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from codes_study_report import report_main
-
     return report_main(argv, __doc__, markdown, plot, "GSA vs Quest at equal bytes, ratio 1/8")
 
 

@@ -81,11 +81,19 @@ def markdown(results: Sequence[dict], title: str) -> str:
             cells.append(f"{m:.4f} ({x:.3f} x; {'-' if br is None else f'{br:.3f}'})")
         lines.append(f"| {r['bits']} | {r['block_size']} | {peers} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += study_commands(results)
+    return "\n".join(lines) + "\n"
+
+
+def study_commands(results: Sequence[dict], with_model: bool = False) -> List[str]:
+    """One markdown line per study result: the command that made it, its time and date."""
+    out = []
     for res in results:
         m = res["meta"]
-        lines.append(f"- {m['bits']} bits: `python benchmarks/mlp_codes_study.py {' '.join(m['argv'])}` "
-                     f"({m['seconds']} s, {m['threads']} threads, {m['date']})")
-    return "\n".join(lines) + "\n"
+        who = f"{m['model']}, {m['bits']} bits" if with_model else f"{m['bits']} bits"
+        out.append(f"- {who}: `python benchmarks/mlp_codes_study.py {' '.join(m['argv'])}` "
+                   f"({m['seconds']} s, {m['threads']} threads, {m['date']})")
+    return out
 
 
 def plot(results: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
