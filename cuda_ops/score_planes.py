@@ -172,30 +172,30 @@ def _block_score_planes_kernel(
     NB, sq_b, sq_h, skc_n, skc_h, skc_t, sbt_b, so_b, M,
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
     W16: tl.constexpr, MEAN: tl.constexpr, NP: tl.constexpr, HW_POPC: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr, J: tl.constexpr = 1,
+    BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr, BLOCKS: tl.constexpr = 1,
     POW2: tl.constexpr = False,
 ):
-    """Blocks ``J * program_id(0)`` .. ``+ J - 1`` (those below ``M``) of row ``b = program_id(1)``;
+    """Blocks ``BLOCKS * program_id(0)`` .. ``+ BLOCKS - 1`` (those below ``M``) of row ``b = program_id(1)``;
     the arguments and the output of ``_block_score_kernel`` (``q int32 [B, Hq, W]``,
     ``kc int32 [NB, Hkv, BS, W]`` word views, ``out int32 [B, M]`` order keys; blocks past the
     sequence are not written) plus the table width ``M``. ``NP``: planes for counts up to ``G``;
-    ``HW_POPC``: the ``popc`` instruction (CUDA); ``J``: blocks per program (the query planes
-    are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``J > 1``); ``POW2``: ``G``
+    ``HW_POPC``: the ``popc`` instruction (CUDA); ``BLOCKS``: blocks per program (the query planes
+    are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``BLOCKS > 1``); ``POW2``: ``G``
     is a power of two >= 2 (``_diff_bits_pow2``: two popcounts fewer per key word)."""
     jp = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
-    if jp * J * BS < seq:
-        t = tl.arange(0, J * BLOCK_T)
-        jj = jp * J + t // BLOCK_T  # each token's logical block
+    if jp * BLOCKS * BS < seq:
+        t = tl.arange(0, BLOCKS * BLOCK_T)
+        jj = jp * BLOCKS + t // BLOCK_T  # each token's logical block
         tb = t % BLOCK_T
         tm = (tb < BS) & (jj < M)
         phys = tl.load(bt_ptr + b * sbt_b + jj, mask=tm, other=0)
         blk = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
         wm = tl.arange(0, BLOCK_WM)
         wr = tl.arange(0, BLOCK_WR)
-        pc_main = tl.zeros((J * BLOCK_T,), dtype=tl.int32)
-        pc_rope = tl.zeros((J * BLOCK_T,), dtype=tl.int32)
+        pc_main = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
+        pc_rope = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
         row = kc_ptr + blk[:, None] * skc_n + tb[:, None] * skc_t
         for h in range(HKV):
             k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
@@ -213,10 +213,10 @@ def _block_score_planes_kernel(
         if W_MAIN < W:
             s16 += W16 * (HKV * G * (W - W_MAIN) * 32 - 2 * pc_rope)
         valid = tm & (jj * BS + tb < seq)
-        if J == 1:
+        if BLOCKS == 1:
             key = _block_key(s16, valid, MEAN)
             tl.store(out_ptr + b * so_b + jp, key)
         else:
-            key = _block_key(tl.reshape(s16, (J, BLOCK_T)), tl.reshape(valid, (J, BLOCK_T)), MEAN, 1)
-            jo = jp * J + tl.arange(0, J)
+            key = _block_key(tl.reshape(s16, (BLOCKS, BLOCK_T)), tl.reshape(valid, (BLOCKS, BLOCK_T)), MEAN, 1)
+            jo = jp * BLOCKS + tl.arange(0, BLOCKS)
             tl.store(out_ptr + b * so_b + jo, key, mask=(jo < M) & (jo * BS < seq))

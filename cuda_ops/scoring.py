@@ -124,7 +124,7 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
         return _block_score_planes_kernel, q32, kc32, ints, dict(
             BS=bs, HKV=hkv, G=g, W=w, W_MAIN=w_main, W16=int(round(rope_score_weight * SCORE_SCALE)),
             MEAN=chunk_repre_method == "mean", NP=g.bit_length(), HW_POPC=bool(hw_popc), BLOCK_T=next_pow2(bs),
-            BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), J=int(blocks),
+            BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), BLOCKS=int(blocks),
             POW2=bool(knob(dev, "score_planes", "pow2", PLANES_POW2) if pow2 is None else pow2) and g >= 2 and
             g & (g - 1) == 0, num_warps=num_warps)
     if path not in ("hs", "swar"):
@@ -162,7 +162,7 @@ def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cac
     """The score launch of ``_score_launch``'s result into ``keys int32 [B, M]``."""
     b, m = block_table.shape
     if fn is _block_score_hs_kernel or fn is _block_score_planes_kernel:
-        j = consts.get("BLOCKS", consts.get("J", 1))
+        j = consts["BLOCKS"]
         launch(fn, (cdiv(m, j), b, 1), (q32, kc32, block_table, seq_lens, keys, *ints, block_table.stride(0),
                                          keys.stride(0), m), consts, cache)
     else:
