@@ -30,8 +30,16 @@ case "$cmd" in
     rc=0
     for spec in "$@"; do
       echo "=== engine: $spec"
+      # GPU clocks, power and throttle reasons every 0.5 s while the engine runs: a run-to-run
+      # spread of the step time (PIECEWISE) is either the GPU slowing down or the host
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv,noheader -lms 500 > /tmp/clocks.csv 2>/dev/null &
+      smi=$!
       PYTHONUNBUFFERED=1 timeout "${E2E_TIMEOUT:-400}" python3 "$here/vllm_e2e.py" --spec "$spec" --out "${OUT:-/tmp/out}" \
         > /tmp/e2e.log 2>&1 || rc=$?
+      kill "$smi" 2>/dev/null || true
+      python3 "$here/clocks_summary.py" /tmp/clocks.csv >> /tmp/e2e.log 2>&1 || true
+      tail -1 /tmp/e2e.log
       grep -E "^\[e2e\]|Error|error|cudagraph|CUDAGraph|GSA" /tmp/e2e.log | grep -v "^\s*$" | cut -c1-600 | tail -25
       cp /tmp/e2e.log "${OUT:-/tmp/out}/e2e_$(echo "$spec" | md5sum | cut -c1-6).log" 2>/dev/null || true
     done
