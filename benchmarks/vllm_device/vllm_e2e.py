@@ -125,21 +125,26 @@ def main() -> None:
         toks = {rid: [] for rid in ids}
         t_first = None
         steps_ms = []  # wall time of each decode step (after every request has its first token)
+        cpu_ms = []  # this thread's CPU time in each of those steps: wall >> CPU means waiting
+        host = _HostWatch()
         while eng.has_unfinished_requests():
-            t_s = time.perf_counter()
+            t_s, c_s = time.perf_counter(), time.thread_time()
             for o in eng.step():
                 if o.request_id in toks:
                     toks[o.request_id] = list(o.outputs[0].token_ids)
             if t_first is not None:
                 steps_ms.append((time.perf_counter() - t_s) * 1e3)
+                cpu_ms.append((time.thread_time() - c_s) * 1e3)
             elif all(len(v) >= 1 for v in toks.values()):
                 t_first = time.perf_counter()
+                host.start()
                 if prof is not None:
                     prof.enable()
         t_end = time.perf_counter()
         if prof is not None:
             prof.disable()
-        return t_end - t_first, t_first - t0, [toks[r] for r in ids], steps_ms
+        host.stop(cpu_ms)
+        return t_end - t_first, t_first - t0, [toks[r] for r in ids], steps_ms, host.report
 
     decode_run(prompts(2, 512), 4)  # warm-up (small: the runs' own shapes may still compile at their first steps)
     n_new = spec.get("max_tokens", 129)
@@ -161,7 +166,7 @@ def main() -> None:
         elif i_run in spec.get("sync_debug_runs", []) or i_run in spec.get("torch_profile_runs", []):
             prof = _Diag(sync=i_run in spec.get("sync_debug_runs", []),
                          gpu=i_run in spec.get("torch_profile_runs", []))
-        t_dec, t_pre, toks, steps_ms = decode_run(ps, n_new, prof)
+        t_dec, t_pre, toks, steps_ms, host = decode_run(ps, n_new, prof)
         dec = batch * (n_new - 1) / t_dec
         srt = sorted(steps_ms)
         med = srt[len(srt) // 2] if srt else float("nan")
@@ -176,7 +181,7 @@ def main() -> None:
                    variant=spec.get("variant"),
                    step_ms_median=med, decode_tok_s_median=batch * 1e3 / med if srt else None,
                    first_steps_ms=[round(x, 2) for x in steps_ms[:4]], step_ms_max=srt[-1] if srt else None,
-                   slow_steps=sum(x > 2 * med for x in steps_ms))
+                   slow_steps=sum(x > 2 * med for x in steps_ms), host=host)
         if isinstance(prof, _Diag):
             row.update(prof.report(n_new - 1, t_dec))
             row["superseded"] = "diagnostic run (sync-debug warnings or torch profiler in its timing)"
@@ -194,6 +199,67 @@ def main() -> None:
         print("[e2e] ROW", json.dumps(row), flush=True)
         with open(rows_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _cpu_mhz() -> float | None:
+    """Mean current clock of the host's CPUs (``/proc/cpuinfo``; None where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            mhz = [float(line.split(":")[1]) for line in fh if line.startswith("cpu MHz")]
+        return round(sum(mhz) / len(mhz), 1) if mhz else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _HostWatch:
+    """What the host did during a run's decode steps: this thread's CPU time per step (median;
+    against the median wall step it says whether a slow run computed more or waited more), the
+    process's CPU time, the load average and CPU clocks at start and end, and the garbage
+    collections (count and time per generation)."""
+
+    def __init__(self) -> None:
+        self.report: dict = {}
+        self._gc = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        self._t = 0.0
+
+    def _cb(self, phase, info) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            g = self._gc.setdefault(info.get("generation", -1), [0, 0.0])
+            g[0] += 1
+            g[1] += time.perf_counter() - self._t
+
+    def start(self) -> None:
+        import gc
+
+        self._p0 = time.process_time()
+        self._w0 = time.perf_counter()
+        self.report = {"load_start": _loadavg(), "cpu_mhz_start": _cpu_mhz()}
+        gc.callbacks.append(self._cb)
+
+    def stop(self, cpu_ms) -> None:
+        import gc
+
+        if self._cb in gc.callbacks:
+            gc.callbacks.remove(self._cb)
+        if not self.report:
+            return
+        srt = sorted(cpu_ms)
+        wall = time.perf_counter() - self._w0
+        self.report.update(
+            thread_cpu_ms_median=round(srt[len(srt) // 2], 3) if srt else None,
+            process_cpu_per_wall=round((time.process_time() - self._p0) / wall, 3) if wall > 0 else None,
+            load_end=_loadavg(), cpu_mhz_end=_cpu_mhz(),
+            gc={str(k): {"n": v[0], "ms": round(v[1] * 1e3, 2)} for k, v in self._gc.items() if v[0]})
+
+
+def _loadavg() -> str | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return None
 
 
 class _Diag:
