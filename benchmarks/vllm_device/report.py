@@ -80,6 +80,19 @@ def main():
                     for r in checks), "",
           "A bad GSA config at start-up: " + "; ".join(r["error"] for r in bad), "",
           f"Published reference: {UCM['note']} ({UCM['gain']:.2f}x)."]
+    hosts = [r for r in rows if r.get("host") and r["host"].get("thread_cpu_ms_median") is not None]
+    if hosts:
+        L += ["", "Host time during decode (rows that recorded it): the engine thread's CPU time per step against the "
+              "step's wall time (medians). CPU close to wall: the step is the host's own work (host-bound); wall well "
+              "above CPU: the host waits for the GPU. gc: garbage collections during the run's decode steps.", "",
+              "| model | context x batch | mode | config | median step ms | thread CPU ms/step | CPU / wall | gc (generation: count, ms) | commit |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in hosts:
+            h = r["host"]
+            gcs = ", ".join(f"{g}: {v['n']}, {v['ms']:.0f}" for g, v in sorted(h.get("gc", {}).items())) or "-"
+            L.append(f"| {r['model']} | {r['context'] // 1024}K x {r['batch']} | {r['cudagraph_mode_kept']} | {r['config']} | "
+                     f"{r['step_ms_median']:.2f} | {h['thread_cpu_ms_median']:.2f} | "
+                     f"{h['thread_cpu_ms_median'] / r['step_ms_median']:.2f} | {gcs} | {r.get('commit') or ''} |")
     for r in (r for r in rows if r.get("profile_top")):
         L += ["", f"Host-time profile (cProfile over the decode steps; its own overhead inflates Python-heavy "
               f"entries): {r['model']}, {r['context'] // 1024}K x {r['batch']}, {r['cudagraph_mode']}, {r['config']}, "
