@@ -26,6 +26,7 @@ is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sw
 
     python benchmarks/kernel_sweep.py --out DIR
     python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
+    python benchmarks/kernel_sweep.py --out DIR --parts hash16  # hash.prec16 vs the bf16 split (reported only)
 
 With ``--parts`` the tuning file written keeps the committed file's choices for the
 kernels not swept.
@@ -462,6 +463,10 @@ def main(out_dir: str, parts) -> None:
         from kernel_sweep_decode import sweep_hash_decode
 
         sweep_hash_decode(res, gen)
+    if "hash16" in parts:  # measured and reported, never chosen (it changes in-band bits)
+        from kernel_sweep_decode import sweep_hash_prec16
+
+        sweep_hash_prec16(res, gen, res["copy_tbs"])
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
     # a partial run (--parts) keeps the committed file's choices for the kernels it did not sweep

@@ -1,6 +1,7 @@
-"""Launch sweeps of ``kernel_sweep.py`` beyond the GQA engine-step shapes (``--parts mla,hashdec``):
-the group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes, and a decode step's hashing
-(few rows: MLA keys and query, GQA keys and query). Same rules as the main sweep: CUDA-graph
+"""Launch sweeps of ``kernel_sweep.py`` beyond the GQA engine-step shapes (``--parts mla,hashdec,hash16``):
+the group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes, a decode step's hashing
+(few rows: MLA keys and query, GQA keys and query), and ``hash.prec16`` (one fp16 product) against
+the bf16 split at 64K tokens. Same rules as the main sweep: CUDA-graph
 replay medians, every variant's output compared with the default launch, a differing variant
 reported and never chosen; ``kernel_sweep.choose`` turns the rows into tuning knobs.
 """
@@ -85,3 +86,55 @@ def sweep_hash_decode(res, gen):
             rows.setdefault(name, []).append(dict(block_c=bc, us=ms * 1e3, same=bool(torch.equal(out, outs[16]))))
         progress(f"hash decode {name}: " + ", ".join(f"{r['block_c']}: {r['us']:.1f}us"
                                                      + ("" if r["same"] else " DIFFERENT") for r in rows[name]))
+
+
+HASH16_GRID = dict(block_m=(64, 128), num_warps=(4, 8), per_sm=(1, 2, 4))
+
+
+def _bits_vs_float64(k, w, codes):
+    """(bits differing from the float64 projection, of them outside spec 2's band, total bits)
+    for ``k [T, H, D]`` against ``w [H, D, R]`` (one weight per key head), on the GPU."""
+    y = torch.einsum("thd,hdr->thr", k.double(), w.double())
+    band = 1e-3 * k.double().norm(dim=-1, keepdim=True) * w.double().norm(dim=1)[None]
+    shifts = torch.arange(8, device=codes.device)
+    bits = ((codes.long()[..., None] >> shifts) & 1).flatten(-2).bool()
+    diff = bits != (y > 0)
+    return int(diff.sum()), int((diff & (y.abs() > band)).sum()), diff.numel()
+
+
+def sweep_hash_prec16(res, gen, copy):
+    """``hash_encode_and_cache`` at 64K tokens (8 KV heads, D = R = 128, bf16 keys): the bf16 split
+    (two products, the default) against ``hash.prec16`` (one fp16 product on power-of-two scaled rows
+    and columns) per launch; fraction of copy bandwidth, and each mode's bits against float64 (how
+    many differ, how many of those lie outside spec 2's band: must be 0)."""
+    from cuda_ops import hashing
+
+    t = 65536
+    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
+    slots = torch.arange(t, device="cuda")  # in order: the cache rows are the tokens' codes
+    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    rows = res.setdefault("hash16", [])
+    for p16 in (False, True):
+        for bm, nw, ps in itertools.product(*HASH16_GRID.values()):
+            row = dict(prec16=p16, block_m=bm, num_warps=nw, per_sm=ps)
+            try:
+                hc.zero_()
+                ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw,
+                                                                    per_sm=ps, pack_dot=True, hoist=False,
+                                                                    prec16=p16))
+                codes = hc.permute(0, 2, 1, 3).reshape(t, HKV, R // 8)
+                n_diff, n_out, n_bits = _bits_vs_float64(k, w, codes)
+                row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, bits_differ=n_diff, outside_band=n_out,
+                           bits=n_bits)
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+            rows.append(row)
+    for p16 in (False, True):
+        ok = [r for r in rows if r["prec16"] == p16 and "error" not in r]
+        if ok:
+            b = min(ok, key=lambda r: r["ms"])
+            progress(f"hash prec16={p16}: best {b['ms'] * 1e3:.1f} us = {b['frac_copy']:.1%} of copy "
+                     f"({b['block_m']} rows, {b['num_warps']} warps, {b['per_sm']}/SM); bits vs float64: "
+                     f"{b['bits_differ']} of {b['bits']} differ, {b['outside_band']} outside the band")

@@ -83,4 +83,16 @@ def markdown(res) -> str:
         for name, rows in res["hash_decode"].items():
             lines.append(f"| {name} | " + " | ".join(f"{r['us']:.1f}" + ("" if r["same"] else " DIFFERENT")
                                                      for r in rows) + " |")
+    if "hash16" in res:
+        lines += ["", "hash_encode_and_cache, 64K tokens, bf16 split (default) vs `hash.prec16` (one fp16 product; "
+                  "reported, never chosen): us, fraction of copy, bits differing from float64 (outside spec 2's band)", "",
+                  "| prec16 | rows | warps | per SM | us | of copy | bits differing from float64 (outside the band) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["hash16"]:
+            if "error" in r:
+                lines.append(f"| {r['prec16']} | {r['block_m']} | {r['num_warps']} | {r['per_sm']} | error: "
+                             f"{r['error']} | | |")
+            else:
+                lines.append(f"| {r['prec16']} | {r['block_m']} | {r['num_warps']} | {r['per_sm']} | {r['ms'] * 1e3:.1f} | "
+                             f"{r['frac_copy']:.1%} | {r['bits_differ']} of {r['bits']} ({r['outside_band']}) |")
     return "\n".join(lines) + "\n"

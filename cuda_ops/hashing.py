@@ -21,6 +21,16 @@ they use the tensor cores on a two-term split of the weight,
 ``W = W_hi + W_lo`` (both bf16, fp32 accumulation): the split leaves a relative
 error of about ``2**-17`` per weight, far inside the spec's ``1e-3`` band, and
 is 10-20x faster than the FMA path that ``ieee`` compiles to.
+
+Launch choice ``hash.prec16`` (one tensor-core product instead of two; default off): a
+code bit is only a sign, so each row of ``x`` and each column of ``W`` may be scaled by
+any power of two. The kernel scales each row's largest magnitude into ``[2**14, 2**15)``
+(bf16 values there are exact in fp16) and each weight column likewise, rounds the weight
+to fp16 (relative error at most ``2**-11`` per weight) and runs one fp16 product with
+fp32 accumulation. The projection error is then at most ``2**-11 * ||x|| * ||W[:, r]||``,
+half of spec 2's band (the two-term split: ``2**-17``), so more bits near zero may differ
+from other backends, all inside the band. Spec 13 thresholds are scaled by the same powers
+of two. Only where one weight tile covers ``D`` (GQA, ``D <= 128``).
 """
 from __future__ import annotations
 
@@ -38,6 +48,7 @@ PREFETCH_DEFAULT = True  # load the next row tile before projecting this one (wh
 HOIST_DEFAULT = True  # split the bf16 weight into hi/lo once per program, not per row tile
 BIG_ROWS = 4096  # from this many rows a launch reads the device's tuning file (tuning.py)
 DECODE_BLOCK_C = 16  # code bytes per program below BIG_ROWS rows (tuning "hash.decode_block_c")
+PREC16_DEFAULT = False  # one fp16 product per tile instead of the bf16 split (tuning "hash.prec16"; module doc)
 
 __all__ = [
     "sign_bits_pack",
@@ -95,6 +106,38 @@ def _split_w(w):
 
 
 @triton.jit
+def _pow2_scale(a):
+    """fp32 magnitudes ``a >= 0`` -> powers of two ``s`` with ``a * s`` in ``[2**14, 2**15)``
+    (exact products; zero and subnormal ``a`` get ``2**127``, Inf / NaN a tiny scale: that row's
+    or column's bits are unspecified by spec 2's amendment and nothing else is touched)."""
+    e = (a.to(tl.int32, bitcast=True) >> 23) & 0xFF  # the biased exponent: a in [2**(e-127), 2**(e-126))
+    se = tl.minimum(tl.maximum(14 - e + 254, 1), 254)  # biased exponent of 2**(14 - (e - 127))
+    return (se << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _weight16(w):
+    """fp32 weight tile ``[BD, 8*BC]`` -> (fp16 tile with each column scaled by a power of two,
+    the column scales ``[8*BC]``) for :func:`_project16`."""
+    cs = _pow2_scale(tl.max(tl.abs(w), axis=0))
+    return (w * cs[None, :]).to(tl.float16), cs
+
+
+@triton.jit
+def _project16(x, w16, acc, UPCAST: tl.constexpr):
+    """``acc += (x * rs) @ w16`` with ``rs [BM]`` each row's power-of-two scale (returned):
+    one fp16 product, fp32 accumulation (``hash.prec16``, see module doc)."""
+    xf = x.to(tl.float32)
+    rs = _pow2_scale(tl.max(tl.abs(xf), axis=1))
+    x16 = (xf * rs[:, None]).to(tl.float16)
+    if UPCAST:  # the interpreter: the same fp16-rounded operands, fp32 products
+        acc = tl.dot(x16.to(tl.float32), w16.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x16, w16, acc)
+    return acc, rs
+
+
+@triton.jit
 def _project_split(x, w_hi, w_lo, acc, UPCAST: tl.constexpr):
     """``acc += x @ (w_hi + w_lo)``, bf16 products with fp32 accumulation."""
     if UPCAST:  # the interpreter's bf16 dot is wrong: same products in fp32
@@ -125,7 +168,7 @@ def _hash_kernel(
     so_l, so_h, sc_n, sc_h, sc_t,
     CACHE: tl.constexpr, HAS_THR: tl.constexpr, SPLIT_BF16: tl.constexpr, UPCAST: tl.constexpr, ONE_D: tl.constexpr,
     PACK_DOT: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-    HOIST: tl.constexpr = False, LAUNCH_DEPENDENTS: tl.constexpr = False,
+    HOIST: tl.constexpr = False, LAUNCH_DEPENDENTS: tl.constexpr = False, PREC16: tl.constexpr = False,
 ):
     """Row tiles ``x[l, h, :]`` of one head ``h`` (program axis 1) and code bytes
     ``[c0, c0 + BLOCK_C)`` (axis 2), persistent over row tiles along axis 0 so
@@ -148,10 +191,14 @@ def _hash_kernel(
     w_base = w_ptr + (h // G).to(tl.int64) * sw_h + j[None, :] * sw_r
     if ONE_D:  # the whole projection fits one tile: load it once
         w_all = tl.load(w_base + dd[:, None] * sw_d, mask=(dd < D)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        if SPLIT_BF16 and HOIST:  # split once, not per row tile (the compiler does not hoist it)
+        if PREC16:  # one fp16 product per tile; columns scaled by powers of two (module doc)
+            w16_all, col_scale = _weight16(w_all)
+        elif SPLIT_BF16 and HOIST:  # split once, not per row tile (the compiler does not hoist it)
             w_hi_all, w_lo_all = _split_w(w_all)
     if HAS_THR:
         thr = tl.load(thr_ptr + (h // G).to(tl.int64) * st_h + j, mask=cmask, other=0.0).to(tl.float32)
+        if PREC16:
+            thr = thr * col_scale  # the projection's columns carry these scales
     n_tiles = tl.cdiv(L, BLOCK_M)
     step = tl.num_programs(0)
     if ONE_D and PREFETCH:  # software pipelining by hand: the next tile's load is in flight
@@ -171,7 +218,9 @@ def _hash_kernel(
                                  mask=(nrows < L)[:, None] & (dd < D)[None, :], other=0.0)
             else:
                 x = tl.load(x_base + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :], other=0.0)
-            if SPLIT_BF16 and HOIST:
+            if PREC16:
+                acc, row_scale = _project16(x, w16_all, acc, UPCAST)
+            elif SPLIT_BF16 and HOIST:
                 acc = _project_split(x, w_hi_all, w_lo_all, acc, UPCAST)
             else:
                 acc = _project_tile(x, w_all, acc, SPLIT_BF16, UPCAST)
@@ -183,7 +232,10 @@ def _hash_kernel(
                 w = tl.load(w_base + d[:, None] * sw_d, mask=dmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
                 acc = _project_tile(x, w, acc, SPLIT_BF16, UPCAST)
         if HAS_THR:
-            acc = acc - thr[None, :]
+            if PREC16:
+                acc = acc - row_scale[:, None] * thr[None, :]
+            else:
+                acc = acc - thr[None, :]
         if PACK_DOT:
             packed = _pack_dot(acc, BLOCK_C, UPCAST).to(tl.uint8)
         else:
@@ -212,14 +264,16 @@ def _blocks(d: int, c: int, split: bool, block_c: int = 16):
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
             pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False,
-            block_c=None):
+            block_c=None, prec16=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches).
     ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32).
     ``launch_dependents`` (CUDA, sm_90+): let a PDL-launched next kernel start early (``scoring.use_pdl``).
     ``block_c``: code bytes per program (a power of two <= 16; default 16, or for a decode step's few
     rows the device's ``hash.decode_block_c``: narrower programs spread a wide projection's weight
-    reads, e.g. MLA's 512 x 512, over more SMs)."""
+    reads, e.g. MLA's 512 x 512, over more SMs). ``prec16``: one fp16 product per tile instead of the
+    two-term bf16 split (bf16 input and ``D <= 128`` only; default the device's ``hash.prec16``,
+    else off; see the module doc)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -265,7 +319,11 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if threshold is not None and threshold.stride(-1) != 1:
         threshold = threshold.contiguous()
     thr, st_h = (threshold, threshold.stride(0)) if threshold is not None else (w3, 0)
+    if prec16 is None:
+        prec16 = knob(dev, "hash", "prec16", PREC16_DEFAULT)
+    prec16 = bool(prec16) and split and one_d
     consts = dict(HAS_THR=threshold is not None, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot,
+                  PREC16=prec16,
                   PREFETCH=prefetch, HOIST=bool(hoist), LAUNCH_DEPENDENTS=bool(launch_dependents),
                   BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
     if slots is None:
@@ -310,14 +368,15 @@ def _thr3(threshold):
     return None if threshold is None else threshold.reshape(-1, threshold.shape[-1])
 
 
-def hash_encode(x: torch.Tensor, weight: torch.Tensor, threshold=None) -> torch.Tensor:
+def hash_encode(x: torch.Tensor, weight: torch.Tensor, threshold=None, **launch) -> torch.Tensor:
     """Spec 2 (+ 12). ``x [..., D]`` with ``weight [D, R]``, or ``x [..., H, D]`` with
     ``weight [Hw, D, R]`` -> ``uint8 [..., R/8]`` (``[..., H, R/8]``); ``threshold``
-    ``[R]`` / ``[Hw, R]`` or ``None``."""
+    ``[R]`` / ``[Hw, R]`` or ``None``. ``launch``: launch choices for tests and benchmarks
+    (e.g. ``prec16``)."""
     x3, w3, g = _as_heads(x, weight)
     c = weight.shape[-1] // 8
     out = torch.empty(x3.shape[0], x3.shape[1], c, dtype=torch.uint8, device=x.device)
-    _launch(x3, w3, g, out, 0, threshold=_thr3(threshold))
+    _launch(x3, w3, g, out, 0, threshold=_thr3(threshold), **launch)
     return out.reshape(*x.shape[:-1], c)
 
 

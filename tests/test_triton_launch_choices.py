@@ -237,3 +237,58 @@ def test_hash_block_c_choices_agree(gen, block_c):
     assert torch.count_nonzero(cache_b.reshape(-1, 32)[torch.tensor([1, 2, 4, 5])]) == 0  # untouched slots
     with pytest.raises(ValueError, match="block_c"):
         hashing._launch(x, w, 1, cache_b, 0, slots, block_c=3)
+
+
+def _wide_range_keys(gen, t, h, d):
+    """bf16 keys whose rows span magnitudes from 1e-6 to 1e5 (above fp16's 65504: a plain
+    fp16 cast would overflow), with one row of zeros."""
+    x = torch.randn(t, h, d, generator=gen)
+    mag = 10.0 ** (torch.rand(t, h, 1, generator=gen) * 11 - 6)
+    x = x * mag
+    x[0, 0] = 0
+    x[1, 0, 3] = 9.0e4
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_hash_prec16_band_rule(gen, centred):
+    # hash.prec16: one fp16 product on power-of-two scaled rows and columns; every bit outside spec 2's
+    # band matches float64, for rows and weight columns far outside fp16's range
+    from cuda_ops import hashing
+
+    t, hkv, g, d, r = 37, 2, 2, 128, 128
+    k = _wide_range_keys(gen, t, hkv * g, d)
+    w = torch.randn(hkv, d, r, generator=gen)
+    w[:, :, :8] *= 1e4  # columns past fp16's range once multiplied out
+    w[:, :, 8:16] *= 1e-4
+    thr = torch.randn(hkv, r, generator=gen) * 3 if centred else None
+    got = hashing.hash_encode(k, w, thr, prec16=True)
+    assert band_violations(k, w, got, thr) == 0
+    split = hashing.hash_encode(k, w, thr, prec16=False)
+    assert band_violations(k, w, split, thr) == 0
+    # cache form, scattered slots and a skipped one
+    cache = torch.zeros(10, hkv * g, 4, r // 8, dtype=torch.uint8)
+    slots = torch.randperm(40, generator=gen)[:t]
+    slots[5] = -1
+    hashing.hash_encode_and_cache(k, w.repeat_interleave(g, 0), cache, slots, None if thr is None else
+                                  thr.repeat_interleave(g, 0), prec16=True)
+    keep = slots >= 0
+    rows = cache.permute(0, 2, 1, 3).reshape(40, hkv * g, r // 8)[slots[keep]]
+    assert torch.equal(rows, got[keep])
+
+
+def test_hash_prec16_takes_the_fp16_product():
+    # hand-computed: column [1, -(1 - 2**-12)] against x = [1, 1] gives y = 2**-12 > 0 (bit 1) in fp32 and in
+    # the bf16 split (W_lo holds the 2**-12); in fp16, 2**14 * (1 - 2**-12) = 16380 is halfway between 16376
+    # and 16384 and rounds to even (16384), so y = 0 and the bit is 0. |y| is inside spec 2's band
+    # (1e-3 * sqrt(2) * sqrt(2)), so both are allowed; the test shows which product ran
+    from cuda_ops import hashing
+
+    x = torch.ones(1, 2, dtype=torch.bfloat16)
+    w = torch.zeros(2, 8)
+    w[0, 0], w[1, 0] = 1.0, -(1.0 - 2.0 ** -12)
+    w[:, 1] = torch.tensor([1.0, 1.0])  # bit 1: y = 2 > 0 either way
+    assert int(hashing.hash_encode(x, w, prec16=False)[0, 0]) == 0b11
+    assert int(hashing.hash_encode(x, w, prec16=True)[0, 0]) == 0b10
+    # fp32 input: prec16 does not apply (the fp32 product runs)
+    assert int(hashing.hash_encode(x.float(), w, prec16=True)[0, 0]) == 0b11

@@ -126,3 +126,35 @@ def test_group_planes_mla_realistic(gen, method, hq, c, rope, w, blocks, pow2):
     idx, nsel = scoring.hamming_dist_top_k(q, cache, table, seq, budgets, 64, [0, -1], method, rope, w)
     want = ref.hamming_dist_top_k(q, cache, table, seq, budgets, 64, [0, -1], method, rope, w)
     assert torch.equal(idx, want[0]) and torch.equal(nsel, want[1])
+
+
+@pytest.mark.parametrize("centred", [False, True])
+@pytest.mark.parametrize("rows", [16, 5000])
+def test_hash_prec16_band_rule_realistic(gen, centred, rows):
+    # hash.prec16 compiled (one fp16 tensor-core product on power-of-two scaled rows and columns): every
+    # bit outside spec 2's band equals float64, for a decode step's few rows and a prefill's many, with
+    # rows and weight columns far outside fp16's range; the cache form writes the same codes
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from spec_literal import band_violations
+
+    from cuda_ops import hashing
+
+    hkv, g, d, r = 8, 1, 128, 128
+    x = torch.randn(rows, hkv, d, device=DEV, generator=gen)
+    x = x * 10.0 ** (torch.rand(rows, hkv, 1, device=DEV, generator=gen) * 11 - 6)
+    x[0, 0] = 0
+    x[1, 0, 3] = 9.0e4
+    x = x.to(torch.bfloat16)
+    w = torch.randn(hkv, d, r, device=DEV, generator=gen)
+    w[:, :, :8] *= 1e4
+    w[:, :, 8:16] *= 1e-4
+    thr = torch.randn(hkv, r, device=DEV, generator=gen) * 3 if centred else None
+    got = hashing.hash_encode(x, w, thr, prec16=True)
+    assert band_violations(x, w, got, thr) == 0
+    cache = torch.zeros((rows + 127) // 128 + 1, hkv, 128, r // 8, dtype=torch.uint8, device=DEV)
+    slots = torch.arange(rows, device=DEV) + 128
+    hashing.hash_encode_and_cache(x, w, cache, slots, thr, prec16=True)
+    assert torch.equal(cache.permute(0, 2, 1, 3).reshape(-1, hkv, r // 8)[128:128 + rows], got)
