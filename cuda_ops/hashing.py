@@ -262,7 +262,7 @@ def _blocks(d: int, c: int, split: bool, block_c: int = 16):
     return block_m, block_d, block_c
 
 
-def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=1, per_sm=None,
+def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=None, per_sm=None,
             pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False,
             block_c=None, prec16=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
@@ -287,6 +287,9 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         per_sm = knob(dev, "hash", "per_sm", None) if per_sm is None else per_sm
         num_warps = knob(dev, "hash", "num_warps", None) if num_warps is None else num_warps
         pack_dot = knob(dev, "hash", "pack_dot", None) if pack_dot is None else pack_dot
+        # Triton's own pipelining of the row tiles instead of the hand prefetch (num_stages > 1, prefetch off)
+        num_stages = knob(dev, "hash", "num_stages", None) if num_stages is None else num_stages
+        prefetch = knob(dev, "hash", "prefetch", None) if prefetch is None else prefetch
     hoist = knob(dev, "hash", "hoist", HOIST_DEFAULT) if hoist is None else hoist
     if block_c is None:
         block_c = knob(dev, "hash", "decode_block_c", DECODE_BLOCK_C) if l < BIG_ROWS else 16
@@ -314,6 +317,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     # on the H100: 8 us vs 16 us for 16 rows; 0.094 vs 0.099 ms for 64K rows).
     many = cdiv(l, block_m) > grid[0]
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
+    num_stages = 1 if num_stages is None else num_stages
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
     if threshold is not None and threshold.stride(-1) != 1:

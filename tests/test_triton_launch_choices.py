@@ -292,3 +292,20 @@ def test_hash_prec16_takes_the_fp16_product():
     assert int(hashing.hash_encode(x, w, prec16=True)[0, 0]) == 0b10
     # fp32 input: prec16 does not apply (the fp32 product runs)
     assert int(hashing.hash_encode(x.float(), w, prec16=True)[0, 0]) == 0b11
+
+
+@pytest.mark.parametrize("num_stages, prefetch", [(1, True), (3, False)])
+def test_hash_pipelined_tiles_equal_hand_prefetch(gen, num_stages, prefetch):
+    # hash.num_stages / hash.prefetch: Triton's pipelining of the row tiles instead of the hand prefetch
+    # (a program walks several tiles: 5 tiles of 16 rows over the interpreter's 2 programs)
+    from cuda_ops import hashing
+
+    k = torch.randn(80, 2, 64, generator=gen).to(torch.bfloat16)
+    w = torch.randn(2, 64, 128, generator=gen)
+    base = torch.zeros(10, 2, 8, 16, dtype=torch.uint8)
+    got = torch.zeros_like(base)
+    slots = torch.randperm(80, generator=gen)
+    hashing.hash_encode_and_cache(k, w, base, slots, block_m=16)
+    hashing.hash_encode_and_cache(k, w, got, slots, block_m=16, num_stages=num_stages, prefetch=prefetch)
+    assert torch.equal(got, base)
+    assert band_violations(k, w, got.permute(0, 2, 1, 3).reshape(80, 2, 16)[slots]) == 0
