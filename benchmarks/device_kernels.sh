@@ -5,6 +5,8 @@
 #                                             # sweep of every kernel (kernel_sweep.py, all parts)
 #   bash benchmarks/device_kernels.sh step    # engine_step.py and mla_step.py with the committed tuning
 #   bash benchmarks/device_kernels.sh mla     # GPU tests of the MLA score path and MLA graphs, mla_step.py
+#   PARTS=hash,stages bash benchmarks/device_kernels.sh parts   # kernel_sweep.py --parts $PARTS (cap 130 s),
+#                                             # then engine_step.py --quick with the tuning it wrote
 #   bash benchmarks/device_kernels.sh         # both in one call, the step with the tuning just swept
 #                                             # (only if the sweep is short enough: caps below)
 #
@@ -37,6 +39,15 @@ left() { echo $(( ${1} - ($(date +%s) - t0) )); }
         echo "== MLA step (cap: what is left of 560 s)"
         timeout "$(left 560)" python3 benchmarks/mla_step.py --out "$WORK" 2>&1 | tail -20
         echo "mla_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+    fi
+    if [ "$STAGE" = parts ]; then
+        echo "== kernel sweep, parts ${PARTS:?set PARTS} (cap 130 s)"
+        timeout 130 python3 benchmarks/kernel_sweep.py --out "$WORK" --parts "$PARTS" 2>&1 | tail -12
+        echo "sweep rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json"
+        echo "== engine step --quick with ${tuning:-the committed tuning} (cap: what is left of 200 s)"
+        GSA_TRITON_TUNING="$tuning" timeout "$(left 200)" python3 benchmarks/engine_step.py --quick --out "$WORK" 2>&1 | tail -22
+        echo "engine_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
     fi
     if [ "$STAGE" = sweep ] || [ "$STAGE" = all ]; then
         echo "== GPU tests of the launch choices (cap 150 s)"

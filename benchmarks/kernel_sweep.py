@@ -27,6 +27,7 @@ is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sw
     python benchmarks/kernel_sweep.py --out DIR
     python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
     python benchmarks/kernel_sweep.py --out DIR --parts hash16  # hash.prec16 vs the bf16 split (reported only)
+    python benchmarks/kernel_sweep.py --out DIR --parts stages  # the score launch's num_stages
 
 With ``--parts`` the tuning file written keeps the committed file's choices for the
 kernels not swept.
@@ -334,43 +335,6 @@ def sweep_attention(res, gen):
         del kc, vc
 
 
-# First run (06:24 UTC) also swept 8 warps and 1/3/4 programs per SM: within noise of these.
-# The fifth session chose no hoist, 64 rows, 4 warps, 2 programs per SM, pack_dot: at 41% of copy, the
-# split-bf16 products (2 x 17.2 GFLOP per 64K tokens) make it compute-heavy; more programs or warps
-# per SM may overlap loads and products better.
-HASH_GRID = dict(hoist=(False,), block_m=(64, 128), num_warps=(4, 8), per_sm=(1, 2, 4, 8))
-# Seventh session (ad hoc, bit-equal codes): Triton's pipelining of the row tiles (hand prefetch off,
-# num_stages 3) with 128 rows, 8 warps, 2 per SM: 76.3 us vs 79.8 for the shipped launch
-HASH_PIPE = ((1, True), (3, False), (4, False))  # (num_stages, prefetch)
-
-
-def sweep_hash(res, gen, copy):
-    from cuda_ops import hashing
-
-    t = 65536
-    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
-    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
-    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
-    slots = torch.randperm(t, device="cuda", generator=gen)
-    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
-    ref = torch.zeros_like(hc)
-    hashing.hash_encode_and_cache(k, w, ref, slots, hoist=False)
-    rows = res.setdefault("hash", [])
-    for (hoist, bm, nw, ps), (ns, pf) in itertools.product(itertools.product(*HASH_GRID.values()), HASH_PIPE):
-        for pd in (True,) if (bm, nw, ps, ns) != (128, 4, 2, 1) else (False, True):  # (128, 4, 2, False): the old launch
-            row = dict(hoist=hoist, block_m=bm, num_warps=nw, per_sm=ps, pack_dot=pd, num_stages=ns, prefetch=pf)
-            try:
-                ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw,
-                                                                    per_sm=ps, pack_dot=pd, hoist=hoist,
-                                                                    num_stages=ns, prefetch=pf))
-                row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, same=bool(torch.equal(hc, ref)))
-            except Exception as e:
-                row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
-            rows.append(row)
-    ok = [r for r in rows if "error" not in r]
-    progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
-
-
 def choose(res):
     """The tuning file's knobs for the kernels swept: the fastest variant of each kernel
     (attention: the smallest sum over contexts of dense and sparse time relative to each
@@ -397,6 +361,14 @@ def choose(res):
                     tot.setdefault(r["block_c"], []).append(r["us"])
         bc = min((c for c in tot if len(tot[c]) == len(res["hash_decode"])), key=lambda c: sum(tot[c]))
         knobs.setdefault("hash", {})["decode_block_c"] = bc
+    if "score_stages" in res:
+        tot = {}
+        for rows in res["score_stages"].values():
+            for r in rows:
+                if r["same"]:
+                    tot.setdefault(r["num_stages"], []).append(r["ms"] / min(x["ms"] for x in rows))
+        st = min((v for v in tot if len(tot[v]) == len(res["score_stages"])), key=lambda v: sum(tot[v]))
+        knobs.setdefault("score", {})["num_stages"] = st
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs.setdefault("hash", {}).update({k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")})
@@ -459,17 +431,23 @@ def main(out_dir: str, parts) -> None:
     if "attention" in parts:
         sweep_attention(res, gen)
     if "hash" in parts:
+        from kernel_sweep_hash import sweep_hash
+
         sweep_hash(res, gen, res["copy_tbs"])
     if "mla" in parts:
-        from kernel_sweep_decode import sweep_mla
+        from kernel_sweep_scores import sweep_mla
 
         sweep_mla(res, gen, res["copy_tbs"])
     if "hashdec" in parts:
-        from kernel_sweep_decode import sweep_hash_decode
+        from kernel_sweep_hash import sweep_hash_decode
 
         sweep_hash_decode(res, gen)
+    if "stages" in parts:
+        from kernel_sweep_scores import sweep_score_stages
+
+        sweep_score_stages(res, gen)
     if "hash16" in parts:  # measured and reported, never chosen (it changes in-band bits)
-        from kernel_sweep_decode import sweep_hash_prec16
+        from kernel_sweep_hash import sweep_hash_prec16
 
         sweep_hash_prec16(res, gen, res["copy_tbs"])
     with open(os.path.join(out_dir, "kernel_sweep.json"), "w") as f:

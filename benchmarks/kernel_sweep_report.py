@@ -84,6 +84,14 @@ def markdown(res) -> str:
         for name, rows in res["hash_decode"].items():
             lines.append(f"| {name} | " + " | ".join(f"{r['us']:.1f}" + ("" if r["same"] else " DIFFERENT")
                                                      for r in rows) + " |")
+    if "score_stages" in res:
+        lines += ["", "Harley-Seal score launch (the tuned knobs) by `num_stages`, us (TB/s of codes); chosen: "
+                  f"{k.get('score', {}).get('num_stages', '-')}:", "",
+                  "| context | " + " | ".join(str(r["num_stages"]) for r in next(iter(res["score_stages"].values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(res["score_stages"].values())))]
+        for ctx, rows in res["score_stages"].items():
+            lines.append(f"| {int(ctx) // 1024}K | " + " | ".join(
+                f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})" + ("" if r["same"] else " DIFFERENT") for r in rows) + " |")
     if "hash16" in res:
         lines += ["", "hash_encode_and_cache, 64K tokens, bf16 split (default) vs `hash.prec16` (one fp16 product; "
                   "reported, never chosen): us, fraction of copy, bits differing from float64 (outside spec 2's band)", "",

@@ -61,6 +61,7 @@ SELECT_NUM_WARPS = 0  # warps of a selection program (0: by row width, see selec
 SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
 SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
 SCORE_PDL = False  # hot path: the score kernel as a programmatic dependent launch of the query hash
+SCORE_NUM_STAGES = None  # Harley-Seal score launch's num_stages (None: Triton's default; tuning "score.num_stages")
 FUSE_ROW_PER_WARP = 1024  # widest row (next_pow2(M)) a fused selection holds per score warp
 
 
@@ -82,7 +83,7 @@ def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
 
 
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
-                  hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None, pow2=None):
+                  hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None, pow2=None, num_stages=None):
     """The score kernel, its per-launch integers and constexprs for these codes:
     ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"``, ``"group_planes"`` or ``"swar"``;
     a PDL launch applies to the Harley-Seal kernel only, the others wait as usual). Launch with
@@ -147,6 +148,10 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
             num_warps=num_warps)
         if blocks > 1:  # the 16-byte load path is written for one block's token vector
             consts["WIDE"] = False
+        # software-pipelining depth Triton compiles the head loop with (None: Triton's default, 3 on CUDA)
+        stages = knob(dev, "score", "num_stages", SCORE_NUM_STAGES) if num_stages is None else num_stages
+        if stages:
+            consts["num_stages"] = int(stages)
         if pdl:
             consts["launch_pdl"] = True
         return _block_score_hs_kernel, q32, kc32, ints, consts
@@ -172,7 +177,8 @@ def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cac
 
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
-                     hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None, pow2=None):
+                     hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None, pow2=None,
+                     num_stages=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"group_planes"`` (query bit planes: any width, rope
@@ -184,13 +190,14 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     ``lop3``: carry-save adders as ``lop3`` instructions (CUDA only; default with
     ``hw_popc``); ``unroll``: the loop over KV heads unrolled; ``planes``: the
     bit-plane query folding (G == 4, R = 128; ``score_kernels.py``); ``blocks``: logical
-    blocks per Harley-Seal program (a power of two). Defaults: the device's tuning file
+    blocks per Harley-Seal program (a power of two); ``num_stages``: the Harley-Seal launch's
+    software-pipelining depth. Defaults: the device's tuning file
     (``tuning.py``), else ``SCORE_*`` above."""
     b = q_codes.shape[0]
     m = block_table.shape[1]
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, num_warps, path, hw_popc, wide, lop3, unroll,
-                                                planes, blocks=blocks, pow2=pow2)
+                                                planes, blocks=blocks, pow2=pow2, num_stages=num_stages)
     if keys is None:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if b and m:
@@ -274,7 +281,8 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
                                                 score_opts.get("path"), score_opts.get("hw_popc"),
                                                 score_opts.get("wide"), score_opts.get("lop3"),
                                                 score_opts.get("unroll"), score_opts.get("planes"), pdl,
-                                                score_opts.get("blocks"), score_opts.get("pow2"))
+                                                score_opts.get("blocks"), score_opts.get("pow2"),
+                                                score_opts.get("num_stages"))
     dev = q_codes.device
     want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
     ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"]) and consts.get("BLOCKS", 1) == 1

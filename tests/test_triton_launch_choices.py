@@ -309,3 +309,19 @@ def test_hash_pipelined_tiles_equal_hand_prefetch(gen, num_stages, prefetch):
     hashing.hash_encode_and_cache(k, w, got, slots, block_m=16, num_stages=num_stages, prefetch=prefetch)
     assert torch.equal(got, base)
     assert band_violations(k, w, got.permute(0, 2, 1, 3).reshape(80, 2, 16)[slots]) == 0
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 4])
+def test_score_num_stages_choice_equal_default(gen, num_stages):
+    # score.num_stages: the Harley-Seal launch's pipelining depth (a compile option: same keys)
+    from cuda_ops import scoring
+
+    b, hq, hkv, bs, m = 2, 8, 4, 8, 5
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, 16)
+    seq = torch.tensor([m * bs, 2 * bs + 3], dtype=torch.int32)
+    base = scoring.block_score_keys(q, cache, table, seq, "max", path="hs")
+    got = scoring.block_score_keys(q, cache, table, seq, "max", path="hs", num_stages=num_stages)
+    swar = scoring.block_score_keys(q, cache, table, seq, "max", path="swar")
+    for r in range(b):
+        n = (int(seq[r]) + bs - 1) // bs
+        assert torch.equal(got[r, :n], base[r, :n]) and torch.equal(got[r, :n], swar[r, :n])

@@ -1,9 +1,10 @@
-"""Launch sweeps of ``kernel_sweep.py`` beyond the GQA engine-step shapes (``--parts mla,hashdec,hash16``):
-the group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes, a decode step's hashing
-(few rows: MLA keys and query, GQA keys and query), and ``hash.prec16`` (one fp16 product) against
-the bf16 split at 64K tokens. Same rules as the main sweep: CUDA-graph
-replay medians, every variant's output compared with the default launch, a differing variant
-reported and never chosen; ``kernel_sweep.choose`` turns the rows into tuning knobs.
+"""Hash-kernel sweeps of ``kernel_sweep.py`` (``--parts hash,hashdec,hash16``): ``hash_encode_and_cache``
+at 64K tokens over the big-launch grid (rows, warps, programs per SM, pack_dot, and Triton's pipelining
+of the row tiles vs the hand prefetch), a decode step's hashing (few rows: MLA keys and query, GQA keys
+and query) by code bytes per program, and ``hash.prec16`` (one fp16 product) against the bf16 split.
+Same rules as the main sweep: CUDA-graph replay medians, every variant's codes compared with the default
+launch (``hash16``: with float64 and spec 2's band), a differing variant reported and never chosen;
+``kernel_sweep.choose`` turns the rows into tuning knobs.
 """
 from __future__ import annotations
 
@@ -11,42 +12,45 @@ import itertools
 
 import torch
 
-from kernel_sweep import BS, B, CONTEXTS, D, HKV, HQ, R, graph_ms, progress
+from kernel_sweep import B, BS, D, HKV, HQ, R, graph_ms, progress
 
 
-# the group bit-plane score kernel (score_planes.py). Sixth session: 1 and 8 warps were slower than 2 and 4;
-# 2-8 blocks per program slower than one (larger tiles spill); `pow2` (G a power of two) is new.
-MLA_GRID = dict(num_warps=(2, 4), blocks=(1,), pow2=(False, True))
+# First run (06:24 UTC) also swept 8 warps and 1/3/4 programs per SM: within noise of these.
+# The fifth session chose no hoist, 64 rows, 4 warps, 2 programs per SM, pack_dot: at 41% of copy, the
+# split-bf16 products (2 x 17.2 GFLOP per 64K tokens) make it compute-heavy; more programs or warps
+# per SM may overlap loads and products better.
+# per_sm 1 and 8 were slower than 2-4 in every run (seventh session: 123 / 156 us vs 81 at 64 rows, 4 warps)
+HASH_GRID = dict(hoist=(False,), block_m=(64, 128), num_warps=(4, 8), per_sm=(2, 3, 4))
+# Seventh session (ad hoc, bit-equal codes): Triton's pipelining of the row tiles (hand prefetch off,
+# num_stages 3) with 128 rows, 8 warps, 2 per SM: 76.3 us vs 79.8 for the shipped launch
+HASH_PIPE = ((1, True), (3, False), (4, False))  # (num_stages, prefetch)
 
 
-def sweep_mla(res, gen, copy):
-    """The group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, one cache
-    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps and blocks per program;
-    every variant's keys compared with the SWAR path's."""
-    from cuda_ops import scoring
+def sweep_hash(res, gen, copy):
+    from cuda_ops import hashing
 
-    rows = res.setdefault("mla", {})
-    for ctx in CONTEXTS:
-        m = ctx // BS
-        nb = B * m
-        cache = torch.randint(0, 256, (nb, 1, BS, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
-        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
-        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randint(0, 256, (B, 16, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
-        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
-        ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
-        nbytes = cache.numel()
-        out = rows.setdefault(str(ctx), [])
-        for nw, j, p2 in itertools.product(*MLA_GRID.values()):
-            keys.fill_(-7)
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
-                                                           path="group_planes", num_warps=nw, blocks=j, pow2=p2))
-            out.append(dict(num_warps=nw, blocks=j, pow2=p2, ms=ms, tbs=nbytes / ms / 1e9,
-                            same=bool(torch.equal(keys, ref))))
-        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b/p{int(r['pow2'])} {r['ms'] * 1e3:.1f}us "
-                                                  f"({r['tbs']:.2f} TB/s)" + ("" if r["same"] else " DIFFERENT")
-                                                  for r in out))
-        del cache
+    t = 65536
+    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
+    slots = torch.randperm(t, device="cuda", generator=gen)
+    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    ref = torch.zeros_like(hc)
+    hashing.hash_encode_and_cache(k, w, ref, slots, hoist=False)
+    rows = res.setdefault("hash", [])
+    for (hoist, bm, nw, ps), (ns, pf) in itertools.product(itertools.product(*HASH_GRID.values()), HASH_PIPE):
+        for pd in (True,) if (bm, nw, ps, ns) != (128, 4, 2, 1) else (False, True):  # (128, 4, 2, False): the old launch
+            row = dict(hoist=hoist, block_m=bm, num_warps=nw, per_sm=ps, pack_dot=pd, num_stages=ns, prefetch=pf)
+            try:
+                ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw,
+                                                                    per_sm=ps, pack_dot=pd, hoist=hoist,
+                                                                    num_stages=ns, prefetch=pf))
+                row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, same=bool(torch.equal(hc, ref)))
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+            rows.append(row)
+    ok = [r for r in rows if "error" not in r]
+    progress(f"hash: best {max(r['frac_copy'] for r in ok):.3f} of copy")
 
 
 HASHDEC_BLOCK_C = (16, 8, 4, 2)  # code bytes per program for a decode step's few rows

@@ -1,0 +1,79 @@
+"""Score-kernel sweeps of ``kernel_sweep.py`` beyond its main grid (``--parts mla,stages``): the group
+bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (warps, blocks per program, power-of-two counts),
+and the Harley-Seal score launch's ``num_stages`` (its head loop's software-pipelining depth) with the
+tuned launch's other knobs. Same rules as the main sweep: CUDA-graph replay medians, every variant's
+keys compared with the SWAR path's, a differing variant reported and never chosen;
+``kernel_sweep.choose`` turns the rows into tuning knobs. (Hash sweeps: ``kernel_sweep_hash.py``.)
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from kernel_sweep import BS, B, CONTEXTS, HKV, HQ, R, graph_ms, progress
+
+
+# the group bit-plane score kernel (score_planes.py). Sixth session: 1 and 8 warps were slower than 2 and 4;
+# 2-8 blocks per program slower than one (larger tiles spill); `pow2` (G a power of two) is new.
+MLA_GRID = dict(num_warps=(2, 4), blocks=(1,), pow2=(False, True))
+
+
+def sweep_mla(res, gen, copy):
+    """The group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, one cache
+    head, 72 bytes with 8 rope bytes), 16 rows at 32K and 128K: warps and blocks per program;
+    every variant's keys compared with the SWAR path's."""
+    from cuda_ops import scoring
+
+    rows = res.setdefault("mla", {})
+    for ctx in CONTEXTS:
+        m = ctx // BS
+        nb = B * m
+        cache = torch.randint(0, 256, (nb, 1, BS, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randint(0, 256, (B, 16, 72), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, path="swar").clone()
+        nbytes = cache.numel()
+        out = rows.setdefault(str(ctx), [])
+        for nw, j, p2 in itertools.product(*MLA_GRID.values()):
+            keys.fill_(-7)
+            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", 8, 1.0, keys=keys,
+                                                           path="group_planes", num_warps=nw, blocks=j, pow2=p2))
+            out.append(dict(num_warps=nw, blocks=j, pow2=p2, ms=ms, tbs=nbytes / ms / 1e9,
+                            same=bool(torch.equal(keys, ref))))
+        progress(f"mla score {ctx}: " + ", ".join(f"{r['num_warps']}w/{r['blocks']}b/p{int(r['pow2'])} {r['ms'] * 1e3:.1f}us "
+                                                  f"({r['tbs']:.2f} TB/s)" + ("" if r["same"] else " DIFFERENT")
+                                                  for r in out))
+        del cache
+
+
+SCORE_STAGES = (1, 2, 3, 4)  # Triton's default on CUDA is 3 (what every earlier sweep measured)
+
+
+def sweep_score_stages(res, gen):
+    """The tuned Harley-Seal score launch (the device's tuning file) at 32K and 128K x 16 rows with
+    ``num_stages`` 1-4; keys compared with the SWAR path's."""
+    from cuda_ops import scoring
+
+    rows = res.setdefault("score_stages", {})
+    for ctx in CONTEXTS:
+        m = ctx // BS
+        nb = B * m
+        cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
+                              dtype=torch.int32).to(torch.uint8)
+        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
+        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
+        out = rows.setdefault(str(ctx), [])
+        for st in SCORE_STAGES:
+            keys.fill_(-7)
+            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
+                                                           num_stages=st))
+            out.append(dict(num_stages=st, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        progress(f"score stages {ctx}: " + ", ".join(f"{r['num_stages']}: {r['ms'] * 1e3:.1f}us ({r['tbs']:.2f} TB/s)"
+                                                     + ("" if r["same"] else " DIFFERENT") for r in out))
+        del cache
