@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from kernel_sweep import BS, B, CONTEXTS, HKV, HQ, R, graph_ms, progress
+from kernel_sweep import BS, B, CONTEXTS, _inputs, graph_ms, progress
 
 
 # the group bit-plane score kernel (score_planes.py). Sixth session: 1 and 8 warps were slower than 2 and 4;
@@ -59,13 +59,7 @@ def sweep_score_stages(res, gen):
 
     rows = res.setdefault("score_stages", {})
     for ctx in CONTEXTS:
-        m = ctx // BS
-        nb = B * m
-        cache = torch.randint(0, 256, (nb, HKV, BS, R // 8), device="cuda", generator=gen,
-                              dtype=torch.int32).to(torch.uint8)
-        table = torch.randperm(nb, device="cuda", generator=gen).reshape(B, m).to(torch.int32)
-        seq = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randint(0, 256, (B, HQ, R // 8), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+        m, cache, table, seq, q = _inputs(ctx, gen)  # the main sweep's GQA codes
         keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
         ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
         out = rows.setdefault(str(ctx), [])
