@@ -350,9 +350,10 @@ def choose(res):
         for rows in res["mla"].values():
             for r in rows:
                 if r["same"]:
-                    by.setdefault((r["num_warps"], r.get("blocks", 1), r.get("pow2", False)), []).append(r["ms"])
-        nw, j, p2 = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
-        knobs["score_planes"] = {"num_warps": nw, "blocks": j, "pow2": p2}
+                    by.setdefault((r["num_warps"], r.get("blocks", 1), r.get("pow2", False), r.get("once", False)),
+                                  []).append(r["ms"])
+        nw, j, p2, once = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
+        knobs["score_planes"] = {"num_warps": nw, "blocks": j, "pow2": p2, "reduce_once": once}
     if "hash_decode" in res:
         tot = {}
         for rows in res["hash_decode"].values():

@@ -70,7 +70,8 @@ def markdown(res) -> str:
     if "mla" in res:
         lines += ["", "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "
                   f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {})}), us (TB/s of "
-                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} w, {r.get('blocks', 1)} b, pow2 {r.get('pow2', False)}" for r in
+                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} w, {r.get('blocks', 1)} b, pow2 {r.get('pow2', False)}"
+                                                          + (", once" if r.get("once") else "") for r in
                                                           next(iter(res["mla"].values()))) + " |",
                   "|---|" + "---|" * len(next(iter(res["mla"].values())))]
         for ctx, rows in res["mla"].items():

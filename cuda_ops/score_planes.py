@@ -71,9 +71,19 @@ def _query_planes(q_ptr, b, h, sq_b, sq_h, w0, NWX, G: tl.constexpr, NP: tl.cons
 
 
 @triton.jit
-def _plane_sum(k, p, j: tl.constexpr, HW: tl.constexpr):
+def _wsum(x, ELEM: tl.constexpr):
+    """``x [T, BW]`` summed over the word axis, or kept per word (``ELEM``: the caller sums once
+    for the whole program, ``score_planes.reduce_once``)."""
+    if ELEM:
+        return x
+    else:
+        return tl.sum(x, axis=1)
+
+
+@triton.jit
+def _plane_sum(k, p, j: tl.constexpr, HW: tl.constexpr, ELEM: tl.constexpr = False):
     """``2**j * sum_w popcount(k & p)`` per token (``k [T, BW]``, ``p [BW]``)."""
-    return tl.sum(_popc(k & p[None, :], HW), axis=1) << j
+    return _wsum(_popc(k & p[None, :], HW) << j, ELEM)
 
 
 @triton.jit
@@ -83,38 +93,40 @@ def _plane_total(p, j: tl.constexpr, HW: tl.constexpr):
 
 
 @triton.jit
-def _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.constexpr, HW: tl.constexpr):
+def _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.constexpr, HW: tl.constexpr,
+               ELEM: tl.constexpr = False):
     """Per token ``sum_w sum_g popcount(k ^ q_g)`` for key words ``k uint32 [T, BW]`` and the
-    query planes of those words (see the module doc)."""
-    s = _plane_sum(k, p0, 0, HW)
+    query planes of those words (see the module doc), as ``(per-token part, key-independent
+    constant)``; ``ELEM``: the per-token part per word ``[T, BW]`` (not yet summed over words)."""
+    s = _plane_sum(k, p0, 0, HW, ELEM)
     c = _plane_total(p0, 0, HW)
     if NP > 1:
-        s += _plane_sum(k, p1, 1, HW)
+        s += _plane_sum(k, p1, 1, HW, ELEM)
         c += _plane_total(p1, 1, HW)
     if NP > 2:
-        s += _plane_sum(k, p2, 2, HW)
+        s += _plane_sum(k, p2, 2, HW, ELEM)
         c += _plane_total(p2, 2, HW)
     if NP > 3:
-        s += _plane_sum(k, p3, 3, HW)
+        s += _plane_sum(k, p3, 3, HW, ELEM)
         c += _plane_total(p3, 3, HW)
     if NP > 4:
-        s += _plane_sum(k, p4, 4, HW)
+        s += _plane_sum(k, p4, 4, HW, ELEM)
         c += _plane_total(p4, 4, HW)
     if NP > 5:
-        s += _plane_sum(k, p5, 5, HW)
+        s += _plane_sum(k, p5, 5, HW, ELEM)
         c += _plane_total(p5, 5, HW)
     if NP > 6:
-        s += _plane_sum(k, p6, 6, HW)
+        s += _plane_sum(k, p6, 6, HW, ELEM)
         c += _plane_total(p6, 6, HW)
     if NP > 7:
-        s += _plane_sum(k, p7, 7, HW)
+        s += _plane_sum(k, p7, 7, HW, ELEM)
         c += _plane_total(p7, 7, HW)
-    ones = tl.sum(_popc(k, HW), axis=1)
-    return c + G * ones - 2 * s
+    ones = _wsum(_popc(k, HW), ELEM)
+    return G * ones - 2 * s, c
 
 
 @triton.jit
-def _neg_sum(k, c, low, j: tl.constexpr, LAST: tl.constexpr, HW: tl.constexpr):
+def _neg_sum(k, c, low, j: tl.constexpr, LAST: tl.constexpr, HW: tl.constexpr, ELEM: tl.constexpr = False):
     """``2**j * sum_w popcount(d_j)`` per token, ``d_j`` bit ``j`` of ``k ? G - c : c`` (``G = 2**m``,
     see ``_diff_bits_pow2``): ``c_j ^ (k & low)``, or ``c_m ^ (k & ~low)`` for the top plane;
     ``low`` the OR of the planes below ``j`` (``[BW]``)."""
@@ -122,48 +134,50 @@ def _neg_sum(k, c, low, j: tl.constexpr, LAST: tl.constexpr, HW: tl.constexpr):
         d = c[None, :] ^ ((k | low[None, :]) ^ low[None, :])  # k & ~low without a 32-bit constant
     else:
         d = c[None, :] ^ (k & low[None, :])
-    return tl.sum(_popc(d, HW), axis=1) << j
+    return _wsum(_popc(d, HW) << j, ELEM)
 
 
 @triton.jit
-def _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, HW: tl.constexpr):
+def _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, HW: tl.constexpr, ELEM: tl.constexpr = False):
     """``_diff_bits`` for ``G = 2**m`` query heads (``NP = m + 1``, ``m >= 1``), with ``m``
     popcounts per key word instead of ``m + 2``. Per bit the count of differing heads is
     ``d = k ? G - c : c``; for ``c`` in ``[0, G]`` and ``k = 1``, ``G - c`` is ``c``'s two's
     complement negation in ``m`` bits plus ``G`` when ``c = 0``, so its bit ``j < m`` is
     ``c_j ^ (lower bits of c not all 0)`` and its bit ``m`` is ``c_m ^ (all bits below m are 0)``.
-    Bit 0 never depends on ``k`` (``sum popcount(c_0)`` is a per-program constant)."""
-    s = _neg_sum(k, p1, p0, 1, NP == 2, HW) + tl.sum(_popc(p0, HW), axis=0)
+    Bit 0 never depends on ``k`` (``sum popcount(c_0)`` is a per-program constant).
+    Returns ``(per-token part, constant)`` as ``_diff_bits`` does."""
+    s = _neg_sum(k, p1, p0, 1, NP == 2, HW, ELEM)
     low = p0
     if NP > 2:  # one plane more per line: OR the previous into `low`, the last plane is the top one
         low = low | p1
-        s += _neg_sum(k, p2, low, 2, NP == 3, HW)
+        s += _neg_sum(k, p2, low, 2, NP == 3, HW, ELEM)
     if NP > 3:
         low = low | p2
-        s += _neg_sum(k, p3, low, 3, NP == 4, HW)
+        s += _neg_sum(k, p3, low, 3, NP == 4, HW, ELEM)
     if NP > 4:
         low = low | p3
-        s += _neg_sum(k, p4, low, 4, NP == 5, HW)
+        s += _neg_sum(k, p4, low, 4, NP == 5, HW, ELEM)
     if NP > 5:
         low = low | p4
-        s += _neg_sum(k, p5, low, 5, NP == 6, HW)
+        s += _neg_sum(k, p5, low, 5, NP == 6, HW, ELEM)
     if NP > 6:
         low = low | p5
-        s += _neg_sum(k, p6, low, 6, NP == 7, HW)
+        s += _neg_sum(k, p6, low, 6, NP == 7, HW, ELEM)
     if NP > 7:
         low = low | p6
-        s += _neg_sum(k, p7, low, 7, True, HW)
-    return s
+        s += _neg_sum(k, p7, low, 7, True, HW, ELEM)
+    return s, tl.sum(_popc(p0, HW), axis=0)
 
 
 @triton.jit
 def _count(k, p0, p1, p2, p3, p4, p5, p6, p7, G: tl.constexpr, NP: tl.constexpr, HW: tl.constexpr,
-           POW2: tl.constexpr):
-    """Per token ``sum_w sum_g popcount(k ^ q_g)`` (``POW2``: ``G`` a power of two >= 2)."""
+           POW2: tl.constexpr, ELEM: tl.constexpr = False):
+    """Per token ``sum_w sum_g popcount(k ^ q_g)`` (``POW2``: ``G`` a power of two >= 2) as
+    ``(per-token part, key-independent constant)``; ``ELEM``: the per-token part per word."""
     if POW2:
-        return _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP, HW)
+        return _diff_bits_pow2(k, p0, p1, p2, p3, p4, p5, p6, p7, NP, HW, ELEM)
     else:
-        return _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW)
+        return _diff_bits(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW, ELEM)
 
 
 @triton.jit
@@ -173,7 +187,7 @@ def _block_score_planes_kernel(
     BS: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, W: tl.constexpr, W_MAIN: tl.constexpr,
     W16: tl.constexpr, MEAN: tl.constexpr, NP: tl.constexpr, HW_POPC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_WM: tl.constexpr, BLOCK_WR: tl.constexpr, BLOCKS: tl.constexpr = 1,
-    POW2: tl.constexpr = False,
+    POW2: tl.constexpr = False, ONCE: tl.constexpr = False,
 ):
     """Blocks ``BLOCKS * program_id(0)`` .. ``+ BLOCKS - 1`` (those below ``M``) of row ``b = program_id(1)``;
     the arguments and the output of ``_block_score_kernel`` (``q int32 [B, Hq, W]``,
@@ -181,7 +195,10 @@ def _block_score_planes_kernel(
     sequence are not written) plus the table width ``M``. ``NP``: planes for counts up to ``G``;
     ``HW_POPC``: the ``popc`` instruction (CUDA); ``BLOCKS``: blocks per program (the query planes
     are built once for all of them; ``BLOCK_T`` must equal ``BS`` when ``BLOCKS > 1``); ``POW2``: ``G``
-    is a power of two >= 2 (``_diff_bits_pow2``: two popcounts fewer per key word)."""
+    is a power of two >= 2 (``_diff_bits_pow2``: two popcounts fewer per key word); ``ONCE``: the
+    per-word counts of every plane and head are added elementwise into ``[T, W]`` accumulators and
+    summed over the words once per program (one cross-lane reduction per part instead of one per
+    plane and head; ``score_planes.reduce_once``)."""
     jp = tl.program_id(0)
     b = tl.program_id(1)
     seq = tl.load(sl_ptr + b)
@@ -194,20 +211,35 @@ def _block_score_planes_kernel(
         blk = tl.minimum(tl.maximum(phys, 0), NB - 1).to(tl.int64)  # never read out of bounds
         wm = tl.arange(0, BLOCK_WM)
         wr = tl.arange(0, BLOCK_WR)
-        pc_main = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
-        pc_rope = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
+        if ONCE:
+            pc_main = tl.zeros((BLOCKS * BLOCK_T, BLOCK_WM), dtype=tl.int32)
+            pc_rope = tl.zeros((BLOCKS * BLOCK_T, BLOCK_WR), dtype=tl.int32)
+        else:
+            pc_main = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
+            pc_rope = tl.zeros((BLOCKS * BLOCK_T,), dtype=tl.int32)
+        c_main = tl.full((), 0, tl.int32)  # the key-independent parts (per program)
+        c_rope = tl.full((), 0, tl.int32)
         row = kc_ptr + blk[:, None] * skc_n + tb[:, None] * skc_t
         for h in range(HKV):
             k = tl.load(row + h * skc_h + wm[None, :], mask=tm[:, None] & (wm < W_MAIN)[None, :],
                         other=0).to(tl.uint32, bitcast=True)
             p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, 0, W_MAIN, G, NP, BLOCK_WM)
-            pc_main += _count(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2)
+            d, c = _count(k, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2, ONCE)
+            pc_main += d
+            c_main += c
             if W_MAIN < W:
                 kr = tl.load(row + h * skc_h + W_MAIN + wr[None, :], mask=tm[:, None] & (wr < W - W_MAIN)[None, :],
                              other=0).to(tl.uint32, bitcast=True)
                 p0, p1, p2, p3, p4, p5, p6, p7 = _query_planes(q_ptr, b, h, sq_b, sq_h, W_MAIN, W - W_MAIN, G, NP,
                                                                BLOCK_WR)
-                pc_rope += _count(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2)
+                d, c = _count(kr, p0, p1, p2, p3, p4, p5, p6, p7, G, NP, HW_POPC, POW2, ONCE)
+                pc_rope += d
+                c_rope += c
+        if ONCE:
+            pc_main = tl.sum(pc_main, axis=1)
+            pc_rope = tl.sum(pc_rope, axis=1)
+        pc_main += c_main
+        pc_rope += c_rope
         # token lanes past BS or M loaded zeros (their count is C); `valid` leaves them out
         s16 = 16 * (HKV * G * W_MAIN * 32 - 2 * pc_main)
         if W_MAIN < W:

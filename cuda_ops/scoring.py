@@ -54,6 +54,7 @@ SCORE_UNROLL = False  # unroll the loop over KV heads (all code loads of a block
 PLANES_NUM_WARPS = 4  # warps of the bit-plane score kernel (MLA and other non-Harley-Seal shapes)
 PLANES_POW2 = True  # G a power of two: the two's-complement plane counts (score_planes._diff_bits_pow2)
 PLANES_BLOCKS = 1  # logical blocks per bit-plane score program (the query planes built once for all)
+PLANES_ONCE = False  # bit-plane kernel: per-word counts summed over the words once per program (score_planes.py)
 SCORE_BLOCKS = 1  # logical blocks per Harley-Seal score program (query words loaded once for all)
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
@@ -83,7 +84,8 @@ def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
 
 
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
-                  hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None, pow2=None, num_stages=None):
+                  hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None, pow2=None, num_stages=None,
+                  once=None):
     """The score kernel, its per-launch integers and constexprs for these codes:
     ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"``, ``"group_planes"`` or ``"swar"``;
     a PDL launch applies to the Harley-Seal kernel only, the others wait as usual). Launch with
@@ -127,7 +129,8 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
             MEAN=chunk_repre_method == "mean", NP=g.bit_length(), HW_POPC=bool(hw_popc), BLOCK_T=next_pow2(bs),
             BLOCK_WM=next_pow2(w_main), BLOCK_WR=next_pow2(max(1, w - w_main)), BLOCKS=int(blocks),
             POW2=bool(knob(dev, "score_planes", "pow2", PLANES_POW2) if pow2 is None else pow2) and g >= 2 and
-            g & (g - 1) == 0, num_warps=num_warps)
+            g & (g - 1) == 0, ONCE=bool(knob(dev, "score_planes", "reduce_once", PLANES_ONCE) if once is None
+                                        else once), num_warps=num_warps)
     if path not in ("hs", "swar"):
         raise ValueError(f"score path must be 'hs', 'group_planes', 'swar' or None, got {path!r}")
     if num_warps is None:
@@ -178,7 +181,7 @@ def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cac
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
                      hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None, pow2=None,
-                     num_stages=None):
+                     num_stages=None, once=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"group_planes"`` (query bit planes: any width, rope
@@ -191,13 +194,15 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     ``hw_popc``); ``unroll``: the loop over KV heads unrolled; ``planes``: the
     bit-plane query folding (G == 4, R = 128; ``score_kernels.py``); ``blocks``: logical
     blocks per Harley-Seal program (a power of two); ``num_stages``: the Harley-Seal launch's
-    software-pipelining depth. Defaults: the device's tuning file
+    software-pipelining depth; ``once``: the bit-plane kernel sums its per-word counts once per program.
+    Defaults: the device's tuning file
     (``tuning.py``), else ``SCORE_*`` above."""
     b = q_codes.shape[0]
     m = block_table.shape[1]
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, num_warps, path, hw_popc, wide, lop3, unroll,
-                                                planes, blocks=blocks, pow2=pow2, num_stages=num_stages)
+                                                planes, blocks=blocks, pow2=pow2, num_stages=num_stages,
+                                                once=once)
     if keys is None:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if b and m:
@@ -282,7 +287,7 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
                                                 score_opts.get("wide"), score_opts.get("lop3"),
                                                 score_opts.get("unroll"), score_opts.get("planes"), pdl,
                                                 score_opts.get("blocks"), score_opts.get("pow2"),
-                                                score_opts.get("num_stages"))
+                                                score_opts.get("num_stages"), score_opts.get("once"))
     dev = q_codes.device
     want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
     ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"]) and consts.get("BLOCKS", 1) == 1

@@ -325,3 +325,31 @@ def test_score_num_stages_choice_equal_default(gen, num_stages):
     for r in range(b):
         n = (int(seq[r]) + bs - 1) // bs
         assert torch.equal(got[r, :n], base[r, :n]) and torch.equal(got[r, :n], swar[r, :n])
+
+
+@pytest.mark.parametrize("hq,hkv,c,rope,w", [
+    (16, 1, 72, 8, 0.5),     # DeepSeek-V2-Lite MLA, rope weighted
+    (5, 1, 20, 4, 2.0),      # 5 heads (general planes), rope
+    (12, 4, 8, 0, 1.0),      # GQA, G = 3, several KV heads (the accumulators run over the head loop)
+    (64, 2, 8, 4, 1.0),      # G = 64 (power of two), two KV heads, rope
+])
+@pytest.mark.parametrize("pow2", [False, True])
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_group_planes_reduce_once_equal_swar(gen, hq, hkv, c, rope, w, pow2, blocks):
+    # score_planes.reduce_once: every plane's per-word counts added elementwise over the heads and summed
+    # over the words once per program; the same keys as the SWAR path and as the per-plane sums
+    from cuda_ops import scoring
+
+    b, bs, m = 2, 8, 5
+    cache, table, q = _codes(gen, b, hq, hkv, bs, m, c)
+    q[:, ::3] = q[:, :1]  # repeated heads: large per-bit counts occur
+    seq = torch.tensor([m * bs, 2 * bs + 3], dtype=torch.int32)
+    for method in ("max", "mean"):
+        swar = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="swar")
+        plain = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="group_planes", pow2=pow2,
+                                         blocks=blocks, once=False)
+        got = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="group_planes", pow2=pow2,
+                                       blocks=blocks, once=True)
+        for r in range(b):
+            n = (int(seq[r]) + bs - 1) // bs
+            assert torch.equal(got[r, :n], swar[r, :n]) and torch.equal(plain[r, :n], swar[r, :n]), (method, r)

@@ -105,20 +105,21 @@ def test_attention_fused_reduce_graph_realistic(gen):
         assert err < 1.6e-2, (step, err)
 
 
-@pytest.mark.parametrize("blocks,pow2", [(1, True), (1, False), (4, True)])
+@pytest.mark.parametrize("blocks,pow2,once", [(1, True, False), (1, False, False), (4, True, False), (1, True, True),
+                                             (1, False, True)])
 @pytest.mark.parametrize("method", ["max", "mean"])
 @pytest.mark.parametrize("hq,c,rope,w", [(16, 72, 8, 1.0), (16, 72, 8, 0.5), (128, 72, 8, 1.0), (64, 40, 8, 1.0),
                                          (12, 72, 8, 1.0)])
-def test_group_planes_mla_realistic(gen, method, hq, c, rope, w, blocks, pow2):
+def test_group_planes_mla_realistic(gen, method, hq, c, rope, w, blocks, pow2, once):
     # MLA codes (one cache head; DeepSeek-V2-Lite 16 heads, R1 128 heads): the bit-plane path, now the
-    # default for them, against the SWAR path and the reference
+    # default for them, against the SWAR path and the reference; `once`: score_planes.reduce_once
     from cuda_ops import scoring
 
     b, bs, m = 4, 128, 300
     cache, table, q = _codes(gen, b, hq, 1, bs, m, c)
     seq = torch.tensor([m * bs, 100 * bs + 17, 1, 257 * bs], dtype=torch.int32, device=DEV)
     swar = scoring.block_score_keys(q, cache, table, seq, method, rope, w, path="swar")
-    got = scoring.block_score_keys(q, cache, table, seq, method, rope, w, blocks=blocks, pow2=pow2)
+    got = scoring.block_score_keys(q, cache, table, seq, method, rope, w, blocks=blocks, pow2=pow2, once=once)
     for r in range(b):
         n = (int(seq[r]) + bs - 1) // bs
         assert torch.equal(got[r, :n], swar[r, :n]), r
