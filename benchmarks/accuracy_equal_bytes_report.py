@@ -44,7 +44,8 @@ def rows(results: Sequence[dict]) -> List[dict]:
     out = []
     for res in results:
         m, ov = res["meta"], res["overall"]
-        names = [w.partition("=")[0] for w in m["weights"]]
+        # GSA selector names: meta.selectors (studies with --repre; mean_<name> = block mean), else --weights
+        names = m.get("selectors") or [w.partition("=")[0] for w in m["weights"]]
         for bs in m["block_sizes"]:
             r = m["bits"]
             row = {"model": m["model"], "bits": r, "block_size": bs, "rows": (m["prefix"], m["eval_tokens"], m["sample_every"]),

@@ -23,6 +23,11 @@ scale (``run.attn``), as ``gsa eval``'s grid does. Beside it, per code width in
 (rounded up), ``..._floor_b{R}`` (rounded down: Quest never reads more bytes than GSA)
 and ``..._exact_b{R}`` (the fractional extra block read with probability equal to its
 fraction: exactly GSA's bytes on average).
+
+``--repre max mean`` scores every code with each block score of spec 4
+(``chunk_repre_method``): ``max`` (the default; keys ``bs=B/gsa_<name>``) and ``mean``
+(keys ``bs=B/gsa_mean_<name>``, checked row by row against ``gsa.ops.hamming_dist_top_k``
+with ``mean`` like the max rows); ``meta.selectors`` lists every GSA selector name.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", nargs="+", default=["random"])
     ap.add_argument("--quest-bits", type=int, nargs="+", default=None,
                     help="code widths R for Quest's equal-bytes rows (default: --bits)")
+    ap.add_argument("--repre", nargs="+", default=["max"], choices=["max", "mean"],
+                    help="block scores (spec 4 chunk_repre_method) to select with; mean selectors are named mean_<name>")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -83,6 +90,11 @@ def main(argv=None) -> int:
     sparse_layers = [l for l, r in enumerate(cfg.top_k_ratio_per_layer) if r < 1]
     policies = {bs: GSAPolicy(eval_config(cfg.replace(chunk_size=bs), ratio=args.ratio), "cpu")
                 for bs in args.block_sizes}
+    # one policy per (block size, block score); selector name prefix per block score
+    repre_pol = {(bs, rp): GSAPolicy(eval_config(cfg.replace(chunk_size=bs, chunk_repre_method=rp), ratio=args.ratio), "cpu")
+                 for bs in args.block_sizes for rp in args.repre}
+    prefix = {"max": "", "mean": "mean_"}
+    selectors = [prefix[rp] + n for rp in args.repre for n in variants]
     acc = M.Accumulator()
     code_s = {n: 0.0 for n in variants}
 
@@ -120,10 +132,12 @@ def main(argv=None) -> int:
                 floor, exact = S.quest_equal_bytes_recall(pol, layer, qsc, mass, seq, a)
                 acc.add(f"bs={bs}/quest_eqbytes_floor_b{r}", layer, floor)
                 acc.add(f"bs={bs}/quest_eqbytes_exact_b{r}", layer, exact)
-            for name, (qc, kc) in codes.items():
-                sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)
-                acc.add(f"bs={bs}/gsa_{name}", layer, M.mass_recall(mass, sel))
-                acc.add(f"bs={bs}/gsa_{name}/block_recall", layer, M.block_recall(sel, orc, forced))
+            for rp in args.repre:
+                for name, (qc, kc) in codes.items():
+                    sel = S.gsa_select(repre_pol[(bs, rp)], layer, qc, kc, seq, check_rows=1)
+                    sname = prefix[rp] + name
+                    acc.add(f"bs={bs}/gsa_{sname}", layer, M.mass_recall(mass, sel))
+                    acc.add(f"bs={bs}/gsa_{sname}/block_recall", layer, M.block_recall(sel, orc, forced))
 
     text = assets.austen_texts()[args.book]
     ids = _tokens(tok, text, args.prefix + args.eval_tokens)
@@ -139,6 +153,7 @@ def main(argv=None) -> int:
     res = {"meta": {"model": args.model, "model_name": cfg.model_name, "book": args.book, "prefix": args.prefix,
                     "eval_tokens": args.eval_tokens, "sample_every": args.sample_every, "ratio": args.ratio,
                     "bits": args.bits, "quest_bits": sorted(set(quest_bits) | {args.bits}), "block_sizes": args.block_sizes, "weights": args.weights,
+                    "repre": args.repre, "selectors": selectors,
                     "must_select_blocks": list(cfg.must_select_blocks), "sparse_layers": sparse_layers,
                     "metric": "attention-mass recall (mean over sampled decode positions, heads, sparse layers)",
                     "seconds": round(time.time() - t0, 1), "code_seconds": {k: round(v, 1) for k, v in code_s.items()},
@@ -155,7 +170,7 @@ def main(argv=None) -> int:
             ov = res["overall"]
             print(f"  quest at {r}-bit bytes: rounded up {ov[f'bs={bs}/quest_eqbytes_b{r}']:.4f}, "
                   f"down {ov[f'bs={bs}/quest_eqbytes_floor_b{r}']:.4f}, exact {ov[f'bs={bs}/quest_eqbytes_exact_b{r}']:.4f}")
-        for name in variants:
+        for name in selectors:
             v = res["overall"][f"bs={bs}/gsa_{name}"]
             print(f"  gsa {name:10s} {v:.4f}  ({v / orc:.3f} x oracle)")
     if args.out:

@@ -17,7 +17,7 @@ picks at ratio 1/8, forced blocks included). The eval-text numbers come from
         --variant topblock150:depth=1,steps=150,target=top+block,use_tokens=4096
 
 A variant is ``NAME:key=value,...`` with keys of ``train_mlp_hash`` (``depth``,
-``steps``, ``target``, ``tau``, ``lr``, ``block_weight``, ``queries``, ``hidden``, ...)
+``steps``, ``target``, ``tau``, ``lr``, ``block_weight``, ``queries``, ``hidden``, ``repre``, ...)
 plus ``bits`` (default 128) and ``use_tokens`` (train on the first N captured tokens;
 default all); ``target`` defaults to ``top+block``, as in the CLI. Bundles go to
 ``OUT_DIR/NAME.safetensors``.
@@ -36,7 +36,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-_STR_KEYS = {"target"}
+_STR_KEYS = {"target", "repre"}
 
 
 def parse_variant(spec: str) -> tuple:

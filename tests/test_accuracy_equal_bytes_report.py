@@ -39,3 +39,16 @@ def test_group_mean_spread_and_margins():
     # mean 0.70 - 0.69 = +0.01, worst seed 0.68 - 0.69 = -0.01; vs exact +0.02 / 0.00
     assert "| toy | 32 | 32 | 0.8000 | 0.7000 | 0.6900 | 0.6800 | mlp | 0.7000 (0.6800..0.7200, 3) | 0.875 | +0.0100 (-0.0100) | +0.0200 (+0.0000) |" in md
     assert "| random | 0.6000 | 0.750 | -0.0900 | -0.0800 |" in md
+
+
+def test_block_mean_selectors_from_meta_selectors():
+    # studies run with --repre max mean list their GSA selectors in meta.selectors; the block-mean
+    # ones (mean_<name>) form their own seed groups
+    mod = _load()
+    res = _result()
+    res["meta"]["selectors"] = ["random", "mlp_s0", "mlp_s1", "mean_mlp_s0", "mean_mlp_s1"]
+    res["overall"].update({"bs=32/gsa_mean_mlp_s0": 0.75, "bs=32/gsa_mean_mlp_s1": 0.71})
+    (row,) = mod.rows([res])
+    assert list(row["gsa"]) == ["random", "mlp", "mean_mlp"]
+    assert row["gsa"]["mlp"] == pytest.approx((0.71, 0.7, 0.72, 2))
+    assert row["gsa"]["mean_mlp"] == pytest.approx((0.73, 0.71, 0.75, 2))

@@ -69,6 +69,34 @@ def test_gsa_select_matches_ops(seed):
     assert torch.equal(sel.sum(1), torch.maximum(torch.ceil(nb * 0.25).long(), torch.full_like(nb, 2)))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gsa_select_block_mean_matches_ops(seed):
+    # chunk_repre_method "mean" (spec 4): every row against gsa.ops.hamming_dist_top_k with "mean";
+    # 128-bit codes from random inputs, sequence lengths that end inside a block (partial last blocks)
+    pol = GSAPolicy(_cfg(chunk_repre_method="mean", hash_bits=128), "cpu")
+    g = torch.Generator().manual_seed(10 + seed)
+    s = 93
+    q = torch.randn(24, 4, 16, generator=g)
+    k = torch.randn(s, 2, 16, generator=g)
+    w = torch.randn(2, 16, 128, generator=g)
+    seq = torch.arange(s - 23, s + 1)
+    sel = S.gsa_select(pol, 2, ops.hash_encode(q, w), ops.hash_encode(k, w), seq, check_rows=24)
+    nb = (seq + 7) // 8
+    assert torch.equal(sel.sum(1), torch.maximum(torch.ceil(nb * 0.25).long(), torch.full_like(nb, 2)))
+    # the max and mean selections are different rules: on these inputs they differ somewhere
+    sel_max = S.gsa_select(GSAPolicy(_cfg(hash_bits=128), "cpu"), 2, ops.hash_encode(q, w), ops.hash_encode(k, w), seq)
+    assert not torch.equal(sel, sel_max)
+
+
+def test_block_mean_known_answer():
+    # token scores 0..6, blocks of 3; row 0 sees all 7 tokens: means 1, 4, 6 (one valid token);
+    # row 1 sees 4 tokens: 1, 3 (token 3 only), the third block has none -> -inf
+    tok = torch.arange(7.0).repeat(2, 1)
+    got = S._block_mean(tok, torch.tensor([7, 4]), 3)
+    assert got[0].tolist() == [1.0, 4.0, 6.0]
+    assert got[1, :2].tolist() == [1.0, 3.0] and got[1, 2] == -math.inf
+
+
 def test_select_top_ties_forced_and_budget():
     scores = torch.tensor([[5.0, 1.0, 3.0, 3.0, 9.0, 0.0]])
     forced = torch.tensor([[False, False, False, False, False, True]])

@@ -114,6 +114,43 @@ def test_block_loss_known_answer_masks_forced_and_future_tokens():
     assert s3.grad[:, :2].abs().max() == 0  # positions 6 and 3: 4 and 2 blocks, none free beyond forced
 
 
+def test_block_loss_mean_known_answer():
+    import math
+    from gsa.eval.train_mlp import block_loss
+    # repre "mean": block score = tau x the mean of its causal tokens. Query at 6 (n_blocks 4),
+    # forced block 0, token 7 in the future: free blocks 1 (0, 2 -> mean 1), 2 (log 2 twice ->
+    # log 2), 3 (token 6 only: 1 + log 3; token 7's 50 is ignored). tau = 1: softmax over
+    # (1, log 2, 1 + log 3) = (e, 2, 3e) / (4e + 2); target mass (2, 1, 1) / 4
+    score = torch.tensor([[[50.0, 50.0, 0.0, 2.0, math.log(2), math.log(2), 1 + math.log(3), 50.0]]],
+                         requires_grad=True)
+    mass = torch.tensor([[[5.0, 2.0, 1.0, 1.0]]])
+    z = 4 * math.e + 2
+    want = -(0.5 * math.log(math.e / z) + 0.25 * math.log(2 / z) + 0.25 * math.log(3 * math.e / z))
+    got = block_loss(score, torch.tensor([6]), mass, block=2, forced=(0,), tau=1.0, repre="mean")
+    assert abs(got.item() - want) < 1e-5
+    got.backward()
+    assert score.grad[0, 0, [0, 1, 7]].abs().max() == 0  # forced block and future token: no gradient
+    import pytest
+    with pytest.raises(ValueError, match="repre"):
+        block_loss(score, torch.tensor([6]), mass, block=2, repre="sum")
+
+
+def test_heldout_block_recall_mean_known_answer():
+    from gsa.eval.train_mlp import heldout_block_recall
+    # 8 keys, blocks of 2, query at 7, forced (0, -1), one free pick of blocks 1 / 2 (as the max
+    # test). 2-bit codes, q = (+1, +1): block 1 keys (+1, +1), (-1, -1) -> sims 2, -2 (max 2,
+    # mean 0); block 2 keys (+1, +1), (-1, +1) -> sims 2, 0 (max 2, mean 1). Max: a tie, block 1
+    # (smaller index) -> 0.1 + 0.5 + 0.2 = 0.8; mean: block 2 -> 0.1 + 0.2 + 0.2 = 0.5
+    ck = torch.tensor([[1.0, 1], [1, 1], [1, 1], [-1, -1], [1, 1], [-1, 1], [1, 1], [1, 1]]).view(8, 1, 2)
+    q = torch.ones(1, 1, 2)
+    mass = torch.tensor([[0.1, 0.5, 0.2, 0.2]])
+    pos = torch.tensor([7])
+    assert abs(heldout_block_recall(q, ck, mass, pos, block=2, forced=(0, -1), ratio=0.75) - 0.8) < 1e-6
+    assert abs(heldout_block_recall(q, ck, mass, pos, block=2, forced=(0, -1), ratio=0.75, repre="mean") - 0.5) < 1e-6
+    # q = -(1, 1): means 0 and -1 -> block 1 (0.8)
+    assert abs(heldout_block_recall(-q, ck, mass, pos, block=2, forced=(0, -1), ratio=0.75, repre="mean") - 0.8) < 1e-6
+
+
 def test_heldout_block_recall_known_answer():
     from gsa.eval.train_mlp import heldout_block_recall
     # 8 keys, blocks of 2, query at 7, forced (0, -1), budget ceil(0.75 * 4) = 3: one free pick of
@@ -139,7 +176,7 @@ def test_train_mlp_block_target_runs_and_improves_block_recall(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="target"):
         train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, target="blocks")
-    for bad in ({"block": 0}, {"tau": 0.0}, {"block_weight": -1.0}, {"queries": 0}):
+    for bad in ({"block": 0}, {"tau": 0.0}, {"block_weight": -1.0}, {"queries": 0}, {"repre": "sum"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             train_mlp_hash(_cfg(), {1: (q, k)}, 32, out, depth=1, steps=1, top=8, edge=16, **bad)
 
@@ -163,3 +200,6 @@ def test_train_hash_cli_passes_the_target_options(monkeypatch, tmp_path):
                                                "--block-weight", "2", "--queries", "12"])) == 0
     assert {k: seen[-1][k] for k in ("target", "tau", "block", "block_weight", "queries")} == \
         {"target": "block", "tau": 30.0, "block": 16, "block_weight": 2.0, "queries": 12}
+    assert seen[-1]["repre"] == "max"  # the default block score
+    assert train_mod.run(ap.parse_args(base + ["--block-repre", "mean"])) == 0
+    assert seen[-1]["repre"] == "mean"

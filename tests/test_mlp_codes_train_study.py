@@ -17,6 +17,7 @@ def test_parse_variant_types():
     assert kw == {"depth": 1, "steps": 150, "target": "top+block", "lr": 0.003, "bits": 256, "use_tokens": 4096}
     assert isinstance(kw["depth"], int) and isinstance(kw["lr"], float)
     assert study.parse_variant("plain") == ("plain", {})
+    assert study.parse_variant("m:block=128,repre=mean")[1] == {"block": 128, "repre": "mean"}  # strings stay strings
 
 
 @pytest.mark.parametrize("bad", [":depth=1", "x:depth", "x:depth=1,steps"])

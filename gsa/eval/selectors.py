@@ -75,15 +75,34 @@ def _block_max(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> torch.Tens
     return t.reshape(n, nblk, bs).amax(dim=2)
 
 
+def _block_mean(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> torch.Tensor:
+    """Token scores ``[N, S]`` (exact integers) -> spec-4 block ``mean`` ``[N, NBLK]``:
+    ``float32(sum) / float32(count)`` over valid tokens (``-inf`` if none). The sums are
+    exact in float64 (integer scores), then rounded to float32 as the spec says."""
+    n, s = tok.shape
+    nblk = math.ceil(s / bs)
+    valid = torch.arange(s, device=tok.device).unsqueeze(0) < seq_lens.to(tok.device).unsqueeze(1)
+    pad = (0, nblk * bs - s)
+    total = torch.nn.functional.pad(tok.double().masked_fill(~valid, 0.0), pad).reshape(n, nblk, bs).sum(dim=2)
+    count = torch.nn.functional.pad(valid, pad).reshape(n, nblk, bs).sum(dim=2)
+    mean = total.float() / count.clamp(min=1).float()
+    return mean.masked_fill(count == 0, -math.inf)
+
+
+_BLOCK_REPRE = {"max": _block_max, "mean": _block_mean}
+
+
 def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: torch.Tensor,
                seq_lens: torch.Tensor, check_rows: int = 2) -> torch.Tensor:
     """GSA selection for ``N`` rows: ``q_codes uint8 [N, Hq, C]``, ``k_codes uint8
     [S, Hkv, C]`` (from ``gsa.ops.hash_encode``), ``seq_lens int64 [N]`` -> ``bool
-    [N, NBLK]``. ``check_rows`` rows (spread over N) are recomputed with
+    [N, NBLK]``, with the config's block score (``chunk_repre_method`` ``max`` or
+    ``mean``, spec 4). ``check_rows`` rows (spread over N) are recomputed with
     ``gsa.ops.hamming_dist_top_k`` and must match exactly."""
     cfg = policy.config
-    if cfg.chunk_repre_method != "max":
-        raise NotImplementedError("gsa_select: the batched evaluation implements chunk_repre_method 'max' only")
+    if cfg.chunk_repre_method not in _BLOCK_REPRE:
+        raise NotImplementedError(f"gsa_select: chunk_repre_method must be one of {sorted(_BLOCK_REPRE)}, "
+                                  f"got {cfg.chunk_repre_method!r}")
     bs = cfg.chunk_size
     n, hq, c = q_codes.shape
     s, hkv, _ = k_codes.shape
@@ -91,7 +110,7 @@ def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: to
     ks = unpack_signs(k_codes)  # [S, Hkv, R]
     tok = torch.einsum("nhr,shr->ns", qs, ks)  # exact integers
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
-    sel = select_top(_block_max(tok, seq_lens, bs), n_blocks, bud, forced)
+    sel = select_top(_BLOCK_REPRE[cfg.chunk_repre_method](tok, seq_lens, bs), n_blocks, bud, forced)
     for i in torch.linspace(0, n - 1, steps=min(check_rows, n)).long().tolist():
         _check_row(cfg, q_codes[i], k_codes, int(seq_lens[i]), int(bud[i]), sel[i])
     return sel

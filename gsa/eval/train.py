@@ -258,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=20.0, help="mlp, block target: softmax temperature on scores in [-1, 1]")
     parser.add_argument("--block-weight", type=float, default=1.0, help="mlp, top+block: weight of the block loss")
     parser.add_argument("--queries", type=int, default=8, help="mlp: query positions drawn per step")
+    parser.add_argument("--block-repre", default="max", choices=["max", "mean"],
+                        help="mlp, block target: the block score (spec 4 chunk_repre_method) the codes are trained "
+                             "for; use the bundle with a config of the same chunk_repre_method")
 
 
 def default_bundle(model: str, bits: int, method: str = "hata", depth: int = 3) -> pathlib.Path:
@@ -289,7 +292,8 @@ def run(args) -> int:
             train_mlp_hash(cfg, store, b, out, depth=depth, hidden=args.hidden, steps=args.steps, lr=args.lr,
                            top=args.top, edge=args.edge, target=getattr(args, "target", "top+block"),
                            block=getattr(args, "block", 32), tau=getattr(args, "tau", 20.0),
-                           block_weight=getattr(args, "block_weight", 1.0), queries=getattr(args, "queries", 8))
+                           block_weight=getattr(args, "block_weight", 1.0), queries=getattr(args, "queries", 8),
+                           repre=getattr(args, "block_repre", "max"))
         else:
             print(f"training {b}-bit projections -> {out}", flush=True)
             train_hash(model, tok, cfg, text, b, out, args.tokens, args.steps, captured=store, gate=not args.no_gate)

@@ -31,7 +31,10 @@ layers' heads are one batch of small matrix products, so a step costs one pass):
   size where codes differ most); exact masses use the softmax scale ``D ** -0.5`` (no
   softcap). Measured against ``"top"`` in docs/accuracy.md (*A block-level training target*):
   better block selection on Qwen and SmolLM2, at a few times the cost per step (every key the
-  drawn queries see is encoded).
+  drawn queries see is encoded). ``repre="mean"`` trains for spec 4's other block score,
+  ``chunk_repre_method "mean"`` (the block's mean token score, ``tau`` times it in the
+  softmax); a bundle trained so is meant for configs with that block score
+  (docs/accuracy.md, *128-token blocks at equal bytes*).
 
 Initialisation: a 1-layer encoder starts as the seeded random HATA projection
 (spec 10; query heads use their KV head's), so it starts from random-HATA codes;
@@ -53,9 +56,10 @@ import torch.nn.functional as F
 from gsa.eval.train import _SignSTE
 
 __all__ = ["top_key_targets", "block_mass_targets", "block_loss", "MLPStack", "train_mlp_hash",
-           "heldout_top_recall", "heldout_block_recall", "TARGETS"]
+           "heldout_top_recall", "heldout_block_recall", "TARGETS", "REPRES"]
 
 TARGETS = ("top", "block", "top+block")
+REPRES = ("max", "mean")  # spec 4 block scores (chunk_repre_method)
 _MASKED = -1e4  # masked scores (|tau kappa score| <= 80 for the defaults)
 
 
@@ -113,13 +117,16 @@ def _block_masks(n_blocks: torch.Tensor, nblk: int, forced: Sequence[int]) -> Tu
 
 
 def block_loss(score: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor, block: int,
-               forced: Sequence[int] = (0, -2, -1), tau: float = 20.0, kappa: float = 4.0) -> torch.Tensor:
+               forced: Sequence[int] = (0, -2, -1), tau: float = 20.0, kappa: float = 4.0,
+               repre: str = "max") -> torch.Tensor:
     """Block-level loss of GSA token scores: ``score [L, P, S]`` (the spec-4 token score
     of each query at positions ``pos [P]`` against keys ``0..S-1``, scaled to [-1, 1]),
     ``mass [L, P, NBLK >= ceil(S / block)]`` (:func:`block_mass_targets`) -> scalar.
 
-    Per (layer, query): the soft block maximum ``logsumexp(kappa tau s) / kappa`` over
-    the block's causal tokens, a log-softmax over the query's blocks that are neither
+    Per (layer, query): the block score for ``repre`` (spec 4's ``chunk_repre_method``):
+    ``"max"``, the soft block maximum ``logsumexp(kappa tau s) / kappa`` over the block's
+    causal tokens; ``"mean"``, ``tau`` times their mean (exact; ``kappa`` unused); then
+    a log-softmax over the query's blocks that are neither
     past its position nor forced (``forced``: spec-5 ``must_select_blocks``, relative to
     its ``n_blocks = ceil((p + 1) / block)``), and the cross-entropy against its exact
     mass renormalised over the same blocks; mean over (layer, query). A query with
@@ -129,9 +136,17 @@ def block_loss(score: torch.Tensor, pos: torch.Tensor, mass: torch.Tensor, block
     causal = torch.arange(s).unsqueeze(0) <= pos.unsqueeze(1)  # [P, S]
     # large finite, not -inf, for masked tokens: an all-masked block's logsumexp would
     # otherwise back-propagate NaN (exp(-inf - -inf)) even where its loss weight is 0
-    x = (tau * kappa * score).masked_fill(~causal.unsqueeze(0), _MASKED)
-    x = F.pad(x, (0, nblk * block - s), value=_MASKED).reshape(nl, p_, nblk, block)
-    bscore = torch.logsumexp(x, dim=3) / kappa  # [L, P, NBLK]
+    if repre == "max":
+        x = (tau * kappa * score).masked_fill(~causal.unsqueeze(0), _MASKED)
+        x = F.pad(x, (0, nblk * block - s), value=_MASKED).reshape(nl, p_, nblk, block)
+        bscore = torch.logsumexp(x, dim=3) / kappa  # [L, P, NBLK]
+    elif repre == "mean":
+        pad = (0, nblk * block - s)
+        total = F.pad((tau * score).masked_fill(~causal.unsqueeze(0), 0.0), pad).reshape(nl, p_, nblk, block).sum(dim=3)
+        count = F.pad(causal, pad).reshape(p_, nblk, block).sum(dim=2).clamp(min=1)  # [P, NBLK]
+        bscore = total / count.unsqueeze(0)
+    else:
+        raise ValueError(f"block_loss: repre must be one of {REPRES}, got {repre!r}")
     n_blocks = (pos + block) // block  # ceil((p + 1) / block)
     inside, is_forced = _block_masks(n_blocks, nblk, forced)
     free = inside & ~is_forced  # [P, NBLK]
@@ -233,20 +248,30 @@ def heldout_top_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, targets: to
 
 
 def heldout_block_recall(codes_q: torch.Tensor, codes_k: torch.Tensor, mass: torch.Tensor, pos: torch.Tensor,
-                         block: int, forced: Sequence[int] = (0, -2, -1), ratio: float = 0.125) -> float:
+                         block: int, forced: Sequence[int] = (0, -2, -1), ratio: float = 0.125,
+                         repre: str = "max") -> float:
     """Layer-level selection check on held-out queries: ``codes_q [N, Hq, R]``, ``codes_k
     [T, Hkv, R]`` (+-1 floats, one layer), exact block masses ``mass [N, NBLK]``
     (:func:`block_mass_targets`, summed over the ``Hq`` heads). Each query selects, as
-    GSA does (spec 4 token score, block max, spec 5/8 budget), its ``forced`` blocks plus
+    GSA does (spec 4 token score, block ``repre`` = max or mean over its causal tokens,
+    spec 5/8 budget), its ``forced`` blocks plus
     the best others up to ``max(ceil(ratio * n_blocks), n_forced)`` blocks (ties to the
     smaller index); returns the mean share of the exact attention mass selected."""
     n, hq, r = codes_q.shape
     t, hkv, _ = codes_k.shape
     qsum = codes_q.reshape(n, hkv, hq // hkv, r).sum(dim=2)
     tok = torch.einsum("nhr,thr->nt", qsum, codes_k)
-    tok = tok.masked_fill(torch.arange(t).unsqueeze(0) > pos.unsqueeze(1), -math.inf)
+    causal = torch.arange(t).unsqueeze(0) <= pos.unsqueeze(1)
     nblk = math.ceil(t / block)
-    bmax = F.pad(tok, (0, nblk * block - t), value=-math.inf).reshape(n, nblk, block).amax(dim=2)
+    pad = (0, nblk * block - t)
+    if repre == "max":
+        bmax = F.pad(tok.masked_fill(~causal, -math.inf), pad, value=-math.inf).reshape(n, nblk, block).amax(dim=2)
+    elif repre == "mean":  # integer sums (exact), float32 division as spec 4
+        total = F.pad(tok.double().masked_fill(~causal, 0.0), pad).reshape(n, nblk, block).sum(dim=2)
+        count = F.pad(causal, pad).reshape(n, nblk, block).sum(dim=2)
+        bmax = (total.float() / count.clamp(min=1).float()).masked_fill(count == 0, -math.inf)
+    else:
+        raise ValueError(f"heldout_block_recall: repre must be one of {REPRES}, got {repre!r}")
     n_blocks = (pos + block) // block
     cols = torch.arange(nblk).unsqueeze(0)
     inside, is_forced = _block_masks(n_blocks, nblk, forced)
@@ -272,12 +297,13 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
                    lr: float = 1e-3, alpha: float = 10.0, beta: float = 1.0, max_pos_weight: float = 30.0,
                    n_train: int = 1024, seed: int = 0, layers: Optional[Sequence[int]] = None,
                    target: str = "top+block", block: int = 32, tau: float = 20.0, kappa: float = 4.0,
-                   block_weight: float = 1.0, log=print) -> dict:
+                   block_weight: float = 1.0, repre: str = "max", log=print) -> dict:
     """Train spec-12 encoders for ``cfg``'s scoring layers (or ``layers``) on captured
     ``store = {layer: (q [T, Hq, D], k [T, Hkv, D])}`` and save the bundle at ``out``.
 
     ``target``: ``"top"`` (BCE on each query's top keys), ``"block"`` (the block loss,
-    :func:`block_loss` with ``block``, ``tau``, ``kappa``, the config's
+    :func:`block_loss` with ``block``, ``tau``, ``kappa``, ``repre`` (the block score it is
+    trained for: ``"max"``, GSA's default, or ``"mean"``) and the config's
     ``must_select_blocks``) or ``"top+block"`` (BCE + ``block_weight`` x block loss).
     Training queries come from the first 3/4 of the captured positions, held-out ones
     from the last quarter; returns ``{"layers", "heldout": {layer: (random_hata, mlp)}, "heldout_block": (the same),
@@ -289,6 +315,8 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
 
     if target not in TARGETS:
         raise ValueError(f"train_mlp_hash: target must be one of {TARGETS}, got {target!r}")
+    if repre not in REPRES:
+        raise ValueError(f"train_mlp_hash: repre must be one of {REPRES}, got {repre!r}")
     for name, v, ok, want in (("block", block, isinstance(block, int) and block > 0, "a positive int"),
                               ("tau", tau, tau > 0, "> 0"), ("kappa", kappa, kappa > 0, "> 0"),
                               ("block_weight", block_weight, block_weight >= 0, ">= 0"),
@@ -341,7 +369,7 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
             ck = _SignSTE.apply(kmlp(ks[:, :s_max]), beta).reshape(nl, hkv, s_max, bits)
             cq = _SignSTE.apply(qmlp(qs[:, pos]), beta).reshape(nl, hkv, g, queries, bits).sum(dim=2)  # [nL, Hkv, P, R]
             score = torch.einsum("lhpr,lhsr->lps", cq, ck) / (bits * hkv * g)  # spec-4 token score in [-1, 1]
-            lb = block_loss(score, pos, bmass[:, pick], block, cfg.must_select_blocks, tau, kappa)
+            lb = block_loss(score, pos, bmass[:, pick], block, cfg.must_select_blocks, tau, kappa, repre)
             loss = loss + (block_weight if use_top else 1.0) * lb
         opt.zero_grad()
         loss.backward()
@@ -374,8 +402,8 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
         rk = unpack_signs(ops.hash_encode(k.contiguous(), w))
         heldout[l] = (heldout_top_recall(rq, rk, vt, val_pos, g, edge), heldout_top_recall(mq, mk, vt, val_pos, g, edge))
         vm = block_mass_targets(q, k, val_pos, block)
-        heldout_block[l] = (heldout_block_recall(rq, rk, vm, val_pos, block, cfg.must_select_blocks),
-                            heldout_block_recall(mq, mk, vm, val_pos, block, cfg.must_select_blocks))
+        heldout_block[l] = (heldout_block_recall(rq, rk, vm, val_pos, block, cfg.must_select_blocks, repre=repre),
+                            heldout_block_recall(mq, mk, vm, val_pos, block, cfg.must_select_blocks, repre=repre))
     mean_r = sum(v[0] for v in heldout.values()) / len(heldout)
     mean_m = sum(v[1] for v in heldout.values()) / len(heldout)
     mean_br = sum(v[0] for v in heldout_block.values()) / len(heldout_block)
@@ -384,14 +412,14 @@ def train_mlp_hash(cfg, store: Dict[int, tuple], bits: int, out: pathlib.Path, d
         "model_name": cfg.model_name, "hash_bits": bits, "depth": depth, "hidden": hidden, "steps": steps,
         "recipe": ("HashAttention-style: top-32 targets (edge 128), weighted BCE, sign STE, Adam (gsa.eval.train_mlp)"
                    if target == "top" else f"gsa.eval.train_mlp target={target}: block loss (block {block}, tau {tau}, "
-                   f"kappa {kappa}{', weight %g' % block_weight if use_top else ''}), sign STE, Adam, lr {lr}"),
-        "target": target,
+                   f"kappa {kappa}{', weight %g' % block_weight if use_top else ''}, block score {repre}), sign STE, Adam, lr {lr}"),
+        "target": target, "block_repre": repre,
         "trained_layers": ",".join(map(str, layers)),
         "heldout_top_recall_random_mlp": ",".join(f"{l}:{a:.4f}:{b:.4f}" for l, (a, b) in heldout.items()),
         "heldout_block_recall_random_mlp": ",".join(f"{l}:{a:.4f}:{b:.4f}" for l, (a, b) in heldout_block.items())})
     secs = time.time() - t0
     log(f"  mlp{depth} b{bits}: held-out top-{top} recall at 1/8 of keys: random HATA {mean_r:.3f}, "
-        f"MLP {mean_m:.3f}; block mass recall at 1/8 ({block}-token blocks): random {mean_br:.3f}, MLP {mean_bm:.3f} "
+        f"MLP {mean_m:.3f}; block mass recall at 1/8 ({block}-token blocks, block {repre}): random {mean_br:.3f}, MLP {mean_bm:.3f} "
         f"({secs:.0f}s) -> {out}")
     return {"layers": layers, "heldout": heldout, "heldout_block": heldout_block, "seconds": secs,
             "final_loss": float(loss.detach())}
