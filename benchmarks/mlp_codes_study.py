@@ -28,6 +28,13 @@ fraction: exactly GSA's bytes on average).
 (``chunk_repre_method``): ``max`` (the default; keys ``bs=B/gsa_<name>``) and ``mean``
 (keys ``bs=B/gsa_mean_<name>``, checked row by row against ``gsa.ops.hamming_dist_top_k``
 with ``mean`` like the max rows); ``meta.selectors`` lists every GSA selector name.
+
+``--ceilings`` adds reference selectors that use no code (what a perfect similarity could
+do under GSA's block rule, at GSA's budget): ``bs=B/ceiling_dot_{max,mean}`` score a token
+by its exact ``q . k`` summed over the layer's query heads (spec 4's token score with the
+code similarity replaced by the dot product), block max or mean; ``bs=B/ceiling_prob_max``
+by its exact attention probability summed over the heads, block max (the oracle is the
+block *sum* of the same).
 """
 from __future__ import annotations
 
@@ -59,6 +66,8 @@ def main(argv=None) -> int:
                     help="code widths R for Quest's equal-bytes rows (default: --bits)")
     ap.add_argument("--repre", nargs="+", default=["max"], choices=["max", "mean"],
                     help="block scores (spec 4 chunk_repre_method) to select with; mean selectors are named mean_<name>")
+    ap.add_argument("--ceilings", action="store_true",
+                    help="also score code-free reference selectors (exact q.k or probabilities, block max / mean)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -132,6 +141,15 @@ def main(argv=None) -> int:
                 floor, exact = S.quest_equal_bytes_recall(pol, layer, qsc, mass, seq, a)
                 acc.add(f"bs={bs}/quest_eqbytes_floor_b{r}", layer, floor)
                 acc.add(f"bs={bs}/quest_eqbytes_exact_b{r}", layer, exact)
+            if args.ceilings:  # code-free references at GSA's budget (module docstring)
+                n_, hq_, _ = qs.shape
+                hkv_ = k_all.shape[1]
+                dot = torch.einsum("nkgd,skd->ns", qs.float().reshape(n_, hkv_, hq_ // hkv_, d), k_all.float())
+                _, bud, _ = S.budgets_for(pol, layer, seq)
+                for tag, tok_s, agg in (("dot_max", dot, S._block_max), ("dot_mean", dot, S._block_mean),
+                                        ("prob_max", probs.sum(dim=1), S._block_max)):
+                    sel = S.select_top(agg(tok_s, seq, bs), n_blocks, bud, forced)
+                    acc.add(f"bs={bs}/ceiling_{tag}", layer, M.mass_recall(mass, sel))
             for rp in args.repre:
                 for name, (qc, kc) in codes.items():
                     sel = S.gsa_select(repre_pol[(bs, rp)], layer, qc, kc, seq, check_rows=1)
@@ -166,6 +184,9 @@ def main(argv=None) -> int:
         orc = res["overall"][f"bs={bs}/oracle"]
         print(f"block size {bs}: oracle {orc:.4f}, quest {res['overall'][f'bs={bs}/quest']:.4f}, "
               f"quest same bytes {res['overall'][f'bs={bs}/quest_eqbytes']:.4f}")
+        for tag in ("dot_max", "dot_mean", "prob_max"):
+            if f"bs={bs}/ceiling_{tag}" in res["overall"]:
+                print(f"  ceiling {tag}: {res['overall'][f'bs={bs}/ceiling_{tag}']:.4f}")
         for r in res["meta"]["quest_bits"]:
             ov = res["overall"]
             print(f"  quest at {r}-bit bytes: rounded up {ov[f'bs={bs}/quest_eqbytes_b{r}']:.4f}, "
