@@ -146,9 +146,9 @@ def main(argv=None) -> int:
                 hkv_ = k_all.shape[1]
                 dot = torch.einsum("nkgd,skd->ns", qs.float().reshape(n_, hkv_, hq_ // hkv_, d), k_all.float())
                 _, bud, _ = S.budgets_for(pol, layer, seq)
-                for tag, tok_s, agg in (("dot_max", dot, S._block_max), ("dot_mean", dot, S._block_mean),
-                                        ("prob_max", probs.sum(dim=1), S._block_max)):
-                    sel = S.select_top(agg(tok_s, seq, bs), n_blocks, bud, forced)
+                for tag, tok_s, how in (("dot_max", dot, "max"), ("dot_mean", dot, "mean"),
+                                        ("prob_max", probs.sum(dim=1), "max")):
+                    sel = S.select_top(S.block_scores(tok_s, seq, bs, how), n_blocks, bud, forced)
                     acc.add(f"bs={bs}/ceiling_{tag}", layer, M.mass_recall(mass, sel))
             for rp in args.repre:
                 for name, (qc, kc) in codes.items():

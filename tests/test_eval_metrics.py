@@ -92,9 +92,14 @@ def test_block_mean_known_answer():
     # token scores 0..6, blocks of 3; row 0 sees all 7 tokens: means 1, 4, 6 (one valid token);
     # row 1 sees 4 tokens: 1, 3 (token 3 only), the third block has none -> -inf
     tok = torch.arange(7.0).repeat(2, 1)
-    got = S._block_mean(tok, torch.tensor([7, 4]), 3)
+    got = S.block_scores(tok, torch.tensor([7, 4]), 3, "mean")
     assert got[0].tolist() == [1.0, 4.0, 6.0]
     assert got[1, :2].tolist() == [1.0, 3.0] and got[1, 2] == -math.inf
+    # block max of the same rows: 2, 5, 6 and 2, 3, -inf
+    mx = S.block_scores(tok, torch.tensor([7, 4]), 3)
+    assert mx[0].tolist() == [2.0, 5.0, 6.0] and mx[1, :2].tolist() == [2.0, 3.0] and mx[1, 2] == -math.inf
+    with pytest.raises(ValueError, match="method"):
+        S.block_scores(tok, torch.tensor([7, 4]), 3, "sum")
 
 
 def test_select_top_ties_forced_and_budget():

@@ -26,7 +26,7 @@ from gsa import ops
 from gsa.eval.metrics import mass_recall, unpack_signs
 from gsa.policy import GSAPolicy
 
-__all__ = ["unpack_signs", "select_top", "quest_scores", "budgets_for", "gsa_select", "oracle_select",
+__all__ = ["unpack_signs", "select_top", "block_scores", "quest_scores", "budgets_for", "gsa_select", "oracle_select",
            "quest_select", "quest_select_extra", "quest_equal_bytes_recall", "block_mass", "dense_probs"]
 
 
@@ -92,6 +92,17 @@ def _block_mean(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> torch.Ten
 _BLOCK_REPRE = {"max": _block_max, "mean": _block_mean}
 
 
+def block_scores(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int, method: str = "max") -> torch.Tensor:
+    """Spec-4 block scores of token scores ``tok [N, S]`` (any float; row ``i`` valid up to
+    ``seq_lens[i]``) in blocks of ``bs`` -> ``[N, NBLK]``: ``method`` ``"max"`` (largest valid
+    token score) or ``"mean"`` (``float32(sum) / float32(count)``); ``-inf`` for a block with
+    no valid token. GSA's selection uses it on code similarities (:func:`gsa_select`); the
+    code-free references of ``benchmarks/mlp_codes_study.py --ceilings`` on exact scores."""
+    if method not in _BLOCK_REPRE:
+        raise ValueError(f"block_scores: method must be one of {sorted(_BLOCK_REPRE)}, got {method!r}")
+    return _BLOCK_REPRE[method](tok, seq_lens, bs)
+
+
 def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: torch.Tensor,
                seq_lens: torch.Tensor, check_rows: int = 2) -> torch.Tensor:
     """GSA selection for ``N`` rows: ``q_codes uint8 [N, Hq, C]``, ``k_codes uint8
@@ -110,7 +121,7 @@ def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: to
     ks = unpack_signs(k_codes)  # [S, Hkv, R]
     tok = torch.einsum("nhr,shr->ns", qs, ks)  # exact integers
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
-    sel = select_top(_BLOCK_REPRE[cfg.chunk_repre_method](tok, seq_lens, bs), n_blocks, bud, forced)
+    sel = select_top(block_scores(tok, seq_lens, bs, cfg.chunk_repre_method), n_blocks, bud, forced)
     for i in torch.linspace(0, n - 1, steps=min(check_rows, n)).long().tolist():
         _check_row(cfg, q_codes[i], k_codes, int(seq_lens[i]), int(bud[i]), sel[i])
     return sel
