@@ -346,35 +346,33 @@ def choose(res):
     if "attention" in res:
         knobs["attention"] = choose_attention(res, big)
     if "mla" in res:
-        by = {}
-        for rows in res["mla"].values():
-            for r in rows:
-                if r["same"]:
-                    by.setdefault((r["num_warps"], r.get("blocks", 1), r.get("pow2", False), r.get("once", False)),
-                                  []).append(r["ms"])
-        nw, j, p2, once = min((v for v in by if len(by[v]) == len(res["mla"])), key=lambda v: sum(by[v]))
+        nw, j, p2, once = _best_variant(
+            res["mla"], lambda r: (r["num_warps"], r.get("blocks", 1), r.get("pow2", False), r.get("once", False)),
+            lambda r, rows: r["ms"])
         knobs["score_planes"] = {"num_warps": nw, "blocks": j, "pow2": p2, "reduce_once": once}
     if "hash_decode" in res:
-        tot = {}
-        for rows in res["hash_decode"].values():
-            for r in rows:
-                if r["same"]:
-                    tot.setdefault(r["block_c"], []).append(r["us"])
-        bc = min((c for c in tot if len(tot[c]) == len(res["hash_decode"])), key=lambda c: sum(tot[c]))
-        knobs.setdefault("hash", {})["decode_block_c"] = bc
-    if "score_stages" in res:
-        tot = {}
-        for rows in res["score_stages"].values():
-            for r in rows:
-                if r["same"]:
-                    tot.setdefault(r["num_stages"], []).append(r["ms"] / min(x["ms"] for x in rows))
-        st = min((v for v in tot if len(tot[v]) == len(res["score_stages"])), key=lambda v: sum(tot[v]))
-        knobs.setdefault("score", {})["num_stages"] = st
+        knobs.setdefault("hash", {})["decode_block_c"] = _best_variant(res["hash_decode"], lambda r: r["block_c"],
+                                                                       lambda r, rows: r["us"])
+    if "score_stages" in res:  # relative to each context's fastest: 32K and 128K weigh the same
+        knobs.setdefault("score", {})["num_stages"] = _best_variant(
+            res["score_stages"], lambda r: r["num_stages"], lambda r, rows: r["ms"] / min(x["ms"] for x in rows))
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs.setdefault("hash", {}).update({k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")})
         knobs["hash"].update({k: h.get(k, d) for k, d in (("num_stages", 1), ("prefetch", True))})
     return knobs
+
+
+def _best_variant(cases, key, cost):
+    """``cases``: rows per case (context or shape), each row a variant with ``same`` (its output equals
+    the reference's). The variant ``key(row)`` that is correct in every case with the smallest summed
+    ``cost(row, rows of its case)``."""
+    tot = {}
+    for rows in cases.values():
+        for r in rows:
+            if r["same"]:
+                tot.setdefault(key(r), []).append(cost(r, rows))
+    return min((v for v in tot if len(tot[v]) == len(cases)), key=lambda v: sum(tot[v]))
 
 
 def choose_selection(res):
