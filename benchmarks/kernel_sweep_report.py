@@ -6,6 +6,26 @@ import json
 from kernel_sweep import ATTN_GRID, B, BS, D, HKV, HQ, R, SCORE_BEFORE, SCORE_GRID
 
 
+def _ctx(ctx) -> str:
+    return f"{int(ctx) // 1024}K"
+
+
+def _ms_tbs(r) -> str:
+    return f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})"
+
+
+def _variant_table(title, case_col, cases, head, case_label, cell):
+    """Lines of a table with one row per case (``cases``: rows per case, the same variants in the
+    same order in each) and one column per variant (``head(row)``); a cell is ``cell(row)``, marked
+    DIFFERENT where the variant's output differed from the reference."""
+    first = next(iter(cases.values()))
+    out = ["", title, "", f"| {case_col} | " + " | ".join(head(r) for r in first) + " |", "|---|" + "---|" * len(first)]
+    for case, rows in cases.items():
+        out.append(f"| {case_label(case)} | " + " | ".join(cell(r) + ("" if r["same"] else " DIFFERENT")
+                                                           for r in rows) + " |")
+    return out
+
+
 def markdown(res) -> str:
     k = res["knobs"]
     lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
@@ -68,31 +88,21 @@ def markdown(res) -> str:
                   f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
                   if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
     if "mla" in res:
-        lines += ["", "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "
-                  f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {})}), us (TB/s of "
-                  "codes):", "", "| context | " + " | ".join(f"{r['num_warps']} w, {r.get('blocks', 1)} b, pow2 {r.get('pow2', False)}"
-                                                          + (", once" if r.get("once") else "") for r in
-                                                          next(iter(res["mla"].values()))) + " |",
-                  "|---|" + "---|" * len(next(iter(res["mla"].values())))]
-        for ctx, rows in res["mla"].items():
-            lines.append(f"| {int(ctx) // 1024}K | " + " | ".join(
-                f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})" + ("" if r["same"] else " DIFFERENT") for r in rows) + " |")
+        lines += _variant_table(
+            "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "
+            f"bytes, B={B}, `max`; chosen: {k.get('score_planes', {})}), us (TB/s of codes):", "context", res["mla"],
+            lambda r: f"{r['num_warps']} w, {r.get('blocks', 1)} b, pow2 {r.get('pow2', False)}"
+                      + (", once" if r.get("once") else ""), _ctx, _ms_tbs)
     if "hash_decode" in res:
-        bcs = [r["block_c"] for r in next(iter(res["hash_decode"].values()))]
-        lines += ["", "A decode step's hashing (16 rows), us per launch set, by code bytes per program "
-                  f"(chosen: {k.get('hash', {}).get('decode_block_c', '-')}):", "",
-                  "| case | " + " | ".join(str(c) for c in bcs) + " |", "|---|" + "---|" * len(bcs)]
-        for name, rows in res["hash_decode"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{r['us']:.1f}" + ("" if r["same"] else " DIFFERENT")
-                                                     for r in rows) + " |")
+        lines += _variant_table(
+            "A decode step's hashing (16 rows), us per launch set, by code bytes per program "
+            f"(chosen: {k.get('hash', {}).get('decode_block_c', '-')}):", "case", res["hash_decode"],
+            lambda r: str(r["block_c"]), str, lambda r: f"{r['us']:.1f}")
     if "score_stages" in res:
-        lines += ["", "Harley-Seal score launch (the tuned knobs) by `num_stages`, us (TB/s of codes); chosen: "
-                  f"{k.get('score', {}).get('num_stages', '-')}:", "",
-                  "| context | " + " | ".join(str(r["num_stages"]) for r in next(iter(res["score_stages"].values()))) + " |",
-                  "|---|" + "---|" * len(next(iter(res["score_stages"].values())))]
-        for ctx, rows in res["score_stages"].items():
-            lines.append(f"| {int(ctx) // 1024}K | " + " | ".join(
-                f"{r['ms'] * 1e3:.1f} ({r['tbs']:.2f})" + ("" if r["same"] else " DIFFERENT") for r in rows) + " |")
+        lines += _variant_table(
+            "Harley-Seal score launch (the tuned knobs) by `num_stages`, us (TB/s of codes); chosen: "
+            f"{k.get('score', {}).get('num_stages', '-')}:", "context", res["score_stages"],
+            lambda r: str(r["num_stages"]), _ctx, _ms_tbs)
     if "hash16" in res:
         lines += ["", "hash_encode_and_cache, 64K tokens, bf16 split (default) vs `hash.prec16` (one fp16 product; "
                   "reported, never chosen): us, fraction of copy, bits differing from float64 (outside spec 2's band)", "",
