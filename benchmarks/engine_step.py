@@ -30,7 +30,14 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing (also when imported)
+from timing import flush_mode  # noqa: E402
+
 B, HQ, HKV, D, R, BS = 16, 32, 8, 128, 128, 128
+FLUSH_TEXT = {"zero": "writing a 256 MB buffer (triton do_bench: the first kernel also pays the write-back of a "
+                      "dirty L2)",
+              "clean": "reading a 256 MB buffer (clean L2: no write-back charged to the timed call; "
+                       "benchmarks/timing.py)"}
 CONTEXTS = (32768, 131072)
 RATIOS = {"1/8": 0.125, "1/64": 1 / 64, "0.3": 0.3}
 TARGETS = {"host_us_per_layer": 80.0, "eager_vs_graph": 1.25, "graph_128k_1/8": 5.8, "graph_128k_1/64": 17.0,
@@ -39,9 +46,10 @@ TARGETS = {"host_us_per_layer": 80.0, "eager_vs_graph": 1.25, "graph_128k_1/8": 
 
 
 def bench(fn, reps=200):
-    from triton.testing import do_bench
+    """Median ms; L2 emptied before each call as ``$GSA_BENCH_FLUSH`` says (benchmarks/timing.py)."""
+    from timing import bench as timed
 
-    return float(do_bench(fn, warmup=25, rep=reps, return_mode="median"))
+    return timed(fn, reps)
 
 
 def capture(fn):
@@ -238,7 +246,8 @@ def markdown(res) -> str:
          f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16. Copy bandwidth {res['copy_tbs']:.2f} TB/s. "
          "Eager = the orchestrator's hot path called from Python per layer (what vLLM's PIECEWISE mode does); "
          "graph = the same calls replayed from a CUDA graph (vLLM's FULL mode). Baseline: torch SDPA dense "
-         "decode on contiguous KV, same run, same mode. Medians of triton do_bench.", "",
+         "decode on contiguous KV, same run, same mode. Medians over calls, L2 emptied before each call by "
+         + FLUSH_TEXT[res.get("flush", "zero")] + ".", "",
          "| context | ratio | budget blocks | host us / layer | step eager ms | step graph ms | eager/graph | SDPA eager ms | SDPA graph ms | speedup eager | speedup graph | hamming_dist_top_k ms (TB/s) |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ctx, c in res["contexts"].items():
@@ -329,7 +338,8 @@ def main(out_dir: str, quick: bool = False) -> None:
     dev = torch.device("cuda")
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-           "shapes": dict(B=B, Hq=HQ, Hkv=HKV, D=D, R=R, bs=BS, dtype="bf16"), "contexts": {}, "model_step": {}}
+           "shapes": dict(B=B, Hq=HQ, Hkv=HKV, D=D, R=R, bs=BS, dtype="bf16"), "contexts": {}, "model_step": {},
+           "flush": flush_mode()}
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     with gsa.use_backend("triton"):
         res["copy_tbs"] = copy_tbs()

@@ -423,6 +423,9 @@ def main(out_dir: str, parts) -> None:
     name = torch.cuda.get_device_name()
     res = dict(device=name, torch=torch.__version__, triton=triton.__version__,
                when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    from timing import flush_mode
+
+    res["flush"] = flush_mode()  # how L2 was emptied before each timed call (benchmarks/timing.py)
     res["copy_tbs"] = copy_tbs()
     progress(f"{name}: copy {res['copy_tbs']:.2f} TB/s")
     if "score" in parts:

@@ -40,3 +40,17 @@ def test_variant_table_marks_wrong_variants():
     lines = _variant_table("T", "context", cases, lambda r: str(r["n"]), lambda c: f"{int(c) // 1024}K",
                            lambda r: f"{r['ms']:.2f}")
     assert lines == ["", "T", "", "| context | 1 | 3 |", "|---|---|---|", "| 32K | 0.50 | 0.25 DIFFERENT |"]
+
+
+def test_flush_mode_from_argument_and_environment(monkeypatch):
+    import pytest
+    import timing
+
+    monkeypatch.delenv("GSA_BENCH_FLUSH", raising=False)
+    assert timing.flush_mode() == "zero"  # triton do_bench, as every result before 2026-11-30
+    monkeypatch.setenv("GSA_BENCH_FLUSH", "clean")
+    assert timing.flush_mode() == "clean"
+    assert timing.flush_mode("zero") == "zero"  # the argument wins over the environment
+    monkeypatch.setenv("GSA_BENCH_FLUSH", "dirty")
+    with pytest.raises(ValueError, match="expected one of .*got 'dirty'"):
+        timing.flush_mode()
