@@ -353,6 +353,11 @@ def choose(res):
     if "hash_decode" in res:
         knobs.setdefault("hash", {})["decode_block_c"] = _best_variant(res["hash_decode"], lambda r: r["block_c"],
                                                                        lambda r, rows: r["us"])
+    if "score_occupancy" in res:  # relative to each context's fastest: 32K and 128K weigh the same
+        nw, cap, planes, j = _best_variant(
+            res["score_occupancy"], lambda r: (r["num_warps"], r["maxnreg"], r["planes"], r["blocks"]),
+            lambda r, rows: r["ms"] / min(x["ms"] for x in rows if "ms" in x))
+        knobs.setdefault("score", {}).update(num_warps=nw, maxnreg=cap, planes=planes, blocks=j, unroll=planes)
     if "score_stages" in res:  # relative to each context's fastest: 32K and 128K weigh the same
         knobs.setdefault("score", {})["num_stages"] = _best_variant(
             res["score_stages"], lambda r: r["num_stages"], lambda r, rows: r["ms"] / min(x["ms"] for x in rows))
@@ -370,7 +375,7 @@ def _best_variant(cases, key, cost):
     tot = {}
     for rows in cases.values():
         for r in rows:
-            if r["same"]:
+            if r.get("same"):  # a row with an error has no result
                 tot.setdefault(key(r), []).append(cost(r, rows))
     return min((v for v in tot if len(tot[v]) == len(cases)), key=lambda v: sum(tot[v]))
 
@@ -448,6 +453,10 @@ def main(out_dir: str, parts) -> None:
         from kernel_sweep_scores import sweep_score_stages
 
         sweep_score_stages(res, gen)
+    if "occupancy" in parts:
+        from kernel_sweep_scores import sweep_score_occupancy
+
+        sweep_score_occupancy(res, gen)
     if "hash16" in parts:  # measured and reported, never chosen (it changes in-band bits)
         from kernel_sweep_hash import sweep_hash_prec16
 

@@ -21,8 +21,8 @@ def _variant_table(title, case_col, cases, head, case_label, cell):
     first = next(iter(cases.values()))
     out = ["", title, "", f"| {case_col} | " + " | ".join(head(r) for r in first) + " |", "|---|" + "---|" * len(first)]
     for case, rows in cases.items():
-        out.append(f"| {case_label(case)} | " + " | ".join(cell(r) + ("" if r["same"] else " DIFFERENT")
-                                                           for r in rows) + " |")
+        out.append(f"| {case_label(case)} | " + " | ".join(
+            ("error" if "error" in r else cell(r) + ("" if r["same"] else " DIFFERENT")) for r in rows) + " |")
     return out
 
 
@@ -103,6 +103,14 @@ def markdown(res) -> str:
             "Harley-Seal score launch (the tuned knobs) by `num_stages`, us (TB/s of codes); chosen: "
             f"{k.get('score', {}).get('num_stages', '-')}:", "context", res["score_stages"],
             lambda r: str(r["num_stages"]), _ctx, _ms_tbs)
+    if "score_occupancy" in res:
+        sc = k.get("score", {})
+        lines += _variant_table(
+            "Harley-Seal score launch by warps, register cap (0: the compiler's), bit planes and blocks per "
+            f"program, us (TB/s of codes); chosen: {sc.get('num_warps')} w, cap {sc.get('maxnreg', 0)}, planes "
+            f"{sc.get('planes')}, {sc.get('blocks')} b:", "context", res["score_occupancy"],
+            lambda r: f"{r['num_warps']} w, cap {r['maxnreg']}, {'planes' if r['planes'] else 'words'}, {r['blocks']} b",
+            _ctx, _ms_tbs)
     if "hash16" in res:
         lines += ["", "hash_encode_and_cache, 64K tokens, bf16 split (default) vs `hash.prec16` (one fp16 product; "
                   "reported, never chosen): us, fraction of copy, bits differing from float64 (outside spec 2's band)", "",

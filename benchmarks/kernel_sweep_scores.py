@@ -1,7 +1,8 @@
-"""Score-kernel sweeps of ``kernel_sweep.py`` beyond its main grid (``--parts mla,stages``): the group
-bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (warps, blocks per program, power-of-two counts),
-and the Harley-Seal score launch's ``num_stages`` (its head loop's software-pipelining depth) with the
-tuned launch's other knobs. Same rules as the main sweep: CUDA-graph replay medians, every variant's
+"""Score-kernel sweeps of ``kernel_sweep.py`` beyond its main grid (``--parts mla,stages,occupancy``): the
+group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (warps, blocks per program, power-of-two
+counts), the Harley-Seal score launch's ``num_stages`` (its head loop's software-pipelining depth) with the
+tuned launch's other knobs, and its register cap with warps, bit planes and blocks per program
+(``occupancy``: how many programs fit on a multiprocessor, so how many waves a launch runs). Same rules as the main sweep: CUDA-graph replay medians, every variant's
 keys compared with the SWAR path's, a differing variant reported and never chosen;
 ``kernel_sweep.choose`` turns the rows into tuning knobs. (Hash sweeps: ``kernel_sweep_hash.py``.)
 """
@@ -73,4 +74,39 @@ def sweep_score_stages(res, gen):
             out.append(dict(num_stages=st, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
         progress(f"score stages {ctx}: " + ", ".join(f"{r['num_stages']}: {r['ms'] * 1e3:.1f}us ({r['tbs']:.2f} TB/s)"
                                                      + ("" if r["same"] else " DIFFERENT") for r in out))
+        del cache
+
+
+# Nsight Compute, 2026-11-29 (eighth session): the tuned launch (2 warps, 39 registers) fits 24 programs per multiprocessor,
+# so 32K x 16 rows (4,096 programs) run 1.29 waves at 59% of DRAM peak; a cap of 32 registers fits 32
+# (one wave). Warps, planes and blocks change the register count and the program count, so they are
+# swept with the cap.
+OCCUPANCY_GRID = dict(num_warps=(1, 2, 4), maxnreg=(0, 32), planes=(False, True), blocks=(1, 2))
+
+
+def sweep_score_occupancy(res, gen):
+    """The Harley-Seal score launch at 32K and 128K x 16 rows over ``OCCUPANCY_GRID`` (register
+    cap 0 = the compiler's choice); keys compared with the SWAR path's."""
+    from cuda_ops import scoring
+
+    rows = res.setdefault("score_occupancy", {})
+    for ctx in CONTEXTS:
+        m, cache, table, seq, q = _inputs(ctx, gen)
+        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
+        ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
+        out = rows.setdefault(str(ctx), [])
+        for nw, cap, planes, j in itertools.product(*OCCUPANCY_GRID.values()):
+            keys.fill_(-7)
+            opts = dict(num_warps=nw, maxnreg=cap, planes=planes, blocks=j, unroll=planes)
+            try:
+                ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",  # noqa: B023
+                                                               **opts))
+            except Exception as e:  # a cap too small to compile is a result, not a crash of the sweep
+                out.append(dict(opts, error=f"{type(e).__name__}: {str(e)[:120]}"))
+                continue
+            out.append(dict(opts, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        ok = sorted((r for r in out if "ms" in r), key=lambda r: r["ms"])
+        progress(f"score occupancy {ctx}: " + ", ".join(
+            f"{r['num_warps']}w/r{r['maxnreg']}/p{int(r['planes'])}/b{r['blocks']} {r['ms'] * 1e3:.1f}us"
+            + ("" if r["same"] else " DIFFERENT") for r in ok[:8]))
         del cache

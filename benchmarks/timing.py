@@ -8,7 +8,7 @@ a decode-step kernel is a GEMM or another small kernel that leaves few dirty lin
 timers offer two flush modes (environment variable ``GSA_BENCH_FLUSH`` or the ``flush``
 argument; results record which):
 
-* ``zero`` (default): ``triton.testing.do_bench`` itself, as every result before 2026-11-30;
+* ``zero`` (default): ``triton.testing.do_bench`` itself, as every result before the eighth session of 2026-11-29;
 * ``clean``: the same loop, but L2 is emptied by **reading** a 256 MB buffer (a sum), so the
   timed call starts with a cold L2 holding only clean lines: no write-back is charged to it.
 

@@ -63,6 +63,11 @@ SELECT_FUSE = False  # selection in the score kernel's last program per row (top
 SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
 SCORE_PDL = False  # hot path: the score kernel as a programmatic dependent launch of the query hash
 SCORE_NUM_STAGES = None  # Harley-Seal score launch's num_stages (None: Triton's default; tuning "score.num_stages")
+# Register cap of the Harley-Seal score launch (None/0: the compiler's choice). Why: its programs are
+# small (one block, 2 warps), so how many fit on a multiprocessor sets the launch's waves: at 39
+# registers 24 fit (3,168 on an H200), and 32K x 16 rows (4,096 programs) run 1.29 waves, the
+# second mostly idle (Nsight Compute, 2026-11-29 (eighth session)); at <= 32 registers 32 fit, one wave.
+SCORE_MAXNREG = None
 FUSE_ROW_PER_WARP = 1024  # widest row (next_pow2(M)) a fused selection holds per score warp
 
 
@@ -85,7 +90,7 @@ def use_pdl(device: torch.device, pdl: bool | None = None) -> bool:
 
 def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score_weight, num_warps, path,
                   hw_popc, wide, lop3, unroll, planes, pdl=False, blocks=None, pow2=None, num_stages=None,
-                  once=None):
+                  once=None, maxnreg=None):
     """The score kernel, its per-launch integers and constexprs for these codes:
     ``(kernel, q32, kc32, ints, consts)`` (``path``: ``"hs"``, ``"group_planes"`` or ``"swar"``;
     a PDL launch applies to the Harley-Seal kernel only, the others wait as usual). Launch with
@@ -155,6 +160,9 @@ def _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes, rope_score
         stages = knob(dev, "score", "num_stages", SCORE_NUM_STAGES) if num_stages is None else num_stages
         if stages:
             consts["num_stages"] = int(stages)
+        cap = knob(dev, "score", "maxnreg", SCORE_MAXNREG) if maxnreg is None else maxnreg
+        if cap and not interpreting():  # a register cap means nothing to the interpreter
+            consts["maxnreg"] = int(cap)
         if pdl:
             consts["launch_pdl"] = True
         return _block_score_hs_kernel, q32, kc32, ints, consts
@@ -181,7 +189,7 @@ def _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cac
 def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_method="max",
                      rope_bytes=0, rope_score_weight=1.0, num_warps=None, path=None, keys=None, cache=None,
                      hw_popc=None, wide=None, lop3=None, unroll=None, planes=None, blocks=None, pow2=None,
-                     num_stages=None, once=None):
+                     num_stages=None, once=None, maxnreg=None):
     """Kernel 1 alone: ``int32 [B, M]`` block order keys (entries past a row's
     blocks are left unwritten). ``path``: ``"hs"`` (Harley-Seal: no rope bytes,
     R = 128 with even G, or R = 256), ``"group_planes"`` (query bit planes: any width, rope
@@ -194,7 +202,8 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     ``hw_popc``); ``unroll``: the loop over KV heads unrolled; ``planes``: the
     bit-plane query folding (G == 4, R = 128; ``score_kernels.py``); ``blocks``: logical
     blocks per Harley-Seal program (a power of two); ``num_stages``: the Harley-Seal launch's
-    software-pipelining depth; ``once``: the bit-plane kernel sums its per-word counts once per program.
+    software-pipelining depth; ``once``: the bit-plane kernel sums its per-word counts once per program;
+    ``maxnreg``: the Harley-Seal launch's register cap (more programs per multiprocessor).
     Defaults: the device's tuning file
     (``tuning.py``), else ``SCORE_*`` above."""
     b = q_codes.shape[0]
@@ -202,7 +211,7 @@ def block_score_keys(q_codes, key_cache, block_table, seq_lens, chunk_repre_meth
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, num_warps, path, hw_popc, wide, lop3, unroll,
                                                 planes, blocks=blocks, pow2=pow2, num_stages=num_stages,
-                                                once=once)
+                                                once=once, maxnreg=maxnreg)
     if keys is None:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
     if b and m:
@@ -287,7 +296,8 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
                                                 score_opts.get("wide"), score_opts.get("lop3"),
                                                 score_opts.get("unroll"), score_opts.get("planes"), pdl,
                                                 score_opts.get("blocks"), score_opts.get("pow2"),
-                                                score_opts.get("num_stages"), score_opts.get("once"))
+                                                score_opts.get("num_stages"), score_opts.get("once"),
+                                                score_opts.get("maxnreg"))
     dev = q_codes.device
     want = knob(dev, "select", "fuse", SELECT_FUSE) if fuse is None else fuse
     ok = fn is _block_score_hs_kernel and fused_select_ok(m, consts["num_warps"]) and consts.get("BLOCKS", 1) == 1
@@ -313,7 +323,8 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
     launch(_score_select_kernel, (m, b, 1), (
         q32, kc32, block_table, seq_lens, keys, counter, budgets, t_, l_, i_, n_,
         ints[0], m, k, pad_id, *ints[1:], block_table.stride(0), keys.stride(0), t_.stride(0), i_.stride(0), *fs),
-        dict({c: v for c, v in consts.items() if c != "BLOCKS"}, **sel), cache)
+        # the score launch's register cap is not the fused kernel's (its selection needs more)
+        dict({c: v for c, v in consts.items() if c not in ("BLOCKS", "maxnreg")}, **sel), cache)
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,

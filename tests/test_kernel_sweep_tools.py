@@ -47,10 +47,26 @@ def test_flush_mode_from_argument_and_environment(monkeypatch):
     import timing
 
     monkeypatch.delenv("GSA_BENCH_FLUSH", raising=False)
-    assert timing.flush_mode() == "zero"  # triton do_bench, as every result before 2026-11-30
+    assert timing.flush_mode() == "zero"  # triton do_bench, as every result before the eighth session of 2026-11-29
     monkeypatch.setenv("GSA_BENCH_FLUSH", "clean")
     assert timing.flush_mode() == "clean"
     assert timing.flush_mode("zero") == "zero"  # the argument wins over the environment
     monkeypatch.setenv("GSA_BENCH_FLUSH", "dirty")
     with pytest.raises(ValueError, match="expected one of .*got 'dirty'"):
         timing.flush_mode()
+
+
+def test_choose_score_occupancy_skips_errors_and_differences():
+    def row(nw, cap, ms, same=True, err=False):
+        r = dict(num_warps=nw, maxnreg=cap, planes=False, blocks=1)
+        return dict(r, error="OutOfResources") if err else dict(r, ms=ms, tbs=1.0, same=same)
+
+    res = {"score_occupancy": {"32768": [row(2, 0, 3.0), row(2, 32, 2.0), row(4, 32, 1.0, same=False),
+                                         row(1, 32, 0.5, err=True)],
+                               "131072": [row(2, 0, 8.0), row(2, 32, 8.4), row(4, 32, 7.0), row(1, 32, 1.0, err=True)]}}
+    # relative costs: (2, 0) 1.5 + 1.0 = 2.5; (2, 32) 1.0 + 1.05 = 2.05; (4, 32) differs at 32K; (1, 32) failed
+    got = ks.choose(res)["score"]
+    assert (got["num_warps"], got["maxnreg"], got["planes"], got["blocks"]) == (2, 32, False, 1)
+    lines = "\n".join(_variant_table("t", "context", res["score_occupancy"], lambda r: str(r["num_warps"]), str,
+                                     lambda r: f"{r['ms']:.1f}"))
+    assert "error" in lines and "DIFFERENT" in lines

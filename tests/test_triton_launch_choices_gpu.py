@@ -1,7 +1,8 @@
 """The Triton launch choices of issue 12 on a CUDA GPU at realistic shapes (skipped without CUDA).
 
 ``tests/test_triton_launch_choices.py`` checks the same choices in the interpreter at small
-shapes; here they run compiled: several blocks per score program (``score.blocks``), the
+shapes; here they run compiled: several blocks per score program (``score.blocks``) with and
+without a register cap (``score.maxnreg``), the
 selection program's warps (``select.num_warps``) and the attention reduction fused into the split
 kernel (``attention.fuse``), the last also captured in a CUDA graph and replayed over new lengths,
 tables and queries (its counter must come back to zero on every replay).
@@ -35,9 +36,10 @@ def _codes(gen, b, hq, hkv, bs, m, c):
 
 @pytest.mark.parametrize("planes", [False, True])
 @pytest.mark.parametrize("method", ["max", "mean"])
-@pytest.mark.parametrize("blocks", [2, 4])
+@pytest.mark.parametrize("blocks", [1, 2, 4])
 @pytest.mark.parametrize("warps", [1, 2, 4])
-def test_score_blocks_realistic(gen, planes, method, blocks, warps):
+@pytest.mark.parametrize("cap", [0, 32])  # score.maxnreg: a register cap changes the code, not the keys
+def test_score_blocks_realistic(gen, planes, method, blocks, warps, cap):
     from cuda_ops import scoring
 
     b, hq, hkv, bs, m = 5, 32, 8, 128, 203
@@ -45,7 +47,7 @@ def test_score_blocks_realistic(gen, planes, method, blocks, warps):
     seq = torch.tensor([m * bs, 77 * bs + 3, 1, 130 * bs, 2 * bs + 127], dtype=torch.int32, device=DEV)
     swar = scoring.block_score_keys(q, cache, table, seq, method, path="swar")
     got = scoring.block_score_keys(q, cache, table, seq, method, path="hs", planes=planes, blocks=blocks,
-                                   num_warps=warps, unroll=planes)
+                                   num_warps=warps, unroll=planes, maxnreg=cap)
     for r in range(b):
         n = (int(seq[r]) + bs - 1) // bs
         assert torch.equal(got[r, :n], swar[r, :n]), r
