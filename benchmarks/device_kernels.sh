@@ -5,8 +5,9 @@
 #                                             # sweep of every kernel (kernel_sweep.py, all parts)
 #   bash benchmarks/device_kernels.sh step    # engine_step.py and mla_step.py with the committed tuning
 #   bash benchmarks/device_kernels.sh mla     # GPU tests of the MLA score path and MLA graphs, mla_step.py
-#   PARTS=hash,stages bash benchmarks/device_kernels.sh parts   # kernel_sweep.py --parts $PARTS (cap 130 s),
-#                                             # then engine_step.py --quick with the tuning it wrote
+#   PARTS=hash,stages bash benchmarks/device_kernels.sh parts   # kernel_sweep.py --parts $PARTS (cap 130 s,
+#                                             # SWEEP_CAP), then engine_step.py --quick with the tuning it wrote
+#                                             # (also left in /tmp/gsa_last_tuning.json for later commands)
 #   bash benchmarks/device_kernels.sh flush   # engine_step.py --quick twice: L2 emptied by writing (triton
 #                                             # do_bench) and by reading (benchmarks/timing.py "clean")
 #   bash benchmarks/device_kernels.sh ncu     # Nsight Compute counters of one sparse layer's kernels
@@ -49,7 +50,7 @@ left() { echo $(( ${1} - ($(date +%s) - t0) )); }
         echo "== kernel sweep, parts ${PARTS:?set PARTS} (cap ${SWEEP_CAP:-130} s)"
         timeout "${SWEEP_CAP:-130}" python3 benchmarks/kernel_sweep.py --out "$WORK" --parts "$PARTS" 2>&1 | tail -12
         echo "sweep rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
-        [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json"
+        [ -f "$WORK/nvidia_h200.json" ] && tuning="$WORK/nvidia_h200.json" && cp "$tuning" /tmp/gsa_last_tuning.json
         echo "== engine step --quick with ${tuning:-the committed tuning} (cap: what is left of 200 s)"
         GSA_TRITON_TUNING="$tuning" timeout "$(left 200)" python3 benchmarks/engine_step.py --quick --out "$WORK" 2>&1 | tail -22
         echo "engine_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"

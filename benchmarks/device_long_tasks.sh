@@ -14,6 +14,7 @@
 # carried: benchmarks/device_assets/qwen-mlp1-b128.safetensors (git-ignored, 11 MB).
 #
 # Writes at most 4 files under $OUT: accuracy_qwen-long-tasks-cuda.{json,md}, _summary.png, .log.
+# GSA_PARTS (default "passkey multikey vartrack") picks the tasks. GSA_TAG_SUFFIX names a partial run.
 # Knobs for a short trial elsewhere (e.g. on a CPU): GSA_DEVICE=cpu GSA_LENGTHS="1024 2048"
 # GSA_DEPTHS=0.5 GSA_TIMEOUT=seconds OUT=/tmp/out bash benchmarks/device_long_tasks.sh
 set -euo pipefail
@@ -25,8 +26,10 @@ DEVICE="${GSA_DEVICE:-cuda}"
 LENGTHS="${GSA_LENGTHS:-8192 16384 32000}"
 DEPTHS="${GSA_DEPTHS:-0.1 0.5 0.9}"
 LIMIT="${GSA_TIMEOUT:-210}"  # seconds for the eval itself; results so far are written after every prompt
+PARTS="${GSA_PARTS:-passkey multikey vartrack}"  # e.g. GSA_PARTS=vartrack to complete an earlier run
 TAG=qwen-long-tasks-cuda
 [ "$DEVICE" = cuda ] || TAG="qwen-long-tasks-$DEVICE"
+TAG="$TAG${GSA_TAG_SUFFIX:-}"
 LOG="$OUT/accuracy_$TAG.log"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
@@ -46,7 +49,7 @@ if [ -f benchmarks/device_assets/qwen-mlp1-b128.safetensors ]; then
     NEW="$NEW r0.125-b128-mlp1"
 fi
 {
-    echo "[device_long_tasks] $(date -u '+%F %T') UTC, device $DEVICE, lengths $LENGTHS, depths $DEPTHS, limit ${LIMIT}s"
+    echo "[device_long_tasks] $(date -u '+%F %T') UTC, device $DEVICE, parts $PARTS, lengths $LENGTHS, depths $DEPTHS, limit ${LIMIT}s"
     "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$LOG"
 # the new codes' kernels on this device vs the CPU first: a config whose codes disagree or whose op
@@ -59,7 +62,7 @@ echo "[device_long_tasks] configs: dense $CONFIGS" | tee -a "$LOG"
 t0=$(date +%s)
 set +e
 # shellcheck disable=SC2086
-timeout "$LIMIT" "$PY" -m gsa.eval.cli --model qwen --device "$DEVICE" --parts passkey multikey vartrack \
+timeout "$LIMIT" "$PY" -m gsa.eval.cli --model qwen --device "$DEVICE" --parts $PARTS \
     --lengths $LENGTHS --depths $DEPTHS --block-size 128 \
     --passkey-configs $CONFIGS --task-configs $CONFIGS --tag "$TAG" --out "$WORK" 2>&1 \
     | grep --line-buffered -v "Loading weights" | tee -a "$LOG"
