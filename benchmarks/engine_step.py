@@ -65,17 +65,21 @@ def capture(fn):
     return g
 
 
-def host_us(fn, n=40):
-    """CPU time to issue ``fn`` (no sync inside; the GPU queue never fills at n calls)."""
-    torch.cuda.synchronize()
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
+def host_us(fn, n=40, batches=7):
+    """CPU time to issue ``fn`` (no sync inside; the GPU queue never fills at n calls): the
+    median over ``batches`` batches of ``n`` calls, each after a sync. One batch alone swung
+    60-112 us between runs of the same code on the device's shared host (2026-11-29)."""
+    per = []
+    for _ in range(batches):
+        torch.cuda.synchronize()
         fn()
-    dt = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return dt / n * 1e6
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per.append((time.perf_counter() - t) / n * 1e6)
+        torch.cuda.synchronize()
+    return sorted(per)[len(per) // 2]
 
 
 def copy_tbs():
