@@ -20,7 +20,8 @@ Predictors (``prio[t]``, higher = more likely selected at ``t + 1``):
   (:func:`features`: z of the last three steps, z decayed at 0.5 / 0.7 / 0.9, selected at
   ``t`` / ``t - 1``, decayed selection counts, the z distance to the step's selection
   threshold and its decayed value, the max z of the last three steps), fitted on ANOTHER trace
-  (``--fit-on``) and applied unchanged: the most any combination of these signals gives.
+  (``--fit-on``) and applied unchanged; ``mlp`` (``--mlp``): a small MLP on the same features,
+  the same way (a non-linear combination).
 
 Policies (hits counted before each step's request; misses are fetched on demand and evict
 the lowest ``keep`` key outside the step's selection):
@@ -38,7 +39,8 @@ the lowest ``keep`` key outside the step's selection):
   ranked worse than ``X * k`` for ``N`` steps); on demand and with the ``top`` prefetch;
 * ``split``: ``top`` with per-layer pool sizes (same total) chosen greedily on the ``--fit-on``
   trace's per-layer hit curves (a static per-layer budget);
-* ``global_logit``: ONE pool of the same total for all layers; after each step every layer
+* ``top_logit`` / ``top_mlp``, ``pf2_logit``, ``evict_logit``: the rows above with that predictor;
+* ``global_logit`` / ``global_mlp``: ONE pool of the same total for all layers; after each step every layer
   keeps its selection and the remaining slots go to the (layer, block) pairs of highest
   fitted probability (a per-layer budget that adapts every step);
 * ``global_rankcal{c}``: ``global_logit`` with the probability estimated online per layer and rank
@@ -47,7 +49,7 @@ the lowest ``keep`` key outside the step's selection):
 * ``*_insample``: the logit rows fitted on the trace they are scored on: NOT online results,
   an optimistic bound of what these features can give.
 
-Usage: python benchmarks/offload_policy_online.py TRACE.pt --fit-on OTHER.pt [--tag NAME]
+Usage: python benchmarks/offload_policy_online.py TRACE.pt --fit-on OTHER.pt [--mlp] [--tag NAME]  (10-60 s)
 Writes benchmarks/results/offload_policy_replay[_TAG]_online.{json,md}.
 """
 from __future__ import annotations
@@ -138,6 +140,37 @@ def fit_logit(tr: dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 def logit(model, sel: np.ndarray, scores: np.ndarray) -> np.ndarray:
     w, mu, sd = model
     return ((features(sel, scores) - mu) / sd) @ w[:-1] + w[-1]
+
+
+def fit_mlp(tr: dict, epochs: int = 300, seed: int = 0):
+    """A small MLP (13 -> 32 -> 32 -> 1, ReLU; Adam, batches of 4096, seeded) of the same target
+    as :func:`fit_logit`: whether a non-linear combination of the features predicts better.
+    Returns a function ``(sel, scores) -> float64 [T, N]`` logits."""
+    xs, ys = [], []
+    for l in tr["layers"]:
+        f = features(tr["sel"][l], tr["scores"][l])
+        xs.append(f[:-1].reshape(-1, f.shape[-1]))
+        ys.append(tr["sel"][l][1:].reshape(-1))
+    x, y = torch.tensor(np.concatenate(xs)).float(), torch.tensor(np.concatenate(ys)).float()
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
+                              torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    xn = (x - mu) / sd
+    for _ in range(epochs):
+        perm = torch.randperm(len(xn), generator=gen)
+        for i in range(0, len(xn), 4096):
+            b = perm[i: i + 4096]
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(net(xn[b])[:, 0], y[b]).backward()
+            opt.step()
+
+    def predict(sel, scores):
+        with torch.no_grad():
+            return net((torch.tensor(features(sel, scores)).float() - mu) / sd)[..., 0].double().numpy()
+    return predict
 
 
 def replay(sel: np.ndarray, keep: np.ndarray, slots: int, pf: Optional[np.ndarray] = None,
@@ -263,8 +296,9 @@ def greedy_split(curves: Dict[int, Dict[int, int]], total: int) -> Dict[int, int
     return alloc
 
 
-def variants(tr: dict, fit: Optional[dict]) -> Dict[str, np.ndarray]:
-    """Every variant's counters on ``tr`` (``fit``: the trace the fitted rows learn from)."""
+def variants(tr: dict, fit: Optional[dict], mlp: bool = False, mlp_seed: int = 0) -> Dict[str, np.ndarray]:
+    """Every variant's counters on ``tr`` (``fit``: the trace the fitted rows learn from; ``mlp``:
+    also the MLP rows, ~40 s)."""
     ls, sel, sl = tr["layers"], tr["sel"], tr["slots"]
     z = {l: zscore(tr["scores"][l]) for l in ls}
     pr = {d: {l: ema(z[l], d) for l in ls} for d in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)}
@@ -301,6 +335,11 @@ def variants(tr: dict, fit: Optional[dict]) -> Dict[str, np.ndarray]:
         per_layer("top_logit", lambda l: replay(sel[l], lg[l], sl[l], lg[l]))
         per_layer("pf2_logit", lambda l: replay(sel[l], lg[l], sl[l], lg[l], limit=2))
         rows["global_logit"] = replay_global(tr, lg)
+        if mlp:
+            net = fit_mlp(fit, seed=mlp_seed)
+            mp = {l: net(sel[l], tr["scores"][l]) for l in ls}
+            per_layer("top_mlp", lambda l: replay(sel[l], mp[l], sl[l], mp[l]))
+            rows["global_mlp"] = replay_global(tr, mp)
         # static per-layer sizes from the fit trace's curves (top_ema0.7), scaled to this trace
         fz = {l: ema(zscore(fit["scores"][l]), 0.7) for l in fit["layers"]}
         curves = {l: {s: int(replay(fit["sel"][l], fz[l], s, fz[l])[0])
@@ -329,12 +368,14 @@ def main(argv=None) -> dict:
     ap.add_argument("trace")
     ap.add_argument("--fit-on", default=None, help="the trace the fitted rows (logit, split) learn from")
     ap.add_argument("--pool-frac", type=float, default=0.25)
+    ap.add_argument("--mlp", action="store_true", help="also the top_mlp / global_mlp rows (~40 s)")
+    ap.add_argument("--mlp-seed", type=int, default=0, help="the MLP's seed (its spread: run 0..4)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     tr = load(args.trace, pool_frac=args.pool_frac)
     fit = load(args.fit_on, pool_frac=args.pool_frac) if args.fit_on else None
-    rows = variants(tr, fit)
+    rows = variants(tr, fit, args.mlp, args.mlp_seed)
     res = dict(source=tr["source"], fit_on=fit["source"] if fit else None, ratio=RATIO, pool_frac=args.pool_frac,
                slots=tr["slots"][tr["layers"][0]], n_blocks=tr["nblk"],
                command="python benchmarks/offload_policy_online.py " + " ".join(
