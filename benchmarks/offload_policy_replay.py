@@ -32,6 +32,8 @@ block scores per layer; older files skip these rows):
   highest-priority blocks (``score_pf`` with no limit): what this predictor gives at most.
 
 ``fetch`` = blocks copied (misses + prefetches) per selected block: the PCIe traffic.
+(More online variants at ratio 1/8, pool 1/4 -- fitted predictors, runner-up margins, hysteresis,
+recency + score, per-layer budgets, one pool shared by the layers: ``offload_policy_online.py``.)
 (The "previous" prediction is not a row: the last selection is still resident in a pool
 one step wide, so it fetches nothing and the hits equal ``engine``'s; tested in
 tests/test_offload_bench.py.)

@@ -184,7 +184,7 @@ def test_previous_prefetch_hits_and_fetches_exactly_as_on_demand(pool_slack):
     that layer's request evicts), so the prediction fetches nothing and relabels every resident
     block's recency by the same step: eviction, hits and fetches equal on-demand's, also when
     the pool is tight and evicts (the benchmark's prefetch rows can only differ through their
-    workload). docs/offload.md, "Why the graph rows were slower"."""
+    workload). docs/offload_h200.md, "Why the graph rows were slower"."""
     ond, prev = (_run(pool_slack, p, "direct")[0].stats() for p in (None, "previous"))
     assert prev["prefetched"] == 0 and ond["fetched"] > 0
     assert {k: prev[k] for k in ("wanted", "hits", "fetched")} == {k: ond[k] for k in ("wanted", "hits", "fetched")}

@@ -226,3 +226,42 @@ def test_capture_check_runs_its_fix_variant_on_cpu_and_chains_errors(capsys):
         lines = mod.chain(e).splitlines()
     assert lines[0] == "ValueError: capturing stream has unjoined work"
     assert lines[1].strip() == "caused while handling: RuntimeError: Cannot copy between CPU and CUDA tensors"
+
+
+def test_online_policy_replay_by_hand():
+    """benchmarks/offload_policy_online.py: the per-layer pool (on demand, with the 'top' prefetch
+    and with a per-step prefetch cap), the shared pool of the global rows, hysteresis keys and the
+    greedy per-layer split, on hand-computed sequences."""
+    np = pytest.importorskip("numpy")
+    m = _load("offload_policy_online")
+    sel = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], bool)
+    keep = np.array([[3, 2, 1, 0], [0, 5, 4, 1], [9, 0, 0, 9]], float)
+    # 2 slots on demand: step 1 hits block 1, evicts block 0 for block 2; step 2 misses both
+    assert m.replay(sel, keep, 2).tolist() == [1, 4, 3, 0]
+    # 3 slots: step 2's block 3 evicts block 1 or 2 (tied keep 0: the lower id, 1)
+    assert m.replay(sel, keep, 3).tolist() == [2, 4, 2, 0]
+    # 'top' prefetch: after step 0 block 2 (best outside the selection) fills the free slot; after
+    # step 1 block 3 (keep 1 > block 0's 0) replaces block 0: steps 1 and 2 hit 2 + 1
+    assert m.replay(sel, keep, 3, keep).tolist() == [3, 4, 1, 2]
+    assert m.replay(sel, keep, 3, keep, limit=0).tolist() == m.replay(sel, keep, 3).tolist()
+    # a target of the selection alone prefetches nothing
+    assert m.replay(sel, keep, 3, keep, target=2).tolist() == [2, 4, 2, 0]
+    # shared pool of 2 + 2 slots: layer 0 selects {0} every step, layer 1 {0}, {1}, {2}; after
+    # each step the 2 free slots go to the highest prob: layer 1's next block is predicted by prob
+    tr = dict(layers=[0, 1], slots={0: 2, 1: 2},
+              sel={0: np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0]], bool),
+                   1: np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], bool)})
+    prob = {0: np.zeros((3, 3)), 1: np.array([[0, 0.9, 0.1], [0, 0, 0.8], [0, 0, 0]])}
+    # after step 0 layer 1 holds 3 slots (its blocks 1 and 2 prefetched: prob 0.9, 0.1 > layer 0's 0);
+    # after step 1 the fourth slot goes to the first zero-prob pair (layer 0, block 1): 3 prefetches;
+    # every request hits
+    assert m.replay_global(tr, prob).tolist() == [4, 4, 0, 3]
+    # hysteresis: block 2 ranked within 1 x k = 1 at step 0 stays protected at step 1 (window 2)
+    prio = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    assert (m.hyst_keep(prio, 1, 1.0, 2) - prio).tolist() == [[0, 0, 1e3], [1e3, 0, 1e3]]
+    assert (m.hyst_keep(prio, 1, 1.0, 1) - prio).tolist() == [[0, 0, 1e3], [1e3, 0, 0]]
+    # greedy split: the slot goes where the hits grow most
+    assert m.greedy_split({0: {1: 5, 2: 6, 3: 6}, 1: {1: 3, 2: 7, 3: 8}}, 4) == {0: 2, 1: 2}
+    assert m.greedy_split({0: {1: 5, 2: 6, 3: 6}, 1: {1: 3, 2: 7, 3: 8}}, 3) == {0: 1, 1: 2}
+    z = m.zscore(np.array([[1.0, 3.0, -np.inf]]))
+    assert z.tolist() == [[-1.0, 1.0, -10.0]]

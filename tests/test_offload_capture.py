@@ -6,7 +6,7 @@ Why: on the H200 the "previous" prefetch rows failed to capture with "capturing 
 unjoined work". The cause was not a stream: ``ResidencyMap.mark_predicted`` cleared an entry
 with ``t[i] = False`` (a pageable host->device scalar copy, which capture rejects), and the
 exception left the layer's fetch forked on the copy stream, so ``capture_end`` reported the
-unjoined fork instead (docs/offload.md, "Graph capture with prefetch"). These tests hold the
+unjoined fork instead (docs/offload_h200.md, "Graph capture with prefetch"). These tests hold the
 step to the rules (every fork joined inside the layer, no event from outside the capture
 waited on, no host copy or host read from offload code), show that the old line is caught,
 and that an error inside a captured layer now surfaces as itself.

@@ -41,7 +41,7 @@ def _offloaded(cfg, dev, ref, caches, kv, pool, prefetch, eviction, torch_map=Fa
                                                          (None, "score", False), ("previous", "score", False)])
 def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, eviction, torch_map):
     # ("previous" failed to capture on the H200 until ResidencyMap.mark_predicted stopped writing a
-    # Python number by item assignment: docs/offload.md, "Graph capture with prefetch")
+    # Python number by item assignment: docs/offload_h200.md, "Graph capture with prefetch")
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
     cfg = GSAConfig(**CFG)

@@ -33,7 +33,7 @@ Eviction (``eviction=``): ``"lru"`` (default) evicts the least recently selected
 (ties by fewest selections); ``"score"`` evicts the lowest exponentially decayed
 block score (:mod:`gsa.offload.scores`: every step's block scores of the selection,
 z-scored per row, decayed by ``score_decay``), which on real traces hits more and
-fetches less (docs/offload.md). Neither changes what attention reads.
+fetches less (docs/offload_policies.md). Neither changes what attention reads.
 
 Dense layers (ratio >= 1) are not offloaded: they read every block, so their
 KV stays on the device under the engine's own cache (3 of 36 layers in the
@@ -436,7 +436,7 @@ class OffloadedGSA:
             # join every fork (this fetch, a next layer's prefetch) before the error leaves: under
             # CUDA-graph capture an exception with the copy stream still forked makes capture_end
             # fail with "capturing stream has unjoined work", which hides the real error (it did on
-            # the H200: docs/offload.md, "Graph capture with prefetch")
+            # the H200: docs/offload_h200.md, "Graph capture with prefetch")
             for mv in self.movers.values():
                 mv.wait()
             raise

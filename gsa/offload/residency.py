@@ -255,7 +255,7 @@ class ResidencyMap:
         CUDA graph capture ..."), and the exception left the copy stream forked (the layer's
         fetch, joined only by ``BlockMover.wait`` after this call), so ``capture_end`` reported
         "capturing stream has unjoined work" instead: the H200 failure of the "previous" graph
-        rows (docs/offload.md, "Graph capture with prefetch")."""
+        rows (docs/offload_h200.md, "Graph capture with prefetch")."""
         ids = torch.where(blocks.reshape(-1) >= 0, blocks.reshape(-1).long(), self.nb)
         self._predicted.zero_()
         self._predicted.index_fill_(0, ids, True)

@@ -5,7 +5,7 @@ Why: the selection scores every block of every row at every step; a block that s
 now but just missed the budget is likely selected soon, and one that has scored low for a
 while is not. On real Qwen2.5-0.5B decode traces (ratio 1/8, pool 1/4 of the KV) evicting the
 lowest decayed score hits 0.882 of the selected blocks at 16K (least-recent: 0.861) and
-fetches less (benchmarks/offload_policy_replay.py, docs/offload.md "Score-aware eviction").
+fetches less (benchmarks/offload_policy_replay.py, docs/offload_policies.md "Score-aware eviction").
 
 Pieces (all fixed-shape tensor ops on the pool's device: no host sync, capturable):
 
