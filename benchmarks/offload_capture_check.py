@@ -140,53 +140,135 @@ def _sync(dev) -> None:
         torch.cuda.synchronize()
 
 
+def build_scenario(dev: torch.device, seed: int = 0) -> dict:
+    """The shared setup of this check and ``tests/test_offload_gpu.py``: the all-in-HBM GSA
+    model (``ref``), its hash caches filled with random history, the pinned-host KV (``kv``) and
+    its device copy (``dkv``), the captured width ``k`` and a pool far below ``NB`` (evictions
+    every step). Call inside ``use_backend`` when the offloaded models should use it."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = GSAConfig(**CFG)
+    ref = GSASparse(cfg, dev)
+    caches = ref.allocate_hash_caches(NB)
+    for hc in caches.values():  # a filled history
+        hc.copy_(torch.randint(0, 256, hc.shape, dtype=torch.uint8, generator=gen))
+    kv = {l: [torch.randn(NB, BS, HKV, D, generator=gen).to(torch.bfloat16) for _ in range(2)]
+          for l in range(cfg.num_hidden_layers)}
+    return dict(dev=dev, cfg=cfg, ref=ref, caches=caches, kv=kv,
+                dkv={l: (a.to(dev), b.to(dev)) for l, (a, b) in kv.items()},
+                k=ref.begin_step([M * BS] * B).plan.k,  # the captured width: the largest selection
+                pool=min_pool_blocks(ref, B, M * BS) + 7)
+
+
+def make_offloaded(data: dict, prefetch=None, eviction="lru", torch_map=False) -> OffloadedGSA:
+    """An ``OffloadedGSA`` over the scenario's KV and caches (``torch_map``: the torch
+    ``ResidencyMap`` instead of the fused residency kernel)."""
+    off = OffloadedGSA(GSASparse(data["cfg"], data["dev"]), NB, data["pool"], B, M * BS, HKV, D, torch.bfloat16,
+                       prefetch=prefetch, eviction=eviction)
+    if torch_map:
+        for l in off.layers:
+            off.maps[l] = ResidencyMap(NB, data["pool"], data["dev"], backend=False)
+            off.maps[l].now_t = off.now_t
+    off.load_prefilled(data["kv"], data["caches"])
+    return off
+
+
+class StepInputs:
+    """The static tensors a captured step reads (block table, lengths, one query per layer),
+    refilled in place for each step from a seeded CPU generator."""
+
+    def __init__(self, data: dict, seed: int = 1):
+        dev, n_layers = data["dev"], data["cfg"].num_hidden_layers
+        self.gen = torch.Generator().manual_seed(seed)
+        self.table = torch.zeros(B, M, dtype=torch.int32, device=dev)
+        self.seq = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.q = [torch.zeros(B, HQ, D, dtype=torch.bfloat16, device=dev) for _ in range(n_layers)]
+
+    def load(self, seq) -> None:
+        self.table.copy_(torch.randperm(NB, generator=self.gen)[: B * M].reshape(B, M).to(torch.int32))
+        self.seq.copy_(torch.tensor(seq, dtype=torch.int32))
+        for q in self.q:
+            q.copy_(torch.randn(B, HQ, D, generator=self.gen).to(torch.bfloat16))
+
+    def body(self, off: OffloadedGSA, step) -> list:
+        """One decode step of every offloaded layer: the outputs, in layer order."""
+        return [off.decode_attention(l, step, self.q[l], self.table, self.seq) for l in off.layers]
+
+
+def check_replays(data: dict, offs: list, steps: list, inp: StepInputs, replay, outs_g, sels_g) -> tuple:
+    """Replays the captured step (``replay``, its outputs ``outs_g`` and selections ``sels_g``:
+    ``offs[0]``'s) over ``SEQS[1:]`` and compares each with ``offs[1]`` run eagerly and with the
+    all-in-HBM step: selections bit for bit, attention within bf16 tolerance; at the end the
+    residency maps (and score priorities) must be identical, the pool must have evicted and
+    refetched, and the step clock must have advanced once per step. Returns ``(None, detail)``
+    when all holds, else ``(message, None)``."""
+    dev, ref, k = data["dev"], data["ref"], data["k"]
+    worst = 0.0
+    for seq in SEQS[1:]:
+        inp.load(seq)
+        offs[0].begin_step(seq, k=k, graph=True)
+        replay()
+        _sync(dev)
+        got = [o.clone() for o in outs_g]
+        got_sel = {l: (t.clone(), n.clone()) for l, (t, n) in sels_g.items()}
+        st_e = offs[1].begin_step(seq, k=k, graph=True)
+        eager = [o.clone() for o in inp.body(offs[1], st_e)]
+        st_r = ref.begin_step(seq, k=k, graph=True)
+        for i, l in enumerate(offs[0].layers):
+            src = ref.policy.layer(l).selection_layer
+            want = ref.decode_attention(l, st_r, inp.q[l], *data["dkv"][l], inp.table, inp.seq, data["caches"][src])
+            d_eager = (got[i].float() - eager[i].float()).abs().max().item()
+            d_ref = (got[i].float() - want.float()).abs().max().item()
+            worst = max(worst, d_eager)
+            if d_eager > 1e-3 or d_ref > 2e-2:
+                return (f"replay MISMATCH at {seq} layer {l}: max |graph - eager| {d_eager:.3g}, "
+                        f"|graph - all-in-HBM| {d_ref:.3g}"), None
+        for l in ref.scoring_layers:
+            want_t, want_l = st_r._selections[l]
+            eag_t, eag_l = st_e._selections[l]
+            if not (torch.equal(got_sel[l][0], want_t) and torch.equal(got_sel[l][1], want_l)
+                    and torch.equal(got_sel[l][0], eag_t) and torch.equal(got_sel[l][1], eag_l)):
+                return f"replay MISMATCH at {seq}: the selection of layer {l} differs (graph vs eager / HBM)", None
+    _sync(dev)
+    for l in offs[0].layers:  # identical decisions in graph and eager: the maps and counters end equal
+        for attr in ("slot_of", "block_of", "last_used", "uses", "_counts"):
+            if not torch.equal(getattr(offs[0].maps[l], attr), getattr(offs[1].maps[l], attr)):
+                return f"replay MISMATCH: the residency maps differ after the replays (layer {l}, {attr})", None
+        pa, pb = getattr(offs[0], "priority", {}).get(l), getattr(offs[1], "priority", {}).get(l)
+        if pa is not None and not torch.allclose(pa, pb, equal_nan=True):
+            return f"replay MISMATCH: the score priorities differ after the replays (layer {l})", None
+    st = offs[0].stats()
+    if not (st["fetched"] > 0 and 0 < st["hit_rate"] < 1):
+        return f"replays did not evict and refetch (stats {st}): the check would not test the fetch", None
+    if int(offs[0].now_t) != len(SEQS):
+        return f"the step clock reads {int(offs[0].now_t)} after {len(SEQS)} steps", None
+    return None, (f"{len(SEQS) - 1} replays equal eager (selections bit-exact, max |graph - eager| {worst:.2g}) and "
+                  f"all-in-HBM; maps identical; hit rate {st['hit_rate']:.3f}, predicted {st['predicted_rate']:.3f}")
+
+
 def run_variant(name: str, spec: dict, data: dict) -> tuple:
     """Returns ``(ok: bool, message)``: whether the variant did what it expects."""
     dev = data["dev"]
-    cfg = GSAConfig(**CFG)
-    ref, caches, kv, dkv, k, pool = data["ref"], data["caches"], data["kv"], data["dkv"], data["k"], data["pool"]
-    gen = torch.Generator().manual_seed(1)
-    offs = []
-    for _ in range(2):  # [0] captured and replayed, [1] eager
-        off = OffloadedGSA(GSASparse(cfg, dev), NB, pool, B, M * BS, HKV, D, torch.bfloat16,
-                           prefetch=spec.get("prefetch"), eviction=spec.get("eviction", "lru"))
-        if spec.get("torch_map"):
-            for l in off.layers:
-                off.maps[l] = ResidencyMap(NB, pool, dev, backend=False)
-                off.maps[l].now_t = off.now_t
-        off.load_prefilled(kv, caches)
-        offs.append(off)
-    layers = offs[0].layers
-    table_p = torch.zeros(B, M, dtype=torch.int32, device=dev)
-    seq_p = torch.zeros(B, dtype=torch.int32, device=dev)
-    q_p = [torch.zeros(B, HQ, D, dtype=torch.bfloat16, device=dev) for _ in range(cfg.num_hidden_layers)]
-
-    def load(seq):
-        table_p.copy_(torch.randperm(NB, generator=gen)[: B * M].reshape(B, M).to(torch.int32))
-        seq_p.copy_(torch.tensor(seq, dtype=torch.int32))
-        for q in q_p:
-            q.copy_(torch.randn(B, HQ, D, generator=gen).to(torch.bfloat16))
-
-    def body(off, step):
-        return [off.decode_attention(l, step, q_p[l], table_p, seq_p) for l in layers]
-
-    load(SEQS[0])
-    steps = [off.begin_step(SEQS[0], k=k, graph=True) for off in offs]
+    # [0] captured and replayed, [1] eager
+    offs = [make_offloaded(data, spec.get("prefetch"), spec.get("eviction", "lru"), spec.get("torch_map", False))
+            for _ in range(2)]
+    inp = StepInputs(data)
+    inp.load(SEQS[0])
+    steps = [off.begin_step(SEQS[0], k=data["k"], graph=True) for off in offs]
     with patched(spec.get("patches", [])):
         for _ in range(2):  # warm-up (eager): compiles, the kernels' buffers, the prediction buffers
             for off, st in zip(offs, steps):
-                body(off, st)
+                inp.body(off, st)
         _sync(dev)
         g = torch.cuda.CUDAGraph() if dev.type == "cuda" else _EagerGraph()
         try:
             with (torch.cuda.graph(g) if dev.type == "cuda" else g.capture()):
-                outs_g = body(offs[0], steps[0])
+                outs_g = inp.body(offs[0], steps[0])
             err = None
         except Exception as e:  # noqa: BLE001 (the diagnostic reports any failure)
             err = e
     if isinstance(g, _EagerGraph) and err is None:  # its "capture" ran the step: run it on the twin too
-        g.fn, g.outs = (lambda: body(offs[0], steps[0])), outs_g
-        body(offs[1], steps[1])
+        g.fn, g.outs = (lambda: inp.body(offs[0], steps[0])), outs_g
+        inp.body(offs[1], steps[1])
     try:
         _sync(dev)
         healthy = "context ok"
@@ -201,45 +283,22 @@ def run_variant(name: str, spec: dict, data: dict) -> tuple:
                              f"\n      the first error is not the expected {spec['expect']!r}")
     if spec["expect"] != "ok":
         return False, f"capture ok, but the variant expected a failure ({spec['expect']!r})"
-    sels_g = {l: steps[0]._selections[l] for l in ref.scoring_layers}
-    worst = 0.0
-    for seq in SEQS[1:]:
-        load(seq)
-        offs[0].begin_step(seq, k=k, graph=True)
-        g.replay()
-        _sync(dev)
-        got = [o.clone() for o in outs_g]
-        got_sel = {l: (t.clone(), n.clone()) for l, (t, n) in
-                   (sels_g if dev.type == "cuda" else steps[0]._selections).items() if l in sels_g}
-        st_e = offs[1].begin_step(seq, k=k, graph=True)
-        eager = [o.clone() for o in body(offs[1], st_e)]
-        st_r = ref.begin_step(seq, k=k, graph=True)
-        for i, l in enumerate(layers):
-            src = ref.policy.layer(l).selection_layer
-            want = ref.decode_attention(l, st_r, q_p[l], *dkv[l], table_p, seq_p, caches[src])
-            d_eager = (got[i].float() - eager[i].float()).abs().max().item()
-            d_ref = (got[i].float() - want.float()).abs().max().item()
-            worst = max(worst, d_eager)
-            if d_eager > 1e-3 or d_ref > 2e-2:
-                return False, f"replay MISMATCH at {seq} layer {l}: max |graph - eager| {d_eager:.3g}, " \
-                              f"|graph - all-in-HBM| {d_ref:.3g}"
-        for l in ref.scoring_layers:
-            want_t, want_l = st_r._selections[l]
-            eag_t, eag_l = st_e._selections[l]
-            if not (torch.equal(got_sel[l][0], want_t) and torch.equal(got_sel[l][1], want_l)
-                    and torch.equal(got_sel[l][0], eag_t) and torch.equal(got_sel[l][1], eag_l)):
-                return False, f"replay MISMATCH at {seq}: the selection of layer {l} differs (graph vs eager / HBM)"
-    _sync(dev)
-    for l in layers:
-        for attr in ("slot_of", "block_of", "last_used", "uses", "_counts"):
-            if not torch.equal(getattr(offs[0].maps[l], attr), getattr(offs[1].maps[l], attr)):
-                return False, f"replay MISMATCH: the residency maps differ after the replays (layer {l}, {attr})"
-    st = offs[0].stats()
-    if not (st["fetched"] > 0 and 0 < st["hit_rate"] < 1):
-        return False, f"replays did not evict and refetch (stats {st}): the check would not test the fetch"
-    return True, (f"capture ok; {len(SEQS) - 1} replays equal eager (selections bit-exact, max |graph - eager| "
-                  f"{worst:.2g}) and all-in-HBM; maps identical; hit rate {st['hit_rate']:.3f}, predicted "
-                  f"{st['predicted_rate']:.3f}")
+    # on CUDA the selections are the captured step's buffers; the dry run reads them after each rerun
+    sels = steps[0]._selections
+    sels_g = {l: sels[l] for l in data["ref"].scoring_layers} if dev.type == "cuda" else _LiveSelections(sels)
+    bad, detail = check_replays(data, offs, steps, inp, g.replay, outs_g, sels_g)
+    return (False, bad) if bad else (True, "capture ok; " + detail)
+
+
+class _LiveSelections(dict):
+    """``--cpu-dry-run``: the step's selections as they are after the latest rerun (no static buffers)."""
+
+    def __init__(self, live):
+        super().__init__()
+        self.live = live
+
+    def items(self):
+        return self.live.items()
 
 
 def main(argv=None) -> int:
@@ -255,18 +314,9 @@ def main(argv=None) -> int:
     dev = torch.device("cpu" if args.cpu_dry_run else "cuda")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU dry run'}",
           flush=True)
-    gen = torch.Generator().manual_seed(0)
-    cfg = GSAConfig(**CFG)
     all_ok = True
     with (use_backend("triton") if dev.type == "cuda" else contextlib.nullcontext()):
-        ref = GSASparse(cfg, dev)
-        caches = ref.allocate_hash_caches(NB)
-        for hc in caches.values():
-            hc.copy_(torch.randint(0, 256, hc.shape, dtype=torch.uint8, generator=gen))
-        kv = {l: [torch.randn(NB, BS, HKV, D, generator=gen).to(torch.bfloat16) for _ in range(2)]
-              for l in range(cfg.num_hidden_layers)}
-        data = dict(dev=dev, ref=ref, caches=caches, kv=kv, dkv={l: (a.to(dev), b.to(dev)) for l, (a, b) in kv.items()},
-                    k=ref.begin_step([M * BS] * B).plan.k, pool=min_pool_blocks(ref, B, M * BS) + 7)
+        data = build_scenario(dev)
         # the expected failures last: a failed capture may leave the device in a worse state
         order = sorted(args.variants, key=lambda n: n.startswith("cause:"))
         for name in order:
