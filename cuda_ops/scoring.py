@@ -66,7 +66,9 @@ SCORE_NUM_STAGES = None  # Harley-Seal score launch's num_stages (None: Triton's
 # Register cap of the Harley-Seal score launch (None/0: the compiler's choice). Why: its programs are
 # small (one block, 2 warps), so how many fit on a multiprocessor sets the launch's waves: at 39
 # registers 24 fit (3,168 on an H200), and 32K x 16 rows (4,096 programs) run 1.29 waves, the
-# second mostly idle (Nsight Compute, 2026-11-29 (eighth session)); at <= 32 registers 32 fit, one wave.
+# second mostly idle (Nsight Compute, 2026-11-29, eighth session); at <= 32 registers 32 fit, one wave.
+# Swept the same day (kernel_sweep --parts occupancy): a cap of 32 spilled and was slower everywhere,
+# so it stays off; the knob remains for other GPUs and kernels.
 SCORE_MAXNREG = None
 FUSE_ROW_PER_WARP = 1024  # widest row (next_pow2(M)) a fused selection holds per score warp
 
