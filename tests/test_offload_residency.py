@@ -5,6 +5,7 @@ every tensor of the map, the mover's src / dst / n_miss and every counter are eq
 after every call. Runs the kernels in the Triton interpreter on CPU (TRITON_INTERPRET=1;
 ci/test.sh's interpreter stage) or on CUDA."""
 import os
+import sys
 
 import pytest
 import torch
@@ -240,7 +241,9 @@ def test_hot_path_block_keys_equal_the_reference_block_scores(method):
     from gsa.offload.scores import block_scores, fast_block_scores_available
     from gsa.reference import scoring as ref_scoring
     from gsa.sparse import GSASparse
-    from test_offload_gpu import B, CFG as GCFG, HQ as GHQ, D as GD, M, NB, SEQS, BS as GBS
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    # the offload GPU checks' scenario (shapes, config, lengths): tests/test_offload_gpu.py uses it too
+    from offload_capture_check import B, CFG as GCFG, HQ as GHQ, D as GD, M, NB, SEQS, BS as GBS
 
     dev = torch.device("cpu" if INTERPRET else "cuda")
     gen = torch.Generator().manual_seed(1)
