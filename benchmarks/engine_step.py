@@ -30,6 +30,7 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gsa, cuda_ops without PYTHONPATH
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timing (also when imported)
 from timing import flush_mode  # noqa: E402
 
