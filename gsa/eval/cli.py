@@ -48,9 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grid: also score spec-12 MLP codes of these depths (`gsa train-hash --method mlp "
                              "--depth D` bundles, named mlp<D>)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
-                        help="e2e configs: 'shipped', 'dense' or 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>]' "
+                        help="e2e configs: 'shipped', 'dense' or 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>][-mean]"
+                             "[-last<N>]' "
                              "(trained: `gsa train-hash` bundle; mlp<D>: `gsa train-hash --method mlp --depth D`; "
-                             "centred: spec-13 key means from `gsa calibrate-centre`)")
+                             "centred: spec-13 key means from `gsa calibrate-centre`; mean: block-mean score; "
+                             "last<N>: force blocks 0 and the N most recent, same budget)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192],
                         help="passkey: prompt lengths in tokens")
     parser.add_argument("--depths", type=_fraction("--depths"), nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
@@ -86,9 +88,13 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
       of ``gsa train-hash --method mlp --depth D``), ``centred`` (spec-13 centred key
       codes: the key means ``gsa calibrate-centre`` wrote, turned into per-bit
       thresholds ``mu W`` for whatever linear weights the config uses), ``bs<N>`` (block
-      size). A missing bundle is an error naming the command that makes it.
-    * ``quest-r<ratio>[-bs<N>]``: the config of ``r<ratio>-b<the config's bits>[-bs<N>]``
-      (its budget rule; the caller runs it with the Quest-style selector).
+      size), ``mean`` (``chunk_repre_method = "mean"``, spec 4), ``last<N>``
+      (``must_select_blocks = [0, -N, ..., -1]``: the first and the ``N`` most recent
+      blocks forced, inside the same budget). A missing bundle is an error naming
+      the command that makes it.
+    * ``quest-r<ratio>[-bs<N>][-last<N>]``: the config of ``r<ratio>-b<the config's
+      bits>[...]`` (its budget rule and forced blocks; the caller runs it with the
+      Quest-style selector).
 
     ``model``: the bundle key (``smollm2``, ``qwen``, or a model path's folder/file name)."""
     from gsa.eval.centre import default_centre_bundle
@@ -109,7 +115,7 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
         assert parts[0][0] == "r" and parts[1][0] == "b"
     except (ValueError, IndexError, AssertionError):
         raise SystemExit(f"gsa eval: config name {name!r}: {expected}") from None
-    hw, bs, centre = None, None, None
+    hw, bs, centre, repre, forced = None, None, None, None, None
     for extra in parts[2:]:
         if extra == "trained" or (extra.startswith("mlp") and extra[3:].isdigit()):
             if hw is not None:
@@ -129,15 +135,23 @@ def _named_config(cfg, name: str, model: str, shipped_threshold: bool = False):
                                  f"`gsa calibrate-centre --model {model} --gate {bits}` first")
         elif extra.startswith("bs") and extra[2:].isdigit():
             bs = int(extra[2:])
+        elif extra == "mean":
+            repre = "mean"
+        elif extra.startswith("last") and extra[4:].isdigit() and int(extra[4:]) >= 1:
+            forced = [0] + list(range(-int(extra[4:]), 0))
         else:
             raise SystemExit(f"gsa eval: config name {name!r}: unknown part {extra!r} "
-                             "(expected 'trained', 'mlp<D>', 'centred' or 'bs<N>')")
+                             "(expected 'trained', 'mlp<D>', 'centred', 'bs<N>', 'mean' or 'last<N>' with N >= 1)")
     c = eval_config(cfg, ratio=ratio, bits=bits, hash_weight=hw)
     if centre is not None:
         if c.hash_weight_type == "mlp":  # spec 13 thresholds a linear projection; an MLP learns its own offsets
             raise SystemExit(f"gsa eval: config name {name!r}: 'centred' applies to linear codes (spec 13), "
                              "not to MLP codes (spec 12)")
         c = c.replace(hash_centre=str(centre))
+    if repre is not None:
+        c = c.replace(chunk_repre_method=repre)
+    if forced is not None:
+        c = c.replace(must_select_blocks=forced)
     return c.replace(chunk_size=bs) if bs else c
 
 
