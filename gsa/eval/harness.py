@@ -283,6 +283,8 @@ def _decode_configs(model, tok, cfgs: Dict[str, GSAConfig], ids: torch.Tensor, m
         # a config with other key codes (bits, weights, key means) rehashes the prefill's cached keys
         run.restore(snap, cfgs[name], selector=(selectors or {}).get(name, "gsa"),
                     rehash=hash_signature(cfgs[name]) != hash_signature(fill_cfg))
+        if obs is not None and hasattr(obs, "on_config"):  # an observer that scores with the run's config
+            obs.on_config(name, cfgs[name], run.selector)
         run.observer = obs
         t1 = time.time()
         new = run.generate(first, max_new, stop)

@@ -26,8 +26,9 @@ from gsa import ops
 from gsa.eval.metrics import mass_recall, unpack_signs
 from gsa.policy import GSAPolicy
 
-__all__ = ["unpack_signs", "select_top", "block_scores", "quest_scores", "budgets_for", "gsa_select", "oracle_select",
-           "quest_select", "quest_select_extra", "quest_equal_bytes_recall", "block_mass", "dense_probs"]
+__all__ = ["unpack_signs", "select_top", "block_scores", "gsa_block_scores", "quest_scores", "budgets_for",
+           "gsa_select", "oracle_select", "quest_select", "quest_select_extra", "quest_equal_bytes_recall", "block_mass",
+           "dense_probs"]
 
 
 def budgets_for(policy: GSAPolicy, layer: int, seq_lens: torch.Tensor) -> tuple:
@@ -103,6 +104,22 @@ def block_scores(tok: torch.Tensor, seq_lens: torch.Tensor, bs: int, method: str
     return _BLOCK_REPRE[method](tok, seq_lens, bs)
 
 
+def gsa_block_scores(cfg, q_codes: torch.Tensor, k_codes: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """GSA's spec-4 block scores (what :func:`gsa_select` ranks): ``q_codes uint8 [N, Hq,
+    C]``, ``k_codes uint8 [S, Hkv, C]``, ``seq_lens int64 [N]`` -> ``float32 [N, NBLK]``,
+    the code similarity summed over each KV head's query group and the KV heads, per
+    token, then the block ``max`` or ``mean`` (``cfg.chunk_repre_method``)."""
+    if cfg.chunk_repre_method not in _BLOCK_REPRE:
+        raise NotImplementedError(f"gsa_select: chunk_repre_method must be one of {sorted(_BLOCK_REPRE)}, "
+                                  f"got {cfg.chunk_repre_method!r}")
+    n, hq, c = q_codes.shape
+    s, hkv, _ = k_codes.shape
+    qs = unpack_signs(q_codes).reshape(n, hkv, hq // hkv, c * 8).sum(dim=2)  # [N, Hkv, R]: sum over the group
+    ks = unpack_signs(k_codes)  # [S, Hkv, R]
+    tok = torch.einsum("nhr,shr->ns", qs, ks)  # exact integers
+    return block_scores(tok, seq_lens, cfg.chunk_size, cfg.chunk_repre_method)
+
+
 def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: torch.Tensor,
                seq_lens: torch.Tensor, check_rows: int = 2) -> torch.Tensor:
     """GSA selection for ``N`` rows: ``q_codes uint8 [N, Hq, C]``, ``k_codes uint8
@@ -111,17 +128,9 @@ def gsa_select(policy: GSAPolicy, layer: int, q_codes: torch.Tensor, k_codes: to
     ``mean``, spec 4). ``check_rows`` rows (spread over N) are recomputed with
     ``gsa.ops.hamming_dist_top_k`` and must match exactly."""
     cfg = policy.config
-    if cfg.chunk_repre_method not in _BLOCK_REPRE:
-        raise NotImplementedError(f"gsa_select: chunk_repre_method must be one of {sorted(_BLOCK_REPRE)}, "
-                                  f"got {cfg.chunk_repre_method!r}")
-    bs = cfg.chunk_size
-    n, hq, c = q_codes.shape
-    s, hkv, _ = k_codes.shape
-    qs = unpack_signs(q_codes).reshape(n, hkv, hq // hkv, c * 8).sum(dim=2)  # [N, Hkv, R]: sum over the group
-    ks = unpack_signs(k_codes)  # [S, Hkv, R]
-    tok = torch.einsum("nhr,shr->ns", qs, ks)  # exact integers
+    n = q_codes.shape[0]
     n_blocks, bud, forced = budgets_for(policy, layer, seq_lens)
-    sel = select_top(block_scores(tok, seq_lens, bs, cfg.chunk_repre_method), n_blocks, bud, forced)
+    sel = select_top(gsa_block_scores(cfg, q_codes, k_codes, seq_lens), n_blocks, bud, forced)
     for i in torch.linspace(0, n - 1, steps=min(check_rows, n)).long().tolist():
         _check_row(cfg, q_codes[i], k_codes, int(seq_lens[i]), int(bud[i]), sel[i])
     return sel
