@@ -7,7 +7,7 @@ Builds the same vartrack prompt as ``gsa eval --parts vartrack`` for one length 
 depth (seed ``int(length + 1000 * depth)``, as the CLI), one dense prefill, then greedy
 decoding per config with a :class:`~gsa.eval.needle_blocks.NeedleBlocks` observer.
 Writes ``<out>/vartrack_blocks_<tag>.json`` (answers, per-needle summaries over all
-steps and at step 0, every row) and ``.md`` (the tables), and prints the tables::
+steps and at step 0, step 0's rows or with ``--all-rows`` every row) and ``.md`` (the tables), and prints the tables::
 
     python benchmarks/vartrack_blocks.py --model qwen --length 8192 --depth 0.9 \\
         --configs r0.125-b128 quest-r0.125 --tag qwen-8k-d90
@@ -88,12 +88,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="qwen")
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--depth", type=float, default=0.9)
-    ap.add_argument("--seed", type=int, default=None, help="prompt seed (None: int(length + 1000 * depth), as gsa eval)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="prompt seed (None: int(length + 1000 * depth), gsa eval's first prompt)")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--configs", nargs="+", default=["r0.125-b128", "quest-r0.125"],
                     help="gsa eval --task-configs names (one block size)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--all-rows", action="store_true",
+                    help="keep every step's rows in the JSON (default: step 0's; 8K x 3 configs is ~5 MB with all)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -125,7 +128,8 @@ def main(argv=None) -> int:
         sc = T.score("vartrack", rec["answer"], prompt.expected)
         res["configs"][rec["config"]] = {"selector": rec["selector"], "answer": rec["answer"], "score": sc,
                                          "blocks_read": rec["blocks_read"], "all_steps": NB.summarise(part),
-                                         "step0": NB.summarise(part, step=0), "rows": part}
+                                         "step0": NB.summarise(part, step=0),
+                                         "rows": part if args.all_rows else [r for r in part if r["step"] == 0]}
     res["meta"]["seconds"] = time.time() - t0
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

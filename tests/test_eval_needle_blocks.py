@@ -67,7 +67,8 @@ def test_observer_matches_what_the_run_read(loaded, name, selector):
     assert all(r["n_blocks"] in (n_blocks, n_blocks + 1) for r in rows)
     assert all(r[f"{selector}_sel"] == r["run_sel"] for r in rows)  # the observer's selection is the run's
     for r in rows:
-        assert r["block"] in range(spans[labels.index(r["needle"])][0] // 16, spans[labels.index(r["needle"])][1] // 16 + 1)
+        t0, t1 = spans[labels.index(r["needle"])]
+        assert t0 // 16 <= r["block"] <= (t1 - 1) // 16
         for k in NB.SELECTORS:
             assert r[f"{k}_sel"] == (r["forced"] or 0 < r[f"{k}_rank"] <= r["free"])
             assert (r[f"{k}_rank"] == 0) == r["forced"]
@@ -130,3 +131,40 @@ def test_vartrack_blocks_script_on_a_model_path(loaded, tmp_path):
         assert rec["rows"] and all(r[f"{sel}_sel"] == r["run_sel"] for r in rec["rows"])
         assert set(rec["step0"]) == labels and 0 <= rec["score"] <= 1
     assert "step 0 per layer" in (tmp_path / "vartrack_blocks_t.md").read_text()
+
+
+def test_name_extras_mean_and_last(loaded):
+    from gsa.eval import cli
+    _, _, cfg, key = loaded
+    c = cli._named_config(cfg, "r0.125-b64-mean-last4", key)
+    assert (c.chunk_repre_method, tuple(c.must_select_blocks), c.hash_bits) == ("mean", (0, -4, -3, -2, -1), 64)
+    q = cli._named_config(cfg, "quest-r0.125-last3", key)  # Quest's budget rule takes the same forced blocks
+    assert tuple(q.must_select_blocks) == (0, -3, -2, -1) and q.chunk_repre_method == cfg.chunk_repre_method
+    assert tuple(cli._named_config(cfg, "r0.125-b128", key).must_select_blocks) == tuple(cfg.must_select_blocks)
+    for bad in ("r0.125-b128-last0", "r0.125-b128-lastx", "r0.125-b128-median"):
+        with pytest.raises(SystemExit, match="unknown part"):
+            cli._named_config(cfg, bad, key)
+
+
+def test_cli_prompts_adds_prompts_from_other_seeds(loaded, tmp_path):
+    """--prompts 2: two prompts per depth, prompt 0 the one-prompt run's; records carry the index."""
+    import argparse
+    import json
+    from gsa.eval import cli
+    model, tok, cfg, _ = loaded
+    ap = argparse.ArgumentParser()
+    cli.add_arguments(ap)
+    folder = tiny_models.hf_tiny(str(tmp_path / "m"), "Gemma3ForCausalLM", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, max_position_embeddings=4096, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        num_hidden_layers=4, query_pre_attn_scalar=32, layer_types=["full_attention"] * 4))
+    common = ["--model", folder, "--parts", "vartrack", "--lengths", "300", "--depths", "0.9", "--block-size", "16",
+              "--task-configs", "r0.25-b128-mean", "--out", str(tmp_path)]
+    assert cli.run(ap.parse_args(common + ["--prompts", "2", "--tag", "two"])) == 0
+    assert cli.run(ap.parse_args(common + ["--tag", "one"])) == 0
+    two = json.loads((tmp_path / "accuracy_two.json").read_text())["vartrack"]
+    one = json.loads((tmp_path / "accuracy_one.json").read_text())["vartrack"]
+    assert [(r["prompt"], r["config"]) for r in two] == [(0, "dense"), (0, "r0.25-b128-mean"), (1, "dense"),
+                                                        (1, "r0.25-b128-mean")]
+    assert [r["expected"] for r in two[:2]] == [r["expected"] for r in one]
+    assert two[2]["expected"] != two[0]["expected"]

@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grid: also score spec-12 MLP codes of these depths (`gsa train-hash --method mlp "
                              "--depth D` bundles, named mlp<D>)")
     parser.add_argument("--e2e", nargs="+", default=["shipped", "r0.125-b128", "r0.0625-b128"],
-                        help="e2e configs: 'shipped', 'dense' or 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>][-mean]"
-                             "[-last<N>]' "
+                        help="e2e configs: 'shipped', 'dense' or 'r<ratio>-b<bits>[-trained|-mlp<D>][-centred][-bs<N>]"
+                             "[-mean][-last<N>]' "
                              "(trained: `gsa train-hash` bundle; mlp<D>: `gsa train-hash --method mlp --depth D`; "
                              "centred: spec-13 key means from `gsa calibrate-centre`; mean: block-mean score; "
                              "last<N>: force blocks 0 and the N most recent, same budget)")
@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-configs", nargs="+", default=["shipped", "r0.125-b128", "quest-r0.125"],
                         help="multikey / vartrack configs, named as for --e2e, plus 'quest-r<ratio>[-bs<N>]' (the "
                              "Quest-style selection at the same budget, through the same paged path)")
+    parser.add_argument("--prompts", type=int, default=1,
+                        help="multikey / vartrack: prompts per length and depth; prompt j > 0 draws from seed "
+                             "int(length + 1000 depth) + 100000 j (prompt 0 is the one-prompt runs' prompt)")
     parser.add_argument("--recall", action="store_true",
                         help="passkey: also measure attention-mass recall of every sparse decode step (host-side "
                              "softmax over all cached keys: slow at long contexts on CPU)")
@@ -256,8 +259,12 @@ def run(args) -> int:
                         res[part] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d),
                                                      observer_factory=obs, selectors=selectors)
                     else:
-                        res[part] += harness.retrieval(model, tok, part, grp, [n], [d], seed=int(n + 1000 * d),
-                                                       observer_factory=obs, selectors=selectors)
+                        for j in range(max(1, args.prompts)):
+                            seed = int(n + 1000 * d) + 100000 * j
+                            recs = harness.retrieval(model, tok, part, grp, [n], [d], seed=seed,
+                                                     observer_factory=obs, selectors=selectors)
+                            res[part] += [dict(r, prompt=j) for r in recs]
+                            write_results(res, out_dir, tag)
                 write_results(res, out_dir, tag)
     res["meta"]["total_seconds"] = time.time() - t0
     paths = write_results(res, out_dir, tag)
