@@ -6,11 +6,11 @@ depth"; issue 17).
 Builds the same vartrack prompt as ``gsa eval --parts vartrack`` for one length and
 depth (seed ``int(length + 1000 * depth)``, as the CLI), one dense prefill, then greedy
 decoding per config with a :class:`~gsa.eval.needle_blocks.NeedleBlocks` observer.
-Writes ``<out>/vartrack_blocks_<tag>.json`` (answers, per-needle summaries over all
+Writes ``<out>/accuracy_<tag>.json`` (default tag ``<model>-vartrack-blocks<K>k-d<depth %>``) (answers, per-needle summaries over all
 steps and at step 0, step 0's rows or with ``--all-rows`` every row) and ``.md`` (the tables), and prints the tables::
 
     python benchmarks/vartrack_blocks.py --model qwen --length 8192 --depth 0.9 \\
-        --configs r0.125-b128 quest-r0.125 --tag qwen-8k-d90
+        --configs r0.125-b128 r0.125-b128-mean quest-r0.125      # -> accuracy_qwen-vartrack-blocks8k-d90.*
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _cell(r: dict) -> str:
 
 def tables(res: dict) -> str:
     """Markdown: per config, the per-needle summary (all steps, step 0) and the step-0 layer table."""
-    lines = [f"# vartrack blocks: {res['meta']['tag']}", "",
+    lines = [f"# vartrack needle blocks: {res['meta']['tag']}", "",
              f"{res['meta']['tokens']} tokens, depth {res['meta']['depth']:.0%}, {res['meta']['block_size']}-token "
              f"blocks ({res['meta']['n_blocks']}), expected {res['meta']['expected']}", "",
              "Needle blocks: " + ", ".join(f"{k}: {v}" for k, v in res["meta"]["needle_blocks"].items()), "",
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     obs = NB.NeedleBlocks(first, spans)
     t0 = time.time()
     recs = harness._decode_configs(model, tok, cfgs, prompt.ids, T.max_new_tokens("vartrack"), lambda: obs, selectors)
-    tag = args.tag or f"{key}-{args.length}-d{args.depth:g}"
+    tag = args.tag or f"{key}-vartrack-blocks{args.length // 1024}k-d{round(args.depth * 100)}"
     res = {"meta": {"tag": tag, "model": args.model, "tokens": int(prompt.ids.shape[0]), "depth": args.depth,
                     "seed": seed, "block_size": bs, "n_blocks": -(-int(prompt.ids.shape[0]) // bs),
                     "expected": prompt.expected, "value": prompt.info["value"],
@@ -133,9 +133,9 @@ def main(argv=None) -> int:
     res["meta"]["seconds"] = time.time() - t0
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"vartrack_blocks_{tag}.json").write_text(json.dumps(res, indent=1))
+    (out / f"accuracy_{tag}.json").write_text(json.dumps(res, indent=1))
     md = tables(res)
-    (out / f"vartrack_blocks_{tag}.md").write_text(md)
+    (out / f"accuracy_{tag}.md").write_text(md)
     print(md)
     return 0
 

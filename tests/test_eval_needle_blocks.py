@@ -122,7 +122,7 @@ def test_vartrack_blocks_script_on_a_model_path(loaded, tmp_path):
         num_hidden_layers=4, query_pre_attn_scalar=32, layer_types=["full_attention"] * 4))
     assert mod.main(["--model", model_dir, "--length", "500", "--depth", "0.9", "--block-size", "16",
                      "--configs", "r0.25-b128-last3", "quest-r0.25", "--out", str(tmp_path), "--tag", "t"]) == 0
-    res = json.loads((tmp_path / "vartrack_blocks_t.json").read_text())
+    res = json.loads((tmp_path / "accuracy_t.json").read_text())
     assert set(res["configs"]) == {"r0.25-b128-last3", "quest-r0.25"}
     labels = set(res["meta"]["needle_blocks"])
     assert {l.split()[0] for l in labels} == {"c0", "c1", "c2", "c3", "x0", "x1", "x2", "x3"}
@@ -130,7 +130,7 @@ def test_vartrack_blocks_script_on_a_model_path(loaded, tmp_path):
         sel = rec["selector"]
         assert rec["rows"] and all(r[f"{sel}_sel"] == r["run_sel"] for r in rec["rows"])
         assert set(rec["step0"]) == labels and 0 <= rec["score"] <= 1
-    assert "step 0 per layer" in (tmp_path / "vartrack_blocks_t.md").read_text()
+    assert "step 0 per layer" in (tmp_path / "accuracy_t.md").read_text()
 
 
 def test_name_extras_mean_and_last(loaded):
@@ -168,3 +168,6 @@ def test_cli_prompts_adds_prompts_from_other_seeds(loaded, tmp_path):
                                                         (1, "r0.25-b128-mean")]
     assert [r["expected"] for r in two[:2]] == [r["expected"] for r in one]
     assert two[2]["expected"] != two[0]["expected"]
+    assert cli.run(ap.parse_args(common + ["--first-prompt", "1", "--tag", "second"])) == 0
+    second = json.loads((tmp_path / "accuracy_second.json").read_text())["vartrack"]
+    assert [r["prompt"] for r in second] == [1, 1] and second[0]["expected"] == two[2]["expected"]

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=1,
                         help="multikey / vartrack: prompts per length and depth; prompt j > 0 draws from seed "
                              "int(length + 1000 depth) + 100000 j (prompt 0 is the one-prompt runs' prompt)")
+    parser.add_argument("--first-prompt", type=int, default=0,
+                        help="multikey / vartrack: index j of the first prompt (with --prompts N: j .. j+N-1; "
+                             "1 skips the prompt an earlier one-prompt run already scored)")
     parser.add_argument("--recall", action="store_true",
                         help="passkey: also measure attention-mass recall of every sparse decode step (host-side "
                              "softmax over all cached keys: slow at long contexts on CPU)")
@@ -259,7 +262,7 @@ def run(args) -> int:
                         res[part] += harness.passkey(model, tok, grp, [n], [d], seed=int(n + 1000 * d),
                                                      observer_factory=obs, selectors=selectors)
                     else:
-                        for j in range(max(1, args.prompts)):
+                        for j in range(args.first_prompt, args.first_prompt + max(1, args.prompts)):
                             seed = int(n + 1000 * d) + 100000 * j
                             recs = harness.retrieval(model, tok, part, grp, [n], [d], seed=seed,
                                                      observer_factory=obs, selectors=selectors)
