@@ -6,8 +6,9 @@ depth"; issue 17).
 Builds the same vartrack prompt as ``gsa eval --parts vartrack`` for one length and
 depth (seed ``int(length + 1000 * depth)``, as the CLI), one dense prefill, then greedy
 decoding per config with a :class:`~gsa.eval.needle_blocks.NeedleBlocks` observer.
-Writes ``<out>/accuracy_<tag>.json`` (default tag ``<model>-vartrack-blocks<K>k-d<depth %>``) (answers, per-needle summaries over all
-steps and at step 0, step 0's rows or with ``--all-rows`` every row) and ``.md`` (the tables), and prints the tables::
+Writes ``<out>/accuracy_<tag>.json`` (default tag ``<model>-vartrack-blocks<K>k-d<depth %>``:
+answers, per-needle summaries over all steps and at step 0, step 0's rows or with
+``--all-rows`` every row) and ``.md`` (the tables), and prints the tables::
 
     python benchmarks/vartrack_blocks.py --model qwen --length 8192 --depth 0.9 \\
         --configs r0.125-b128 r0.125-b128-mean quest-r0.125      # -> accuracy_qwen-vartrack-blocks8k-d90.*
