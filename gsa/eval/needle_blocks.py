@@ -132,7 +132,7 @@ class NeedleBlocks:
         attn = self.attn_of(layer) if self.attn_of is not None else None
         scale, cap = (attn.scale, attn.softcap) if attn is not None else (q.shape[-1] ** -0.5, None)
         seq = torch.tensor([n])
-        n_blocks, bud, forced = S.budgets_for(self.policy, layer, seq)
+        _, bud, forced = S.budgets_for(self.policy, layer, seq)
         forced = forced[0, :nblk]
         mass = S.block_mass(S.dense_probs(qc, keys, seq, scale, cap), bs)[0]  # [Hq, nblk]
         scores = {"gsa": S.gsa_block_scores(self.cfg, query_codes(self.cfg, layer, qc), self._key_codes(layer, keys),
@@ -140,7 +140,7 @@ class NeedleBlocks:
                   "quest": S.quest_scores(qc, keys, bs, scale)[0],
                   "oracle": mass.sum(dim=0)}
         valid = torch.ones(nblk, dtype=torch.bool)
-        free = int(min(int(bud[0]), nblk)) - int(forced.sum()) if int(bud[0]) < nblk else nblk - int(forced.sum())
+        free = min(int(bud[0]), nblk) - int(forced.sum())  # slots left to the scores after the forced blocks
         ranks = {k: _ranks(v, valid, forced) for k, v in scores.items()}
         logical = {int(p): i for i, p in enumerate(phys.tolist())}
         n_read = math.ceil(int(sparse_lens[0]) / bs)
