@@ -109,10 +109,39 @@ def make_kv(b, ctx, dev, gen):
     return kc, vc, table, m, nb
 
 
+def sparse_layer(ratio, dev, seq_host, q, kc, vc, table, seq, hcache, new_k, new_slots):
+    """One GSA layer as the hot path runs it, planned for graph capture: ``(gs, step, k, layer)``,
+    ``layer()`` hashing the new keys into ``hcache`` and then attending (query hash, scores,
+    selection, sparse attention). ``k``: the width a captured step needs (its largest selection).
+    Also what ``profile_kernels.py`` profiles."""
+    from gsa.sparse import GSASparse
+
+    gs = GSASparse(gsa_config(1, ratio), dev)
+    k = gs.begin_step(seq_host).plan.k
+    step = gs.begin_step(seq_host, k=k, graph=True)
+
+    def layer():
+        gs.cache_keys(0, hcache, new_slots, new_k)
+        return gs.decode_attention(0, step, q, kc, vc, table, seq, hcache)
+
+    return gs, step, k, layer
+
+
+def hash_cache_case(dev, t=65536):
+    """``hash_encode_and_cache`` of ``t`` tokens (random keys, orthogonal weights, shuffled slots):
+    ``(call, bytes it moves)``."""
+    from gsa import ops
+
+    k = torch.randn(t, HKV, D, device=dev).to(torch.bfloat16)
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device=dev))[0].contiguous()
+    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device=dev)
+    slots = torch.randperm(t, device=dev)
+    return (lambda: ops.hash_encode_and_cache(k, w, hc, slots)), k.numel() * 2 + hc.numel() + slots.numel() * 8
+
+
 def layer_bench(res, ctx, dev, log):
     """One layer: SDPA, our dense, and the sparse step per ratio, eager and graph."""
     from gsa import ops
-    from gsa.sparse import GSASparse
 
     gen = torch.Generator(device=dev).manual_seed(ctx)
     r = res["contexts"][str(ctx)] = {"ratios": {}}
@@ -140,15 +169,8 @@ def layer_bench(res, ctx, dev, log):
     new_k = torch.randn(B, HKV, D, device=dev, dtype=torch.bfloat16, generator=gen)
     new_slots = table[:, -1].long() * BS + BS - 1
     for name, ratio in RATIOS.items():
-        gs = GSASparse(gsa_config(1, ratio), dev)
-        k = gs.begin_step(seq_host).plan.k  # the width a captured step needs (its largest selection)
-        step = gs.begin_step(seq_host, k=k, graph=True)
+        gs, step, k, layer = sparse_layer(ratio, dev, seq_host, q, kc, vc, table, seq, hcache, new_k, new_slots)
         w = gs.weights(0)
-
-        def layer():
-            gs.cache_keys(0, hcache, new_slots, new_k)
-            return gs.decode_attention(0, step, q, kc, vc, table, seq, hcache)
-
         rr = r["ratios"][name] = {"budget_blocks": int(step.plan.budgets[0][0])}
         for _ in range(3):
             layer()
@@ -218,16 +240,9 @@ def model_bench(res, ctx, b, dev, log, layers=36, dense_layers=(0, 1, 35), ratio
 
 
 def hash_cache_bench(res, dev):
-    from gsa import ops
-
-    t = 65536
-    k = torch.randn(t, HKV, D, device=dev).to(torch.bfloat16)
-    w = torch.linalg.qr(torch.randn(HKV, D, R, device=dev))[0].contiguous()
-    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device=dev)
-    slots = torch.randperm(t, device=dev)
-    g = capture(lambda: ops.hash_encode_and_cache(k, w, hc, slots))
+    call, nbytes = hash_cache_case(dev)
+    g = capture(call)
     ms = bench(g.replay)
-    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
     res["hash_encode_and_cache_64k"] = {"ms": ms, "tbs": nbytes / ms / 1e9, "frac_copy": nbytes / ms / 1e9 / res["copy_tbs"]}
 
 
