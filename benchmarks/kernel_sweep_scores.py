@@ -56,25 +56,41 @@ def sweep_mla(res, gen, copy):
 SCORE_STAGES = (1, 2, 3, 4)  # Triton's default on CUDA is 3 (what every earlier sweep measured)
 
 
-def sweep_score_stages(res, gen):
-    """The tuned Harley-Seal score launch (the device's tuning file) at 32K and 128K x 16 rows with
-    ``num_stages`` 1-4; keys compared with the SWAR path's."""
+def _hs_launch_rows(res, part, gen, variants, tolerate_errors=False):
+    """The Harley-Seal score launch at 32K and 128K x 16 rows (the main sweep's GQA codes) with each
+    options dict of ``variants`` (``block_score_keys`` keywords); keys compared with the SWAR path's.
+    Rows ``dict(opts, ms, tbs, same)`` go to ``res[part][context]``, which is returned per context
+    as it completes (a generator). ``tolerate_errors``: a variant that fails (e.g. a register cap
+    too small to compile) becomes a row ``dict(opts, error=...)`` instead of ending the sweep."""
     from cuda_ops import scoring
 
-    rows = res.setdefault("score_stages", {})
+    rows = res.setdefault(part, {})
     for ctx in CONTEXTS:
-        m, cache, table, seq, q = _inputs(ctx, gen)  # the main sweep's GQA codes
+        m, cache, table, seq, q = _inputs(ctx, gen)
         keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
         ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
         out = rows.setdefault(str(ctx), [])
-        for st in SCORE_STAGES:
+        for opts in variants:
             keys.fill_(-7)
-            ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",
-                                                           num_stages=st))
-            out.append(dict(num_stages=st, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
+            try:
+                ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",  # noqa: B023
+                                                               **opts))
+            except Exception as e:
+                if not tolerate_errors:
+                    raise
+                out.append(dict(opts, error=f"{type(e).__name__}: {str(e)[:120]}"))
+                continue
+            out.append(dict(opts, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
+        del cache
+        yield ctx, out
+
+
+def sweep_score_stages(res, gen):
+    """The tuned Harley-Seal score launch (the device's tuning file) at 32K and 128K x 16 rows with
+    ``num_stages`` 1-4; keys compared with the SWAR path's."""
+    for ctx, out in _hs_launch_rows(res, "score_stages", gen, [dict(num_stages=st) for st in SCORE_STAGES]):
         progress(f"score stages {ctx}: " + ", ".join(f"{r['num_stages']}: {r['ms'] * 1e3:.1f}us ({r['tbs']:.2f} TB/s)"
                                                      + ("" if r["same"] else " DIFFERENT") for r in out))
-        del cache
 
 
 # Nsight Compute, 2026-11-29 (eighth session): the tuned launch (2 warps, 39 registers) fits 24 programs per multiprocessor,
@@ -87,26 +103,10 @@ OCCUPANCY_GRID = dict(num_warps=(1, 2, 4), maxnreg=(0, 32), planes=(False, True)
 def sweep_score_occupancy(res, gen):
     """The Harley-Seal score launch at 32K and 128K x 16 rows over ``OCCUPANCY_GRID`` (register
     cap 0 = the compiler's choice); keys compared with the SWAR path's."""
-    from cuda_ops import scoring
-
-    rows = res.setdefault("score_occupancy", {})
-    for ctx in CONTEXTS:
-        m, cache, table, seq, q = _inputs(ctx, gen)
-        keys = torch.empty(B, m, dtype=torch.int32, device="cuda")
-        ref = scoring.block_score_keys(q, cache, table, seq, "max", path="swar").clone()
-        out = rows.setdefault(str(ctx), [])
-        for nw, cap, planes, j in itertools.product(*OCCUPANCY_GRID.values()):
-            keys.fill_(-7)
-            opts = dict(num_warps=nw, maxnreg=cap, planes=planes, blocks=j, unroll=planes)
-            try:
-                ms = graph_ms(lambda: scoring.block_score_keys(q, cache, table, seq, "max", keys=keys, path="hs",  # noqa: B023
-                                                               **opts))
-            except Exception as e:  # a cap too small to compile is a result, not a crash of the sweep
-                out.append(dict(opts, error=f"{type(e).__name__}: {str(e)[:120]}"))
-                continue
-            out.append(dict(opts, ms=ms, tbs=cache.numel() / ms / 1e9, same=bool(torch.equal(keys, ref))))
+    variants = [dict(num_warps=nw, maxnreg=cap, planes=planes, blocks=j, unroll=planes)
+                for nw, cap, planes, j in itertools.product(*OCCUPANCY_GRID.values())]
+    for ctx, out in _hs_launch_rows(res, "score_occupancy", gen, variants, tolerate_errors=True):
         ok = sorted((r for r in out if "ms" in r), key=lambda r: r["ms"])
         progress(f"score occupancy {ctx}: " + ", ".join(
             f"{r['num_warps']}w/r{r['maxnreg']}/p{int(r['planes'])}/b{r['blocks']} {r['ms'] * 1e3:.1f}us"
             + ("" if r["same"] else " DIFFERENT") for r in ok[:8]))
-        del cache
