@@ -27,6 +27,7 @@ is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sw
     python benchmarks/kernel_sweep.py --out DIR
     python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
     python benchmarks/kernel_sweep.py --out DIR --parts hash16  # hash.prec16 vs the bf16 split (reported only)
+    python benchmarks/kernel_sweep.py --out DIR --parts hasht   # hash.transposed vs the shipped hash launch
     python benchmarks/kernel_sweep.py --out DIR --parts stages  # the score launch's num_stages
 
 With ``--parts`` the tuning file written keeps the committed file's choices for the
@@ -364,7 +365,7 @@ def choose(res):
     if "hash" in res:
         h = min([r for r in res["hash"] if "error" not in r and r["same"]], key=lambda r: r["ms"])
         knobs.setdefault("hash", {}).update({k: h[k] for k in ("hoist", "block_m", "num_warps", "per_sm", "pack_dot")})
-        knobs["hash"].update({k: h.get(k, d) for k, d in (("num_stages", 1), ("prefetch", True))})
+        knobs["hash"].update({k: h.get(k, d) for k, d in (("num_stages", 1), ("prefetch", True), ("transposed", False))})
     return knobs
 
 
@@ -457,6 +458,10 @@ def main(out_dir: str, parts) -> None:
         from kernel_sweep_scores import sweep_score_occupancy
 
         sweep_score_occupancy(res, gen)
+    if "hasht" in parts:
+        from kernel_sweep_hash import sweep_hash_transposed
+
+        sweep_hash_transposed(res, gen, res["copy_tbs"])
     if "hash16" in parts:  # measured and reported, never chosen (it changes in-band bits)
         from kernel_sweep_hash import sweep_hash_prec16
 

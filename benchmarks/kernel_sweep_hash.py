@@ -142,3 +142,58 @@ def sweep_hash_prec16(res, gen, copy):
             progress(f"hash prec16={p16}: best {b['ms'] * 1e3:.1f} us = {b['frac_copy']:.1%} of copy "
                      f"({b['block_m']} rows, {b['num_warps']} warps, {b['per_sm']}/SM); bits vs float64: "
                      f"{b['bits_differ']} of {b['bits']} differ, {b['outside_band']} outside the band")
+
+
+# hash.transposed (cuda_ops/hash_tiles.py): W^T @ x^T with the split weight in registers and the key
+# tiles pipelined into shared memory by Triton (num_stages); rows = the product's N
+HASHT_GRID = dict(block_m=(64, 128, 256), num_warps=(4, 8), num_stages=(2, 3, 4), per_sm=(1, 2))
+
+
+def sweep_hash_transposed(res, gen, copy):
+    """``hash_encode_and_cache`` at 64K tokens: the shipped launch (the device's tuning file) against
+    the transposed kernel over ``HASHT_GRID``. Rows go to ``res["hash"]`` (``transposed`` set), so the
+    chooser takes the fastest row whose codes equal the shipped launch's; each transposed row also
+    counts its bits against float64 (differing, and outside spec 2's band: must be 0)."""
+    from cuda_ops import hashing
+
+    t = 65536
+    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
+    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
+    slots = torch.randperm(t, device="cuda", generator=gen)
+    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    ref = torch.zeros_like(hc)
+    hashing.hash_encode_and_cache(k, w, ref, slots, transposed=False)
+    rows = res.setdefault("hash", [])
+    ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, transposed=False))
+    from cuda_ops.tuning import knob
+
+    h = {x: knob(k.device, "hash", x, d) for x, d in (("hoist", False), ("block_m", 64), ("num_warps", 4),
+                                                         ("per_sm", 2), ("pack_dot", True), ("num_stages", 1),
+                                                         ("prefetch", True))}
+    rows.append(dict(h, transposed=False, shipped=True, ms=ms, frac_copy=nbytes / ms / 1e9 / copy,
+                     same=bool(torch.equal(hc, ref))))
+    for bm, nw, ns, ps in itertools.product(*HASHT_GRID.values()):
+        row = dict(hoist=False, block_m=bm, num_warps=nw, per_sm=ps, pack_dot=True, num_stages=ns, prefetch=False,
+                   transposed=True)
+        try:
+            hc.zero_()
+            ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw, per_sm=ps,
+                                                                num_stages=ns, transposed=True))
+            codes = torch.empty(t, HKV, R // 8, dtype=torch.uint8, device="cuda")
+            codes[slots] = hc.permute(0, 2, 1, 3).reshape(t, HKV, R // 8)[slots]
+            n_diff, n_out, n_bits = _bits_vs_float64(k, w, codes)
+            row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, same=bool(torch.equal(hc, ref)),
+                       bits_differ=n_diff, outside_band=n_out, bits=n_bits)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
+        rows.append(row)
+    ok = [r for r in rows if r.get("transposed") and "error" not in r]
+    if ok:
+        b = min(ok, key=lambda r: r["ms"])
+        progress(f"hash transposed: best {b['ms'] * 1e3:.1f} us = {b['frac_copy']:.1%} of copy ({b['block_m']} rows, "
+                 f"{b['num_warps']} warps, {b['num_stages']} stages, {b['per_sm']}/SM; same codes {b['same']}; "
+                 f"{b['outside_band']} bits outside the band) vs shipped {rows[0]['frac_copy']:.1%}")
+    errs = [r for r in rows if "error" in r]
+    if errs:
+        progress(f"hash transposed: {len(errs)} launches failed, e.g. {errs[0]['error']}")

@@ -87,6 +87,21 @@ def markdown(res) -> str:
         lines += ["", f"hash_encode_and_cache, 64K tokens: old launch {old[0]['ms']:.4f} ms "
                   f"({old[0]['frac_copy']:.1%} of copy) -> chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."
                   if old else f"hash_encode_and_cache: chosen {best['ms']:.4f} ms ({best['frac_copy']:.1%})."]
+    trows = [r for r in res.get("hash", []) if r.get("transposed") or r.get("shipped")]
+    if trows:
+        lines += ["", "hash_encode_and_cache, 64K tokens: the shipped launch vs `hash.transposed` (W^T @ x^T, weight in "
+                  "registers, key tiles pipelined; `same`: codes equal the shipped launch's; bits differing from float64, "
+                  "outside spec 2's band in brackets)", "",
+                  "| kernel | rows | warps | stages | per SM | us | of copy | same | bits vs float64 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in trows:
+            name = "transposed" if r.get("transposed") else "shipped"
+            head = f"| {name} | {r['block_m']} | {r['num_warps']} | {r['num_stages']} | {r['per_sm']} |"
+            if "error" in r:
+                lines.append(f"{head} error: {r['error'][:80]} | | | |")
+            else:
+                bits = f"{r['bits_differ']} ({r['outside_band']})" if "bits" in r else "-"
+                lines.append(f"{head} {r['ms'] * 1e3:.1f} | {r['frac_copy']:.1%} | {r['same']} | {bits} |")
     if "mla" in res:
         lines += _variant_table(
             "Group bit-plane score kernel at DeepSeek-V2-Lite's MLA codes (16 heads, 72 bytes with 8 rope "

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from . import interpreting
+from .hash_tiles import _hash_t_kernel
 from .launch import cdiv, launch, next_pow2, sm_count
 from .tuning import knob
 
@@ -49,6 +50,7 @@ HOIST_DEFAULT = True  # split the bf16 weight into hi/lo once per program, not p
 BIG_ROWS = 4096  # from this many rows a launch reads the device's tuning file (tuning.py)
 DECODE_BLOCK_C = 16  # code bytes per program below BIG_ROWS rows (tuning "hash.decode_block_c")
 PREC16_DEFAULT = False  # one fp16 product per tile instead of the bf16 split (tuning "hash.prec16"; module doc)
+TRANSPOSED_DEFAULT = False  # W^T @ x^T with the weight in registers (tuning "hash.transposed"; hash_tiles.py)
 
 __all__ = [
     "sign_bits_pack",
@@ -264,7 +266,7 @@ def _blocks(d: int, c: int, split: bool, block_c: int = 16):
 
 def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, num_stages=None, per_sm=None,
             pack_dot=None, prefetch=None, cache=None, hoist=None, threshold=None, launch_dependents=False,
-            block_c=None, prec16=None):
+            block_c=None, prec16=None, transposed=None):
     """``x3 [L, H, D]``, ``w3 [Hw, D, R]``; ``out`` codes ``[L, H, *]`` or, with
     ``slots``, the cache ``[NB, H, bs, *]``. ``cache``: a ``program.Recorder`` (the hot path records launches).
     ``threshold``: ``None`` or spec 13's ``[Hw, R]`` (any float dtype; read as fp32).
@@ -273,7 +275,10 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     rows the device's ``hash.decode_block_c``: narrower programs spread a wide projection's weight
     reads, e.g. MLA's 512 x 512, over more SMs). ``prec16``: one fp16 product per tile instead of the
     two-term bf16 split (bf16 input and ``D <= 128`` only; default the device's ``hash.prec16``,
-    else off; see the module doc)."""
+    else off; see the module doc). ``transposed``: the same bf16 split as ``W^T @ x^T`` with the
+    weight in registers (``hash_tiles.py``; bf16, ``D <= 128``, not with ``prec16``; default the
+    device's ``hash.transposed`` from ``BIG_ROWS`` rows, else off; ``num_stages`` is then its
+    pipeline depth, default 3)."""
     l, h, d = x3.shape
     c = w3.shape[-1] // 8
     if l == 0:
@@ -290,6 +295,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
         # Triton's own pipelining of the row tiles instead of the hand prefetch (num_stages > 1, prefetch off)
         num_stages = knob(dev, "hash", "num_stages", None) if num_stages is None else num_stages
         prefetch = knob(dev, "hash", "prefetch", None) if prefetch is None else prefetch
+        transposed = knob(dev, "hash", "transposed", TRANSPOSED_DEFAULT) if transposed is None else transposed
     hoist = knob(dev, "hash", "hoist", HOIST_DEFAULT) if hoist is None else hoist
     if block_c is None:
         block_c = knob(dev, "hash", "decode_block_c", DECODE_BLOCK_C) if l < BIG_ROWS else 16
@@ -317,6 +323,7 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     # on the H100: 8 us vs 16 us for 16 rows; 0.094 vs 0.099 ms for 64K rows).
     many = cdiv(l, block_m) > grid[0]
     prefetch = (PREFETCH_DEFAULT and many) if prefetch is None else prefetch
+    t_stages = (1 if INTERPRET else 3) if num_stages is None else num_stages  # the transposed kernel's pipeline
     num_stages = 1 if num_stages is None else num_stages
     if num_warps is None:
         num_warps = 4 if (many or not split) else 8
@@ -326,21 +333,32 @@ def _launch(x3, w3, g, out, byte_off, slots=None, block_m=None, num_warps=None, 
     if prec16 is None:
         prec16 = knob(dev, "hash", "prec16", PREC16_DEFAULT)
     prec16 = bool(prec16) and split and one_d
+    if transposed and split and one_d and not prec16 and not launch_dependents:
+        t_consts = dict(HAS_THR=threshold is not None, UPCAST=INTERPRET, BLOCK_M=block_m, BLOCK_D=block_d,
+                        BLOCK_C=block_c, NUM_STAGES=t_stages,
+                        num_warps=num_warps)
+        _launch_args(_hash_t_kernel, grid, x3, w3, g, out, byte_off, slots, thr, st_h, l, d, c, t_consts, cache)
+        return
     consts = dict(HAS_THR=threshold is not None, SPLIT_BF16=split, UPCAST=INTERPRET, ONE_D=one_d, PACK_DOT=pack_dot,
                   PREC16=prec16,
                   PREFETCH=prefetch, HOIST=bool(hoist), LAUNCH_DEPENDENTS=bool(launch_dependents),
                   BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_C=block_c, num_warps=num_warps, num_stages=num_stages)
+    _launch_args(_hash_kernel, grid, x3, w3, g, out, byte_off, slots, thr, st_h, l, d, c, consts, cache)
+
+
+def _launch_args(fn, grid, x3, w3, g, out, byte_off, slots, thr, st_h, l, d, c, consts, cache):
+    """Launch ``_hash_kernel`` or ``_hash_t_kernel`` (one argument list) in codes or cache mode."""
     if slots is None:
         args = (x3, w3, out, out, thr, l, d, c, g, 0, 1, byte_off,
                 x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2), st_h,
                 out.stride(0), out.stride(1), 0, 0, 0)
-        launch(_hash_kernel, grid, args, dict(CACHE=False, **consts), cache)
+        launch(fn, grid, args, dict(CACHE=False, **consts), cache)
     else:
         nb, _, bs, _ = out.shape
         args = (x3, w3, out, slots, thr, l, d, c, g, nb * bs, bs, byte_off,
                 x3.stride(0), x3.stride(1), w3.stride(0), w3.stride(1), w3.stride(2), st_h,
                 0, 0, out.stride(0), out.stride(1), out.stride(2))
-        launch(_hash_kernel, grid, args, dict(CACHE=True, **consts), cache)
+        launch(fn, grid, args, dict(CACHE=True, **consts), cache)
 
 
 def _as_heads(x: torch.Tensor, weight: torch.Tensor):
