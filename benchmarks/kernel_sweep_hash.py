@@ -180,8 +180,7 @@ def sweep_hash_transposed(res, gen, copy):
             hc.zero_()
             ms = graph_ms(lambda: hashing.hash_encode_and_cache(k, w, hc, slots, block_m=bm, num_warps=nw, per_sm=ps,
                                                                 num_stages=ns, transposed=True))
-            codes = torch.empty(t, HKV, R // 8, dtype=torch.uint8, device="cuda")
-            codes[slots] = hc.permute(0, 2, 1, 3).reshape(t, HKV, R // 8)[slots]
+            codes = hc.permute(0, 2, 1, 3).reshape(t, HKV, R // 8)[slots]  # token i's codes sit at slot i
             n_diff, n_out, n_bits = _bits_vs_float64(k, w, codes)
             row.update(ms=ms, frac_copy=nbytes / ms / 1e9 / copy, same=bool(torch.equal(hc, ref)),
                        bits_differ=n_diff, outside_band=n_out, bits=n_bits)
