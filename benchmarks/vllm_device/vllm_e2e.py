@@ -104,7 +104,8 @@ def main() -> None:
     init_s = time.perf_counter() - t0
     cc = llm.llm_engine.vllm_config.compilation_config
     kept_mode = str(cc.cudagraph_mode)
-    print(f"[e2e] init {init_s:.1f}s; cudagraph_mode kept: {kept_mode}", flush=True)
+    kv_blocks = llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
+    print(f"[e2e] init {init_s:.1f}s; cudagraph_mode kept: {kept_mode}; KV cache blocks: {kv_blocks}", flush=True)
     gen = torch.Generator().manual_seed(spec.get("seed", 0))
 
     def prompts(n, length):
@@ -181,7 +182,11 @@ def main() -> None:
                    variant=spec.get("variant"),
                    step_ms_median=med, decode_tok_s_median=batch * 1e3 / med if srt else None,
                    first_steps_ms=[round(x, 2) for x in steps_ms[:4]], step_ms_max=srt[-1] if srt else None,
-                   slow_steps=sum(x > 2 * med for x in steps_ms), host=host)
+                   slow_steps=sum(x > 2 * med for x in steps_ms), host=host,
+                   # every request's whole context fits in the KV cache at once: otherwise the batch did not
+                   # decode together and the row's tok/s is not that batch's
+                   mem=kw["gpu_memory_utilization"], kv_blocks=kv_blocks,
+                   fits=kv_blocks is not None and kv_blocks >= batch * -(-ctx // block))
         if isinstance(prof, _Diag):
             row.update(prof.report(n_new - 1, t_dec))
             row["superseded"] = "diagnostic run (sync-debug warnings or torch profiler in its timing)"
