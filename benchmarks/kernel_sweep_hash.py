@@ -26,15 +26,22 @@ HASH_GRID = dict(hoist=(False,), block_m=(64, 128), num_warps=(4, 8), per_sm=(2,
 HASH_PIPE = ((1, True), (3, False), (4, False))  # (num_stages, prefetch)
 
 
-def sweep_hash(res, gen, copy):
-    from cuda_ops import hashing
-
+def _cache_fill_case(gen, shuffled=True):
+    """A 64K-token cache fill (8 KV heads, D = R = 128, bf16 keys, orthonormal weights): ``(t, k, w,
+    cache, slots, bytes moved)``; ``shuffled``: slots a random permutation, else in order (cache row =
+    token)."""
     t = 65536
     k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
     w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
     hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
-    slots = torch.randperm(t, device="cuda", generator=gen)
-    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    slots = torch.randperm(t, device="cuda", generator=gen) if shuffled else torch.arange(t, device="cuda")
+    return t, k, w, hc, slots, k.numel() * 2 + hc.numel() + slots.numel() * 8
+
+
+def sweep_hash(res, gen, copy):
+    from cuda_ops import hashing
+
+    t, k, w, hc, slots, nbytes = _cache_fill_case(gen)
     ref = torch.zeros_like(hc)
     hashing.hash_encode_and_cache(k, w, ref, slots, hoist=False)
     rows = res.setdefault("hash", [])
@@ -113,12 +120,7 @@ def sweep_hash_prec16(res, gen, copy):
     many differ, how many of those lie outside spec 2's band: must be 0)."""
     from cuda_ops import hashing
 
-    t = 65536
-    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
-    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
-    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
-    slots = torch.arange(t, device="cuda")  # in order: the cache rows are the tokens' codes
-    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    t, k, w, hc, slots, nbytes = _cache_fill_case(gen, shuffled=False)  # in order: cache rows = the tokens' codes
     rows = res.setdefault("hash16", [])
     for p16 in (False, True):
         for bm, nw, ps in itertools.product(*HASH16_GRID.values()):
@@ -156,12 +158,7 @@ def sweep_hash_transposed(res, gen, copy):
     counts its bits against float64 (differing, and outside spec 2's band: must be 0)."""
     from cuda_ops import hashing
 
-    t = 65536
-    k = torch.randn(t, HKV, D, device="cuda", generator=gen).to(torch.bfloat16)
-    w = torch.linalg.qr(torch.randn(HKV, D, R, device="cuda", generator=gen))[0].contiguous()
-    hc = torch.zeros(t // BS, HKV, BS, R // 8, dtype=torch.uint8, device="cuda")
-    slots = torch.randperm(t, device="cuda", generator=gen)
-    nbytes = k.numel() * 2 + hc.numel() + slots.numel() * 8
+    t, k, w, hc, slots, nbytes = _cache_fill_case(gen)
     ref = torch.zeros_like(hc)
     hashing.hash_encode_and_cache(k, w, ref, slots, transposed=False)
     rows = res.setdefault("hash", [])
