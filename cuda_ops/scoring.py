@@ -38,8 +38,8 @@ from .score_planes import MAX_PLANES, _block_score_planes_kernel
 from .topk_kernels import _score_select_kernel, _select_kernel
 from .tuning import knob
 
-__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "fused_select_ok", "use_pdl", "MAX_FORCED",
-           "MAX_BLOCKS"]
+__all__ = ["hamming_dist_top_k", "block_score_keys", "select_blocks", "fused_select_ok", "use_pdl", "select_radix",
+           "MAX_FORCED", "MAX_BLOCKS"]
 
 MAX_FORCED = 8  # forced-block entries passed as scalar arguments (graph-safe)
 MAX_BLOCKS = 65536  # block-table width one select program holds in registers
@@ -58,6 +58,8 @@ PLANES_ONCE = False  # bit-plane kernel: per-word counts summed over the words o
 SCORE_BLOCKS = 1  # logical blocks per Harley-Seal score program (query words loaded once for all)
 SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes first (score_kernels.py)
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
+SELECT_RADIX = False  # the threshold by a radix select (topk_kernels._radix_threshold) instead
+SELECT_RADIX_BITS = 8  # digit width of the radix select (5-8: histograms of 32-256 bins)
 SELECT_NUM_WARPS = 0  # warps of a selection program (0: by row width, see select_num_warps)
 SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
 SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
@@ -232,6 +234,23 @@ def select_fanout(block_m: int, fanout: int | None = None, device: torch.device 
     return f
 
 
+def select_radix(radix=None, device: torch.device | None = None) -> int:
+    """Digit width of the radix-select threshold search (0: the binary / fan-out search).
+    ``radix``: ``False``/``0`` off, ``True`` on with the device's ``select.radix_bits`` (else
+    ``SELECT_RADIX_BITS``), or a width; ``None``: the device's ``select.radix`` tuning (a bool
+    or a width), else ``SELECT_RADIX``. Widths 5-8: the histogram has at least one bin per
+    lane of a warp (Triton pads fewer bins to 32) and at most 8 per lane (its cost per key)."""
+    want = radix if radix is not None else (
+        knob(device, "select", "radix", SELECT_RADIX) if device is not None else SELECT_RADIX)
+    if want is False or want is None or want == 0:
+        return 0
+    if want is True:
+        want = knob(device, "select", "radix_bits", SELECT_RADIX_BITS) if device is not None else SELECT_RADIX_BITS
+    if want not in (5, 6, 7, 8):
+        raise ValueError(f"select radix must be a bool or a digit width of 5 to 8 bits, got {want!r}")
+    return int(want)
+
+
 def select_num_warps(block_m: int, device: torch.device | None = None, num_warps: int | None = None) -> int:
     """Warps of one ``_select_kernel`` program for a ``BLOCK_M``-wide row: ``num_warps``,
     else the device's ``select.num_warps`` tuning (0: automatic), else 4 up to 2048 blocks,
@@ -258,10 +277,12 @@ def fused_select_ok(m: int, num_warps: int) -> bool:
     return next_pow2(max(m, 1)) <= FUSE_ROW_PER_WARP * num_warps
 
 
-def _select_consts(block_table, k, forced, fanout, gather, write_idx, device):
+def _select_consts(block_table, k, forced, fanout, gather, write_idx, device, radix=None):
     block_m = next_pow2(max(block_table.shape[1], 1))
+    bits = select_radix(radix, device)
+    # the radix search ignores FANOUT: 1 then, so that no second copy of the kernel compiles
     return dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather, WRITE_IDX=write_idx,
-                FANOUT=select_fanout(block_m, fanout, device))
+                FANOUT=1 if bits else select_fanout(block_m, fanout, device), RADIX=bits)
 
 
 def _select_outs(table, lens, idx, nsel):
@@ -272,10 +293,12 @@ def _select_outs(table, lens, idx, nsel):
 
 
 def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache,
-                   fanout=None, num_warps=None):
+                   fanout=None, num_warps=None, radix=None):
+    """``_select_kernel`` over ``keys int32 [B, M]`` (see ``select_blocks`` for the outputs);
+    ``fanout``, ``num_warps``, ``radix``: launch choices (None: the device's tuning)."""
     b, m = block_table.shape
     t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
-    consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device)
+    consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device, radix)
     launch(_select_kernel, (b, 1, 1), (
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),
@@ -284,13 +307,14 @@ def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, tabl
 
 def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
             rope_score_weight, keys, counter, table, lens, idx, nsel, pad_id, cache, fanout, fuse, score_opts,
-            pdl=False, maxnreg=None):
+            pdl=False, maxnreg=None, radix=None):
     """Scores then selection: one fused launch when ``fuse`` (None: the device's
     tuning) and it applies, else two. ``counter``: ``int32 [B]`` zeros for the fused
     kernel (None: allocated here when it runs). ``pdl``: the score kernel is a
     programmatic dependent launch (the caller's previous kernel triggers it; hot path
     only, see ``use_pdl``). ``maxnreg``: register cap of the fused kernel (None: the
-    device's ``select.fuse_maxnreg``)."""
+    device's ``select.fuse_maxnreg``). ``radix``: the radix-select search (``select_radix``),
+    in either form."""
     b, m = block_table.shape
     fn, q32, kc32, ints, consts = _score_launch(q_codes, key_cache, chunk_repre_method, rope_bytes,
                                                 rope_score_weight, score_opts.get("num_warps"),
@@ -311,12 +335,12 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
         if m:
             _launch_scores(fn, q32, kc32, ints, consts, block_table, seq_lens, keys, cache)
         _launch_select(keys, seq_lens, budgets, block_table, k, key_cache.shape[2], forced, fs, table, lens, idx,
-                       nsel, pad_id, cache, fanout)
+                       nsel, pad_id, cache, fanout, radix=radix)
         return
     if counter is None:
         counter = torch.zeros(b, dtype=torch.int32, device=dev)
     t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
-    sel = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, dev)
+    sel = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, dev, radix)
     maxnreg = knob(dev, "select", "fuse_maxnreg", SELECT_FUSE_MAXNREG) if maxnreg is None else maxnreg
     if maxnreg:
         sel["maxnreg"] = int(maxnreg)
@@ -330,12 +354,13 @@ def _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, c
 
 
 def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks,
-                       chunk_repre_method, rope_bytes, rope_score_weight, fanout=None, fuse=None, **score_opts):
+                       chunk_repre_method, rope_bytes, rope_score_weight, fanout=None, fuse=None, radix=None,
+                       **score_opts):
     """Spec 4 + 5. ``q_codes uint8 [B, Hq, C]``, ``key_cache uint8 [NB, Hkv, bs, C]``,
     ``block_table int32 [B, M]``, ``seq_lens int32 [B]``, ``budgets int32 [B]`` ->
     ``(indices int32 [B, k], n_sel int32 [B])``, indices ascending, ``-1`` after.
-    ``fanout``, ``fuse`` and ``score_opts`` (``block_score_keys``' launch choices):
-    default to the device's tuning."""
+    ``fanout``, ``fuse``, ``radix`` (``select_radix``) and ``score_opts`` (``block_score_keys``'
+    launch choices): default to the device's tuning."""
     b = q_codes.shape[0]
     m = block_table.shape[1]
     forced, fs = _forced_args(must_select_blocks)
@@ -346,20 +371,22 @@ def hamming_dist_top_k(q_codes, key_cache, block_table, seq_lens, budgets, k, mu
     if b:
         keys = torch.empty(b, m, dtype=torch.int32, device=q_codes.device)
         _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
-                rope_score_weight, keys, None, None, None, idx, nsel, 0, None, fanout, fuse, score_opts)
+                rope_score_weight, keys, None, None, None, idx, nsel, 0, None, fanout, fuse, score_opts,
+                radix=radix)
     return idx, nsel
 
 
 def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_select_blocks, chunk_repre_method,
                   rope_bytes, rope_score_weight, pad_id, keys, table, lens, cache=None, counter=None, fanout=None,
-                  fuse=None, pdl=False, maxnreg=None, **score_opts):
+                  fuse=None, pdl=False, maxnreg=None, radix=None, **score_opts):
     """Hot path: ``hamming_dist_top_k`` then ``kv_select`` (block scores; selection with
     the table gather fused; or both in one launch, see ``_select``), into caller-owned
     buffers ``keys int32 [B, M]``, ``table int32 [B, k]``, ``lens int32 [B]``, and
     ``counter int32 [B]`` (zeros, kept zero between calls) for the one-launch variant.
     ``pdl``: launch the score kernel as a programmatic dependent of the previous kernel,
     which must write nothing but ``q_codes`` that this reads (the hot path's query hash,
-    launched with ``launch_dependents``); callers decide with ``use_pdl``.
+    launched with ``launch_dependents``); callers decide with ``use_pdl``. ``radix``: the
+    selection's threshold by radix select (``select_radix``; None: the device's tuning).
     Rows with ``seq_len <= 0`` (an engine's padding) come back empty (length 0, all ``pad_id``)."""
     b, m = block_table.shape
     forced, fs = _forced_args(must_select_blocks)
@@ -369,5 +396,5 @@ def select_blocks(q_codes, key_cache, block_table, seq_lens, budgets, k, must_se
         return table, lens
     _select(q_codes, key_cache, block_table, seq_lens, budgets, k, forced, fs, chunk_repre_method, rope_bytes,
             rope_score_weight, keys, counter, table, lens, None, None, pad_id, cache, fanout, fuse, score_opts,
-            pdl, maxnreg)
+            pdl, maxnreg, radix)
     return table, lens

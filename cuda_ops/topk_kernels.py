@@ -14,7 +14,11 @@
   row ``b``'s selection runs while later rows are still scored: only the last
   row's selection is exposed, and one launch and one kernel boundary go away.
 
-Both run the selection body once, :func:`_select_row`.
+Both run the selection body once, :func:`_select_row`: the keys, forced blocks and the
+search interval, one of three exact threshold searches (binary, ``FANOUT``-ary, or
+the radix select of :func:`_radix_threshold` when ``RADIX`` > 0), then one shared
+tail (tie-break, slots, gather). Every search returns the same threshold for every
+input, so every launch choice selects the same blocks.
 """
 from __future__ import annotations
 
@@ -32,13 +36,63 @@ def _is_forced(cols, nblk, m):
     return (cols == target) & (target >= 0) & (target < nblk)
 
 
+# Radix-select count packing: a digit's count is at most MAX_BLOCKS = 2**16 (scoring.py), so the
+# number of digits below the threshold digit (<= 2**8) and their element count (<= 2**16) share
+# one int32 sum: (digits << 17) + count.
+_PACK_SHIFT = tl.constexpr(17)
+_PACK_ONE = tl.constexpr(1 << 17)
+_PACK_MASK = tl.constexpr((1 << 17) - 1)
+
+
+@triton.jit
+def _radix_threshold(key, free, lo, hi, q, RADIX: tl.constexpr):
+    """Threshold of the binary search, by radix select: the largest ``t`` in ``[lo, hi]``
+    with ``#{key >= t} >= nsel``.
+
+    ``key int32 [BLOCK_M]`` (forced: ``INT32_MAX``), ``free`` (valid and below ``INT32_MAX``:
+    exactly the keys in ``[lo, hi]``), ``lo``/``hi`` int64 scalars (the smallest / largest free
+    key, or ``lo > hi`` / ``lo == hi`` when the search has nothing to do), ``q = nblk - nsel + 1``.
+    Why this is the same ``t``: every valid key that is not free is ``INT32_MAX > hi`` and
+    counts for every ``t``, so ``t`` is the ``(nsel - (nblk - n_free))``-th largest free key,
+    that is the ``q``-th smallest one; when that rank is < 1 (``q > n_free``: valid
+    non-forced ``INT32_MAX`` keys already make ``nsel``) it is ``hi``. A radix select finds
+    the ``q``-th smallest of ``u = key - lo`` (unsigned, < 2**32) from the top digit that
+    ``hi - lo`` needs: a histogram of the candidates' digit, a prefix sum, the digit where the
+    running count reaches ``q``; candidates narrow to that digit. With ``q > n_free`` the
+    digit found is ``2**RADIX`` (none), which pushes the result past ``hi``: clamped to ``hi``.
+    Rounds: 1-2 for a narrow key range instead of up to 32 binary steps, each a histogram,
+    a prefix sum and one sum (three block-wide steps instead of one)."""
+    BINS: tl.constexpr = 1 << RADIX
+    span = hi - lo
+    s = tl.full((), 0, tl.int32)  # shift of the top digit: (hi - lo) >> s < BINS
+    while (span >> s) >= BINS:
+        s += RADIX
+    s = tl.where(lo < hi, s, -1)  # nothing to search: t = lo
+    # unsigned offsets: the int32 difference wraps to the right value mod 2**32 (keys in [lo, hi])
+    u = (key - lo.to(tl.int32)).to(tl.uint32, bitcast=True)
+    cand = free
+    pre = tl.zeros((), tl.int64)  # digits found so far, at their place: t = lo + pre
+    while s >= 0:
+        digit = ((u >> s.to(tl.uint32)) & (BINS - 1)).to(tl.int32, bitcast=True)  # logical shift
+        hist = tl.histogram(digit, BINS, mask=cand)
+        below = tl.cumsum(hist, axis=0) < q  # digits whose running count has not reached q
+        packed = tl.sum(tl.where(below, hist + _PACK_ONE, 0), axis=0)
+        d = packed >> _PACK_SHIFT
+        q -= packed & _PACK_MASK
+        pre += d.to(tl.int64) << s.to(tl.int64)
+        cand = cand & (digit == d)
+        s -= RADIX
+    return tl.where(lo < hi, tl.minimum(lo + pre, hi), lo)
+
+
 @triton.jit
 def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                 M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
                 NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr,
-                WRITE_IDX: tl.constexpr, FANOUT: tl.constexpr, FRESH: tl.constexpr):
+                WRITE_IDX: tl.constexpr, FANOUT: tl.constexpr, FRESH: tl.constexpr, RADIX: tl.constexpr):
     """Selection of row ``b`` (see ``_select_kernel``). ``FRESH``: load the keys from L2
-    (they were written by other programs of the same launch)."""
+    (they were written by other programs of the same launch). ``RADIX`` > 0: the threshold
+    by a radix select of ``RADIX``-bit digits instead of the binary / ``FANOUT``-ary search."""
     nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
     cols = tl.arange(0, BLOCK_M)
     valid = cols < nblk
@@ -77,7 +131,9 @@ def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, 
     if nsel <= n_forced:
         lo = tl.full((), 2147483647, tl.int64)
         hi = lo
-    if FANOUT == 1:
+    if RADIX > 0:  # the same threshold in ceil(bit_length(hi - lo) / RADIX) histogram rounds
+        lo = _radix_threshold(key, free, lo, hi, nblk - nsel + 1, RADIX)
+    elif FANOUT == 1:
         while lo < hi:
             mid = lo + (hi - lo + 1) // 2
             enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0) >= nsel
@@ -121,7 +177,7 @@ def _select_kernel(
     M, K, BS, PAD, sk_b, sbt_b, st_b, si_b,
     F0, F1, F2, F3, F4, F5, F6, F7,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
-    FANOUT: tl.constexpr = 1,
+    FANOUT: tl.constexpr = 1, RADIX: tl.constexpr = 0,
 ):
     """Selection (spec 5), and with ``GATHER`` also ``kv_select`` (spec 6), one program per row.
 
@@ -132,7 +188,8 @@ def _select_kernel(
     returns them when ``WRITE_IDX``. Forced blocks get key ``INT32_MAX``; the
     ``n_sel``-th largest key is found by a binary search between the smallest and
     largest non-forced key (``FANOUT`` > 1: a ``FANOUT``-ary search, one reduction
-    round per ``FANOUT``-fold shrink); ties go to the smaller block index (prefix sum) and a
+    round per ``FANOUT``-fold shrink; ``RADIX`` > 0: the same key by a radix select of
+    ``RADIX``-bit digits, ``_radix_threshold``); ties go to the smaller block index (prefix sum) and a
     second prefix sum gives each chosen block its ascending slot; slots ``>= K``
     are dropped (``n_sel`` clamped to ``K``). A row with ``seq_len <= 0`` (an
     engine's padding row, hot path only; the op requires ``>= 1``) selects
@@ -142,7 +199,7 @@ def _select_kernel(
     seq = tl.load(sl_ptr + b)
     _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                 M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
-                NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, False)
+                NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, False, RADIX)
 
 
 @triton.jit
@@ -154,7 +211,7 @@ def _score_select_kernel(
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
     UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr, HKV_P: tl.constexpr,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
-    FANOUT: tl.constexpr,
+    FANOUT: tl.constexpr, RADIX: tl.constexpr = 0,
 ):
     """``_block_score_hs_kernel`` then, in the last program of each row, ``_select_kernel``.
 
@@ -169,5 +226,5 @@ def _score_select_kernel(
     if done == M - 1:  # every block of the row is scored
         _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                     M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
-                    NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, True)
+                    NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, True, RADIX)
         tl.store(cnt_ptr + b, 0)
