@@ -7,7 +7,9 @@ tuning file (``cuda_ops/tuning.py``):
 
 * block scores (``_block_score_hs_kernel``): warps, unrolled head loop, bit-plane
   query folding (``planes``); code bytes per second;
-* selection (``_select_kernel`` with ``kv_select`` fused): search fan-out;
+* selection (``_select_kernel`` with ``kv_select`` fused): search fan-out, the radix
+  select (``select.radix``: digit widths) and warps, on score keys of both methods (and
+  uniform int32 keys, reported only); a variant whose output differs is never chosen;
 * the hot path's whole selection (``select_blocks``) in two launches or one
   (``fuse``: the last score program of each row selects; with and without a
   register cap), for the best score launch with and without bit planes; then the
@@ -26,6 +28,7 @@ is reported and never chosen); this only picks launches. Output: ``DIR/kernel_sw
 
     python benchmarks/kernel_sweep.py --out DIR
     python benchmarks/kernel_sweep.py --out DIR --parts score   # selection kernels only
+    python benchmarks/kernel_sweep.py --out DIR --parts select  # the selection kernel alone (search, warps)
     python benchmarks/kernel_sweep.py --out DIR --parts hash16  # hash.prec16 vs the bf16 split (reported only)
     python benchmarks/kernel_sweep.py --out DIR --parts hasht   # hash.transposed vs the shipped hash launch
     python benchmarks/kernel_sweep.py --out DIR --parts stages  # the score launch's num_stages
@@ -76,7 +79,6 @@ SCORE_GRID = dict(lop3=(True,), wide=(False,), unroll=(False, True), num_warps=(
                   blocks=(1, 2, 4))
 # the tuning of 2026-11-29 12:02 (fifth session's file), the "before" column of the table
 SCORE_BEFORE = dict(lop3=True, wide=False, unroll=False, num_warps=2, planes=False, blocks=1)
-SELECT_WARPS = (0, 1, 2, 4, 8)  # 0: by row width (select_num_warps)
 
 
 def score_variants():
@@ -102,7 +104,7 @@ def sweep_score_select(res, gen):
     selection (``select_blocks``: scores, selection, kv_select) with and without
     the fused one-launch kernel, for the best score launch with and without bit planes."""
     from cuda_ops import scoring
-    from cuda_ops.launch import next_pow2
+    from kernel_sweep_select import best_select, select_rows
 
     out = res.setdefault("score", {})
     sel = res.setdefault("select", {})
@@ -125,24 +127,12 @@ def sweep_score_select(res, gen):
         progress(f"score {ctx}: best {max(r['tbs'] for r in rows if r['same']):.2f} TB/s"
                  + (f"; DIFFERENT KEYS (never chosen): {bad}" if bad else ""))
         # selection + fused kv_select on those keys, budget 1/8
-        k = m // 8
-        budgets = torch.full((B,), k, dtype=torch.int32, device="cuda")
-        tab = torch.empty(B, k, dtype=torch.int32, device="cuda")
-        lens = torch.empty(B, dtype=torch.int32, device="cuda")
-        srows = sel.setdefault(str(ctx), [])
-        for method in ("max", "mean"):
-            scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
-            for fan, nw in itertools.product((1, 4, 8), SELECT_WARPS):
-                if scoring.select_fanout(next_pow2(m), fan) != fan:
-                    continue
-                ms = graph_ms(lambda: scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens,
-                                                             None, None, 0, None, fan, nw or None))
-                srows.append(dict(method=method, fanout=fan, num_warps=nw, ms=ms))
-        progress(f"select {ctx}: " + ", ".join(f"{r['method']}/{r['fanout']}/{r['num_warps']}w: {r['ms'] * 1e3:.1f}us"
-                                               for r in srows))
+        select_rows(sel.setdefault(str(ctx), []), ctx, q, cache, table, seq, gen)
     # the hot path's selection as one unit (select_blocks: scores, selection, kv_select), in
-    # two launches or one (fused), for the best 128K score launch with and without bit planes
+    # two launches or one (fused), for the best 128K score launch with and without bit planes,
+    # with the selection's binary search and with its best radix select (and that one's warps)
     big = out[str(CONTEXTS[-1])]
+    radix_on = best_select(res, radix=True)
     for ctx, (m, cache, table, seq, q) in data.items():
         k = m // 8
         nbytes = B * m * BS * HKV * (R // 8)
@@ -155,7 +145,8 @@ def sweep_score_select(res, gen):
         want = {}
         for method in ("max", "mean"):  # the SWAR scores and the selection kernel: the result to match
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys, path="swar")
-            scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1)
+            scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1,
+                                   radix=False)
             want[method] = (tab.clone(), lens.clone())
         for planes in (False, True):
             ok = [r for r in big if r["planes"] == planes and r["same"]]
@@ -164,36 +155,45 @@ def sweep_score_select(res, gen):
             v = {x: min(ok, key=lambda r: r["ms"])[x] for x in SCORE_GRID}
             # the fused kernel's selection part needs more registers than scoring: also capped at
             # what the plain score kernel uses (ptxas, sm_90: 64 without planes, 128 with)
-            for fuse, cap in ((False, 0), (True, 0), (True, 128 if planes else 64)):
+            for (fuse, cap), rdx in itertools.product(((False, 0), (True, 0), (True, 128 if planes else 64)),
+                                                      (None, radix_on) if radix_on else (None,)):
                 if fuse and (not scoring.fused_select_ok(m, v["num_warps"]) or v["blocks"] > 1):
                     continue
+                # radix on: its width, and its warps for the two-launch selection (a knob, read at launch)
+                knobs = {"select": {"num_warps": rdx["num_warps"]}} if rdx else {}
                 for method in ("max", "mean"):
                     run = lambda: scoring.select_blocks(  # noqa: E731
                         q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, 0, keys, tab, lens,
-                        counter=counter, fuse=fuse, maxnreg=cap, path="hs", **v)
-                    row = dict(v, fuse=fuse, maxnreg=cap, method=method)
+                        counter=counter, fuse=fuse, maxnreg=cap, radix=rdx["radix"] if rdx else False, path="hs", **v)
+                    row = dict(v, fuse=fuse, maxnreg=cap, method=method, radix=rdx["radix"] if rdx else 0)
                     try:
-                        ms = graph_ms(run)
-                        # once more after the replays: a counter left non-zero would select nothing now
-                        tab.fill_(-7)
-                        lens.fill_(-7)
-                        run()
+                        with tuned(knobs):
+                            ms = graph_ms(run)
+                            # once more after the replays: a counter left non-zero would select nothing now
+                            tab.fill_(-7)
+                            lens.fill_(-7)
+                            run()
                         same = bool(torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1]))
                         row.update(ms=ms, tbs=nbytes / ms / 1e9, same=same)
                     except Exception as e:  # a launch that does not compile: recorded, never chosen
                         row.update(ms=float("inf"), tbs=0.0, same=False, error=f"{type(e).__name__}: {str(e)[:160]}")
                     orows.append(row)
         progress(f"select_blocks {ctx}: " + ", ".join(
-            f"planes={r['planes']}/fuse={r['fuse']}/cap={r['maxnreg']}/{r['method']}: {r['ms'] * 1e3:.1f}us"
-            + ("" if r["same"] else " DIFFERENT RESULT OR ERROR (never chosen)") for r in orows))
+            f"planes={r['planes']}/fuse={r['fuse']}/cap={r['maxnreg']}/radix={r['radix']}/{r['method']}: "
+            f"{r['ms'] * 1e3:.1f}us" + ("" if r["same"] else " DIFFERENT RESULT OR ERROR (never chosen)")
+            for r in orows))
     res["selection_choice"] = pick_selection(res)
     sweep_pdl(res, data, gen)
     del data
 
 
+def _op_combo(r):
+    return r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)
+
+
 def pick_selection(res):
-    """(planes, fuse, maxnreg) of the ``select_blocks`` rows with the smallest sum over contexts
-    and methods of time relative to each case's best (rows with a different result excluded)."""
+    """(planes, fuse, maxnreg, radix width) of the ``select_blocks`` rows with the smallest sum over
+    contexts and methods of time relative to each case's best (rows with a different result excluded)."""
     lo = {}
     for ctx, rows in res["op"].items():
         for r in rows:
@@ -204,15 +204,15 @@ def pick_selection(res):
         total = 0.0
         for (ctx, method), best_ms in lo.items():
             match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
-                     and (r["planes"], r["fuse"], r["maxnreg"]) == combo]
+                     and _op_combo(r) == combo]
             total += (match[0]["ms"] / best_ms) if match else 1e9
         return total
 
-    combos = {(r["planes"], r["fuse"], r["maxnreg"]) for rows in res["op"].values() for r in rows if r["same"]}
-    planes, fuse, cap = min(combos, key=cost)
+    combos = {_op_combo(r) for rows in res["op"].values() for r in rows if r["same"]}
+    planes, fuse, cap, radix = min(combos, key=cost)
     best = min([r for r in res["score"][str(CONTEXTS[-1])] if r["planes"] == planes and r["same"]],
                key=lambda r: r["ms"])
-    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap)
+    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap, radix=radix)
 
 
 class tuned:
@@ -344,6 +344,10 @@ def choose(res):
     big = str(CONTEXTS[-1])
     if "score" in res:
         knobs.update(choose_selection(res))
+    elif "select" in res:  # the selection kernel alone (--parts select): its search and warps
+        from kernel_sweep_select import choose_select_kernel
+
+        knobs["select"] = choose_select_kernel(res)
     if "attention" in res:
         knobs["attention"] = choose_attention(res, big)
     if "mla" in res:
@@ -382,12 +386,9 @@ def _best_variant(cases, key, cost):
 
 
 def choose_selection(res):
+    from kernel_sweep_select import choose_select_kernel
+
     knobs = {}
-    by_fan = {}
-    for ctx, rows in res["select"].items():
-        for r in rows:
-            by_fan.setdefault((r["fanout"], r.get("num_warps", 0)), []).append(r["ms"])
-    fanout, sel_warps = min(by_fan, key=lambda f: sum(by_fan[f]) / len(by_fan[f]))
     ch = res["selection_choice"]
     pdl_ok = all(any(r["variant"] == v and r["same"] for r in rows)
                  for rows in res["pdl"].values() for v in ("chosen", "chosen+pdl"))
@@ -395,7 +396,9 @@ def choose_selection(res):
                 - min(r["ms"] for r in rows if r["variant"] == "chosen+pdl" and r["same"])
                 for rows in res["pdl"].values()] if pdl_ok else []
     knobs["score"] = dict(ch["score"], pdl=bool(pdl_gain) and sum(pdl_gain) > 0)
-    knobs["select"] = {"fanout": fanout, "num_warps": sel_warps, "fuse": ch["fuse"], "fuse_maxnreg": ch["fuse_maxnreg"]}
+    # radix on or off as the whole selection's rows chose it (they ran the best radix variant)
+    knobs["select"] = dict(choose_select_kernel(res, bool(ch.get("radix", 0))), fuse=ch["fuse"],
+                           fuse_maxnreg=ch["fuse_maxnreg"])
     return knobs
 
 
@@ -436,6 +439,10 @@ def main(out_dir: str, parts) -> None:
     progress(f"{name}: copy {res['copy_tbs']:.2f} TB/s")
     if "score" in parts:
         sweep_score_select(res, gen)
+    elif "select" in parts:
+        from kernel_sweep_select import sweep_select
+
+        sweep_select(res, gen)
     if "attention" in parts:
         sweep_attention(res, gen)
     if "hash" in parts:

@@ -26,13 +26,49 @@ def _variant_table(title, case_col, cases, head, case_label, cell):
     return out
 
 
+def _select_key(r):
+    """(fan-out, radix width, warps) of a selection row."""
+    return r["fanout"], r.get("radix", 0), r.get("num_warps", 0)
+
+
+def _chosen_select(k):
+    """The selection row key of the chosen ``select`` knobs."""
+    s = k.get("select", {})
+    return s.get("fanout", 1), s.get("radix_bits", 8) if s.get("radix") else 0, s.get("num_warps", 0)
+
+
+def _select_table(res, k):
+    """One line per selection variant, one column per (context, key set): us, DIFFERENT or error."""
+    cases = [(ctx, m) for ctx, rows in res["select"].items() for m in dict.fromkeys(r["method"] for r in rows)]
+    first = res["select"][cases[0][0]]
+    variants = list(dict.fromkeys(_select_key(r) for r in first))
+    out = ["", "Selection kernel (`_select_kernel`, kv_select gather fused; budget 1/8, forced [0, -2, -1]) by "
+           "search (fan-out; radix digit width, 0: off) and warps (0: by row width), us per context and key set "
+           "(`int32`: uniform keys, reported only):", "",
+           "| fan-out | radix | warps | " + " | ".join(f"{_ctx(c)} {m}" for c, m in cases) + " |",
+           "|---|---|---|" + "---|" * len(cases)]
+    for v in variants:
+        cells = []
+        for ctx, m in cases:
+            r = [x for x in res["select"][ctx] if x["method"] == m and _select_key(x) == v]
+            if not r:
+                cells.append("-")
+            elif "error" in r[0]:
+                cells.append("error")
+            else:
+                cells.append(f"{r[0]['ms'] * 1e3:.1f}" + ("" if r[0].get("same", True) else " DIFFERENT"))
+        mark = " (chosen)" if v == _chosen_select(k) else ""
+        out.append(f"| {v[0]} | {v[1] or 'off'}{mark} | {v[2]} | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(res) -> str:
     k = res["knobs"]
     lines = [f"# Kernel launch sweep ({res['device']}, torch {res['torch']}, triton {res['triton']}, {res['when']})", "",
              f"B={B}, Hq={HQ}, Hkv={HKV}, D={D}, R={R}, bs={BS}, bf16; CUDA-graph replay medians. "
              f"Copy bandwidth {res['copy_tbs']:.2f} TB/s. Chosen: `{json.dumps(k)}`.", "",
              "| context | score kernel: 12:02 tuning TB/s | chosen TB/s | best bit-plane TB/s | select 1/8 binary us | "
-             "chosen fan-out and warps us |",
+             "chosen search and warps us |",
              "|---|---|---|---|---|---|"]
     for ctx in res.get("score", {}):
         rows = res["score"][ctx]
@@ -43,22 +79,22 @@ def markdown(res) -> str:
             lines.append(f"| {int(ctx) // 1024}K | score variants with DIFFERENT keys (never chosen): "
                          f"{[x for x in rows if not x['same']]} |||||")
         s1 = [r for r in res["select"][ctx] if r["fanout"] == 1 and r.get("num_warps", 0) == 0
-              and r["method"] == "max"][0]
-        sc = [r for r in res["select"][ctx] if r["fanout"] == k["select"]["fanout"] and r["method"] == "max"
-              and r.get("num_warps", 0) == k["select"].get("num_warps", 0)]
+              and r["method"] == "max" and not r.get("radix", 0)][0]
+        sc = [r for r in res["select"][ctx] if _select_key(r) == _chosen_select(k) and r["method"] == "max"]
         lines.append(f"| {int(ctx) // 1024}K | {d['tbs']:.2f} | {c['tbs']:.2f} | {pl:.2f} | {s1['ms'] * 1e3:.1f} | "
                      f"{sc[0]['ms'] * 1e3:.1f} |" if sc else "| - |")
     if "op" in res:
         lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
                   "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
-                  "| context | method | planes | fuse | fused register cap | score launch | us | TB/s | same result |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"])
+                  "| context | method | planes | fuse | fused register cap | radix | score launch | us | TB/s | "
+                  "same result |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"], _chosen_select(k)[1])
         for ctx, rows in res.get("op", {}).items():
             for r in rows:
-                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"]) == chosen else ""
+                mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)) == chosen else ""
                 lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
-                             f"{r['maxnreg'] or '-'} | {r['num_warps']} warps, unroll={r['unroll']}, blocks={r.get('blocks', 1)} | "
+                             f"{r['maxnreg'] or '-'} | {r.get('radix', 0) or 'off'} | {r['num_warps']} warps, unroll={r['unroll']}, blocks={r.get('blocks', 1)} | "
                              f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
         lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
                   f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",
@@ -67,6 +103,8 @@ def markdown(res) -> str:
             for r in rows:
                 lines.append(f"| {int(ctx) // 1024}K | {r['variant']} | {r.get('launches', '-')} | {r['ms'] * 1e3:.1f} | "
                              f"{r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
+    if res.get("select"):
+        lines += _select_table(res, k)
     if "attention" in res:
         lines += ["", "| context | SDPA ms | dense: fifth session's launch ms | chosen ms | dense/SDPA chosen | sparse 1/8 before | chosen |",
                   "|---|---|---|---|---|---|---|"]

@@ -308,3 +308,99 @@ def test_gpu_select_blocks_radix_fused_and_not(m, bits):
                 want = dict(want or {}, **{method: got})
             assert torch.equal(got[0], want[method][0]) and torch.equal(got[1], want[method][1]), (fuse, radix, method)
         assert bool((counter == 0).all())
+
+
+# ---- the sweep's selection rows and choice (benchmarks/kernel_sweep_select.py; no GPU) ----
+
+def _sweep():
+    import sys
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import kernel_sweep
+    import kernel_sweep_report
+    import kernel_sweep_select
+
+    return kernel_sweep, kernel_sweep_select, kernel_sweep_report
+
+
+def _srow(method, fan, bits, nw, ms, same=True, err=False):
+    r = dict(method=method, fanout=fan, radix=bits, num_warps=nw)
+    return dict(r, ms=float("inf"), same=False, error="OutOfResources") if err else dict(r, ms=ms, same=same)
+
+
+def test_sweep_chooses_radix_only_if_correct_everywhere_and_fastest():
+    ks, kss, _ = _sweep()
+
+    def rows(radix8_same_mean, radix5_ms):
+        return [_srow("max", 1, 0, 0, 10.0), _srow("mean", 1, 0, 0, 10.0), _srow("int32", 1, 0, 0, 1.0),
+                _srow("max", 4, 0, 0, 11.0), _srow("mean", 4, 0, 0, 9.5),
+                _srow("max", 1, 8, 4, 4.0), _srow("mean", 1, 8, 4, 4.0, same=radix8_same_mean),
+                _srow("max", 1, 5, 4, radix5_ms), _srow("mean", 1, 5, 4, radix5_ms), _srow("int32", 1, 5, 4, 99.0),
+                _srow("max", 1, 6, 1, 0.0, err=True), _srow("mean", 1, 6, 1, 0.0, err=True)]
+
+    # radix 8 is fastest but differs once (never chosen); radix 5 beats the searches; int32 keys do not count
+    res = {"select": {"32768": rows(True, 7.0), "131072": rows(False, 7.0)}}
+    assert kss.choose_select_kernel(res) == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5}
+    assert ks.choose(res) == {"select": kss.choose_select_kernel(res)}  # --parts select alone
+    assert kss.best_select(res, radix=False) == {"fanout": 1, "radix": 0, "num_warps": 0}  # 40 vs 41 in total
+    assert kss.choose_select_kernel(res, False) == {"fanout": 1, "num_warps": 0, "radix": False}
+    # radix slower than the binary search: off
+    res = {"select": {"32768": rows(False, 12.0), "131072": rows(False, 12.0)}}
+    assert kss.choose_select_kernel(res)["radix"] is False
+    # rows of an older sweep (no radix, no same) still choose
+    old = {"select": {"32768": [dict(method="max", fanout=1, num_warps=0, ms=2.0),
+                                dict(method="max", fanout=4, num_warps=2, ms=1.0)]}}
+    assert kss.choose_select_kernel(old) == {"fanout": 4, "num_warps": 2, "radix": False}
+
+
+def test_sweep_whole_selection_choice_carries_radix():
+    ks, kss, _ = _sweep()
+
+    score = dict(ks.SCORE_BEFORE, ms=1.0, tbs=1.0, same=True)
+    op = [dict(planes=False, fuse=f, maxnreg=0, radix=rx, method=m, ms=ms, same=True)
+          for f, rx, ms in ((False, 0, 10.0), (False, 5, 8.0), (True, 0, 9.0), (True, 5, 8.5)) for m in ("max", "mean")]
+    sel = [_srow(m, 1, b, w, ms) for m in ("max", "mean") for b, w, ms in ((0, 0, 5.0), (0, 2, 4.0), (5, 4, 3.0))]
+    res = {"score": {"131072": [score]}, "op": {"131072": op}, "select": {"131072": sel}, "pdl": {}}
+    res["selection_choice"] = ks.pick_selection(res)
+    assert (res["selection_choice"]["fuse"], res["selection_choice"]["radix"]) == (False, 5)
+    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5, "fuse": False,
+                                        "fuse_maxnreg": 0}
+    # the whole selection faster with the binary search: radix off, and the best non-radix warps
+    for r in op:
+        r["ms"] += 5.0 if r["radix"] else 0.0
+    res["selection_choice"] = ks.pick_selection(res)
+    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 2, "radix": False, "fuse": True, "fuse_maxnreg": 0}
+
+
+def test_sweep_report_select_table():
+    _, _, rep = _sweep()
+
+    rows = [_srow("max", 1, 0, 0, 0.0060), _srow("max", 1, 8, 4, 0.0030, same=False), _srow("max", 1, 5, 4, 0.0040),
+            _srow("max", 1, 6, 1, 0.0, err=True)]
+    res = dict(device="H", torch="t", triton="3", when="now", copy_tbs=4.0, select={"32768": rows},
+               knobs={"select": {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5}})
+    text = rep.markdown(res)
+    assert "| fan-out | radix | warps | 32K max |" in text
+    assert "| 1 | off | 0 | 6.0 |" in text and "| 1 | 8 | 4 | 3.0 DIFFERENT |" in text
+    assert "| 1 | 5 (chosen) | 4 | 4.0 |" in text and "| 1 | 6 | 1 | error |" in text
+
+
+@interp
+def test_sweep_select_rows_run_and_agree(gen, monkeypatch):
+    # the sweep's selection rows end to end at a tiny shape in the interpreter (timing stubbed):
+    # every variant runs, and every one gives the binary search's table and lengths
+    _, kss, _ = _sweep()
+    monkeypatch.setattr(kss, "graph_ms", lambda fn: (fn(), 1e-3)[1])
+    monkeypatch.setattr(kss, "SELECT_WARPS", (0, 4))
+    monkeypatch.setattr(kss, "SELECT_FANOUT", (1, 4))
+    monkeypatch.setattr(kss, "SELECT_RADIX", (5, 8))
+    b, m, bs = 3, 19, 4
+    q, cache, table = _codes(gen, b, 8, 2, bs, m, 16)
+    seq = torch.tensor([m * bs, 30, 1], dtype=torch.int32)
+    monkeypatch.setattr(kss, "BS", bs)
+    rows = []
+    kss.select_rows(rows, 4096, q, cache, table, seq, gen)
+    assert len(rows) == len(kss.SELECT_KEYS) * 4 * 2 and all(r["same"] for r in rows), rows
+    assert {(r["fanout"], r["radix"]) for r in rows} == {(1, 0), (4, 0), (1, 5), (1, 8)}
