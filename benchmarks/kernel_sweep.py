@@ -255,7 +255,10 @@ def sweep_pdl(res, data, gen):
             bufs = (torch.empty(B, HQ, R // 8, dtype=torch.uint8, device="cuda"),
                     torch.empty(B, m, dtype=torch.int32, device="cuda"),
                     torch.empty(B, k, dtype=torch.int32, device="cuda"), torch.empty(B, dtype=torch.int32, device="cuda"))
-            knobs = dict(score=dict(ch["score"], pdl=pdl), select=dict(fuse=fuse, fuse_maxnreg=ch["fuse_maxnreg"]))
+            # "plain": the binary search; the chosen rows: the chosen search (radix or not)
+            rdx = dict(radix=True, radix_bits=ch["radix"]) if ch.get("radix") and name != "plain" else dict(radix=False)
+            knobs = dict(score=dict(ch["score"], pdl=pdl),
+                         select=dict(fuse=fuse, fuse_maxnreg=ch["fuse_maxnreg"], **rdx))
             row = dict(variant=name, pdl=pdl, fuse=fuse)
             try:
                 with tuned(knobs):

@@ -94,7 +94,8 @@ def markdown(res) -> str:
             for r in rows:
                 mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)) == chosen else ""
                 lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
-                             f"{r['maxnreg'] or '-'} | {r.get('radix', 0) or 'off'} | {r['num_warps']} warps, unroll={r['unroll']}, blocks={r.get('blocks', 1)} | "
+                             f"{r['maxnreg'] or '-'} | {r.get('radix', 0) or 'off'} | "
+                             f"{r['num_warps']} warps, unroll={r['unroll']}, blocks={r.get('blocks', 1)} | "
                              f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
         lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "
                   f"(chosen: pdl={k['score']['pdl']}):", "", "| context | variant | launches | us | TB/s | same result |",

@@ -142,7 +142,8 @@ def test_radix_other_widths_and_edge_budgets(gen, bits):
         keys = _keys(gen, b, m, kind)
         bt = torch.randperm(b * m, generator=gen).reshape(b, m).to(torch.int32)
         seq, _, _, forced = _rows(gen, b, m, bs)
-        for budgets, k in ((torch.full((b,), m + 5, dtype=torch.int32), m), (torch.tensor([0, -3, 1, 2], dtype=torch.int32), 1)):
+        edge = ((torch.full((b,), m + 5, dtype=torch.int32), m), (torch.tensor([0, -3, 1, 2], dtype=torch.int32), 1))
+        for budgets, k in edge:
             _check(keys, seq, budgets, bt, k, bs, forced, bits)
 
 
@@ -356,10 +357,10 @@ def test_sweep_chooses_radix_only_if_correct_everywhere_and_fastest():
 
 
 def test_sweep_whole_selection_choice_carries_radix():
-    ks, kss, _ = _sweep()
+    ks, kss, rep = _sweep()
 
     score = dict(ks.SCORE_BEFORE, ms=1.0, tbs=1.0, same=True)
-    op = [dict(planes=False, fuse=f, maxnreg=0, radix=rx, method=m, ms=ms, same=True)
+    op = [dict(ks.SCORE_BEFORE, fuse=f, maxnreg=0, radix=rx, method=m, ms=ms, tbs=1.0, same=True)
           for f, rx, ms in ((False, 0, 10.0), (False, 5, 8.0), (True, 0, 9.0), (True, 5, 8.5)) for m in ("max", "mean")]
     sel = [_srow(m, 1, b, w, ms) for m in ("max", "mean") for b, w, ms in ((0, 0, 5.0), (0, 2, 4.0), (5, 4, 3.0))]
     res = {"score": {"131072": [score]}, "op": {"131072": op}, "select": {"131072": sel}, "pdl": {}}
@@ -372,6 +373,11 @@ def test_sweep_whole_selection_choice_carries_radix():
         r["ms"] += 5.0 if r["radix"] else 0.0
     res["selection_choice"] = ks.pick_selection(res)
     assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 2, "radix": False, "fuse": True, "fuse_maxnreg": 0}
+    # the report: the chosen whole-selection row, its radix column, the selection table
+    res.update(device="H", torch="t", triton="3", when="now", copy_tbs=4.0, knobs=ks.choose(res))
+    text = rep.markdown(res)
+    assert "| 128K | max | False | True (chosen) | - | off | 2 warps" in text
+    assert "| 128K | max | False | False | - | 5 | 2 warps" in text and "| 1 | off (chosen) | 2 | 4000.0 | 4000.0 |" in text
 
 
 def test_sweep_report_select_table():
