@@ -7,7 +7,10 @@
 #   bash benchmarks/device_kernels.sh mla     # GPU tests of the MLA score path and MLA graphs, mla_step.py
 #   PARTS=hash,stages bash benchmarks/device_kernels.sh parts   # kernel_sweep.py --parts $PARTS (cap 130 s,
 #                                             # SWEEP_CAP), then engine_step.py --quick with the tuning it wrote
-#                                             # (also left in /tmp/gsa_last_tuning.json for later commands)
+#                                             # (also left in /tmp/gsa_last_tuning.json for later commands);
+#                                             # PARTS with `select` (the selection kernel alone) runs the GPU
+#                                             # tests of the radix selection first (cap 200 s, not counted
+#                                             # in the caps after it)
 #   bash benchmarks/device_kernels.sh flush   # engine_step.py --quick twice: L2 emptied by writing (triton
 #                                             # do_bench) and by reading (benchmarks/timing.py "clean")
 #   bash benchmarks/device_kernels.sh ncu     # Nsight Compute counters of one sparse layer's kernels
@@ -45,6 +48,12 @@ left() { echo $(( ${1} - ($(date +%s) - t0) )); }
         echo "== MLA step (cap: what is left of 560 s)"
         timeout "$(left 560)" python3 benchmarks/mla_step.py --out "$WORK" 2>&1 | tail -20
         echo "mla_step rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+    fi
+    if [ "$STAGE" = parts ] && [[ ",${PARTS:?set PARTS}," == *",select,"* ]]; then
+        echo "== GPU tests of the radix selection (tests/test_select_radix.py, cap 200 s)"
+        timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_select_radix.py -m gpu 2>&1 | tail -6
+        echo "tests rc=${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+        t0=$(date +%s)  # the sweep and engine-step caps below count from here
     fi
     if [ "$STAGE" = parts ]; then
         echo "== kernel sweep, parts ${PARTS:?set PARTS} (cap ${SWEEP_CAP:-130} s)"
