@@ -130,9 +130,10 @@ def sweep_score_select(res, gen):
         select_rows(sel.setdefault(str(ctx), []), ctx, q, cache, table, seq, gen)
     # the hot path's selection as one unit (select_blocks: scores, selection, kv_select), in
     # two launches or one (fused), for the best 128K score launch with and without bit planes,
-    # with the selection's binary search and with its best radix select (and that one's warps)
+    # with the selection kernel's best variant without radix select and its best with it (their
+    # warps and prefetch set as knobs, read at launch)
     big = out[str(CONTEXTS[-1])]
-    radix_on = best_select(res, radix=True)
+    svars = [v for v in (best_select(res, radix=False), best_select(res, radix=True)) if v] or [None]
     for ctx, (m, cache, table, seq, q) in data.items():
         k = m // 8
         nbytes = B * m * BS * HKV * (R // 8)
@@ -146,7 +147,7 @@ def sweep_score_select(res, gen):
         for method in ("max", "mean"):  # the SWAR scores and the selection kernel: the result to match
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys, path="swar")
             scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1,
-                                   radix=False)
+                                   radix=False, prefetch=False)
             want[method] = (tab.clone(), lens.clone())
         for planes in (False, True):
             ok = [r for r in big if r["planes"] == planes and r["same"]]
@@ -155,17 +156,17 @@ def sweep_score_select(res, gen):
             v = {x: min(ok, key=lambda r: r["ms"])[x] for x in SCORE_GRID}
             # the fused kernel's selection part needs more registers than scoring: also capped at
             # what the plain score kernel uses (ptxas, sm_90: 64 without planes, 128 with)
-            for (fuse, cap), rdx in itertools.product(((False, 0), (True, 0), (True, 128 if planes else 64)),
-                                                      (None, radix_on) if radix_on else (None,)):
+            for (fuse, cap), sv in itertools.product(((False, 0), (True, 0), (True, 128 if planes else 64)), svars):
                 if fuse and (not scoring.fused_select_ok(m, v["num_warps"]) or v["blocks"] > 1):
                     continue
-                # radix on: its width, and its warps for the two-launch selection (a knob, read at launch)
-                knobs = {"select": {"num_warps": rdx["num_warps"]}} if rdx else {}
+                knobs = {"select": {x: sv[x] for x in ("fanout", "num_warps", "prefetch")}} if sv else {}
+                bits = sv["radix"] if sv else 0
                 for method in ("max", "mean"):
                     run = lambda: scoring.select_blocks(  # noqa: E731
                         q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, 0, keys, tab, lens,
-                        counter=counter, fuse=fuse, maxnreg=cap, radix=rdx["radix"] if rdx else False, path="hs", **v)
-                    row = dict(v, fuse=fuse, maxnreg=cap, method=method, radix=rdx["radix"] if rdx else 0)
+                        counter=counter, fuse=fuse, maxnreg=cap, radix=bits, path="hs", **v)
+                    row = dict(v, fuse=fuse, maxnreg=cap, method=method, radix=bits,
+                               prefetch=sv["prefetch"] if sv else False)
                     try:
                         with tuned(knobs):
                             ms = graph_ms(run)
@@ -240,6 +241,7 @@ def sweep_pdl(res, data, gen):
     runs, prefetches its codes and waits before reading the query codes); output checked
     against the program without PDL and without fusion."""
     from cuda_ops.hotpath import TritonHotPath
+    from kernel_sweep_select import choose_select_kernel
 
     ch = res["selection_choice"]
     rows = res.setdefault("pdl", {})
@@ -255,8 +257,9 @@ def sweep_pdl(res, data, gen):
             bufs = (torch.empty(B, HQ, R // 8, dtype=torch.uint8, device="cuda"),
                     torch.empty(B, m, dtype=torch.int32, device="cuda"),
                     torch.empty(B, k, dtype=torch.int32, device="cuda"), torch.empty(B, dtype=torch.int32, device="cuda"))
-            # "plain": the binary search; the chosen rows: the chosen search (radix or not)
-            rdx = dict(radix=True, radix_bits=ch["radix"]) if ch.get("radix") and name != "plain" else dict(radix=False)
+            # "plain": the binary search with plain loads; the chosen rows: the chosen selection kernel
+            rdx = choose_select_kernel(res, bool(ch.get("radix"))) if name != "plain" else dict(radix=False,
+                                                                                                prefetch=False)
             knobs = dict(score=dict(ch["score"], pdl=pdl),
                          select=dict(fuse=fuse, fuse_maxnreg=ch["fuse_maxnreg"], **rdx))
             row = dict(variant=name, pdl=pdl, fuse=fuse)

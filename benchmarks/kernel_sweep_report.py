@@ -27,14 +27,15 @@ def _variant_table(title, case_col, cases, head, case_label, cell):
 
 
 def _select_key(r):
-    """(fan-out, radix width, warps) of a selection row."""
-    return r["fanout"], r.get("radix", 0), r.get("num_warps", 0)
+    """(fan-out, radix width, prefetch, warps) of a selection row."""
+    return r["fanout"], r.get("radix", 0), r.get("prefetch", False), r.get("num_warps", 0)
 
 
 def _chosen_select(k):
     """The selection row key of the chosen ``select`` knobs."""
     s = k.get("select", {})
-    return s.get("fanout", 1), s.get("radix_bits", 8) if s.get("radix") else 0, s.get("num_warps", 0)
+    return (s.get("fanout", 1), s.get("radix_bits", 8) if s.get("radix") else 0, s.get("prefetch", False),
+            s.get("num_warps", 0))
 
 
 def _select_table(res, k):
@@ -43,10 +44,10 @@ def _select_table(res, k):
     first = res["select"][cases[0][0]]
     variants = list(dict.fromkeys(_select_key(r) for r in first))
     out = ["", "Selection kernel (`_select_kernel`, kv_select gather fused; budget 1/8, forced [0, -2, -1]) by "
-           "search (fan-out; radix digit width, 0: off) and warps (0: by row width), us per context and key set "
+           "search (fan-out; radix digit width), prefetch and warps (0: by row width), us per context and key set "
            "(`int32`: uniform keys, reported only):", "",
-           "| fan-out | radix | warps | " + " | ".join(f"{_ctx(c)} {m}" for c, m in cases) + " |",
-           "|---|---|---|" + "---|" * len(cases)]
+           "| fan-out | radix | prefetch | warps | " + " | ".join(f"{_ctx(c)} {m}" for c, m in cases) + " |",
+           "|---|---|---|---|" + "---|" * len(cases)]
     for v in variants:
         cells = []
         for ctx, m in cases:
@@ -58,7 +59,8 @@ def _select_table(res, k):
             else:
                 cells.append(f"{r[0]['ms'] * 1e3:.1f}" + ("" if r[0].get("same", True) else " DIFFERENT"))
         mark = " (chosen)" if v == _chosen_select(k) else ""
-        out.append(f"| {v[0]} | {v[1] or 'off'}{mark} | {v[2]} | " + " | ".join(cells) + " |")
+        out.append(f"| {v[0]} | {v[1] or 'off'}{mark} | {'yes' if v[2] else 'no'} | {v[3]} | " + " | ".join(cells)
+                   + " |")
     return out
 
 
@@ -86,15 +88,16 @@ def markdown(res) -> str:
     if "op" in res:
         lines += ["", "Whole selection as the hot path runs it (`select_blocks`: scores, selection, kv_select; "
                   "budget 1/8, forced [0, -2, -1]), us (code TB/s):", "",
-                  "| context | method | planes | fuse | fused register cap | radix | score launch | us | TB/s | "
-                  "same result |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| context | method | planes | fuse | fused register cap | radix | prefetch | score launch | us | "
+                  "TB/s | same result |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         chosen = (k["score"]["planes"], k["select"]["fuse"], k["select"]["fuse_maxnreg"], _chosen_select(k)[1])
         for ctx, rows in res.get("op", {}).items():
             for r in rows:
                 mark = " (chosen)" if (r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)) == chosen else ""
                 lines.append(f"| {int(ctx) // 1024}K | {r['method']} | {r['planes']} | {r['fuse']}{mark} | "
                              f"{r['maxnreg'] or '-'} | {r.get('radix', 0) or 'off'} | "
+                             f"{'yes' if r.get('prefetch') else 'no'} | "
                              f"{r['num_warps']} warps, unroll={r['unroll']}, blocks={r.get('blocks', 1)} | "
                              f"{r['ms'] * 1e3:.1f} | {r['tbs']:.2f} | {'yes' if r['same'] else 'NO ' + r.get('error', '')} |")
         lines += ["", "Hot-path selection program (query hash + the above), `max`, with and without PDL "

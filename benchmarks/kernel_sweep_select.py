@@ -14,9 +14,12 @@ import torch
 
 from kernel_sweep import BS, CONTEXTS, _best_variant, _inputs, graph_ms, progress
 
-SELECT_WARPS = (0, 1, 2, 4, 8)  # 0: by row width (select_num_warps)
-SELECT_FANOUT = (1, 4, 8)  # thresholds per step of the comparison search (radix off)
-SELECT_RADIX = (5, 6, 8)  # digit widths of the radix-select search (topk_kernels._radix_threshold), fan-out 1
+SELECT_WARPS = (0, 1, 2, 4, 8)  # 0: by row width (select_num_warps: 4 up to 2048 blocks, no second compile)
+SELECT_RADIX = (5, 8)  # digit widths of the radix-select search (topk_kernels._radix_threshold); 6, 7 also work
+SELECT_PREFETCH = (False, True)  # select.prefetch: the row's loads first (topk_kernels._select_row)
+# FANOUT-ary comparison search: lost to the binary search on the H200 over warps 1-8 (2026-11-29), so timed
+# once each at the default warps without prefetch, for the record
+SELECT_FANOUT = (4, 8)
 # key sets the selection rows run on: the default score launch's keys of both methods, and uniform
 # int32 keys (the widest range: the radix search's most rounds; reported, never chosen on)
 SELECT_KEYS = ("max", "mean", "int32")
@@ -24,18 +27,25 @@ SELECT_CHOICE_KEYS = ("max", "mean")
 
 
 def select_variants(m):
-    """(fan-out, radix digit width) pairs of the selection kernel for an ``M``-wide row: every
-    fan-out the row admits with the comparison search, then each radix width (fan-out 1)."""
+    """(fan-out, radix digit width (0: off), prefetch, warps) of the selection kernel for an
+    ``M``-wide row: the binary search and each radix width with and without prefetch over the
+    warps grid, then each fan-out the row admits (default warps, no prefetch)."""
     from cuda_ops import scoring
     from cuda_ops.launch import next_pow2
 
-    return [(f, 0) for f in SELECT_FANOUT if scoring.select_fanout(next_pow2(m), f) == f] + [
-        (1, r) for r in SELECT_RADIX]
+    grid = [(1, bits, pre, nw) for bits, pre, nw in itertools.product((0,) + SELECT_RADIX, SELECT_PREFETCH,
+                                                                      SELECT_WARPS)]
+    return grid + [(f, 0, False, 0) for f in SELECT_FANOUT if scoring.select_fanout(next_pow2(m), f) == f]
+
+
+def _key(r):
+    """A selection row's variant: (fan-out, radix width, prefetch, warps); older rows lack the last three."""
+    return r["fanout"], r.get("radix", 0), r.get("prefetch", False), r.get("num_warps", 0)
 
 
 def select_rows(rows, ctx, q, cache, table, seq, gen):
     """Time the selection kernel (``kv_select`` gather fused; budget 1/8, forced [0, -2, -1]) on this
-    context's block keys (``SELECT_KEYS``) for every ``select_variants`` x ``SELECT_WARPS``; each row
+    context's block keys (``SELECT_KEYS``) for every ``select_variants``; each row
     records whether its table and lengths equal the binary search's (``same``). Appends to ``rows``."""
     from cuda_ops import scoring
 
@@ -54,13 +64,13 @@ def select_rows(rows, ctx, q, cache, table, seq, gen):
         else:
             scoring.block_score_keys(q, cache, table, seq, method, keys=keys)
         scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None, 1,
-                               radix=False)  # the binary search: the result every variant must give
+                               radix=False, prefetch=False)  # the binary search: the result every variant must give
         want = (tab.clone(), lens.clone())
-        for (fan, bits), nw in itertools.product(select_variants(m), SELECT_WARPS):
-            def run(fan=fan, bits=bits, nw=nw):
+        for fan, bits, pre, nw in select_variants(m):
+            def run(fan=fan, bits=bits, pre=pre, nw=nw):
                 scoring._launch_select(keys, seq, budgets, table, k, BS, forced, fs, tab, lens, None, None, 0, None,
-                                       fan, nw or None, radix=bits)
-            row = dict(method=method, fanout=fan, radix=bits, num_warps=nw)
+                                       fan, nw or None, radix=bits, prefetch=pre)
+            row = dict(method=method, fanout=fan, radix=bits, prefetch=pre, num_warps=nw)
             try:
                 ms = graph_ms(run)
                 tab.fill_(-7)
@@ -75,11 +85,11 @@ def select_rows(rows, ctx, q, cache, table, seq, gen):
     for method in SELECT_KEYS:
         mine = [r for r in new if r["method"] == method and r["same"]]
         if mine:
-            base = min(r["ms"] for r in mine if not r["radix"]) if any(not r["radix"] for r in mine) else float("nan")
+            plain = [r["ms"] for r in mine if _key(r) == (1, 0, False, 0)]
             fast = min(mine, key=lambda r: r["ms"])
-            progress(f"select {ctx} {method}: best comparison search {base * 1e3:.1f}us, best overall "
-                     f"{fast['ms'] * 1e3:.1f}us (fan-out {fast['fanout']}, radix {fast['radix']}, "
-                     f"{fast['num_warps']} warps)")
+            progress(f"select {ctx} {method}: binary search {plain[0] * 1e3 if plain else float('nan'):.1f}us, "
+                     f"best {fast['ms'] * 1e3:.1f}us (fan-out {fast['fanout']}, radix {fast['radix']}, "
+                     f"prefetch {fast['prefetch']}, {fast['num_warps']} warps)")
     if bad:
         progress(f"select {ctx}: DIFFERENT RESULT OR ERROR (never chosen): {bad}")
 
@@ -106,18 +116,17 @@ def _select_cases(res):
 
 def best_select(res, radix=None):
     """The selection kernel's fastest variant correct on every (context, key set) of the choice,
-    by summed time: ``{"fanout", "radix" (digit width, 0: off), "num_warps"}``; ``radix``: True /
+    by summed time: ``{"fanout", "radix" (digit width, 0: off), "prefetch", "num_warps"}``; ``radix``: True /
     False restricts to radix variants / the others; None if no variant qualifies."""
     if not res.get("select"):
         return None
     cases = {c: [r for r in rows if radix is None or bool(r.get("radix", 0)) == radix]
              for c, rows in _select_cases(res).items()}
     try:
-        fan, bits, nw = _best_variant(cases, lambda r: (r["fanout"], r.get("radix", 0), r.get("num_warps", 0)),
-                                      lambda r, rows: r["ms"])
+        fan, bits, pre, nw = _best_variant(cases, _key, lambda r, rows: r["ms"])
     except ValueError:  # no variant correct in every case
         return None
-    return dict(fanout=fan, radix=bits, num_warps=nw)
+    return dict(fanout=fan, radix=bits, prefetch=pre, num_warps=nw)
 
 
 def choose_select_kernel(res, radix=None):
@@ -128,7 +137,7 @@ def choose_select_kernel(res, radix=None):
         v = best_select(res)
     if v is None:
         raise ValueError("no selection variant gave the binary search's result in every case")
-    knobs = {"fanout": v["fanout"], "num_warps": v["num_warps"], "radix": bool(v["radix"])}
+    knobs = {"fanout": v["fanout"], "num_warps": v["num_warps"], "radix": bool(v["radix"]), "prefetch": v["prefetch"]}
     if v["radix"]:
         knobs["radix_bits"] = v["radix"]
     return knobs

@@ -60,6 +60,7 @@ SCORE_PLANES = False  # G == 4, R = 128: fold the 4 query heads into bit planes 
 SELECT_FANOUT = 1  # thresholds tested per search step (1: binary search)
 SELECT_RADIX = False  # the threshold by a radix select (topk_kernels._radix_threshold) instead
 SELECT_RADIX_BITS = 8  # digit width of the radix select (5-8: histograms of 32-256 bins)
+SELECT_PREFETCH = False  # the selection loads its row's keys, budget and table entries first (topk_kernels.py)
 SELECT_NUM_WARPS = 0  # warps of a selection program (0: by row width, see select_num_warps)
 SELECT_FUSE = False  # selection in the score kernel's last program per row (topk_kernels.py)
 SELECT_FUSE_MAXNREG = None  # register cap of the fused kernel (its selection part needs more than scoring)
@@ -277,12 +278,14 @@ def fused_select_ok(m: int, num_warps: int) -> bool:
     return next_pow2(max(m, 1)) <= FUSE_ROW_PER_WARP * num_warps
 
 
-def _select_consts(block_table, k, forced, fanout, gather, write_idx, device, radix=None):
+def _select_consts(block_table, k, forced, fanout, gather, write_idx, device, radix=None, prefetch=None):
     block_m = next_pow2(max(block_table.shape[1], 1))
     bits = select_radix(radix, device)
+    if prefetch is None:
+        prefetch = knob(device, "select", "prefetch", SELECT_PREFETCH) if device is not None else SELECT_PREFETCH
     # the radix search ignores FANOUT: 1 then, so that no second copy of the kernel compiles
     return dict(NF=len(forced), BLOCK_M=block_m, BLOCK_K=next_pow2(k), GATHER=gather, WRITE_IDX=write_idx,
-                FANOUT=1 if bits else select_fanout(block_m, fanout, device), RADIX=bits)
+                FANOUT=1 if bits else select_fanout(block_m, fanout, device), RADIX=bits, PREFETCH=bool(prefetch))
 
 
 def _select_outs(table, lens, idx, nsel):
@@ -293,12 +296,14 @@ def _select_outs(table, lens, idx, nsel):
 
 
 def _launch_select(keys, seq_lens, budgets, block_table, k, bs, forced, fs, table, lens, idx, nsel, pad_id, cache,
-                   fanout=None, num_warps=None, radix=None):
+                   fanout=None, num_warps=None, radix=None, prefetch=None):
     """``_select_kernel`` over ``keys int32 [B, M]`` (see ``select_blocks`` for the outputs);
-    ``fanout``, ``num_warps``, ``radix``: launch choices (None: the device's tuning)."""
+    ``fanout``, ``num_warps``, ``radix``, ``prefetch`` (``select.prefetch``: the row's loads
+    first): launch choices (None: the device's tuning)."""
     b, m = block_table.shape
     t_, l_, i_, n_ = _select_outs(table, lens, idx, nsel)
-    consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device, radix)
+    consts = _select_consts(block_table, k, forced, fanout, table is not None, idx is not None, keys.device, radix,
+                            prefetch)
     launch(_select_kernel, (b, 1, 1), (
         keys, seq_lens, budgets, block_table, t_, l_, i_, n_, m, k, bs, pad_id,
         keys.stride(0), block_table.stride(0), t_.stride(0), i_.stride(0), *fs),

@@ -89,17 +89,31 @@ def _radix_threshold(key, free, lo, hi, q, RADIX: tl.constexpr):
 def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                 M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
                 NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr,
-                WRITE_IDX: tl.constexpr, FANOUT: tl.constexpr, FRESH: tl.constexpr, RADIX: tl.constexpr):
+                WRITE_IDX: tl.constexpr, FANOUT: tl.constexpr, FRESH: tl.constexpr, RADIX: tl.constexpr,
+                PREFETCH: tl.constexpr):
     """Selection of row ``b`` (see ``_select_kernel``). ``FRESH``: load the keys from L2
     (they were written by other programs of the same launch). ``RADIX`` > 0: the threshold
-    by a radix select of ``RADIX``-bit digits instead of the binary / ``FANOUT``-ary search."""
-    nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
+    by a radix select of ``RADIX``-bit digits instead of the binary / ``FANOUT``-ary search.
+    ``PREFETCH``: the row's keys, budget and block-table entries are loaded first, all of
+    them (``cols < M``: in bounds; entries past the row are masked afterwards): none waits
+    on ``seq`` or behind the reductions' barriers, so their latencies overlap instead of
+    adding up (the same values reach the same outputs)."""
     cols = tl.arange(0, BLOCK_M)
+    if PREFETCH:
+        if FRESH:
+            key = tl.load(key_ptr + b * sk_b + cols, mask=cols < M, other=-2147483648, cache_modifier=".cg")
+        else:
+            key = tl.load(key_ptr + b * sk_b + cols, mask=cols < M, other=-2147483648)
+        bud = tl.load(bud_ptr + b)
+        if GATHER:
+            phys_row = tl.load(bt_ptr + b * sbt_b + cols, mask=cols < M, other=0)
+    nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
     valid = cols < nblk
-    if FRESH:
-        key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648, cache_modifier=".cg")
-    else:
-        key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648)
+    if not PREFETCH:
+        if FRESH:
+            key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648, cache_modifier=".cg")
+        else:
+            key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648)
     forced = cols < 0
     if NF > 0:
         forced = forced | _is_forced(cols, nblk, F0)
@@ -123,7 +137,8 @@ def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, 
     # compared with the keys lies in [lo, hi], inside the int32 range
     key = tl.where(forced, 2147483647, key)
     key = tl.where(valid, key, -2147483648)
-    bud = tl.load(bud_ptr + b)
+    if not PREFETCH:
+        bud = tl.load(bud_ptr + b)
     nsel = tl.where(bud >= nblk, nblk, tl.maximum(bud, n_forced))
     free = valid & (key < 2147483647)
     lo = tl.min(tl.where(free, key, 2147483647), axis=0).to(tl.int64)
@@ -160,8 +175,11 @@ def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, 
     kk = tl.arange(0, BLOCK_K)
     tail = (kk >= nsel_c) & (kk < K)
     if GATHER:
-        phys = tl.load(bt_ptr + b * sbt_b + cols, mask=keep, other=0)
-        tl.store(table_ptr + b * st_b + pos, phys, mask=keep)
+        if PREFETCH:
+            tl.store(table_ptr + b * st_b + pos, phys_row, mask=keep)
+        else:
+            phys = tl.load(bt_ptr + b * sbt_b + cols, mask=keep, other=0)
+            tl.store(table_ptr + b * st_b + pos, phys, mask=keep)
         length = tl.minimum(tl.maximum(seq - cols * BS, 0), BS)
         tl.store(lens_ptr + b, tl.sum(tl.where(keep, length, 0), axis=0))
         tl.store(table_ptr + b * st_b + kk, PAD, mask=tail)
@@ -177,7 +195,7 @@ def _select_kernel(
     M, K, BS, PAD, sk_b, sbt_b, st_b, si_b,
     F0, F1, F2, F3, F4, F5, F6, F7,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
-    FANOUT: tl.constexpr = 1, RADIX: tl.constexpr = 0,
+    FANOUT: tl.constexpr = 1, RADIX: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
     """Selection (spec 5), and with ``GATHER`` also ``kv_select`` (spec 6), one program per row.
 
@@ -189,7 +207,8 @@ def _select_kernel(
     ``n_sel``-th largest key is found by a binary search between the smallest and
     largest non-forced key (``FANOUT`` > 1: a ``FANOUT``-ary search, one reduction
     round per ``FANOUT``-fold shrink; ``RADIX`` > 0: the same key by a radix select of
-    ``RADIX``-bit digits, ``_radix_threshold``); ties go to the smaller block index (prefix sum) and a
+    ``RADIX``-bit digits, ``_radix_threshold``; ``PREFETCH``: every load first, see
+    ``_select_row``); ties go to the smaller block index (prefix sum) and a
     second prefix sum gives each chosen block its ascending slot; slots ``>= K``
     are dropped (``n_sel`` clamped to ``K``). A row with ``seq_len <= 0`` (an
     engine's padding row, hot path only; the op requires ``>= 1``) selects
@@ -199,7 +218,7 @@ def _select_kernel(
     seq = tl.load(sl_ptr + b)
     _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                 M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
-                NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, False, RADIX)
+                NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, False, RADIX, PREFETCH)
 
 
 @triton.jit
@@ -211,7 +230,7 @@ def _score_select_kernel(
     BLOCK_T: tl.constexpr, HW_POPC: tl.constexpr, LOP3: tl.constexpr, WIDE: tl.constexpr,
     UNROLL: tl.constexpr, PLANES: tl.constexpr, HWP: tl.constexpr, PDL: tl.constexpr, HKV_P: tl.constexpr,
     NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr, WRITE_IDX: tl.constexpr,
-    FANOUT: tl.constexpr, RADIX: tl.constexpr = 0,
+    FANOUT: tl.constexpr, RADIX: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
     """``_block_score_hs_kernel`` then, in the last program of each row, ``_select_kernel``.
 
@@ -226,5 +245,5 @@ def _score_select_kernel(
     if done == M - 1:  # every block of the row is scored
         _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                     M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
-                    NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, True, RADIX)
+                    NF, BLOCK_M, BLOCK_K, GATHER, WRITE_IDX, FANOUT, True, RADIX, PREFETCH)
         tl.store(cnt_ptr + b, 0)

@@ -111,7 +111,9 @@ def _oracle(keys, seq, budgets, bt, k, bs, forced):
 
 
 def _check(keys, seq, budgets, bt, k, bs, forced, bits, oracle=True, **kw):
-    want = _select(keys, seq, budgets, bt, k, bs, forced, False)
+    """``_select_kernel`` with ``radix=bits`` and the launch choices ``kw`` gives the binary search's
+    outputs (default launch) bit for bit, and the oracle's."""
+    want = _select(keys, seq, budgets, bt, k, bs, forced, False, prefetch=False)
     got = _select(keys, seq, budgets, bt, k, bs, forced, bits, **kw)
     ctx = (bits, kw, forced, k, seq.tolist(), budgets.tolist())
     for name, w, g in zip(("table", "lens", "idx", "nsel"), want, got):
@@ -173,6 +175,19 @@ def test_radix_hand_case(bits):
 
 
 @interp
+@pytest.mark.parametrize("bits", [0, 5, 8])
+def test_prefetch_equals_plain_loads(gen, bits):
+    # select.prefetch: the row's keys, budget and table entries loaded first and whole (cols < M):
+    # entries past a row's blocks hold garbage (random keys and table ids here) and must not matter
+    for kind in KINDS:
+        for b, m, bs in ((3, 7, 4), (4, 50, 2)):
+            keys = _keys(gen, b, m, kind)
+            bt = torch.randperm(b * m + 3, generator=gen)[: b * m].reshape(b, m).to(torch.int32)
+            seq, budgets, k, forced = _rows(gen, b, m, bs)
+            _check(keys, seq, budgets, bt, k, bs, forced, bits, prefetch=True)
+
+
+@interp
 def test_radix_choice_and_bad_values():
     from cuda_ops import scoring
 
@@ -186,6 +201,7 @@ def test_radix_choice_and_bad_values():
     bt = torch.zeros(2, 300, dtype=torch.int32)
     consts = scoring._select_consts(bt, 8, [0], 4, True, False, cpu, 6)
     assert consts["RADIX"] == 6 and consts["FANOUT"] == 1  # the radix search ignores the fan-out
+    assert consts["PREFETCH"] is False and scoring._select_consts(bt, 8, [0], 1, True, False, cpu, 0, True)["PREFETCH"]
     assert scoring._select_consts(bt, 8, [0], 4, True, False, cpu)["RADIX"] == 0
 
 
@@ -205,9 +221,11 @@ def _codes(gen, b, hq, hkv, bs, m, c, alphabet=None):
 @interp
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("method", ["max", "mean"])
-def test_select_blocks_radix_on_equals_off_and_reference(gen, fuse, method):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_select_blocks_radix_on_equals_off_and_reference(gen, fuse, method, prefetch, monkeypatch):
     from cuda_ops import scoring
 
+    monkeypatch.setattr(scoring, "SELECT_PREFETCH", prefetch)  # the CPU's default (no tuning file off CUDA)
     b, hq, hkv, bs, m, k = 4, 8, 2, 4, 11, 5  # G = 4, R = 128: the Harley-Seal path (fusable)
     forced = [0, -2, -1]
     for alphabet in (None, [0, 255, 15]):
@@ -256,14 +274,15 @@ def _gpu_gen():
 
 
 # 32K and 128K tokens at bs = 128 (M = 256, 1024), a width that is not a power of two, and a wide row
-GPU_CASES = [(m, bits, warps) for m in (256, 1000, 1024) for bits in (5, 6, 8) for warps in (1, 2, 4, 8)] + [
-    (4096, 8, 8), (4096, 5, 16)]
+# (bits 0: the binary search with prefetch; widths 6 and 7 run in the interpreter tests)
+GPU_CASES = [(m, bits, warps, pre) for m in (256, 1000, 1024) for bits in (0, 5, 8) for warps in (1, 2, 4, 8)
+             for pre in (False, True) if bits or pre] + [(4096, 8, 8, True), (4096, 5, 16, False)]
 
 
 @pytest.mark.gpu
 @on_gpu
-@pytest.mark.parametrize("m,bits,warps", GPU_CASES)
-def test_gpu_radix_equals_binary(m, bits, warps):
+@pytest.mark.parametrize("m,bits,warps,pre", GPU_CASES)
+def test_gpu_radix_equals_binary(m, bits, warps, pre):
     gen = _gpu_gen()
     b, bs = 16, 128
     for kind in KINDS:
@@ -276,17 +295,20 @@ def test_gpu_radix_equals_binary(m, bits, warps):
         budgets[3] = m // 8
         k = m // 8 if kind != "equal" else m // 4
         oracle = m <= 1024  # the Python oracle is slow at 4096 x 16 rows
-        _check(keys, seq.cuda(), budgets.cuda(), bt, k, bs, forced, bits, oracle=oracle, num_warps=warps)
+        _check(keys, seq.cuda(), budgets.cuda(), bt, k, bs, forced, bits, oracle=oracle, num_warps=warps, prefetch=pre)
 
 
 @pytest.mark.gpu
 @on_gpu
 @pytest.mark.parametrize("m", [256, 1024])
 @pytest.mark.parametrize("bits", [5, 8])
-def test_gpu_select_blocks_radix_fused_and_not(m, bits):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_gpu_select_blocks_radix_fused_and_not(m, bits, prefetch, monkeypatch):
     # the hot path's selection at 32K / 128K: two launches and the fused one, radix off and on
-    from cuda_ops import scoring
+    from cuda_ops import scoring, tuning
 
+    monkeypatch.setitem(tuning.load(torch.device("cuda")), "select", dict(
+        tuning.load(torch.device("cuda")).get("select", {}), prefetch=prefetch))  # select.prefetch for this test
     gen = _gpu_gen()
     b, hq, hkv, bs, k = 16, 32, 8, 128, m // 8
     q, cache, table = (t.cuda() for t in _codes(gen, b, hq, hkv, bs, m, 16))
@@ -296,7 +318,10 @@ def test_gpu_select_blocks_radix_fused_and_not(m, bits):
     seq = seq.cuda()
     budgets = torch.full((b,), k, dtype=torch.int32, device="cuda")
     counter = torch.zeros(b, dtype=torch.int32, device="cuda")
-    want = None
+    want = {}
+    for method in ("max", "mean"):  # the result to match: the binary search with plain loads on the same keys
+        keys = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
+        want[method] = _select(keys, seq, budgets, table, k, bs, [0, -2, -1], False, prefetch=False)[:2]
     for fuse, radix in ((False, False), (False, bits), (True, False), (True, bits)):
         keys = torch.empty(b, m, dtype=torch.int32, device="cuda")
         tab = torch.full((b, k), -9, dtype=torch.int32, device="cuda")
@@ -304,10 +329,8 @@ def test_gpu_select_blocks_radix_fused_and_not(m, bits):
         for method in ("max", "mean"):
             scoring.select_blocks(q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, PAD, keys, tab, lens,
                                   counter=counter, fuse=fuse, radix=radix, path="hs")
-            got = (tab.clone(), lens.clone())
-            if want is None or method not in want:
-                want = dict(want or {}, **{method: got})
-            assert torch.equal(got[0], want[method][0]) and torch.equal(got[1], want[method][1]), (fuse, radix, method)
+            ok = torch.equal(tab, want[method][0]) and torch.equal(lens, want[method][1])
+            assert ok, (fuse, radix, prefetch, method)
         assert bool((counter == 0).all())
 
 
@@ -326,8 +349,8 @@ def _sweep():
     return kernel_sweep, kernel_sweep_select, kernel_sweep_report
 
 
-def _srow(method, fan, bits, nw, ms, same=True, err=False):
-    r = dict(method=method, fanout=fan, radix=bits, num_warps=nw)
+def _srow(method, fan, bits, nw, ms, same=True, err=False, pre=False):
+    r = dict(method=method, fanout=fan, radix=bits, prefetch=pre, num_warps=nw)
     return dict(r, ms=float("inf"), same=False, error="OutOfResources") if err else dict(r, ms=ms, same=same)
 
 
@@ -338,22 +361,24 @@ def test_sweep_chooses_radix_only_if_correct_everywhere_and_fastest():
         return [_srow("max", 1, 0, 0, 10.0), _srow("mean", 1, 0, 0, 10.0), _srow("int32", 1, 0, 0, 1.0),
                 _srow("max", 4, 0, 0, 11.0), _srow("mean", 4, 0, 0, 9.5),
                 _srow("max", 1, 8, 4, 4.0), _srow("mean", 1, 8, 4, 4.0, same=radix8_same_mean),
-                _srow("max", 1, 5, 4, radix5_ms), _srow("mean", 1, 5, 4, radix5_ms), _srow("int32", 1, 5, 4, 99.0),
+                _srow("max", 1, 5, 4, radix5_ms, pre=True), _srow("mean", 1, 5, 4, radix5_ms, pre=True),
+                _srow("int32", 1, 5, 4, 99.0, pre=True),
                 _srow("max", 1, 6, 1, 0.0, err=True), _srow("mean", 1, 6, 1, 0.0, err=True)]
 
     # radix 8 is fastest but differs once (never chosen); radix 5 beats the searches; int32 keys do not count
     res = {"select": {"32768": rows(True, 7.0), "131072": rows(False, 7.0)}}
-    assert kss.choose_select_kernel(res) == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5}
+    assert kss.choose_select_kernel(res) == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5,
+                                             "prefetch": True}
     assert ks.choose(res) == {"select": kss.choose_select_kernel(res)}  # --parts select alone
-    assert kss.best_select(res, radix=False) == {"fanout": 1, "radix": 0, "num_warps": 0}  # 40 vs 41 in total
-    assert kss.choose_select_kernel(res, False) == {"fanout": 1, "num_warps": 0, "radix": False}
+    assert kss.best_select(res, radix=False) == {"fanout": 1, "radix": 0, "prefetch": False, "num_warps": 0}
+    assert kss.choose_select_kernel(res, False) == {"fanout": 1, "num_warps": 0, "radix": False, "prefetch": False}
     # radix slower than the binary search: off
     res = {"select": {"32768": rows(False, 12.0), "131072": rows(False, 12.0)}}
     assert kss.choose_select_kernel(res)["radix"] is False
     # rows of an older sweep (no radix, no same) still choose
     old = {"select": {"32768": [dict(method="max", fanout=1, num_warps=0, ms=2.0),
                                 dict(method="max", fanout=4, num_warps=2, ms=1.0)]}}
-    assert kss.choose_select_kernel(old) == {"fanout": 4, "num_warps": 2, "radix": False}
+    assert kss.choose_select_kernel(old) == {"fanout": 4, "num_warps": 2, "radix": False, "prefetch": False}
 
 
 def test_sweep_whole_selection_choice_carries_radix():
@@ -366,18 +391,20 @@ def test_sweep_whole_selection_choice_carries_radix():
     res = {"score": {"131072": [score]}, "op": {"131072": op}, "select": {"131072": sel}, "pdl": {}}
     res["selection_choice"] = ks.pick_selection(res)
     assert (res["selection_choice"]["fuse"], res["selection_choice"]["radix"]) == (False, 5)
-    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5, "fuse": False,
-                                        "fuse_maxnreg": 0}
+    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5, "prefetch": False,
+                                        "fuse": False, "fuse_maxnreg": 0}
     # the whole selection faster with the binary search: radix off, and the best non-radix warps
     for r in op:
         r["ms"] += 5.0 if r["radix"] else 0.0
     res["selection_choice"] = ks.pick_selection(res)
-    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 2, "radix": False, "fuse": True, "fuse_maxnreg": 0}
+    assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 2, "radix": False, "prefetch": False, "fuse": True,
+                                        "fuse_maxnreg": 0}
     # the report: the chosen whole-selection row, its radix column, the selection table
     res.update(device="H", torch="t", triton="3", when="now", copy_tbs=4.0, knobs=ks.choose(res))
     text = rep.markdown(res)
-    assert "| 128K | max | False | True (chosen) | - | off | 2 warps" in text
-    assert "| 128K | max | False | False | - | 5 | 2 warps" in text and "| 1 | off (chosen) | 2 | 4000.0 | 4000.0 |" in text
+    assert "| 128K | max | False | True (chosen) | - | off | no | 2 warps" in text
+    assert "| 128K | max | False | False | - | 5 | no | 2 warps" in text
+    assert "| 1 | off (chosen) | no | 2 | 4000.0 | 4000.0 |" in text
 
 
 def test_sweep_report_select_table():
@@ -388,9 +415,9 @@ def test_sweep_report_select_table():
     res = dict(device="H", torch="t", triton="3", when="now", copy_tbs=4.0, select={"32768": rows},
                knobs={"select": {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5}})
     text = rep.markdown(res)
-    assert "| fan-out | radix | warps | 32K max |" in text
-    assert "| 1 | off | 0 | 6.0 |" in text and "| 1 | 8 | 4 | 3.0 DIFFERENT |" in text
-    assert "| 1 | 5 (chosen) | 4 | 4.0 |" in text and "| 1 | 6 | 1 | error |" in text
+    assert "| fan-out | radix | prefetch | warps | 32K max |" in text
+    assert "| 1 | off | no | 0 | 6.0 |" in text and "| 1 | 8 | no | 4 | 3.0 DIFFERENT |" in text
+    assert "| 1 | 5 (chosen) | no | 4 | 4.0 |" in text and "| 1 | 6 | no | 1 | error |" in text
 
 
 @interp
@@ -400,7 +427,7 @@ def test_sweep_select_rows_run_and_agree(gen, monkeypatch):
     _, kss, _ = _sweep()
     monkeypatch.setattr(kss, "graph_ms", lambda fn: (fn(), 1e-3)[1])
     monkeypatch.setattr(kss, "SELECT_WARPS", (0, 4))
-    monkeypatch.setattr(kss, "SELECT_FANOUT", (1, 4))
+    monkeypatch.setattr(kss, "SELECT_FANOUT", (4,))
     monkeypatch.setattr(kss, "SELECT_RADIX", (5, 8))
     b, m, bs = 3, 19, 4
     q, cache, table = _codes(gen, b, 8, 2, bs, m, 16)
@@ -408,5 +435,7 @@ def test_sweep_select_rows_run_and_agree(gen, monkeypatch):
     monkeypatch.setattr(kss, "BS", bs)
     rows = []
     kss.select_rows(rows, 4096, q, cache, table, seq, gen)
-    assert len(rows) == len(kss.SELECT_KEYS) * 4 * 2 and all(r["same"] for r in rows), rows
-    assert {(r["fanout"], r["radix"]) for r in rows} == {(1, 0), (4, 0), (1, 5), (1, 8)}
+    # binary and radix 5 / 8, each with and without prefetch, at 2 warp counts; fan-out 4 once
+    assert len(rows) == len(kss.SELECT_KEYS) * (3 * 2 * 2 + 1) and all(r["same"] for r in rows), rows
+    assert {(r["fanout"], r["radix"], r["prefetch"]) for r in rows} == {
+        (1, b, p) for b in (0, 5, 8) for p in (False, True)} | {(4, 0, False)}
