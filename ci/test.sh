@@ -42,7 +42,7 @@ TRITON_INTERPRET=1 GSA_TEST_BACKENDS=reference,triton $PY -m pytest -q -ra -p no
     tests/test_ops_hashing.py tests/test_ops_mlp_hashing.py tests/test_ops_centred.py tests/test_ops_select.py tests/test_ops_attention.py \
     tests/test_triton_ops.py tests/test_npu_triton.py tests/test_bad_inputs.py tests/test_backend_properties.py \
     tests/test_hotpath.py tests/test_vllm_static.py tests/test_offload_residency.py tests/test_triton_launch_choices.py \
-    tests/test_hash_tiles.py
+    tests/test_hash_tiles.py tests/test_select_radix.py
 
 stage "triton-ascend 3.2 interpreter"
 GSA_TA_VENV="${TMPDIR:-/tmp}/gsa-triton-ascend" bash ci/triton_ascend.sh
