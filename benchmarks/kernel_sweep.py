@@ -104,7 +104,7 @@ def sweep_score_select(res, gen):
     selection (``select_blocks``: scores, selection, kv_select) with and without
     the fused one-launch kernel, for the best score launch with and without bit planes."""
     from cuda_ops import scoring
-    from kernel_sweep_select import best_select, select_rows
+    from kernel_sweep_select import best_select, pick_selection, select_rows
 
     out = res.setdefault("score", {})
     sel = res.setdefault("select", {})
@@ -183,37 +183,9 @@ def sweep_score_select(res, gen):
             f"planes={r['planes']}/fuse={r['fuse']}/cap={r['maxnreg']}/radix={r['radix']}/{r['method']}: "
             f"{r['ms'] * 1e3:.1f}us" + ("" if r["same"] else " DIFFERENT RESULT OR ERROR (never chosen)")
             for r in orows))
-    res["selection_choice"] = pick_selection(res)
+    res["selection_choice"] = pick_selection(res)  # kernel_sweep_select.py
     sweep_pdl(res, data, gen)
     del data
-
-
-def _op_combo(r):
-    return r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)
-
-
-def pick_selection(res):
-    """(planes, fuse, maxnreg, radix width) of the ``select_blocks`` rows with the smallest sum over
-    contexts and methods of time relative to each case's best (rows with a different result excluded)."""
-    lo = {}
-    for ctx, rows in res["op"].items():
-        for r in rows:
-            if r["same"]:
-                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
-
-    def cost(combo):
-        total = 0.0
-        for (ctx, method), best_ms in lo.items():
-            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
-                     and _op_combo(r) == combo]
-            total += (match[0]["ms"] / best_ms) if match else 1e9
-        return total
-
-    combos = {_op_combo(r) for rows in res["op"].values() for r in rows if r["same"]}
-    planes, fuse, cap, radix = min(combos, key=cost)
-    best = min([r for r in res["score"][str(CONTEXTS[-1])] if r["planes"] == planes and r["same"]],
-               key=lambda r: r["ms"])
-    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap, radix=radix)
 
 
 class tuned:

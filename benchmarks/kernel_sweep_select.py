@@ -4,7 +4,8 @@ each digit width) by the selection program's warps, on the block keys of the def
 both methods, plus uniform int32 keys (the widest key range: the radix search's most rounds; reported,
 never chosen on). Runs inside the ``score`` part and alone as ``--parts select``. Same rules as the main
 sweep: CUDA-graph replay medians, every variant's table and lengths compared with the binary search's, a
-differing variant reported and never chosen.
+differing variant reported and never chosen. Also the whole selection's choice (``pick_selection``:
+planes, fuse, register cap, radix, over the ``select_blocks`` rows of the ``score`` part).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import itertools
 
 import torch
 
-from kernel_sweep import BS, CONTEXTS, _best_variant, _inputs, graph_ms, progress
+from kernel_sweep import BS, CONTEXTS, SCORE_GRID, _best_variant, _inputs, graph_ms, progress
 
 SELECT_WARPS = (0, 1, 2, 4, 8)  # 0: by row width (select_num_warps: 4 up to 2048 blocks, no second compile)
 SELECT_RADIX = (5, 8)  # digit widths of the radix-select search (topk_kernels._radix_threshold); 6, 7 also work
@@ -141,3 +142,31 @@ def choose_select_kernel(res, radix=None):
     if v["radix"]:
         knobs["radix_bits"] = v["radix"]
     return knobs
+
+
+def _op_combo(r):
+    return r["planes"], r["fuse"], r["maxnreg"], r.get("radix", 0)
+
+
+def pick_selection(res):
+    """(planes, fuse, maxnreg, radix width) of the ``select_blocks`` rows with the smallest sum over
+    contexts and methods of time relative to each case's best (rows with a different result excluded)."""
+    lo = {}
+    for ctx, rows in res["op"].items():
+        for r in rows:
+            if r["same"]:
+                lo[(ctx, r["method"])] = min(lo.get((ctx, r["method"]), 1e9), r["ms"])
+
+    def cost(combo):
+        total = 0.0
+        for (ctx, method), best_ms in lo.items():
+            match = [r for r in res["op"][ctx] if r["same"] and r["method"] == method
+                     and _op_combo(r) == combo]
+            total += (match[0]["ms"] / best_ms) if match else 1e9
+        return total
+
+    combos = {_op_combo(r) for rows in res["op"].values() for r in rows if r["same"]}
+    planes, fuse, cap, radix = min(combos, key=cost)
+    best = min([r for r in res["score"][str(CONTEXTS[-1])] if r["planes"] == planes and r["same"]],
+               key=lambda r: r["ms"])
+    return dict(score={k: best[k] for k in SCORE_GRID}, fuse=fuse, fuse_maxnreg=cap, radix=radix)

@@ -389,14 +389,14 @@ def test_sweep_whole_selection_choice_carries_radix():
           for f, rx, ms in ((False, 0, 10.0), (False, 5, 8.0), (True, 0, 9.0), (True, 5, 8.5)) for m in ("max", "mean")]
     sel = [_srow(m, 1, b, w, ms) for m in ("max", "mean") for b, w, ms in ((0, 0, 5.0), (0, 2, 4.0), (5, 4, 3.0))]
     res = {"score": {"131072": [score]}, "op": {"131072": op}, "select": {"131072": sel}, "pdl": {}}
-    res["selection_choice"] = ks.pick_selection(res)
+    res["selection_choice"] = kss.pick_selection(res)
     assert (res["selection_choice"]["fuse"], res["selection_choice"]["radix"]) == (False, 5)
     assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 4, "radix": True, "radix_bits": 5, "prefetch": False,
                                         "fuse": False, "fuse_maxnreg": 0}
     # the whole selection faster with the binary search: radix off, and the best non-radix warps
     for r in op:
         r["ms"] += 5.0 if r["radix"] else 0.0
-    res["selection_choice"] = ks.pick_selection(res)
+    res["selection_choice"] = kss.pick_selection(res)
     assert ks.choose(res)["select"] == {"fanout": 1, "num_warps": 2, "radix": False, "prefetch": False, "fuse": True,
                                         "fuse_maxnreg": 0}
     # the report: the chosen whole-selection row, its radix column, the selection table
