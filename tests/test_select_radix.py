@@ -267,6 +267,8 @@ def test_top_k_op_radix_equals_reference(gen):
 
 # ---- compiled, on a CUDA GPU (the lead runs these on the H200) ----
 
+DEV = "cuda"
+
 def _gpu_gen():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed={seed}")
@@ -274,9 +276,11 @@ def _gpu_gen():
 
 
 # 32K and 128K tokens at bs = 128 (M = 256, 1024), a width that is not a power of two, and a wide row
-# (bits 0: the binary search with prefetch; widths 6 and 7 run in the interpreter tests)
+# (bits 0: the binary search with prefetch; widths 6 and 7 run in the interpreter tests). Rows narrower
+# than the program's threads (M = 16, 37) hold each key in several threads: the histogram must count it once
 GPU_CASES = [(m, bits, warps, pre) for m in (256, 1000, 1024) for bits in (0, 5, 8) for warps in (1, 2, 4, 8)
-             for pre in (False, True) if bits or pre] + [(4096, 8, 8, True), (4096, 5, 16, False)]
+             for pre in (False, True) if bits or pre] + [(4096, 8, 8, True), (4096, 5, 16, False), (16, 5, 4, False),
+                                                          (16, 8, 1, True), (37, 8, 8, False), (37, 5, 2, True)]
 
 
 @pytest.mark.gpu
@@ -288,14 +292,14 @@ def test_gpu_radix_equals_binary(m, bits, warps, pre):
     for kind in KINDS:
         # no non-forced INT32_MAX key here: such a row selects more than n_sel blocks and its
         # slots past n_sel get two stores from different threads (see _oracle)
-        keys = _keys(gen, b, m, kind, top=False).cuda()
-        bt = torch.randperm(b * m, generator=gen).reshape(b, m).to(torch.int32).cuda()
+        keys = _keys(gen, b, m, kind, top=False).to(DEV)
+        bt = torch.randperm(b * m, generator=gen).reshape(b, m).to(torch.int32).to(DEV)
         seq, budgets, _, forced = _rows(gen, b, m, bs)
         seq[3] = m * bs  # full rows at the decode budget of 1/8
         budgets[3] = m // 8
-        k = m // 8 if kind != "equal" else m // 4
+        k = max(m // 8 if kind != "equal" else m // 4, 2)
         oracle = m <= 1024  # the Python oracle is slow at 4096 x 16 rows
-        _check(keys, seq.cuda(), budgets.cuda(), bt, k, bs, forced, bits, oracle=oracle, num_warps=warps, prefetch=pre)
+        _check(keys, seq.to(DEV), budgets.to(DEV), bt, k, bs, forced, bits, oracle=oracle, num_warps=warps, prefetch=pre)
 
 
 @pytest.mark.gpu
@@ -307,25 +311,25 @@ def test_gpu_select_blocks_radix_fused_and_not(m, bits, prefetch, monkeypatch):
     # the hot path's selection at 32K / 128K: two launches and the fused one, radix off and on
     from cuda_ops import scoring, tuning
 
-    monkeypatch.setitem(tuning.load(torch.device("cuda")), "select", dict(
-        tuning.load(torch.device("cuda")).get("select", {}), prefetch=prefetch))  # select.prefetch for this test
+    monkeypatch.setitem(tuning.load(torch.device(DEV)), "select", dict(
+        tuning.load(torch.device(DEV)).get("select", {}), prefetch=prefetch))  # select.prefetch for this test
     gen = _gpu_gen()
     b, hq, hkv, bs, k = 16, 32, 8, 128, m // 8
-    q, cache, table = (t.cuda() for t in _codes(gen, b, hq, hkv, bs, m, 16))
+    q, cache, table = (t.to(DEV) for t in _codes(gen, b, hq, hkv, bs, m, 16))
     seq = torch.full((b,), m * bs, dtype=torch.int32)
     seq[5] = 0
     seq[6] = 1000
-    seq = seq.cuda()
-    budgets = torch.full((b,), k, dtype=torch.int32, device="cuda")
-    counter = torch.zeros(b, dtype=torch.int32, device="cuda")
+    seq = seq.to(DEV)
+    budgets = torch.full((b,), k, dtype=torch.int32, device=DEV)
+    counter = torch.zeros(b, dtype=torch.int32, device=DEV)
     want = {}
     for method in ("max", "mean"):  # the result to match: the binary search with plain loads on the same keys
         keys = scoring.block_score_keys(q, cache, table, seq, method, path="hs")
         want[method] = _select(keys, seq, budgets, table, k, bs, [0, -2, -1], False, prefetch=False)[:2]
     for fuse, radix in ((False, False), (False, bits), (True, False), (True, bits)):
-        keys = torch.empty(b, m, dtype=torch.int32, device="cuda")
-        tab = torch.full((b, k), -9, dtype=torch.int32, device="cuda")
-        lens = torch.full((b,), -9, dtype=torch.int32, device="cuda")
+        keys = torch.empty(b, m, dtype=torch.int32, device=DEV)
+        tab = torch.full((b, k), -9, dtype=torch.int32, device=DEV)
+        lens = torch.full((b,), -9, dtype=torch.int32, device=DEV)
         for method in ("max", "mean"):
             scoring.select_blocks(q, cache, table, seq, budgets, k, [0, -2, -1], method, 0, 1.0, PAD, keys, tab, lens,
                                   counter=counter, fuse=fuse, radix=radix, path="hs")
