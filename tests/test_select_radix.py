@@ -58,13 +58,17 @@ def _keys(gen, b, m, kind, top=True):
     return torch.full((b, m), v, dtype=torch.int32)
 
 
-def _rows(gen, b, m, bs):
-    """Sequence lengths (one padding row when b > 1, some past the table), budgets, k, forced."""
+def _rows(gen, b, m, bs, nf=None):
+    """Sequence lengths (one padding row when b > 1, some past the table), budgets, k, forced
+    (``nf``: exactly that many distinct entries, so that compiled runs share one kernel; else a
+    random count with an exact duplicate)."""
     seq = torch.randint(-3, m * bs + bs + 1, (b,), generator=gen).to(torch.int32)
     if b > 1:
         seq[int(torch.randint(b, (1,), generator=gen))] = int(torch.randint(-2, 1, (1,), generator=gen))
     budgets = torch.randint(-1, m + 3, (b,), generator=gen).to(torch.int32)
     k = int(torch.randint(1, m + 3, (1,), generator=gen))
+    if nf is not None:  # distinct values (two may still name one block: 0 and -n_blocks)
+        return seq, budgets, k, [int(x) - m - 2 for x in torch.randperm(2 * m + 5, generator=gen)[:nf]]
     nf = int(torch.randint(0, 9, (1,), generator=gen))
     forced = [int(x) for x in torch.randint(-m - 2, m + 3, (nf,), generator=gen)]
     if nf > 1:
@@ -294,10 +298,11 @@ def test_gpu_radix_equals_binary(m, bits, warps, pre):
         # slots past n_sel get two stores from different threads (see _oracle)
         keys = _keys(gen, b, m, kind, top=False).to(DEV)
         bt = torch.randperm(b * m, generator=gen).reshape(b, m).to(torch.int32).to(DEV)
-        seq, budgets, _, forced = _rows(gen, b, m, bs)
+        # one forced count and one k for every kind: each launch choice compiles once per test
+        seq, budgets, _, forced = _rows(gen, b, m, bs, nf=3)
         seq[3] = m * bs  # full rows at the decode budget of 1/8
         budgets[3] = m // 8
-        k = max(m // 8 if kind != "equal" else m // 4, 2)
+        k = max(m // 8, 2)
         oracle = m <= 1024  # the Python oracle is slow at 4096 x 16 rows
         _check(keys, seq.to(DEV), budgets.to(DEV), bt, k, bs, forced, bits, oracle=oracle, num_warps=warps, prefetch=pre)
 
