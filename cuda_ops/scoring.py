@@ -18,7 +18,9 @@ capturable. Two launches by default:
    ``n_sel``-th largest key by a binary search between the smallest and largest
    non-forced key (at most 32 steps; about 17 for ``max`` scores), breaks ties at
    the threshold to the smaller index with a prefix sum, and writes the chosen
-   indices ascending by a second prefix sum; ``-1`` after ``n_sel``.
+   indices ascending by a second prefix sum; ``-1`` after ``n_sel``. Launch choices of the
+   same result: the threshold by a radix select (``select.radix``, ``select_radix``) and the
+   row's loads first (``select.prefetch``); see ``topk_kernels.py``.
 
 With the ``select.fuse`` launch choice (Harley-Seal path, ``next_pow2(M) <=
 1024 * num_warps``) both run as one launch: the last score program of each row
