@@ -170,19 +170,23 @@ def evaluate(tr: dict, factors=(1.0, 1.25, 1.5)) -> dict:
     k = {l: sel[l].sum(1) for l in ls}
     rows: Dict[str, np.ndarray] = {}
     rec: Dict[str, np.ndarray] = {}
+    worst: Dict[str, tuple] = {}  # row -> (lowest per-layer hit rate, its layer)
 
     def per_layer(name, fn, into=rows):
-        into[name] = sum(fn(l) for l in ls)
+        got = {l: fn(l) for l in ls}
+        into[name] = sum(got.values())
+        if into is rows:
+            worst[name] = min((float(v[0] / max(v[1], 1)), l) for l, v in got.items())
 
     # references: the engine's LRU (ResidencyMap), score eviction, the 'top' past-step prefetch
-    lru = np.zeros(4, np.int64)
-    for l in ls:
+    def lru(l):
         seqs = OT.sequences([torch.from_numpy(sel[l])], tr["nblk"])
         r = OT.rates(seqs, seqs, tr["nblk"], [tr["pool_frac"]])
         wanted = sum(len(s) for s in seqs[1:])
         hits = round(r[f"pool_hit_{tr['pool_frac']:g}"] * wanted)
-        lru += [hits, wanted, wanted - hits, 0]
-    rows["lru"] = lru
+        return np.array([hits, wanted, wanted - hits, 0], np.int64)
+
+    per_layer("lru", lru)
     per_layer("score", lambda l: replay(sel[l], prio[l], sl[l]))
     per_layer("top", lambda l: replay(sel[l], prio[l], sl[l], post=prio[l]))
     per_layer("oracle_x1", lambda l: replay(sel[l], prio[l], sl[l], spec_rank(sel[l].astype(float), forced),
@@ -204,12 +208,13 @@ def evaluate(tr: dict, factors=(1.0, 1.25, 1.5)) -> dict:
     for f in factors:
         per_layer(f"past_ema{DECAY:g}_top{f:g}k",
                   lambda l: recall(past[l], np.ceil(f * k[l]).astype(np.int64), sel[l], forced), rec)
-    return dict(rows=rows, recall=rec)
+    return dict(rows=rows, recall=rec, worst=worst)
 
 
 def summarise(ev: dict) -> dict:
     rows = {n: dict(hit=float(v[0] / v[1]), copied=float((v[2] + v[3]) / v[1]), prefetched=float(v[3] / v[1]),
-                    misses=int(v[2]), wanted=int(v[1])) for n, v in ev["rows"].items()}
+                    misses=int(v[2]), wanted=int(v[1]), worst_layer_hit=ev["worst"][n][0],
+                    worst_layer=int(ev["worst"][n][1])) for n, v in ev["rows"].items()}
     rec = {n: dict(recall=float(v[0] / v[1]), recall_unforced=float(v[2] / max(v[3], 1))) for n, v in ev["recall"].items()}
     return dict(rows=rows, recall=rec)
 
@@ -253,9 +258,10 @@ def markdown(res: dict) -> str:
     for name, c in res["cases"].items():
         out += [f"## ratio {c['ratio']:g}, pool {c['pool_frac']:g} ({c['slots']} slots per layer of "
                 f"{c['n_blocks']} blocks, {c['steps']} steps, {len(c['layers'])} sparse layers)", "",
-                "| policy | hit | copied | of which prefetched |", "|---|---|---|---|"]
+                "| policy | hit | copied | of which prefetched | worst layer's hit (layer) |", "|---|---|---|---|---|"]
         for n, v in c["rows"].items():
-            out.append(f"| {n} | {v['hit']:.4f} | {v['copied']:.3f} | {v['prefetched']:.3f} |")
+            out.append(f"| {n} | {v['hit']:.4f} | {v['copied']:.3f} | {v['prefetched']:.3f} | "
+                       f"{v['worst_layer_hit']:.3f} ({v['worst_layer']}) |")
         out += ["", "| predictor | recall | recall, forced left out |", "|---|---|---|"]
         for n, v in c["recall"].items():
             out.append(f"| {n} | {v['recall']:.4f} | {v['recall_unforced']:.4f} |")
