@@ -13,6 +13,8 @@ model computes anyway:
   the prediction overlaps all of layer ``l - 1``);
 * ``"attn_prev"``: layer ``l - 1``'s residual stream after its attention
   (the input of its ``post_attention_layernorm``; overlaps the MLP only);
+* ``"in_prev2"``: the hidden state entering layer ``l - 2`` (two layers of lead time:
+  how fast the prediction decays with the distance);
 * ``"in_cur"``: layer ``l``'s own input (no speculation: reproduces the real query;
   the sanity check of the math, tests/test_offload_speculative.py).
 
@@ -31,7 +33,7 @@ from typing import Dict, Optional
 
 import torch
 
-VARIANTS = ("in_prev", "attn_prev")  #: the speculative states the traces record
+VARIANTS = ("in_prev", "attn_prev", "in_prev2")  #: the speculative states the traces record
 ALL_VARIANTS = VARIANTS + ("in_cur",)
 
 
@@ -87,9 +89,12 @@ class SpeculativeQueries:
             raise ValueError(f"SpeculativeQueries: variant must be one of {ALL_VARIANTS}, got {variant!r}")
         if variant == "in_cur":
             return self.layer_in[layer]
-        if layer < 1:
-            raise ValueError(f"SpeculativeQueries: layer {layer} has no previous layer to predict from")
-        return (self.layer_in if variant == "in_prev" else self.after_attn)[layer - 1]
+        back = 2 if variant == "in_prev2" else 1
+        if layer < back:
+            raise ValueError(f"SpeculativeQueries: layer {layer} has no layer {layer - back} to predict from")
+        if variant == "attn_prev":
+            return self.after_attn[layer - 1]
+        return self.layer_in[layer - back]
 
     @torch.no_grad()
     def query_from(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:

@@ -226,7 +226,8 @@ def main(argv=None):
                     help="also write the per-step selections (bool [steps, blocks] per ratio and layer) as .pt")
     ap.add_argument("--speculative", action="store_true",
                     help="also score speculative queries of each sparse layer (benchmarks/offload_speculative_query.py: "
-                         "from layer l-1's input and from its post-attention state) and save their block scores as "
+                         "from layer l-1's input, its post-attention state and layer l-2's input) and save their "
+                         "block scores as "
                          "'spec_scores' in the --save-selections file (needed: implies it)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def test_speculative_query_from_the_real_layer_input_is_the_real_query(tiny_qwen
     with SpeculativeQueries(tiny_qwen) as spec:
         def observer(layer, q, k_all, v_all, pos0):
             seen[(layer, pos0)] = (q.clone(), spec.query(layer, "in_cur"),
-                                   {v: spec.query(layer, v) for v in ("in_prev", "attn_prev")} if layer else None,
+                                   {v: spec.query(layer, v) for v in ("in_prev", "attn_prev", "in_prev2")} if layer > 1 else None,
                                    spec.layer_in[layer], spec.after_attn.get(layer - 1))
         run = TeacherForcedRun(tiny_qwen, observer=observer)
         ids = torch.randint(0, 256, (40,))
@@ -118,14 +118,14 @@ def test_speculative_query_from_the_real_layer_input_is_the_real_query(tiny_qwen
     layers = tiny_qwen.model.layers
     for (layer, pos0), (q, q_spec, var, h_in, h_attn_prev) in seen.items():
         assert q_spec.shape == q.shape and torch.allclose(q_spec, q, atol=1e-6, rtol=0)
-        if layer == 0:
+        if layer < 1:
             continue
         # the states are what the model computed: after layer l-1's attention + its MLP = layer l's input
         lp = layers[layer - 1]
         with torch.no_grad():
             rest = h_attn_prev + lp.mlp(lp.post_attention_layernorm(h_attn_prev))
         assert torch.allclose(rest, h_in, atol=1e-5, rtol=1e-5)
-        for v, qv in var.items():  # a prediction, not the query (different state), same shape
+        for v, qv in (var or {}).items():  # a prediction, not the query (different state), same shape
             assert qv.shape == q.shape and not torch.allclose(qv, q, atol=1e-3)
     # the hooks are gone after close: a new forward records nothing new
     n_before = len(spec.layer_in)
@@ -155,7 +155,7 @@ def test_tracer_scores_a_speculative_query_as_the_real_one(tiny_qwen):
         run.observer = tracer
         run.feed(ids[32:40])
         run.feed(ids[40:])
-    assert tracer.sparse == [2] and set(tracer.spec_scores) == {"in_prev", "attn_prev"}
+    assert tracer.sparse == [2] and set(tracer.spec_scores) == {"in_prev", "attn_prev", "in_prev2"}
     for var in tracer.spec_scores:
         got, want = tracer.spec_scores[var][2], tracer.scores[2]
         assert [g.shape for g in got] == [(8, 5), (8, 6)]
