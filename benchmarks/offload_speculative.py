@@ -24,8 +24,10 @@ slots (as ``offload_policy_online.load`` sizes it), at step ``t``:
 
 Rows: ``lru`` (the engine default, :func:`offload_traces.rates` driving
 :class:`gsa.offload.ResidencyMap`), ``score`` (on-demand score eviction) and ``top`` (past-step
-prefetch) as references, ``spec_{in_prev|attn_prev}_x{f}`` and the same ``+top``, for ``f`` in
-``--factors`` (1, 1.25, 1.5); ``oracle_x1`` prefetches the real selection (the bound: every
+prefetch) as references, ``spec_{in_prev|attn_prev|in_prev2}_x{f}`` and the same ``+top``, for ``f``
+in ``--factors`` (1, 1.25, 1.5); ``spec_{var}_mix{w}_x1``: the prefetch target ranked by the
+speculative score's z-score plus ``w`` times the score priority known before the step (``--mixes``
+0.25, 1: hand-set on the 8K trace); ``oracle_x1`` prefetches the real selection (the bound: every
 miss is a block that did not fit). Per row: hit rate, blocks copied per selected block
 (misses + prefetches: host->device traffic; on-demand LRU copies ``1 - hit``), of which
 prefetched. Per variant: the recall of the speculative top-``k_t`` (and of the wider
@@ -162,7 +164,7 @@ def load_trace(path: str, ratio: float, pool_frac: float) -> dict:
     return tr
 
 
-def evaluate(tr: dict, factors=(1.0, 1.25, 1.5)) -> dict:
+def evaluate(tr: dict, factors=(1.0, 1.25, 1.5), mixes=(0.25, 1.0)) -> dict:
     """Every row (module docstring) on one loaded trace: ``{"rows": {name: counters},
     "recall": {name: counters}}``, counters summed over the sparse layers."""
     ls, sel, sl, forced = tr["layers"], tr["sel"], tr["slots"], tr["forced"]
@@ -191,6 +193,7 @@ def evaluate(tr: dict, factors=(1.0, 1.25, 1.5)) -> dict:
     per_layer("top", lambda l: replay(sel[l], prio[l], sl[l], post=prio[l]))
     per_layer("oracle_x1", lambda l: replay(sel[l], prio[l], sl[l], spec_rank(sel[l].astype(float), forced),
                                             k[l]))
+    past = {l: np.vstack([prio[l][:1], prio[l][:-1]]) for l in ls}  # the priority known before step t
     for var, sc in tr["spec"].items():
         key = {l: spec_rank(sc[l], forced) for l in ls}
         for f in factors:
@@ -198,16 +201,21 @@ def evaluate(tr: dict, factors=(1.0, 1.25, 1.5)) -> dict:
             per_layer(f"spec_{var}_x{f:g}", lambda l: replay(sel[l], prio[l], sl[l], key[l], n[l]))
             per_layer(f"spec_{var}_x{f:g}+top", lambda l: replay(sel[l], prio[l], sl[l], key[l], n[l], post=prio[l]))
             per_layer(f"spec_{var}_top{f:g}k", lambda l: recall(key[l], n[l], sel[l], forced), rec)
+        for w in mixes:  # the speculative z-score plus w x the past-step priority (both known before step t)
+            mix = {l: spec_rank(np.where(np.isfinite(sc[l]), OPO.zscore(sc[l]) + w * past[l], -np.inf), forced)
+                   for l in ls}
+            per_layer(f"spec_{var}_mix{w:g}_x1", lambda l: replay(sel[l], prio[l], sl[l], mix[l], k[l]))
+            per_layer(f"spec_{var}_mix{w:g}_top1k", lambda l: recall(mix[l], k[l], sel[l], forced), rec)
     # past-step predictors of the same step, for comparison (what the earlier policies see)
     real = {l: spec_rank(tr["scores"][l], forced) for l in ls}
     per_layer("real_scores_topk (= the selection?)", lambda l: recall(real[l], k[l], sel[l], forced), rec)
     prev_sel = {l: np.vstack([sel[l][:1], sel[l][:-1]]).astype(float) for l in ls}
     per_layer("prev_selection", lambda l: recall(spec_rank(np.where(prev_sel[l] > 0, 1.0, -np.inf), forced),
                                                  k[l], sel[l], forced), rec)
-    past = {l: spec_rank(np.vstack([prio[l][:1], prio[l][:-1]]), forced) for l in ls}
     for f in factors:
         per_layer(f"past_ema{DECAY:g}_top{f:g}k",
-                  lambda l: recall(past[l], np.ceil(f * k[l]).astype(np.int64), sel[l], forced), rec)
+                  lambda l: recall(spec_rank(past[l], forced), np.ceil(f * k[l]).astype(np.int64), sel[l], forced),
+                  rec)
     return dict(rows=rows, recall=rec, worst=worst)
 
 
@@ -225,6 +233,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.125, 0.3, 0.0625])
     ap.add_argument("--pool-fracs", type=float, nargs="+", default=[0.25])
     ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 1.25, 1.5])
+    ap.add_argument("--mixes", type=float, nargs="*", default=[0.25, 1.0],
+                    help="weights w of the spec_*_mix rows: prefetch rank = z(speculative score) + w x past priority")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
@@ -233,7 +243,7 @@ def main(argv=None) -> dict:
     for r in args.ratios:
         for pf in args.pool_fracs:
             tr = load_trace(args.trace, r, pf)
-            s = summarise(evaluate(tr, args.factors))
+            s = summarise(evaluate(tr, args.factors, args.mixes))
             s.update(ratio=r, pool_frac=pf, n_blocks=tr["nblk"], slots=tr["slots"][tr["layers"][0]],
                      steps=int(next(iter(tr["sel"].values())).shape[0]), layers=tr["layers"])
             res["cases"][f"r{r:g}_p{pf:g}"] = s

@@ -160,3 +160,34 @@ def test_tracer_scores_a_speculative_query_as_the_real_one(tiny_qwen):
         got, want = tracer.spec_scores[var][2], tracer.scores[2]
         assert [g.shape for g in got] == [(8, 5), (8, 6)]
         assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_main_on_a_synthetic_trace(tmp_path):
+    """The script end to end on a trace file whose selections are select_top of random block scores:
+    a speculative score equal to the real one prefetches exactly the selection (hit 1, recall 1),
+    a random one does not; the references are the replays above."""
+    from gsa.eval.selectors import select_top
+    gen = torch.Generator().manual_seed(0)
+    t_n, n, budget = 30, 16, 4
+    forced = torch.zeros(t_n, n, dtype=torch.bool)
+    forced[:, [0, n - 1]] = True
+    d = dict(n_blocks_final=n, forced=[{0, n - 1}] * t_n, sel={}, scores={}, spec_scores={"same": {}, "noise": {}})
+    for layer in (2, 3):
+        sc = torch.randn(t_n, n, generator=gen).cumsum(0)  # drifting scores: selections change slowly
+        d["scores"][layer] = sc.float()
+        d["sel"][(0.125, layer)] = select_top(sc, torch.full((t_n,), n), torch.full((t_n,), budget), forced)
+        d["spec_scores"]["same"][layer] = sc.float()
+        d["spec_scores"]["noise"][layer] = torch.randn(t_n, n, generator=gen)
+    path = tmp_path / "trace.pt"
+    torch.save(d, path)
+    res = SP.main([str(path), "--ratios", "0.125", "--pool-fracs", "0.5", "--out", str(tmp_path), "--tag", "t"])
+    case = res["cases"]["r0.125_p0.5"]
+    rows, rec = case["rows"], case["recall"]
+    assert case["slots"] == 8 and (tmp_path / "offload_speculative_t.md").exists()
+    assert rows["spec_same_x1"]["hit"] == 1.0 and rows["oracle_x1"]["hit"] == 1.0
+    assert rec["spec_same_top1k"]["recall"] == 1.0 and rec["real_scores_topk (= the selection?)"]["recall"] == 1.0
+    assert rec["spec_noise_top1k"]["recall_unforced"] < 0.6 and rows["spec_noise_x1"]["hit"] < 1.0
+    sel = {l: d["sel"][(0.125, l)].numpy() for l in (2, 3)}
+    prio = {l: OPO.ema(OPO.zscore(d["scores"][l].double().numpy()), 0.7) for l in (2, 3)}
+    want = sum(OPO.replay(sel[l], prio[l], 8) for l in (2, 3))
+    assert rows["score"]["hit"] == want[0] / want[1] and rows["score"]["wanted"] == (t_n - 1) * budget * 2
