@@ -23,13 +23,18 @@ value; ``gsa.eval.selectors.gsa_select``, checked against
   the lag, teacher-forced over the same tokens (ratio ``--e2e-ratio``).
 
 Usage: python benchmarks/offload_traces.py [--model smollm2|qwen] [--context 4096] [--n-eval 256]
-       [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections]
+       [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections] [--speculative]
 Writes benchmarks/results/offload_traces[_TAG].{json,md} (``--save-selections``: also the
 selection sequences and every step's block scores (``scores``: ``float32 [steps, blocks]`` per
 sparse layer, the ranking all ratios share), ``..._selections.pt``, so eviction policies can be
 replayed offline with :func:`rates` and benchmarks/offload_policy_replay.py); the JSON's headline
 ``hit_rate_1_8`` (pool hit at ratio 1/8, the first pool fraction) is what
 benchmarks/offload_bench.py reports (the lowest among its ``--traces``).
+``--speculative`` (implies ``--save-selections``; the other outputs are unchanged) also scores,
+at every step and sparse layer, InfiniGen-style speculative queries of the layer built from
+earlier hidden states of the same forward (benchmarks/offload_speculative_query.py) with the
+layer's hash weights and the same block score, saved as ``spec_scores[variant][layer]``
+(``float32 [steps, blocks]``) for benchmarks/offload_speculative.py.
 """
 from __future__ import annotations
 
