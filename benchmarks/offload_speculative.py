@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Dict, Optional
@@ -223,7 +222,8 @@ def summarise(ev: dict) -> dict:
     rows = {n: dict(hit=float(v[0] / v[1]), copied=float((v[2] + v[3]) / v[1]), prefetched=float(v[3] / v[1]),
                     misses=int(v[2]), wanted=int(v[1]), worst_layer_hit=ev["worst"][n][0],
                     worst_layer=int(ev["worst"][n][1])) for n, v in ev["rows"].items()}
-    rec = {n: dict(recall=float(v[0] / v[1]), recall_unforced=float(v[2] / max(v[3], 1))) for n, v in ev["recall"].items()}
+    rec = {n: dict(recall=float(v[0] / v[1]), recall_unforced=float(v[2] / max(v[3], 1)))
+           for n, v in ev["recall"].items()}
     return dict(rows=rows, recall=rec)
 
 

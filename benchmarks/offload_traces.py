@@ -61,6 +61,15 @@ from gsa.weights import load_hash_weights  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def _speculative():
+    """benchmarks/offload_speculative_query.py (--speculative), also when this file is loaded by path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import offload_speculative_query
+    return offload_speculative_query
+
+
 def lagged_rows(policy: GSAPolicy, layer: int, prev: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     """``prev bool [N, NBLK]`` (row i: the selection of step i-1) -> the lagged
     selection valid at lengths ``seq [N]``, ``bool [N, NBLK]`` (merge_lagged)."""
@@ -105,8 +114,7 @@ class Tracer:
         mass = S.block_mass(S.dense_probs(q, k_all, seq, self.scale), self.bs)
         self.scores.setdefault(layer, []).append(block_scores(qc, kc, seq, self.bs))
         if self.spec is not None:  # the same hash weights, key codes and block score as the real query
-            from offload_speculative_query import VARIANTS
-            for var in VARIANTS:
+            for var in _speculative().VARIANTS:
                 sq = ops.hash_encode(self.spec.query(layer, var).to(q.dtype), w)
                 self.spec_scores.setdefault(var, {}).setdefault(layer, []).append(block_scores(sq, kc, seq, self.bs))
         for r, pol in self.pols.items():
@@ -230,9 +238,9 @@ def main(argv=None):
     ap.add_argument("--save-selections", action="store_true",
                     help="also write the per-step selections (bool [steps, blocks] per ratio and layer) as .pt")
     ap.add_argument("--speculative", action="store_true",
-                    help="also score speculative queries of each sparse layer (benchmarks/offload_speculative_query.py: "
-                         "from layer l-1's input, its post-attention state and layer l-2's input) and save their "
-                         "block scores as "
+                    help="also score speculative queries of each sparse layer "
+                         "(benchmarks/offload_speculative_query.py: from layer l-1's input, its post-attention state "
+                         "and layer l-2's input) and save their block scores as "
                          "'spec_scores' in the --save-selections file (needed: implies it)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -251,8 +259,7 @@ def main(argv=None):
     prefix = run.fork()
     spec = None
     if args.speculative:
-        from offload_speculative_query import SpeculativeQueries
-        spec = SpeculativeQueries(model)
+        spec = _speculative().SpeculativeQueries(model)
         args.save_selections = True
     tracer = Tracer(cfg, args.ratios, args.lookahead, args.context, d ** -0.5, spec=spec)
     run.observer = tracer

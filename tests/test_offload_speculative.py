@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("transformers", reason="the trace script imports gsa.eval.model (the eval extra)")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -107,8 +109,8 @@ def test_speculative_query_from_the_real_layer_input_is_the_real_query(tiny_qwen
     seen = {}
     with SpeculativeQueries(tiny_qwen) as spec:
         def observer(layer, q, k_all, v_all, pos0):
-            seen[(layer, pos0)] = (q.clone(), spec.query(layer, "in_cur"),
-                                   {v: spec.query(layer, v) for v in ("in_prev", "attn_prev", "in_prev2")} if layer > 1 else None,
+            var = {v: spec.query(layer, v) for v in ("in_prev", "attn_prev", "in_prev2")} if layer > 1 else None
+            seen[(layer, pos0)] = (q.clone(), spec.query(layer, "in_cur"), var,
                                    spec.layer_in[layer], spec.after_attn.get(layer - 1))
         run = TeacherForcedRun(tiny_qwen, observer=observer)
         ids = torch.randint(0, 256, (40,))
