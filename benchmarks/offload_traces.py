@@ -23,13 +23,18 @@ value; ``gsa.eval.selectors.gsa_select``, checked against
   the lag, teacher-forced over the same tokens (ratio ``--e2e-ratio``).
 
 Usage: python benchmarks/offload_traces.py [--model smollm2|qwen] [--context 4096] [--n-eval 256]
-       [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections]
+       [--block-size 128] [--ratios 0.3 0.125 0.0625] [--e2e] [--tag NAME] [--save-selections] [--speculative]
 Writes benchmarks/results/offload_traces[_TAG].{json,md} (``--save-selections``: also the
 selection sequences and every step's block scores (``scores``: ``float32 [steps, blocks]`` per
 sparse layer, the ranking all ratios share), ``..._selections.pt``, so eviction policies can be
 replayed offline with :func:`rates` and benchmarks/offload_policy_replay.py); the JSON's headline
 ``hit_rate_1_8`` (pool hit at ratio 1/8, the first pool fraction) is what
 benchmarks/offload_bench.py reports (the lowest among its ``--traces``).
+``--speculative`` (implies ``--save-selections``; the other outputs are unchanged) also scores,
+at every step and sparse layer, InfiniGen-style speculative queries of the layer built from
+earlier hidden states of the same forward (benchmarks/offload_speculative_query.py) with the
+layer's hash weights and the same block score, saved as ``spec_scores[variant][layer]``
+(``float32 [steps, blocks]``) for benchmarks/offload_speculative.py.
 """
 from __future__ import annotations
 
@@ -56,6 +61,15 @@ from gsa.weights import load_hash_weights  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def _speculative():
+    """benchmarks/offload_speculative_query.py (--speculative), also when this file is loaded by path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import offload_speculative_query
+    return offload_speculative_query
+
+
 def lagged_rows(policy: GSAPolicy, layer: int, prev: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     """``prev bool [N, NBLK]`` (row i: the selection of step i-1) -> the lagged
     selection valid at lengths ``seq [N]``, ``bool [N, NBLK]`` (merge_lagged)."""
@@ -77,8 +91,9 @@ def lagged_rows(policy: GSAPolicy, layer: int, prev: torch.Tensor, seq: torch.Te
 class Tracer:
     """Observer for TeacherForcedRun: selections and mass recalls per (ratio, layer)."""
 
-    def __init__(self, cfg, ratios, lookahead, start, scale):
+    def __init__(self, cfg, ratios, lookahead, start, scale, spec=None):
         self.cfg, self.start, self.scale = cfg, start, scale
+        self.spec = spec  # SpeculativeQueries (--speculative) or None
         self.bs = cfg.chunk_size
         self.pols = {r: GSAPolicy(eval_config(cfg, ratio=r), "cpu") for r in ratios}
         self.wide = {r: GSAPolicy(eval_config(cfg, ratio=min(r * lookahead, 1.0)), "cpu") for r in ratios}
@@ -86,6 +101,8 @@ class Tracer:
         self.sel: Dict[tuple, List[torch.Tensor]] = {}
         self.wsel: Dict[tuple, List[torch.Tensor]] = {}
         self.scores: Dict[int, List[torch.Tensor]] = {}  # layer -> block scores [n, nblk] per chunk
+        # --speculative: variant -> layer -> block scores of the speculative query [n, nblk] per chunk
+        self.spec_scores: Dict[str, Dict[int, List[torch.Tensor]]] = {}
         self.acc = M.Accumulator()
 
     def __call__(self, layer, q, k_all, v_all, pos0):
@@ -96,6 +113,10 @@ class Tracer:
         qc, kc = ops.hash_encode(q, w), ops.hash_encode(k_all, w)
         mass = S.block_mass(S.dense_probs(q, k_all, seq, self.scale), self.bs)
         self.scores.setdefault(layer, []).append(block_scores(qc, kc, seq, self.bs))
+        if self.spec is not None:  # the same hash weights, key codes and block score as the real query
+            for var in _speculative().VARIANTS:
+                sq = ops.hash_encode(self.spec.query(layer, var).to(q.dtype), w)
+                self.spec_scores.setdefault(var, {}).setdefault(layer, []).append(block_scores(sq, kc, seq, self.bs))
         for r, pol in self.pols.items():
             sel = S.gsa_select(pol, layer, qc, kc, seq, check_rows=1)
             wide = S.gsa_select(self.wide[r], layer, qc, kc, seq, check_rows=0)
@@ -216,6 +237,11 @@ def main(argv=None):
     ap.add_argument("--tag", default="")
     ap.add_argument("--save-selections", action="store_true",
                     help="also write the per-step selections (bool [steps, blocks] per ratio and layer) as .pt")
+    ap.add_argument("--speculative", action="store_true",
+                    help="also score speculative queries of each sparse layer "
+                         "(benchmarks/offload_speculative_query.py: from layer l-1's input, its post-attention state "
+                         "and layer l-2's input) and save their block scores as "
+                         "'spec_scores' in the --save-selections file (needed: implies it)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     from gsa.eval.assets import austen_text
@@ -231,12 +257,18 @@ def main(argv=None):
     for c0 in range(0, args.context, 2048):
         run.feed(ids[c0:min(args.context, c0 + 2048)], logits="last")
     prefix = run.fork()
-    tracer = Tracer(cfg, args.ratios, args.lookahead, args.context, d ** -0.5)
+    spec = None
+    if args.speculative:
+        spec = _speculative().SpeculativeQueries(model)
+        args.save_selections = True
+    tracer = Tracer(cfg, args.ratios, args.lookahead, args.context, d ** -0.5, spec=spec)
     run.observer = tracer
     dense = []
     for c0 in range(args.context, args.context + args.n_eval, args.chunk):
         dense.append(run.feed(ids[c0:min(args.context + args.n_eval, c0 + args.chunk)]))
     dense = torch.cat(dense)
+    if spec is not None:
+        spec.close()  # the e2e forks below need no speculative queries
     nblk = math.ceil((args.context + args.n_eval) / cfg.chunk_size)
     per = {}
     for r in args.ratios:
@@ -274,12 +306,17 @@ def main(argv=None):
     os.makedirs(RESULTS, exist_ok=True)
     base = os.path.join(RESULTS, f"offload_traces{tag}")
     if args.save_selections:
+        pad = lambda chunks: torch.cat([torch.nn.functional.pad(c, (0, nblk - c.shape[1]), value=-math.inf)  # noqa: E731
+                                        for c in chunks])
+        extra = {}
+        if spec is not None:  # variant -> layer -> float32 [steps, blocks], as 'scores'
+            extra["spec_scores"] = {v: {l: pad(tracer.spec_scores[v][l]) for l in tracer.sparse}
+                                    for v in tracer.spec_scores}
         torch.save(dict(context=args.context, n_eval=args.n_eval, n_blocks_final=nblk, block_size=cfg.chunk_size,
                         forced=forced_sets(cfg, args.context, args.n_eval),
                         sel={(r, l): pad_steps(tracer.sel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse},
                         wide={(r, l): pad_steps(tracer.wsel[(r, l)], nblk) for r in args.ratios for l in tracer.sparse},
-                        scores={l: torch.cat([torch.nn.functional.pad(c, (0, nblk - c.shape[1]), value=-math.inf)
-                                              for c in tracer.scores[l]]) for l in tracer.sparse}),
+                        scores={l: pad(tracer.scores[l]) for l in tracer.sparse}, **extra),
                    base + "_selections.pt")
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1)
