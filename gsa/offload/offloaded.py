@@ -28,6 +28,13 @@ covered is counted (``predicted_rate``). Sources (``prefetch=``):
   step. Costs one more ``hamming_dist_top_k`` per scoring layer.
 * CPU top-k with ``cpu_lag=1``: the lagged selection *is* the next request, so
   it is prefetched exactly (pass ``block_table_host`` to :meth:`begin_step`).
+* ``"speculative"`` (InfiniGen-style, docs/offload.md "Speculative prefetch"): the caller
+  hands a scoring layer's *speculative query* of the current step (e.g. layer ``l``'s norm +
+  q projection + RoPE applied to the hidden state entering layer ``l - 1``) to
+  :meth:`OffloadedGSA.speculate` before that layer's selection; the layer's selection of that
+  query (the step's budgets, or ``width`` times them) is admitted on the copy stream. A layer
+  that reuses a scoring layer's selection gets that real selection prefetched right after the
+  source layer's request (exact: it never depends on speculation). No previous-step prediction.
 
 Eviction (``eviction=``): ``"lru"`` (default) evicts the least recently selected block
 (ties by fewest selections); ``"score"`` evicts the lowest exponentially decayed
@@ -41,12 +48,13 @@ shipped Qwen3 configs). Which layers are offloaded: :attr:`OffloadedGSA.layers`.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from gsa import ops
+from gsa import hash_codes, ops
 from gsa.offload.cpu_topk import CPUTopK
 from gsa.offload.mover import BlockMover
 from gsa.offload.residency import PoolTooSmallError, ResidencyMap
@@ -58,8 +66,12 @@ __all__ = ["OffloadedGSA", "min_pool_blocks"]
 Tensor = torch.Tensor
 
 
-def _wide_budgets(budgets: np.ndarray, n_blocks: np.ndarray, factor: float) -> np.ndarray:
-    """Lookahead budgets: ``ceil(budget * factor)``, at most ``n_blocks`` (int32)."""
+def _wide_budgets(budgets, n_blocks, factor: float):
+    """Widened budgets: ``ceil(budget * factor)``, at most ``n_blocks`` (int32). Host numpy
+    arrays (the lookahead's, from the plan) or device tensors (the speculative pass's, from the
+    step's device budgets: no host data, so a captured step computes them at replay)."""
+    if isinstance(budgets, torch.Tensor):
+        return torch.minimum(torch.ceil(budgets.double() * factor), n_blocks.double()).to(torch.int32)
     return np.minimum(np.ceil(budgets.astype(np.float64) * factor), n_blocks).astype(np.int32)
 
 
@@ -84,14 +96,30 @@ def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: i
     return max_batch * widest
 
 
+PREFETCH_MODES = (None, "previous", "lookahead", "speculative")
+
+
+def _check_prefetch(where: str, prefetch, selector: str):
+    """``prefetch`` normalised (``True`` -> ``"previous"``, falsy -> ``None``) and checked."""
+    prefetch = "previous" if prefetch is True else (prefetch or None)
+    if prefetch not in PREFETCH_MODES:
+        raise ValueError(f"{where}: 'prefetch' must be None, 'previous', 'lookahead' or 'speculative', "
+                         f"got {prefetch!r}")
+    if prefetch == "speculative" and selector != "device":
+        # the speculative pass scores the device hash cache (CPU top-k keeps the codes on the host)
+        raise ValueError(f"{where}: prefetch 'speculative' needs the device selector, got selector {selector!r}")
+    return prefetch
+
+
 def _check_eviction(where: str, eviction, selector: str, prefetch) -> None:
     if eviction not in ("lru", "score"):
         raise ValueError(f"{where}: 'eviction' must be 'lru' or 'score', got {eviction!r}")
-    if eviction == "score" and (selector != "device" or prefetch not in (None, "previous")):
+    if eviction == "score" and (selector != "device" or prefetch not in (None, "previous", "speculative")):
         # a lookahead or lagged prediction admits blocks between two priority updates, when
-        # the keys of the last request's blocks still hold its recency stamp
-        raise ValueError(f"{where}: eviction 'score' needs the device selector and prefetch None or "
-                         f"'previous', got selector {selector!r}, prefetch {prefetch!r}")
+        # the keys of the last request's blocks still hold its recency stamp (the speculative
+        # admission writes the priorities into the keys first: OffloadedGSA._admit_prediction)
+        raise ValueError(f"{where}: eviction 'score' needs the device selector and prefetch None, "
+                         f"'previous' or 'speculative', got selector {selector!r}, prefetch {prefetch!r}")
 
 
 class OffloadedGSA:
@@ -103,14 +131,15 @@ class OffloadedGSA:
     at least :func:`min_pool_blocks` of ``max_batch, max_seq_len`` (else
     :class:`PoolTooSmallError` naming the minimum). ``kv_heads, head_dim,
     dtype``: the KV layout. ``prefetch``: ``None``/``False`` (on demand only),
-    ``"previous"`` (or ``True``) or ``"lookahead"`` (with ``lookahead`` > 1,
-    the width factor); see the module docstring. ``selector``: ``"device"``
+    ``"previous"`` (or ``True``), ``"lookahead"`` (with ``lookahead`` > 1,
+    the width factor) or ``"speculative"`` (device selector; the caller calls
+    :meth:`speculate`); see the module docstring. ``selector``: ``"device"``
     (the hash cache on the device) or ``"cpu"`` (:class:`CPUTopK`, codes in host
     memory, ``cpu_lag`` 0 or 1 steps; with lag 1 the lagged selection is the
     prediction whatever ``prefetch`` says, unless it is off). ``mover_mode``:
     see :class:`BlockMover`. ``layers``: the sparse layers to offload (default
     all; a reusing layer needs its source among them). ``eviction``: ``"lru"``
-    or ``"score"`` (device selector, prefetch ``None`` or ``"previous"``), with
+    or ``"score"`` (device selector, prefetch ``None``, ``"previous"`` or ``"speculative"``), with
     ``score_decay`` in ``[0, 1)`` (the weight of a block's past scores).
     """
 
@@ -131,9 +160,7 @@ class OffloadedGSA:
                              f"({c.head_dim}), got {kv_heads}, {head_dim}")
         if selector not in ("device", "cpu"):
             raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
-        prefetch = "previous" if prefetch is True else (prefetch or None)
-        if prefetch not in (None, "previous", "lookahead"):
-            raise ValueError(f"OffloadedGSA: 'prefetch' must be None, 'previous' or 'lookahead', got {prefetch!r}")
+        prefetch = _check_prefetch("OffloadedGSA", prefetch, selector)
         if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
             raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
                              f"got selector {selector!r}, lookahead {lookahead!r}")
@@ -191,6 +218,12 @@ class OffloadedGSA:
         self.hash_caches = {} if self.cpu_topk else {
             l: torch.zeros(hc_shape, dtype=torch.uint8, device=self.device) for l in sorted(sources)}
         self._pred: Dict[int, Tensor] = {}  # layer -> host blocks predicted for its next request
+        # prefetch "speculative": scoring layer -> the offloaded layers that reuse its selection
+        # (prefetched with its real selection right after its request); layers speculated this step
+        self._reusers: Dict[int, tuple] = {
+            s: tuple(l for l in self.layers if l != s and gsa.policy.layer(l).selection_layer == s)
+            for s in sorted(sources)}
+        self._speculated: set = set()
         # eviction "score": per offloaded layer the decayed block score of every host block
         self.priority: Dict[int, Tensor] = {
             l: new_priority(self.nb, self.device) for l in self.layers} if eviction == "score" else {}
@@ -257,14 +290,17 @@ class OffloadedGSA:
         ``graph=True`` (needs ``k``): the step in CUDA-graph form
         (:meth:`GSASparse.begin_step`): call it before every replay, outside the
         graph; the captured layers read its budgets and ``now_t``. Needs the
-        device selector and prefetch ``None`` or ``"previous"`` (the lookahead's
-        budgets and the CPU worker are host-side per step)."""
+        device selector and prefetch ``None``, ``"previous"`` or ``"speculative"``
+        (the lookahead's budgets and the CPU worker are host-side per step; the
+        speculative pass reads the step's device budgets)."""
         if graph and (self.selector != "device" or self.prefetch == "lookahead"):
-            raise ValueError(f"OffloadedGSA: begin_step(graph=True) needs the device selector and prefetch None or "
-                             f"'previous', got selector {self.selector!r}, prefetch {self.prefetch!r}")
+            raise ValueError(f"OffloadedGSA: begin_step(graph=True) needs the device selector and prefetch None, "
+                             f"'previous' or 'speculative', got selector {self.selector!r}, "
+                             f"prefetch {self.prefetch!r}")
         step = self.gsa.begin_step(seq_lens, query_lens, k, graph=graph)
         self._step, self._bt_host = step, block_table_host
         self._scores = {}
+        self._speculated = set()
         self.now += 1
         self.now_t.fill_(self.now)
         plan = step.plan
@@ -294,7 +330,7 @@ class OffloadedGSA:
                         t = t.pin_memory()  # a truly asynchronous copy
                     dev_budgets[key] = t.to(self.device, non_blocking=True)
                 self._wide[l] = dev_budgets[key]
-        if self.prefetch and self.layers and not step.graph:
+        if self.prefetch in ("previous", "lookahead") and self.layers and not step.graph:
             # (graph form: the first layer requests on demand; its previous selection is still
             # resident in a per-layer pool, and a copy issued here would not be ordered before a replay)
             self._predict(self.layers[0])
@@ -303,21 +339,22 @@ class OffloadedGSA:
     def reset_residency(self, prefetch: Union[bool, str, None, type(...)] = ...,
                         eviction: Union[str, type(...)] = ...) -> None:
         """Forget what the pools hold (fresh residency maps, counters zero, priorities unknown;
-        pool and host contents stay) and optionally switch ``prefetch`` (``None`` or
-        ``"previous"``) and ``eviction`` (``"lru"`` or ``"score"``): a cold start without
-        reallocating the host KV (the benchmark's variants)."""
-        if eviction is not ...:
-            # (prefetch may switch below, but never to or from "lookahead": the check holds for both)
-            _check_eviction("OffloadedGSA.reset_residency", eviction, self.selector, self.prefetch)
-            self.eviction = eviction
-            if eviction == "score" and not self.priority:
-                self.priority = {l: new_priority(self.nb, self.device) for l in self.layers}
+        pool and host contents stay) and optionally switch ``prefetch`` (``None``,
+        ``"previous"`` or ``"speculative"``; ``"lookahead"`` is fixed at construction: its
+        pool is sized for the wider prediction) and ``eviction`` (``"lru"`` or ``"score"``):
+        a cold start without reallocating the host KV (the benchmark's variants)."""
+        where = "OffloadedGSA.reset_residency"
+        new_prefetch = self.prefetch
         if prefetch is not ...:
-            prefetch = "previous" if prefetch is True else (prefetch or None)
-            if prefetch not in (None, "previous") or (self.prefetch == "lookahead") != (prefetch == "lookahead"):
-                raise ValueError(f"OffloadedGSA.reset_residency: 'prefetch' must be None or 'previous' (lookahead "
-                                 f"is fixed at construction), got {prefetch!r}")
-            self.prefetch = prefetch
+            new_prefetch = _check_prefetch(where, prefetch, self.selector)
+            if (self.prefetch == "lookahead") != (new_prefetch == "lookahead"):
+                raise ValueError(f"{where}: 'prefetch' must be None, 'previous' or 'speculative' (lookahead is "
+                                 f"fixed at construction), got {prefetch!r} (constructed with {self.prefetch!r})")
+        new_eviction = self.eviction if eviction is ... else eviction
+        _check_eviction(where, new_eviction, self.selector, new_prefetch)  # both checked before either changes
+        self.prefetch, self.eviction = new_prefetch, new_eviction
+        if self.eviction == "score" and not self.priority:
+            self.priority = {l: new_priority(self.nb, self.device) for l in self.layers}
         for mv in self.movers.values():
             mv.wait()
         for l in self.layers:
@@ -326,6 +363,7 @@ class OffloadedGSA:
             if l in self.priority:
                 self.priority[l].fill_(float("nan"))
         self._pred = {}
+        self._speculated = set()
 
     def _predict(self, layer: int) -> None:
         pred = self._pred.get(layer)
@@ -343,17 +381,101 @@ class OffloadedGSA:
         src, dst, n = self.maps[layer].predict(pred.to(self.device))
         self.movers[layer].fetch(src, dst, n)
 
-    def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
-        """Host blocks of a selection ``lookahead`` times wider than the step's."""
-        c, plan = self.gsa.config, step.plan
-        k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
-            _wide_budgets(plan.budgets[layer], plan.n_blocks, self.lookahead), plan.n_forced)).max()), 1))
-        q_codes = ops.hash_encode(q, self.gsa.weights(layer))
-        idx, n_sel = ops.hamming_dist_top_k(q_codes, self.hash_caches[layer], block_table, seq_lens,
-                                            self._wide[layer], k, c.must_select_blocks, c.chunk_repre_method,
-                                            0, 1.0)
+    def _selection_blocks(self, layer: int, q: Tensor, block_table: Tensor, seq_lens: Tensor, budgets: Tensor,
+                          k: int) -> Tensor:
+        """Host blocks (``_blocks``) of scoring layer ``layer``'s selection for query ``q [B, Hq, D]``
+        with device ``budgets int32 [B]`` and output width ``k``: the public ops, outside the
+        orchestrator's hot path (whose buffers hold the layer's real selection). The lookahead's
+        wider and the speculative pass's selections."""
+        c = self.gsa.config
+        idx, n_sel = ops.hamming_dist_top_k(hash_codes.query_codes(c, layer, q), self.hash_caches[layer],
+                                            block_table, seq_lens, budgets, k, c.must_select_blocks,
+                                            c.chunk_repre_method, 0, 1.0)
         table, lens = ops.kv_select(idx, n_sel, block_table, seq_lens, self.bs, self.gsa.pad_id)
         return self._blocks(table, lens)
+
+    def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
+        """Host blocks of a selection ``lookahead`` times wider than the step's."""
+        plan = step.plan
+        k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
+            _wide_budgets(plan.budgets[layer], plan.n_blocks, self.lookahead), plan.n_forced)).max()), 1))
+        return self._selection_blocks(layer, q, block_table, seq_lens, self._wide[layer], k)
+
+    def _admit_prediction(self, layer: int, blocks: Tensor) -> None:
+        """Admit ``blocks int64 [N]`` (``-1`` padding) into ``layer``'s pool ahead of its request
+        (:meth:`ResidencyMap.predict`) and start their copy on the copy stream (joined by the
+        layer's :meth:`decode_attention` or :meth:`write_kv`). Eviction "score": the priorities
+        known before this step are written into the keys first, so the admission evicts the
+        lowest priority outside ``blocks`` (not the recency stamps of the last request)."""
+        if layer in self._speculated:
+            # a second admission this step rewrites the map's prediction lists (the fused kernel's
+            # persistent buffers) that the first copy may still read: order it after that copy
+            self.movers[layer].wait()
+        self._speculated.add(layer)
+        if self.eviction == "score":
+            self.maps[layer].set_priority(self.priority[layer])
+        src, dst, n = self.maps[layer].predict(blocks)
+        try:
+            self.movers[layer].fetch(src, dst, n)
+        except BaseException:
+            self.movers[layer].wait()  # join the fork before the error leaves (see decode_attention)
+            raise
+
+    def speculate(self, layer: int, step: Step, q_spec: Tensor, block_table: Tensor, seq_lens: Tensor,
+                  width: float = 1.0) -> None:
+        """Prefetch ``"speculative"``: before ``layer``'s selection in this ``step``, admit the
+        blocks its selection picks for the speculative query ``q_spec [B, Hq, D]`` (the caller's
+        prediction of the layer's query, dtype as ``q``; e.g. the layer's ``input_layernorm`` +
+        ``q_proj`` + RoPE applied to the hidden state entering layer ``layer - 1``: docs/offload.md)
+        and start their copy on the copy stream, so it overlaps what the caller computes next
+        (layer ``layer - 1``). ``block_table int32 [B, M]`` and ``seq_lens int32 [B]``: the step's,
+        on the device, as for :meth:`decode_attention`. ``width`` >= 1: the budgets are ``ceil(width
+        x)`` the step's (at most each row's blocks; a wider prefetch needs a pool of ``B x`` the
+        wider selection, else :class:`PoolTooSmallError`). A dense step (no sparse selection)
+        prefetches the whole table, which is then the request.
+
+        Only residency changes: the layer's selection and attention are those of the real query.
+        ``layer`` must be an offloaded scoring layer (a layer that reuses another's selection is
+        prefetched exactly from it, after the source layer's request). At most once per layer and
+        step is useful (a second call waits for the first copy). No host sync (host data: shapes
+        and the step's plan), so a graph-form step (``begin_step(graph=True)``) can capture it; the
+        current token's key need not be cached yet (its block, the last, is forced)."""
+        if self.prefetch != "speculative":
+            raise ValueError(f"OffloadedGSA.speculate: needs prefetch 'speculative' at construction (or "
+                             f"reset_residency), got prefetch {self.prefetch!r}")
+        self._check_layer(layer)
+        src = self.gsa.policy.layer(layer).selection_layer
+        if src != layer:
+            raise ValueError(f"OffloadedGSA.speculate: 'layer' must be a scoring layer; layer {layer} reuses layer "
+                             f"{src}'s selection, which is prefetched for it exactly after layer {src}'s request "
+                             f"(speculate on layer {src})")
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 1.0 <= float(width) < math.inf):
+            raise ValueError(f"OffloadedGSA.speculate: 'width' must be a number >= 1, got {width!r}")
+        plan, hc = step.plan, self.hash_caches[layer]
+        b = plan.batch_size
+        self.gsa._check_query(layer, "q_spec", q_spec, self.gsa.config.head_dim, "head_dim", hc.shape[1])
+        if q_spec.shape[0] != b:
+            raise ValueError(f"OffloadedGSA.speculate: layer {layer}: 'q_spec' must have the step's B = {b} rows, "
+                             f"got shape {tuple(q_spec.shape)}")
+        if block_table.dim() != 2 or block_table.shape[0] != b or seq_lens.shape != (b,):
+            raise ValueError(f"OffloadedGSA.speculate: layer {layer}: 'block_table, seq_lens' must be [B, M] and [B] "
+                             f"with B = {b} (the step's plan), got {tuple(block_table.shape)}, "
+                             f"{tuple(seq_lens.shape)}")
+        if not (plan.sparse or step.graph):  # a dense step requests the whole table
+            blocks = self._blocks(block_table, seq_lens)
+        elif float(width) == 1.0:  # the step's own budgets and width: the real selection's inputs
+            blocks = self._selection_blocks(layer, q_spec, block_table, seq_lens, step.budgets[layer], plan.k)
+        else:
+            m = block_table.shape[1]
+            if step.graph:  # a fixed width: a captured step's output shapes are baked in
+                k = min(m, math.ceil(plan.k * float(width)))
+            else:  # the widest row's wider budget, as the lookahead's
+                k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
+                    _wide_budgets(plan.budgets[layer], plan.n_blocks, float(width)), plan.n_forced)).max()), 1))
+            nblk = (seq_lens.to(torch.int64) + (self.bs - 1)) // self.bs
+            wide = _wide_budgets(step.budgets[layer], nblk, float(width))
+            blocks = self._selection_blocks(layer, q_spec, block_table, seq_lens, wide, k)
+        self._admit_prediction(layer, blocks)
 
     def _score_eviction(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> None:
         """Eviction "score": fold this step's block scores into the layer's priorities and
@@ -430,7 +552,11 @@ class OffloadedGSA:
         src, dst, n = self.maps[layer].request(needed)
         try:
             self.movers[layer].fetch(src, dst, n)  # forks the copy stream (uva / staged on a device)
-            if self.prefetch:
+            if self.prefetch == "speculative":
+                # the layers reusing this selection know theirs exactly now: prefetch it for them
+                for r in self._reusers.get(layer, ()):
+                    self._admit_prediction(r, needed)
+            elif self.prefetch:
                 self._prefetch_after(layer, step, q, block_table, seq_lens, needed)
         except BaseException:
             # join every fork (this fetch, a next layer's prefetch) before the error leaves: under
