@@ -250,7 +250,7 @@ def test_pool_below_the_minimum_is_a_clear_error():
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, layers=[3])
     with pytest.raises(ValueError, match=r"'layers' must be sparse layers .* got \[0\]"):
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, layers=[0, 1])
-    with pytest.raises(ValueError, match="'prefetch' must be None, 'previous' or 'lookahead', got 'x'"):
+    with pytest.raises(ValueError, match="'prefetch' must be None, 'previous', 'lookahead' or 'speculative', got 'x'"):
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, prefetch="x")
     with pytest.raises(ValueError, match="layer 0 is not offloaded"):
         off.write_kv(0, torch.tensor([0]), torch.zeros(1, HKV, D), torch.zeros(1, HKV, D))

@@ -131,7 +131,8 @@ def test_score_eviction_errors_name_the_argument():
     need = min_pool_blocks(gs, 3, 48, lookahead=2.0)
     with pytest.raises(ValueError, match="'eviction' must be 'lru' or 'score', got 'lfu'"):
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, eviction="lfu")
-    with pytest.raises(ValueError, match="eviction 'score' needs the device selector and prefetch None or 'previous'"):
+    with pytest.raises(ValueError, match="eviction 'score' needs the device selector and prefetch None, 'previous' "
+                                         "or 'speculative'"):
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, eviction="score", prefetch="lookahead")
     with pytest.raises(ValueError, match="eviction 'score' needs the device selector"):
         OffloadedGSA(gs, 64, need, 3, 48, HKV, D, eviction="score", selector="cpu")

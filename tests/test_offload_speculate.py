@@ -45,10 +45,12 @@ def _spec_query(mode, q, g):
 
 
 def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtype=torch.bfloat16, first=0,
-              hook=None):
+              hook=None, spec_first=False):
     """``test_offload._run``'s workload (3 rows, one dense until it grows, prefill then ``steps``
     decode steps) with speculation on every scoring layer from step ``first`` on; every selection
     and attention compared with the all-in-HBM GSASparse step. ``hook(t, off)`` after each step.
+    ``spec_first``: speculate before the step's new keys are written (as in a model, where layer
+    ``l``'s key of the current token does not exist yet while layer ``l - 1`` runs).
     Returns the engine, per offloaded layer the selected and the speculated host block sets per
     step, and per layer the counters after step 0."""
     cfg = GSAConfig(**CFG)
@@ -82,8 +84,9 @@ def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtyp
     after0 = {}
     for t in range(steps):
         grow = [1, 2 if t % 3 == 0 else 1, 1]
-        write(lens, [a + b for a, b in zip(lens, grow)])
-        lens = [a + b for a, b in zip(lens, grow)]
+        old, lens = lens, [a + b for a, b in zip(lens, grow)]
+        if not spec_first:
+            write(old, lens)
         seq = torch.tensor(lens, dtype=torch.int32)
         step_ref, step_off = ref.begin_step(lens), off.begin_step(lens)
         qs = {l: torch.randn(batch, HQ, D, generator=g).to(dtype) for l in off.layers}
@@ -95,6 +98,10 @@ def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtyp
                 off.speculate(l, step_off, _spec_query(mode, qs[l], g), table, seq, width=width)
                 spec[l].append(set(torch.nonzero(off.maps[l]._predicted[:nb]).flatten().tolist()))
                 assert (off.maps[l].resident() | ~before).all() or pool_slack < 1000  # a full pool never evicts
+        if spec_first:
+            write(old, lens)  # (write_kv waits for the layer's prefetch, then writes through to the pool)
+        for l in off.layers:
+            src = ref.policy.layer(l).selection_layer
             q = qs[l]
             want_t, want_l = ref.select(l, step_ref, table, seq, hc.get(src), q)
             got_t, got_l = off.select(l, step_off, table, seq, q)
@@ -118,8 +125,10 @@ def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtyp
 @pytest.mark.parametrize("mode", ["exact", "random", "negated"])
 @pytest.mark.parametrize("eviction", ["lru", "score"])
 def test_speculation_never_changes_selection_or_attention(pool_slack, mode, eviction):
-    # _run_spec compares every layer's selection (bit for bit) and attention (bf16 tolerance)
-    off, sel, spec, _, nb = _run_spec(pool_slack, mode, eviction)
+    # _run_spec compares every layer's selection (bit for bit) and attention (bf16 tolerance);
+    # on the tight pools the speculation runs before the step's keys are written
+    spec_first = pool_slack < 1000
+    off, sel, spec, _, nb = _run_spec(pool_slack, mode, eviction, spec_first=spec_first)
     st = off.stats()
     assert st["wanted"] == sum(len(s) for ss in sel.values() for s in ss)
     assert st["fetched"] == st["wanted"] - st["hits"]
@@ -127,7 +136,9 @@ def test_speculation_never_changes_selection_or_attention(pool_slack, mode, evic
     scoring = [l for l in off.layers if off.gsa.policy.layer(l).selection_layer == l]
     extra = sum(len(p - s) for l in scoring for p, s in zip(spec[l], sel[l]))  # admitted, then not selected
     if mode == "exact":
-        assert extra == 0
+        # (before the writes, a row that grew by 2 tokens may have completed a block whose new key
+        # is not hashed yet; in a decode step only the new last block, which is forced, has one)
+        assert extra == 0 or spec_first
     else:
         assert extra > 0  # the speculation did admit blocks the selection did not use
     if pool_slack == 0 and mode != "exact":

@@ -48,7 +48,6 @@ shipped Qwen3 configs). Which layers are offloaded: :attr:`OffloadedGSA.layers`.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -57,6 +56,8 @@ import torch
 from gsa import hash_codes, ops
 from gsa.offload.cpu_topk import CPUTopK
 from gsa.offload.mover import BlockMover
+from gsa.offload.prefetch import (check_eviction, check_prefetch, check_speculate, speculative_budgets,
+                                  wide_budgets, wide_k)
 from gsa.offload.residency import PoolTooSmallError, ResidencyMap
 from gsa.offload.scores import fold_step_scores, new_priority, step_scores
 from gsa.sparse import GSASparse, Step
@@ -64,15 +65,6 @@ from gsa.sparse import GSASparse, Step
 __all__ = ["OffloadedGSA", "min_pool_blocks"]
 
 Tensor = torch.Tensor
-
-
-def _wide_budgets(budgets, n_blocks, factor: float):
-    """Widened budgets: ``ceil(budget * factor)``, at most ``n_blocks`` (int32). Host numpy
-    arrays (the lookahead's, from the plan) or device tensors (the speculative pass's, from the
-    step's device budgets: no host data, so a captured step computes them at replay)."""
-    if isinstance(budgets, torch.Tensor):
-        return torch.minimum(torch.ceil(budgets.double() * factor), n_blocks.double()).to(torch.int32)
-    return np.minimum(np.ceil(budgets.astype(np.float64) * factor), n_blocks).astype(np.int32)
 
 
 def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: int = 0,
@@ -89,37 +81,11 @@ def min_pool_blocks(gsa: GSASparse, max_batch: int, max_seq_len: int, cpu_lag: i
     for l in pol.scoring_layers:
         bud = max(int(pol.sparse_budget(l, [nb_max])[0]), int(pol.n_forced([nb_max])[0]))
         if lookahead > 1:
-            bud = max(bud, int(_wide_budgets(np.array([bud]), np.array([nb_max]), lookahead)[0]))
+            bud = max(bud, int(wide_budgets(np.array([bud]), np.array([nb_max]), lookahead)[0]))
         widest = max(widest, min(bud, nb_max))
     if cpu_lag:
         widest += len(gsa.config.must_select_blocks)
     return max_batch * widest
-
-
-PREFETCH_MODES = (None, "previous", "lookahead", "speculative")
-
-
-def _check_prefetch(where: str, prefetch, selector: str):
-    """``prefetch`` normalised (``True`` -> ``"previous"``, falsy -> ``None``) and checked."""
-    prefetch = "previous" if prefetch is True else (prefetch or None)
-    if prefetch not in PREFETCH_MODES:
-        raise ValueError(f"{where}: 'prefetch' must be None, 'previous', 'lookahead' or 'speculative', "
-                         f"got {prefetch!r}")
-    if prefetch == "speculative" and selector != "device":
-        # the speculative pass scores the device hash cache (CPU top-k keeps the codes on the host)
-        raise ValueError(f"{where}: prefetch 'speculative' needs the device selector, got selector {selector!r}")
-    return prefetch
-
-
-def _check_eviction(where: str, eviction, selector: str, prefetch) -> None:
-    if eviction not in ("lru", "score"):
-        raise ValueError(f"{where}: 'eviction' must be 'lru' or 'score', got {eviction!r}")
-    if eviction == "score" and (selector != "device" or prefetch not in (None, "previous", "speculative")):
-        # a lookahead or lagged prediction admits blocks between two priority updates, when
-        # the keys of the last request's blocks still hold its recency stamp (the speculative
-        # admission writes the priorities into the keys first: OffloadedGSA._admit_prediction)
-        raise ValueError(f"{where}: eviction 'score' needs the device selector and prefetch None, "
-                         f"'previous' or 'speculative', got selector {selector!r}, prefetch {prefetch!r}")
 
 
 class OffloadedGSA:
@@ -160,11 +126,11 @@ class OffloadedGSA:
                              f"({c.head_dim}), got {kv_heads}, {head_dim}")
         if selector not in ("device", "cpu"):
             raise ValueError(f"OffloadedGSA: 'selector' must be 'device' or 'cpu', got {selector!r}")
-        prefetch = _check_prefetch("OffloadedGSA", prefetch, selector)
+        prefetch = check_prefetch("OffloadedGSA", prefetch, selector)
         if prefetch == "lookahead" and (selector == "cpu" or not lookahead > 1):
             raise ValueError(f"OffloadedGSA: prefetch 'lookahead' needs the device selector and 'lookahead' > 1, "
                              f"got selector {selector!r}, lookahead {lookahead!r}")
-        _check_eviction("OffloadedGSA", eviction, selector, prefetch)
+        check_eviction("OffloadedGSA", eviction, selector, prefetch)
         if not (isinstance(score_decay, (int, float)) and 0.0 <= float(score_decay) < 1.0):
             raise ValueError(f"OffloadedGSA: 'score_decay' must be a number in [0, 1), got {score_decay!r}")
         self.eviction, self.score_decay = eviction, float(score_decay)
@@ -322,7 +288,7 @@ class OffloadedGSA:
         if self.prefetch == "lookahead" and plan.sparse:
             dev_budgets: Dict[int, Tensor] = {}
             for l in self.gsa.scoring_layers:
-                wide = _wide_budgets(plan.budgets[l], plan.n_blocks, self.lookahead)
+                wide = wide_budgets(plan.budgets[l], plan.n_blocks, self.lookahead)
                 key = wide.tobytes()
                 if key not in dev_budgets:
                     t = torch.from_numpy(wide)
@@ -346,12 +312,12 @@ class OffloadedGSA:
         where = "OffloadedGSA.reset_residency"
         new_prefetch = self.prefetch
         if prefetch is not ...:
-            new_prefetch = _check_prefetch(where, prefetch, self.selector)
+            new_prefetch = check_prefetch(where, prefetch, self.selector)
             if (self.prefetch == "lookahead") != (new_prefetch == "lookahead"):
                 raise ValueError(f"{where}: 'prefetch' must be None, 'previous' or 'speculative' (lookahead is "
                                  f"fixed at construction), got {prefetch!r} (constructed with {self.prefetch!r})")
         new_eviction = self.eviction if eviction is ... else eviction
-        _check_eviction(where, new_eviction, self.selector, new_prefetch)  # both checked before either changes
+        check_eviction(where, new_eviction, self.selector, new_prefetch)  # both checked before either changes
         self.prefetch, self.eviction = new_prefetch, new_eviction
         if self.eviction == "score" and not self.priority:
             self.priority = {l: new_priority(self.nb, self.device) for l in self.layers}
@@ -396,10 +362,8 @@ class OffloadedGSA:
 
     def _lookahead(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> Tensor:
         """Host blocks of a selection ``lookahead`` times wider than the step's."""
-        plan = step.plan
-        k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
-            _wide_budgets(plan.budgets[layer], plan.n_blocks, self.lookahead), plan.n_forced)).max()), 1))
-        return self._selection_blocks(layer, q, block_table, seq_lens, self._wide[layer], k)
+        return self._selection_blocks(layer, q, block_table, seq_lens, self._wide[layer],
+                                      wide_k(step, layer, self.lookahead))
 
     def _admit_prediction(self, layer: int, blocks: Tensor) -> None:
         """Admit ``blocks int64 [N]`` (``-1`` padding) into ``layer``'s pool ahead of its request
@@ -423,58 +387,24 @@ class OffloadedGSA:
 
     def speculate(self, layer: int, step: Step, q_spec: Tensor, block_table: Tensor, seq_lens: Tensor,
                   width: float = 1.0) -> None:
-        """Prefetch ``"speculative"``: before ``layer``'s selection in this ``step``, admit the
-        blocks its selection picks for the speculative query ``q_spec [B, Hq, D]`` (the caller's
-        prediction of the layer's query, dtype as ``q``; e.g. the layer's ``input_layernorm`` +
-        ``q_proj`` + RoPE applied to the hidden state entering layer ``layer - 1``: docs/offload.md)
-        and start their copy on the copy stream, so it overlaps what the caller computes next
-        (layer ``layer - 1``). ``block_table int32 [B, M]`` and ``seq_lens int32 [B]``: the step's,
-        on the device, as for :meth:`decode_attention`. ``width`` >= 1: the budgets are ``ceil(width
-        x)`` the step's (at most each row's blocks; a wider prefetch needs a pool of ``B x`` the
-        wider selection, else :class:`PoolTooSmallError`). A dense step (no sparse selection)
-        prefetches the whole table, which is then the request.
-
-        Only residency changes: the layer's selection and attention are those of the real query.
-        ``layer`` must be an offloaded scoring layer (a layer that reuses another's selection is
-        prefetched exactly from it, after the source layer's request). At most once per layer and
-        step is useful (a second call waits for the first copy). No host sync (host data: shapes
-        and the step's plan), so a graph-form step (``begin_step(graph=True)``) can capture it; the
-        current token's key need not be cached yet (its block, the last, is forced)."""
-        if self.prefetch != "speculative":
-            raise ValueError(f"OffloadedGSA.speculate: needs prefetch 'speculative' at construction (or "
-                             f"reset_residency), got prefetch {self.prefetch!r}")
-        self._check_layer(layer)
-        src = self.gsa.policy.layer(layer).selection_layer
-        if src != layer:
-            raise ValueError(f"OffloadedGSA.speculate: 'layer' must be a scoring layer; layer {layer} reuses layer "
-                             f"{src}'s selection, which is prefetched for it exactly after layer {src}'s request "
-                             f"(speculate on layer {src})")
-        if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 1.0 <= float(width) < math.inf):
-            raise ValueError(f"OffloadedGSA.speculate: 'width' must be a number >= 1, got {width!r}")
-        plan, hc = step.plan, self.hash_caches[layer]
-        b = plan.batch_size
-        self.gsa._check_query(layer, "q_spec", q_spec, self.gsa.config.head_dim, "head_dim", hc.shape[1])
-        if q_spec.shape[0] != b:
-            raise ValueError(f"OffloadedGSA.speculate: layer {layer}: 'q_spec' must have the step's B = {b} rows, "
-                             f"got shape {tuple(q_spec.shape)}")
-        if block_table.dim() != 2 or block_table.shape[0] != b or seq_lens.shape != (b,):
-            raise ValueError(f"OffloadedGSA.speculate: layer {layer}: 'block_table, seq_lens' must be [B, M] and [B] "
-                             f"with B = {b} (the step's plan), got {tuple(block_table.shape)}, "
-                             f"{tuple(seq_lens.shape)}")
-        if not (plan.sparse or step.graph):  # a dense step requests the whole table
+        """Prefetch ``"speculative"``: admit into ``layer``'s pool, on the copy stream, the blocks
+        its selection picks for ``q_spec [B, Hq, D]`` (dtype as ``q``), the caller's prediction of
+        its query this step (e.g. its ``input_layernorm`` + ``q_proj`` + RoPE on the hidden state
+        entering layer ``layer - 1``: docs/offload.md), before its :meth:`decode_attention`; the
+        copy overlaps what the caller runs next. ``block_table int32 [B, M], seq_lens int32 [B]``:
+        the step's, as for :meth:`decode_attention`. ``width >= 1``: budgets ``ceil(width x)`` the
+        step's (the pool must hold ``B x`` the wider selection, else :class:`PoolTooSmallError`); a
+        dense step admits the whole table (its request). Only residency changes, never the
+        selection or attention. ``layer``: an offloaded scoring layer (reusing layers are prefetched
+        exactly after their source's request); once per layer and step (a second call waits for
+        the first copy). No host sync: a graph-form step can capture it. The current token's key
+        need not be cached yet (its block, the last, is forced)."""
+        check_speculate(self, layer, step, q_spec, block_table, seq_lens, width)
+        got = speculative_budgets(step, layer, seq_lens, self.bs, float(width), block_table.shape[1])
+        if got is None:  # a dense step requests the whole table
             blocks = self._blocks(block_table, seq_lens)
-        elif float(width) == 1.0:  # the step's own budgets and width: the real selection's inputs
-            blocks = self._selection_blocks(layer, q_spec, block_table, seq_lens, step.budgets[layer], plan.k)
         else:
-            m = block_table.shape[1]
-            if step.graph:  # a fixed width: a captured step's output shapes are baked in
-                k = min(m, math.ceil(plan.k * float(width)))
-            else:  # the widest row's wider budget, as the lookahead's
-                k = int(max(int(np.minimum(plan.n_blocks, np.maximum(
-                    _wide_budgets(plan.budgets[layer], plan.n_blocks, float(width)), plan.n_forced)).max()), 1))
-            nblk = (seq_lens.to(torch.int64) + (self.bs - 1)) // self.bs
-            wide = _wide_budgets(step.budgets[layer], nblk, float(width))
-            blocks = self._selection_blocks(layer, q_spec, block_table, seq_lens, wide, k)
+            blocks = self._selection_blocks(layer, q_spec, block_table, seq_lens, *got)
         self._admit_prediction(layer, blocks)
 
     def _score_eviction(self, layer: int, step: Step, q: Tensor, block_table: Tensor, seq_lens: Tensor) -> None:
