@@ -507,7 +507,8 @@ class OffloadedGSA:
         """Counters summed over ``layers`` (default all offloaded) and the rates:
         ``hit_rate = hits / wanted`` (selected blocks already in the pool),
         ``predicted_rate = predicted_hits / wanted`` (selected blocks inside the
-        previous step's selection of the same layer; counted with prefetch on).
+        layer's last prediction: its previous selection, the lookahead's, or this
+        step's speculative one; counted with prefetch on).
         A host sync: call outside the decode loop."""
         tot = {c: 0 for c in ResidencyMap.COUNTERS}
         for l in (self.layers if layers is None else layers):
