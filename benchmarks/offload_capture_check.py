@@ -20,6 +20,9 @@ over several steps, one run eagerly, plus the all-in-HBM GSA step):
                          kernel; its dummy resets are slice fills now)          expect: ok (informational:
                          never captured on a GPU before, and its stable argsorts may not be capturable;
                          it does not decide PASS)
+  fix:speculative        prefetch "speculative" (each scoring layer speculates on a noisy query
+                         first), LRU eviction                                   expect: ok
+  fix:speculative_score  the same with eviction "score"                         expect: ok
   cause:old_mark         the old mark_predicted line, the fixed join            expect: fails with "Cannot copy
                                                                                 between CPU and CUDA"
   cause:old_mark_nojoin  the old line and no join on the error path (the code
@@ -89,6 +92,8 @@ VARIANTS = {
     "fix:previous": dict(prefetch="previous", expect="ok"),
     "fix:previous_score": dict(prefetch="previous", eviction="score", expect="ok"),
     "fix:previous_torchmap": dict(prefetch="previous", torch_map=True, expect="ok", informational=True),
+    "fix:speculative": dict(prefetch="speculative", expect="ok"),
+    "fix:speculative_score": dict(prefetch="speculative", eviction="score", expect="ok"),
     "cause:old_mark": dict(prefetch="previous", patches=[(ResidencyMap, "mark_predicted", _old_mark_predicted)],
                            expect="Cannot copy between CPU and CUDA"),
     "cause:old_mark_nojoin": dict(prefetch="previous", patches=[(ResidencyMap, "mark_predicted", _old_mark_predicted),
@@ -182,16 +187,26 @@ class StepInputs:
         self.table = torch.zeros(B, M, dtype=torch.int32, device=dev)
         self.seq = torch.zeros(B, dtype=torch.int32, device=dev)
         self.q = [torch.zeros(B, HQ, D, dtype=torch.bfloat16, device=dev) for _ in range(n_layers)]
+        # prefetch "speculative": each layer's speculative query, the real one plus noise (refilled by load)
+        self.q_spec = [torch.zeros_like(q) for q in self.q]
 
     def load(self, seq) -> None:
         self.table.copy_(torch.randperm(NB, generator=self.gen)[: B * M].reshape(B, M).to(torch.int32))
         self.seq.copy_(torch.tensor(seq, dtype=torch.int32))
         for q in self.q:
             q.copy_(torch.randn(B, HQ, D, generator=self.gen).to(torch.bfloat16))
+        for q, qs in zip(self.q, self.q_spec):
+            qs.copy_(q + 0.5 * torch.randn(B, HQ, D, generator=self.gen).to(q.device, torch.bfloat16))
 
     def body(self, off: OffloadedGSA, step) -> list:
-        """One decode step of every offloaded layer: the outputs, in layer order."""
-        return [off.decode_attention(l, step, self.q[l], self.table, self.seq) for l in off.layers]
+        """One decode step of every offloaded layer: the outputs, in layer order. With prefetch
+        ``"speculative"`` each scoring layer first speculates on its noisy query."""
+        outs = []
+        for l in off.layers:
+            if off.prefetch == "speculative" and off.gsa.policy.layer(l).selection_layer == l:
+                off.speculate(l, step, self.q_spec[l], self.table, self.seq)
+            outs.append(off.decode_attention(l, step, self.q[l], self.table, self.seq))
+        return outs
 
 
 def check_replays(data: dict, offs: list, steps: list, inp: StepInputs, replay, outs_g, sels_g) -> tuple:

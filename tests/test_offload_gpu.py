@@ -27,7 +27,8 @@ def _offloaded(data, prefetch, eviction, torch_map=False):
 
 
 @pytest.mark.parametrize("prefetch,eviction,torch_map", [(None, "lru", False), ("previous", "lru", False),
-                                                         (None, "score", False), ("previous", "score", False)])
+                                                         (None, "score", False), ("previous", "score", False),
+                                                         ("speculative", "lru", False), ("speculative", "score", False)])
 def test_offloaded_step_graph_replay_equals_eager_and_all_in_hbm(prefetch, eviction, torch_map):
     # ("previous" failed to capture on the H200 until ResidencyMap.mark_predicted stopped writing a
     # Python number by item assignment: docs/offload_h200.md, "Graph capture with prefetch")
