@@ -59,7 +59,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -201,21 +201,30 @@ def replay(sel: np.ndarray, keep: np.ndarray, slots: int, pf: Optional[np.ndarra
         if pf is None or t + 1 >= t_n:
             continue
         want = (slots if target is None else target) - int(s.sum())
-        if want <= 0:
-            continue
-        order = np.argsort(-np.where(s, -np.inf, pf[t]), kind="stable")[:want]
-        tgt = s.copy()
-        tgt[order] = True
-        fetch = [b for b in order if not res[b]][:limit]
-        free = slots - int(res.sum())
-        victims = ids[res & ~tgt]
-        victims = victims[np.lexsort((victims, keep[t][victims]))]
-        n_evict = min(max(len(fetch) - free, 0), len(victims))
-        fetch = fetch[:free + n_evict]
-        res[victims[:n_evict]] = False
-        res[fetch] = True
-        out[3] += len(fetch)
+        if want > 0:
+            out[3] += refill(res, s, pf[t], keep[t], slots, want, limit)
     return out
+
+
+def refill(res: np.ndarray, s: np.ndarray, pf_t: np.ndarray, keep_t: np.ndarray, slots: int, want: int,
+           limit: Optional[int] = None) -> int:
+    """After a step that selected ``s bool [N]``: make the pool ``res bool [N]`` (in place) hold the
+    selection plus the ``want`` best ``pf_t`` blocks outside it, fetching up to ``limit`` (None: all)
+    non-resident ones best first, each evicting the lowest-``keep_t`` resident block outside that
+    target set (ties: lower block id; none left: stop). Returns the number fetched."""
+    ids = np.arange(res.shape[0])
+    order = np.argsort(-np.where(s, -np.inf, pf_t), kind="stable")[:want]
+    tgt = s.copy()
+    tgt[order] = True
+    fetch = [b for b in order if not res[b]][:limit]
+    free = slots - int(res.sum())
+    victims = ids[res & ~tgt]
+    victims = victims[np.lexsort((victims, keep_t[victims]))]
+    n_evict = min(max(len(fetch) - free, 0), len(victims))
+    fetch = fetch[:free + n_evict]
+    res[victims[:n_evict]] = False
+    res[fetch] = True
+    return len(fetch)
 
 
 def hyst_keep(prio: np.ndarray, k: int, x: float, n_steps: int) -> np.ndarray:

@@ -121,18 +121,7 @@ def replay(sel: np.ndarray, keep: np.ndarray, slots: int, spec: Optional[np.ndar
         if post is not None and t + 1 < t_n:
             want = slots - int(s.sum())
             if want > 0:
-                order = np.argsort(-np.where(s, -np.inf, post[t]), kind="stable")[:want]
-                tgt = s.copy()
-                tgt[order] = True
-                fetch = [b for b in order if not res[b]]
-                free = slots - int(res.sum())
-                victims = ids[res & ~tgt]
-                victims = victims[np.lexsort((victims, keep[t][victims]))]
-                n_ev = min(max(len(fetch) - free, 0), len(victims))
-                fetch = fetch[:free + n_ev]
-                res[victims[:n_ev]] = False
-                res[fetch] = True
-                out[3] += len(fetch)
+                out[3] += OPO.refill(res, s, post[t], keep[t], slots, want)
     return out
 
 

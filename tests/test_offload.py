@@ -108,22 +108,17 @@ def _slots(table, starts, ends):
     return torch.cat(out)
 
 
-def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, dtype=torch.bfloat16, cpu_lag=0,
-         eviction="lru"):
-    """Prefill 3 rows, decode ``steps`` steps; compare with GSASparse over the full KV
-    (with ``cpu_lag=1``: attention over the full KV with the offload's own tables)."""
-    cfg = GSAConfig(**CFG)
-    start = [29, 11, 40]                      # row 1 is dense (under the threshold) until it grows
-    batch, seq_max = len(start), max(start) + steps
-    nb, table = _layout(seq_max, batch, seed=seed)
+def _workload(cfg, nb, table, pool, batch, seq_max, dtype, seed, **offload_kw):
+    """The all-in-HBM reference (``GSASparse``, its hash caches, full K / V per layer) beside an
+    :class:`OffloadedGSA` with ``pool(ref)`` slots and ``offload_kw``, and ``write(starts, ends)``
+    that writes random keys and values of those token ranges into both. Returns ``(ref, hash
+    caches, k caches, v caches, offloaded, generator, write)``."""
     ref = GSASparse(cfg, "cpu", block_size=BS)
     hc = ref.allocate_hash_caches(nb)
     kc = {l: torch.zeros(nb, BS, HKV, D, dtype=dtype) for l in range(cfg.num_hidden_layers)}
     vc = {l: torch.zeros(nb, BS, HKV, D, dtype=dtype) for l in range(cfg.num_hidden_layers)}
-    pool = min_pool_blocks(ref, batch, seq_max, cpu_lag, 2.0 if prefetch == "lookahead" else 1.0) + pool_slack
-    off = OffloadedGSA(GSASparse(cfg, "cpu", block_size=BS), nb, pool, batch, seq_max, HKV, D, dtype,
-                       prefetch=prefetch, selector=selector, mover_mode=mover_mode, cpu_lag=cpu_lag,
-                       eviction=eviction)
+    off = OffloadedGSA(GSASparse(cfg, "cpu", block_size=BS), nb, pool(ref), batch, seq_max, HKV, D, dtype,
+                       **offload_kw)
     g = torch.Generator().manual_seed(seed + 1)
 
     def write(starts, ends):
@@ -137,6 +132,22 @@ def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, d
             if l in off.layers:
                 off.write_kv(l, sl, k, v)
 
+    return ref, hc, kc, vc, off, g, write
+
+
+def _run(pool_slack, prefetch, mover_mode, selector="device", steps=7, seed=0, dtype=torch.bfloat16, cpu_lag=0,
+         eviction="lru"):
+    """Prefill 3 rows, decode ``steps`` steps; compare with GSASparse over the full KV
+    (with ``cpu_lag=1``: attention over the full KV with the offload's own tables)."""
+    cfg = GSAConfig(**CFG)
+    start = [29, 11, 40]                      # row 1 is dense (under the threshold) until it grows
+    batch, seq_max = len(start), max(start) + steps
+    nb, table = _layout(seq_max, batch, seed=seed)
+    pool = lambda ref: min_pool_blocks(ref, batch, seq_max, cpu_lag,  # noqa: E731
+                                       2.0 if prefetch == "lookahead" else 1.0) + pool_slack
+    ref, hc, kc, vc, off, g, write = _workload(cfg, nb, table, pool, batch, seq_max, dtype, seed, prefetch=prefetch,
+                                               selector=selector, mover_mode=mover_mode, cpu_lag=cpu_lag,
+                                               eviction=eviction)
     write([0] * batch, start)
     lens = list(start)
     tables = {l: [] for l in off.layers}

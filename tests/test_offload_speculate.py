@@ -27,7 +27,7 @@ from gsa import hash_codes
 from gsa.config import GSAConfig
 from gsa.offload import OffloadedGSA, PoolTooSmallError, min_pool_blocks
 from gsa.sparse import GSASparse
-from test_offload import BS, CFG, D, HKV, HQ, _layout, _slots
+from test_offload import BS, CFG, D, HKV, HQ, _layout, _workload
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import offload_speculative  # noqa: E402  (benchmarks/: the CPU replay)
@@ -57,25 +57,9 @@ def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtyp
     start = [29, 11, 40]
     batch, seq_max = len(start), max(start) + steps
     nb, table = _layout(seq_max, batch, seed=seed)
-    ref = GSASparse(cfg, "cpu", block_size=BS)
-    hc = ref.allocate_hash_caches(nb)
-    kc = {l: torch.zeros(nb, BS, HKV, D, dtype=dtype) for l in range(cfg.num_hidden_layers)}
-    vc = {l: torch.zeros(nb, BS, HKV, D, dtype=dtype) for l in range(cfg.num_hidden_layers)}
-    pool = math.ceil(min_pool_blocks(ref, batch, seq_max) * width) + pool_slack
-    off = OffloadedGSA(GSASparse(cfg, "cpu", block_size=BS), nb, pool, batch, seq_max, HKV, D, dtype,
-                       prefetch="speculative", mover_mode="direct", eviction=eviction)
-    g = torch.Generator().manual_seed(seed + 1)
-
-    def write(starts, ends):
-        sl = _slots(table, starts, ends)
-        for l in range(cfg.num_hidden_layers):
-            k = torch.randn(sl.shape[0], HKV, D, generator=g).to(dtype)
-            v = torch.randn(sl.shape[0], HKV, D, generator=g).to(dtype)
-            ref.cache_keys(l, hc.get(l), sl, k)
-            kc[l].view(-1, HKV, D)[sl] = k
-            vc[l].view(-1, HKV, D)[sl] = v
-            if l in off.layers:
-                off.write_kv(l, sl, k, v)
+    pool = lambda ref: math.ceil(min_pool_blocks(ref, batch, seq_max) * width) + pool_slack  # noqa: E731
+    ref, hc, kc, vc, off, g, write = _workload(cfg, nb, table, pool, batch, seq_max, dtype, seed,
+                                               prefetch="speculative", mover_mode="direct", eviction=eviction)
 
     write([0] * batch, start)
     lens = list(start)
