@@ -27,7 +27,7 @@ from gsa import hash_codes
 from gsa.config import GSAConfig
 from gsa.offload import OffloadedGSA, PoolTooSmallError, min_pool_blocks
 from gsa.sparse import GSASparse
-from test_offload import BS, CFG, D, HKV, HQ, _layout, _workload
+from test_offload import BS, CFG, D, HKV, HQ, _check_layer, _layout, _workload
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import offload_speculative  # noqa: E402  (benchmarks/: the CPU replay)
@@ -86,15 +86,7 @@ def _run_spec(pool_slack, mode, eviction="lru", width=1.0, steps=7, seed=0, dtyp
             write(old, lens)  # (write_kv waits for the layer's prefetch, then writes through to the pool)
         for l in off.layers:
             src = ref.policy.layer(l).selection_layer
-            q = qs[l]
-            want_t, want_l = ref.select(l, step_ref, table, seq, hc.get(src), q)
-            got_t, got_l = off.select(l, step_off, table, seq, q)
-            assert torch.equal(got_t, want_t) and torch.equal(got_l, want_l), f"step {t} layer {l}"
-            want = ref.decode_attention(l, step_ref, q, kc[l], vc[l], table, seq, hc.get(src))
-            got = off.decode_attention(l, step_off, q, table, seq)
-            torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=1.6e-2)
-            used = torch.arange(got_t.shape[1])[None, :] < ((got_l + BS - 1) // BS)[:, None]
-            sel[l].append(set(got_t[used].tolist()))
+            sel[l].append(_check_layer(ref, off, l, step_ref, step_off, table, seq, qs[l], hc, kc, vc, t))
             if src != l:  # a reusing layer: its source's real selection, admitted after the source's request
                 spec[l].append(set(torch.nonzero(off.maps[l]._predicted[:nb]).flatten().tolist()))
         if hook is not None:
