@@ -161,12 +161,19 @@ def main(argv=None) -> dict:
     res = dict(source=os.path.basename(args.selections), n_blocks_final=data["n_blocks_final"],
                pool_fracs=args.pool_fracs, ratios=replay(data, args.pool_fracs))
     base = os.path.join(RESULTS, "offload_eviction_replay" + (f"_{args.tag}" if args.tag else ""))
+    write_results(base, res, markdown)
+    return res
+
+
+def write_results(base: str, res: dict, markdown) -> None:
+    """A replay's results: ``base.json`` (``res``) and ``base.md`` (``markdown(res)``), the
+    markdown also printed (offload_eviction_replay, offload_policy_replay, offload_speculative)."""
+    text = markdown(res)
     with open(base + ".json", "w") as fh:
         json.dump(res, fh, indent=1)
     with open(base + ".md", "w") as fh:
-        fh.write(markdown(res))
-    print(markdown(res))
-    return res
+        fh.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

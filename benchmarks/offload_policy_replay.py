@@ -44,7 +44,6 @@ Writes benchmarks/results/offload_policy_replay[_TAG].{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -54,7 +53,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from offload_eviction_replay import as_sets, hits_belady, hits_engine, hits_unbounded  # noqa: E402
+from offload_eviction_replay import as_sets, hits_belady, hits_engine, hits_unbounded, write_results  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gsa.offload import ResidencyMap  # noqa: E402
@@ -273,12 +272,8 @@ def main(argv=None) -> dict:
                score_decay=args.score_decay,
                rows=replay(data, args.pool_fracs, args.ratios, args.score_decay, args.score_prefetch))
     base = os.path.join(args.out, "offload_policy_replay" + (f"_{args.tag}" if args.tag else ""))
-    with open(base + ".json", "w") as fh:
-        json.dump(res, fh, indent=1)
-    with open(base + ".md", "w") as fh:
-        fh.write(markdown(res))
+    write_results(base, res, markdown)
     plot(res, base + ".png")
-    print(markdown(res))
     return res
 
 

@@ -41,7 +41,6 @@ Writes benchmarks/results/offload_speculative[_TAG].{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, Optional
@@ -53,6 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import offload_eviction_replay as OER  # noqa: E402
 import offload_policy_online as OPO  # noqa: E402
 import offload_traces as OT  # noqa: E402
 
@@ -240,11 +240,7 @@ def main(argv=None) -> dict:
                   flush=True)
     base = os.path.join(args.out, "offload_speculative" + (f"_{args.tag}" if args.tag else ""))
     os.makedirs(args.out, exist_ok=True)
-    with open(base + ".json", "w") as fh:
-        json.dump(res, fh, indent=1)
-    with open(base + ".md", "w") as fh:
-        fh.write(markdown(res))
-    print(markdown(res))
+    OER.write_results(base, res, markdown)
     return res
 
 
