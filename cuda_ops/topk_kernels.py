@@ -92,6 +92,17 @@ def _count_min_max(c0, lo0, hi0, c1, lo1, hi1):
 
 
 @triton.jit
+def _row_keys(ptrs, mask, FRESH: tl.constexpr):
+    """A row's block keys (``INT32_MIN`` where masked); ``FRESH``: past L1, which is not
+    coherent with the other programs of the same launch that wrote them."""
+    if FRESH:
+        key = tl.load(ptrs, mask=mask, other=-2147483648, cache_modifier=".cg")
+    else:
+        key = tl.load(ptrs, mask=mask, other=-2147483648)
+    return key
+
+
+@triton.jit
 def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, nsel_ptr,
                 M, K, BS, PAD, sk_b, sbt_b, st_b, si_b, F0, F1, F2, F3, F4, F5, F6, F7,
                 NF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GATHER: tl.constexpr,
@@ -107,20 +118,14 @@ def _select_row(b, seq, key_ptr, bud_ptr, bt_ptr, table_ptr, lens_ptr, idx_ptr, 
     come from one reduction instead of three. The same values reach the same outputs."""
     cols = tl.arange(0, BLOCK_M)
     if PREFETCH:
-        if FRESH:
-            key = tl.load(key_ptr + b * sk_b + cols, mask=cols < M, other=-2147483648, cache_modifier=".cg")
-        else:
-            key = tl.load(key_ptr + b * sk_b + cols, mask=cols < M, other=-2147483648)
+        key = _row_keys(key_ptr + b * sk_b + cols, cols < M, FRESH)
         bud = tl.load(bud_ptr + b)
         if GATHER:
             phys_row = tl.load(bt_ptr + b * sbt_b + cols, mask=cols < M, other=0)
     nblk = tl.minimum((tl.maximum(seq, 0) + BS - 1) // BS, M)
     valid = cols < nblk
     if not PREFETCH:
-        if FRESH:
-            key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648, cache_modifier=".cg")
-        else:
-            key = tl.load(key_ptr + b * sk_b + cols, mask=valid, other=-2147483648)
+        key = _row_keys(key_ptr + b * sk_b + cols, valid, FRESH)
     forced = cols < 0
     if NF > 0:
         forced = forced | _is_forced(cols, nblk, F0)
